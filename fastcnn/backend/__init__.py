@@ -1,0 +1,127 @@
+"""Backends: one table of named primitives per backend, same names and signatures.
+
+A backend is a module (``reference``, ``cuda``, ``numba_cuda``) exposing
+
+    name        str, e.g. 'reference'
+    xp          the array module (numpy or cupy)
+    device      'cpu' or 'cuda'
+    asarray(a, dtype=None)   host or device array -> this backend's contiguous array
+    to_host(a)               this backend's array -> numpy array
+
+and every primitive in ``PRIMITIVES`` below.  Arrays are C-contiguous, float32
+(float64 accepted by the reference), layout NHWC, conv weights HWIO
+``(R, S, C, K)``, dense weights ``(in, out)``.  ``stride`` is ``(sh, sw)``,
+``padding`` is explicit ``(top, bottom, left, right)`` (the functional layer
+turns 'valid' / 'same' into numbers, Keras's rules).  Output spatial size:
+``P = (H + top + bottom - R) // sh + 1``.
+
+Primitives (what each returns; "in place" ones return None):
+
+  conv2d_forward(x, w, b, stride, padding, relu)          -> y (N,P,Q,K); b may be None; relu fused
+  conv2d_backward_data(dy, w, x_shape, stride, padding)   -> dx (N,H,W,C)
+  conv2d_backward_weights(x, dy, w_shape, stride, padding)-> dw (R,S,C,K)
+  maxpool_forward(x, pool, stride, padding)               -> (y, argmax)   argmax uint8 (N,P,Q,C):
+        index r*pool_w + s of the max inside the window (first max wins, padding never wins)
+  maxpool_backward(dy, argmax, x_shape, pool, stride, padding) -> dx  (deterministic gather)
+  matmul(a, b, trans_a, trans_b)                          -> op(a) @ op(b), 2-D
+  dense_forward(x, w, b, relu)                            -> x @ w + b (b may be None), relu fused
+  bias_grad(dy)                                           -> sum of dy over every axis but the last
+  relu_forward(x)                                         -> max(x, 0)
+  relu_backward(dy, y)                                    -> dy * (y > 0)
+  softmax(x)                                              -> row softmax over the last axis (2-D)
+  softmax_cross_entropy(logits, labels, totals)           -> dlogits = (softmax - onehot) / N
+        labels: int32 class indices (N,) or float one-hot (N, classes);
+        totals: float64 array (2,), in place: totals[0] += sum of per-row losses,
+        totals[1] += number of rows whose argmax equals the label (first max wins)
+  dropout_forward(x, rate, seed, step)                    -> x * keep / (1 - rate)
+  dropout_backward(dy, rate, seed, step)                  -> dy * keep / (1 - rate)
+        keep is ``dropout_keep(n, rate, seed, step)`` of ``reference`` (Philox 4x32-10);
+        seed a Python int, step an int32 array (1,) on the backend's device
+  lrn_forward(x, size, alpha, beta, k)                    -> (y, scale)
+        scale = k + alpha * sum of x^2 over ``size`` neighbouring channels
+        (AlexNet paper: no division by size), y = x * scale**-beta
+  lrn_backward(dy, x, y, scale, size, alpha, beta, k)     -> dx
+  sgd_update(p, g, v, lr, momentum, nesterov)             in place, flat 1-D arrays; v None if momentum == 0
+        Keras: v = momentum*v - lr*g; p += v  (nesterov: p += momentum*v - lr*g)
+  adam_update(p, g, m, v, step, lr, beta1, beta2, eps)    in place, flat 1-D arrays;
+        t = step[0] + 1 (step is not changed here), Keras's rule:
+        m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+        p -= lr * sqrt(1-b2**t)/(1-b1**t) * m / (sqrt(v) + eps)
+  increment(step)                                         in place: step[0] += 1
+  add(a, b)                                               -> a + b (same shape)
+  copy(dst, src)                                          in place: dst[...] = src
+
+Scalars (rates, lr) are Python floats; backends convert them to the kernel's C type.
+Every backend checks dtype, device, contiguity and shapes before it launches anything
+and raises ``ValueError``/``TypeError`` naming the argument.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+PRIMITIVES = (
+    "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weights",
+    "maxpool_forward", "maxpool_backward",
+    "matmul", "dense_forward", "bias_grad",
+    "relu_forward", "relu_backward",
+    "softmax", "softmax_cross_entropy",
+    "dropout_forward", "dropout_backward",
+    "lrn_forward", "lrn_backward",
+    "sgd_update", "adam_update", "increment",
+    "add", "copy",
+)
+
+BACKENDS = {"reference": "fastcnn.backend.reference",
+            "cuda": "fastcnn.backend.cuda",
+            "numba": "fastcnn.backend.numba_cuda"}
+
+_current = ["reference"]
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (no GPU, a package missing); the message says why."""
+
+
+def get(name: str):
+    """Return the backend module called ``name`` ('reference', 'cuda' or 'numba')."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+    module = importlib.import_module(BACKENDS[name])
+    why = getattr(module, "unavailable_reason", lambda: None)()
+    if why:
+        raise BackendUnavailable(f"backend {name!r} is unavailable: {why}")
+    return module
+
+
+def current():
+    """The backend that Functions call now."""
+    return get(_current[0])
+
+
+def set_backend(name: str) -> None:
+    get(name)  # fail now, with the reason, rather than at the first op
+    _current[0] = name
+
+
+@contextlib.contextmanager
+def using(name: str):
+    """``with using('cuda'): ...`` runs the block on another backend."""
+    previous = _current[0]
+    set_backend(name)
+    try:
+        yield get(name)
+    finally:
+        _current[0] = previous
+
+
+def availability() -> dict:
+    """{backend name: None if usable, else the reason it is not}."""
+    status = {}
+    for name, path in BACKENDS.items():
+        try:
+            module = importlib.import_module(path)
+            status[name] = getattr(module, "unavailable_reason", lambda: None)()
+        except Exception as exc:  # an import failure is a reason, not a crash of `fastcnn info`
+            status[name] = f"{type(exc).__name__}: {exc}"
+    return status

@@ -1,0 +1,65 @@
+"""The GPU backend: CuPy arrays, our own CUDA C kernels from kernels/*.cu.
+
+Each primitive of ``fastcnn.backend.PRIMITIVES`` dispatches to the variant
+selected in ``fastcnn.kernels`` (the registry), so a Numba variant can stand in
+for a CUDA C one.  The variants live beside this file, one module per kernel
+file: gemm.py (kernels/gemm.cu), conv.py, pool.py, step.py (the rest of a
+training step).  Importing this package never needs a GPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import PRIMITIVES, registry
+
+name = "cuda"
+device = "cuda"
+
+try:
+    import cupy as xp
+except ImportError:  # the cuda extra is not installed
+    xp = None
+
+
+def unavailable_reason() -> str | None:
+    """None when a CUDA GPU can run our kernels, else why not (shown by `fastcnn info`)."""
+    if xp is None:
+        return "CuPy is not installed (pip install 'fastcnn[cuda]')"
+    try:
+        count = xp.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return f"no usable CUDA driver or GPU ({type(exc).__name__}: {exc})"
+    if count == 0:
+        return "no CUDA GPU found"
+    major = xp.cuda.Device().compute_capability
+    if int(major) < 70:
+        return f"GPU compute capability {major} is below 7.0"
+    return None
+
+
+def asarray(a, dtype=None):
+    """A contiguous CuPy array on the current GPU (copies from the host when needed)."""
+    return xp.ascontiguousarray(xp.asarray(a, dtype=dtype))
+
+
+def to_host(a):
+    return xp.asnumpy(a) if isinstance(a, xp.ndarray) else np.asarray(a)
+
+
+def synchronize() -> None:
+    xp.cuda.get_current_stream().synchronize()
+
+
+def _dispatcher(op: str):
+    def call(*args, **kwargs):
+        return registry.get(op).fn(*args, **kwargs)
+    call.__name__ = call.__qualname__ = op
+    call.__doc__ = f"{op}: runs the selected variant (fastcnn.kernels.selected({op!r}))."
+    return call
+
+
+for _op in PRIMITIVES:
+    globals()[_op] = _dispatcher(_op)
+
+# Registering the variants: one module per kernel file.
+from . import gemm, conv, pool, step  # noqa: E402,F401
