@@ -1,0 +1,628 @@
+"""The NumPy reference backend: the oracle every GPU kernel is checked against.
+
+Readable first, vectorised second.  Every primitive of ``fastcnn.backend.PRIMITIVES``
+is here with the signature and semantics that ``fastcnn/backend/__init__.py``
+documents.  Convolution is im2col (a strided view, one copy, one BLAS matmul);
+its data gradient is one matmul followed by R*S shifted slice additions (col2im).
+
+Dtype rule: float32 in, float32 out; float64 in, float64 out.  Nothing upcasts a
+whole tensor, because a float64 detour halves the speed of the float32 path.
+
+Inputs that are not C-contiguous are made contiguous (a copy); arrays updated in
+place (parameters, optimizer state, ``totals``, ``step``) must already be
+contiguous NumPy arrays, as on the GPU, so an update never lands in a copy.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy
+import numpy as np
+
+name = "reference"
+xp = numpy
+device = "cpu"
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def unavailable_reason() -> None:
+    """The reference runs wherever NumPy does."""
+    return None
+
+
+def asarray(a, dtype=None):
+    """A C-contiguous NumPy array; a CuPy array is copied to the host first."""
+    if hasattr(a, "get") and not isinstance(a, np.ndarray):
+        a = a.get()
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def to_host(a):
+    if hasattr(a, "get") and not isinstance(a, np.ndarray):
+        return a.get()
+    return np.asarray(a)
+
+
+def synchronize() -> None:
+    """Nothing to wait for: NumPy calls return when their work is done."""
+
+
+# ---------------------------------------------------------------- argument checks
+
+def _float_array(a, name, ndim=None):
+    """``a`` as a C-contiguous float32/float64 array, or a TypeError/ValueError naming ``name``."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape} ({a.ndim}-D)")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape})")
+    return np.ascontiguousarray(a)
+
+
+def _inplace_array(a, name, dtype=None):
+    """An array that a primitive updates in place: must be a contiguous NumPy array."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array (updated in place), got {type(a).__name__}")
+    if not a.flags.c_contiguous or not a.flags.writeable:
+        raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} must be {np.dtype(dtype)}, got {a.dtype}")
+    return a
+
+
+def _same_dtype(dtype, **arrays):
+    for arg, a in arrays.items():
+        if a.dtype != dtype:
+            raise TypeError(f"{arg} has dtype {a.dtype} but the other operands are {dtype}")
+
+
+def _positive_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _pair(v, name):
+    """(a, b) of positive ints from an int or a pair."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        v = (v, v)
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
+        raise ValueError(f"{name} must be a pair (h, w) of positive integers, got {v!r}")
+    return (_positive_int(v[0], f"{name}[0]"), _positive_int(v[1], f"{name}[1]"))
+
+
+def _padding(v):
+    if not isinstance(v, (tuple, list)) or len(v) != 4:
+        raise ValueError(f"padding must be explicit (top, bottom, left, right), got {v!r}")
+    for i, p in enumerate(v):
+        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 0:
+            raise ValueError(f"padding[{i}] must be a non-negative integer, got {p!r}")
+    return tuple(int(p) for p in v)
+
+
+def _shape4(v, name):
+    if not isinstance(v, (tuple, list)) or len(v) != 4:
+        raise ValueError(f"{name} must be a 4-tuple, got {v!r}")
+    return tuple(_positive_int(d, f"{name}[{i}]") for i, d in enumerate(v))
+
+
+def _output_size(H, W, R, S, stride, padding, what):
+    """(P, Q) for a window R x S sliding over H x W; a ValueError if either is below 1."""
+    top, bottom, left, right = padding
+    sh, sw = stride
+    P = (H + top + bottom - R) // sh + 1 if H + top + bottom >= R else 0
+    Q = (W + left + right - S) // sw + 1 if W + left + right >= S else 0
+    if P < 1 or Q < 1:
+        raise ValueError(
+            f"non-positive output size {P}x{Q}: {what} {R}x{S} does not fit the input "
+            f"{H}x{W} with padding {padding}")
+    return P, Q
+
+
+def _pad(x, padding, value=0.0):
+    """x (N,H,W,C) padded on H and W; no copy when there is no padding."""
+    top, bottom, left, right = padding
+    if not any(padding):
+        return x
+    N, H, W, C = x.shape
+    out = np.full((N, H + top + bottom, W + left + right, C), value, dtype=x.dtype)
+    out[:, top:top + H, left:left + W, :] = x
+    return out
+
+
+def _crop(xp_, shape, padding):
+    N, H, W, C = shape
+    top, _, left, _ = padding
+    if not any(padding):
+        return xp_
+    return np.ascontiguousarray(xp_[:, top:top + H, left:left + W, :])
+
+
+# ---------------------------------------------------------------- convolution
+
+def _conv_args(x, w, stride, padding):
+    x = _float_array(x, "x", 4)
+    w = _float_array(w, "w", 4)
+    _same_dtype(x.dtype, w=w)
+    stride, padding = _pair(stride, "stride"), _padding(padding)
+    N, H, W, C = x.shape
+    R, S, Cw, K = w.shape
+    if Cw != C:
+        raise ValueError(f"channel mismatch: x has {C} channels (NHWC, last axis) but w expects "
+                         f"{Cw} (HWIO {w.shape}); is x laid out NCHW?")
+    return x, w, stride, padding
+
+
+def _im2col(x, R, S, stride, padding, P, Q):
+    """Patches of x as a (N*P*Q, R*S*C) matrix whose columns run (r, s, c), matching HWIO.
+
+    The view has shape (N, P, Q, R, S*C): for a fixed row r of a window the S*C
+    values (s, c) are contiguous in NHWC memory, which keeps the copy's inner runs long.
+    """
+    xp_ = _pad(x, padding)
+    N, Hp, Wp, C = xp_.shape
+    sh, sw = stride
+    sN, sH, sW, _ = xp_.strides
+    view = np.lib.stride_tricks.as_strided(
+        xp_, shape=(N, P, Q, R, S * C), strides=(sN, sh * sH, sw * sW, sH, xp_.itemsize),
+        writeable=False)
+    return view.reshape(N * P * Q, R * S * C)  # the one copy
+
+
+def conv2d_forward(x, w, b, stride, padding, relu):
+    """y = x * w (+ b) (ReLU if ``relu``): x (N,H,W,C), w (R,S,C,K) -> y (N,P,Q,K)."""
+    x, w, stride, padding = _conv_args(x, w, stride, padding)
+    N, H, W, C = x.shape
+    R, S, _, K = w.shape
+    if b is not None:
+        b = _float_array(b, "b", 1)
+        _same_dtype(x.dtype, b=b)
+        if b.shape[0] != K:
+            raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
+    P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
+    y = _im2col(x, R, S, stride, padding, P, Q) @ w.reshape(R * S * C, K)
+    if b is not None:
+        y += b
+    if relu:
+        np.maximum(y, 0, out=y)
+    return y.reshape(N, P, Q, K)
+
+
+def conv2d_backward_data(dy, w, x_shape, stride, padding):
+    """dx (N,H,W,C): column gradients dy @ w^T, then col2im as R*S shifted slice additions."""
+    w = _float_array(w, "w", 4)
+    dy = _float_array(dy, "dy", 4)
+    _same_dtype(w.dtype, dy=dy)
+    N, H, W, C = _shape4(x_shape, "x_shape")
+    stride, padding = _pair(stride, "stride"), _padding(padding)
+    R, S, Cw, K = w.shape
+    if Cw != C:
+        raise ValueError(f"channel mismatch: x_shape has {C} channels but w expects {Cw} (HWIO {w.shape})")
+    P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
+    if dy.shape != (N, P, Q, K):
+        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {x_shape}")
+    cols = (dy.reshape(N * P * Q, K) @ w.reshape(R * S * C, K).T).reshape(N, P, Q, R, S, C)
+    top, bottom, left, right = padding
+    sh, sw = stride
+    dxp = np.zeros((N, H + top + bottom, W + left + right, C), dtype=dy.dtype)
+    for r in range(R):
+        for s in range(S):
+            dxp[:, r:r + sh * (P - 1) + 1:sh, s:s + sw * (Q - 1) + 1:sw, :] += cols[:, :, :, r, s, :]
+    return _crop(dxp, (N, H, W, C), padding)
+
+
+def conv2d_backward_weights(x, dy, w_shape, stride, padding):
+    """dw (R,S,C,K) = patches(x)^T @ dy."""
+    x = _float_array(x, "x", 4)
+    dy = _float_array(dy, "dy", 4)
+    _same_dtype(x.dtype, dy=dy)
+    R, S, C, K = _shape4(w_shape, "w_shape")
+    stride, padding = _pair(stride, "stride"), _padding(padding)
+    N, H, W, Cx = x.shape
+    if Cx != C:
+        raise ValueError(f"channel mismatch: x has {Cx} channels but w_shape expects {C} (HWIO {w_shape})")
+    P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
+    if dy.shape != (N, P, Q, K):
+        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
+    cols = _im2col(x, R, S, stride, padding, P, Q)
+    return (cols.T @ dy.reshape(N * P * Q, K)).reshape(R, S, C, K)
+
+
+# ---------------------------------------------------------------- max-pooling
+
+def _pool_args(pool, stride, padding):
+    (ph, pw), stride, padding = _pair(pool, "pool"), _pair(stride, "stride"), _padding(padding)
+    if ph * pw > 255:
+        raise ValueError(f"pool {ph}x{pw} has {ph * pw} positions; argmax is uint8, so at most 255")
+    top, bottom, left, right = padding
+    if max(top, bottom) >= ph or max(left, right) >= pw:
+        raise ValueError(f"padding {padding} must be smaller than the pool {ph}x{pw} on every side "
+                         "(a window made only of padding has no maximum)")
+    return (ph, pw), stride, padding
+
+
+def _window_slices(r, s, stride, P, Q):
+    sh, sw = stride
+    return (slice(None), slice(r, r + sh * (P - 1) + 1, sh), slice(s, s + sw * (Q - 1) + 1, sw), slice(None))
+
+
+def maxpool_forward(x, pool, stride, padding):
+    """(y, argmax): the max of each window and its index r*pool_w + s (uint8).
+
+    Windows are scanned in row-major order with a strict '>' so the first maximum
+    wins; padded positions are excluded by a mask, never compared as values.
+    """
+    x = _float_array(x, "x", 4)
+    (ph, pw), stride, padding = _pool_args(pool, stride, padding)
+    N, H, W, C = x.shape
+    P, Q = _output_size(H, W, ph, pw, stride, padding, "pool")
+    xp_ = _pad(x, padding, -np.inf)
+    top, _, left, _ = padding
+    sh, sw = stride
+    # row_ok[p, r]: window row p at offset r lies inside x (not in the padding); same for columns.
+    row_ok = (np.arange(P)[:, None] * sh + np.arange(ph)[None, :] - top) < H
+    row_ok &= (np.arange(P)[:, None] * sh + np.arange(ph)[None, :]) >= top
+    col_ok = (np.arange(Q)[:, None] * sw + np.arange(pw)[None, :] - left) < W
+    col_ok &= (np.arange(Q)[:, None] * sw + np.arange(pw)[None, :]) >= left
+    y = np.full((N, P, Q, C), -np.inf, dtype=x.dtype)
+    argmax = np.zeros((N, P, Q, C), dtype=np.uint8)
+    found = np.zeros((1, P, Q, 1), dtype=bool)
+    for r in range(ph):
+        for s in range(pw):
+            v = xp_[_window_slices(r, s, stride, P, Q)]
+            better = v > y
+            if any(padding):
+                inside = (row_ok[:, r][:, None] & col_ok[:, s][None, :])[None, :, :, None]
+                better &= inside
+                better |= inside & ~found  # the first real position always takes the place of -inf
+                found = found | inside
+            np.copyto(y, v, where=better)
+            np.copyto(argmax, np.uint8(r * pw + s), where=better)
+    return y, argmax
+
+
+def maxpool_backward(dy, argmax, x_shape, pool, stride, padding):
+    """dx: each input element gathers dy from every window whose argmax picked it."""
+    dy = _float_array(dy, "dy", 4)
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.uint8:
+        raise TypeError(f"argmax must be a uint8 NumPy array (from maxpool_forward), got "
+                        f"{getattr(argmax, 'dtype', type(argmax).__name__)}")
+    (ph, pw), stride, padding = _pool_args(pool, stride, padding)
+    N, H, W, C = _shape4(x_shape, "x_shape")
+    P, Q = _output_size(H, W, ph, pw, stride, padding, "pool")
+    if dy.shape != (N, P, Q, C) or argmax.shape != dy.shape:
+        raise ValueError(f"dy {dy.shape} and argmax {argmax.shape} must both have shape {(N, P, Q, C)}")
+    if argmax.max() >= ph * pw:
+        raise ValueError(f"argmax holds {argmax.max()}, outside the {ph}x{pw} window")
+    top, bottom, left, right = padding
+    dxp = np.zeros((N, H + top + bottom, W + left + right, C), dtype=dy.dtype)
+    for r in range(ph):
+        for s in range(pw):
+            picked = argmax == r * pw + s
+            dxp[_window_slices(r, s, stride, P, Q)] += np.where(picked, dy, 0)
+    return _crop(dxp, (N, H, W, C), padding)
+
+
+# ---------------------------------------------------------------- dense and elementwise
+
+def matmul(a, b, trans_a, trans_b):
+    """op(a) @ op(b) for 2-D a and b; op transposes when its flag is true."""
+    a = _float_array(a, "a", 2)
+    b = _float_array(b, "b", 2)
+    _same_dtype(a.dtype, b=b)
+    opa = a.T if trans_a else a
+    opb = b.T if trans_b else b
+    if opa.shape[1] != opb.shape[0]:
+        raise ValueError(f"inner dimensions differ: op(a) is {opa.shape}, op(b) is {opb.shape}")
+    return np.ascontiguousarray(opa @ opb)
+
+
+def dense_forward(x, w, b, relu):
+    """x (N, in) @ w (in, out) + b (out,), ReLU if ``relu``."""
+    x = _float_array(x, "x", 2)
+    w = _float_array(w, "w", 2)
+    _same_dtype(x.dtype, w=w)
+    if x.shape[1] != w.shape[0]:
+        raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[0]} (w is (in, out) = {w.shape})")
+    y = x @ w
+    if b is not None:
+        b = _float_array(b, "b", 1)
+        _same_dtype(x.dtype, b=b)
+        if b.shape[0] != w.shape[1]:
+            raise ValueError(f"bias length {b.shape[0]} does not match the {w.shape[1]} outputs of w")
+        y += b
+    if relu:
+        np.maximum(y, 0, out=y)
+    return y
+
+
+def bias_grad(dy):
+    """Sum of dy over every axis but the last."""
+    dy = _float_array(dy, "dy")
+    return dy.reshape(-1, dy.shape[-1]).sum(axis=0)
+
+
+def relu_forward(x):
+    x = _float_array(x, "x")
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy, y):
+    dy = _float_array(dy, "dy")
+    y = _float_array(y, "y")
+    _same_dtype(dy.dtype, y=y)
+    if dy.shape != y.shape:
+        raise ValueError(f"dy {dy.shape} and y {y.shape} must have the same shape")
+    return np.where(y > 0, dy, dy.dtype.type(0))
+
+
+def softmax(x):
+    """Row softmax over the last axis of a 2-D array (max-subtracted)."""
+    x = _float_array(x, "x", 2)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+def _label_matrix(labels, N, classes, dtype):
+    """(one-hot or soft label matrix, index of each row's label for accuracy)."""
+    if not isinstance(labels, np.ndarray):
+        raise TypeError(f"labels must be a NumPy array, got {type(labels).__name__}")
+    if labels.ndim == 1:
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"1-D labels are class indices and must be integers, got {labels.dtype}")
+        if labels.shape[0] != N:
+            raise ValueError(f"labels has {labels.shape[0]} rows but logits has {N}")
+        bad = labels[(labels < 0) | (labels >= classes)]
+        if bad.size:
+            raise ValueError(f"label {int(bad[0])} is out of range [0, {classes})")
+        onehot = np.zeros((N, classes), dtype=dtype)
+        onehot[np.arange(N), labels] = 1
+        return onehot, labels
+    if labels.ndim == 2:
+        if not (np.issubdtype(labels.dtype, np.floating) or np.issubdtype(labels.dtype, np.integer)):
+            raise TypeError(f"label rows must be numeric (one-hot or soft), got {labels.dtype}")
+        if labels.shape != (N, classes):
+            raise ValueError(f"labels has shape {labels.shape} but logits needs {(N, classes)}: "
+                             f"one-hot labels must have {classes} columns")
+        return labels.astype(dtype, copy=False), labels.argmax(axis=1)
+    raise ValueError(f"labels must be class indices (N,) or one-hot (N, classes), got shape {labels.shape}")
+
+
+def softmax_cross_entropy(logits, labels, totals):
+    """dlogits = (softmax(logits) - onehot) / N; adds loss sum and correct count to ``totals``.
+
+    Per-row loss is logsumexp(z) - sum(y * z) for label row y, computed on
+    s = z - max(z): log(sum(exp(s))) - sum(y * s) + max(z) * (1 - sum(y)); the last
+    term vanishes for one-hot and normalised soft labels and keeps the loss exact otherwise.
+    """
+    logits = _float_array(logits, "logits", 2)
+    _inplace_array(totals, "totals", np.float64)
+    if totals.shape != (2,):
+        raise ValueError(f"totals must have shape (2,) (loss sum, correct count), got {totals.shape}")
+    N, classes = logits.shape
+    onehot, target = _label_matrix(labels, N, classes, logits.dtype)
+    zmax = logits.max(axis=1, keepdims=True)
+    shifted = logits - zmax
+    e = np.exp(shifted)
+    sum_e = e.sum(axis=1, keepdims=True)
+    row_loss = np.log(sum_e[:, 0]) - (onehot * shifted).sum(axis=1)
+    if labels.ndim == 2:
+        row_loss += zmax[:, 0] * (1 - onehot.sum(axis=1))
+    totals[0] += row_loss.sum(dtype=np.float64)
+    totals[1] += np.count_nonzero(logits.argmax(axis=1) == target)
+    e /= sum_e
+    e -= onehot
+    e *= logits.dtype.type(1.0 / N)
+    return e
+
+
+# ---------------------------------------------------------------- dropout (Philox 4x32-10)
+
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+def philox4x32_10(counter, key):
+    """Random123's Philox4x32-10 on arrays of 32-bit words held in uint64.
+
+    counter: four arrays (c0, c1, c2, c3) broadcastable together; key: (k0, k1).
+    Returns the four output words as uint64 arrays of values < 2**32.
+    """
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) & _MASK32 for c in counter)
+    k0, k1 = (np.uint64(int(k) & 0xFFFFFFFF) for k in key)
+    m0, m1 = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1)
+    shift = np.uint64(32)
+    for round_ in range(10):
+        if round_:
+            k0 = np.uint64((int(k0) + PHILOX_W0) & 0xFFFFFFFF)
+            k1 = np.uint64((int(k1) + PHILOX_W1) & 0xFFFFFFFF)
+        p0 = c0 * m0  # 32 x 32 -> 64-bit product: exact in uint64
+        p1 = c2 * m1
+        c0, c1, c2, c3 = (p1 >> shift) ^ c1 ^ k0, p1 & _MASK32, (p0 >> shift) ^ c3 ^ k1, p0 & _MASK32
+    return c0, c1, c2, c3
+
+
+def _step_value(step):
+    """The step count from an integer array of shape (1,) or a Python int."""
+    if isinstance(step, np.ndarray):
+        if step.shape != (1,) or not np.issubdtype(step.dtype, np.integer):
+            raise ValueError(f"step must be an integer array of shape (1,), got {step.dtype} {step.shape}")
+        step = step[0]
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"step must be an int32 array (1,) or an int, got {type(step).__name__}")
+    return int(step)
+
+
+def _dropout_threshold(rate):
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+    return min(int(np.floor(rate * 2.0 ** 32)), 2 ** 32 - 1)
+
+
+def dropout_keep(n, rate, seed, step):
+    """Keep mask (n,) bool: element i is kept iff Philox word i of (seed, step) >= rate * 2**32.
+
+    Counter (lo32(i//4), hi32(i//4), step, 0), key (lo32(seed), hi32(seed)), word i % 4.
+    """
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    threshold = _dropout_threshold(rate)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    seed = int(seed)
+    step = _step_value(step) & 0xFFFFFFFF  # an int32 step enters the counter as its 32-bit pattern
+    block = np.arange((n + 3) // 4, dtype=np.uint64)
+    words = philox4x32_10((block & _MASK32, block >> np.uint64(32), np.uint64(step), np.uint64(0)),
+                          (seed & 0xFFFFFFFF, seed >> 32))
+    words = np.stack(words, axis=1).reshape(-1)[:n]
+    return words >= np.uint64(threshold)
+
+
+def _dropout_apply(a, name, rate, seed, step):
+    a = _float_array(a, name)
+    keep = dropout_keep(a.size, rate, seed, step).reshape(a.shape)
+    # keep ? a * (1 / (1 - rate)) : 0, in a's dtype
+    return a * np.where(keep, a.dtype.type(1.0 / (1.0 - rate)), a.dtype.type(0))
+
+
+def dropout_forward(x, rate, seed, step):
+    return _dropout_apply(x, "x", rate, seed, step)
+
+
+def dropout_backward(dy, rate, seed, step):
+    return _dropout_apply(dy, "dy", rate, seed, step)
+
+
+# ---------------------------------------------------------------- local response normalisation
+
+def _lrn_args(size, alpha, beta, k):
+    size = _positive_int(size, "size")
+    if size % 2 == 0:
+        raise ValueError(f"LRN size must be odd (a window centred on each channel), got {size}")
+    for arg, v in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{arg} must be a real number, got {type(v).__name__}")
+    return size
+
+
+def _channel_window_sum(a, size):
+    """sum of a[..., j] for j in [c - size//2, c + size//2] clipped to the channels."""
+    out = a.copy()
+    for d in range(1, size // 2 + 1):
+        out[..., d:] += a[..., :-d]
+        out[..., :-d] += a[..., d:]
+    return out
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """(y, scale): scale = k + alpha * window sum of x^2, y = x * scale**-beta (AlexNet paper)."""
+    x = _float_array(x, "x", 4)
+    size = _lrn_args(size, alpha, beta, k)
+    scale = _channel_window_sum(x * x, size)
+    scale *= x.dtype.type(alpha)
+    scale += x.dtype.type(k)
+    y = x * scale ** x.dtype.type(-beta)
+    return y, scale
+
+
+def lrn_backward(dy, x, y, scale, size, alpha, beta, k):
+    """dx = dy * scale**-beta - 2*alpha*beta * x * window sum of (dy * y / scale)."""
+    dy = _float_array(dy, "dy", 4)
+    x = _float_array(x, "x", 4)
+    y = _float_array(y, "y", 4)
+    scale = _float_array(scale, "scale", 4)
+    _same_dtype(dy.dtype, x=x, y=y, scale=scale)
+    if not dy.shape == x.shape == y.shape == scale.shape:
+        raise ValueError(f"dy {dy.shape}, x {x.shape}, y {y.shape}, scale {scale.shape} must match")
+    size = _lrn_args(size, alpha, beta, k)
+    t = _channel_window_sum(dy * y / scale, size)
+    t *= x
+    t *= dy.dtype.type(-2.0 * alpha * beta)
+    t += dy * scale ** dy.dtype.type(-beta)
+    return t
+
+
+# ---------------------------------------------------------------- optimizers and small ops
+
+def _flat_params(**arrays):
+    first = None
+    for arg, a in arrays.items():
+        _inplace_array(a, arg)
+        if a.ndim != 1 or a.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{arg} must be a flat 1-D float32/float64 array, got {a.dtype} {a.shape}")
+        if first is None:
+            first = (arg, a)
+        elif a.shape != first[1].shape or a.dtype != first[1].dtype:
+            raise ValueError(f"{arg} {a.dtype} {a.shape} does not match {first[0]} "
+                             f"{first[1].dtype} {first[1].shape}")
+
+
+def sgd_update(p, g, v, lr, momentum, nesterov):
+    """Keras SGD, in place: v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g)."""
+    if v is None:
+        if momentum != 0:
+            raise ValueError(f"v (the velocity buffer) is required when momentum is {momentum}")
+        _flat_params(p=p, g=g)
+        p -= p.dtype.type(lr) * g
+        return None
+    _flat_params(p=p, g=g, v=v)
+    lr, momentum = p.dtype.type(lr), p.dtype.type(momentum)
+    v *= momentum
+    v -= lr * g
+    if nesterov:
+        p += momentum * v - lr * g
+    else:
+        p += v
+    return None
+
+
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps):
+    """Keras Adam, in place; t = step[0] + 1 (step itself is left unchanged)."""
+    _flat_params(p=p, g=g, m=m, v=v)
+    t = _step_value(step) + 1
+    lr_t = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    f = p.dtype.type
+    m *= f(beta1)
+    m += f(1.0 - beta1) * g
+    v *= f(beta2)
+    v += f(1.0 - beta2) * (g * g)
+    denom = np.sqrt(v)
+    denom += f(eps)
+    p -= f(lr_t) * m / denom
+    return None
+
+
+def increment(step):
+    """step[0] += 1, in place."""
+    _inplace_array(step, "step")
+    if step.shape != (1,) or not np.issubdtype(step.dtype, np.integer):
+        raise ValueError(f"step must be an integer array of shape (1,), got {step.dtype} {step.shape}")
+    step[0] += 1
+    return None
+
+
+def add(a, b):
+    a = _float_array(a, "a")
+    b = _float_array(b, "b")
+    _same_dtype(a.dtype, b=b)
+    if a.shape != b.shape:
+        raise ValueError(f"a {a.shape} and b {b.shape} must have the same shape")
+    return a + b
+
+
+def copy(dst, src):
+    """dst[...] = src, in place (same shape and dtype)."""
+    _inplace_array(dst, "dst")
+    if not isinstance(src, np.ndarray):
+        raise TypeError(f"src must be a NumPy array, got {type(src).__name__}")
+    if src.shape != dst.shape or src.dtype != dst.dtype:
+        raise ValueError(f"src {src.dtype} {src.shape} must match dst {dst.dtype} {dst.shape}")
+    np.copyto(dst, src)
+    return None
