@@ -1,0 +1,158 @@
+"""GEMM variants (kernels/gemm.cu): ``matmul`` and ``dense_forward``.
+
+Variants, registered in ``fastcnn.kernels`` at import (no GPU needed to import):
+  naive   one thread per output element (gemm_naive<TA,TB>): the obviously-right one
+  tiled   128x128x8 block tiles, 8x8 register blocking per thread, 16-byte loads,
+          split-K with a deterministic reduce when M x N gives too few blocks
+
+Every function takes an optional keyword ``out=`` (a C-contiguous float32 CuPy
+array of the result's shape) to write into a buffer the caller owns: tests
+poison it with NaN, a captured graph keeps it static.  ``launch_gemm`` is the
+entry point that conv.py shares.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .. import registry
+from . import _launch
+
+_FILE = "gemm.cu"
+_FORMS = ((0, 0), (0, 1), (1, 0), (1, 1))
+NAME_EXPRESSIONS = tuple(f"gemm_{kind}<{ta}, {tb}>" for kind in ("naive", "tiled") for ta, tb in _FORMS)
+TILE_M = TILE_N = 128
+THREADS = 256
+_INT32_MAX = 2**31 - 1
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _kernel(name: str):
+    return _launch.function(_FILE, name, NAME_EXPRESSIONS)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id: int) -> int:
+    import cupy as cp
+    return int(cp.cuda.Device(device_id).attributes["MultiProcessorCount"])
+
+
+def sm_count() -> int:
+    import cupy as cp
+    return _sm_count(cp.cuda.Device().id)
+
+
+def grid_blocks(n: int, threads: int = THREADS) -> int:
+    """Blocks for a grid-stride 1-D launch over n items (capped: the kernels loop)."""
+    return min(_launch.blocks(n, threads), 32 * sm_count())
+
+
+def split_k_plan(M: int, N: int, K: int) -> tuple[int, int]:
+    """(splits, kchunk): split K when the M x N tiles alone cannot fill the GPU.
+
+    Depends only on the shape and the card's SM count, so results are reproducible
+    on a given card.  kchunk is a multiple of 8 (the tile depth) and no slice is empty.
+    """
+    tiles = cdiv(M, TILE_M) * cdiv(N, TILE_N)
+    sms = sm_count()
+    if K < 1024 or tiles >= sms:
+        return 1, K
+    splits = max(1, min(cdiv(2 * sms, tiles), K // 512, 64))
+    kchunk = cdiv(cdiv(K, splits), 8) * 8
+    return cdiv(K, kchunk), kchunk
+
+
+def out_array(name: str, out, shape, dtype=np.float32):
+    """A fresh result array, or the caller's ``out`` after checking it."""
+    import cupy as cp
+    if out is None:
+        return cp.empty(shape, dtype=dtype)
+    return _launch.check(name, out, dtype=dtype, shape=shape)
+
+
+def check_int32(**dims) -> None:
+    for name, value in dims.items():
+        if value > _INT32_MAX:
+            raise ValueError(f"{name} = {value} exceeds the kernels' 32-bit index range")
+
+
+def launch_gemm(variant: str, a, b, out, M: int, N: int, K: int, trans_a: bool, trans_b: bool,
+                bias=None, relu: bool = False) -> None:
+    """out (M, N) = relu?(op(a) @ op(b) + bias); arguments already checked by the caller.
+
+    a is (M, K) or, with trans_a, (K, M); b is (K, N) or, with trans_b, (N, K).
+    """
+    import cupy as cp
+    check_int32(M=M, N=N, K=K, M_times_N=M * N)
+    ta, tb = int(bool(trans_a)), int(bool(trans_b))
+    args_tail = (np.int32(M), np.int32(N), np.int32(K))
+    if variant == "naive":
+        kernel = _kernel(f"gemm_naive<{ta}, {tb}>")
+        kernel((grid_blocks(M * N),), (THREADS,), (a, b, out) + args_tail + (bias, np.int32(bool(relu))))
+        return
+    if variant != "tiled":
+        raise ValueError(f"unknown GEMM variant {variant!r}; choose 'naive' or 'tiled'")
+    kernel = _kernel(f"gemm_tiled<{ta}, {tb}>")
+    splits, kchunk = split_k_plan(M, N, K)
+    grid = (cdiv(M, TILE_M), cdiv(N, TILE_N), splits)
+    if splits == 1:
+        kernel(grid, (THREADS,), (a, b, out) + args_tail + (bias, np.int32(bool(relu)), np.int32(kchunk)))
+        return
+    check_int32(workspace=splits * M * N)
+    ws = cp.empty(splits * M * N, dtype=np.float32)
+    kernel(grid, (THREADS,), (a, b, ws) + args_tail + (None, np.int32(0), np.int32(kchunk)))
+    _kernel("gemm_splitk_reduce")((grid_blocks(M * N),), (THREADS,),
+                                  (ws, out, np.int32(M), np.int32(N), np.int32(splits),
+                                   bias, np.int32(bool(relu))))
+
+
+def _matmul(variant: str):
+    def matmul(a, b, trans_a=False, trans_b=False, *, out=None):
+        """op(a) @ op(b) for 2-D float32 CuPy arrays; op transposes when trans_* is true."""
+        _launch.check("a", a, ndim=2)
+        _launch.check("b", b, ndim=2)
+        M, Ka = (a.shape[1], a.shape[0]) if trans_a else a.shape
+        Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+        if Ka != Kb:
+            raise ValueError(f"matmul: inner dimensions differ: op(a) is {M}x{Ka} but op(b) is {Kb}x{N} "
+                             f"(a {a.shape}, trans_a={bool(trans_a)}; b {b.shape}, trans_b={bool(trans_b)})")
+        out = out_array("out", out, (M, N))
+        launch_gemm(variant, a, b, out, M, N, Ka, trans_a, trans_b)
+        return out
+    matmul.__name__ = matmul.__qualname__ = f"matmul_{variant}"
+    return matmul
+
+
+def _dense_forward(variant: str):
+    def dense_forward(x, w, b, relu, *, out=None):
+        """relu?(x @ w + b): x (batch, in), w (in, out), b (out,) or None."""
+        _launch.check("x", x, ndim=2)
+        _launch.check("w", w, ndim=2)
+        if x.shape[1] != w.shape[0]:
+            raise ValueError(f"dense_forward: x has {x.shape[1]} features but w expects {w.shape[0]} "
+                             f"(x {x.shape}, w {w.shape})")
+        if b is not None:
+            _launch.check("b", b, ndim=1)
+            if b.shape[0] != w.shape[1]:
+                raise ValueError(f"dense_forward: b has length {b.shape[0]} but w has {w.shape[1]} outputs")
+        M, K = x.shape
+        N = w.shape[1]
+        out = out_array("out", out, (M, N))
+        launch_gemm(variant, x, w, out, M, N, K, False, False, bias=b, relu=bool(relu))
+        return out
+    dense_forward.__name__ = dense_forward.__qualname__ = f"dense_forward_{variant}"
+    return dense_forward
+
+
+registry.register("matmul", "naive", _matmul("naive"), source="cuda",
+                  note="one thread per output, dot product over K (obviously right)")
+registry.register("matmul", "tiled", _matmul("tiled"), source="cuda", default=True,
+                  note="128x128x8 smem tiles, 8x8 register blocking, float4 loads, split-K for small M*N")
+registry.register("dense_forward", "naive", _dense_forward("naive"), source="cuda",
+                  note="naive GEMM with fused bias+ReLU epilogue")
+registry.register("dense_forward", "tiled", _dense_forward("tiled"), source="cuda", default=True,
+                  note="tiled GEMM with fused bias+ReLU epilogue")

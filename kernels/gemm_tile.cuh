@@ -1,0 +1,186 @@
+// kernels/gemm_tile.cuh: the block-tiled fp32 SIMT GEMM core, shared by gemm.cu
+// (plain matrices) and conv.cu (implicit GEMM: tiles gathered from NHWC tensors).
+// Include after common.cuh.
+//
+// Block tile 128 (M) x 128 (N) x 8 (K), 256 threads, each thread an 8x8 block of
+// C held in registers: rows {ty*4+i, 64+ty*4+i}, columns {tx*4+j, 64+tx*4+j}
+// (ty = tid/16, tx = tid%16, i, j < 4), so that every shared-memory read in the
+// inner loop is a 16-byte vector, a broadcast (A) or 16 consecutive float4 (B),
+// free of bank conflicts.  Both operand tiles sit in shared memory K-major,
+// S[k][mn] (A transposed), each row padded by 4 floats.  The next K slice is
+// fetched from global memory into registers while the current one is multiplied
+// (register prefetch, one shared buffer).
+//
+// A "loader" fetches one operand's 8 x 128 tile: fetch(k0, kend) reads the
+// thread's 4 elements (zero outside the matrix), store(S) writes them to shared
+// memory.  Two generic loaders cover plain matrices:
+//   fc_kcontig_loader   element (mn, k) at p[mn*ld + k]   (thread: one mn, 4 consecutive k)
+//   fc_mncontig_loader  element (mn, k) at p[k*ld + mn]   (thread: one k, 4 consecutive mn)
+// conv.cu adds loaders that gather from NHWC tensors with the same two shapes.
+// Split-K: a block may cover K in [kbegin, kend); partial products go to a
+// workspace and gemm_splitk_reduce sums them in a fixed order (deterministic).
+#ifndef FASTCNN_GEMM_TILE_CUH
+#define FASTCNN_GEMM_TILE_CUH
+
+#define FC_BM 128
+#define FC_BN 128
+#define FC_BK 8
+#define FC_PAD 4
+#define FC_THREADS 256
+#define FC_LDS (FC_BM + FC_PAD)
+
+// Element (mn, k) at p[mn*ld + k]: thread owns row mn0 + tid/2, k offsets (tid%2)*4 + 0..3.
+struct fc_kcontig_loader {
+    const float* p;
+    int ld, mn_lim, mn, kq;
+    bool vec;
+    float r[4];
+    FC_DEVICE void init(const float* p_, int ld_, int mn_lim_, int mn0) {
+        p = p_; ld = ld_; mn_lim = mn_lim_;
+        mn = mn0 + (int)threadIdx.x / 2;
+        kq = ((int)threadIdx.x % 2) * 4;
+        vec = (ld % 4 == 0) && fc_aligned16(p_);
+    }
+    FC_DEVICE void fetch(int k0, int kend) {
+        const int k = k0 + kq;  // a multiple of 4 when k0 is
+        r[0] = r[1] = r[2] = r[3] = 0.0f;
+        if (mn >= mn_lim) return;
+        const float* row = p + (fc_i64)mn * ld;
+        if (vec && k + 3 < kend) {
+            const float4 v = fc_load4(row + k);
+            r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                if (k + i < kend) r[i] = row[k + i];
+        }
+    }
+    FC_DEVICE void store(float (*S)[FC_LDS]) const {
+        const int m = (int)threadIdx.x / 2;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) S[kq + i][m] = r[i];
+    }
+};
+
+// Element (mn, k) at p[k*ld + mn]: thread owns k offset tid/32, rows mn0 + (tid%32)*4 + 0..3.
+struct fc_mncontig_loader {
+    const float* p;
+    int ld, mn_lim, mn, kk;
+    bool vec;
+    float r[4];
+    FC_DEVICE void init(const float* p_, int ld_, int mn_lim_, int mn0) {
+        p = p_; ld = ld_; mn_lim = mn_lim_;
+        mn = mn0 + ((int)threadIdx.x % 32) * 4;
+        kk = (int)threadIdx.x / 32;
+        vec = (ld % 4 == 0) && fc_aligned16(p_);
+    }
+    FC_DEVICE void fetch(int k0, int kend) {
+        const int k = k0 + kk;
+        r[0] = r[1] = r[2] = r[3] = 0.0f;
+        if (k >= kend) return;
+        const float* row = p + (fc_i64)k * ld;
+        if (vec && mn + 3 < mn_lim) {
+            const float4 v = fc_load4(row + mn);
+            r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                if (mn + i < mn_lim) r[i] = row[mn + i];
+        }
+    }
+    FC_DEVICE void store(float (*S)[FC_LDS]) const {
+        fc_store4(&S[kk][((int)threadIdx.x % 32) * 4], make_float4(r[0], r[1], r[2], r[3]));
+    }
+};
+
+// acc[i][j] += sum over k in [kbegin, kend) of A(row_i, k) * B(k, col_j).
+// kbegin must be a multiple of 8 (vector loads rely on it).  Every thread of the
+// block must call it (barriers inside).
+template <class LA, class LB>
+FC_DEVICE void fc_gemm_mainloop(LA& la, LB& lb, int kbegin, int kend, float (&acc)[8][8]) {
+    __shared__ __align__(16) float As[FC_BK][FC_LDS];
+    __shared__ __align__(16) float Bs[FC_BK][FC_LDS];
+    const int ty = (int)threadIdx.x / 16, tx = (int)threadIdx.x % 16;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+    if (kbegin >= kend) return;  // uniform over the block
+    la.fetch(kbegin, kend);
+    lb.fetch(kbegin, kend);
+    for (int k0 = kbegin; k0 < kend; k0 += FC_BK) {
+        la.store(As);
+        lb.store(Bs);
+        __syncthreads();
+        if (k0 + FC_BK < kend) {  // prefetch the next slice while this one is multiplied
+            la.fetch(k0 + FC_BK, kend);
+            lb.fetch(k0 + FC_BK, kend);
+        }
+#pragma unroll
+        for (int kk = 0; kk < FC_BK; ++kk) {
+            float a[8], b[8];
+            float4 v = fc_load4(&As[kk][ty * 4]);
+            a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
+            v = fc_load4(&As[kk][64 + ty * 4]);
+            a[4] = v.x; a[5] = v.y; a[6] = v.z; a[7] = v.w;
+            v = fc_load4(&Bs[kk][tx * 4]);
+            b[0] = v.x; b[1] = v.y; b[2] = v.z; b[3] = v.w;
+            v = fc_load4(&Bs[kk][64 + tx * 4]);
+            b[4] = v.x; b[5] = v.y; b[6] = v.z; b[7] = v.w;
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+}
+
+// Write the block's 128x128 tile of C (M x N row-major, ld = N) at (m0, n0):
+// C = relu?(acc + bias[col]); bias may be null.  Rows/columns outside C skipped.
+FC_DEVICE void fc_gemm_epilogue(const float (&acc)[8][8], float* C, int M, int N, int m0, int n0,
+                                const float* bias, int relu) {
+    const int ty = (int)threadIdx.x / 16, tx = (int)threadIdx.x % 16;
+    const bool vec = (N % 4 == 0) && fc_aligned16(C);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int row = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + (i - 4));
+        if (row >= M) continue;
+        float* crow = C + (fc_i64)row * N;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int col = n0 + half * 64 + tx * 4;
+            float v[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                v[j] = acc[i][half * 4 + j];
+                if (bias != nullptr && col + j < N) v[j] += bias[col + j];
+                if (relu) v[j] = fc_relu(v[j]);
+            }
+            if (vec && col + 3 < N) {
+                fc_store4(crow + col, make_float4(v[0], v[1], v[2], v[3]));
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    if (col + j < N) crow[col + j] = v[j];
+            }
+        }
+    }
+}
+
+// C[i] = relu?(sum over z < splits of ws[z*M*N + i] + bias[i % N]), z in fixed order.
+// One thread per element of C (grid-stride).
+extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ ws, float* __restrict__ C,
+                                              int M, int N, int splits,
+                                              const float* __restrict__ bias, int relu) {
+    const fc_i64 total = (fc_i64)M * N;
+    for (fc_i64 idx = fc_global_tid(); idx < total; idx += fc_grid_stride()) {
+        float s = 0.0f;
+        for (int z = 0; z < splits; ++z) s += ws[(fc_i64)z * total + idx];
+        if (bias != nullptr) s += bias[(int)(idx % N)];
+        if (relu) s = fc_relu(s);
+        C[idx] = s;
+    }
+}
+
+#endif  // FASTCNN_GEMM_TILE_CUH
