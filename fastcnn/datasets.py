@@ -1,0 +1,341 @@
+"""Data sets: an IDX reader, MNIST, Fashion-MNIST, the bundled MNIST sample, synthetic images.
+
+Every loader returns ``(x_train, y_train), (x_test, y_test)`` as Keras's ``load_data()``
+does: uint8 images (N, 28, 28) and uint8 integer labels.  ``prepare_images`` turns
+them into the float32 NHWC batches in [0, 1] that the models take, ``to_categorical``
+turns labels into one-hot rows.
+
+Where the files are looked for (first hit wins; a directory holds the four official
+files, gzipped or not, under their official names):
+
+  1. ``path`` when given (and nothing else: a download goes there too);
+  2. the cache directory: ``$FASTCNN_DATA/<name>`` if set, else
+     ``$XDG_CACHE_HOME/fastcnn/<name>`` or ``~/.cache/fastcnn/<name>``;
+  3. for Fashion-MNIST, Debian's ``dataset-fashion-mnist`` files in
+     /usr/share/datasets/fashion-mnist;
+  4. a download from the public mirrors into the cache directory (unless
+     ``download=False`` or ``FASTCNN_NO_DOWNLOAD=1``).
+
+Every file is checked against the SHA-256 of its *decompressed* IDX bytes, not of the
+.gz: Debian (and some mirrors) recompress the same data, which changes the gzip
+header but not the content.  A file with the wrong digest (say Fashion-MNIST files
+left in the MNIST directory, which share the format) is refused, never used.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from fastcnn._paths import DATA_DIR
+
+__all__ = [
+    "IDXFormatError", "ChecksumMismatch", "DataNotFound",
+    "read_idx", "load_mnist", "load_fashion_mnist", "load_mnist_sample",
+    "synthetic", "to_categorical", "prepare_images", "cache_dir",
+]
+
+
+class IDXFormatError(ValueError):
+    """An IDX file is truncated, corrupt, or not the array it should be."""
+
+
+class ChecksumMismatch(ValueError):
+    """A data file's SHA-256 differs from the published one."""
+
+
+class DataNotFound(FileNotFoundError):
+    """The data files are absent and could not be downloaded; the message says what to fetch."""
+
+
+# ---------------------------------------------------------------------------- IDX
+# The IDX format (LeCun's MNIST page): two zero bytes, a type code, the number of
+# dimensions, then one big-endian uint32 per dimension, then the data, big-endian.
+_IDX_TYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when it is a gzip file (found by its magic, not its name)."""
+    raw = path.read_bytes()
+    if not raw.startswith(_GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except EOFError as exc:
+        raise IDXFormatError(f"{path}: the gzip stream is truncated ({len(raw)} bytes read): "
+                             f"the file is incomplete, delete it and fetch it again") from exc
+    except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; CRC errors too
+        raise IDXFormatError(f"{path}: corrupt gzip data ({exc}); delete it and fetch it again") from exc
+
+
+def _parse_idx(data: bytes, where: str) -> np.ndarray:
+    if len(data) < 4:
+        raise IDXFormatError(f"{where}: {len(data)} bytes is too short for an IDX header (4 bytes + dims)")
+    if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
+        raise IDXFormatError(f"{where}: wrong magic number 0x{data[:4].hex()}: not an IDX file "
+                             f"(expected 0x0000 then a type code in "
+                             f"{', '.join(f'0x{t:02x}' for t in _IDX_TYPES)}, e.g. 0x00000803 for images)")
+    dtype, ndim = _IDX_TYPES[data[2]], data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise IDXFormatError(f"{where}: truncated header: {ndim} dimensions need {header} bytes, "
+                             f"the file has {len(data)}")
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) < expected:
+        raise IDXFormatError(f"{where}: truncated: shape {shape} of {dtype.name} needs {expected} bytes, "
+                             f"the file has {len(data)}")
+    if len(data) > expected:
+        raise IDXFormatError(f"{where}: {len(data) - expected} unexpected bytes after the data "
+                             f"(shape {shape} needs {expected} bytes): corrupt or not this array")
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))  # native byte order, and a writable copy
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (raw or gzip) into a NumPy array, checking magic, dimensions and size."""
+    path = Path(path)
+    return _parse_idx(_read_bytes(path), str(path))
+
+
+# ---------------------------------------------------------------------------- file sets
+class _DataSet:
+    """The four files of an MNIST-style data set, their digests and their mirrors."""
+
+    def __init__(self, name, title, files, mirrors, system_dirs=()):
+        self.name = name            # cache sub-directory
+        self.title = title
+        self.files = files          # {role: (official file name without .gz, sha256 of the IDX bytes, shape)}
+        self.mirrors = mirrors      # base URLs, tried in order
+        self.system_dirs = system_dirs
+
+
+# SHA-256 of the decompressed IDX files.  MNIST: the official files' content, as
+# published beside the .gz digests (440fcabf... for train-images-idx3-ubyte.gz) by
+# several projects; Fashion-MNIST: measured here on Debian's files, which match the
+# upstream .gz (md5 8d4fb7e6... etc.) once decompressed.
+MNIST = _DataSet(
+    "mnist", "MNIST",
+    {"x_train": ("train-images-idx3-ubyte",
+                 "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", (60000, 28, 28)),
+     "y_train": ("train-labels-idx1-ubyte",
+                 "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
+     "x_test": ("t10k-images-idx3-ubyte",
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", (10000, 28, 28)),
+     "y_test": ("t10k-labels-idx1-ubyte",
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", (10000,))},
+    ["https://ossci-datasets.s3.amazonaws.com/mnist/",
+     "https://storage.googleapis.com/cvdf-datasets/mnist/"],
+)
+
+FASHION_MNIST = _DataSet(
+    "fashion-mnist", "Fashion-MNIST",
+    {"x_train": ("train-images-idx3-ubyte",
+                 "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", (60000, 28, 28)),
+     "y_train": ("train-labels-idx1-ubyte",
+                 "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", (60000,)),
+     "x_test": ("t10k-images-idx3-ubyte",
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", (10000, 28, 28)),
+     "y_test": ("t10k-labels-idx1-ubyte",
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", (10000,))},
+    ["https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    system_dirs=(Path("/usr/share/datasets/fashion-mnist"),),
+)
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def cache_dir(name: str = "") -> Path:
+    """Where downloads go: $FASTCNN_DATA, else $XDG_CACHE_HOME/fastcnn, else ~/.cache/fastcnn."""
+    if os.environ.get("FASTCNN_DATA"):
+        root = Path(os.environ["FASTCNN_DATA"]).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "fastcnn"
+    return root / name if name else root
+
+
+def _find(directory: Path, filename: str) -> Path | None:
+    for candidate in (directory / (filename + ".gz"), directory / filename):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check_file(path: Path, digest: str, shape) -> np.ndarray:
+    """Read one IDX file, check its content digest and its shape."""
+    data = _read_bytes(path)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise ChecksumMismatch(f"{path}: SHA-256 of the IDX content is {actual}, expected {digest}: "
+                               f"the file is corrupt or a different data set; delete it and fetch it again")
+    array = _parse_idx(data, str(path))
+    if array.shape != shape or array.dtype != np.uint8:
+        raise IDXFormatError(f"{path}: holds {array.dtype} {array.shape}, expected uint8 {shape}")
+    return array
+
+
+def _download(url: str, target: Path, digest: str, timeout: float = 60.0) -> None:
+    """Fetch url into target atomically: a temporary file in the same directory, checked, then renamed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+        actual = hashlib.sha256(_read_bytes(tmp)).hexdigest()
+        if actual != digest:
+            raise ChecksumMismatch(f"{url}: SHA-256 of the downloaded IDX content is {actual}, "
+                                   f"expected {digest}; the file was not kept")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _missing_message(ds: _DataSet, directory: Path, missing, errors) -> str:
+    lines = [f"{ds.title} data not found: missing {', '.join(f + '.gz' for f in missing)} in {directory}."]
+    if ds.system_dirs:
+        lines.append("Also looked in " + ", ".join(str(d) for d in ds.system_dirs)
+                     + (" (Debian: apt-get install dataset-fashion-mnist)" if ds is FASHION_MNIST else ""))
+    if errors:
+        lines.append("Download failed:")
+        lines += [f"  {e}" for e in errors]
+    else:
+        lines.append("Downloading is off (download=False or FASTCNN_NO_DOWNLOAD=1).")
+    lines.append(f"Download these files from any of the mirrors and put them in {directory} "
+                 f"(or point FASTCNN_DATA at a directory holding a '{ds.name}' folder with them):")
+    for filename in missing:
+        lines += [f"  {base}{filename}.gz" for base in ds.mirrors]
+    return "\n".join(lines)
+
+
+def _load(ds: _DataSet, path=None, download=True):
+    if download and os.environ.get("FASTCNN_NO_DOWNLOAD", "") not in ("", "0"):
+        download = False
+    target = Path(path).expanduser() if path is not None else cache_dir(ds.name)
+    search = [target] if path is not None else [target, *ds.system_dirs]
+
+    arrays = {}
+    missing = []
+    for role, (filename, digest, shape) in ds.files.items():
+        found = next((p for d in search if (p := _find(d, filename)) is not None), None)
+        if found is None:
+            missing.append(role)
+        else:
+            arrays[role] = _check_file(found, digest, shape)
+
+    errors = []
+    if missing and download:
+        for role in list(missing):
+            filename, digest, shape = ds.files[role]
+            dest = target / (filename + ".gz")
+            for base in ds.mirrors:
+                url = base + filename + ".gz"
+                print(f"fastcnn: downloading {url} -> {dest}", file=sys.stderr)
+                try:
+                    _download(url, dest, digest)
+                except (OSError, urllib.error.URLError, ValueError) as exc:
+                    errors.append(f"{url}: {exc}")
+                    continue
+                arrays[role] = _check_file(dest, digest, shape)
+                missing.remove(role)
+                break
+    if missing:
+        raise DataNotFound(_missing_message(ds, target, [ds.files[r][0] for r in missing], errors))
+
+    for split in ("train", "test"):
+        if len(arrays["x_" + split]) != len(arrays["y_" + split]):  # only reachable with edited digests
+            raise IDXFormatError(f"{ds.title}: {len(arrays['x_' + split])} {split} images "
+                                 f"but {len(arrays['y_' + split])} labels")
+    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+def load_mnist(path=None, download=True):
+    """MNIST: 60,000 training and 10,000 test digits, ``(x_train, y_train), (x_test, y_test)``."""
+    return _load(MNIST, path, download)
+
+
+def load_fashion_mnist(path=None, download=True):
+    """Fashion-MNIST (Zalando): 60,000 + 10,000 clothing images, classes in ``FASHION_CLASSES``."""
+    return _load(FASHION_MNIST, path, download)
+
+
+# ---------------------------------------------------------------------------- bundled sample
+SAMPLE_FILE = DATA_DIR / "mnist-10k.npz"
+
+
+def load_mnist_sample(validation: int = 2000, seed: int = 0):
+    """The 10,000 real MNIST digits shipped with fastcnn, split at random with a fixed seed.
+
+    Returns ``(x_train, y_train), (x_val, y_val)``: 8,000 / 2,000 by default.  This is a
+    subset of MNIST (see fastcnn/data/ATTRIBUTION.md), not its official test set.
+    """
+    if not SAMPLE_FILE.is_file():
+        raise DataNotFound(f"the bundled MNIST sample {SAMPLE_FILE} is missing from this installation; "
+                           f"reinstall fastcnn (it ships as package data)")
+    with np.load(SAMPLE_FILE) as npz:
+        images, labels = npz["images"], npz["labels"]
+    if not 0 <= validation <= len(images):
+        raise ValueError(f"validation={validation}: must be between 0 and {len(images)}")
+    # The file is sorted by digit: shuffle before splitting so that both parts hold every class.
+    order = np.random.default_rng(seed).permutation(len(images))
+    val, train = order[:validation], order[validation:]
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+# ---------------------------------------------------------------------------- synthetic
+def synthetic(n: int, shape=(28, 28, 1), num_classes: int = 10, seed: int = 0):
+    """SYNTHETIC data for throughput work: uniform random uint8 images and random labels.
+
+    Returns ``(x, y)``: x uint8 ``(n, *shape)``, y int64 ``(n,)`` in [0, num_classes).  There
+    is nothing to learn here; accuracy on it means nothing, and anything reported from
+    it must say that the images are synthetic.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    y = rng.integers(0, num_classes, size=n, dtype=np.int64)
+    return x, y
+
+
+# ---------------------------------------------------------------------------- helpers
+def to_categorical(y, num_classes: int | None = None) -> np.ndarray:
+    """Integer labels -> one-hot float32 rows, like ``keras.utils.to_categorical``."""
+    y = np.asarray(y)
+    if y.ndim > 1 and y.shape[-1] == 1:  # Keras accepts (N, 1) column vectors
+        y = y.reshape(y.shape[:-1])
+    if y.size and (not np.issubdtype(y.dtype, np.integer) and not np.all(y == np.round(y))):
+        raise ValueError("to_categorical: labels must be integers")
+    y = y.astype(np.int64)
+    if num_classes is None:
+        num_classes = int(y.max()) + 1 if y.size else 0
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"to_categorical: labels span [{y.min()}, {y.max()}], "
+                         f"outside [0, {num_classes}) for num_classes={num_classes}")
+    out = np.zeros((*y.shape, num_classes), dtype=np.float32)
+    np.put_along_axis(out, y[..., None], 1.0, axis=-1)
+    return out
+
+
+def prepare_images(x) -> np.ndarray:
+    """Images -> float32 NHWC in [0, 1]: uint8 are divided by 255, (N, H, W) gains a channel axis."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"prepare_images: expected (N, H, W) or (N, H, W, C) images, got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x, dtype=np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(x, dtype=np.float32)
