@@ -15,6 +15,12 @@ Epoch logs are a plain dict with 'loss', 'accuracy' and, with validation data,
 """
 from __future__ import annotations
 
+import json
+import math
+import os
+import sys
+import tempfile
+import time
 from collections.abc import Mapping
 
 
@@ -91,3 +97,183 @@ class BatchLogs(Mapping):
 
     def __len__(self):
         return len(self._plain) + len(self._lazy)
+
+
+# ---------------------------------------------------------------------------- progress
+def _fmt_logs(logs, keys=("loss", "accuracy", "val_loss", "val_accuracy")) -> str:
+    return " - ".join(f"{k}: {float(logs[k]):.4f}" for k in keys if k in logs)
+
+
+class ProgressBar(Callback):
+    """A live bar per epoch: loss, accuracy, images/s and time left (tqdm).
+
+    The running loss and accuracy are read at most once per ``min_interval`` seconds
+    (and at the last batch), because on the GPU every read waits for the device.
+    With ``verbose=2``, or when tqdm is not installed, it prints one plain line per
+    epoch instead.  ``epochs`` (or ``set_params({'epochs': ...})``) only labels the bar.
+    """
+
+    def __init__(self, epochs=None, verbose=1, file=None, min_interval=0.25):
+        self.epochs = epochs
+        self.verbose = verbose
+        self.file = file
+        self.min_interval = min_interval
+        self._tqdm = None
+        if verbose == 1:
+            try:
+                from tqdm.auto import tqdm
+                self._tqdm = tqdm
+            except ImportError:
+                pass  # plain per-epoch lines; `pip install fastcnn[progress]` for the bar
+        self._bar = None
+
+    def set_params(self, params):  # Keras's hook, if fit passes its parameters
+        self.epochs = params.get("epochs", self.epochs)
+
+    def _out(self):
+        return self.file if self.file is not None else sys.stdout
+
+    def _label(self, epoch):
+        return f"Epoch {epoch + 1}/{self.epochs}" if self.epochs else f"Epoch {epoch + 1}"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._start = time.perf_counter()
+        self._last_read = -math.inf
+        self._seen = 0
+        self._bar = None  # made at the first batch, when the number of steps is known
+
+    def on_batch_end(self, batch, logs=None):
+        self._seen = logs["seen"]
+        if self._tqdm is None:
+            return
+        steps = logs["steps"]
+        if self._bar is None:
+            self._bar = self._tqdm(total=steps, desc=self._label(self._epoch), unit="batch",
+                                   file=self._out(), leave=True, dynamic_ncols=True)
+        now = time.perf_counter()
+        if now - self._last_read >= self.min_interval or batch + 1 == steps:
+            self._last_read = now
+            rate = self._seen / max(now - self._start, 1e-9)
+            self._bar.set_postfix_str(f"loss={float(logs['loss']):.4f} acc={float(logs['accuracy']):.4f} "
+                                      f"{rate:,.0f} img/s", refresh=False)
+        self._bar.update(batch + 1 - self._bar.n)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        seconds = time.perf_counter() - self._start
+        rate = self._seen / max(seconds, 1e-9)
+        if self._bar is not None:
+            parts = [f"loss={logs['loss']:.4f}" if "loss" in logs else "",
+                     f"acc={logs['accuracy']:.4f}" if "accuracy" in logs else "",
+                     f"val_loss={logs['val_loss']:.4f}" if "val_loss" in logs else "",
+                     f"val_acc={logs['val_accuracy']:.4f}" if "val_accuracy" in logs else "",
+                     f"{rate:,.0f} img/s"]
+            self._bar.set_postfix_str(" ".join(p for p in parts if p), refresh=True)
+            self._bar.close()
+            self._bar = None
+        elif self.verbose:
+            line = f"{self._label(epoch)} - {seconds:.1f}s - {rate:,.0f} img/s"
+            if logs:
+                line += " - " + _fmt_logs(logs)
+            print(line, file=self._out(), flush=True)
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:  # training stopped inside an epoch
+            self._bar.close()
+            self._bar = None
+
+
+# ---------------------------------------------------------------------------- files
+def atomic_write_text(path, text: str) -> None:
+    """Write a text file so that a crash leaves either the old file or the new one, never half."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class ModelCheckpoint(Callback):
+    """After every ``every`` epochs, save a resumable checkpoint: weights, optimizer state, epoch.
+
+    The epoch saved is the number of epochs completed (1 after the first), which is
+    what ``fit(initial_epoch=model.load_checkpoint(path))`` takes to resume.
+    ``self.completed`` is kept up to date for a caller that saves on an interrupt.
+    """
+
+    def __init__(self, path, every=1):
+        self.path = os.fspath(path)
+        self.every = every
+        self.completed = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.completed = epoch + 1
+        if self.completed % self.every == 0:
+            self.model.save_checkpoint(self.path, self.completed)
+
+
+class JSONLogger(Callback):
+    """Rewrite a JSON file after every epoch: ``{"epoch": [1, 2, ...], "history": {...}, **meta}``.
+
+    ``epoch`` holds 1-based epoch numbers; ``history`` maps each metric to its values.
+    With ``resume_from=k`` the file's first k epochs are kept and new ones appended.
+    """
+
+    def __init__(self, path, meta=None, resume_from=None):
+        self.path = os.fspath(path)
+        self.data = {"epoch": [], "history": {}}
+        if resume_from and os.path.exists(self.path):
+            with open(self.path) as f:
+                old = json.load(f)
+            keep = [i for i, e in enumerate(old.get("epoch", [])) if e <= resume_from]
+            self.data["epoch"] = [old["epoch"][i] for i in keep]
+            self.data["history"] = {k: [v[i] for i in keep] for k, v in old.get("history", {}).items()}
+        self.data.update(meta or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.data["epoch"].append(epoch + 1)
+        n = len(self.data["epoch"])
+        for key, value in (logs or {}).items():
+            # a metric first seen now (e.g. validation added on resume) gets None for earlier epochs
+            values = self.data["history"].setdefault(key, [])
+            values.extend([None] * (n - 1 - len(values)))
+            values.append(float(value))
+        self.write()
+
+    def write(self):
+        atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
+
+
+class CSVLogger(Callback):
+    """Append one CSV row per epoch (epoch, then the epoch logs' keys), like Keras's CSVLogger."""
+
+    def __init__(self, path, append=False):
+        self.path = os.fspath(path)
+        self.append = append
+        self._keys = None
+
+    def on_train_begin(self, logs=None):
+        if not (self.append and os.path.exists(self.path)):
+            open(self.path, "w").close()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        new_file = os.path.getsize(self.path) == 0
+        if self._keys is None:
+            if new_file:
+                self._keys = list(logs)
+            else:
+                with open(self.path) as f:
+                    self._keys = f.readline().strip().split(",")[1:]
+        with open(self.path, "a") as f:
+            if new_file:
+                f.write(",".join(["epoch", *self._keys]) + "\n")
+            f.write(",".join([str(epoch + 1), *(repr(float(logs[k])) if k in logs else "" for k in self._keys)])
+                    + "\n")
