@@ -1,0 +1,85 @@
+// kernels/dropout.cu: dropout forward and backward from a counter-based generator.
+//
+// What:   y[i] = x[i] * (keep_i ? scale : 0), scale = float32(1 / (1 - rate)); the same
+//         kernel serves the forward (x) and the backward (dy): the mask is regenerated
+//         from (seed, step, i), never stored.
+//         keep_i: Philox4x32-10 with counter (lo32(i / 4), hi32(i / 4), step[0], 0) and
+//         key (lo32(seed), hi32(seed)); word = output[i % 4]; keep_i = word >= threshold,
+//         threshold = min(floor(rate * 2^32), 2^32 - 1) (computed on the host).
+//         Bit for bit the mask of fastcnn.backend.reference.dropout_keep.
+// Launch: 1-D grid-stride, 256 threads per block, any grid; one thread per group of 4
+//         consecutive elements (one Philox call gives the 4 words of the group).
+// Algorithm: Philox4x32-10 (Salmon et al., SC'11; Random123's constants): 10 rounds of
+//         (hi0, lo0) = mulhilo(0xD2511F53, c0); (hi1, lo1) = mulhilo(0xCD9E8D57, c2);
+//         c = (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0), the key bumped by
+//         (0x9E3779B9, 0xBB67AE85) between rounds.  step is read from device memory so
+//         that a captured CUDA graph draws a new mask on every replay.
+// Last measured: not yet measured on a GPU.
+//
+// Self-contained (no #include): NVRTC has no system headers.  fc_philox4x32_10 is
+// __host__ __device__ so that a host program can check it against known answers.
+
+struct fc_u32x4 {
+    unsigned int v[4];
+};
+
+__host__ __device__ inline unsigned int fc_mulhi32(unsigned int a, unsigned int b) {
+#ifdef __CUDA_ARCH__
+    return __umulhi(a, b);
+#else
+    return (unsigned int)(((unsigned long long)a * b) >> 32);
+#endif
+}
+
+__host__ __device__ inline fc_u32x4 fc_philox4x32_10(unsigned int c0, unsigned int c1,
+                                                     unsigned int c2, unsigned int c3,
+                                                     unsigned int k0, unsigned int k1) {
+    for (int round = 0; round < 10; ++round) {
+        if (round > 0) {
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        const unsigned int hi0 = fc_mulhi32(0xD2511F53u, c0);
+        const unsigned int lo0 = 0xD2511F53u * c0;
+        const unsigned int hi1 = fc_mulhi32(0xCD9E8D57u, c2);
+        const unsigned int lo1 = 0xCD9E8D57u * c2;
+        const unsigned int n0 = hi1 ^ c1 ^ k0;
+        const unsigned int n1 = lo1;
+        const unsigned int n2 = hi0 ^ c3 ^ k1;
+        const unsigned int n3 = lo0;
+        c0 = n0;
+        c1 = n1;
+        c2 = n2;
+        c3 = n3;
+    }
+    fc_u32x4 out;
+    out.v[0] = c0;
+    out.v[1] = c1;
+    out.v[2] = c2;
+    out.v[3] = c3;
+    return out;
+}
+
+// x, y: n floats (y may be x: each element is read, then written, by one thread).
+// step: int32 (1,) in device memory; its bits are the third counter word.
+extern "C" __global__ void dropout_apply(const float* x, float* y, long long n,
+                                         unsigned int key0, unsigned int key1,
+                                         const int* step, unsigned int threshold,
+                                         float scale) {
+    const unsigned int c2 = (unsigned int)step[0];
+    const long long groups = (n + 3) / 4;
+    for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < groups;
+         g += (long long)gridDim.x * blockDim.x) {
+        const unsigned long long gu = (unsigned long long)g;
+        const fc_u32x4 words = fc_philox4x32_10((unsigned int)(gu & 0xffffffffull),
+                                                (unsigned int)(gu >> 32), c2, 0u, key0, key1);
+        const long long base = g * 4;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const long long i = base + k;
+            if (i < n) {
+                y[i] = x[i] * (words.v[k] >= threshold ? scale : 0.0f);
+            }
+        }
+    }
+}

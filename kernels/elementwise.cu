@@ -1,0 +1,85 @@
+// kernels/elementwise.cu: ReLU forward/backward, add, step increment, bias gradient.
+//
+// What:   relu_forward  y = max(x, 0)            (NaN propagates, like numpy.maximum)
+//         relu_backward dx = y > 0 ? dy : 0        (numpy.where(y > 0, dy, 0))
+//         add_arrays    c = a + b
+//         increment     step[0] += 1              (the device-side step counter of a graph)
+//         column_sum    out[chunk, c] = sum of x[r, c] over the rows r of one chunk
+// Launch: elementwise kernels: 1-D grid-stride, 256 threads per block, any grid.
+//         increment: 1 block of 1 thread.
+//         column_sum: block (32, 8), grid (ceil(C / 32), chunks).  Threads of a warp
+//         read 32 consecutive columns of one row (coalesced); the 8 warps of a block
+//         walk every 8th row of the chunk; a fixed-order tree in shared memory adds
+//         the 8 partial sums.  bias_grad = column_sum over all rows in one chunk, or,
+//         when there are many rows, column_sum into a (chunks, C) buffer followed by
+//         column_sum of that buffer (two passes, no atomics: deterministic).
+// Algorithm: straightforward memory-bound loops, float32 accumulation.
+// Last measured: not yet measured on a GPU.
+//
+// Self-contained (no #include): NVRTC has no system headers.
+
+#define FC_EW_LOOP(i, n)                                                        \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;        \
+         i < (n); i += (long long)gridDim.x * blockDim.x)
+
+extern "C" __global__ void relu_forward(const float* x, float* y, long long n) {
+    FC_EW_LOOP(i, n) {
+        float v = x[i];
+        y[i] = v < 0.0f ? 0.0f : v;
+    }
+}
+
+extern "C" __global__ void relu_backward(const float* dy, const float* y, float* dx,
+                                         long long n) {
+    FC_EW_LOOP(i, n) {
+        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    }
+}
+
+extern "C" __global__ void add_arrays(const float* a, const float* b, float* c, long long n) {
+    FC_EW_LOOP(i, n) {
+        c[i] = a[i] + b[i];
+    }
+}
+
+extern "C" __global__ void increment(int* step) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        step[0] = step[0] + 1;
+    }
+}
+
+#define FC_CS_COLS 32  // columns per block (blockDim.x)
+#define FC_CS_ROWS 8   // row lanes per block (blockDim.y)
+
+// x: (rows, C) row-major.  Chunk blockIdx.y covers rows
+// [blockIdx.y * rows_per_chunk, min(rows, (blockIdx.y + 1) * rows_per_chunk)).
+// out: (gridDim.y, C) row-major: out[blockIdx.y * C + c].
+// Must be launched with blockDim = (32, 8).
+extern "C" __global__ void column_sum(const float* x, float* out, long long rows, int C,
+                                      long long rows_per_chunk) {
+    __shared__ float partial[FC_CS_ROWS][FC_CS_COLS + 1];
+    const int tx = threadIdx.x;
+    const int ty = threadIdx.y;
+    const long long c = (long long)blockIdx.x * FC_CS_COLS + tx;
+    const long long r0 = (long long)blockIdx.y * rows_per_chunk;
+    long long r1 = r0 + rows_per_chunk;
+    if (r1 > rows) r1 = rows;
+
+    float acc = 0.0f;
+    if (c < C) {
+        for (long long r = r0 + ty; r < r1; r += FC_CS_ROWS) {
+            acc += x[r * C + c];
+        }
+    }
+    partial[ty][tx] = acc;
+    __syncthreads();
+    for (int half = FC_CS_ROWS / 2; half > 0; half >>= 1) {
+        if (ty < half) {
+            partial[ty][tx] += partial[ty + half][tx];
+        }
+        __syncthreads();
+    }
+    if (ty == 0 && c < C) {
+        out[(long long)blockIdx.y * C + c] = partial[0][tx];
+    }
+}

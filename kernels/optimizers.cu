@@ -1,0 +1,58 @@
+// kernels/optimizers.cu: SGD (plain, momentum, Nesterov) and Adam over one flat buffer.
+//
+// What (Keras's rules, in place, all parameters of a model in one launch):
+//         sgd_plain     p -= lr * g
+//         sgd_momentum  v = momentum * v - lr * g;  p += v
+//                       (nesterov != 0: p += momentum * v - lr * g, with the new v)
+//         adam          t = step[0] + 1 read from device memory (a captured graph sees the
+//                       step advance on every replay; step itself is not changed here)
+//                       lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)   (float64, per thread)
+//                       m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+//                       p -= lr_t * m / (sqrt(v) + eps)
+//         p, g, m, v: n float32 each.  float32 constants are rounded on the host exactly as
+//         the reference rounds them (float32(1 - beta1), ...).
+// Launch: 1-D grid-stride, 256 threads per block, any grid (the backend caps the grid).
+// Algorithm: one pass, each element read and written once; memory-bound.
+// Last measured: not yet measured on a GPU.
+//
+// Self-contained (no #include): NVRTC has no system headers.
+
+#define FC_OPT_LOOP(i, n)                                                       \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;        \
+         i < (n); i += (long long)gridDim.x * blockDim.x)
+
+extern "C" __global__ void sgd_plain(float* p, const float* g, long long n, float lr) {
+    FC_OPT_LOOP(i, n) {
+        p[i] -= lr * g[i];
+    }
+}
+
+extern "C" __global__ void sgd_momentum(float* p, const float* g, float* v, long long n,
+                                        float lr, float momentum, int nesterov) {
+    FC_OPT_LOOP(i, n) {
+        const float gi = g[i];
+        const float vi = momentum * v[i] - lr * gi;
+        v[i] = vi;
+        if (nesterov) {
+            p[i] += momentum * vi - lr * gi;
+        } else {
+            p[i] += vi;
+        }
+    }
+}
+
+extern "C" __global__ void adam(float* p, const float* g, float* m, float* v, const int* step,
+                                long long n, double lr, double beta1, double beta2,
+                                float beta1_f, float one_minus_beta1_f, float beta2_f,
+                                float one_minus_beta2_f, float eps_f) {
+    const double t = (double)step[0] + 1.0;
+    const float lr_t = (float)(lr * sqrt(1.0 - pow(beta2, t)) / (1.0 - pow(beta1, t)));
+    FC_OPT_LOOP(i, n) {
+        const float gi = g[i];
+        const float mi = m[i] * beta1_f + one_minus_beta1_f * gi;
+        const float vi = v[i] * beta2_f + one_minus_beta2_f * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] -= lr_t * mi / (sqrtf(vi) + eps_f);
+    }
+}
