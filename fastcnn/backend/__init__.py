@@ -77,6 +77,7 @@ BACKENDS = {"reference": "fastcnn.backend.reference",
             "numba": "fastcnn.backend.numba_cuda"}
 
 _current = ["reference"]
+_checked: dict = {}  # name -> module, once it has been found usable (checked once per process)
 
 
 class BackendUnavailable(RuntimeError):
@@ -85,12 +86,16 @@ class BackendUnavailable(RuntimeError):
 
 def get(name: str):
     """Return the backend module called ``name`` ('reference', 'cuda' or 'numba')."""
+    module = _checked.get(name)
+    if module is not None:
+        return module
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
     module = importlib.import_module(BACKENDS[name])
     why = getattr(module, "unavailable_reason", lambda: None)()
     if why:
         raise BackendUnavailable(f"backend {name!r} is unavailable: {why}")
+    _checked[name] = module
     return module
 
 

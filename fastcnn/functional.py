@@ -1,0 +1,323 @@
+"""Differentiable operations on Tensors; each body calls the active backend's primitives.
+
+Tensors in, Tensors out.  Layout NHWC, conv weights HWIO, dense weights (in, out).
+Padding is 'valid', 'same' (Keras's rule, also for stride > 1) or explicit:
+an int, a pair (pad_h, pad_w) or four numbers (top, bottom, left, right).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .tensor import Function, Tensor
+
+ACTIVATIONS = (None, "linear", "relu", "softmax")
+
+
+def pair(value, what: str) -> tuple[int, int]:
+    """An int or a pair of positive ints."""
+    if isinstance(value, (int, np.integer)):
+        value = (int(value), int(value))
+    value = tuple(int(v) for v in value)
+    if len(value) != 2 or min(value) < 1:
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {value}")
+    return value
+
+
+def resolve_padding(padding, in_hw, kernel_hw, strides) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) for 'valid', 'same' or explicit padding."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return (0, 0, 0, 0)
+        if mode != "same":
+            raise ValueError(f"padding must be 'valid', 'same' or numbers, got {padding!r}")
+        pads = []
+        for size, k, s in zip(in_hw, kernel_hw, strides):
+            out = -(-size // s)  # ceil: Keras/TensorFlow 'same'
+            total = max((out - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]  # the extra pixel goes to the bottom/right
+        return tuple(pads)
+    if isinstance(padding, (int, np.integer)):
+        padding = (padding, padding)
+    padding = tuple(int(p) for p in padding)
+    if len(padding) == 2:
+        padding = (padding[0], padding[0], padding[1], padding[1])
+    if len(padding) != 4 or min(padding) < 0:
+        raise ValueError(f"explicit padding must be 1, 2 or 4 non-negative ints, got {padding}")
+    return padding
+
+
+def output_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
+    p = (in_hw[0] + pads[0] + pads[1] - kernel_hw[0]) // strides[0] + 1
+    q = (in_hw[1] + pads[2] + pads[3] - kernel_hw[1]) // strides[1] + 1
+    if p < 1 or q < 1:
+        raise ValueError(f"window {kernel_hw} with strides {strides} and padding {pads} does not fit "
+                         f"input {in_hw}: output would be {p}x{q}")
+    return p, q
+
+
+def _check_nhwc(x, what="input"):
+    if x.ndim != 4:
+        raise ValueError(f"{what} must be 4-D NHWC (batch, height, width, channels), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} is an empty batch (shape {x.shape})")
+
+
+class Conv2D(Function):
+    def __init__(self, strides, pads, relu):
+        self.strides, self.pads, self.relu = strides, pads, relu
+
+    def forward(self, x, w, b=None):
+        self.x, self.w = x, w
+        self.y = self.B.conv2d_forward(x, w, b, self.strides, self.pads, self.relu)
+        return self.y
+
+    def backward(self, gy):
+        if self.relu:
+            gy = self.B.relu_backward(gy, self.y)
+        gx = (self.B.conv2d_backward_data(gy, self.w, self.x.shape, self.strides, self.pads)
+              if self.needs_grad[0] else None)
+        gw = (self.B.conv2d_backward_weights(self.x, gy, self.w.shape, self.strides, self.pads)
+              if self.needs_grad[1] else None)
+        if len(self.needs_grad) == 3:
+            return gx, gw, self.B.bias_grad(gy) if self.needs_grad[2] else None
+        return gx, gw
+
+
+def conv2d(x, w, b=None, strides=1, padding="valid", activation=None):
+    """2-D convolution, NHWC input, HWIO weights; ``activation='relu'`` is fused into the kernel."""
+    x, w = _tensor(x), _tensor(w)
+    _check_nhwc(x)
+    if w.ndim != 4:
+        raise ValueError(f"conv2d weights must be 4-D HWIO (kh, kw, in_channels, filters), got shape {w.shape}")
+    if x.shape[3] != w.shape[2]:
+        raise ValueError(f"conv2d: input has {x.shape[3]} channels but the weights expect {w.shape[2]} "
+                         f"(input shape {x.shape}, weights {w.shape}; is the input NCHW instead of NHWC?)")
+    strides = pair(strides, "strides")
+    pads = resolve_padding(padding, x.shape[1:3], w.shape[:2], strides)
+    output_hw(x.shape[1:3], w.shape[:2], strides, pads)
+    relu = _fusable(activation)
+    args = (x, w) if b is None else (x, w, _tensor(b))
+    if b is not None and args[2].shape != (w.shape[3],):
+        raise ValueError(f"conv2d bias must have shape ({w.shape[3]},), got {args[2].shape}")
+    y = Conv2D(strides, pads, relu)(*args)
+    return softmax(y) if activation == "softmax" else y
+
+
+class MaxPool2D(Function):
+    def __init__(self, pool, strides, pads):
+        self.pool, self.strides, self.pads = pool, strides, pads
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        y, self.argmax = self.B.maxpool_forward(x, self.pool, self.strides, self.pads)
+        return y
+
+    def backward(self, gy):
+        return self.B.maxpool_backward(gy, self.argmax, self.x_shape, self.pool, self.strides, self.pads)
+
+
+def max_pool2d(x, pool_size=2, strides=None, padding="valid"):
+    """Max-pooling over windows of ``pool_size``; ``strides`` defaults to ``pool_size`` (Keras)."""
+    x = _tensor(x)
+    _check_nhwc(x)
+    pool = pair(pool_size, "pool_size")
+    strides = pool if strides is None else pair(strides, "strides")
+    pads = resolve_padding(padding, x.shape[1:3], pool, strides)
+    output_hw(x.shape[1:3], pool, strides, pads)
+    return MaxPool2D(pool, strides, pads)(x)
+
+
+class Dense(Function):
+    def __init__(self, relu):
+        self.relu = relu
+
+    def forward(self, x, w, b=None):
+        self.x, self.w = x, w
+        self.y = self.B.dense_forward(x, w, b, self.relu)
+        return self.y
+
+    def backward(self, gy):
+        if self.relu:
+            gy = self.B.relu_backward(gy, self.y)
+        gx = self.B.matmul(gy, self.w, False, True) if self.needs_grad[0] else None
+        gw = self.B.matmul(self.x, gy, True, False) if self.needs_grad[1] else None
+        if len(self.needs_grad) == 3:
+            return gx, gw, self.B.bias_grad(gy) if self.needs_grad[2] else None
+        return gx, gw
+
+
+def dense(x, w, b=None, activation=None):
+    """x @ w + b for x of shape (batch, in) and w of shape (in, out); 'relu' is fused."""
+    x, w = _tensor(x), _tensor(w)
+    if x.ndim != 2:
+        raise ValueError(f"dense input must be 2-D (batch, features), got shape {x.shape}; add a Flatten first")
+    if x.shape[0] == 0:
+        raise ValueError(f"dense input is an empty batch (shape {x.shape})")
+    if w.ndim != 2 or w.shape[0] != x.shape[1]:
+        raise ValueError(f"dense: input has {x.shape[1]} features but the weights have shape {w.shape} "
+                         f"(expected ({x.shape[1]}, units))")
+    args = (x, w) if b is None else (x, w, _tensor(b))
+    if b is not None and args[2].shape != (w.shape[1],):
+        raise ValueError(f"dense bias must have shape ({w.shape[1]},), got {args[2].shape}")
+    y = Dense(_fusable(activation))(*args)
+    return softmax(y) if activation == "softmax" else y
+
+
+class ReLU(Function):
+    def forward(self, x):
+        self.y = self.B.relu_forward(x)
+        return self.y
+
+    def backward(self, gy):
+        return self.B.relu_backward(gy, self.y)
+
+
+def relu(x):
+    return ReLU()(_tensor(x))
+
+
+class Softmax(Function):
+    def forward(self, x):
+        self.y = self.B.softmax(x)
+        return self.y
+
+    def backward(self, gy):
+        y = self.y
+        return y * (gy - (gy * y).sum(axis=-1, keepdims=True))
+
+
+def softmax(x):
+    """Softmax over the last axis of a 2-D tensor."""
+    x = _tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"softmax takes a 2-D tensor (batch, classes), got shape {x.shape}")
+    return Softmax()(x)
+
+
+class SoftmaxCrossEntropy(Function):
+    def __init__(self, labels, totals):
+        self.labels, self.totals = labels, totals
+
+    def forward(self, logits):
+        batch_totals = self.B.xp.zeros(2, dtype=np.float64)
+        self.dlogits = self.B.softmax_cross_entropy(logits, self.labels, batch_totals)
+        if self.totals is not None:
+            self.totals += batch_totals
+        return (batch_totals[0] / logits.shape[0]).astype(logits.dtype)
+
+    def backward(self, gy):
+        return self.dlogits * gy
+
+
+def check_labels(labels, n: int, classes: int, xp=np):
+    """Validate labels against logits of shape (n, classes); return them as int32 or float array."""
+    labels = xp.asarray(labels)
+    if labels.ndim == 1 or (labels.ndim == 2 and labels.shape[1] == 1 and classes != 1):
+        labels = labels.reshape(-1)
+        if labels.shape[0] != n:
+            raise ValueError(f"got {labels.shape[0]} labels for a batch of {n}")
+        if labels.dtype.kind not in "iu":
+            if labels.dtype.kind == "f" and bool((labels == xp.round(labels)).all()):
+                labels = labels.astype(np.int64)
+            else:
+                raise TypeError(f"integer class labels expected, got dtype {labels.dtype}")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"label {bad} is out of range for {classes} classes (valid: 0..{classes - 1})")
+        return labels.astype(np.int32)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be class indices (batch,) or one-hot (batch, classes), got shape {labels.shape}")
+    if labels.shape != (n, classes):
+        raise ValueError(f"one-hot labels have shape {labels.shape} but the outputs have shape {(n, classes)} "
+                         f"(wrong number of classes or batch)")
+    return labels.astype(np.float32)
+
+
+def softmax_cross_entropy(logits, labels, totals=None):
+    """Mean categorical cross-entropy of softmax(logits) against class indices or one-hot labels.
+
+    ``totals`` (float64 array (2,) on the logits' device), if given, accumulates
+    [sum of losses, number correct] for metrics without a host synchronisation.
+    """
+    logits = _tensor(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D (batch, classes), got shape {logits.shape}")
+    xp = _xp_of(logits.data)
+    labels = check_labels(labels.data if isinstance(labels, Tensor) else labels,
+                          logits.shape[0], logits.shape[1], xp)
+    if labels.dtype == np.float32 and logits.dtype != np.float32:
+        labels = labels.astype(logits.dtype)
+    return SoftmaxCrossEntropy(labels, totals)(logits)
+
+
+class Dropout(Function):
+    def __init__(self, rate, seed, step):
+        self.rate, self.seed, self.step = rate, seed, step
+
+    def forward(self, x):
+        return self.B.dropout_forward(x, self.rate, self.seed, self.step)
+
+    def backward(self, gy):
+        return self.B.dropout_backward(gy, self.rate, self.seed, self.step)
+
+
+def dropout(x, rate, training, seed=0, step=None):
+    """Inverted dropout: in training, zero each element with probability ``rate`` and scale by 1/(1-rate).
+
+    The mask is a counter-based function of (seed, step, element index): no state in memory,
+    the same mask on a replayed step.  ``step`` is an int32 array (1,) on the device.
+    """
+    x = _tensor(x)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    if not training or rate == 0.0:
+        return x
+    if step is None:
+        step = _xp_of(x.data).zeros(1, dtype=np.int32)
+    return Dropout(float(rate), int(seed), step)(x)
+
+
+class LRN(Function):
+    def __init__(self, size, alpha, beta, k):
+        self.params = (size, alpha, beta, k)
+
+    def forward(self, x):
+        self.x = x
+        self.y, self.scale = self.B.lrn_forward(x, *self.params)
+        return self.y
+
+    def backward(self, gy):
+        return self.B.lrn_backward(gy, self.x, self.y, self.scale, *self.params)
+
+
+def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    """Local response normalisation across channels, as in AlexNet (no division by size)."""
+    x = _tensor(x)
+    _check_nhwc(x)
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"lrn size must be a positive odd number, got {size}")
+    return LRN(int(size), float(alpha), float(beta), float(k))(x)
+
+
+def flatten(x):
+    x = _tensor(x)
+    return x.reshape(x.shape[0], -1)
+
+
+def _fusable(activation) -> bool:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
+    return activation == "relu"
+
+
+def _tensor(x) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _xp_of(a):
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return np

@@ -1,0 +1,467 @@
+"""Sequential: Keras's model API (summary, compile, fit, evaluate, predict, weights I/O).
+
+All parameters live in one flat float32 buffer on the model's device (each layer's
+kernel and bias are views of it), their gradients in a second one, so an optimizer
+update is one launch.  The training step itself is ``train_step``: forward through
+the layers, one fused softmax + cross-entropy, backward, update, step counter.  On
+the GPU, ``fit`` captures that step once as a CUDA graph and replays it per batch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import backend as backends
+from . import losses as losses_mod
+from . import optimizers as optimizers_mod
+from .callbacks import BatchLogs, CallbackList, History
+from .layers import Layer
+from .seeding import generator
+from .tensor import Tensor, no_grad
+
+_ALIGN = 32  # floats: every parameter view starts on a 128-byte boundary (vector loads)
+DEVICES = {"cpu": "reference", "cuda": "cuda"}
+
+
+class Sequential:
+    def __init__(self, layers=None, name="sequential"):
+        self.name = name
+        self.layers: list[Layer] = []
+        self.device, self.backend = "cpu", backends.get("reference")
+        self.loss = self.optimizer = None
+        self.metrics: list[str] = []
+        self.stop_training = False
+        self.history = None
+        self._flat = None
+        self._graph_steps: dict = {}
+        for layer in layers or []:
+            self.add(layer)
+
+    # ---- building -------------------------------------------------------------------
+    def add(self, layer: Layer) -> None:
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add takes a Layer, got {type(layer).__name__}")
+        if self.layers and layer.input_shape is not None and not layer.built:
+            raise ValueError(f"only the first layer may declare input_shape ({layer!r})")
+        taken = {l.name for l in self.layers}
+        if layer.name is None or layer.name in taken:
+            base, i = layer.default_name, 0
+            while (candidate := base if i == 0 else f"{base}_{i}") in taken:
+                i += 1
+            layer.name = candidate
+        self.layers.append(layer)
+        first = self.layers[0]
+        if first.input_shape is not None:
+            self._build_from(first.input_shape)
+
+    def build(self, input_shape) -> None:
+        """Build every layer for inputs of ``input_shape`` (without the batch axis)."""
+        self._build_from(tuple(input_shape))
+
+    def _build_from(self, input_shape) -> None:
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            if not layer.built or layer.input_shape != shape:
+                layer.build(shape)
+            shape = layer.output_shape
+        self._flat = None  # parameters changed: rebind the flat buffers on next use
+
+    @property
+    def built(self) -> bool:
+        return bool(self.layers) and all(l.built for l in self.layers)
+
+    def _require_built(self):
+        if not self.built:
+            raise ValueError("the model is not built: give the first layer input_shape=(H, W, C) or call build()")
+
+    @property
+    def input_shape(self):
+        self._require_built()
+        return (None,) + self.layers[0].input_shape
+
+    @property
+    def output_shape(self):
+        self._require_built()
+        return (None,) + self.layers[-1].output_shape
+
+    def parameters(self):
+        return [p for layer in self.layers for p in layer.params]
+
+    def count_params(self) -> int:
+        self._require_built()
+        return sum(layer.count_params() for layer in self.layers)
+
+    def summary(self, print_fn=print) -> None:
+        """Keras's table: Layer (type) | Output Shape | Param #, then the totals."""
+        self._require_built()
+        rows = [(f"{l.name} ({l.type_name})", str((None,) + l.output_shape), f"{l.count_params():,}")
+                for l in self.layers]
+        w0 = max(28, max(len(r[0]) for r in rows) + 1)
+        w1 = max(26, max(len(r[1]) for r in rows) + 1)
+        width = w0 + w1 + 11
+        line = lambda a, b, c: (" " + a.ljust(w0) + b.ljust(w1) + c).ljust(width)
+        out = [f'Model: "{self.name}"', "_" * width, line("Layer (type)", "Output Shape", "Param #"), "=" * width]
+        for i, row in enumerate(rows):
+            out.append(line(*row))
+            if i < len(rows) - 1:
+                out.append(" " * width)
+        total = self.count_params()
+        out += ["=" * width, f"Total params: {total:,}", f"Trainable params: {total:,}",
+                "Non-trainable params: 0", "_" * width]
+        for text in out:
+            print_fn(text.rstrip())
+
+    # ---- device and parameter buffers ------------------------------------------------
+    def to(self, device: str, backend: str | None = None) -> "Sequential":
+        """Move parameters (and optimizer state) to 'cpu' or 'cuda'; ``backend`` may pick
+        'numba' for the Numba kernels.  Raises BackendUnavailable with the reason."""
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {sorted(DEVICES)}, got {device!r}")
+        new = backends.get(backend or DEVICES[device])
+        weights = self.get_weights() if self.built else None
+        opt_state = self.optimizer.get_state() if self._flat is not None and self.optimizer else None
+        step = int(self.backend.to_host(self._step)[0]) if self._flat is not None else 0
+        self.device, self.backend = device, new
+        self._flat = None
+        self._graph_steps = {}
+        if weights is not None:
+            self._bind(step)
+            self.set_weights(weights)
+            if opt_state is not None:
+                self.optimizer.set_state(opt_state)
+        return self
+
+    def _bind(self, step: int = 0) -> None:
+        """Lay all parameters out in one flat buffer on the device; grads in a second one."""
+        self._require_built()
+        B = self.backend
+        params = self.parameters()
+        offsets, total = [], 0
+        for p in params:
+            offsets.append(total)
+            total += -(-p.size // _ALIGN) * _ALIGN
+        host = np.zeros(max(total, _ALIGN), np.float32)
+        for p, off in zip(params, offsets):
+            host[off:off + p.size] = B.to_host(p.data).reshape(-1)
+        self._flat = B.asarray(host)
+        self._grad_flat = B.asarray(np.zeros_like(host))
+        for p, off in zip(params, offsets):
+            p.data = self._flat[off:off + p.size].reshape(p.shape)
+            p.grad_view = self._grad_flat[off:off + p.size].reshape(p.shape)
+            p.grad = None
+        self._step = B.asarray(np.array([step], np.int32))
+        self._totals = B.asarray(np.zeros(2, np.float64))
+        for layer in self.layers:
+            if hasattr(layer, "step"):
+                layer.step = self._step
+        if self.optimizer is not None:
+            self.optimizer.build(B, self._flat.size)
+        self._graph_steps = {}
+
+    def _ensure_bound(self):
+        if self._flat is None:
+            self._bind()
+
+    # ---- weights ------------------------------------------------------------------------
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of every kernel and bias, in layer order (Keras's order)."""
+        return [self.backend.to_host(p.data).copy() for p in self.parameters()]
+
+    def set_weights(self, weights) -> None:
+        params = self.parameters()
+        if len(weights) != len(params):
+            raise ValueError(f"set_weights got {len(weights)} arrays, the model has {len(params)}")
+        for p, w, name in zip(params, weights, self._weight_names()):
+            w = np.asarray(w)
+            if w.shape != p.shape:
+                raise ValueError(f"weight {name!r} has shape {w.shape}, the model expects {p.shape}")
+        self._ensure_bound()
+        for p, w in zip(params, weights):
+            self.backend.copy(p.data, self.backend.asarray(np.asarray(w, np.float32)))
+
+    def _weight_names(self):
+        return [name for layer in self.layers for name in layer.weight_names()]
+
+    def save_weights(self, path) -> None:
+        """Write every weight to an .npz file, atomically (a crash never leaves half a file)."""
+        self._require_built()
+        _atomic_savez(path, dict(zip(self._weight_names(), self.get_weights())))
+
+    def load_weights(self, path) -> None:
+        self._require_built()
+        arrays = _load_npz(path)
+        names = self._weight_names()
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise ValueError(f"{path}: missing weights {missing} (file has {sorted(arrays)[:8]}...)")
+        self.set_weights([arrays[n] for n in names])
+
+    def save_checkpoint(self, path, epoch: int) -> None:
+        """Weights, optimizer state, step counter and the number of the last completed epoch."""
+        self._require_built()
+        self._ensure_bound()
+        arrays = dict(zip(self._weight_names(), self.get_weights()))
+        if self.optimizer is not None:
+            arrays.update({f"__optimizer__/{k}": v for k, v in self.optimizer.get_state().items()})
+        arrays["__epoch__"] = np.array(epoch)
+        arrays["__step__"] = self.backend.to_host(self._step)
+        _atomic_savez(path, arrays)
+
+    def load_checkpoint(self, path) -> int:
+        """Restore what save_checkpoint wrote; returns the epoch it recorded."""
+        arrays = _load_npz(path)
+        if "__epoch__" not in arrays:
+            raise ValueError(f"{path} is a weights file, not a checkpoint (no epoch recorded)")
+        self.load_weights(path)
+        self._ensure_bound()
+        self.backend.copy(self._step, self.backend.asarray(arrays["__step__"].astype(np.int32)))
+        if self.optimizer is not None:
+            state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("__optimizer__/")}
+            if state:
+                self.optimizer.set_state(state)
+        return int(arrays["__epoch__"])
+
+    # ---- compile / forward ----------------------------------------------------------------
+    def compile(self, loss="categorical_crossentropy", optimizer="adam", metrics=None) -> None:
+        self.loss = losses_mod.get(loss)
+        self.optimizer = optimizers_mod.get(optimizer)
+        metrics = list(metrics or [])
+        unknown = [m for m in metrics if m not in ("accuracy", "acc")]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; fastcnn supports 'accuracy'")
+        self.metrics = ["accuracy"] if metrics else []
+        self._require_built()
+        last = self.layers[-1]
+        if not self.loss.from_logits and last.activation != "softmax":
+            raise ValueError(f"{self.loss.name} expects the last layer to end in softmax (or pass the loss "
+                             f"object with from_logits=True); the last layer is {last!r}")
+        if self._flat is not None:
+            self.optimizer.build(self.backend, self._flat.size)
+        self._graph_steps = {}
+
+    def __call__(self, x, training=False) -> Tensor:
+        """Forward through all layers with autograd (Tensor in, Tensor out, softmax included)."""
+        self._ensure_bound()
+        with backends.using(self.backend.name):
+            return self._forward(x if isinstance(x, Tensor) else Tensor(self.backend.asarray(x)), training, False)
+
+    def _forward(self, x: Tensor, training: bool, logits: bool) -> Tensor:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if logits and i == last and layer.activation == "softmax":
+                x = layer(x, training, activation=None)
+            else:
+                x = layer(x, training)
+        return x
+
+    def _check_x(self, x, what="x"):
+        self._require_built()
+        expected = self.layers[0].input_shape
+        if not hasattr(x, "shape"):
+            x = np.asarray(x)
+        if x.ndim != len(expected) + 1:
+            raise ValueError(f"{what} must have shape (batch,) + {expected}, got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{what} is empty (shape {tuple(x.shape)})")
+        if tuple(x.shape[1:]) != expected:
+            hint = ""
+            if len(expected) == 3 and tuple(x.shape[1:]) == (expected[2], expected[0], expected[1]):
+                hint = " — this looks like NCHW; fastcnn is NHWC: pass x.transpose(0, 2, 3, 1)"
+            raise ValueError(f"{what} has shape {tuple(x.shape)} but the model expects (batch,) + {expected}{hint}")
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"{what} must be numeric, got dtype {x.dtype}")
+        return x
+
+    def _labels(self, y, n):
+        classes = self.layers[-1].output_shape[-1]
+        y = y.get() if type(y).__module__.startswith("cupy") else y
+        return self.loss.prepare_labels(y, n, classes)
+
+    def _batch(self, a, idx, dtype):
+        """One batch on the device: a host gather of only this batch, then one copy."""
+        batch = a[idx]
+        return self.backend.asarray(batch if batch.dtype == dtype else batch.astype(dtype))
+
+    # ---- training --------------------------------------------------------------------------
+    def train_step(self, x, y) -> None:
+        """One forward/backward/update on device arrays already in place; no synchronisation.
+
+        Adds [sum of losses, number correct] of the batch to the running totals.
+        """
+        B = self.backend
+        with backends.using(B.name):
+            for p in self.parameters():
+                p.grad = None
+            logits = self._forward(Tensor(x), True, True)
+            dlogits = B.softmax_cross_entropy(logits.data, y, self._totals)
+            logits.backward(dlogits)
+            self.optimizer.apply(self._flat, self._grad_flat, self._step)
+            B.increment(self._step)
+
+    def make_graph_step(self, x_shape, y_shape, y_dtype=None):
+        """A callable ``step(x, y)`` that copies a batch into static buffers and replays one
+        captured CUDA graph of train_step (see fastcnn.graphs)."""
+        from .graphs import GraphTrainStep
+        self._require_compiled()
+        self._ensure_bound()
+        if y_dtype is None:
+            y_dtype = np.int32 if self.loss.sparse else np.float32
+        key = (tuple(x_shape), tuple(y_shape), np.dtype(y_dtype).str)
+        if key not in self._graph_steps:
+            self._graph_steps[key] = GraphTrainStep(self, x_shape, y_shape, y_dtype)
+        return self._graph_steps[key]
+
+    def _require_compiled(self):
+        if self.optimizer is None or self.loss is None:
+            raise RuntimeError("call compile(loss=..., optimizer=...) before training")
+
+    def fit(self, x=None, y=None, epochs=1, batch_size=32, validation_data=None, shuffle=True,
+            verbose=1, callbacks=None, initial_epoch=0, graph=None) -> History:
+        """Train for ``epochs`` epochs; returns a History (loss, accuracy, val_loss, val_accuracy).
+
+        ``graph`` (default: on for the GPU) replays each full batch as one captured CUDA graph.
+        """
+        self._require_compiled()
+        x = self._check_x(x)
+        n = x.shape[0]
+        y = self._labels(y, n)
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if validation_data is not None:
+            vx, vy = validation_data
+            vx = self._check_x(vx, "validation x")
+            validation_data = (vx, self._labels(vy, vx.shape[0]))
+        use_graph = (self.device == "cuda") if graph is None else bool(graph)
+        if use_graph and self.device != "cuda":
+            raise ValueError("graph=True needs the model on the GPU (model.to('cuda'))")
+        self._ensure_bound()
+        if getattr(self.optimizer, "state", None) is None:
+            self.optimizer.build(self.backend, self._flat.size)
+        B = self.backend
+        steps = math.ceil(n / batch_size)
+        history = History()
+        cbs = CallbackList([history] + _progress_callbacks(verbose) + list(callbacks or []))
+        cbs.set_model(self)
+        self.history, self.stop_training = history, False
+        step_graph = self.make_graph_step((batch_size,) + x.shape[1:], (batch_size,) + y.shape[1:], y.dtype) \
+            if use_graph and n >= batch_size else None
+        cbs.on_train_begin({"epochs": epochs, "steps": steps, "samples": n, "batch_size": batch_size,
+                            "initial_epoch": initial_epoch, "device": self.device})
+        for epoch in range(initial_epoch, epochs):
+            order = generator().permutation(n) if shuffle else None
+            self.backend.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
+            cbs.on_epoch_begin(epoch, {})
+            seen = 0
+            for i in range(steps):
+                idx = order[i * batch_size:(i + 1) * batch_size] if shuffle else slice(i * batch_size, (i + 1) * batch_size)
+                count = min(batch_size, n - i * batch_size)
+                if step_graph is not None and count == batch_size:
+                    step_graph(x[idx], y[idx])
+                else:
+                    self.train_step(self._batch(x, idx, np.float32), self._batch(y, idx, y.dtype))
+                seen += count
+                cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count, "seen": seen, "steps": steps},
+                                              self._running_metrics(seen)))
+                if self.stop_training:
+                    break
+            totals = B.to_host(self._totals)
+            logs = {"loss": totals[0] / max(seen, 1)}
+            if self.metrics:
+                logs["accuracy"] = totals[1] / max(seen, 1)
+            if validation_data is not None:
+                val = self._evaluate(*validation_data, batch_size)
+                logs["val_loss"] = val[0]
+                if self.metrics:
+                    logs["val_accuracy"] = val[1]
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end({})
+        return history
+
+    def _running_metrics(self, seen):
+        def read(i):
+            return lambda: float(self.backend.to_host(self._totals)[i]) / seen
+        names = {"loss": read(0)}
+        if self.metrics:
+            names["accuracy"] = read(1)
+        return names
+
+    # ---- inference ---------------------------------------------------------------------------
+    def evaluate(self, x, y, batch_size=None, verbose=1):
+        """[loss, accuracy] (or the loss alone without metrics), Keras-style."""
+        if self.loss is None:
+            raise RuntimeError("call compile(...) before evaluate()")
+        x = self._check_x(x)
+        result = self._evaluate(x, self._labels(y, x.shape[0]), batch_size or 32)
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(["loss"] + self.metrics, result)))
+        return result if self.metrics else result[0]
+
+    def _evaluate(self, x, y, batch_size):
+        self._ensure_bound()
+        B = self.backend
+        totals = B.asarray(np.zeros(2, np.float64))
+        with backends.using(B.name), no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                idx = slice(start, start + batch_size)
+                logits = self._forward(Tensor(self._batch(x, idx, np.float32)), False, True)
+                B.softmax_cross_entropy(logits.data, self._batch(y, idx, y.dtype), totals)
+        totals = B.to_host(totals)
+        n = x.shape[0]
+        return [float(totals[0] / n), float(totals[1] / n)][: 1 + len(self.metrics)]
+
+    def predict(self, x, batch_size=None, verbose=0) -> np.ndarray:
+        """Softmax outputs (or the last layer's outputs) as a NumPy array."""
+        x = self._check_x(x)
+        self._ensure_bound()
+        batch_size = batch_size or 32
+        B = self.backend
+        outputs = []
+        with backends.using(B.name), no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                y = self._forward(Tensor(self._batch(x, slice(start, start + batch_size), np.float32)), False, False)
+                outputs.append(B.to_host(y.data))
+        return np.concatenate(outputs)
+
+
+def _progress_callbacks(verbose):
+    if not verbose:
+        return []
+    try:
+        from .callbacks import ProgressBar
+    except ImportError:
+        return []
+    return [ProgressBar(verbose=verbose)]
+
+
+def _atomic_savez(path, arrays: dict) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load_npz(path) -> dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable fastcnn weights file (corrupt or truncated): {exc}") from exc

@@ -1,0 +1,80 @@
+"""Optimizers with Keras's names, defaults and update rules.
+
+Each update is one backend primitive over the model's flat parameter buffer
+(one kernel launch for all parameters on the GPU).  The step count lives in a
+device array (``step``) so that a captured CUDA graph stays correct on replay.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Optimizer:
+    state_names: tuple = ()
+
+    def build(self, backend, size: int) -> None:
+        """Allocate this optimizer's state (zeros) for ``size`` flat parameters."""
+        self.backend = backend
+        self.state = {k: backend.asarray(np.zeros(size, np.float32)) for k in self.state_names}
+
+    def apply(self, params, grads, step) -> None:
+        raise NotImplementedError
+
+    def get_state(self) -> dict:
+        return {k: self.backend.to_host(v) for k, v in self.state.items()}
+
+    def set_state(self, state: dict) -> None:
+        for k in self.state_names:
+            value = np.asarray(state[k], np.float32)
+            if value.shape != self.state[k].shape:
+                raise ValueError(f"optimizer state {k!r} has shape {value.shape}, expected {self.state[k].shape}")
+            self.backend.copy(self.state[k], self.backend.asarray(value))
+
+    def get_config(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k not in ("backend", "state")}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g)."""
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
+        if learning_rate <= 0 or not 0 <= momentum < 1:
+            raise ValueError(f"SGD needs learning_rate > 0 and 0 <= momentum < 1, got {learning_rate}, {momentum}")
+        self.learning_rate, self.momentum, self.nesterov = float(learning_rate), float(momentum), bool(nesterov)
+        self.state_names = ("velocity",) if self.momentum else ()
+
+    def apply(self, params, grads, step):
+        self.backend.sgd_update(params, grads, self.state.get("velocity"), self.learning_rate,
+                                self.momentum, self.nesterov)
+
+
+class Adam(Optimizer):
+    """Keras's Adam (epsilon outside the square root, bias correction folded into the rate)."""
+    state_names = ("m", "v")
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        if learning_rate <= 0 or not (0 <= beta_1 < 1 and 0 <= beta_2 < 1) or epsilon <= 0:
+            raise ValueError("Adam needs learning_rate > 0, betas in [0, 1) and epsilon > 0")
+        self.learning_rate, self.beta_1, self.beta_2, self.epsilon = (
+            float(learning_rate), float(beta_1), float(beta_2), float(epsilon))
+
+    def apply(self, params, grads, step):
+        s = self.state
+        self.backend.adam_update(params, grads, s["m"], s["v"], step, self.learning_rate,
+                                 self.beta_1, self.beta_2, self.epsilon)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def get(identifier) -> Optimizer:
+    """An Optimizer from a name ('adam', 'sgd') or an Optimizer instance."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in OPTIMIZERS:
+        return OPTIMIZERS[identifier.lower()]()
+    raise ValueError(f"unknown optimizer {identifier!r}; use one of {sorted(OPTIMIZERS)} or an Optimizer object")
