@@ -1,0 +1,1208 @@
+"""`fastcnn bench`: every fastcnn kernel variant and both networks beside their baselines.
+
+One run measures, on one card and in one process:
+
+* ceilings: device-to-device copy bandwidth (bytes read + written), cuBLAS SGEMM
+  (``cupy.matmul``, TF32 off) and cuBLAS TF32 rates;
+* GEMM 4096^3, 8192^3, 200x400x120, 128x9216x4096, 128x4096x4096 (M x K x N):
+  every ``matmul`` variant vs ``cupy.matmul`` with TF32 off and on;
+* convolution forward / backward-data / backward-weights of every LeNet-5 (batch
+  200) and AlexNet (batch 128) layer: every variant vs cuDNN through PyTorch,
+  NCHW and channels_last, TF32 off and on, ``cudnn.benchmark = True``;
+* max-pool forward / backward of every pooling layer vs PyTorch's max_pool2d
+  (ATen's CUDA kernels), GB/s and percent of the copy bandwidth;
+* whole networks, images/s: LeNet-5 train (batch 200, Adam), AlexNet train (batch
+  128, SGD momentum 0.9) and inference; fastcnn eager and graph vs PyTorch eager
+  and PyTorch whole-step CUDA graph;
+* CPU: the NumPy reference's LeNet-5 train (batch 200, Adam) vs PyTorch's CPU build.
+
+Every fastcnn row carries a ratio to a baseline measured in the same run (the
+report refuses figures from another run) and, where one applies, the percent of
+the ceiling measured in the same run.  Figures: TFLOP/s counts 2*M*N*K (a
+convolution pass counts 2*N*P*Q*K*R*S*C, the forward's, for all three passes);
+GB/s counts each input read once and each output written once (pool forward:
+x + y, backward: dy + dx); img/s is batch / step time.  Higher is better for all.
+
+GPU times: CUDA events after warm-up, median of repeats, L2 flushed before each
+repeat or inputs rotated across sets larger than twice the L2 (fastcnn.gputime).
+Data is always random.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from . import gputime
+
+UNITS = ("TFLOP/s", "GB/s", "img/s")
+GROUPS = ("ceiling", "gemm", "conv", "pool", "network", "cpu")
+
+# ------------------------------------------------------------------ workloads
+GEMM_SHAPES = [  # (name, M, K, N, skipped in --quick)
+    ("gemm 4096^3", 4096, 4096, 4096, False),
+    ("gemm 8192^3", 8192, 8192, 8192, True),
+    ("lenet.fc1 200x400x120", 200, 400, 120, False),
+    ("alexnet.fc6 128x9216x4096", 128, 9216, 4096, False),
+    ("alexnet.fc7 128x4096x4096", 128, 4096, 4096, False),
+]
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    name: str
+    N: int
+    H: int
+    W: int
+    C: int
+    K: int
+    R: int
+    S: int
+    stride: int
+    pad: int
+
+    @property
+    def P(self):
+        return (self.H + 2 * self.pad - self.R) // self.stride + 1
+
+    @property
+    def Q(self):
+        return (self.W + 2 * self.pad - self.S) // self.stride + 1
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.N * self.P * self.Q * self.K * self.R * self.S * self.C
+
+    @property
+    def shape(self) -> str:
+        return (f"N{self.N} {self.H}x{self.W}x{self.C} -> {self.K} "
+                f"{self.R}x{self.S}/{self.stride} pad {self.pad}")
+
+
+CONV_LAYERS = [
+    ConvLayer("lenet.conv1", 200, 28, 28, 1, 6, 5, 5, 1, 2),
+    ConvLayer("lenet.conv2", 200, 14, 14, 6, 16, 5, 5, 1, 0),
+    ConvLayer("alexnet.conv1", 128, 227, 227, 3, 96, 11, 11, 4, 0),
+    ConvLayer("alexnet.conv2", 128, 27, 27, 96, 256, 5, 5, 1, 2),
+    ConvLayer("alexnet.conv3", 128, 13, 13, 256, 384, 3, 3, 1, 1),
+    ConvLayer("alexnet.conv4", 128, 13, 13, 384, 384, 3, 3, 1, 1),
+    ConvLayer("alexnet.conv5", 128, 13, 13, 384, 256, 3, 3, 1, 1),
+]
+CONV_PASSES = ("fwd", "dgrad", "wgrad")
+CONV_OPS = {"fwd": "conv2d_forward", "dgrad": "conv2d_backward_data",
+            "wgrad": "conv2d_backward_weights"}
+
+
+@dataclass(frozen=True)
+class PoolLayer:
+    name: str
+    N: int
+    H: int
+    W: int
+    C: int
+    pool: int
+    stride: int
+
+    @property
+    def P(self):
+        return (self.H - self.pool) // self.stride + 1
+
+    @property
+    def Q(self):
+        return (self.W - self.pool) // self.stride + 1
+
+    @property
+    def bytes(self) -> int:
+        """Input read once + output written once (float32), for either pass."""
+        return 4 * self.N * self.C * (self.H * self.W + self.P * self.Q)
+
+    @property
+    def shape(self) -> str:
+        return f"N{self.N} {self.H}x{self.W}x{self.C} {self.pool}x{self.pool}/{self.stride}"
+
+
+POOL_LAYERS = [
+    PoolLayer("lenet.pool1", 200, 28, 28, 6, 2, 2),
+    PoolLayer("lenet.pool2", 200, 10, 10, 16, 2, 2),
+    PoolLayer("alexnet.pool1", 128, 55, 55, 96, 3, 2),
+    PoolLayer("alexnet.pool2", 128, 27, 27, 256, 3, 2),
+    PoolLayer("alexnet.pool5", 128, 13, 13, 256, 3, 2),
+]
+
+LENET_BATCH = 200
+ALEXNET_BATCH = 128
+LENET_INFER_BATCH = 10_000
+
+
+# ------------------------------------------------------------------ results and report
+@dataclass
+class Result:
+    """One measured figure.  ``role`` is 'fastcnn', 'baseline' or 'ceiling'."""
+    group: str
+    case: str
+    shape: str
+    impl: str
+    role: str
+    unit: str
+    time_us: float | None = None
+    figure: float | None = None
+    precision: str = "fp32"           # 'fp32' or 'tf32'
+    compare_to: str | None = None     # impl of the baseline to compare with; None: best of same precision
+    run_id: str = ""
+    repeats: int = 0
+    spread: float | None = None
+    rel_err: float | None = None      # against a baseline's output, where checked
+    error: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Row:
+    case: str
+    shape: str
+    impl: str
+    role: str
+    unit: str
+    time_us: float | None
+    figure: float | None
+    baseline: str | None
+    baseline_figure: float | None
+    ratio: float | None
+    pct_ceiling: float | None
+    ceiling: str | None
+    rel_err: float | None
+    error: str | None
+    group: str = ""
+    note: str = ""
+
+
+CEILINGS = {"GB/s": "copy", "TFLOP/s:fp32": "sgemm", "TFLOP/s:tf32": "tf32"}
+
+
+class Report:
+    """Rows of ratios and ceiling fractions computed from the results of ONE run."""
+
+    def __init__(self, results: list[Result], header: dict):
+        run_id = header.get("run_id")
+        if not run_id:
+            raise ValueError("header has no run_id: cannot tell which run the figures come from")
+        foreign = sorted({r.run_id for r in results if r.run_id != run_id})
+        if foreign:
+            raise ValueError(f"results from other runs {foreign} mixed into run {run_id!r}: "
+                             "ratios must come from figures measured in the same run")
+        self.header = dict(header)
+        self.results = list(results)
+        self.ceilings = {r.case.split(".", 1)[1]: r for r in results
+                         if r.role == "ceiling" and r.figure and not r.error}
+        self.rows = [self._row(r) for r in results]
+
+    def _baseline_for(self, r: Result) -> Result | None:
+        same_case = [b for b in self.results if b.role == "baseline" and b.group == r.group
+                     and b.case == r.case and b.figure and not b.error and b.unit == r.unit]
+        if r.compare_to is not None:
+            named = [b for b in same_case if b.impl == r.compare_to]
+            return named[0] if named else None
+        same_precision = [b for b in same_case if b.precision == r.precision]
+        return max(same_precision, key=lambda b: b.figure) if same_precision else None
+
+    def _ceiling_for(self, r: Result) -> Result | None:
+        key = CEILINGS.get(r.unit) or CEILINGS.get(f"{r.unit}:{r.precision}")
+        return self.ceilings.get(key) if key else None
+
+    def _row(self, r: Result) -> Row:
+        base = self._baseline_for(r) if r.role == "fastcnn" else None
+        ratio = (r.figure / base.figure) if (base and r.figure and not r.error) else None
+        ceil = self._ceiling_for(r) if r.role != "ceiling" else None
+        pct = (100.0 * r.figure / ceil.figure) if (ceil and r.figure and not r.error) else None
+        return Row(r.case, r.shape, r.impl, r.role, r.unit, r.time_us, r.figure,
+                   base.impl if base else None, base.figure if base else None, ratio, pct,
+                   ceil.impl if ceil else None, r.rel_err, r.error, r.group, r.note)
+
+    # ---------------------------------------------------------------- writers
+    def header_lines(self) -> list[str]:
+        h = self.header
+        keys = ["card", "driver", "cuda_runtime", "cupy", "torch", "cudnn", "numpy", "python",
+                "cpu", "torch_threads", "date", "run_id", "mode"]
+        parts = [f"{k}={h[k]}" for k in keys if h.get(k) not in (None, "")]
+        lines, line = [], ""
+        for p in parts:
+            if len(line) + len(p) > 110:
+                lines.append(line.rstrip())
+                line = ""
+            line += p + "  "
+        if line:
+            lines.append(line.rstrip())
+        for note in h.get("notes", []):
+            lines.append(f"note: {note}")
+        return lines
+
+    def table(self, width: int = 34) -> str:
+        """The plain-text table printed to stdout."""
+        cols = ["case", "impl", "time us", "figure", "baseline", "base fig", "ratio", "%ceil"]
+        out = self.header_lines()
+        out.append(f"{cols[0]:<{width}} {cols[1]:<22} {cols[2]:>10} {cols[3]:>14} "
+                   f"{cols[4]:<22} {cols[5]:>9} {cols[6]:>6} {cols[7]:>6}")
+        group = None
+        for row in self.rows:
+            if row.group != group:
+                group = row.group
+                out.append(f"-- {group}")
+            if row.error:
+                out.append(f"{row.case[:width]:<{width}} {row.impl[:22]:<22} ERROR {row.error[:60]}")
+                continue
+            out.append(
+                f"{row.case[:width]:<{width}} {row.impl[:22]:<22} {_num(row.time_us, 10)} "
+                f"{_num(row.figure, 8)} {row.unit:<7}"
+                f"{(row.baseline or '')[:22]:<22} {_num(row.baseline_figure, 9)} "
+                f"{_num(row.ratio, 6, ratio=True)} {_num(row.pct_ceiling, 6)}"
+                + (f"  err {row.rel_err:.1e}" if row.rel_err is not None and row.rel_err > 1e-3 else ""))
+        return "\n".join(out)
+
+    def markdown(self) -> str:
+        lines = [f"Measured {self.header.get('date', '?')} on {self.header.get('card', '?')} "
+                 f"(run {self.header.get('run_id')}).", ""]
+        lines.append("| " + " | ".join(["setting", "value"]) + " |")
+        lines.append("| --- | --- |")
+        for k in ["card", "driver", "cuda_runtime", "cupy", "torch", "cudnn", "numpy", "python",
+                  "cpu", "torch_threads", "mode"]:
+            if self.header.get(k) not in (None, ""):
+                lines.append(f"| {k} | {self.header[k]} |")
+        lines.append("")
+        lines.append("| case | shape | implementation | time (us) | figure | baseline | "
+                     "baseline figure | ratio | % of ceiling |")
+        lines.append("| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |")
+        for row in self.rows:
+            if row.error:
+                lines.append(f"| {row.case} | {row.shape} | {row.impl} | error: "
+                             f"{_md(row.error[:80])} | | | | | |")
+                continue
+            lines.append(
+                f"| {row.case} | {row.shape} | {row.impl} | {_num(row.time_us, 0).strip()} | "
+                f"{_num(row.figure, 0).strip()} {row.unit} | {row.baseline or ''} | "
+                f"{_num(row.baseline_figure, 0).strip()} | {_num(row.ratio, 0, ratio=True).strip()} | "
+                f"{_num(row.pct_ceiling, 0).strip()} |")
+        for note in self.header.get("notes", []):
+            lines.append("")
+            lines.append(f"Note: {note}")
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict:
+        return {"header": self.header,
+                "results": [asdict(r) for r in self.results],
+                "rows": [asdict(r) for r in self.rows]}
+
+    def write_json(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1, default=_json_default)
+
+    def write_markdown(self, path: str) -> None:
+        with open(path, "w") as f:
+            f.write(self.markdown())
+
+    def plot(self, path: str) -> str:
+        """A horizontal bar chart of the ratios (fastcnn / baseline); returns a message."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return (f"matplotlib is not installed: no chart written to {path} "
+                    "(pip install 'fastcnn[plot]')")
+        rows = [r for r in self.rows if r.ratio is not None]
+        if not rows:
+            return f"no ratios to plot: {path} not written"
+        labels = [f"{r.case} {r.impl} vs {r.baseline}" for r in rows]
+        ratios = [r.ratio for r in rows]
+        fig, ax = plt.subplots(figsize=(10, 0.25 * len(rows) + 1.5))
+        colours = ["tab:green" if v >= 1 else "tab:red" for v in ratios]
+        ax.barh(range(len(rows)), ratios, color=colours)
+        ax.set_yticks(range(len(rows)), labels, fontsize=6)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("fastcnn figure / baseline figure (same run; > 1 is faster)")
+        ax.set_title(f"{self.header.get('card', '?')}  {self.header.get('date', '')}", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return f"chart written to {path}"
+
+    def key_ratios(self) -> list[tuple[str, str]]:
+        """(what, value) for the issue's targets, for the GPU check's final table."""
+        out = []
+
+        def pick(case, impl_prefix="fastcnn", want="ratio"):
+            rows = [r for r in self.rows if r.case == case and r.role == "fastcnn" and not r.error
+                    and r.impl.startswith(impl_prefix)]
+            vals = [getattr(r, want) for r in rows if getattr(r, want) is not None]
+            return max(vals) if vals else None
+        for label, case, prefix, want in [
+                ("gemm 4096^3 best / cuBLAS fp32", "gemm 4096^3", "fastcnn", "ratio"),
+                ("alexnet.conv1 fwd / cuDNN fp32", "alexnet.conv1 fwd", "fastcnn", "ratio"),
+                ("alexnet.conv2 fwd / cuDNN fp32", "alexnet.conv2 fwd", "fastcnn", "ratio"),
+                ("alexnet.conv3 fwd / cuDNN fp32", "alexnet.conv3 fwd", "fastcnn", "ratio"),
+                ("alexnet.conv4 fwd / cuDNN fp32", "alexnet.conv4 fwd", "fastcnn", "ratio"),
+                ("alexnet.conv5 fwd / cuDNN fp32", "alexnet.conv5 fwd", "fastcnn", "ratio"),
+                ("alexnet.pool1 fwd % copy bw", "alexnet.pool1 fwd", "fastcnn", "pct_ceiling"),
+                ("alexnet.pool1 bwd % copy bw", "alexnet.pool1 bwd", "fastcnn", "pct_ceiling"),
+                ("lenet train graph / torch graph", "lenet5 train", "fastcnn graph", "ratio"),
+                ("lenet train eager / torch eager", "lenet5 train", "fastcnn eager", "ratio"),
+                ("alexnet train / torch fp32", "alexnet train", "fastcnn", "ratio"),
+                ("cpu lenet train / torch cpu", "lenet5 train (cpu)", "fastcnn", "ratio")]:
+            v = pick(case, prefix, want)
+            if v is not None:
+                out.append((label, f"{v:.2f}x" if want == "ratio" else f"{v:.0f}%"))
+        return out
+
+
+def _num(v, width, ratio=False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return " " * max(width - 1, 0) + "-"
+    if ratio:
+        return f"{v:>{width}.2f}"
+    if abs(v) >= 1e5:
+        return f"{v:>{width}.3g}"
+    if abs(v) >= 100:
+        return f"{v:>{width}.0f}"
+    if abs(v) >= 10:
+        return f"{v:>{width}.1f}"
+    return f"{v:>{width}.2f}"
+
+
+def _md(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def load_json(path: str) -> Report:
+    """Rebuild a report from a JSON file written by ``Report.write_json``."""
+    with open(path) as f:
+        data = json.load(f)
+    return Report([Result(**r) for r in data["results"]], data["header"])
+
+
+# ------------------------------------------------------------------ environment header
+def _try(fn, default=None):
+    try:
+        return fn()
+    except Exception:
+        return default
+
+
+def environment(run_id: str | None = None) -> dict:
+    """Card, driver, CUDA runtime and library versions, date: the header of every report."""
+    h = {"run_id": run_id or uuid.uuid4().hex[:12],
+         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+         "numpy": np.__version__, "python": platform.python_version(),
+         "cpu": f"{platform.machine()} x{os.cpu_count()}", "notes": []}
+    try:
+        import cupy
+        h["cupy"] = cupy.__version__
+        if gputime.cuda_available():
+            props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+            name = props["name"]
+            h["card"] = (name.decode() if isinstance(name, bytes) else str(name)) + \
+                f" ({props['multiProcessorCount']} SMs, L2 {props['l2CacheSize'] >> 20} MiB)"
+            rt = cupy.cuda.runtime.runtimeGetVersion()
+            h["cuda_runtime"] = f"{rt // 1000}.{(rt % 1000) // 10}"
+            drv = _try(lambda: subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0])
+            dv = cupy.cuda.runtime.driverGetVersion()
+            h["driver"] = f"{drv or '?'} (CUDA {dv // 1000}.{(dv % 1000) // 10})"
+    except Exception as exc:
+        h["cupy"] = h.get("cupy") or f"unavailable ({type(exc).__name__})"
+    h.setdefault("card", "no CUDA GPU")
+    try:
+        import torch
+        h["torch"] = torch.__version__
+        h["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            h["cudnn"] = torch.backends.cudnn.version()
+    except Exception:
+        h["torch"] = "not installed"
+    return h
+
+
+# ------------------------------------------------------------------ benchmark specs
+@dataclass
+class Spec:
+    """One thing to time.  ``make()`` allocates the data and returns ``(fn, sets, check)``:
+    ``fn(i)`` launches one call on input set i, ``check()`` (or None) returns a relative
+    error against a baseline's output.  ``work`` is FLOPs, bytes or images per call."""
+    group: str
+    case: str
+    shape: str
+    impl: str
+    role: str
+    unit: str
+    work: float
+    make: Callable
+    lib: str = "cupy"          # 'cupy', 'torch' (GPU events of that library) or 'cpu'
+    precision: str = "fp32"
+    compare_to: str | None = None
+    context: Callable = contextlib.nullcontext
+    flush: bool = True
+    note: str = ""
+
+    @property
+    def id(self) -> str:
+        return re.sub(r"[^\w.^-]+", "_", f"{self.case}-{self.impl}").strip("_")
+
+    def label(self) -> str:
+        return f"{self.group} {self.case} {self.impl}"
+
+
+def _figure(unit: str, work: float, time_us: float) -> float:
+    if unit == "TFLOP/s":
+        return work / time_us / 1e6
+    if unit == "GB/s":
+        return work / time_us / 1e3
+    return work / time_us * 1e6  # img/s
+
+
+@contextlib.contextmanager
+def cupy_tf32(enabled: bool):
+    """cuBLAS through CuPy: TF32 tensor cores on or off for float32 matmul.
+
+    CuPy picks the compute type per dtype (``_routines_linalg.get_compute_type``,
+    first default from the CUPY_TF32 environment variable); we set it explicitly
+    and restore it afterwards."""
+    from cupy._core import _routines_linalg as lg
+    before = lg.get_compute_type(np.dtype(np.float32))
+    lg.set_compute_type(np.dtype(np.float32),
+                        lg.COMPUTE_TYPE_TF32 if enabled else lg.COMPUTE_TYPE_FP32)
+    try:
+        yield
+    finally:
+        lg.set_compute_type(np.dtype(np.float32), before)
+
+
+@contextlib.contextmanager
+def torch_tf32(enabled: bool, cudnn_benchmark: bool = True):
+    import torch
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = before
+
+
+def _variants(op: str) -> list:
+    """Registered variants of ``op`` as registry.Variant objects, the default marked by the caller."""
+    from .backend import registry
+    try:
+        names = registry.variants(op)
+        default = registry.get(op).name
+    except ValueError:
+        return []
+    return [(registry.get(op, n), n == default) for n in names]
+
+
+def _variant_impl(variant, default: bool) -> str:
+    return f"fastcnn:{variant.name}{'*' if default else ''}"
+
+
+def _precision_of(name: str) -> str:
+    return "tf32" if "tf32" in name.lower() else "fp32"
+
+
+def _torch_ok() -> bool:
+    return gputime.torch_cuda_available()
+
+
+def _rel_err(out, ref) -> float:
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if out.shape != ref.shape:
+        return float("inf")
+    if not np.all(np.isfinite(out)):
+        return float("inf")
+    return float(np.linalg.norm(out - ref) / (np.linalg.norm(ref) or 1.0))
+
+
+def _randn(cp, shape, n_sets):
+    return [cp.random.standard_normal(shape, dtype=cp.float32) for _ in range(n_sets)]
+
+
+# ---- ceilings
+def ceiling_specs(quick: bool) -> list[Spec]:
+    def make_copy():
+        import cupy as cp
+        n = (1 << 28) if not quick else (1 << 27)  # 1 GiB / 512 MiB of float32
+        src = cp.random.random(n, dtype=cp.float32)
+        dst = cp.empty_like(src)
+        nbytes = src.nbytes
+
+        def fn(i):
+            cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, nbytes,
+                                        cp.cuda.runtime.memcpyDeviceToDevice,
+                                        cp.cuda.get_current_stream().ptr)
+        return fn, 1, None
+    n_copy = 2 * 4 * ((1 << 27) if quick else (1 << 28))
+    n = 4096 if quick else 8192
+    specs = [Spec("ceiling", "ceiling.copy", f"{n_copy // 2 >> 20} MiB D2D", "copy", "ceiling",
+                  "GB/s", n_copy, make_copy, note="bytes read + written")]
+    for name, tf32 in (("sgemm", False), ("tf32", True)):
+        specs.append(Spec("ceiling", f"ceiling.{name}", f"{n}^3", f"cuBLAS {'TF32' if tf32 else 'fp32'}",
+                          "ceiling", "TFLOP/s", 2.0 * n ** 3, _make_cupy_gemm(n, n, n),
+                          precision="tf32" if tf32 else "fp32",
+                          context=lambda tf32=tf32: cupy_tf32(tf32)))
+    return specs
+
+
+# ---- GEMM
+def _gemm_sets(M, K, N):
+    return gputime.rotation_count(4 * (M * K + K * N + M * N), max_sets=16)
+
+
+def _make_cupy_gemm(M, K, N):
+    def make():
+        import cupy as cp
+        sets = _gemm_sets(M, K, N)
+        A, B = _randn(cp, (M, K), sets), _randn(cp, (K, N), sets)
+        return (lambda i: cp.matmul(A[i], B[i])), sets, None
+    return make
+
+
+def _make_fastcnn_gemm(fn_variant, M, K, N, tol_check=True):
+    def make():
+        import cupy as cp
+        sets = _gemm_sets(M, K, N)
+        A, B = _randn(cp, (M, K), sets), _randn(cp, (K, N), sets)
+
+        def check():
+            with cupy_tf32(False):
+                ref = cp.matmul(A[0].astype(cp.float64), B[0].astype(cp.float64))
+            return _rel_err(cp.asnumpy(fn_variant(A[0], B[0], False, False)), cp.asnumpy(ref))
+        return (lambda i: fn_variant(A[i], B[i], False, False)), sets, check
+    return make
+
+
+def gemm_specs(quick: bool) -> list[Spec]:
+    specs = []
+    for case, M, K, N, big in GEMM_SHAPES:
+        if quick and big:
+            continue
+        shape = f"{M}x{K}x{N}"
+        flops = 2.0 * M * K * N
+        for variant, default in _variants("matmul"):
+            specs.append(Spec("gemm", case, shape, _variant_impl(variant, default), "fastcnn",
+                              "TFLOP/s", flops, _make_fastcnn_gemm(variant.fn, M, K, N),
+                              precision=_precision_of(variant.name)))
+        for tf32 in (False, True):
+            specs.append(Spec("gemm", case, shape, f"cuBLAS {'TF32' if tf32 else 'fp32'}", "baseline",
+                              "TFLOP/s", flops, _make_cupy_gemm(M, K, N),
+                              precision="tf32" if tf32 else "fp32",
+                              context=lambda tf32=tf32: cupy_tf32(tf32)))
+    return specs
+
+
+# ---- convolution
+def _conv_sets(L: ConvLayer):
+    per_set = 4 * (L.N * L.H * L.W * L.C + L.R * L.S * L.C * L.K + L.N * L.P * L.Q * L.K)
+    return gputime.rotation_count(per_set, max_sets=16)
+
+
+def _conv_torch_ref(L: ConvLayer, pas: str, x, w, dy):
+    """float64 cuDNN-free reference through PyTorch (NHWC in, NHWC/HWIO out) for the check."""
+    import torch
+    tx = torch.from_dlpack(x).permute(0, 3, 1, 2).double()
+    tw = torch.from_dlpack(w).permute(3, 2, 0, 1).double()
+    tdy = torch.from_dlpack(dy).permute(0, 3, 1, 2).double() if dy is not None else None
+    with torch.backends.cudnn.flags(enabled=False):
+        if pas == "fwd":
+            out = torch.nn.functional.conv2d(tx, tw, stride=L.stride, padding=L.pad)
+            return out.permute(0, 2, 3, 1).cpu().numpy()
+        dx, dw, _ = torch.ops.aten.convolution_backward(
+            tdy, tx, tw, None, [L.stride] * 2, [L.pad] * 2, [1, 1], False, [0, 0], 1,
+            [pas == "dgrad", pas == "wgrad", False])
+        if pas == "dgrad":
+            return dx.permute(0, 2, 3, 1).cpu().numpy()
+        return dw.permute(2, 3, 1, 0).cpu().numpy()
+
+
+def _make_fastcnn_conv(fn_variant, L: ConvLayer, pas: str):
+    def make():
+        import cupy as cp
+        sets = _conv_sets(L)
+        stride, pad = (L.stride, L.stride), (L.pad, L.pad, L.pad, L.pad)
+        xs = _randn(cp, (L.N, L.H, L.W, L.C), sets)
+        ws = _randn(cp, (L.R, L.S, L.C, L.K), sets)
+        dys = _randn(cp, (L.N, L.P, L.Q, L.K), sets)
+        if pas == "fwd":
+            def fn(i):
+                return fn_variant(xs[i], ws[i], None, stride, pad, False)
+        elif pas == "dgrad":
+            def fn(i):
+                return fn_variant(dys[i], ws[i], xs[i].shape, stride, pad)
+        else:
+            def fn(i):
+                return fn_variant(xs[i], dys[i], ws[i].shape, stride, pad)
+        check = None
+        if _torch_ok():
+            def check():
+                ref = _conv_torch_ref(L, pas, xs[0], ws[0], dys[0] if pas != "fwd" else None)
+                return _rel_err(cp.asnumpy(fn(0)), ref)
+        return fn, sets, check
+    return make
+
+
+def _make_torch_conv(L: ConvLayer, pas: str, channels_last: bool):
+    def make():
+        import torch
+        sets = _conv_sets(L)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        dev = "cuda"
+        xs = [torch.randn(L.N, L.C, L.H, L.W, device=dev).contiguous(memory_format=fmt) for _ in range(sets)]
+        ws = [torch.randn(L.K, L.C, L.R, L.S, device=dev).contiguous(memory_format=fmt) for _ in range(sets)]
+        dys = [torch.randn(L.N, L.K, L.P, L.Q, device=dev).contiguous(memory_format=fmt) for _ in range(sets)]
+        st, pd = [L.stride] * 2, [L.pad] * 2
+        if pas == "fwd":
+            def fn(i):
+                return torch.nn.functional.conv2d(xs[i], ws[i], stride=L.stride, padding=L.pad)
+        else:
+            mask = [pas == "dgrad", pas == "wgrad", False]
+
+            def fn(i):
+                return torch.ops.aten.convolution_backward(
+                    dys[i], xs[i], ws[i], None, st, pd, [1, 1], False, [0, 0], 1, mask)
+        return fn, sets, None
+    return make
+
+
+def conv_specs(quick: bool) -> list[Spec]:
+    specs = []
+    torch_ok = _torch_ok()
+    for L in CONV_LAYERS:
+        for pas in CONV_PASSES:
+            case = f"{L.name} {pas}"
+            for variant, default in _variants(CONV_OPS[pas]):
+                specs.append(Spec("conv", case, L.shape, _variant_impl(variant, default), "fastcnn",
+                                  "TFLOP/s", L.flops, _make_fastcnn_conv(variant.fn, L, pas),
+                                  precision=_precision_of(variant.name)))
+            if not torch_ok:
+                continue
+            for channels_last in (False, True):
+                for tf32 in (False, True):
+                    impl = f"cuDNN {'NHWC' if channels_last else 'NCHW'} {'TF32' if tf32 else 'fp32'}"
+                    specs.append(Spec("conv", case, L.shape, impl, "baseline", "TFLOP/s", L.flops,
+                                      _make_torch_conv(L, pas, channels_last), lib="torch",
+                                      precision="tf32" if tf32 else "fp32",
+                                      context=lambda tf32=tf32: torch_tf32(tf32)))
+    return specs
+
+
+# ---- max-pool
+def _pool_sets(L: PoolLayer):
+    return gputime.rotation_count(L.bytes + L.N * L.P * L.Q * L.C, max_sets=32)
+
+
+def _make_fastcnn_pool(fwd_fn, bwd_fn, L: PoolLayer, pas: str):
+    def make():
+        import cupy as cp
+        sets = _pool_sets(L)
+        pool, stride, pad = (L.pool, L.pool), (L.stride, L.stride), (0, 0, 0, 0)
+        xs = _randn(cp, (L.N, L.H, L.W, L.C), sets)
+        dys = _randn(cp, (L.N, L.P, L.Q, L.C), sets)
+        fwd = registry_fn("maxpool_forward") if fwd_fn is None else fwd_fn
+        if pas == "fwd":
+            def fn(i):
+                return fwd(xs[i], pool, stride, pad)
+        else:
+            argmaxes = [fwd(x, pool, stride, pad)[1] for x in xs]
+
+            def fn(i):
+                return bwd_fn(dys[i], argmaxes[i], xs[i].shape, pool, stride, pad)
+        check = None
+        if _torch_ok():
+            def check():
+                import torch
+                tx = torch.from_dlpack(xs[0]).permute(0, 3, 1, 2)
+                if pas == "fwd":
+                    ref = torch.nn.functional.max_pool2d(tx, L.pool, L.stride)
+                    return _rel_err(cp.asnumpy(fn(0)[0]), ref.permute(0, 2, 3, 1).cpu().numpy())
+                tx = tx.detach().clone().requires_grad_(True)
+                y = torch.nn.functional.max_pool2d(tx, L.pool, L.stride)
+                y.backward(torch.from_dlpack(dys[0]).permute(0, 3, 1, 2))
+                return _rel_err(cp.asnumpy(fn(0)), tx.grad.permute(0, 2, 3, 1).cpu().numpy())
+        return fn, sets, check
+    return make
+
+
+def registry_fn(op):
+    from .backend import registry
+    return registry.get(op).fn
+
+
+def _make_torch_pool(L: PoolLayer, pas: str, channels_last: bool):
+    def make():
+        import torch
+        sets = _pool_sets(L)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        xs = [torch.randn(L.N, L.C, L.H, L.W, device="cuda").contiguous(memory_format=fmt) for _ in range(sets)]
+        if pas == "fwd":
+            def fn(i):
+                return torch.nn.functional.max_pool2d(xs[i], L.pool, L.stride)
+        else:
+            outs = [torch.ops.aten.max_pool2d_with_indices(x, [L.pool] * 2, [L.stride] * 2) for x in xs]
+            dys = [torch.randn_like(y) for y, _ in outs]
+
+            def fn(i):
+                return torch.ops.aten.max_pool2d_with_indices_backward(
+                    dys[i], xs[i], [L.pool] * 2, [L.stride] * 2, [0, 0], [1, 1], False, outs[i][1])
+        return fn, sets, None
+    return make
+
+
+def pool_specs(quick: bool) -> list[Spec]:
+    specs = []
+    torch_ok = _torch_ok()
+    fwd_variants = _variants("maxpool_forward")
+    bwd_variants = _variants("maxpool_backward")
+    for L in POOL_LAYERS:
+        for pas, variants in (("fwd", fwd_variants), ("bwd", bwd_variants)):
+            case = f"{L.name} {pas}"
+            for variant, default in variants:
+                make = (_make_fastcnn_pool(variant.fn, None, L, pas) if pas == "fwd"
+                        else _make_fastcnn_pool(None, variant.fn, L, pas))
+                specs.append(Spec("pool", case, L.shape, _variant_impl(variant, default), "fastcnn",
+                                  "GB/s", L.bytes, make,
+                                  note="bytes: x read + y written" if pas == "fwd" else
+                                  "bytes: dy read + dx written"))
+            if torch_ok:
+                for channels_last in (False, True):
+                    specs.append(Spec("pool", case, L.shape,
+                                      f"torch {'NHWC' if channels_last else 'NCHW'}", "baseline",
+                                      "GB/s", L.bytes, _make_torch_pool(L, pas, channels_last),
+                                      lib="torch", context=lambda: torch_tf32(False)))
+    return specs
+
+
+# ---- whole networks
+def torch_lenet5():
+    from torch import nn
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+def torch_alexnet(num_classes: int = 1000):
+    """Single-tower AlexNet, 62,378,344 parameters (no LRN), as fastcnn's 'single' variant."""
+    from torch import nn
+    return nn.Sequential(
+        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
+        nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, num_classes))
+
+
+NETS = {  # name: (input HWC, classes, train batch, optimizer)
+    "lenet5": ((28, 28, 1), 10, LENET_BATCH, "adam"),
+    "alexnet": ((227, 227, 3), 1000, ALEXNET_BATCH, "sgd"),
+}
+
+
+def _torch_optimizer(net, params, capturable):
+    import torch
+    if NETS[net][3] == "adam":
+        return torch.optim.Adam(params, lr=1e-3, eps=1e-7, capturable=capturable)
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+
+def _make_torch_net(net: str, mode: str, batch: int, device: str = "cuda", channels_last=False):
+    """mode: 'train eager', 'train graph', 'infer eager'."""
+    def make():
+        import torch
+        hwc, classes, _, _ = NETS[net]
+        model = (torch_lenet5() if net == "lenet5" else torch_alexnet(classes)).to(device)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=fmt)
+        sets = 4 if mode.startswith("train") else 2
+        xs = [torch.randn(batch, hwc[2], hwc[0], hwc[1], device=device).contiguous(memory_format=fmt)
+              for _ in range(sets)]
+        ys = [torch.randint(0, classes, (batch,), device=device) for _ in range(sets)]
+        loss_fn = torch.nn.CrossEntropyLoss()
+        if mode == "infer eager":
+            model.eval()
+
+            def fn(i):
+                with torch.no_grad():
+                    return model(xs[i])
+            return fn, sets, None
+        opt = _torch_optimizer(net, model.parameters(), capturable=(mode == "train graph"))
+
+        def step(x, y):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        if mode == "train eager":
+            return (lambda i: step(xs[i], ys[i])), sets, None
+        # The standard whole-step capture: side-stream warm-up, static tensors, replay.
+        static_x, static_y = xs[0].clone(), ys[0].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step(static_x, static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            static_loss = loss_fn(model(static_x), static_y)
+            static_loss.backward()
+            opt.step()
+
+        def fn(i):
+            static_x.copy_(xs[i])
+            static_y.copy_(ys[i])
+            graph.replay()
+        return fn, sets, None
+    return make
+
+
+def _fastcnn_model(net: str):
+    from . import models
+    if net == "lenet5":
+        model = models.lenet5()
+        optimizer = "adam"
+    else:
+        from . import optimizers
+        model = models.alexnet(num_classes=1000, variant="single")
+        optimizer = optimizers.SGD(learning_rate=0.01, momentum=0.9)
+    model.compile(loss="categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
+    return model
+
+
+def _infer_fn(model):
+    """One inference forward (softmax included) on a batch already on the model's device."""
+    from .tensor import no_grad
+
+    def infer(x):
+        with no_grad():
+            return model(x, training=False)
+    return infer
+
+
+def _make_fastcnn_net(net: str, mode: str, batch: int, device: str = "cuda"):
+    def make():
+        hwc, classes, _, _ = NETS[net]
+        model = _fastcnn_model(net)
+        model.to(device)
+        if device == "cuda":
+            import cupy as xp
+            rand = lambda shape: xp.random.standard_normal(shape, dtype=xp.float32)  # noqa: E731
+        else:
+            xp = np
+            rng = np.random.default_rng(0)
+            rand = lambda shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+        sets = 4 if mode.startswith("train") else 2
+        xs = [rand((batch,) + hwc) for _ in range(sets)]
+        eye = xp.eye(classes, dtype=xp.float32)
+        ys = [eye[xp.asarray(np.random.default_rng(i).integers(0, classes, batch))] for i in range(sets)]
+        if mode == "infer eager":
+            infer = _infer_fn(model)
+            return (lambda i: infer(xs[i])), sets, None
+        if mode == "train graph":
+            step = model.make_graph_step(xs[0].shape, ys[0].shape)
+            return (lambda i: step(xs[i], ys[i])), sets, None
+        return (lambda i: model.train_step(xs[i], ys[i])), sets, None
+    return make
+
+
+def network_specs(quick: bool) -> list[Spec]:
+    specs = []
+    torch_ok = _torch_ok()
+    workloads = [("lenet5", "train", LENET_BATCH), ("lenet5", "infer", LENET_INFER_BATCH),
+                 ("alexnet", "train", ALEXNET_BATCH), ("alexnet", "infer", ALEXNET_BATCH)]
+    for net, what, batch in workloads:
+        case = f"{net} {what}"
+        shape = f"batch {batch}" + (", Adam" if net == "lenet5" and what == "train" else
+                                    ", SGD m=0.9" if what == "train" else "")
+        if what == "train":
+            specs.append(Spec("network", case, shape, "fastcnn eager", "fastcnn", "img/s", batch,
+                              _make_fastcnn_net(net, "train eager", batch), flush=False,
+                              compare_to="torch eager fp32"))
+            specs.append(Spec("network", case, shape, "fastcnn graph", "fastcnn", "img/s", batch,
+                              _make_fastcnn_net(net, "train graph", batch), flush=False,
+                              compare_to="torch graph fp32"))
+        else:
+            specs.append(Spec("network", case, shape, "fastcnn", "fastcnn", "img/s", batch,
+                              _make_fastcnn_net(net, "infer eager", batch), flush=False,
+                              compare_to="torch eager fp32"))
+        if not torch_ok:
+            continue
+        modes = ["train eager", "train graph"] if what == "train" else ["infer eager"]
+        tf32_options = (False, True) if net == "alexnet" else (False,)
+        for mode in modes:
+            for tf32 in tf32_options:
+                impl = f"torch {mode.split()[1]} {'TF32' if tf32 else 'fp32'}"
+                specs.append(Spec("network", case, shape, impl, "baseline", "img/s", batch,
+                                  _make_torch_net(net, mode, batch), lib="torch", flush=False,
+                                  precision="tf32" if tf32 else "fp32",
+                                  context=lambda tf32=tf32: torch_tf32(tf32)))
+        if net == "alexnet" and what == "train" and not quick:
+            specs.append(Spec("network", case, shape, "torch eager NHWC fp32", "baseline", "img/s",
+                              batch, _make_torch_net(net, "train eager", batch, channels_last=True),
+                              lib="torch", flush=False, context=lambda: torch_tf32(False)))
+    return specs
+
+
+# ---- CPU
+def _reference_primitive_step():
+    """The primitives-only LeNet-5 step of bench/reference_lenet_step.py (no model API needed)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "bench" / "reference_lenet_step.py"
+    spec = importlib.util.spec_from_file_location("_fastcnn_reference_lenet_step", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _make_reference_lenet(batch: int):
+    def make():
+        try:
+            made = _make_fastcnn_net("lenet5", "train eager", batch, device="cpu")()
+            return made
+        except (ImportError, AttributeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        # No model API yet: the same step from the reference primitives alone.
+        from .backend import reference as ref
+        mod = _reference_primitive_step()
+        rng = np.random.default_rng(0)
+        net = mod.ReferenceLeNet(rng)
+        plain = mod.Timed(ref, enabled=False)
+        xs = [rng.standard_normal((batch, 28, 28, 1)).astype(np.float32) for _ in range(2)]
+        ys = [np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)] for _ in range(2)]
+        totals = np.zeros(2)
+        fn = lambda i: net.train_step(plain, xs[i], ys[i], totals)  # noqa: E731
+        fn.note = f"model API unavailable ({why[:80]}); reference primitives step"
+        return fn, 2, None
+    return make
+
+
+def _make_torch_cpu_lenet(batch: int):
+    return _make_torch_net("lenet5", "train eager", batch, device="cpu")
+
+
+def cpu_specs(quick: bool) -> list[Spec]:
+    specs = [Spec("cpu", "lenet5 train (cpu)", f"batch {LENET_BATCH}, Adam", "fastcnn reference",
+                  "fastcnn", "img/s", LENET_BATCH, _make_reference_lenet(LENET_BATCH), lib="cpu",
+                  compare_to="torch cpu")]
+    try:
+        import torch  # noqa: F401
+        specs.append(Spec("cpu", "lenet5 train (cpu)", f"batch {LENET_BATCH}, Adam", "torch cpu",
+                          "baseline", "img/s", LENET_BATCH, _make_torch_cpu_lenet(LENET_BATCH),
+                          lib="cpu"))
+    except ImportError:
+        pass
+    return specs
+
+
+SPEC_BUILDERS = {"ceiling": ceiling_specs, "gemm": gemm_specs, "conv": conv_specs,
+                 "pool": pool_specs, "network": network_specs, "cpu": cpu_specs}
+GPU_GROUPS = ("ceiling", "gemm", "conv", "pool", "network")
+
+
+def specs(group: str, quick: bool = False) -> list[Spec]:
+    """The specs of one group (listing needs no GPU; running them does, except 'cpu')."""
+    return SPEC_BUILDERS[group](quick)
+
+
+# ------------------------------------------------------------------ running
+@dataclass
+class Options:
+    quick: bool = False
+    filter: str | None = None
+    groups: tuple = GROUPS
+    repeats: int | None = None
+    warmup: int | None = None
+    budget_s: float | None = None
+    check: bool = True
+    verbose: bool = True
+    run_id: str | None = None
+
+
+def _select(all_specs: Iterable[Spec], pattern: str | None) -> list[Spec]:
+    if not pattern:
+        return list(all_specs)
+    rx = re.compile(pattern, re.IGNORECASE)
+    return [s for s in all_specs if rx.search(s.label())]
+
+
+def run_spec(spec: Spec, opts: Options, run_id: str) -> Result:
+    """Build, check and time one spec; any failure becomes the Result's ``error``."""
+    res = Result(spec.group, spec.case, spec.shape, spec.impl, spec.role, spec.unit,
+                 precision=spec.precision, compare_to=spec.compare_to, run_id=run_id, note=spec.note)
+    quick = opts.quick
+    repeats = opts.repeats or (10 if quick else 30)
+    warmup = opts.warmup if opts.warmup is not None else (2 if quick else 5)
+    max_s = 1.5 if quick else 5.0
+    try:
+        with spec.context():
+            fn, sets, check = spec.make()
+            note = getattr(fn, "note", None)
+            if note:
+                res.note = (res.note + "; " if res.note else "") + note
+            if check is not None and opts.check:
+                res.rel_err = check()
+            if spec.lib == "cpu":
+                t = gputime.time_cpu(lambda: fn(0), warmup=min(warmup, 2), repeats=repeats,
+                                     max_seconds=max_s * 2)
+            else:
+                t = gputime.time_cuda(fn, sets=sets, warmup=warmup, repeats=repeats, lib=spec.lib,
+                                      flush=spec.flush, max_seconds=max_s)
+        res.time_us = t.median_us
+        res.repeats = t.repeats
+        res.spread = t.spread
+        res.figure = _figure(spec.unit, spec.work, t.median_us)
+        if res.rel_err is not None and not (res.rel_err <= (1e-2 if spec.precision == "tf32" else 1e-3)):
+            res.note = (res.note + "; " if res.note else "") + f"WRONG: rel err {res.rel_err:.2e}"
+    except Exception as exc:
+        res.error = f"{type(exc).__name__}: {exc}".strip()[:300]
+        if opts.verbose:
+            traceback.print_exc(limit=3, file=sys.stderr)
+    finally:
+        _free_memory(spec.lib)
+    return res
+
+
+def _free_memory(lib):
+    if lib == "cpu":
+        return
+    try:
+        import cupy
+        cupy.get_default_memory_pool().free_all_blocks()
+    except Exception:
+        pass
+    if lib == "torch":
+        try:
+            import torch
+            torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+
+def run_benchmarks(opts: Options) -> Report:
+    header = environment(opts.run_id)
+    header["mode"] = "quick" if opts.quick else "full"
+    run_id = header["run_id"]
+    gpu = gputime.cuda_available()
+    results: list[Result] = []
+    t0 = time.perf_counter()
+    groups = [g for g in GROUPS if g in opts.groups]
+    if not gpu:
+        skipped = [g for g in groups if g in GPU_GROUPS]
+        if skipped:
+            header["notes"].append(f"no CUDA GPU here: GPU groups {', '.join(skipped)} not run")
+        groups = [g for g in groups if g not in GPU_GROUPS]
+    out_of_time = None
+    for group in groups:  # ceilings first and unfiltered: every % of ceiling needs them
+        try:
+            group_specs = specs(group, opts.quick)
+        except Exception as exc:
+            results.append(Result(group, f"{group} (listing)", "", "-", "fastcnn", "img/s",
+                                  run_id=run_id, error=f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        if group != "ceiling":
+            group_specs = _select(group_specs, opts.filter)
+        for spec in group_specs:
+            if opts.budget_s is not None and time.perf_counter() - t0 > opts.budget_s:
+                out_of_time = spec
+                break
+            res = run_spec(spec, opts, run_id)
+            results.append(res)
+            if opts.verbose:
+                fig = f"{res.figure:.4g} {res.unit}" if res.figure else (res.error or "")[:80]
+                print(f"  [{time.perf_counter() - t0:6.1f}s] {spec.label()}: {fig}", file=sys.stderr)
+        if out_of_time is not None:
+            header["notes"].append(f"time budget of {opts.budget_s:.0f} s spent: every case from "
+                                   f"'{out_of_time.label()}' on was not run")
+            break
+    header["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    return Report(results, header)
+
+
+# ------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats, skip the largest cases (fits 3 minutes on an H100)")
+    parser.add_argument("--filter", metavar="REGEX",
+                        help="only cases whose 'group case impl' matches (ceilings always run)")
+    parser.add_argument("--group", action="append", choices=GROUPS, dest="groups",
+                        help="run only these groups (repeatable); default all")
+    parser.add_argument("--json", metavar="FILE", help="write the results and header as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="write a markdown table")
+    parser.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of the ratios")
+    parser.add_argument("--repeats", type=int, help="timed repeats per case (default 30, quick 10)")
+    parser.add_argument("--warmup", type=int, help="untimed warm-up calls per case")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="stop starting new cases after this many seconds")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip comparing each fastcnn output with the baseline's before timing")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+
+
+def run(args) -> int:
+    opts = Options(quick=getattr(args, "quick", False), filter=getattr(args, "filter", None),
+                   groups=tuple(getattr(args, "groups", None) or GROUPS),
+                   repeats=getattr(args, "repeats", None), warmup=getattr(args, "warmup", None),
+                   budget_s=getattr(args, "budget", None), check=not getattr(args, "no_check", False))
+    if getattr(args, "list", False):
+        for group in opts.groups:
+            for s in _select(specs(group, opts.quick), opts.filter):
+                print(f"{s.group:8s} {s.case:28s} {s.shape:36s} {s.impl}")
+        return 0
+    report = run_benchmarks(opts)
+    print(report.table())
+    for path, write in ((getattr(args, "json", None), report.write_json),
+                        (getattr(args, "markdown", None), report.write_markdown)):
+        if path:
+            write(path)
+            print(f"written: {path}")
+    if getattr(args, "plot", None):
+        print(report.plot(args.plot))
+    measured = [r for r in report.results if r.figure]
+    return 0 if measured else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fastcnn bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
