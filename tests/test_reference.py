@@ -1,0 +1,439 @@
+"""The NumPy reference backend: gradients by central differences, forwards against
+direct loops (tests/loops.py), optimizer steps against the Keras formulas, Philox
+against Random123's known answers, and every bad input rejected by name."""
+import numpy as np
+import pytest
+
+import loops
+from fastcnn.backend import PRIMITIVES
+from fastcnn.backend import reference as ref
+from helpers import assert_close, rand
+
+EPS = 1e-6
+
+
+def numeric_grad(f, x, eps=EPS):
+    """d f / d x by central differences, one element at a time (x is changed and restored)."""
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        keep = flat[i]
+        flat[i] = keep + eps
+        up = f()
+        flat[i] = keep - eps
+        down = f()
+        flat[i] = keep
+        gflat[i] = (up - down) / (2 * eps)
+    return grad
+
+
+def check_grad(analytic, f, x, name, rtol=1e-6):
+    assert_close(analytic, numeric_grad(f, x), rtol=rtol, name=name)
+
+
+# ------------------------------------------------------------------ module surface
+
+def test_every_primitive_and_attribute_is_there():
+    missing = [op for op in PRIMITIVES if not callable(getattr(ref, op, None))]
+    assert missing == []
+    assert (ref.name, ref.xp, ref.device) == ("reference", np, "cpu")
+    assert ref.unavailable_reason() is None
+    assert ref.synchronize() is None
+
+
+def test_asarray_makes_contiguous_arrays_and_to_host_returns_numpy():
+    a = np.arange(12.0).reshape(3, 4).T
+    b = ref.asarray(a, dtype=np.float32)
+    assert b.flags.c_contiguous and b.dtype == np.float32 and np.array_equal(b, a)
+    assert ref.asarray([[1, 2]]).shape == (1, 2)
+    assert isinstance(ref.to_host(b), np.ndarray)
+
+    class FakeDeviceArray:  # what CuPy arrays offer: .get() copies to the host
+        def get(self):
+            return np.ones(3)
+    assert np.array_equal(ref.asarray(FakeDeviceArray()), np.ones(3))
+    assert np.array_equal(ref.to_host(FakeDeviceArray()), np.ones(3))
+
+
+# ------------------------------------------------------------------ convolution
+
+# (N, H, W, C, R, S, K, stride, padding): odd sizes, batch 1, strides 1-4, kernels 1-11,
+# 'valid' (no padding), 'same'-like and asymmetric explicit paddings.
+CONV_CASES = [
+    (1, 5, 5, 1, 1, 1, 2, (1, 1), (0, 0, 0, 0)),
+    (2, 7, 6, 3, 3, 3, 4, (1, 1), (1, 1, 1, 1)),
+    (1, 9, 7, 2, 5, 5, 3, (1, 1), (2, 2, 2, 2)),
+    (2, 8, 9, 2, 3, 2, 3, (2, 1), (0, 1, 1, 0)),
+    (1, 10, 11, 3, 4, 3, 2, (3, 2), (1, 2, 0, 1)),
+    (2, 13, 12, 2, 11, 11, 3, (4, 4), (0, 0, 0, 0)),
+    (1, 12, 12, 1, 11, 11, 2, (4, 4), (5, 5, 5, 5)),
+    (3, 6, 5, 4, 2, 3, 1, (1, 3), (0, 0, 1, 1)),
+    (1, 28, 6, 1, 5, 5, 2, (1, 1), (2, 2, 2, 2)),  # Q > S*C: the channel-first im2col path
+]
+
+
+def conv_inputs(case, dtype, seed=0):
+    N, H, W, C, R, S, K, stride, padding = case
+    rng = np.random.default_rng(seed)
+    return (rand(rng, N, H, W, C, dtype=dtype), rand(rng, R, S, C, K, dtype=dtype),
+            rand(rng, K, dtype=dtype), stride, padding)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv_forward_matches_loops(case, relu):
+    x, w, b, stride, padding = conv_inputs(case, np.float64)
+    y = ref.conv2d_forward(x, w, b, stride, padding, relu)
+    assert_close(y, loops.conv2d(x, w, b, stride, padding, relu), rtol=1e-12)
+    assert_close(ref.conv2d_forward(x, w, None, stride, padding, False),
+                 loops.conv2d(x, w, None, stride, padding, False), rtol=1e-12)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_gradients(case):
+    x, w, b, stride, padding = conv_inputs(case, np.float64, seed=1)
+    y = ref.conv2d_forward(x, w, b, stride, padding, False)
+    dy = rand(np.random.default_rng(2), *y.shape, dtype=np.float64)
+
+    def loss():
+        return float(np.sum(ref.conv2d_forward(x, w, b, stride, padding, False) * dy))
+    check_grad(ref.conv2d_backward_data(dy, w, x.shape, stride, padding), loss, x, "dx")
+    check_grad(ref.conv2d_backward_weights(x, dy, w.shape, stride, padding), loss, w, "dw")
+    check_grad(ref.bias_grad(dy), loss, b, "db")
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[5], CONV_CASES[8]], ids=str)
+def test_conv_float32_stays_float32_and_agrees(case):
+    x, w, b, stride, padding = conv_inputs(case, np.float32)
+    y = ref.conv2d_forward(x, w, b, stride, padding, True)
+    assert y.dtype == np.float32 and y.flags.c_contiguous
+    assert_close(y, loops.conv2d(x, w, b, stride, padding, True), rtol=1e-5)
+    dx = ref.conv2d_backward_data(y, w, x.shape, stride, padding)
+    dw = ref.conv2d_backward_weights(x, y, w.shape, stride, padding)
+    assert dx.dtype == dw.dtype == np.float32
+    y64 = y.astype(np.float64)
+    assert_close(dx, ref.conv2d_backward_data(y64, w.astype(np.float64), x.shape, stride, padding), 1e-5)
+    assert_close(dw, ref.conv2d_backward_weights(x.astype(np.float64), y64, w.shape, stride, padding), 1e-5)
+
+
+# ------------------------------------------------------------------ max-pooling
+
+POOL_CASES = [  # (N, H, W, C, pool, stride, padding)
+    (2, 6, 6, 3, (2, 2), (2, 2), (0, 0, 0, 0)),
+    (1, 7, 9, 2, (2, 2), (2, 2), (0, 0, 0, 0)),      # odd sizes: the last row/column is dropped
+    (2, 9, 9, 2, (3, 3), (2, 2), (0, 0, 0, 0)),      # overlapping windows
+    (1, 8, 7, 3, (3, 3), (2, 2), (1, 1, 0, 1)),      # asymmetric padding
+    (1, 5, 5, 1, (2, 2), (2, 2), (0, 1, 0, 1)),      # Keras 'same' on an odd size
+    (2, 7, 6, 2, (3, 2), (1, 3), (2, 0, 1, 1)),
+]
+
+
+def distinct(rng, shape):
+    """Values at least 0.01 apart, so that no window holds a tie within the difference step."""
+    return rng.permutation(np.arange(np.prod(shape))).reshape(shape) * 0.01 - 1.0
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_maxpool_forward_matches_loops(case):
+    N, H, W, C, pool, stride, padding = case
+    x = rand(np.random.default_rng(3), N, H, W, C, dtype=np.float32)
+    y, argmax = ref.maxpool_forward(x, pool, stride, padding)
+    y_loop, argmax_loop = loops.maxpool(x, pool, stride, padding)
+    assert y.dtype == np.float32 and argmax.dtype == np.uint8
+    assert np.array_equal(y, y_loop) and np.array_equal(argmax, argmax_loop)
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_maxpool_gradient(case):
+    N, H, W, C, pool, stride, padding = case
+    rng = np.random.default_rng(4)
+    x = distinct(rng, (N, H, W, C))
+    y, argmax = ref.maxpool_forward(x, pool, stride, padding)
+    dy = rand(rng, *y.shape, dtype=np.float64)
+
+    def loss():
+        return float(np.sum(ref.maxpool_forward(x, pool, stride, padding)[0] * dy))
+    check_grad(ref.maxpool_backward(dy, argmax, x.shape, pool, stride, padding), loss, x, "dx")
+
+
+def test_maxpool_first_max_wins_and_padding_never_wins():
+    x = np.full((1, 3, 3, 1), -np.inf)  # all -inf: the padding (also -inf inside) must still lose
+    x[0, 2, 2, 0] = 5.0
+    x[0, 1, 1, 0] = 5.0
+    y, argmax = ref.maxpool_forward(x, (3, 3), (2, 2), (1, 1, 1, 1))
+    assert y[0, :, :, 0].tolist() == [[5.0, 5.0], [5.0, 5.0]]
+    # x[1, 1] sits at window positions 8, 6, 2, 0; the last window also holds x[2, 2] at 4: first wins
+    assert argmax[0, :, :, 0].tolist() == [[8, 6], [2, 0]]
+    _, argmax = ref.maxpool_forward(np.full((1, 2, 2, 1), -np.inf), (2, 2), (1, 1), (1, 0, 1, 0))
+    assert argmax[0, 0, 0, 0] == 3  # the only position inside x, although the padding ties
+    _, argmax = ref.maxpool_forward(np.ones((1, 2, 2, 1)), (2, 2), (2, 2), (0, 0, 0, 0))
+    assert argmax.item() == 0
+
+
+# ------------------------------------------------------------------ dense, matmul, relu, bias
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(1, 3, 2), (5, 7, 4)], ids=str)
+def test_dense_forward_matches_loops_and_gradients(shape, relu):
+    N, I, O = shape
+    rng = np.random.default_rng(5)
+    x, w, b = rand(rng, N, I, dtype=np.float64), rand(rng, I, O, dtype=np.float64), rand(rng, O, dtype=np.float64)
+    assert_close(ref.dense_forward(x, w, b, relu), loops.dense(x, w, b, relu), rtol=1e-12)
+    assert_close(ref.dense_forward(x, w, None, relu), loops.dense(x, w, None, relu), rtol=1e-12)
+    dy = rand(rng, N, O, dtype=np.float64)
+
+    def loss():
+        return float(np.sum(ref.dense_forward(x, w, b, False) * dy))
+    check_grad(ref.matmul(dy, w, False, True), loss, x, "dx")
+    check_grad(ref.matmul(x, dy, True, False), loss, w, "dw")
+    check_grad(ref.bias_grad(dy), loss, b, "db")
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_matmul_transposes(trans_a, trans_b):
+    rng = np.random.default_rng(6)
+    a = rand(rng, 3, 5) if not trans_a else rand(rng, 5, 3)
+    b = rand(rng, 5, 4) if not trans_b else rand(rng, 4, 5)
+    out = ref.matmul(a, b, trans_a, trans_b)
+    expect = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    assert_close(out, expect, rtol=1e-6)
+
+
+def test_relu_forward_and_gradient():
+    rng = np.random.default_rng(7)
+    x = rand(rng, 3, 5, dtype=np.float64)
+    x[np.abs(x) < 1e-3] = 0.5  # keep clear of the kink
+    y = ref.relu_forward(x)
+    assert np.array_equal(y, np.maximum(x, 0))
+    dy = rand(rng, 3, 5, dtype=np.float64)
+    check_grad(ref.relu_backward(dy, y), lambda: float(np.sum(ref.relu_forward(x) * dy)), x, "dx")
+
+
+def test_bias_grad_sums_every_axis_but_the_last():
+    dy = rand(np.random.default_rng(8), 2, 3, 4, 5)
+    assert_close(ref.bias_grad(dy), dy.astype(np.float64).sum(axis=(0, 1, 2)), rtol=1e-6)
+    assert ref.bias_grad(dy).dtype == np.float32
+
+
+# ------------------------------------------------------------------ softmax and cross-entropy
+
+def test_softmax_rows_sum_to_one_and_survive_large_logits():
+    x = np.array([[1000.0, 1000.0, -1000.0], [1.0, 2.0, 3.0]], dtype=np.float32)
+    s = ref.softmax(x)
+    assert s.dtype == np.float32 and np.all(np.isfinite(s))
+    assert_close(s[0], [0.5, 0.5, 0.0], rtol=1e-6)
+    e = np.exp(np.array([1.0, 2.0, 3.0]))
+    assert_close(s[1], e / e.sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["int", "int64", "onehot", "soft"])
+def test_softmax_cross_entropy_loss_accuracy_and_gradient(kind):
+    rng = np.random.default_rng(9)
+    N, classes = 5, 4
+    logits = rand(rng, N, classes, dtype=np.float64, scale=3.0)
+    index = rng.integers(0, classes, N)
+    onehot = np.eye(classes)[index]
+    labels = {"int": index.astype(np.int32), "int64": index, "onehot": onehot,
+              "soft": rng.dirichlet(np.ones(classes), N)}[kind]
+    rows = onehot if kind != "soft" else labels
+    totals = np.zeros(2)
+    dlogits = ref.softmax_cross_entropy(logits, labels, totals)
+    loss_sum, correct = loops.softmax_cross_entropy(logits, rows)
+    assert totals[0] == pytest.approx(loss_sum, rel=1e-12) and totals[1] == correct
+    ref.softmax_cross_entropy(logits, labels, totals)
+    assert totals[0] == pytest.approx(2 * loss_sum, rel=1e-12) and totals[1] == 2 * correct
+
+    def mean_loss():
+        t = np.zeros(2)
+        ref.softmax_cross_entropy(logits, labels, t)
+        return t[0] / N
+    check_grad(dlogits, mean_loss, logits, "dlogits")
+
+
+def test_softmax_cross_entropy_is_stable_and_counts_first_max():
+    logits = np.array([[1000.0, 0.0, 1000.0], [-1000.0, 0.0, 5.0]], dtype=np.float32)
+    totals = np.zeros(2)
+    d = ref.softmax_cross_entropy(logits, np.array([2, 2]), totals)
+    assert d.dtype == np.float32 and np.all(np.isfinite(d)) and np.isfinite(totals[0])
+    assert totals[0] == pytest.approx(np.log(2.0) + np.log1p(np.exp(-5.0) + np.exp(-1005.0)), rel=1e-5)
+    assert totals[1] == 1  # row 0's tie goes to class 0, the first maximum
+
+
+# ------------------------------------------------------------------ dropout (Philox 4x32-10)
+
+@pytest.mark.parametrize("counter, key, expect", [
+    ((0, 0, 0, 0), (0, 0), (0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8)),
+    ((0xffffffff,) * 4, (0xffffffff,) * 2, (0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd)),
+    ((0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344), (0xa4093822, 0x299f31d0),
+     (0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1)),
+])
+def test_philox_random123_known_answers(counter, key, expect):
+    assert tuple(int(w) for w in ref.philox4x32_10(counter, key)) == expect
+
+
+def test_dropout_keep_is_philox_of_seed_step_and_index():
+    seed, step, n = (7 << 32) | 3, 5, 11
+    keep = ref.dropout_keep(n, 0.5, seed, np.array([step], np.int32))
+    for i in (0, 5, 10):
+        word = ref.philox4x32_10((i // 4, 0, step, 0), (3, 7))[i % 4]
+        assert keep[i] == (int(word) >= 2 ** 31)
+    assert np.array_equal(keep, ref.dropout_keep(n, 0.5, seed, step))  # replay gives the same mask
+    assert not np.array_equal(ref.dropout_keep(4000, 0.5, seed, step),
+                              ref.dropout_keep(4000, 0.5, seed, step + 1))
+    assert ref.dropout_keep(100, 0.0, 1, 0).all()
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_dropout_keeps_about_one_minus_rate(rate):
+    keep = ref.dropout_keep(200_000, rate, 1234, np.array([3], np.int32))
+    assert abs(keep.mean() - (1 - rate)) < 0.005  # ~5 standard deviations at this n
+
+
+def test_dropout_forward_backward_scale_and_gradient():
+    rng = np.random.default_rng(10)
+    x = rand(rng, 2, 3, 4, dtype=np.float64)
+    step = np.array([2], np.int32)
+    y = ref.dropout_forward(x, 0.25, 99, step)
+    keep = ref.dropout_keep(x.size, 0.25, 99, step).reshape(x.shape)
+    assert_close(y, np.where(keep, x / 0.75, 0.0), rtol=1e-12)
+    assert ref.dropout_forward(x.astype(np.float32), 0.25, 99, step).dtype == np.float32
+    dy = rand(rng, *x.shape, dtype=np.float64)
+    check_grad(ref.dropout_backward(dy, 0.25, 99, step),
+               lambda: float(np.sum(ref.dropout_forward(x, 0.25, 99, step) * dy)), x, "dx")
+
+
+# ------------------------------------------------------------------ LRN
+
+@pytest.mark.parametrize("size, C", [(5, 7), (3, 2), (1, 3), (5, 3)])
+def test_lrn_forward_matches_loops_and_gradient(size, C):
+    rng = np.random.default_rng(11)
+    x = rand(rng, 2, 3, 2, C, dtype=np.float64, scale=3.0)
+    alpha, beta, k = 0.05, 0.75, 2.0  # a large alpha so that the cross-channel terms matter
+    y, scale = ref.lrn_forward(x, size, alpha, beta, k)
+    assert_close(y, loops.lrn(x, size, alpha, beta, k), rtol=1e-12)
+    assert_close(y, x * scale ** -beta, rtol=1e-12)
+    dy = rand(rng, *x.shape, dtype=np.float64)
+    check_grad(ref.lrn_backward(dy, x, y, scale, size, alpha, beta, k),
+               lambda: float(np.sum(ref.lrn_forward(x, size, alpha, beta, k)[0] * dy)), x, "dx")
+    y32, _ = ref.lrn_forward(x.astype(np.float32), size, alpha, beta, k)
+    assert y32.dtype == np.float32
+
+
+# ------------------------------------------------------------------ optimizers and small ops
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_sgd_update_is_one_keras_step(momentum, nesterov):
+    rng = np.random.default_rng(12)
+    p, g, v = rand(rng, 7), rand(rng, 7), rand(rng, 7)
+    lr = 0.1
+    v_new = momentum * v.astype(np.float64) - lr * g  # Keras: v = m*v - lr*g
+    p_new = p + (momentum * v_new - lr * g if nesterov else v_new)
+    ref.sgd_update(p, g, v, lr, momentum, nesterov)
+    assert_close(p, p_new, rtol=1e-6, name="p")
+    assert_close(v, v_new, rtol=1e-6, name="v")
+    q, q_expect = rand(rng, 7), None
+    q_expect = q.astype(np.float64) - lr * g
+    ref.sgd_update(q, g, None, lr, 0.0, False)
+    assert_close(q, q_expect, rtol=1e-6, name="p without velocity")
+
+
+@pytest.mark.parametrize("step_value", [0, 4])
+def test_adam_update_is_one_keras_step(step_value):
+    rng = np.random.default_rng(13)
+    p, g = rand(rng, 9), rand(rng, 9)
+    m, v = rand(rng, 9, scale=0.1), np.abs(rand(rng, 9, scale=0.1))
+    lr, b1, b2, eps = 1e-3, 0.9, 0.999, 1e-7
+    t = step_value + 1
+    m_new = b1 * m.astype(np.float64) + (1 - b1) * g
+    v_new = b2 * v.astype(np.float64) + (1 - b2) * g.astype(np.float64) ** 2
+    p_new = p - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m_new / (np.sqrt(v_new) + eps)
+    step = np.array([step_value], np.int32)
+    ref.adam_update(p, g, m, v, step, lr, b1, b2, eps)
+    assert step[0] == step_value
+    assert_close(m, m_new, rtol=1e-6, name="m")
+    assert_close(v, v_new, rtol=1e-6, name="v")
+    assert_close(p, p_new, rtol=1e-6, name="p")
+
+
+def test_increment_add_copy():
+    step = np.array([41], np.int32)
+    ref.increment(step)
+    assert step[0] == 42
+    a, b = np.arange(6.0).reshape(2, 3), np.ones((2, 3))
+    assert np.array_equal(ref.add(a, b), a + 1)
+    dst = np.zeros((2, 3))
+    ref.copy(dst, a)
+    assert np.array_equal(dst, a)
+
+
+# ------------------------------------------------------------------ bad inputs
+
+def _f(*shape):
+    return np.ones(shape, np.float32)
+
+
+BAD_INPUTS = [
+    ("x 3-D", lambda: ref.conv2d_forward(_f(4, 4, 1), _f(3, 3, 1, 2), None, (1, 1), (0,) * 4, False),
+     ValueError, "x must be 4-D"),
+    ("channel mismatch (NCHW)", lambda: ref.conv2d_forward(_f(1, 3, 8, 8), _f(3, 3, 3, 2), None, (1, 1), (0,) * 4, False),
+     ValueError, "channel mismatch"),
+    ("kernel too large", lambda: ref.conv2d_forward(_f(1, 4, 4, 1), _f(5, 5, 1, 2), None, (1, 1), (0,) * 4, False),
+     ValueError, "non-positive output size"),
+    ("bias length", lambda: ref.conv2d_forward(_f(1, 4, 4, 1), _f(3, 3, 1, 2), _f(3), (1, 1), (0,) * 4, False),
+     ValueError, "bias length"),
+    ("padding not explicit", lambda: ref.conv2d_forward(_f(1, 4, 4, 1), _f(3, 3, 1, 2), None, (1, 1), "same", False),
+     ValueError, "padding must be explicit"),
+    ("negative padding", lambda: ref.conv2d_forward(_f(1, 4, 4, 1), _f(3, 3, 1, 2), None, (1, 1), (0, -1, 0, 0), False),
+     ValueError, "padding[1]"),
+    ("zero stride", lambda: ref.conv2d_forward(_f(1, 4, 4, 1), _f(3, 3, 1, 2), None, (0, 1), (0,) * 4, False),
+     ValueError, "stride[0]"),
+    ("mixed dtypes", lambda: ref.conv2d_forward(_f(1, 4, 4, 1), np.ones((3, 3, 1, 2)), None, (1, 1), (0,) * 4, False),
+     TypeError, "w has dtype float64"),
+    ("integer input", lambda: ref.relu_forward(np.ones(3, np.int32)), TypeError, "x must be float32 or float64"),
+    ("list input", lambda: ref.relu_forward([1.0]), TypeError, "x must be a NumPy array"),
+    ("empty batch", lambda: ref.conv2d_forward(_f(0, 4, 4, 1), _f(3, 3, 1, 2), None, (1, 1), (0,) * 4, False),
+     ValueError, "x is empty"),
+    ("dy shape", lambda: ref.conv2d_backward_data(_f(1, 3, 3, 2), _f(3, 3, 1, 2), (1, 4, 4, 1), (1, 1), (0,) * 4),
+     ValueError, "dy has shape"),
+    ("w_shape channels", lambda: ref.conv2d_backward_weights(_f(1, 4, 4, 2), _f(1, 2, 2, 2), (3, 3, 1, 2), (1, 1), (0,) * 4),
+     ValueError, "channel mismatch"),
+    ("pool padding", lambda: ref.maxpool_forward(_f(1, 4, 4, 1), (2, 2), (2, 2), (2, 0, 0, 0)),
+     ValueError, "smaller than the pool"),
+    ("pool too big for uint8", lambda: ref.maxpool_forward(_f(1, 16, 16, 1), (16, 16), (1, 1), (0,) * 4),
+     ValueError, "at most 255"),
+    ("argmax dtype", lambda: ref.maxpool_backward(_f(1, 2, 2, 1), np.zeros((1, 2, 2, 1), np.int64), (1, 4, 4, 1), (2, 2), (2, 2), (0,) * 4),
+     TypeError, "argmax must be a uint8"),
+    ("dense features", lambda: ref.dense_forward(_f(2, 3), _f(4, 5), None, False), ValueError, "x has 3 features"),
+    ("matmul inner", lambda: ref.matmul(_f(2, 3), _f(2, 3), False, False), ValueError, "inner dimensions"),
+    ("label out of range", lambda: ref.softmax_cross_entropy(_f(2, 3), np.array([0, 3]), np.zeros(2)),
+     ValueError, "label 3 is out of range"),
+    ("negative label", lambda: ref.softmax_cross_entropy(_f(2, 3), np.array([-1, 0]), np.zeros(2)),
+     ValueError, "label -1 is out of range"),
+    ("one-hot width", lambda: ref.softmax_cross_entropy(_f(2, 3), _f(2, 4), np.zeros(2)),
+     ValueError, "must have 3 columns"),
+    ("float indices", lambda: ref.softmax_cross_entropy(_f(2, 3), np.array([0.0, 1.0]), np.zeros(2)),
+     TypeError, "must be integers"),
+    ("totals dtype", lambda: ref.softmax_cross_entropy(_f(2, 3), np.array([0, 1]), np.zeros(2, np.float32)),
+     TypeError, "totals must be float64"),
+    ("dropout rate", lambda: ref.dropout_keep(4, 1.0, 0, 0), ValueError, "rate must be in [0, 1)"),
+    ("dropout seed", lambda: ref.dropout_keep(4, 0.5, -1, 0), ValueError, "seed must be"),
+    ("dropout step", lambda: ref.dropout_forward(_f(4), 0.5, 0, np.zeros(2, np.int32)), ValueError, "step must be"),
+    ("lrn even size", lambda: ref.lrn_forward(_f(1, 2, 2, 4), 4, 1e-4, 0.75, 2.0), ValueError, "size must be odd"),
+    ("sgd no velocity", lambda: ref.sgd_update(_f(3), _f(3), None, 0.1, 0.9, False), ValueError, "v (the velocity"),
+    ("adam length", lambda: ref.adam_update(_f(3), _f(4), _f(3), _f(3), np.zeros(1, np.int32), 1e-3, 0.9, 0.999, 1e-7),
+     ValueError, "g float32 (4,) does not match p"),
+    ("in-place on a strided view", lambda: ref.sgd_update(_f(6)[::2], _f(3), None, 0.1, 0.0, False),
+     ValueError, "p must be a writeable C-contiguous"),
+    ("increment float", lambda: ref.increment(np.zeros(1)), ValueError, "step must be an integer array"),
+    ("add shapes", lambda: ref.add(_f(2), _f(3)), ValueError, "same shape"),
+    ("copy dtype", lambda: ref.copy(_f(2), np.ones(2)), ValueError, "must match dst"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_rejected_by_name(call, error, message):
+    with pytest.raises(error) as excinfo:
+        call()
+    assert message in str(excinfo.value)
