@@ -1,0 +1,212 @@
+"""The benchmark report: ratios and ceiling fractions from figures of one run, the writers,
+and the CPU comparison end to end (tiny repeats).  No GPU needed."""
+import argparse
+import json
+import sys
+
+import pytest
+
+from fastcnn import benchmark, gputime
+from fastcnn.benchmark import Report, Result
+
+RUN = "run-a"
+HEADER = {"run_id": RUN, "card": "Test Card (2 SMs)", "driver": "1.0", "cuda_runtime": "13.0",
+          "cupy": "14.2.0", "torch": "2.11.0", "cudnn": 91900, "numpy": "2.5.2",
+          "date": "2026-11-28 00:00 UTC", "notes": []}
+
+
+def R(group, case, impl, role, unit, figure, time_us=100.0, **kw):
+    kw.setdefault("run_id", RUN)
+    return Result(group, case, "shape", impl, role, unit, time_us=time_us, figure=figure, **kw)
+
+
+def known_results():
+    return [
+        R("ceiling", "ceiling.copy", "copy", "ceiling", "GB/s", 3000.0),
+        R("ceiling", "ceiling.sgemm", "cuBLAS fp32", "ceiling", "TFLOP/s", 50.0),
+        R("ceiling", "ceiling.tf32", "cuBLAS TF32", "ceiling", "TFLOP/s", 400.0, precision="tf32"),
+        R("gemm", "gemm 4096^3", "fastcnn:tiled*", "fastcnn", "TFLOP/s", 40.0),
+        R("gemm", "gemm 4096^3", "fastcnn:tf32_mma", "fastcnn", "TFLOP/s", 100.0, precision="tf32"),
+        R("gemm", "gemm 4096^3", "cuBLAS fp32", "baseline", "TFLOP/s", 50.0),
+        R("gemm", "gemm 4096^3", "cuBLAS TF32", "baseline", "TFLOP/s", 320.0, precision="tf32"),
+        R("pool", "alexnet.pool1 fwd", "fastcnn:gather*", "fastcnn", "GB/s", 1500.0),
+        R("pool", "alexnet.pool1 fwd", "torch NCHW", "baseline", "GB/s", 1000.0),
+        R("pool", "alexnet.pool1 fwd", "torch NHWC", "baseline", "GB/s", 1200.0),
+        R("network", "lenet5 train", "fastcnn eager", "fastcnn", "img/s", 150000.0,
+          compare_to="torch eager fp32"),
+        R("network", "lenet5 train", "fastcnn graph", "fastcnn", "img/s", 500000.0,
+          compare_to="torch graph fp32"),
+        R("network", "lenet5 train", "torch eager fp32", "baseline", "img/s", 100000.0),
+        R("network", "lenet5 train", "torch graph fp32", "baseline", "img/s", 400000.0),
+        R("conv", "alexnet.conv2 fwd", "fastcnn:implicit_gemm*", "fastcnn", "TFLOP/s", None,
+          time_us=None, error="CUDADriverError: launch failed"),
+        R("conv", "alexnet.conv2 fwd", "cuDNN NCHW fp32", "baseline", "TFLOP/s", 30.0),
+        R("conv", "lenet.conv1 fwd", "fastcnn:direct*", "fastcnn", "TFLOP/s", 2.0),
+    ]
+
+
+def row(report, case, impl):
+    (r,) = [r for r in report.rows if r.case == case and r.impl == impl]
+    return r
+
+
+def test_ratio_is_figure_over_the_best_same_precision_baseline_of_the_run():
+    rep = Report(known_results(), HEADER)
+    tiled = row(rep, "gemm 4096^3", "fastcnn:tiled*")
+    assert tiled.baseline == "cuBLAS fp32" and tiled.baseline_figure == 50.0
+    assert tiled.ratio == pytest.approx(0.8)
+    assert tiled.pct_ceiling == pytest.approx(80.0)          # of the measured SGEMM rate
+    tf32 = row(rep, "gemm 4096^3", "fastcnn:tf32_mma")        # a TF32 variant meets the TF32 baseline
+    assert tf32.baseline == "cuBLAS TF32" and tf32.ratio == pytest.approx(100 / 320)
+    assert tf32.pct_ceiling == pytest.approx(25.0)           # of the measured TF32 rate
+    pool = row(rep, "alexnet.pool1 fwd", "fastcnn:gather*")
+    assert pool.baseline == "torch NHWC" and pool.ratio == pytest.approx(1.25)
+    assert pool.pct_ceiling == pytest.approx(50.0)           # of the measured copy bandwidth
+
+
+def test_named_baselines_and_rows_without_one():
+    rep = Report(known_results(), HEADER)
+    assert row(rep, "lenet5 train", "fastcnn eager").ratio == pytest.approx(1.5)
+    graph = row(rep, "lenet5 train", "fastcnn graph")
+    assert graph.baseline == "torch graph fp32" and graph.ratio == pytest.approx(1.25)
+    assert graph.pct_ceiling is None                          # img/s has no ceiling
+    lonely = row(rep, "lenet.conv1 fwd", "fastcnn:direct*")   # no baseline measured: no ratio
+    assert lonely.baseline is None and lonely.ratio is None
+    failed = row(rep, "alexnet.conv2 fwd", "fastcnn:implicit_gemm*")
+    assert failed.ratio is None and "launch failed" in failed.error
+    assert row(rep, "gemm 4096^3", "cuBLAS fp32").ratio is None  # baselines carry no ratio
+
+
+def test_figures_from_another_run_are_refused():
+    results = known_results()
+    results.append(R("gemm", "gemm 4096^3", "cuBLAS fp32 (old)", "baseline", "TFLOP/s", 60.0,
+                     run_id="run-b"))
+    with pytest.raises(ValueError, match="same run"):
+        Report(results, HEADER)
+    with pytest.raises(ValueError, match="run_id"):
+        Report(known_results(), {k: v for k, v in HEADER.items() if k != "run_id"})
+
+
+def test_ratio_changes_with_the_baseline_figure_of_the_run():
+    results = known_results()
+    for r in results:
+        if r.impl == "cuBLAS fp32" and r.role == "baseline":
+            r.figure = 80.0
+    assert row(Report(results, HEADER), "gemm 4096^3", "fastcnn:tiled*").ratio == pytest.approx(0.5)
+
+
+def test_table_markdown_and_json(tmp_path):
+    rep = Report(known_results(), HEADER)
+    table = rep.table()
+    assert "Test Card" in table and "run_id=run-a" in table and "torch=2.11.0" in table
+    line = next(l for l in table.splitlines() if "fastcnn:tiled*" in l)
+    assert "0.80" in line and "cuBLAS fp32" in line and "40.0" in line
+    assert "ERROR CUDADriverError" in table
+    md = rep.markdown()
+    assert "| card | Test Card (2 SMs) |" in md and "| cudnn | 91900 |" in md
+    assert "| gemm 4096^3 | shape | fastcnn:tiled* | 100 | 40.0 TFLOP/s | cuBLAS fp32 | 50.0 | 0.80 | 80.0 |" in md
+    path = tmp_path / "b.json"
+    rep.write_json(str(path))
+    data = json.loads(path.read_text())
+    assert data["header"]["run_id"] == RUN and data["header"]["card"].startswith("Test Card")
+    again = benchmark.load_json(str(path))
+    assert [(r.case, r.impl, r.ratio) for r in again.rows] == [(r.case, r.impl, r.ratio) for r in rep.rows]
+    md_path = tmp_path / "b.md"
+    rep.write_markdown(str(md_path))
+    assert md_path.read_text() == md
+
+
+def test_key_ratios_for_the_check_table():
+    keys = dict(Report(known_results(), HEADER).key_ratios())
+    assert keys["gemm 4096^3 best / cuBLAS fp32"] == "0.80x"
+    assert keys["alexnet.pool1 fwd % copy bw"] == "50%"
+    assert keys["lenet train graph / torch graph"] == "1.25x"
+
+
+def test_plot_writes_png_or_says_why(tmp_path, monkeypatch):
+    rep = Report(known_results(), HEADER)
+    path = tmp_path / "ratios.png"
+    try:
+        import matplotlib  # noqa: F401
+        msg = rep.plot(str(path))
+        assert "written" in msg and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    except ImportError:
+        pass
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    msg = rep.plot(str(tmp_path / "none.png"))
+    assert "matplotlib is not installed" in msg and not (tmp_path / "none.png").exists()
+
+
+def test_figure_units():
+    assert benchmark._figure("TFLOP/s", 2.0 * 4096 ** 3, 2748.8) == pytest.approx(50.0, rel=1e-3)
+    assert benchmark._figure("GB/s", 4e9, 1000.0) == pytest.approx(4000.0)
+    assert benchmark._figure("img/s", 200, 1000.0) == pytest.approx(200000.0)
+
+
+def test_rotation_count_exceeds_twice_l2():
+    l2 = 50 << 20
+    assert gputime.rotation_count(1 << 30, l2=l2) == 1
+    n = gputime.rotation_count(4 << 20, l2=l2, max_sets=64)
+    assert n * (4 << 20) >= 2 * l2 and (n - 1) * (4 << 20) < 2 * l2
+    assert gputime.rotation_count(1, l2=l2, max_sets=8) == 8
+
+
+def test_cases_cover_the_issue():
+    names = {c for c, *_ in benchmark.GEMM_SHAPES}
+    assert {"gemm 4096^3", "gemm 8192^3"} <= names
+    assert [L.P for L in benchmark.CONV_LAYERS] == [28, 10, 55, 27, 13, 13, 13]
+    assert [L.P for L in benchmark.POOL_LAYERS] == [14, 5, 27, 13, 6]
+    quick = {s.case for s in benchmark.specs("gemm", quick=True)}
+    assert "gemm 8192^3" not in quick and "gemm 4096^3" in quick
+
+
+def test_torch_alexnet_parameter_count():
+    torch = pytest.importorskip("torch")
+    assert sum(p.numel() for p in benchmark.torch_alexnet().parameters()) == 62_378_344
+    assert sum(p.numel() for p in benchmark.torch_lenet5().parameters()) == 61_706
+    del torch
+
+
+def test_cpu_comparison_end_to_end(tmp_path, capsys):
+    pytest.importorskip("torch")
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    out = tmp_path / "cpu.json"
+    md = tmp_path / "cpu.md"
+    args = parser.parse_args(["--group", "cpu", "--repeats", "2", "--warmup", "0",
+                              "--json", str(out), "--markdown", str(md)])
+    assert benchmark.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "lenet5 train (cpu)" in printed and "torch cpu" in printed
+    data = json.loads(out.read_text())
+    assert data["header"]["numpy"] and data["header"]["date"] and data["header"]["run_id"]
+    results = {r["impl"]: r for r in data["results"]}
+    ours, theirs = results["fastcnn reference"], results["torch cpu"]
+    assert ours["run_id"] == theirs["run_id"] == data["header"]["run_id"]
+    assert ours["error"] is None and theirs["error"] is None
+    assert ours["figure"] == pytest.approx(200 / (ours["time_us"] * 1e-6))
+    (ratio_row,) = [r for r in data["rows"] if r["impl"] == "fastcnn reference"]
+    assert ratio_row["baseline"] == "torch cpu"
+    assert ratio_row["ratio"] == pytest.approx(ours["figure"] / theirs["figure"])
+    assert "| lenet5 train (cpu) |" in md.read_text()
+
+
+def test_no_gpu_skips_gpu_groups_with_a_note(monkeypatch):
+    monkeypatch.setattr(gputime, "cuda_available", lambda: False)
+    rep = benchmark.run_benchmarks(benchmark.Options(groups=("gemm", "pool"), verbose=False))
+    assert rep.results == []
+    assert any("no CUDA GPU" in n for n in rep.header["notes"])
+
+
+def test_budget_stops_starting_cases(monkeypatch):
+    monkeypatch.setattr(gputime, "cuda_available", lambda: False)
+    rep = benchmark.run_benchmarks(benchmark.Options(groups=("cpu",), budget_s=-1, verbose=False))
+    assert rep.results == [] and any("budget" in n for n in rep.header["notes"])
+
+
+def test_a_failing_case_is_recorded_not_raised():
+    def boom():
+        raise RuntimeError("kernel exploded")
+    spec = benchmark.Spec("cpu", "x", "s", "fastcnn:bad", "fastcnn", "img/s", 1, boom, lib="cpu")
+    res = benchmark.run_spec(spec, benchmark.Options(repeats=2, verbose=False), RUN)
+    assert res.error == "RuntimeError: kernel exploded" and res.figure is None
