@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(256) gemm_naive(const float* __restrict__ A, c
                                                   const float* __restrict__ bias, int relu) {
     const fc_i64 total = (fc_i64)M * N;
     for (fc_i64 idx = fc_global_tid(); idx < total; idx += fc_grid_stride()) {
-        const int row = (int)(idx / N), col = (int)(idx % N);
+        const int row = (int)idx / N, col = (int)idx % N;  // M*N < 2^31 (checked by the caller)
         float acc = 0.0f;
         for (int k = 0; k < K; ++k) {
             const float a = TA ? A[(fc_i64)k * M + row] : A[(fc_i64)row * K + k];
@@ -44,7 +44,7 @@ template <bool KCONTIG> struct fc_loader_for { typedef fc_mncontig_loader type; 
 template <> struct fc_loader_for<true> { typedef fc_kcontig_loader type; };
 
 template <int TA, int TB>
-__global__ void __launch_bounds__(FC_THREADS) gemm_tiled(const float* __restrict__ A, const float* __restrict__ B,
+__global__ void __launch_bounds__(FC_THREADS, 2) gemm_tiled(const float* __restrict__ A, const float* __restrict__ B,
                                                          float* __restrict__ C, int M, int N, int K,
                                                          const float* __restrict__ bias, int relu, int kchunk) {
     const int m0 = (int)blockIdx.x * FC_BM, n0 = (int)blockIdx.y * FC_BN;

@@ -177,7 +177,7 @@ extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ ws, floa
     for (fc_i64 idx = fc_global_tid(); idx < total; idx += fc_grid_stride()) {
         float s = 0.0f;
         for (int z = 0; z < splits; ++z) s += ws[(fc_i64)z * total + idx];
-        if (bias != nullptr) s += bias[(int)(idx % N)];
+        if (bias != nullptr) s += bias[(int)idx % N];  // M*N < 2^31 (checked by the caller)
         if (relu) s = fc_relu(s);
         C[idx] = s;
     }

@@ -118,8 +118,7 @@ def _matmul(variant: str):
         M, Ka = (a.shape[1], a.shape[0]) if trans_a else a.shape
         Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
         if Ka != Kb:
-            raise ValueError(f"matmul: inner dimensions differ: op(a) is {M}x{Ka} but op(b) is {Kb}x{N} "
-                             f"(a {a.shape}, trans_a={bool(trans_a)}; b {b.shape}, trans_b={bool(trans_b)})")
+            raise ValueError(f"inner dimensions differ: op(a) is {(M, Ka)}, op(b) is {(Kb, N)}")
         out = out_array("out", out, (M, N))
         launch_gemm(variant, a, b, out, M, N, Ka, trans_a, trans_b)
         return out
@@ -133,12 +132,12 @@ def _dense_forward(variant: str):
         _launch.check("x", x, ndim=2)
         _launch.check("w", w, ndim=2)
         if x.shape[1] != w.shape[0]:
-            raise ValueError(f"dense_forward: x has {x.shape[1]} features but w expects {w.shape[0]} "
-                             f"(x {x.shape}, w {w.shape})")
+            raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[0]} "
+                             f"(w is (in, out) = {w.shape})")
         if b is not None:
             _launch.check("b", b, ndim=1)
             if b.shape[0] != w.shape[1]:
-                raise ValueError(f"dense_forward: b has length {b.shape[0]} but w has {w.shape[1]} outputs")
+                raise ValueError(f"bias length {b.shape[0]} does not match the {w.shape[1]} outputs of w")
         M, K = x.shape
         N = w.shape[1]
         out = out_array("out", out, (M, N))

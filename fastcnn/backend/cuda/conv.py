@@ -1,0 +1,165 @@
+"""Convolution variants (kernels/conv.cu): forward, backward-data, backward-weights.
+
+Variants, registered in ``fastcnn.kernels`` at import (no GPU needed to import):
+  im2col          explicit im2col buffer (our kernel), our tiled GEMM, fused bias+ReLU
+                  epilogue; dgrad is a GEMM into column gradients then a col2im gather
+  implicit_gemm   no buffer: the GEMM tiles are gathered from the NHWC tensors on the
+                  fly (KERNEL_NOTES.md's table); forward fuses bias+ReLU; wgrad is
+                  split-K with a deterministic reduce
+
+Arguments are validated with the reference backend's own rules (same messages),
+then checked for device/dtype/contiguity before any launch.  Every function
+takes an optional keyword ``out=`` (C-contiguous float32 CuPy array of the
+result's shape) to write into a caller-owned buffer.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import reference as _ref
+from .. import registry
+from . import _launch
+from .gemm import (THREADS, TILE_M, TILE_N, cdiv, check_int32, grid_blocks, launch_gemm,
+                   out_array, split_k_plan)
+
+_FILE = "conv.cu"
+
+
+def _kernel(name: str):
+    return _launch.function(_FILE, name)
+
+
+def _geometry(x_shape, w_shape, stride, padding):
+    """(stride, padding, P, Q) with the reference's checks and messages."""
+    stride, padding = _ref._pair(stride, "stride"), _ref._padding(padding)
+    N, H, W, C = x_shape
+    R, S, _, _ = w_shape
+    P, Q = _ref._output_size(H, W, R, S, stride, padding, "kernel")
+    return stride, padding, P, Q
+
+
+def _dims(N, H, W, C, K, R, S, P, Q, stride, padding):
+    """The int32 shape tail every conv.cu kernel takes."""
+    check_int32(x_size=N * H * W * C, y_size=N * P * Q * K, w_size=R * S * C * K)
+    top, _, left, _ = padding
+    return tuple(np.int32(v) for v in (N, H, W, C, K, R, S, P, Q, stride[0], stride[1], top, left))
+
+
+def _im2col(x, N, H, W, C, R, S, P, Q, dims):
+    import cupy as cp
+    check_int32(im2col_size=N * P * Q * R * S * C)
+    col = cp.empty((N * P * Q, R * S * C), dtype=np.float32)
+    _kernel("conv_im2col")((grid_blocks(col.size),), (THREADS,), (x, col) + dims)
+    return col
+
+
+def _forward(variant: str):
+    def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
+        """y (N,P,Q,K) = x (N,H,W,C) * w (R,S,C,K) + b, ReLU if relu."""
+        _launch.check("x", x, ndim=4)
+        _launch.check("w", w, ndim=4)
+        N, H, W, C = x.shape
+        R, S, Cw, K = w.shape
+        if Cw != C:
+            raise ValueError(f"channel mismatch: x has {C} channels (NHWC, last axis) but w expects "
+                             f"{Cw} (HWIO {w.shape}); is x laid out NCHW?")
+        if b is not None:
+            _launch.check("b", b, ndim=1)
+            if b.shape[0] != K:
+                raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
+        stride, padding, P, Q = _geometry(x.shape, w.shape, stride, padding)
+        y = out_array("out", out, (N, P, Q, K))
+        dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+        relu = bool(relu)
+        if variant == "im2col":
+            col = _im2col(x, N, H, W, C, R, S, P, Q, dims)
+            launch_gemm("tiled", col, w, y, N * P * Q, K, R * S * C, False, False, bias=b, relu=relu)
+        else:
+            grid = (cdiv(N * P * Q, TILE_M), cdiv(K, TILE_N))
+            _kernel("conv_fprop_implicit")(grid, (THREADS,), (x, w, b, y) + dims + (np.int32(relu),))
+        return y
+    conv2d_forward.__name__ = conv2d_forward.__qualname__ = f"conv2d_forward_{variant}"
+    return conv2d_forward
+
+
+def _backward_data(variant: str):
+    def conv2d_backward_data(dy, w, x_shape, stride, padding, *, out=None):
+        """dx (N,H,W,C) from dy (N,P,Q,K) and w (R,S,C,K)."""
+        _launch.check("dy", dy, ndim=4)
+        _launch.check("w", w, ndim=4)
+        N, H, W, C = _ref._shape4(x_shape, "x_shape")
+        R, S, Cw, K = w.shape
+        if Cw != C:
+            raise ValueError(f"channel mismatch: x_shape has {C} channels but w expects {Cw} (HWIO {w.shape})")
+        stride, padding, P, Q = _geometry((N, H, W, C), w.shape, stride, padding)
+        if dy.shape != (N, P, Q, K):
+            raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {tuple(x_shape)}")
+        dx = out_array("out", out, (N, H, W, C))
+        dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+        if variant == "im2col":
+            import cupy as cp
+            check_int32(im2col_size=N * P * Q * R * S * C)
+            dcol = cp.empty((N * P * Q, R * S * C), dtype=np.float32)
+            # dcol (NPQ x RSC) = dy (NPQ x K) @ w^T, w viewed as (RSC x K)
+            launch_gemm("tiled", dy, w, dcol, N * P * Q, R * S * C, K, False, True)
+            _kernel("conv_col2im")((grid_blocks(dx.size),), (THREADS,), (dcol, dx) + dims)
+        else:
+            grid = (cdiv(N * H * W, TILE_M), cdiv(C, TILE_N))
+            _kernel("conv_dgrad_implicit")(grid, (THREADS,), (dy, w, dx) + dims)
+        return dx
+    conv2d_backward_data.__name__ = conv2d_backward_data.__qualname__ = f"conv2d_backward_data_{variant}"
+    return conv2d_backward_data
+
+
+def _backward_weights(variant: str):
+    def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
+        """dw (R,S,C,K) = patches(x)^T @ dy, summed over N*P*Q in a fixed order."""
+        import cupy as cp
+        _launch.check("x", x, ndim=4)
+        _launch.check("dy", dy, ndim=4)
+        R, S, C, K = _ref._shape4(w_shape, "w_shape")
+        N, H, W, Cx = x.shape
+        if Cx != C:
+            raise ValueError(f"channel mismatch: x has {Cx} channels but w_shape expects {C} "
+                             f"(HWIO {tuple(w_shape)})")
+        stride, padding, P, Q = _geometry(x.shape, (R, S, C, K), stride, padding)
+        if dy.shape != (N, P, Q, K):
+            raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
+        dw = out_array("out", out, (R, S, C, K))
+        dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+        M, KG = R * S * C, N * P * Q
+        if variant == "im2col":
+            col = _im2col(x, N, H, W, C, R, S, P, Q, dims)
+            # dw (RSC x K) = col^T @ dy, col stored (NPQ x RSC)
+            launch_gemm("tiled", col, dy, dw, M, K, KG, True, False)
+            return dw
+        splits, kchunk = split_k_plan(M, K, KG)
+        grid = (cdiv(M, TILE_M), cdiv(K, TILE_N), splits)
+        if splits == 1:
+            _kernel("conv_wgrad_implicit")(grid, (THREADS,), (x, dy, dw) + dims + (np.int32(kchunk),))
+            return dw
+        check_int32(workspace=splits * M * K)
+        ws = cp.empty(splits * M * K, dtype=np.float32)
+        _kernel("conv_wgrad_implicit")(grid, (THREADS,), (x, dy, ws) + dims + (np.int32(kchunk),))
+        _kernel("gemm_splitk_reduce")((grid_blocks(M * K),), (THREADS,),
+                                      (ws, dw, np.int32(M), np.int32(K), np.int32(splits), None, np.int32(0)))
+        return dw
+    conv2d_backward_weights.__name__ = conv2d_backward_weights.__qualname__ = \
+        f"conv2d_backward_weights_{variant}"
+    return conv2d_backward_weights
+
+
+_NOTES = {
+    "im2col": "explicit im2col buffer (R*S x the input) + tiled GEMM{}",
+    "implicit_gemm": "implicit GEMM: tiles gathered from NHWC on the fly, no buffer{}",
+}
+for _variant in ("im2col", "implicit_gemm"):
+    _default = _variant == "implicit_gemm"
+    registry.register("conv2d_forward", _variant, _forward(_variant), source="cuda", default=_default,
+                      note=_NOTES[_variant].format(", fused bias+ReLU"))
+    registry.register("conv2d_backward_data", _variant, _backward_data(_variant), source="cuda",
+                      default=_default,
+                      note=_NOTES[_variant].format(" (NT GEMM + col2im gather)" if _variant == "im2col"
+                                                   else "; taps off the stride grid are zero work"))
+    registry.register("conv2d_backward_weights", _variant, _backward_weights(_variant), source="cuda",
+                      default=_default, note=_NOTES[_variant].format(", split-K with ordered reduce"))
