@@ -12,7 +12,12 @@
 //         p, g, m, v: n float32 each.  float32 constants are rounded on the host exactly as
 //         the reference rounds them (float32(1 - beta1), ...).
 // Launch: 1-D grid-stride, 256 threads per block, any grid (the backend caps the grid).
-// Algorithm: one pass, each element read and written once; memory-bound.
+// Algorithm: one pass, each element read and written once; memory-bound.  The float32
+//         arithmetic uses __fmul_rn/__fadd_rn/__fsub_rn/__fdiv_rn (never contracted into
+//         FMAs), in the reference's order, so results match NumPy's float32 bit for bit
+//         up to lr_t (pow in float64 here and in Python may differ in the last bit).
+//         Every element is read only by its own thread, so p/g/m/v may not alias each
+//         other (the backend gives them as separate buffers).
 // Last measured: not yet measured on a GPU.
 //
 // Self-contained (no #include): NVRTC has no system headers.
@@ -23,7 +28,7 @@
 
 extern "C" __global__ void sgd_plain(float* p, const float* g, long long n, float lr) {
     FC_OPT_LOOP(i, n) {
-        p[i] -= lr * g[i];
+        p[i] = __fsub_rn(p[i], __fmul_rn(lr, g[i]));
     }
 }
 
@@ -31,12 +36,12 @@ extern "C" __global__ void sgd_momentum(float* p, const float* g, float* v, long
                                         float lr, float momentum, int nesterov) {
     FC_OPT_LOOP(i, n) {
         const float gi = g[i];
-        const float vi = momentum * v[i] - lr * gi;
+        const float vi = __fsub_rn(__fmul_rn(momentum, v[i]), __fmul_rn(lr, gi));
         v[i] = vi;
         if (nesterov) {
-            p[i] += momentum * vi - lr * gi;
+            p[i] = __fadd_rn(p[i], __fsub_rn(__fmul_rn(momentum, vi), __fmul_rn(lr, gi)));
         } else {
-            p[i] += vi;
+            p[i] = __fadd_rn(p[i], vi);
         }
     }
 }
@@ -49,10 +54,12 @@ extern "C" __global__ void adam(float* p, const float* g, float* m, float* v, co
     const float lr_t = (float)(lr * sqrt(1.0 - pow(beta2, t)) / (1.0 - pow(beta1, t)));
     FC_OPT_LOOP(i, n) {
         const float gi = g[i];
-        const float mi = m[i] * beta1_f + one_minus_beta1_f * gi;
-        const float vi = v[i] * beta2_f + one_minus_beta2_f * (gi * gi);
+        const float mi = __fadd_rn(__fmul_rn(m[i], beta1_f), __fmul_rn(one_minus_beta1_f, gi));
+        const float vi = __fadd_rn(__fmul_rn(v[i], beta2_f),
+                                   __fmul_rn(one_minus_beta2_f, __fmul_rn(gi, gi)));
         m[i] = mi;
         v[i] = vi;
-        p[i] -= lr_t * mi / (sqrtf(vi) + eps_f);
+        const float denom = __fadd_rn(sqrtf(vi), eps_f);  // sqrtf: IEEE-rounded (no fast-math)
+        p[i] = __fsub_rn(p[i], __fdiv_rn(__fmul_rn(lr_t, mi), denom));
     }
 }

@@ -1,0 +1,396 @@
+"""The rest of a training step as CUDA C kernels: one ``cuda`` variant per primitive.
+
+Kernel files and primitives (semantics: ``fastcnn/backend/__init__.py``; each
+result matches ``fastcnn.backend.reference``):
+
+  kernels/elementwise.cu   relu_forward, relu_backward, add, increment, bias_grad
+                           (bias_grad: deterministic two-pass column sum, no atomics);
+                           copy is a device-to-device cudaMemcpyAsync, no kernel
+  kernels/softmax_xent.cu  softmax, softmax_cross_entropy (a warp per row; the loss and
+                           accuracy totals fused in; deterministic when N*classes <= 2^18)
+  kernels/dropout.cu       dropout_forward, dropout_backward (Philox4x32-10, mask regenerated)
+  kernels/lrn.cu           lrn_forward, lrn_backward (AlexNet LRN across channels, NHWC)
+  kernels/optimizers.cu    sgd_update, adam_update (one launch over a flat buffer)
+
+Every primitive that returns an array takes an optional keyword ``out=`` (for
+``lrn_forward`` a pair ``(y, scale)``): a C-contiguous float32 CuPy array of the
+result's shape that the caller owns, written completely (tests poison it with
+NaN; a captured graph keeps it static).  Elementwise ops (relu, add, dropout) may
+write in place (``out`` is an input); the others refuse an ``out`` that overlaps
+an input.
+
+Graph capture: nothing here synchronises with the host or reads device values on
+the host; per-step scalars (dropout's step, Adam's t) are read by the kernels from
+device memory.  ``bias_grad`` on many rows allocates a small workspace with
+``cupy.empty`` (the current allocator) and ``softmax_cross_entropy`` none.
+
+Importing this module needs no GPU: CuPy is touched inside the functions only.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import registry
+from . import _launch
+
+THREADS = 256          # elementwise / optimizer / dropout / LRN blocks
+MAX_BLOCKS = 4096      # grid-stride kernels loop over the rest
+XENT_THREADS = 512     # kernels/softmax_xent.cu FC_SX_WARPS * 32: the xent kernels need exactly this
+XENT_ONE_BLOCK = 1 << 18  # N * classes up to this: one block, so the loss sum is deterministic
+SUM_COLS, SUM_ROWS = 32, 8  # kernels/elementwise.cu column_sum block shape
+SUM_CHUNK_ROWS = 256   # rows per chunk of the first bias_grad pass
+_INT32_MAX = 2**31 - 1
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _grid(n: int, threads: int = THREADS) -> tuple:
+    return (min(_launch.blocks(n, threads), MAX_BLOCKS),)
+
+
+def _kernel(filename: str, name: str):
+    return _launch.function(filename, name)
+
+
+# ---------------------------------------------------------------- argument checks
+
+def _out(name, out, shape):
+    import cupy as cp
+    if out is None:
+        return cp.empty(shape, dtype=np.float32)
+    return _launch.check(name, out, shape=shape)
+
+
+def _span(a):
+    return a.data.ptr, a.data.ptr + a.nbytes
+
+
+def _no_overlap(out_name, out, **inputs):
+    """Refuse an output buffer that shares memory with an input (the kernel reads neighbours)."""
+    lo, hi = _span(out)
+    for arg, a in inputs.items():
+        if a is None:
+            continue
+        alo, ahi = _span(a)
+        if lo < ahi and alo < hi:
+            raise ValueError(f"{out_name} overlaps {arg}: this kernel cannot work in place; "
+                             "pass a separate output buffer")
+
+
+def _real(name, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _check_int32(**dims) -> None:
+    for arg, value in dims.items():
+        if value > _INT32_MAX:
+            raise ValueError(f"{arg} = {value} exceeds the kernels' 32-bit range")
+
+
+def _same_shape(ref_name, ref, **arrays):
+    for arg, a in arrays.items():
+        if a.shape != ref.shape:
+            raise ValueError(f"{arg} {a.shape} must have the same shape as {ref_name} {ref.shape}")
+
+
+def _step(step):
+    return _launch.check("step", step, dtype=np.int32, shape=(1,))
+
+
+# ---------------------------------------------------------------- elementwise.cu
+
+_EW = "elementwise.cu"
+
+
+def relu_forward(x, *, out=None):
+    """max(x, 0) (NaN propagates)."""
+    _launch.check("x", x)
+    out = _out("out", out, x.shape)
+    _kernel(_EW, "relu_forward")(_grid(x.size), (THREADS,), (x, out, np.int64(x.size)))
+    return out
+
+
+def relu_backward(dy, y, *, out=None):
+    """y > 0 ? dy : 0."""
+    _launch.check("dy", dy)
+    _launch.check("y", y)
+    _same_shape("dy", dy, y=y)
+    out = _out("out", out, dy.shape)
+    _kernel(_EW, "relu_backward")(_grid(dy.size), (THREADS,), (dy, y, out, np.int64(dy.size)))
+    return out
+
+
+def add(a, b, *, out=None):
+    """a + b (same shape)."""
+    _launch.check("a", a)
+    _launch.check("b", b)
+    _same_shape("a", a, b=b)
+    out = _out("out", out, a.shape)
+    _kernel(_EW, "add_arrays")(_grid(a.size), (THREADS,), (a, b, out, np.int64(a.size)))
+    return out
+
+
+def copy(dst, src):
+    """dst[...] = src in place (same shape and dtype, any dtype): one async D2D memcpy."""
+    _launch.check("dst", dst, dtype=getattr(dst, "dtype", np.float32))
+    _launch.check("src", src, dtype=dst.dtype, shape=dst.shape)
+    if dst.data.ptr == src.data.ptr:
+        return None
+    _no_overlap("dst", dst, src=src)
+    dst.data.copy_from_device_async(src.data, dst.nbytes)  # on the current stream
+    return None
+
+
+def increment(step):
+    """step[0] += 1 on the device (int32 (1,))."""
+    _step(step)
+    _kernel(_EW, "increment")((1,), (1,), (step,))
+    return None
+
+
+def bias_grad(dy, *, out=None):
+    """Sum of dy over every axis but the last -> (C,); deterministic (fixed chunks, no atomics)."""
+    import cupy as cp
+    _launch.check("dy", dy)
+    C = dy.shape[-1]
+    rows = dy.size // C
+    _check_int32(channels=C)
+    out = _out("out", out, (C,))
+    _no_overlap("out", out, dy=dy)
+    rows_per_chunk = max(SUM_CHUNK_ROWS, _cdiv(rows, 65535))  # grid.y <= 65535
+    chunks = _cdiv(rows, rows_per_chunk)
+    kernel = _kernel(_EW, "column_sum")
+    block = (SUM_COLS, SUM_ROWS)
+    gx = _cdiv(C, SUM_COLS)
+    if chunks == 1:
+        kernel((gx, 1), block, (dy, out, np.int64(rows), np.int32(C), np.int64(rows)))
+        return out
+    partial = cp.empty((chunks, C), dtype=np.float32)
+    kernel((gx, chunks), block, (dy, partial, np.int64(rows), np.int32(C), np.int64(rows_per_chunk)))
+    kernel((gx, 1), block, (partial, out, np.int64(chunks), np.int32(C), np.int64(chunks)))
+    return out
+
+
+# ---------------------------------------------------------------- softmax_xent.cu
+
+_SX = "softmax_xent.cu"
+
+
+def softmax(x, *, out=None):
+    """Row softmax of a 2-D float32 array (max-subtracted)."""
+    _launch.check("x", x, ndim=2)
+    rows, K = x.shape
+    _check_int32(classes=K)
+    out = _out("out", out, x.shape)
+    _no_overlap("out", out, x=x)
+    warps_per_block = THREADS // 32
+    _kernel(_SX, "softmax_rows")((min(_cdiv(rows, warps_per_block), MAX_BLOCKS),), (THREADS,),
+                                 (x, out, np.int64(rows), np.int32(K)))
+    return out
+
+
+def _check_labels(labels, N, K):
+    import cupy as cp
+    if not isinstance(labels, cp.ndarray):
+        raise TypeError(f"labels must be a CuPy array on the GPU, got {type(labels).__name__}")
+    if labels.ndim == 1:
+        if labels.dtype != np.int32:
+            if np.issubdtype(labels.dtype, np.integer):
+                raise TypeError(f"labels must be int32 class indices, got {labels.dtype}; convert them "
+                                "once (e.g. per epoch) with labels.astype(cupy.int32), not per step")
+            raise TypeError(f"1-D labels are class indices and must be int32, got {labels.dtype}")
+        return _launch.check("labels", labels, dtype=np.int32, shape=(N,))
+    if labels.ndim == 2:
+        if labels.dtype != np.float32:
+            raise TypeError(f"one-hot labels (N, classes) must be float32, got {labels.dtype}")
+        return _launch.check("labels", labels, shape=(N, K))
+    raise ValueError(f"labels must be int32 class indices (N,) or float32 one-hot (N, classes), "
+                     f"got shape {labels.shape}")
+
+
+def softmax_cross_entropy(logits, labels, totals, *, out=None):
+    """dlogits = (softmax(logits) - onehot) / N; totals (float64 (2,)) += (loss sum, correct count).
+
+    labels: int32 (N,) or float32 one-hot (N, classes).  int32 labels are not range-checked
+    on the host (that needs a sync): a label outside [0, classes) makes the loss NaN.
+    The loss sum is deterministic when N * classes <= 2**18 (one block); above that the
+    blocks' atomicAdds may land in any order (last-bit differences in totals[0] only).
+    """
+    _launch.check("logits", logits, ndim=2)
+    N, K = logits.shape
+    _check_int32(classes=K)
+    _check_labels(labels, N, K)
+    _launch.check("totals", totals, dtype=np.float64, shape=(2,))
+    out = _out("out", out, (N, K))
+    _no_overlap("out", out, logits=logits, labels=labels, totals=totals)
+    grid = 1 if N * K <= XENT_ONE_BLOCK else min(_cdiv(N, XENT_THREADS // 32), MAX_BLOCKS)
+    tail = (out, totals, np.int64(N), np.int32(K), np.float32(1.0 / N))
+    if labels.ndim == 1:
+        _kernel(_SX, "xent_index")((grid,), (XENT_THREADS,), (logits, labels) + tail)
+    else:
+        _kernel(_SX, "xent_onehot")((grid,), (XENT_THREADS,), (logits, labels) + tail)
+    return out
+
+
+# ---------------------------------------------------------------- dropout.cu
+
+def _threshold(rate) -> int:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+    return min(int(np.floor(float(rate) * 2.0 ** 32)), 2 ** 32 - 1)
+
+
+def _seed_key(seed) -> tuple:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    seed = int(seed)
+    return np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
+
+
+def _dropout(name, a, rate, seed, step, out):
+    _launch.check(name, a)
+    threshold = _threshold(rate)
+    key0, key1 = _seed_key(seed)
+    _step(step)
+    out = _out("out", out, a.shape)
+    scale = np.float32(1.0 / (1.0 - float(rate)))
+    n = a.size
+    _kernel("dropout.cu", "dropout_apply")(
+        _grid(_cdiv(n, 4)), (THREADS,),
+        (a, out, np.int64(n), key0, key1, step, np.uint32(threshold), scale))
+    return out
+
+
+def dropout_forward(x, rate, seed, step, *, out=None):
+    """x * keep / (1 - rate), keep = reference.dropout_keep(x.size, rate, seed, step[0])."""
+    return _dropout("x", x, rate, seed, step, out)
+
+
+def dropout_backward(dy, rate, seed, step, *, out=None):
+    """dy * keep / (1 - rate), the forward's mask regenerated from (seed, step)."""
+    return _dropout("dy", dy, rate, seed, step, out)
+
+
+# ---------------------------------------------------------------- lrn.cu
+
+def _lrn_args(size, alpha, beta, k):
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1 or size % 2 == 0:
+        raise ValueError(f"LRN size must be a positive odd integer (a window centred on each "
+                         f"channel), got {size!r}")
+    return int(size), _real("alpha", alpha), _real("beta", beta), _real("k", k)
+
+
+def lrn_forward(x, size, alpha, beta, k, *, out=None):
+    """(y, scale): scale = k + alpha * sum of x^2 over ``size`` channels, y = x * scale**-beta."""
+    _launch.check("x", x, ndim=4)
+    size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
+    C = x.shape[-1]
+    _check_int32(channels=C)
+    if out is not None and not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError("out must be a pair (y, scale) of float32 CuPy arrays, or None")
+    y_out, s_out = (None, None) if out is None else out
+    y = _out("out[0] (y)", y_out, x.shape)
+    scale = _out("out[1] (scale)", s_out, x.shape)
+    _no_overlap("out[0] (y)", y, x=x, scale=scale)
+    _no_overlap("out[1] (scale)", scale, x=x)
+    _kernel("lrn.cu", "lrn_forward")(
+        _grid(x.size), (THREADS,),
+        (x, y, scale, np.int64(x.size), np.int32(C), np.int32(size // 2),
+         np.float32(alpha), np.float32(k), np.float32(-beta)))
+    return y, scale
+
+
+def lrn_backward(dy, x, y, scale, size, alpha, beta, k, *, out=None):
+    """dx = dy * scale**-beta - 2*alpha*beta * x * window sum of (dy * y / scale)."""
+    _launch.check("dy", dy, ndim=4)
+    for arg, a in (("x", x), ("y", y), ("scale", scale)):
+        _launch.check(arg, a, ndim=4)
+    _same_shape("dy", dy, x=x, y=y, scale=scale)
+    size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
+    C = dy.shape[-1]
+    _check_int32(channels=C)
+    out = _out("out", out, dy.shape)
+    _no_overlap("out", out, dy=dy, x=x, y=y, scale=scale)
+    _kernel("lrn.cu", "lrn_backward")(
+        _grid(dy.size), (THREADS,),
+        (dy, x, y, scale, out, np.int64(dy.size), np.int32(C), np.int32(size // 2),
+         np.float32(-beta), np.float32(-2.0 * alpha * beta)))
+    return out
+
+
+# ---------------------------------------------------------------- optimizers.cu
+
+_OPT = "optimizers.cu"
+
+
+def _flat(**arrays):
+    first_name, first = None, None
+    for arg, a in arrays.items():
+        _launch.check(arg, a, ndim=1)
+        if first is None:
+            first_name, first = arg, a
+        elif a.shape != first.shape:
+            raise ValueError(f"{arg} has {a.shape[0]} elements but {first_name} has {first.shape[0]}: "
+                             "optimizer buffers are flat float32 arrays of equal length")
+    return first.size
+
+
+def sgd_update(p, g, v, lr, momentum, nesterov):
+    """Keras SGD in place: v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g)."""
+    lr, momentum = _real("lr", lr), _real("momentum", momentum)
+    if v is None:
+        if momentum != 0:
+            raise ValueError(f"v (the velocity buffer) is required when momentum is {momentum}")
+        n = _flat(p=p, g=g)
+        _kernel(_OPT, "sgd_plain")(_grid(n), (THREADS,), (p, g, np.int64(n), np.float32(lr)))
+        return None
+    n = _flat(p=p, g=g, v=v)
+    _kernel(_OPT, "sgd_momentum")(
+        _grid(n), (THREADS,),
+        (p, g, v, np.int64(n), np.float32(lr), np.float32(momentum), np.int32(bool(nesterov))))
+    return None
+
+
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps):
+    """Keras Adam in place, t = step[0] + 1 read on the device (step is not changed)."""
+    lr, beta1, beta2, eps = (_real(a, b) for a, b in
+                             (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps)))
+    n = _flat(p=p, g=g, m=m, v=v)
+    _step(step)
+    _kernel(_OPT, "adam")(
+        _grid(n), (THREADS,),
+        (p, g, m, v, step, np.int64(n), np.float64(lr), np.float64(beta1), np.float64(beta2),
+         np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2),
+         np.float32(eps)))
+    return None
+
+
+# ---------------------------------------------------------------- registration
+
+_NOTES = {
+    "relu_forward": "grid-stride max(x, 0)",
+    "relu_backward": "grid-stride y > 0 ? dy : 0",
+    "add": "grid-stride a + b",
+    "copy": "device-to-device cudaMemcpyAsync on the current stream",
+    "increment": "one thread: step[0] += 1 on the device (graph step counter)",
+    "bias_grad": "column sum: 32x8 blocks, row chunks of 256, fixed-order tree; second pass over "
+                 "the chunk partials (deterministic, no atomics)",
+    "softmax": "warp per row: max, sum of exp, write (shuffle reductions)",
+    "softmax_cross_entropy": "warp per row, fused loss + accuracy; one block (deterministic) when "
+                             "N*classes <= 2^18, else per-block atomicAdd on double",
+    "dropout_forward": "Philox4x32-10 keyed by (seed, step[0], index), mask never stored",
+    "dropout_backward": "Philox4x32-10 mask regenerated from (seed, step[0], index)",
+    "lrn_forward": "thread per element, direct channel-window sum",
+    "lrn_backward": "thread per element, direct channel-window sum of dy*y/scale",
+    "sgd_update": "one grid-stride launch over the flat buffer (plain / momentum / nesterov)",
+    "adam_update": "one grid-stride launch; t = step[0] + 1 from device memory",
+}
+
+for _op, _note in _NOTES.items():
+    registry.register(_op, "cuda", globals()[_op], source="cuda", note=_note, default=True)
