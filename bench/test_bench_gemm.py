@@ -1,0 +1,9 @@
+"""gemm cases of fastcnn.benchmark under pytest-benchmark (GPU; skipped without one)."""
+import pytest
+
+GROUPS = ("ceiling", "gemm")  # parametrised by bench/conftest.py: one test per case and implementation
+
+
+@pytest.mark.gpu
+def test_gemm(run_case, spec):
+    run_case(spec)

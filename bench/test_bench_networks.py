@@ -1,0 +1,9 @@
+"""network cases of fastcnn.benchmark under pytest-benchmark (GPU; skipped without one)."""
+import pytest
+
+GROUPS = ("network",)  # parametrised by bench/conftest.py: one test per case and implementation
+
+
+@pytest.mark.gpu
+def test_network(run_case, spec):
+    run_case(spec)
