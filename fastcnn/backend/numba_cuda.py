@@ -1,0 +1,1380 @@
+"""The 'numba' backend: every primitive as a Numba CUDA kernel written in Python.
+
+Two roles:
+  * a whole backend (``fastcnn.backend.get('numba')``): module-level functions
+    for every name in ``fastcnn.backend.PRIMITIVES``, plus name/device/xp/
+    asarray/to_host/synchronize/unavailable_reason;
+  * a source of kernel variants: each kernel is registered in
+    ``fastcnn.kernels`` as ``numba_<algorithm>`` (source='numba', never the
+    default), so the 'cuda' backend can run it in place of a CUDA C variant.
+
+Arrays.  On a real GPU the functions take and return CuPy arrays; they wrap
+them for Numba with ``numba.cuda.as_cuda_array(a, sync=False)`` (no
+synchronisation per launch) and launch on CuPy's current stream through
+``numba.cuda.external_stream``, so the launches can be captured in a CuPy CUDA
+graph; outputs come from ``cupy.empty``.  Under ``NUMBA_ENABLE_CUDASIM=1``
+(no GPU) the same kernels run in Numba's CUDA simulator on NumPy arrays.
+Every kernel sees its arrays flattened to 1-D float32/int32/uint8 and its
+geometry as an int64 tuple, so one signature per kernel covers all shapes
+(``PTX_KERNELS`` lists them for the offline sm_90 PTX/ptxas check).
+
+Kernels:
+  GEMM engine   one shared-memory tiled, register-blocked kernel body
+                (BM x BN tile, BK deep, TM x TN outputs per thread; tiles
+                64x64/4x4, 128x128/8x8 and 64x16/4x2 for narrow outputs), made
+                per operand loader: matmul (any transposes), conv forward as an
+                implicit GEMM (A gathered from NHWC input, no im2col buffer),
+                conv backward-data (gather from dy, strided taps skipped),
+                conv backward-weights (split over K when the output is small),
+                dense; bias + ReLU fused in the epilogue.
+  max-pool      one thread per output (forward, uint8 argmax r*pool_w+s, first
+                max wins, padding never wins) / per input (backward, gather:
+                deterministic, no atomics).
+  the rest      elementwise grid-stride kernels; bias_grad as a two-pass column
+                reduction (deterministic); softmax and softmax-xent one block
+                per row with shared-memory reductions, totals by
+                cuda.atomic.add; dropout with an in-kernel Philox 4x32-10
+                (uint32 arithmetic done in uint64 with explicit masks); LRN
+                across channels; SGD and Adam over flat buffers.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .. import _numba_compat  # must precede numba.cuda: see its docstring (NumPy 2.5)
+
+_numba_compat.apply()
+
+try:
+    from numba import cuda, float32, float64, int32, int64, uint8, uint64, types
+    import numba as _numba
+    _NUMBA_ERROR = None
+except Exception as _exc:  # numba (or numba-cuda) missing or broken: the backend says why
+    cuda = None
+    _numba = None
+    _NUMBA_ERROR = f"numba-cuda cannot be imported ({type(_exc).__name__}: {_exc}); pip install 'fastcnn[cuda]'"
+    float32, float64, int32, int64, uint8, uint64 = (np.float32, np.float64, np.int32,
+                                                    np.int64, np.uint8, np.uint64)
+    types = None
+
+from . import registry
+
+name = "numba"
+SIMULATOR = bool(_numba is not None and _numba.config.ENABLE_CUDASIM)
+device = "cpu" if SIMULATOR else "cuda"
+
+if SIMULATOR:
+    xp = np
+    _cp = None
+else:
+    try:
+        import cupy as _cp
+    except Exception:
+        _cp = None
+    xp = _cp
+
+
+def _jit(fn=None, **kw):
+    """cuda.jit, lazily compiled (no signature): importing this module needs no GPU."""
+    if cuda is None:
+        return fn if fn is not None else (lambda f: f)
+    return cuda.jit(fn, **kw) if fn is not None else cuda.jit(**kw)
+
+
+def _device(fn):
+    return fn if cuda is None else cuda.jit(device=True)(fn)
+
+
+_reason_cache: list = []
+
+
+def unavailable_reason() -> str | None:
+    """None when the kernels can run here (a GPU, or the CUDA simulator), else why not."""
+    if _NUMBA_ERROR:
+        return _NUMBA_ERROR
+    if SIMULATOR:
+        return None
+    if not _reason_cache:
+        why = None
+        if _cp is None:
+            why = "CuPy is not installed (the numba backend keeps its arrays as CuPy arrays on a GPU)"
+        else:
+            try:
+                if not cuda.is_available():
+                    why = ("no CUDA GPU visible to Numba (set NUMBA_ENABLE_CUDASIM=1 to run the "
+                           "kernels in Numba's CPU simulator)")
+                elif _cp.cuda.runtime.getDeviceCount() == 0:
+                    why = "no CUDA GPU visible to CuPy"
+            except Exception as exc:
+                why = f"no usable CUDA driver or GPU ({type(exc).__name__}: {exc})"
+        _reason_cache.append(why)
+    return _reason_cache[0]
+
+
+# ---------------------------------------------------------------------------
+# arrays, checks, launches
+# ---------------------------------------------------------------------------
+
+def asarray(a, dtype=None):
+    """A contiguous array of this backend (NumPy under the simulator, CuPy on a GPU)."""
+    if SIMULATOR:
+        if _cp is None and type(a).__module__.startswith("cupy"):
+            a = a.get()
+        return np.ascontiguousarray(np.asarray(a, dtype=dtype))
+    return _cp.ascontiguousarray(_cp.asarray(a, dtype=dtype))
+
+
+def to_host(a):
+    if not SIMULATOR and _cp is not None and isinstance(a, _cp.ndarray):
+        return _cp.asnumpy(a)
+    return np.asarray(a)
+
+
+def synchronize() -> None:
+    if not SIMULATOR and _cp is not None:
+        _cp.cuda.get_current_stream().synchronize()
+
+
+def _empty(shape, dtype=np.float32):
+    return np.empty(shape, dtype) if SIMULATOR else _cp.empty(shape, dtype)
+
+
+def _check(argname, a, dtype=np.float32, ndim=None, shape=None):
+    """Refuse, before any launch, an argument the kernels would read wrongly."""
+    array_type = np.ndarray if SIMULATOR else (_cp.ndarray if _cp is not None else None)
+    where = "a NumPy array (CUDA simulator)" if SIMULATOR else "a CuPy array on the GPU"
+    if array_type is None or not isinstance(a, array_type):
+        raise TypeError(f"{argname} must be {where}, got {type(a).__name__}; "
+                        "convert it with fastcnn.backend.get('numba').asarray(...)")
+    if a.dtype != np.dtype(dtype):
+        raise TypeError(f"{argname} must be {np.dtype(dtype).name}, got {a.dtype.name}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{argname} must have {ndim} dimensions, got shape {tuple(a.shape)}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{argname} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{argname} must be C-contiguous (kernels ignore strides)")
+    if a.size == 0:
+        raise ValueError(f"{argname} is empty (shape {tuple(a.shape)})")
+    if not SIMULATOR and a.device.id != _cp.cuda.Device().id:
+        raise ValueError(f"{argname} lives on GPU {a.device.id}, the current device is {_cp.cuda.Device().id}")
+    return a
+
+
+def _pair(argname, v, minimum):
+    try:
+        a, b = (int(x) for x in v)
+    except Exception:
+        raise TypeError(f"{argname} must be a pair of ints, got {v!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{argname} must be >= {minimum}, got {v!r}")
+    return a, b
+
+
+def _padding(v):
+    try:
+        t = tuple(int(x) for x in v)
+    except Exception:
+        raise TypeError(f"padding must be (top, bottom, left, right) ints, got {v!r}") from None
+    if len(t) != 4 or min(t) < 0:
+        raise ValueError(f"padding must be four non-negative ints (top, bottom, left, right), got {v!r}")
+    return t
+
+
+def _shape(argname, v, n):
+    try:
+        t = tuple(int(x) for x in v)
+    except Exception:
+        raise TypeError(f"{argname} must be a tuple of {n} ints, got {v!r}") from None
+    if len(t) != n or min(t) < 1:
+        raise ValueError(f"{argname} must be {n} positive ints, got {v!r}")
+    return t
+
+
+_streams: dict = {}
+
+
+def _stream():
+    ptr = _cp.cuda.get_current_stream().ptr
+    s = _streams.get(ptr)
+    if s is None:
+        s = _streams[ptr] = cuda.external_stream(ptr)
+    return s
+
+
+def _launch(kernel, grid, block, *args):
+    """kernel[grid, block](*args): on a GPU on CuPy's current stream, with no synchronisation."""
+    if SIMULATOR:
+        kernel[grid, block](*args)
+        return
+    args = tuple(cuda.as_cuda_array(a, sync=False) if isinstance(a, _cp.ndarray) else a
+                 for a in args)
+    kernel[grid, block, _stream()](*args)
+
+
+def _flat(a):
+    return a.reshape(-1)
+
+
+_dummy: dict = {}
+
+
+def _no_bias():
+    key = "sim" if SIMULATOR else _cp.cuda.Device().id
+    if key not in _dummy:
+        _dummy[key] = np.zeros(1, np.float32) if SIMULATOR else _cp.zeros(1, np.float32)
+    return _dummy[key]
+
+
+THREADS = 256
+
+
+def _blocks(n, threads=THREADS, cap=65535):
+    return max(1, min(cap, (n + threads - 1) // threads))
+
+
+# ---------------------------------------------------------------------------
+# GEMM engine: one tiled, register-blocked body, specialised per operand loader
+# ---------------------------------------------------------------------------
+# p (int64 x 16) carries the geometry: conv: N H W C R S K P Q sh sw pt pl;
+# matmul: p[0] = trans_a, p[1] = trans_b.  p[13] = has_bias, p[14] = relu.
+NP = 16
+HAS_BIAS, RELU = 13, 14
+
+# name: (BM, BN, BK, TM, TN)
+TILE_CONFIGS = {
+    "64x64": (64, 64, 8, 4, 4),      # 256 threads, 4x4 outputs each
+    "128x128": (128, 128, 8, 8, 8),  # 256 threads, 8x8 outputs each: large GEMMs
+    "64x16": (64, 16, 8, 4, 2),      # 128 threads: narrow outputs (LeNet's 6 or 16 channels)
+}
+_forced_config: list = [None]
+
+
+def tile_config(name):
+    """Force a tile config (or None: choose by shape), for tests and benchmarks.
+
+    Used as a context manager: ``with tile_config('64x64'): nb.matmul(...)``.
+    """
+    import contextlib
+    if name is not None and name not in TILE_CONFIGS:
+        raise ValueError(f"unknown tile config {name!r}; choose from {sorted(TILE_CONFIGS)}")
+
+    @contextlib.contextmanager
+    def ctx():
+        previous = _forced_config[0]
+        _forced_config[0] = name
+        try:
+            yield
+        finally:
+            _forced_config[0] = previous
+    return ctx()
+
+
+def pick_config(M, N, K):
+    """Tile config for an M x N x K GEMM (the forced one, if any)."""
+    if _forced_config[0]:
+        return _forced_config[0]
+    if N <= 16:
+        return "64x16"
+    if M >= 1024 and N >= 512:
+        return "128x128"
+    return "64x64"
+
+
+def _make_gemm(load_a, load_b, BM, BN, BK, TM, TN):
+    TX = BN // TN
+    TY = BM // TM
+    NT = TX * TY
+    A_LOADS = (BM * BK + NT - 1) // NT
+    B_LOADS = (BK * BN + NT - 1) // NT
+    AS_W = BM + 4                     # padded: the transposed stores hit distinct banks
+    A_N = BM * BK
+    B_N = BK * BN
+
+    def gemm(A, B, C, bias, M, N, K, kchunk, p):
+        As = cuda.shared.array((BK, AS_W), float32)
+        Bs = cuda.shared.array((BK, BN), float32)
+        acc = cuda.local.array((TM, TN), float32)
+        ar = cuda.local.array(TM, float32)
+        br = cuda.local.array(TN, float32)
+        tid = cuda.threadIdx.x
+        tx = tid % TX
+        ty = tid // TX
+        m0 = cuda.blockIdx.x * BM
+        n0 = cuda.blockIdx.y * BN
+        kbeg = cuda.blockIdx.z * kchunk
+        kend = min(K, kbeg + kchunk)
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = float32(0.0)
+        for k0 in range(kbeg, kend, BK):
+            for l in range(A_LOADS):
+                e = tid + l * NT
+                if e < A_N:
+                    mm = e // BK
+                    kk = e % BK
+                    m = m0 + mm
+                    k = k0 + kk
+                    v = float32(0.0)
+                    if m < M and k < kend:
+                        v = load_a(A, m, k, M, K, p)
+                    As[kk, mm] = v
+            for l in range(B_LOADS):
+                e = tid + l * NT
+                if e < B_N:
+                    kk = e // BN
+                    nn = e % BN
+                    k = k0 + kk
+                    n = n0 + nn
+                    v = float32(0.0)
+                    if k < kend and n < N:
+                        v = load_b(B, k, n, K, N, p)
+                    Bs[kk, nn] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(TM):
+                    ar[i] = As[kk, ty + i * TY]
+                for j in range(TN):
+                    br[j] = Bs[kk, tx + j * TX]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += ar[i] * br[j]
+            cuda.syncthreads()
+        base = cuda.blockIdx.z * M * N      # split-K partials stack along z
+        for i in range(TM):
+            m = m0 + ty + i * TY
+            if m < M:
+                for j in range(TN):
+                    n = n0 + tx + j * TX
+                    if n < N:
+                        v = acc[i, j]
+                        if p[HAS_BIAS] != 0:
+                            v += bias[n]
+                        if p[RELU] != 0 and v < float32(0.0):
+                            v = float32(0.0)
+                        C[base + m * N + n] = v
+
+    return _jit(gemm)
+
+
+@_jit
+def _k_sum_splits(part, C, bias, MN, N, splits, p):
+    """C = sum over splits of the partial GEMMs, then the bias/ReLU epilogue."""
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < MN:
+        v = float32(0.0)
+        for z in range(splits):
+            v += part[z * MN + i]
+        if p[HAS_BIAS] != 0:
+            v += bias[i % N]
+        if p[RELU] != 0 and v < float32(0.0):
+            v = float32(0.0)
+        C[i] = v
+        i += stride
+
+
+# --- operand loaders (called only for in-range m, k, n) ---
+
+@_device
+def _mm_a(A, m, k, M, K, p):
+    if p[0] != 0:
+        return A[k * M + m]          # a is (K, M): op(a) = a.T
+    return A[m * K + k]
+
+
+@_device
+def _mm_b(B, k, n, K, N, p):
+    if p[1] != 0:
+        return B[n * K + k]          # b is (N, K)
+    return B[k * N + n]
+
+
+@_device
+def _conv_fwd_a(X, m, k, M, K, p):
+    # m = (n, oh, ow) over N*P*Q; k = (r, s, c) over R*S*C; X is NHWC
+    H = p[1]
+    W = p[2]
+    C = p[3]
+    S = p[5]
+    P = p[7]
+    Q = p[8]
+    n = m // (P * Q)
+    rem = m - n * (P * Q)
+    oh = rem // Q
+    ow = rem - oh * Q
+    r = k // (S * C)
+    rem = k - r * (S * C)
+    s = rem // C
+    c = rem - s * C
+    h = oh * p[9] - p[11] + r
+    w = ow * p[10] - p[12] + s
+    if h >= 0 and h < H and w >= 0 and w < W:
+        return X[((n * H + h) * W + w) * C + c]
+    return float32(0.0)
+
+
+@_device
+def _conv_dgrad_a(DY, m, k, M, K, p):
+    # m = (n, h, w) over N*H*W; k = (r, s, kout) over R*S*K; only taps that land on an output
+    H = p[1]
+    W = p[2]
+    S = p[5]
+    KO = p[6]
+    P = p[7]
+    Q = p[8]
+    sh = p[9]
+    sw = p[10]
+    n = m // (H * W)
+    rem = m - n * (H * W)
+    h = rem // W
+    w = rem - h * W
+    r = k // (S * KO)
+    rem = k - r * (S * KO)
+    s = rem // KO
+    ko = rem - s * KO
+    th = h + p[11] - r
+    tw = w + p[12] - s
+    if th < 0 or tw < 0:
+        return float32(0.0)
+    oh = th // sh
+    ow = tw // sw
+    if oh * sh != th or ow * sw != tw or oh >= P or ow >= Q:
+        return float32(0.0)
+    return DY[((n * P + oh) * Q + ow) * KO + ko]
+
+
+@_device
+def _conv_dgrad_b(Wt, k, n, K, N, p):
+    # k = (r, s, kout), n = c: the weights transposed per tap, HWIO (R, S, C, K)
+    S = p[5]
+    C = p[3]
+    KO = p[6]
+    r = k // (S * KO)
+    rem = k - r * (S * KO)
+    s = rem // KO
+    ko = rem - s * KO
+    return Wt[((r * S + s) * C + n) * KO + ko]
+
+
+@_device
+def _conv_wgrad_a(X, m, k, M, K, p):
+    # m = (r, s, c) over R*S*C; k = (n, oh, ow) over N*P*Q
+    H = p[1]
+    W = p[2]
+    C = p[3]
+    S = p[5]
+    P = p[7]
+    Q = p[8]
+    r = m // (S * C)
+    rem = m - r * (S * C)
+    s = rem // C
+    c = rem - s * C
+    n = k // (P * Q)
+    rem = k - n * (P * Q)
+    oh = rem // Q
+    ow = rem - oh * Q
+    h = oh * p[9] - p[11] + r
+    w = ow * p[10] - p[12] + s
+    if h >= 0 and h < H and w >= 0 and w < W:
+        return X[((n * H + h) * W + w) * C + c]
+    return float32(0.0)
+
+
+@_device
+def _rowmajor_b(B, k, n, K, N, p):
+    return B[k * N + n]
+
+
+_LOADERS = {
+    "matmul": (_mm_a, _mm_b),
+    "conv_fwd": (_conv_fwd_a, _rowmajor_b),     # weights HWIO = an (R*S*C) x K matrix
+    "conv_dgrad": (_conv_dgrad_a, _conv_dgrad_b),
+    "conv_wgrad": (_conv_wgrad_a, _rowmajor_b),  # dy = an (N*P*Q) x K matrix
+}
+_GEMM_KERNELS = {}
+if cuda is not None:
+    for _kind, (_la, _lb) in _LOADERS.items():
+        for _cfg, _dims in TILE_CONFIGS.items():
+            _GEMM_KERNELS[_kind, _cfg] = _make_gemm(_la, _lb, *_dims)
+
+SPLIT_TARGET_BLOCKS = 264   # about two blocks per SM on an H100/H200 (132 SMs)
+
+
+def _gemm(kind, A, B, M, N, K, p, bias=None, relu=False):
+    """Run the ``kind`` GEMM: C (M, N) = loadA (M x K) @ loadB (K x N), epilogue fused."""
+    cfg = pick_config(M, N, K)
+    BM, BN, BK, TM, TN = TILE_CONFIGS[cfg]
+    nt = (BM // TM) * (BN // TN)
+    p = list(p) + [0] * (NP - len(p))
+    p[HAS_BIAS] = int(bias is not None)
+    p[RELU] = int(bool(relu))
+    p = tuple(int(v) for v in p)
+    b = _no_bias() if bias is None else _flat(bias)
+    C = _empty(M * N)
+    tiles = ((M + BM - 1) // BM) * ((N + BN - 1) // BN)
+    ktiles = (K + BK - 1) // BK
+    splits = 1
+    if tiles < SPLIT_TARGET_BLOCKS // 2 and ktiles >= 64:   # small output, long K: split K
+        splits = max(1, min((SPLIT_TARGET_BLOCKS + tiles - 1) // tiles, ktiles // 32))
+    kchunk = ((ktiles + splits - 1) // splits) * BK
+    splits = (K + kchunk - 1) // kchunk
+    grid = ((M + BM - 1) // BM, (N + BN - 1) // BN, splits)
+    kernel = _GEMM_KERNELS[kind, cfg]
+    if splits == 1:
+        _launch(kernel, grid, nt, A, B, C, b, M, N, K, kchunk, p)
+        return C
+    part = _empty(splits * M * N)
+    plain = tuple(0 if i in (HAS_BIAS, RELU) else v for i, v in enumerate(p))
+    _launch(kernel, grid, nt, A, B, part, b, M, N, K, kchunk, plain)
+    _launch(_k_sum_splits, _blocks(M * N), THREADS, part, C, b, M * N, N, splits, p)
+    return C
+
+
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) for 2-D float32 arrays (op = transpose when the flag is set)."""
+    _check("a", a, ndim=2)
+    _check("b", b, ndim=2)
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    K2, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != K2:
+        raise ValueError(f"a and b do not chain: op(a) is {(M, K)}, op(b) is {(K2, N)}")
+    C = _gemm("matmul", _flat(a), _flat(b), M, N, K, (int(bool(trans_a)), int(bool(trans_b))))
+    return C.reshape(M, N)
+
+
+def dense_forward(x, w, b=None, relu=False):
+    """x @ w + b, ReLU fused when ``relu``; x (batch, in), w (in, out), b (out,) or None."""
+    _check("x", x, ndim=2)
+    _check("w", w, ndim=2)
+    if w.shape[0] != x.shape[1]:
+        raise ValueError(f"w must have {x.shape[1]} rows (x is {tuple(x.shape)}), got {tuple(w.shape)}")
+    if b is not None:
+        _check("b", b, shape=(w.shape[1],))
+    M, K = x.shape
+    N = w.shape[1]
+    C = _gemm("matmul", _flat(x), _flat(w), M, N, K, (0, 0), bias=b, relu=relu)
+    return C.reshape(M, N)
+
+
+def _conv_geometry(x_shape, w_shape, stride, padding):
+    N, H, W, C = x_shape
+    R, S, C2, K = w_shape
+    if C2 != C:
+        raise ValueError(f"w has {C2} input channels but x has {C} (w is HWIO {tuple(w_shape)})")
+    sh, sw = _pair("stride", stride, 1)
+    pt, pb, pl, pr = _padding(padding)
+    P = (H + pt + pb - R) // sh + 1
+    Q = (W + pl + pr - S) // sw + 1
+    if H + pt + pb < R or W + pl + pr < S or P < 1 or Q < 1:
+        raise ValueError(f"the {R}x{S} kernel does not fit the padded {H}x{W} input "
+                         f"(padding {padding})")
+    return (N, H, W, C, R, S, K, P, Q, sh, sw, pt, pl)
+
+
+def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0, 0, 0), relu=False):
+    """NHWC x, HWIO w -> y (N, P, Q, K); implicit GEMM M=N*P*Q, N=K, K=R*S*C."""
+    _check("x", x, ndim=4)
+    _check("w", w, ndim=4)
+    g = _conv_geometry(x.shape, w.shape, stride, padding)
+    N, H, W, C, R, S, K, P, Q = g[:9]
+    if b is not None:
+        _check("b", b, shape=(K,))
+    y = _gemm("conv_fwd", _flat(x), _flat(w), N * P * Q, K, R * S * C, g, bias=b, relu=relu)
+    return y.reshape(N, P, Q, K)
+
+
+def conv2d_backward_data(dy, w, x_shape, stride=(1, 1), padding=(0, 0, 0, 0)):
+    """dx (N, H, W, C) = implicit GEMM M=N*H*W, N=C, K=R*S*K over the taps that hit an output."""
+    _check("dy", dy, ndim=4)
+    _check("w", w, ndim=4)
+    x_shape = _shape("x_shape", x_shape, 4)
+    g = _conv_geometry(x_shape, w.shape, stride, padding)
+    N, H, W, C, R, S, K, P, Q = g[:9]
+    if tuple(dy.shape) != (N, P, Q, K):
+        raise ValueError(f"dy must have shape {(N, P, Q, K)} for x_shape {x_shape}, got {tuple(dy.shape)}")
+    dx = _gemm("conv_dgrad", _flat(dy), _flat(w), N * H * W, C, R * S * K, g)
+    return dx.reshape(N, H, W, C)
+
+
+def conv2d_backward_weights(x, dy, w_shape, stride=(1, 1), padding=(0, 0, 0, 0)):
+    """dw (R, S, C, K) = implicit GEMM M=R*S*C, N=K, K=N*P*Q (split along K when small)."""
+    _check("x", x, ndim=4)
+    _check("dy", dy, ndim=4)
+    w_shape = _shape("w_shape", w_shape, 4)
+    g = _conv_geometry(x.shape, w_shape, stride, padding)
+    N, H, W, C, R, S, K, P, Q = g[:9]
+    if tuple(dy.shape) != (N, P, Q, K):
+        raise ValueError(f"dy must have shape {(N, P, Q, K)}, got {tuple(dy.shape)}")
+    dw = _gemm("conv_wgrad", _flat(x), _flat(dy), R * S * C, K, N * P * Q, g)
+    return dw.reshape(R, S, C, K)
+
+
+# ---------------------------------------------------------------------------
+# max-pool
+# ---------------------------------------------------------------------------
+# q = (N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl)
+
+@_jit
+def _k_maxpool_fwd(X, Y, AM, total, q):
+    H = q[1]
+    W = q[2]
+    C = q[3]
+    P = q[4]
+    Q = q[5]
+    ph = q[6]
+    pw = q[7]
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < total:
+        c = i % C
+        t = i // C
+        ow = t % Q
+        t = t // Q
+        oh = t % P
+        n = t // P
+        h0 = oh * q[8] - q[10]
+        w0 = ow * q[9] - q[11]
+        best = float32(0.0)
+        arg = -1
+        for r in range(ph):
+            h = h0 + r
+            if h >= 0 and h < H:
+                for s in range(pw):
+                    w = w0 + s
+                    if w >= 0 and w < W:
+                        v = X[((n * H + h) * W + w) * C + c]
+                        if arg < 0 or v > best:    # first max wins; padding never competes
+                            best = v
+                            arg = r * pw + s
+        Y[i] = best
+        AM[i] = uint8(arg)
+        i += stride
+
+
+@_jit
+def _k_maxpool_bwd(DY, AM, DX, total, q):
+    H = q[1]
+    W = q[2]
+    C = q[3]
+    P = q[4]
+    Q = q[5]
+    ph = q[6]
+    pw = q[7]
+    sh = q[8]
+    sw = q[9]
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < total:
+        c = i % C
+        t = i // C
+        w = t % W
+        t = t // W
+        h = t % H
+        n = t // H
+        hp = h + q[10]
+        wp = w + q[11]
+        # outputs whose windows cover (h, w): oh*sh <= hp < oh*sh + ph
+        oh_lo = 0
+        if hp >= ph:
+            oh_lo = (hp - ph) // sh + 1
+        oh_hi = min(hp // sh, P - 1)
+        ow_lo = 0
+        if wp >= pw:
+            ow_lo = (wp - pw) // sw + 1
+        ow_hi = min(wp // sw, Q - 1)
+        acc = float32(0.0)
+        for oh in range(oh_lo, oh_hi + 1):
+            for ow in range(ow_lo, ow_hi + 1):
+                o = ((n * P + oh) * Q + ow) * C + c
+                if AM[o] == (hp - oh * sh) * pw + (wp - ow * sw):
+                    acc += DY[o]
+        DX[i] = acc
+        i += stride
+
+
+def _pool_geometry(x_shape, pool, stride, padding):
+    N, H, W, C = x_shape
+    ph, pw = _pair("pool", pool, 1)
+    if ph * pw > 255:
+        raise ValueError(f"pool window {pool} has {ph * pw} taps; argmax is uint8, so at most 255")
+    sh, sw = _pair("stride", stride, 1)
+    pt, pb, pl, pr = _padding(padding)
+    if pt >= ph or pb >= ph or pl >= pw or pr >= pw:
+        raise ValueError(f"padding {padding} must be smaller than the pool window {pool}")
+    P = (H + pt + pb - ph) // sh + 1
+    Q = (W + pl + pr - pw) // sw + 1
+    if H + pt + pb < ph or W + pl + pr < pw or P < 1 or Q < 1:
+        raise ValueError(f"pool window {pool} does not fit the padded {H}x{W} input")
+    return (N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl)
+
+
+def maxpool_forward(x, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0)):
+    """-> (y (N, P, Q, C), argmax uint8 (N, P, Q, C) = r*pool_w + s within the window)."""
+    _check("x", x, ndim=4)
+    q = _pool_geometry(x.shape, pool, stride, padding)
+    N, P, Q, C = q[0], q[4], q[5], q[3]
+    y = _empty((N, P, Q, C))
+    am = _empty((N, P, Q, C), np.uint8)
+    total = N * P * Q * C
+    _launch(_k_maxpool_fwd, _blocks(total), THREADS, _flat(x), _flat(y), _flat(am), total, q)
+    return y, am
+
+
+def maxpool_backward(dy, argmax, x_shape, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0)):
+    """dx: each input element gathers dy from the windows whose argmax points at it."""
+    _check("dy", dy, ndim=4)
+    x_shape = _shape("x_shape", x_shape, 4)
+    q = _pool_geometry(x_shape, pool, stride, padding)
+    out_shape = (q[0], q[4], q[5], q[3])
+    if tuple(dy.shape) != out_shape:
+        raise ValueError(f"dy must have shape {out_shape} for x_shape {x_shape}, got {tuple(dy.shape)}")
+    _check("argmax", argmax, dtype=np.uint8, shape=out_shape)
+    dx = _empty(x_shape)
+    total = int(np.prod(x_shape))
+    _launch(_k_maxpool_bwd, _blocks(total), THREADS, _flat(dy), _flat(argmax), _flat(dx), total, q)
+    return dx
+
+
+# ---------------------------------------------------------------------------
+# elementwise, bias, softmax, loss
+# ---------------------------------------------------------------------------
+
+@_jit
+def _k_relu_fwd(X, Y, n):
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        v = X[i]
+        Y[i] = v if v > float32(0.0) else float32(0.0)
+        i += stride
+
+
+@_jit
+def _k_relu_bwd(DY, Y, DX, n):
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        DX[i] = DY[i] if Y[i] > float32(0.0) else float32(0.0)
+        i += stride
+
+
+@_jit
+def _k_add(A, B, C, n):
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        C[i] = A[i] + B[i]
+        i += stride
+
+
+@_jit
+def _k_copy(D, S, n):
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        D[i] = S[i]
+        i += stride
+
+
+@_jit
+def _k_increment(step):
+    if cuda.grid(1) == 0:
+        step[0] += 1
+
+
+def relu_forward(x):
+    _check("x", x)
+    y = _empty(x.shape)
+    _launch(_k_relu_fwd, _blocks(x.size), THREADS, _flat(x), _flat(y), x.size)
+    return y
+
+
+def relu_backward(dy, y):
+    _check("dy", dy)
+    _check("y", y, shape=dy.shape)
+    dx = _empty(dy.shape)
+    _launch(_k_relu_bwd, _blocks(dy.size), THREADS, _flat(dy), _flat(y), _flat(dx), dy.size)
+    return dx
+
+
+def add(a, b):
+    _check("a", a)
+    _check("b", b, shape=a.shape)
+    c = _empty(a.shape)
+    _launch(_k_add, _blocks(a.size), THREADS, _flat(a), _flat(b), _flat(c), a.size)
+    return c
+
+
+def copy(dst, src):
+    """dst[...] = src (in place); same shape and dtype."""
+    _check("dst", dst)
+    _check("src", src, shape=dst.shape)
+    _launch(_k_copy, _blocks(dst.size), THREADS, _flat(dst), _flat(src), dst.size)
+
+
+def increment(step):
+    """step[0] += 1 on the device (int32 array of shape (1,))."""
+    _check("step", step, dtype=np.int32, shape=(1,))
+    _launch(_k_increment, 1, 1, step)
+
+
+BIAS_TX, BIAS_TY = 32, 8
+
+
+@_jit
+def _k_bias_partial(DY, part, rows, K, rows_per_split):
+    """part[z, col] = sum of DY[r, col] over this split's rows (block: 32 columns x 8 row lanes)."""
+    sm = cuda.shared.array((BIAS_TY, BIAS_TX), float32)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    col = cuda.blockIdx.x * BIAS_TX + tx
+    z = cuda.blockIdx.y
+    r0 = z * rows_per_split
+    r1 = min(rows, r0 + rows_per_split)
+    acc = float32(0.0)
+    if col < K:
+        r = r0 + ty
+        while r < r1:
+            acc += DY[r * K + col]
+            r += BIAS_TY
+    sm[ty, tx] = acc
+    cuda.syncthreads()
+    if ty == 0 and col < K:
+        v = float32(0.0)
+        for t in range(BIAS_TY):
+            v += sm[t, tx]
+        part[z * K + col] = v
+
+
+@_jit
+def _k_bias_final(part, out, K, splits):
+    col = cuda.grid(1)
+    if col < K:
+        v = float32(0.0)
+        for z in range(splits):
+            v += part[z * K + col]
+        out[col] = v
+
+
+def bias_grad(dy):
+    """Sum of dy over every axis but the last (two passes, no atomics: deterministic)."""
+    _check("dy", dy)
+    K = dy.shape[-1]
+    rows = dy.size // K
+    splits = max(1, min(256, rows // 256))
+    rows_per_split = (rows + splits - 1) // splits
+    splits = (rows + rows_per_split - 1) // rows_per_split
+    part = _empty(splits * K)
+    out = _empty(K)
+    _launch(_k_bias_partial, ((K + BIAS_TX - 1) // BIAS_TX, splits), (BIAS_TX, BIAS_TY),
+            _flat(dy), part, rows, K, rows_per_split)
+    _launch(_k_bias_final, _blocks(K), THREADS, part, out, K, splits)
+    return out
+
+
+ROW_THREADS = 64   # softmax kernels: one block of 64 threads per row
+
+
+@_device
+def _block_max_arg(sv, si, tid):
+    """Tree reduction over ROW_THREADS (value, index) pairs: max value, lowest index on ties."""
+    half = ROW_THREADS // 2
+    while half > 0:
+        if tid < half:
+            v2 = sv[tid + half]
+            i2 = si[tid + half]
+            if v2 > sv[tid] or (v2 == sv[tid] and i2 < si[tid]):
+                sv[tid] = v2
+                si[tid] = i2
+        cuda.syncthreads()
+        half //= 2
+
+
+@_device
+def _block_sum(sv, tid):
+    half = ROW_THREADS // 2
+    while half > 0:
+        if tid < half:
+            sv[tid] += sv[tid + half]
+        cuda.syncthreads()
+        half //= 2
+
+
+@_device
+def _row_max(X, base, ncls, sv, si, tid):
+    """(max, first argmax) of X[base : base + ncls], computed by the whole block."""
+    best = -math.inf
+    arg = ncls
+    j = tid
+    while j < ncls:
+        v = X[base + j]
+        if v > best or arg == ncls:
+            best = v
+            arg = j
+        j += ROW_THREADS
+    sv[tid] = best
+    si[tid] = arg
+    cuda.syncthreads()
+    _block_max_arg(sv, si, tid)
+    best = sv[0]
+    arg = si[0]
+    cuda.syncthreads()
+    return best, arg
+
+
+@_device
+def _row_expsum(X, base, ncls, mx, sv, tid):
+    acc = float32(0.0)
+    j = tid
+    while j < ncls:
+        acc += math.exp(X[base + j] - mx)
+        j += ROW_THREADS
+    sv[tid] = acc
+    cuda.syncthreads()
+    _block_sum(sv, tid)
+    total = sv[0]
+    cuda.syncthreads()
+    return total
+
+
+@_jit
+def _k_softmax(X, Y, ncls):
+    sv = cuda.shared.array(ROW_THREADS, float32)
+    si = cuda.shared.array(ROW_THREADS, int32)
+    row = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    base = row * ncls
+    mx, _ = _row_max(X, base, ncls, sv, si, tid)
+    total = _row_expsum(X, base, ncls, mx, sv, tid)
+    inv = float32(1.0) / total
+    j = tid
+    while j < ncls:
+        Y[base + j] = math.exp(X[base + j] - mx) * inv
+        j += ROW_THREADS
+
+
+@_jit
+def _k_xent_int(X, labels, D, totals, ncls, inv_n):
+    """Rows of logits X with int class labels: D = (softmax - onehot)/N; totals += (loss, correct)."""
+    sv = cuda.shared.array(ROW_THREADS, float32)
+    si = cuda.shared.array(ROW_THREADS, int32)
+    row = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    base = row * ncls
+    label = labels[row]
+    mx, arg = _row_max(X, base, ncls, sv, si, tid)
+    total = _row_expsum(X, base, ncls, mx, sv, tid)
+    inv = float32(1.0) / total
+    j = tid
+    while j < ncls:
+        sm = math.exp(X[base + j] - mx) * inv
+        if j == label:
+            sm -= float32(1.0)
+        D[base + j] = sm * inv_n
+        j += ROW_THREADS
+    if tid == 0:
+        loss = math.log(float64(total)) - (float64(X[base + label]) - float64(mx))
+        cuda.atomic.add(totals, 0, loss)
+        if arg == label:
+            cuda.atomic.add(totals, 1, float64(1.0))
+
+
+@_jit
+def _k_xent_onehot(X, Yt, D, totals, ncls, inv_n):
+    """Rows of logits X with float (one-hot or soft) targets Yt.
+
+    Row loss = logsumexp(z) - sum(y * z) = log(sum exp s) - sum(y * s) + max(z) * (1 - sum y)
+    with s = z - max(z), as the reference computes it.
+    """
+    sv = cuda.shared.array(ROW_THREADS, float32)
+    sy = cuda.shared.array(ROW_THREADS, float32)
+    si = cuda.shared.array(ROW_THREADS, int32)
+    row = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    base = row * ncls
+    _, label = _row_max(Yt, base, ncls, sv, si, tid)
+    mx, arg = _row_max(X, base, ncls, sv, si, tid)
+    total = _row_expsum(X, base, ncls, mx, sv, tid)
+    inv = float32(1.0) / total
+    ys = float32(0.0)     # this thread's share of sum(y * s)
+    ysum = float32(0.0)   # and of sum(y)
+    j = tid
+    while j < ncls:
+        x = X[base + j]
+        y = Yt[base + j]
+        D[base + j] = (math.exp(x - mx) * inv - y) * inv_n
+        ys += y * (x - mx)
+        ysum += y
+        j += ROW_THREADS
+    sv[tid] = ys
+    sy[tid] = ysum
+    cuda.syncthreads()
+    _block_sum(sv, tid)
+    _block_sum(sy, tid)
+    if tid == 0:
+        loss = (math.log(float64(total)) - float64(sv[0])
+                + float64(mx) * (1.0 - float64(sy[0])))
+        cuda.atomic.add(totals, 0, loss)
+        if arg == label:
+            cuda.atomic.add(totals, 1, float64(1.0))
+
+
+def softmax(x):
+    """Row softmax of a 2-D array (one block per row)."""
+    _check("x", x, ndim=2)
+    y = _empty(x.shape)
+    _launch(_k_softmax, x.shape[0], ROW_THREADS, _flat(x), _flat(y), x.shape[1])
+    return y
+
+
+def softmax_cross_entropy(logits, labels, totals):
+    """-> dlogits = (softmax - onehot)/N; totals (float64 (2,)) += [sum of losses, correct]."""
+    _check("logits", logits, ndim=2)
+    _check("totals", totals, dtype=np.float64, shape=(2,))
+    n, ncls = logits.shape
+    d = _empty(logits.shape)
+    inv_n = np.float32(1.0 / n)
+    if labels.ndim == 1:
+        _check("labels", labels, dtype=np.int32, shape=(n,))
+        if SIMULATOR and (labels.min() < 0 or labels.max() >= ncls):
+            raise ValueError(f"labels must lie in [0, {ncls}), got [{labels.min()}, {labels.max()}]")
+        _launch(_k_xent_int, n, ROW_THREADS, _flat(logits), labels, _flat(d), totals, ncls, inv_n)
+    else:
+        _check("labels", labels, dtype=np.float32, shape=(n, ncls))
+        _launch(_k_xent_onehot, n, ROW_THREADS, _flat(logits), _flat(labels), _flat(d), totals,
+                ncls, inv_n)
+    return d
+
+
+# ---------------------------------------------------------------------------
+# dropout: Philox 4x32-10, keyed by (seed, step, element index); no state in memory
+# ---------------------------------------------------------------------------
+MASK32 = np.uint64(0xFFFFFFFF)
+SHIFT32 = np.uint64(32)
+PHILOX_M0 = np.uint64(0xD2511F53)
+PHILOX_M1 = np.uint64(0xCD9E8D57)
+PHILOX_W0 = np.uint64(0x9E3779B9)
+PHILOX_W1 = np.uint64(0xBB67AE85)
+
+
+@_device
+def _philox(c0, c1, c2, c3, k0, k1):
+    """Philox 4x32-10 of counter (c0..c3) and key (k0, k1); all uint64 holding 32-bit values."""
+    for _ in range(10):
+        p0 = PHILOX_M0 * c0
+        p1 = PHILOX_M1 * c2
+        hi0 = p0 >> SHIFT32
+        lo0 = p0 & MASK32
+        hi1 = p1 >> SHIFT32
+        lo1 = p1 & MASK32
+        c0 = hi1 ^ c1 ^ k0
+        c1 = lo1
+        c2 = hi0 ^ c3 ^ k1
+        c3 = lo0
+        k0 = (k0 + PHILOX_W0) & MASK32
+        k1 = (k1 + PHILOX_W1) & MASK32
+    return c0, c1, c2, c3
+
+
+@_jit
+def _k_dropout(X, Y, n, threshold, scale, k0, k1, step):
+    """Y = X * keep * scale; one Philox call per 4 consecutive elements (counter = i // 4)."""
+    g = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    c2 = uint64(step[0]) & MASK32
+    z = uint64(0)
+    while g * 4 < n:
+        gg = uint64(g)
+        w0, w1, w2, w3 = _philox(gg & MASK32, gg >> SHIFT32, c2, z, k0, k1)
+        i = g * 4
+        if i < n:
+            Y[i] = X[i] * scale if w0 >= threshold else float32(0.0)
+        if i + 1 < n:
+            Y[i + 1] = X[i + 1] * scale if w1 >= threshold else float32(0.0)
+        if i + 2 < n:
+            Y[i + 2] = X[i + 2] * scale if w2 >= threshold else float32(0.0)
+        if i + 3 < n:
+            Y[i + 3] = X[i + 3] * scale if w3 >= threshold else float32(0.0)
+        g += stride
+
+
+def _dropout(argname, x, rate, seed, step):
+    _check(argname, x)
+    rate = float(rate)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate must be in [0, 1), got {rate}")
+    if isinstance(seed, (bool, float)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2 ** 64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    _check("step", step, dtype=np.int32, shape=(1,))
+    seed = int(seed)
+    threshold = np.uint64(min(math.floor(rate * 2.0 ** 32), 2 ** 32 - 1))
+    scale = np.float32(1.0 / (1.0 - rate))
+    k0 = np.uint64(seed & 0xFFFFFFFF)
+    k1 = np.uint64((seed >> 32) & 0xFFFFFFFF)
+    y = _empty(x.shape)
+    n = x.size
+    _launch(_k_dropout, _blocks((n + 3) // 4), THREADS, _flat(x), _flat(y), n, threshold,
+            scale, k0, k1, step)
+    return y
+
+
+def dropout_forward(x, rate, seed, step):
+    """x * keep / (1 - rate), keep from Philox 4x32-10 (see fastcnn.backend.reference.dropout_keep)."""
+    return _dropout("x", x, rate, seed, step)
+
+
+def dropout_backward(dy, rate, seed, step):
+    """dy * keep / (1 - rate): the same mask as the forward of the same (seed, step)."""
+    return _dropout("dy", dy, rate, seed, step)
+
+
+# ---------------------------------------------------------------------------
+# local response normalisation across channels
+# ---------------------------------------------------------------------------
+# window of channel c: [c - size//2, c + size//2] (size odd), clipped to [0, C)
+
+@_jit
+def _k_lrn_fwd(X, Y, SC, total, C, size, alpha, beta, k):
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    half = size // 2
+    while i < total:
+        c = i % C
+        base = i - c
+        lo = max(0, c - half)
+        hi = min(C - 1, c - half + size - 1)
+        acc = float32(0.0)
+        for j in range(lo, hi + 1):
+            v = X[base + j]
+            acc += v * v
+        s = k + alpha * acc
+        SC[i] = s
+        Y[i] = X[i] * math.pow(s, -beta)
+        i += stride
+
+
+@_jit
+def _k_lrn_bwd(DY, X, Y, SC, DX, total, C, size, coef, beta):
+    # dx_c = dy_c * s_c^-beta + coef * x_c * sum_{j : c in window(j)} dy_j y_j / s_j,
+    # coef = -2 alpha beta
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    half = size // 2
+    while i < total:
+        c = i % C
+        base = i - c
+        lo = max(0, c + half - size + 1)
+        hi = min(C - 1, c + half)
+        acc = float32(0.0)
+        for j in range(lo, hi + 1):
+            acc += DY[base + j] * Y[base + j] / SC[base + j]
+        DX[i] = acc * X[i] * coef + DY[i] * math.pow(SC[i], -beta)
+        i += stride
+
+
+def _lrn_args(size, alpha, beta, k):
+    size = int(size)
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"LRN size must be a positive odd int (a window centred on each channel), got {size}")
+    return size, np.float32(alpha), np.float32(beta), np.float32(k)
+
+
+def lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    """-> (y, scale): scale = k + alpha * sum of x^2 over ``size`` channels; y = x * scale**-beta."""
+    _check("x", x)
+    size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
+    y = _empty(x.shape)
+    sc = _empty(x.shape)
+    _launch(_k_lrn_fwd, _blocks(x.size), THREADS, _flat(x), _flat(y), _flat(sc), x.size,
+            x.shape[-1], size, alpha, beta, k)
+    return y, sc
+
+
+def lrn_backward(dy, x, y, scale, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    _check("dy", dy)
+    for argname, a in (("x", x), ("y", y), ("scale", scale)):
+        _check(argname, a, shape=dy.shape)
+    size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
+    dx = _empty(dy.shape)
+    _launch(_k_lrn_bwd, _blocks(dy.size), THREADS, _flat(dy), _flat(x), _flat(y), _flat(scale),
+            _flat(dx), dy.size, dy.shape[-1], size, np.float32(-2.0 * float(alpha) * float(beta)), beta)
+    return dx
+
+
+# ---------------------------------------------------------------------------
+# optimisers over flat buffers
+# ---------------------------------------------------------------------------
+
+@_jit
+def _k_sgd(P, G, V, n, lr, momentum, mode):
+    # mode 0: plain; 1: momentum; 2: Nesterov momentum (Keras's rules)
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        g = G[i]
+        if mode == 0:
+            P[i] -= lr * g
+        else:
+            v = momentum * V[i] - lr * g
+            V[i] = v
+            if mode == 1:
+                P[i] += v
+            else:
+                P[i] += momentum * v - lr * g
+        i += stride
+
+
+@_jit
+def _k_adam(P, G, M, V, n, step, lr, beta1, beta2, eps):
+    # lr, beta1, beta2 arrive as float64 so that lr_t and 1 - beta are rounded once, as the reference does
+    t = float64(step[0] + 1)
+    lr_t = float32(lr * math.sqrt(1.0 - math.pow(beta2, t)) / (1.0 - math.pow(beta1, t)))
+    b1 = float32(beta1)
+    b2 = float32(beta2)
+    c1 = float32(1.0 - beta1)
+    c2 = float32(1.0 - beta2)
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        g = G[i]
+        m = b1 * M[i] + c1 * g
+        v = b2 * V[i] + c2 * g * g
+        M[i] = m
+        V[i] = v
+        P[i] -= lr_t * m / (math.sqrt(v) + eps)
+        i += stride
+
+
+def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False):
+    """In place: v = momentum*v - lr*g; p += v (Nesterov: p += momentum*v - lr*g); v None if momentum == 0."""
+    _check("p", p, ndim=1)
+    _check("g", g, shape=p.shape)
+    momentum = float(momentum)
+    if momentum == 0.0:
+        mode = 0
+        v = _no_bias()
+    else:
+        if v is None:
+            raise ValueError("v (the velocity buffer) is required when momentum != 0")
+        _check("v", v, shape=p.shape)
+        mode = 2 if nesterov else 1
+    _launch(_k_sgd, _blocks(p.size, cap=4096), THREADS, p, g, v, p.size, np.float32(lr),
+            np.float32(momentum), mode)
+
+
+def adam_update(p, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7):
+    """In place, Keras's Adam with t = step[0] + 1 (step itself is not changed)."""
+    _check("p", p, ndim=1)
+    for argname, a in (("g", g), ("m", m), ("v", v)):
+        _check(argname, a, shape=p.shape)
+    _check("step", step, dtype=np.int32, shape=(1,))
+    _launch(_k_adam, _blocks(p.size, cap=4096), THREADS, p, g, m, v, p.size, step,
+            float(lr), float(beta1), float(beta2), np.float32(eps))
+
+
+# ---------------------------------------------------------------------------
+# variants for the GPU backend, and the PTX signatures of every kernel
+# ---------------------------------------------------------------------------
+
+VARIANTS = {
+    # op: (variant name, note)
+    "matmul": ("numba_tiled", "Numba: shared-memory tiles, 4x4/8x8 register blocking, split-K when the output is small"),
+    "dense_forward": ("numba_tiled", "Numba: the tiled GEMM with bias + ReLU in the epilogue"),
+    "conv2d_forward": ("numba_implicit_gemm", "Numba: implicit GEMM, A gathered from NHWC input into shared memory"),
+    "conv2d_backward_data": ("numba_implicit_gemm", "Numba: implicit GEMM over the taps that land on an output"),
+    "conv2d_backward_weights": ("numba_implicit_gemm", "Numba: implicit GEMM, split along N*P*Q (deterministic partial sums)"),
+    "maxpool_forward": ("numba_direct", "Numba: one thread per output, uint8 argmax"),
+    "maxpool_backward": ("numba_gather", "Numba: one thread per input gathers from the covering windows (no atomics)"),
+    "bias_grad": ("numba_two_pass", "Numba: column partial sums then a final sum (deterministic)"),
+    "relu_forward": ("numba", "Numba: grid-stride elementwise"),
+    "relu_backward": ("numba", "Numba: grid-stride elementwise"),
+    "softmax": ("numba_block_row", "Numba: one block per row, shared-memory reductions"),
+    "softmax_cross_entropy": ("numba_block_row", "Numba: one block per row; totals by float64 atomics"),
+    "dropout_forward": ("numba_philox", "Numba: Philox 4x32-10 in-kernel, one call per 4 elements"),
+    "dropout_backward": ("numba_philox", "Numba: same mask as the forward"),
+    "lrn_forward": ("numba_direct", "Numba: one thread per element, loop over the channel window"),
+    "lrn_backward": ("numba_direct", "Numba: one thread per element, loop over the windows that cover it"),
+    "sgd_update": ("numba", "Numba: one launch over a flat buffer"),
+    "adam_update": ("numba", "Numba: one launch over a flat buffer"),
+    "increment": ("numba", "Numba: one thread"),
+    "add": ("numba", "Numba: grid-stride elementwise"),
+    "copy": ("numba", "Numba: grid-stride elementwise"),
+}
+
+
+def _register() -> None:
+    if cuda is None:
+        return   # no numba: no numba variants (the registry copes with their absence)
+    # The CUDA C variants register first when they can, so that this module never
+    # becomes a default by being imported before fastcnn.backend.cuda.
+    try:
+        import importlib
+        importlib.import_module("fastcnn.backend.cuda")
+    except Exception:
+        pass
+    module = globals()
+    for op, (variant, note) in VARIANTS.items():
+        registry.register(op, variant, module[op], source="numba", note=note)
+
+
+_register()
+
+
+def ptx_kernels():
+    """[(label, python function, explicit signature)] of every kernel, for compile_ptx.
+
+    The signatures are those the wrappers above launch with (1-D C-contiguous
+    arrays, int64 sizes and geometry tuples, float32 scalars).
+    """
+    if types is None:
+        return []
+    f32 = types.float32[::1]
+    f64 = types.float64[::1]
+    i32 = types.int32[::1]
+    u8 = types.uint8[::1]
+    i64 = types.int64
+    f = types.float32
+    u64 = types.uint64
+    tup12 = types.UniTuple(types.int64, 12)
+    tup16 = types.UniTuple(types.int64, NP)
+    out = []
+    for (kind, cfg), k in _GEMM_KERNELS.items():
+        out.append((f"gemm_{kind}_{cfg}", k.py_func, (f32, f32, f32, f32, i64, i64, i64, i64, tup16)))
+    out += [
+        ("sum_splits", _k_sum_splits.py_func, (f32, f32, f32, i64, i64, i64, tup16)),
+        ("maxpool_fwd", _k_maxpool_fwd.py_func, (f32, f32, u8, i64, tup12)),
+        ("maxpool_bwd", _k_maxpool_bwd.py_func, (f32, u8, f32, i64, tup12)),
+        ("relu_fwd", _k_relu_fwd.py_func, (f32, f32, i64)),
+        ("relu_bwd", _k_relu_bwd.py_func, (f32, f32, f32, i64)),
+        ("add", _k_add.py_func, (f32, f32, f32, i64)),
+        ("copy", _k_copy.py_func, (f32, f32, i64)),
+        ("increment", _k_increment.py_func, (i32,)),
+        ("bias_partial", _k_bias_partial.py_func, (f32, f32, i64, i64, i64)),
+        ("bias_final", _k_bias_final.py_func, (f32, f32, i64, i64)),
+        ("softmax", _k_softmax.py_func, (f32, f32, i64)),
+        ("xent_int", _k_xent_int.py_func, (f32, i32, f32, f64, i64, f)),
+        ("xent_onehot", _k_xent_onehot.py_func, (f32, f32, f32, f64, i64, f)),
+        ("dropout", _k_dropout.py_func, (f32, f32, i64, u64, f, u64, u64, i32)),
+        ("lrn_fwd", _k_lrn_fwd.py_func, (f32, f32, f32, i64, i64, i64, f, f, f)),
+        ("lrn_bwd", _k_lrn_bwd.py_func, (f32, f32, f32, f32, f32, i64, i64, i64, f, f)),
+        ("sgd", _k_sgd.py_func, (f32, f32, f32, i64, f, f, i64)),
+        ("adam", _k_adam.py_func, (f32, f32, f32, f32, i64, i32, types.float64, types.float64,
+                                   types.float64, f)),
+    ]
+    return out
+
+
+def compile_ptx_all(cc=(9, 0)):
+    """{label: PTX text} for every kernel, compiled for compute capability ``cc``.
+
+    Needs numba-cuda's NVVM, not a GPU; it does not work under the simulator.
+    """
+    if SIMULATOR:
+        raise RuntimeError("compile_ptx_all needs NUMBA_ENABLE_CUDASIM unset (the simulator has no compiler)")
+    return {label: cuda.compile_ptx(fn, sig, cc=cc)[0] for label, fn, sig in ptx_kernels()}
