@@ -130,6 +130,10 @@ class ProgressBar(Callback):
     def set_params(self, params):  # Keras's hook, if fit passes its parameters
         self.epochs = params.get("epochs", self.epochs)
 
+    def on_train_begin(self, logs=None):
+        if logs and logs.get("epochs"):  # fit passes its parameters here
+            self.epochs = logs["epochs"]
+
     def _out(self):
         return self.file if self.file is not None else sys.stdout
 
@@ -185,6 +189,12 @@ class ProgressBar(Callback):
 
 
 # ---------------------------------------------------------------------------- files
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path, text: str) -> None:
     """Write a text file so that a crash leaves either the old file or the new one, never half."""
     path = os.fspath(path)
@@ -194,6 +204,7 @@ def atomic_write_text(path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

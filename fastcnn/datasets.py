@@ -200,6 +200,9 @@ def _download(url: str, target: Path, digest: str, timeout: float = 60.0) -> Non
         if actual != digest:
             raise ChecksumMismatch(f"{url}: SHA-256 of the downloaded IDX content is {actual}, "
                                    f"expected {digest}; the file was not kept")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a shared cache wants the usual mode
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

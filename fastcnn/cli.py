@@ -1,0 +1,358 @@
+"""The ``fastcnn`` command: info | summary | train | bench | check.
+
+    fastcnn info                         versions, CPU, GPU, which backends are usable (and why not)
+    fastcnn summary lenet5|alexnet       the Keras-style layer table
+    fastcnn train lenet5 [...]           train with a live progress bar, write history/weights/plot
+    fastcnn bench ... / fastcnn check ...  delegated to fastcnn.benchmark / fastcnn.check
+
+``main(argv)`` returns the exit code: 0 done, 1 a clear failure (missing data, unusable
+device, ...), 2 bad usage, 130 interrupted (after saving a checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# bench and check live in modules of their own, imported only when asked for
+# (they pull in CuPy and PyTorch, which `fastcnn info` or `train` should not wait for).
+DELEGATED = {"bench": ("fastcnn.benchmark", "benchmark kernels and networks against cuBLAS, cuDNN, PyTorch"),
+             "check": ("fastcnn.check", "check every kernel variant against the reference on this machine")}
+
+DATA_SETS = ("mnist-sample", "mnist", "fashion-mnist", "synthetic")
+INPUT_SHAPES = {"lenet5": (28, 28, 1), "alexnet": (227, 227, 3)}
+DEFAULT_BATCH = {"lenet5": 200, "alexnet": 128}        # the seed's 200; AlexNet paper's 128
+DEFAULT_SYNTHETIC = {"lenet5": (2000, 500), "alexnet": (256, 64)}  # (train, validation) images
+
+
+class UsageError(Exception):
+    """A combination of options that cannot work; the message says what to do instead."""
+
+
+# ---------------------------------------------------------------------------- info
+def _version(*dists) -> str | None:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _fastcnn_version() -> str:
+    installed = _version("fastcnn")
+    if installed:
+        return installed
+    import fastcnn
+    return getattr(fastcnn, "__version__", "unknown") + " (source checkout, not installed)"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_lines() -> list[str]:
+    """Name, memory and compute capability of each GPU, from CuPy, else from nvidia-smi."""
+    try:
+        import cupy
+    except ImportError:
+        cupy = None
+    if cupy is not None:
+        try:
+            lines = []
+            for i in range(cupy.cuda.runtime.getDeviceCount()):
+                p = cupy.cuda.runtime.getDeviceProperties(i)
+                name = p["name"].decode() if isinstance(p["name"], bytes) else p["name"]
+                lines.append(f"GPU {i}: {name}, {p['totalGlobalMem'] / 2**30:.1f} GiB, "
+                             f"compute capability {p['major']}.{p['minor']}, {p['multiProcessorCount']} SMs")
+            drv, rt = cupy.cuda.runtime.driverGetVersion(), cupy.cuda.runtime.runtimeGetVersion()
+            lines.append(f"CUDA driver {drv // 1000}.{drv % 1000 // 10}, runtime {rt // 1000}.{rt % 1000 // 10}")
+            return lines or ["GPU: none found by CuPy"]
+        except Exception as exc:  # no driver, no device: a fact to report, not a crash
+            return [f"GPU: none usable through CuPy ({type(exc).__name__}: {exc})"]
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            if out.returncode == 0 and out.stdout.strip():
+                return [f"GPU {i}: {line.strip()} (from nvidia-smi; CuPy is not installed)"
+                        for i, line in enumerate(out.stdout.strip().splitlines())]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return ["GPU: none found (CuPy is not installed and nvidia-smi is absent or found no GPU)"]
+
+
+def cmd_info(args) -> int:
+    print(f"fastcnn     {_fastcnn_version()}")
+    print(f"python      {platform.python_version()} ({sys.executable})")
+    for label, dists in (("numpy", ("numpy",)),
+                         ("cupy", ("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x")),
+                         ("numba", ("numba",)), ("numba-cuda", ("numba-cuda",)),
+                         ("torch", ("torch",)), ("tqdm", ("tqdm",)), ("matplotlib", ("matplotlib",))):
+        print(f"{label:<11} {_version(*dists) or 'not installed'}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"CPU         {_cpu_name()}, {cores} cores usable ({platform.system()} {platform.machine()})")
+    for line in _gpu_lines():
+        print(line)
+    from fastcnn.backend import availability
+    print("backends:")
+    for name, why in availability().items():
+        print(f"  {name:<10} {'usable' if why is None else 'unavailable: ' + str(why)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- models
+def _build(name: str, variant: str | None, num_classes: int | None = None):
+    from fastcnn import models
+    if name == "lenet5":
+        if variant not in (None, "single"):
+            raise UsageError("--variant applies to alexnet only")
+        return models.lenet5()
+    kwargs = {"variant": variant or "single"}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return models.alexnet(**kwargs)
+
+
+def cmd_summary(args) -> int:
+    _build(args.model, args.variant).summary(print_fn=print)
+    return 0
+
+
+# ---------------------------------------------------------------------------- train
+def _load_data(args):
+    """Images and integer labels for training and for evaluation, and how to name the latter."""
+    from fastcnn import datasets
+    if args.model == "alexnet" and args.data != "synthetic":
+        raise UsageError(f"AlexNet takes 227x227x3 images and {args.data} has 28x28x1 ones: "
+                         f"use --data synthetic (random images, for throughput only)")
+    if args.data == "mnist-sample":
+        (x, y), (xe, ye) = datasets.load_mnist_sample(seed=args.split_seed)
+        eval_name = f"validation (the bundled 10,000-digit MNIST sample, 8,000/2,000 split, seed {args.split_seed})"
+    elif args.data == "mnist":
+        (x, y), (xe, ye) = datasets.load_mnist(args.data_dir)
+        eval_name = "MNIST test set"
+    elif args.data == "fashion-mnist":
+        (x, y), (xe, ye) = datasets.load_fashion_mnist(args.data_dir)
+        eval_name = "Fashion-MNIST test set"
+    else:
+        n_train, n_eval = DEFAULT_SYNTHETIC[args.model]
+        if args.limit:
+            n_train, n_eval = args.limit, max(1, args.limit // 4)
+        classes = 10 if args.model == "lenet5" else 1000
+        x, y = datasets.synthetic(n_train, INPUT_SHAPES[args.model], classes, seed=args.seed)
+        xe, ye = datasets.synthetic(n_eval, INPUT_SHAPES[args.model], classes, seed=args.seed + 1)
+        eval_name = "SYNTHETIC validation images (random; accuracy means nothing)"
+    if args.limit:
+        x, y, xe, ye = x[:args.limit], y[:args.limit], xe[:args.limit], ye[:args.limit]
+    return x, y, xe, ye, eval_name
+
+
+def _place(model, device: str) -> str:
+    """Move the model to the device asked for; with 'auto', the GPU when usable. Returns a note."""
+    from fastcnn.backend import BackendUnavailable
+    if device != "auto":
+        model.to(device)  # 'cuda' without a GPU raises BackendUnavailable with the reason
+        return ""
+    try:
+        model.to("cuda")
+        return ""
+    except BackendUnavailable as exc:
+        model.to("cpu")
+        return f" (GPU not used: {exc})"
+
+
+def _optimizer(args):
+    from fastcnn import optimizers
+    if args.optimizer == "adam":
+        return optimizers.Adam(learning_rate=args.lr if args.lr is not None else 0.001)
+    return optimizers.SGD(learning_rate=args.lr if args.lr is not None else 0.01,
+                          momentum=args.momentum, nesterov=args.nesterov)
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+
+    import fastcnn
+    from fastcnn import callbacks, datasets
+
+    args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
+    batch_size = args.batch_size or DEFAULT_BATCH[args.model]
+    out = Path(args.out or f"runs/{args.model}-{args.data}")
+    checkpoint = out / "checkpoint.npz"
+    if args.resume and not checkpoint.is_file():
+        raise UsageError(f"--resume: no checkpoint at {checkpoint}; train once without --resume "
+                         f"(with the same --out) first")
+
+    x, y, xe, ye, eval_name = _load_data(args)
+    num_classes = 10 if args.model == "lenet5" else 1000
+    x, xe = datasets.prepare_images(x), datasets.prepare_images(xe)
+    y, ye = datasets.to_categorical(y, num_classes), datasets.to_categorical(ye, num_classes)
+    if args.data == "synthetic":
+        print("NOTE: --data synthetic: random images and labels, for throughput only; "
+              "the accuracies below mean nothing.")
+
+    fastcnn.manual_seed(args.seed)
+    model = _build(args.model, args.variant if args.model == "alexnet" else None)
+    model.compile(loss="categorical_crossentropy", optimizer=_optimizer(args), metrics=["accuracy"])
+    note = _place(model, args.device)
+    backend_name = model.backend.name
+    print(f"device: {model.device}, backend: {backend_name}{note}")
+    print(f"data: {args.data}: {len(x):,} training images; evaluation on {len(xe):,} images: {eval_name}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    initial_epoch = 0
+    if args.resume:
+        initial_epoch = int(model.load_checkpoint(checkpoint))
+        print(f"resuming from {checkpoint}: {initial_epoch} epoch(s) done, training to {args.epochs}")
+    meta = {"model": args.model, "variant": args.variant if args.model == "alexnet" else None,
+            "data": args.data, "synthetic": args.data == "synthetic", "train_images": len(x),
+            "eval_images": len(xe), "eval_set": eval_name, "epochs": args.epochs, "batch_size": batch_size,
+            "optimizer": repr(model.optimizer), "seed": args.seed,
+            "device": str(model.device), "backend": backend_name, "graph": model.device == "cuda" and not args.no_graph}
+    saver = callbacks.ModelCheckpoint(checkpoint)
+    logger = callbacks.JSONLogger(out / "history.json", meta=meta, resume_from=initial_epoch)
+
+    start = time.perf_counter()
+    if initial_epoch < args.epochs:
+        try:
+            model.fit(x, y, epochs=args.epochs, batch_size=batch_size, validation_data=(xe, ye),
+                      shuffle=True, verbose=args.verbose, callbacks=[saver, logger],
+                      initial_epoch=initial_epoch, graph=False if args.no_graph else None)
+        except KeyboardInterrupt:
+            done = saver.completed if saver.completed is not None else initial_epoch
+            model.save_checkpoint(checkpoint, done)
+            print(f"\ninterrupted: saved {checkpoint} ({done} epoch(s) complete; the interrupted epoch "
+                  f"will run again). Continue with the same command and --resume.", file=sys.stderr)
+            return 130
+    else:
+        print(f"nothing to train: {initial_epoch} epoch(s) already done (raise --epochs to train more)")
+    seconds = time.perf_counter() - start
+
+    loss, accuracy = model.evaluate(xe, ye, batch_size=batch_size, verbose=0)
+    label = "validation" if args.data in ("mnist-sample", "synthetic") else "test"
+    print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {len(xe):,} images, "
+          f"{eval_name}; training took {seconds:.1f} s on {model.device} ({backend_name})")
+
+    model.save_weights(out / "weights.npz")
+    logger.data.update({f"{label}_loss": float(loss), f"{label}_accuracy": float(accuracy),
+                        "train_seconds_this_run": round(seconds, 2)})
+    logger.write()
+    written = [out / "history.json", out / "weights.npz", checkpoint]
+    try:
+        from fastcnn.plotting import PlotUnavailable, plot_history
+        try:
+            title = f"{args.model} on {args.data}" + (" (SYNTHETIC)" if args.data == "synthetic" else "")
+            written.append(Path(plot_history(logger.data, out / "curves.png", title=title)))
+        except PlotUnavailable as exc:
+            print(f"no plot: {exc}", file=sys.stderr)
+    except ValueError as exc:  # no epochs to draw
+        print(f"no plot: {exc}", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in written))
+    del np
+    return 0
+
+
+# ---------------------------------------------------------------------------- bench / check
+def _delegate(command: str, argv) -> int:
+    module_name, description = DELEGATED[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if getattr(exc, "name", None) == module_name:
+            print(f"fastcnn {command}: {module_name} is not part of this installation "
+                  f"({module_name.replace('.', '/')}.py is missing)", file=sys.stderr)
+        else:
+            print(f"fastcnn {command}: cannot import {module_name}: {exc} "
+                  f"(the GPU extras: pip install 'fastcnn[cuda]')", file=sys.stderr)
+        return 1
+    parser = argparse.ArgumentParser(prog=f"fastcnn {command}", description=description)
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv)) or 0)
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastcnn", description="Train LeNet-5 and AlexNet on "
+                                     "hand-written CUDA kernels (NumPy reference on the CPU).")
+    sub = parser.add_subparsers(dest="command", metavar="{info,summary,train,bench,check}")
+
+    p = sub.add_parser("info", help="versions, CPU, GPU and usable backends")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("summary", help="print a model's layer table")
+    p.add_argument("model", choices=sorted(INPUT_SHAPES))
+    p.add_argument("--variant", choices=["single", "original"], default=None,
+                   help="AlexNet: 'single' tower (default) or the 'original' two-group net with LRN")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train a model, write history.json, weights.npz, curves.png",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", choices=sorted(INPUT_SHAPES))
+    p.add_argument("--variant", choices=["single", "original"], default="single", help="AlexNet variant")
+    p.add_argument("--data", choices=DATA_SETS, default=None,
+                   help="mnist-sample for lenet5 (bundled, offline), synthetic for alexnet")
+    p.add_argument("--data-dir", default=None, help="directory with the IDX files (mnist, fashion-mnist); "
+                   "default: the cache directory ($FASTCNN_DATA or ~/.cache/fastcnn)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=None, help="200 for lenet5, 128 for alexnet")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--lr", type=float, default=None, help="learning rate; 0.001 for adam, 0.01 for sgd")
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: the GPU when one is usable, else the CPU reference")
+    p.add_argument("--seed", type=int, default=0, help="weights, shuffling, dropout")
+    p.add_argument("--split-seed", type=int, default=0, help="the sample's 8,000/2,000 split")
+    p.add_argument("--out", default=None, help="output directory (default runs/MODEL-DATA)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--no-graph", action="store_true", help="do not capture the step as a CUDA graph")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use at most N training and N evaluation images (quick runs)")
+    p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
+                   help="1: live bar per epoch, 2: one line per epoch, 0: quiet")
+    p.set_defaults(func=cmd_train)
+
+    for name, (_, description) in DELEGATED.items():  # listed for --help; main() dispatches them
+        sub.add_parser(name, help=description, add_help=False)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from fastcnn.backend import BackendUnavailable
+    from fastcnn.datasets import ChecksumMismatch, DataNotFound, IDXFormatError
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"fastcnn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (DataNotFound, ChecksumMismatch, IDXFormatError, BackendUnavailable) as exc:
+        print(f"fastcnn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The fastcnn command end to end, in temporary directories, on the CPU reference backend."""
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastcnn import cli
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--device", "cpu", "--limit", "300", "--batch-size", "100", "--verbose", "2"]
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_summary_lenet5(capsys):
+    code, out, _ = run(capsys, "summary", "lenet5")
+    assert code == 0
+    assert "Total params: 61,706" in out and "(None, 28, 28, 6)" in out and "(None, 400)" in out
+
+
+def test_summary_alexnet_original(capsys):
+    code, out, _ = run(capsys, "summary", "alexnet", "--variant", "original")
+    assert code == 0 and "Total params: 60,965,224" in out
+
+
+def test_info_runs_without_gpu(capsys):
+    code, out, _ = run(capsys, "info")
+    assert code == 0
+    for word in ("fastcnn", "numpy", "torch", "CPU", "GPU", "backends:"):
+        assert word in out
+    assert "reference  usable" in out
+    assert "cuda" in out.split("backends:")[1]
+
+
+def test_python_dash_m(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "fastcnn", "summary", "lenet5"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Total params: 61,706" in proc.stdout
+
+
+def test_no_command_prints_help(capsys):
+    code, out, _ = run(capsys)
+    assert code == 2 and "train" in out
+
+
+def test_train_then_resume(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", "lenet5", "--epochs", "1", "--out", str(out_dir), *QUICK)
+    assert code == 0, err
+    assert "device: cpu, backend: reference" in out
+    assert "validation accuracy:" in out and "Epoch 1/1" in out
+    for name in ("history.json", "weights.npz", "checkpoint.npz", "curves.png"):
+        assert (out_dir / name).stat().st_size > 0, name
+    assert (out_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    h = json.loads((out_dir / "history.json").read_text())
+    assert h["epoch"] == [1] and h["train_images"] == 300 and h["data"] == "mnist-sample"
+    assert set(h["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert 0 <= h["validation_accuracy"] <= 1
+    first_loss = h["history"]["loss"][0]
+    with np.load(out_dir / "weights.npz") as w:
+        assert sum(w[k].size for k in w.files) == 61706
+
+    code, out, err = run(capsys, "train", "lenet5", "--epochs", "3", "--resume", "--out", str(out_dir), *QUICK)
+    assert code == 0, err
+    assert "resuming from" in out and "1 epoch(s) done" in out
+    assert "Epoch 2/3" in out and "Epoch 3/3" in out and "Epoch 1/3" not in out
+    h = json.loads((out_dir / "history.json").read_text())
+    assert h["epoch"] == [1, 2, 3]
+    assert h["history"]["loss"][0] == first_loss  # the first run's epoch is kept, not redone
+    assert h["history"]["loss"][2] < first_loss  # and training went on from there
+
+    code, out, _ = run(capsys, "train", "lenet5", "--epochs", "3", "--resume", "--out", str(out_dir), *QUICK)
+    assert code == 0 and "nothing to train" in out
+
+
+def test_ctrl_c_saves_checkpoint(capsys, tmp_path, monkeypatch):
+    import fastcnn
+    from fastcnn.callbacks import Callback
+
+    class Interrupt(Callback):
+        def on_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 1:
+                raise KeyboardInterrupt
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    original = fastcnn.Sequential.fit
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        return original(self, *args, callbacks=list(callbacks or []) + [Interrupt()], **kwargs)
+
+    out_dir = tmp_path / "run"
+    monkeypatch.setattr(fastcnn.Sequential, "fit", fit)
+    code, out, err = run(capsys, "train", "lenet5", "--epochs", "3", "--out", str(out_dir), *QUICK)
+    assert code == 130
+    assert "interrupted: saved" in err and "--resume" in err
+    with np.load(out_dir / "checkpoint.npz") as ck:
+        assert int(ck["__epoch__"]) == 1
+    monkeypatch.setattr(fastcnn.Sequential, "fit", original)
+    code, out, err = run(capsys, "train", "lenet5", "--epochs", "2", "--resume", "--out", str(out_dir), *QUICK)
+    assert code == 0, err
+    assert "1 epoch(s) done" in out and "Epoch 2/2" in out
+    assert json.loads((out_dir / "history.json").read_text())["epoch"] == [1, 2]
+
+
+def test_train_without_matplotlib(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    for name in [m for m in sys.modules if m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    code, out, err = run(capsys, "train", "lenet5", "--epochs", "1", "--out", str(tmp_path), *QUICK)
+    assert code == 0
+    assert "no plot" in err and "pip install" in err and "matplotlib" in err
+    assert not (tmp_path / "curves.png").exists() and (tmp_path / "weights.npz").exists()
+
+
+def test_train_synthetic_lenet5(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "lenet5", "--data", "synthetic", "--epochs", "1",
+                         "--out", str(tmp_path), *QUICK)
+    assert code == 0, err
+    assert "synthetic" in out.lower() and "mean nothing" in out
+    assert json.loads((tmp_path / "history.json").read_text())["synthetic"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("FASTCNN_SLOW_TESTS"),
+                    reason="AlexNet on the CPU reference holds ~1 GB of parameters and optimizer state "
+                           "and takes minutes on 2 cores: set FASTCNN_SLOW_TESTS=1 to run it")
+def test_train_alexnet_synthetic(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "alexnet", "--epochs", "1", "--limit", "4", "--batch-size", "4",
+                         "--device", "cpu", "--verbose", "0", "--out", str(tmp_path))
+    assert code == 0, err
+    h = json.loads((tmp_path / "history.json").read_text())
+    assert h["data"] == "synthetic" and h["train_images"] == 4 and h["variant"] == "single"
+
+
+def test_alexnet_rejects_mnist(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "alexnet", "--data", "mnist-sample", "--out", str(tmp_path))
+    assert code == 2 and "227x227x3" in err and "--data synthetic" in err
+
+
+def test_resume_without_checkpoint(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "lenet5", "--resume", "--out", str(tmp_path / "none"))
+    assert code == 2 and "no checkpoint" in err
+
+
+def test_missing_data_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCNN_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTCNN_NO_DOWNLOAD", "1")
+    code, _, err = run(capsys, "train", "lenet5", "--data", "mnist", "--out", str(tmp_path / "o"))
+    assert code == 1
+    assert "train-images-idx3-ubyte.gz" in err and str(tmp_path / "cache" / "mnist") in err
+
+
+def test_cuda_without_gpu(capsys, tmp_path):
+    from fastcnn.backend import availability
+    if availability()["cuda"] is None:
+        pytest.skip("a usable GPU is present")
+    code, _, err = run(capsys, "train", "lenet5", "--device", "cuda", "--limit", "10", "--out", str(tmp_path))
+    assert code == 1 and "unavailable" in err
+
+
+def test_bench_and_check_delegate(capsys, monkeypatch):
+    fake = types.ModuleType("fastcnn.check")
+    fake.add_arguments = lambda parser: parser.add_argument("--quick", action="store_true")
+    fake.run = lambda args: 7 if args.quick else 0
+    monkeypatch.setitem(sys.modules, "fastcnn.check", fake)
+    assert cli.main(["check", "--quick"]) == 7
+    assert cli.main(["check"]) == 0
+    monkeypatch.setitem(sys.modules, "fastcnn.benchmark", None)  # as if the file were absent
+    code, _, err = run(capsys, "bench")
+    assert code == 1 and "fastcnn.benchmark is not part of this installation" in err
