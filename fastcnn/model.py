@@ -227,18 +227,18 @@ class Sequential:
 
     # ---- compile / forward ----------------------------------------------------------------
     def compile(self, loss="categorical_crossentropy", optimizer="adam", metrics=None) -> None:
-        self.loss = losses_mod.get(loss)
-        self.optimizer = optimizers_mod.get(optimizer)
+        loss, optimizer = losses_mod.get(loss), optimizers_mod.get(optimizer)
         metrics = list(metrics or [])
         unknown = [m for m in metrics if m not in ("accuracy", "acc")]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; fastcnn supports 'accuracy'")
-        self.metrics = ["accuracy"] if metrics else []
         self._require_built()
         last = self.layers[-1]
-        if not self.loss.from_logits and last.activation != "softmax":
-            raise ValueError(f"{self.loss.name} expects the last layer to end in softmax (or pass the loss "
+        if not loss.from_logits and last.activation != "softmax":
+            raise ValueError(f"{loss.name} expects the last layer to end in softmax (or pass the loss "
                              f"object with from_logits=True); the last layer is {last!r}")
+        self.loss, self.optimizer = loss, optimizer
+        self.metrics = ["accuracy"] if metrics else []
         if self._flat is not None:
             self.optimizer.build(self.backend, self._flat.size)
         self._graph_steps = {}

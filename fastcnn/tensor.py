@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import weakref
 
 import numpy as np
 
@@ -90,22 +91,33 @@ class Tensor:
         counter = itertools.count()  # ties in generation: first come, first served
         heap = [(-self.creator.generation, next(counter), self.creator)]
         seen = {id(self.creator)}
+        pending = {id(self): self}  # tensors holding a gradient whose creator has not run yet
         while heap:
             _, _, fn = heapq.heappop(heap)
-            grads_out = [out.grad for out in fn.outputs]
-            for out in fn.outputs:
-                out.grad = None  # gradients of intermediates are not kept (memory)
+            if not hasattr(fn, "inputs"):
+                raise RuntimeError("this graph was already differentiated once (its saved arrays are "
+                                   "freed); run the forward pass again")
+            outputs = [ref() for ref in fn.outputs]
+            grads_out = [None if out is None else out.grad for out in outputs]
+            for out in outputs:
+                if out is not None:
+                    out.grad = None  # gradients of intermediates are not kept (memory)
+                    pending.pop(id(out), None)
             with backend.using(fn.backend_name):
                 grads_in = fn.backward(*grads_out)
+                inputs = fn.inputs
+                fn.release()  # what backward needed is freed now, not when the GC finds the cycle
                 if not isinstance(grads_in, tuple):
                     grads_in = (grads_in,)
-                for x, gx in zip(fn.inputs, grads_in):
+                for x, gx in zip(inputs, grads_in):
                     if gx is None or not x.requires_grad:
                         continue
                     _accumulate(x, gx)
-                    if x.creator is not None and id(x.creator) not in seen:
-                        seen.add(id(x.creator))
-                        heapq.heappush(heap, (-x.creator.generation, next(counter), x.creator))
+                    if x.creator is not None:
+                        pending[id(x)] = x
+                        if id(x.creator) not in seen:
+                            seen.add(id(x.creator))
+                            heapq.heappush(heap, (-x.creator.generation, next(counter), x.creator))
 
     # arithmetic used by losses, metrics and user code (not on the training fast path)
     def __add__(self, other): return Add()(self, other)
@@ -179,11 +191,15 @@ class Function:
             for y in outputs:
                 y.creator = self
                 y.generation = self.generation + 1
-            self.outputs = outputs
+            self.outputs = [weakref.ref(y) for y in outputs]  # no Tensor <-> Function cycle
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def forward(self, *xs):
         raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop the arrays kept for backward (each graph is differentiated once)."""
+        self.__dict__.clear()
 
     def backward(self, *gys):
         raise NotImplementedError

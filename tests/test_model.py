@@ -1,0 +1,199 @@
+"""Sequential, the two classic models, fit/evaluate/predict and weights I/O on the CPU reference."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastcnn
+import fastcnn._paths
+from fastcnn import layers as L
+from fastcnn.models import alexnet, lenet5
+
+def sample(n_train, n_val, seed=0):
+    data = np.load(fastcnn._paths.DATA_DIR / "mnist-10k.npz")
+    order = np.random.default_rng(seed).permutation(len(data["labels"]))
+    x = data["images"][order][..., None].astype(np.float32) / 255.0
+    y = np.eye(10, dtype=np.float32)[data["labels"][order]]
+    return (x[:n_train], y[:n_train]), (x[-n_val:], y[-n_val:])
+
+
+def compiled_lenet(seed=0, **compile_args):
+    fastcnn.manual_seed(seed)
+    model = lenet5()
+    model.compile(**{"loss": "categorical_crossentropy", "optimizer": "adam", "metrics": ["accuracy"],
+                     **compile_args})
+    return model
+
+
+def test_lenet5_parameters_and_shapes():
+    model = lenet5()
+    counts = [layer.count_params() for layer in model.layers if layer.count_params()]
+    assert counts == [156, 2416, 48120, 10164, 850]
+    assert model.count_params() == 61706
+    assert [layer.output_shape for layer in model.layers] == [
+        (28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16), (400,), (120,), (84,), (10,)]
+    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
+
+
+@pytest.mark.parametrize("variant, total", [("single", 62_378_344), ("original", 60_965_224)])
+def test_alexnet_parameters_and_shapes(variant, total):
+    model = alexnet(variant=variant)
+    assert model.count_params() == total
+    spatial = [l.output_shape[0] for l in model.layers if isinstance(l, (L.Conv2D, L.MaxPool2D))]
+    assert spatial == [55, 27, 27, 13, 13, 13, 13, 6]
+    assert model.layers[-1].output_shape == (1000,)
+    assert (variant == "original") == any(isinstance(l, L.LRN) for l in model.layers)
+
+
+def test_summary_is_keras_table():
+    lines = []
+    lenet5().summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert lines[0] == 'Model: "lenet5"'
+    assert "Layer (type)" in text and "Output Shape" in text and "Param #" in text
+    assert "conv2d (Conv2D)" in text and "(None, 28, 28, 6)" in text
+    assert "max_pooling2d_1 (MaxPooling2D)" in text and "(None, 5, 5, 16)" in text
+    assert "dense (Dense)" in text and "48,120" in text
+    assert "Total params: 61,706" in text and "Trainable params: 61,706" in text
+    assert "Non-trainable params: 0" in text
+
+
+def test_fit_on_real_sample_learns():
+    (x, y), (xv, yv) = sample(1500, 300)
+    model = compiled_lenet()
+    history = model.fit(x, y, epochs=3, batch_size=50, validation_data=(xv, yv), verbose=0)
+    h = history.history
+    assert set(h) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(h["loss"]) == 3
+    assert h["loss"][-1] < 0.6 * h["loss"][0]
+    assert h["val_accuracy"][-1] > 0.85  # chance is 0.1
+    loss, acc = model.evaluate(xv, yv, verbose=0)
+    assert loss == pytest.approx(h["val_loss"][-1], rel=1e-5) and acc == pytest.approx(h["val_accuracy"][-1])
+    probs = model.predict(xv[:7])
+    assert probs.shape == (7, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.mean(probs.argmax(1) == yv[:7].argmax(1)) >= 4 / 7
+
+
+def test_sparse_labels_and_sgd_train_the_same_api():
+    (x, y), _ = sample(600, 10)
+    fastcnn.manual_seed(0)
+    model = lenet5()
+    model.compile(loss="sparse_categorical_crossentropy",
+                  optimizer=fastcnn.optimizers.SGD(learning_rate=0.05, momentum=0.9, nesterov=True),
+                  metrics=["accuracy"])
+    h = model.fit(x, y.argmax(1), epochs=2, batch_size=64, verbose=0).history
+    assert h["loss"][-1] < h["loss"][0]
+
+
+def test_same_seed_same_training():
+    (x, y), _ = sample(400, 10)
+    runs = []
+    for _ in range(2):
+        model = compiled_lenet(seed=3)
+        model.fit(x, y, epochs=1, batch_size=50, verbose=0)
+        runs.append(model.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_copies_only_batches_not_the_data_set():
+    # The traced peak of one epoch must not grow with the data set: 20 batches peak
+    # like 2 batches (a per-epoch copy of 4000 images would add 12.5 MB).
+    rng = np.random.default_rng(0)
+    x = rng.random((4000, 28, 28, 1), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 4000)]
+    model = compiled_lenet()
+    peaks = []
+    for n in (400, 4000, 400):
+        tracemalloc.start()
+        model.fit(x[:n], y[:n], epochs=1, batch_size=200, verbose=0)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < peaks[2] + x.nbytes / 4, f"peaks {peaks} for a {x.nbytes / 1e6:.1f} MB data set"
+
+
+def test_weights_round_trip_and_checkpoint(tmp_path):
+    (x, y), _ = sample(300, 10)
+    model = compiled_lenet()
+    model.fit(x, y, epochs=1, batch_size=100, verbose=0)
+    model.save_weights(tmp_path / "w.npz")
+    other = compiled_lenet(seed=9)
+    other.load_weights(tmp_path / "w.npz")
+    for a, b in zip(model.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(model.predict(x[:5]), other.predict(x[:5]), rtol=1e-6)
+
+    model.save_checkpoint(tmp_path / "ckpt.npz", epoch=1)
+    resumed = compiled_lenet(seed=9)
+    assert resumed.load_checkpoint(tmp_path / "ckpt.npz") == 1
+    model.fit(x, y, epochs=1, batch_size=100, verbose=0, shuffle=False)
+    resumed.fit(x, y, epochs=1, batch_size=100, verbose=0, shuffle=False)
+    for a, b in zip(model.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # same Adam moments and step count
+    assert not list(tmp_path.glob(".tmp-*")), "atomic writes leave no temporary files"
+
+
+def test_weights_file_errors(tmp_path):
+    model = lenet5()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        model.load_weights(tmp_path / "absent.npz")
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 this is not a zip file")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        model.load_weights(tmp_path / "corrupt.npz")
+    weights = dict(zip(model._weight_names(), model.get_weights()))
+    np.savez(tmp_path / "missing.npz", **{k: v for k, v in weights.items() if k != "dense_1/bias"})
+    with pytest.raises(ValueError, match="missing weights.*dense_1/bias"):
+        model.load_weights(tmp_path / "missing.npz")
+    weights["conv2d/kernel"] = np.zeros((3, 3, 1, 6), np.float32)
+    np.savez(tmp_path / "shape.npz", **weights)
+    with pytest.raises(ValueError, match="conv2d/kernel.*shape"):
+        model.load_weights(tmp_path / "shape.npz")
+
+
+def test_bad_inputs_to_the_model():
+    model = compiled_lenet()
+    x = np.zeros((4, 28, 28, 1), np.float32)
+    y = np.eye(10, dtype=np.float32)[[0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="NCHW"):
+        model.fit(np.zeros((4, 1, 28, 28), np.float32), y, verbose=0)
+    with pytest.raises(ValueError, match="must have shape"):
+        model.predict(np.zeros((4, 28, 28), np.float32))
+    with pytest.raises(ValueError, match="expects"):
+        model.predict(np.zeros((4, 28, 28, 3), np.float32))
+    with pytest.raises(ValueError, match="empty"):
+        model.predict(np.zeros((0, 28, 28, 1), np.float32))
+    with pytest.raises(ValueError, match="one-hot labels have shape"):
+        model.fit(x, np.eye(12, dtype=np.float32)[[0, 1, 2, 3]], verbose=0)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    with pytest.raises(ValueError, match="label 10 is out of range"):
+        model.fit(x, np.array([0, 1, 2, 10]), verbose=0)
+    with pytest.raises(ValueError, match="got 3 labels"):
+        model.fit(x, np.array([0, 1, 2]), verbose=0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        model.compile(loss="mse", optimizer="adam")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        model.compile(loss="categorical_crossentropy", optimizer="adagrad")
+    with pytest.raises(ValueError, match="graph=True needs the model on the GPU"):
+        model.fit(x, np.array([0, 1, 2, 3]), graph=True, verbose=0)
+    with pytest.raises(RuntimeError, match="compile"):
+        lenet5().fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match="device"):
+        model.to("tpu")
+
+
+def test_cuda_device_without_gpu_says_why():
+    from tests.conftest import HAS_GPU
+    if HAS_GPU:
+        pytest.skip("a GPU is present")
+    with pytest.raises(fastcnn.backend.BackendUnavailable, match="unavailable"):
+        lenet5().to("cuda")
+
+
+def test_model_call_is_differentiable():
+    model = lenet5()
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    out = model(x)
+    assert out.shape == (2, 10)
+    (out * out).sum().backward()
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
