@@ -186,8 +186,6 @@ def _optimizer(args):
 
 
 def cmd_train(args) -> int:
-    import numpy as np
-
     import fastcnn
     from fastcnn import callbacks, datasets
 
@@ -264,7 +262,6 @@ def cmd_train(args) -> int:
     except ValueError as exc:  # no epochs to draw
         print(f"no plot: {exc}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
-    del np
     return 0
 
 

@@ -181,3 +181,21 @@ def test_bench_and_check_delegate(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "fastcnn.benchmark", None)  # as if the file were absent
     code, _, err = run(capsys, "bench")
     assert code == 1 and "fastcnn.benchmark is not part of this installation" in err
+
+
+def test_plot_history_forms(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastcnn.callbacks import History
+    from fastcnn.plotting import plot_history
+    h = History()
+    h.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5})
+    h.on_epoch_end(1, {"loss": 0.5, "accuracy": 0.7})
+    assert plot_history(h, tmp_path / "a.png") == str(tmp_path / "a.png")
+    resumed = {"epoch": [1, 2, 3], "history": {"loss": [1, 0.5, 0.4], "accuracy": [0.5, 0.7, 0.8],
+                                               "val_loss": [None, 0.6, 0.5], "val_accuracy": [None, 0.6, 0.7]}}
+    plot_history(resumed, tmp_path / "b.png", title="resumed")
+    for name in ("a.png", "b.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+    with pytest.raises(ValueError, match="no epochs"):
+        plot_history({"loss": []}, tmp_path / "c.png")
