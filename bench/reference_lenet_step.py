@@ -103,27 +103,18 @@ class ReferenceLeNet:
         B.increment(self.step)
 
 
-def time_reference(batch, steps, rng):
+def reference_step(batch, rng):
+    """A closure running one reference training step on fixed random data, and its net."""
     net = ReferenceLeNet(rng)
     x = rng.standard_normal((batch, 28, 28, 1)).astype(np.float32)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)]
     totals = np.zeros(2)
     plain = Timed(ref, enabled=False)
-    for _ in range(3):
-        net.train_step(plain, x, y, totals)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        net.train_step(plain, x, y, totals)
-        times.append(time.perf_counter() - t0)
-    profiled = Timed(ref, enabled=True)
-    for _ in range(steps):
-        net.train_step(profiled, x, y, totals)
-    breakdown = {op: t / steps for op, t in profiled.spent.items()}
-    return float(np.median(times)), breakdown
+    return lambda backend=plain: net.train_step(backend, x, y, totals)
 
 
-def time_torch(batch, steps, rng):
+def torch_step(batch, rng):
+    """A closure running one PyTorch CPU training step of the same net (NCHW, as torch wants)."""
     import torch
     from torch import nn
     net = nn.Sequential(
@@ -140,41 +131,58 @@ def time_torch(batch, steps, rng):
         loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), torch.__version__, torch.get_num_threads()
+    return step
+
+
+def seconds(step):
+    t0 = time.perf_counter()
+    step()
+    return time.perf_counter() - t0
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, NumPy {np.__version__}")
-    t_ref, breakdown = time_reference(args.batch, args.steps, rng)
+          f"load average {os.getloadavg()[0]:.2f}, Python {platform.python_version()}, "
+          f"NumPy {np.__version__}")
+    ours = reference_step(args.batch, rng)
+    theirs = None
+    if not args.no_torch:
+        try:
+            theirs = torch_step(args.batch, rng)
+        except ImportError:
+            print("torch is not installed: no baseline")
+    for _ in range(3):  # warm-up: allocator, BLAS threads, torch's lazy init
+        ours()
+        if theirs:
+            theirs()
+    # Interleaved, so that both see the same load on a shared machine; medians.
+    t_ours, t_theirs = [], []
+    for _ in range(args.steps):
+        t_ours.append(seconds(ours))
+        if theirs:
+            t_theirs.append(seconds(theirs))
+    t_ref = float(np.median(t_ours))
     print(f"reference: {t_ref * 1e3:8.2f} ms/step  {args.batch / t_ref:9.0f} img/s "
           f"(median of {args.steps} steps, batch {args.batch})")
-    total = sum(breakdown.values())
-    for op, t in sorted(breakdown.items(), key=lambda kv: -kv[1]):
-        print(f"    {op:36s} {t * 1e3:7.2f} ms  {100 * t / total:5.1f}%")
-    if args.no_torch:
-        return
-    try:
-        t_torch, version, threads = time_torch(args.batch, args.steps, rng)
-    except ImportError:
-        print("torch is not installed: no baseline")
-        return
-    print(f"torch {version} ({threads} threads): {t_torch * 1e3:8.2f} ms/step  "
-          f"{args.batch / t_torch:9.0f} img/s")
-    print(f"ratio reference/torch: {t_torch / t_ref:.2f}x (must reach 0.5x)")
+    if theirs:
+        import torch
+        t_torch = float(np.median(t_theirs))
+        print(f"torch {torch.__version__} ({torch.get_num_threads()} threads): {t_torch * 1e3:8.2f} ms/step  "
+              f"{args.batch / t_torch:9.0f} img/s")
+        print(f"ratio reference/torch: {t_torch / t_ref:.2f}x (must reach 0.5x)")
+    profiled = Timed(ref, enabled=True)
+    for _ in range(args.steps):
+        ours(profiled)
+    total = sum(profiled.spent.values())
+    print(f"where the reference's time goes (per step, {args.steps} profiled steps):")
+    for op, t in sorted(profiled.spent.items(), key=lambda kv: -kv[1]):
+        print(f"    {op:36s} {t / args.steps * 1e3:7.2f} ms  {100 * t / total:5.1f}%")
 
 
 if __name__ == "__main__":

@@ -197,7 +197,10 @@ def conv2d_forward(x, w, b, stride, padding, relu):
     P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
     y = _im2col(x, R, S, stride, padding, P, Q) @ w.reshape(R * S * C, K)
     if b is not None:
-        y += b
+        # Add the bias along whole output rows (Q*K values, bias tiled Q times): broadcasting
+        # a short K-vector over N*P*Q rows is several times slower when K is small.
+        rows = y.reshape(N * P, Q * K)  # a view of y
+        rows += np.tile(b, Q)
     if relu:
         np.maximum(y, 0, out=y)
     return y.reshape(N, P, Q, K)
@@ -216,16 +219,18 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding):
     P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
     if dy.shape != (N, P, Q, K):
         raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {x_shape}")
-    # One (N*P*Q, C) column block per tap (r, s), so that each block is contiguous and
-    # its addition into dx runs along whole output rows (3x faster than (N*P*Q, R*S*C)).
-    w_taps = w.reshape(R * S, C, K).transpose(0, 2, 1)  # (R*S, K, C)
-    cols = np.matmul(dy.reshape(N * P * Q, K), w_taps).reshape(R, S, N, P, Q, C)
+    # One contiguous (N*P*Q, C) column block per tap (r, s), so that its addition into dx
+    # runs along whole output rows (3x faster than slicing an (N*P*Q, R*S*C) matrix).
+    # One window row r at a time: the column buffer is R times smaller than im2col's.
+    dy_rows = dy.reshape(N * P * Q, K)
+    w_taps = w.transpose(0, 1, 3, 2)  # (R, S, K, C)
     top, bottom, left, right = padding
     sh, sw = stride
     dxp = np.zeros((N, H + top + bottom, W + left + right, C), dtype=dy.dtype)
     for r in range(R):
+        cols = np.matmul(dy_rows, w_taps[r]).reshape(S, N, P, Q, C)
         for s in range(S):
-            dxp[:, r:r + sh * (P - 1) + 1:sh, s:s + sw * (Q - 1) + 1:sw, :] += cols[r, s]
+            dxp[:, r:r + sh * (P - 1) + 1:sh, s:s + sw * (Q - 1) + 1:sw, :] += cols[s]
     return _crop(dxp, (N, H, W, C), padding)
 
 
