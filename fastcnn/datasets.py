@@ -208,9 +208,9 @@ def _download(url: str, target: Path, digest: str, timeout: float = 60.0) -> Non
         tmp.unlink(missing_ok=True)
 
 
-def _missing_message(ds: _DataSet, directory: Path, missing, errors) -> str:
+def _missing_message(ds: _DataSet, directory: Path, missing, errors, searched_system: bool) -> str:
     lines = [f"{ds.title} data not found: missing {', '.join(f + '.gz' for f in missing)} in {directory}."]
-    if ds.system_dirs:
+    if ds.system_dirs and searched_system:
         lines.append("Also looked in " + ", ".join(str(d) for d in ds.system_dirs)
                      + (" (Debian: apt-get install dataset-fashion-mnist)" if ds is FASHION_MNIST else ""))
     if errors:
@@ -257,7 +257,8 @@ def _load(ds: _DataSet, path=None, download=True):
                 missing.remove(role)
                 break
     if missing:
-        raise DataNotFound(_missing_message(ds, target, [ds.files[r][0] for r in missing], errors))
+        raise DataNotFound(_missing_message(ds, target, [ds.files[r][0] for r in missing], errors,
+                                            searched_system=path is None))
 
     for split in ("train", "test"):
         if len(arrays["x_" + split]) != len(arrays["y_" + split]):  # only reachable with edited digests

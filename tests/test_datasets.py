@@ -199,8 +199,16 @@ def test_missing_data_message(tmp_path, monkeypatch):
     assert "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz" in msg
     assert "storage.googleapis.com/cvdf-datasets/mnist/" in msg
     monkeypatch.setenv("FASTCNN_NO_DOWNLOAD", "1")
-    with pytest.raises(ds.DataNotFound, match="FASTCNN_NO_DOWNLOAD"):
+    with pytest.raises(ds.DataNotFound, match="FASTCNN_NO_DOWNLOAD") as info:
         ds.load_fashion_mnist(tmp_path / "nowhere")
+    assert "/usr/share/datasets" not in str(info.value)  # an explicit path is the only place looked in
+    monkeypatch.setenv("FASTCNN_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(ds.FASHION_MNIST, "system_dirs", (tmp_path / "no-debian",))
+    with pytest.raises(ds.DataNotFound) as info:
+        ds.load_fashion_mnist()
+    msg = str(info.value)
+    assert str(tmp_path / "cache" / "fashion-mnist") in msg and str(tmp_path / "no-debian") in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
 
 
 def test_download_from_local_server(http_dir, isolated_cache, monkeypatch):
