@@ -176,6 +176,16 @@ def _place(model, device: str) -> str:
         return f" (GPU not used: {exc})"
 
 
+def _current_gpu() -> str:
+    try:
+        import cupy
+        p = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = p["name"].decode() if isinstance(p["name"], bytes) else p["name"]
+        return f"{name}, compute capability {p['major']}.{p['minor']}"
+    except Exception as exc:  # the name is a courtesy; training goes on without it
+        return f"GPU name unknown: {exc}"
+
+
 def _optimizer(args):
     from fastcnn import optimizers
     if args.optimizer == "adam":
@@ -209,6 +219,8 @@ def cmd_train(args) -> int:
     model.compile(loss="categorical_crossentropy", optimizer=_optimizer(args), metrics=["accuracy"])
     note = _place(model, args.device)
     backend_name = model.backend.name
+    if model.device == "cuda":
+        note = f" ({_current_gpu()})" + note
     print(f"device: {model.device}, backend: {backend_name}{note}")
     print(f"data: {args.data}: {len(x):,} training images; evaluation on {len(xe):,} images: {eval_name}")
 
@@ -277,7 +289,8 @@ def _delegate(command: str, argv) -> int:
             print(f"fastcnn {command}: cannot import {module_name}: {exc} "
                   f"(the GPU extras: pip install 'fastcnn[cuda]')", file=sys.stderr)
         return 1
-    parser = argparse.ArgumentParser(prog=f"fastcnn {command}", description=description)
+    doc = (module.__doc__ or "").strip()
+    parser = argparse.ArgumentParser(prog=f"fastcnn {command}", description=doc.splitlines()[0] if doc else description)
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(argv)) or 0)
 
