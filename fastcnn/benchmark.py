@@ -1050,6 +1050,7 @@ class Options:
     repeats: int | None = None
     warmup: int | None = None
     budget_s: float | None = None
+    priority: str | None = None
     check: bool = True
     verbose: bool = True
     run_id: str | None = None
@@ -1116,11 +1117,16 @@ def _free_memory(lib):
 
 
 def run_benchmarks(opts: Options) -> Report:
+    """Run the selected cases in one process and return the report of this run.
+
+    Ceilings run first and are never filtered (every % of ceiling needs them); cases
+    matching ``opts.priority`` run next, then the rest, until ``opts.budget_s`` is
+    spent.  Rows keep the canonical order whatever order the cases ran in."""
     header = environment(opts.run_id)
     header["mode"] = "quick" if opts.quick else "full"
     run_id = header["run_id"]
     gpu = gputime.cuda_available()
-    results: list[Result] = []
+    results: list[tuple[int, Result]] = []
     t0 = time.perf_counter()
     groups = [g for g in GROUPS if g in opts.groups]
     if not gpu:
@@ -1128,31 +1134,36 @@ def run_benchmarks(opts: Options) -> Report:
         if skipped:
             header["notes"].append(f"no CUDA GPU here: GPU groups {', '.join(skipped)} not run")
         groups = [g for g in groups if g not in GPU_GROUPS]
-    out_of_time = None
-    for group in groups:  # ceilings first and unfiltered: every % of ceiling needs them
+    queue: list[tuple[int, Spec]] = []
+    for group in groups:
         try:
             group_specs = specs(group, opts.quick)
         except Exception as exc:
-            results.append(Result(group, f"{group} (listing)", "", "-", "fastcnn", "img/s",
-                                  run_id=run_id, error=f"{type(exc).__name__}: {exc}"[:300]))
+            results.append((len(queue), Result(group, f"{group} (listing)", "", "-", "fastcnn", "img/s",
+                                               run_id=run_id, error=f"{type(exc).__name__}: {exc}"[:300])))
             continue
         if group != "ceiling":
             group_specs = _select(group_specs, opts.filter)
-        for spec in group_specs:
-            if opts.budget_s is not None and time.perf_counter() - t0 > opts.budget_s:
-                out_of_time = spec
-                break
-            res = run_spec(spec, opts, run_id)
-            results.append(res)
-            if opts.verbose:
-                fig = f"{res.figure:.4g} {res.unit}" if res.figure else (res.error or "")[:80]
-                print(f"  [{time.perf_counter() - t0:6.1f}s] {spec.label()}: {fig}", file=sys.stderr)
-        if out_of_time is not None:
-            header["notes"].append(f"time budget of {opts.budget_s:.0f} s spent: every case from "
-                                   f"'{out_of_time.label()}' on was not run")
-            break
+        queue += [(len(queue) + i, s) for i, s in enumerate(group_specs)]
+    if opts.priority:
+        rx = re.compile(opts.priority, re.IGNORECASE)
+        queue.sort(key=lambda item: (item[1].group != "ceiling", not rx.search(item[1].label()), item[0]))
+    not_run = []
+    for index, spec in queue:
+        if opts.budget_s is not None and time.perf_counter() - t0 > opts.budget_s:
+            not_run.append(spec)
+            continue
+        res = run_spec(spec, opts, run_id)
+        results.append((index, res))
+        if opts.verbose:
+            fig = f"{res.figure:.4g} {res.unit}" if res.figure else (res.error or "")[:80]
+            print(f"  [{time.perf_counter() - t0:6.1f}s] {spec.label()}: {fig}", file=sys.stderr,
+                  flush=True)
+    if not_run:
+        header["notes"].append(f"time budget of {opts.budget_s:.0f} s spent: {len(not_run)} cases not run, "
+                               f"e.g. {', '.join(s.label() for s in not_run[:3])}")
     header["elapsed_s"] = round(time.perf_counter() - t0, 1)
-    return Report(results, header)
+    return Report([r for _, r in sorted(results, key=lambda item: item[0])], header)
 
 
 # ------------------------------------------------------------------ CLI
@@ -1170,6 +1181,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, help="untimed warm-up calls per case")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="stop starting new cases after this many seconds")
+    parser.add_argument("--priority", metavar="REGEX",
+                        help="run matching cases first (useful with --budget)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing each fastcnn output with the baseline's before timing")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -1179,7 +1192,8 @@ def run(args) -> int:
     opts = Options(quick=getattr(args, "quick", False), filter=getattr(args, "filter", None),
                    groups=tuple(getattr(args, "groups", None) or GROUPS),
                    repeats=getattr(args, "repeats", None), warmup=getattr(args, "warmup", None),
-                   budget_s=getattr(args, "budget", None), check=not getattr(args, "no_check", False))
+                   budget_s=getattr(args, "budget", None), priority=getattr(args, "priority", None),
+                   check=not getattr(args, "no_check", False))
     if getattr(args, "list", False):
         for group in opts.groups:
             for s in _select(specs(group, opts.quick), opts.filter):

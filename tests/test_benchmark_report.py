@@ -210,3 +210,43 @@ def test_a_failing_case_is_recorded_not_raised():
     spec = benchmark.Spec("cpu", "x", "s", "fastcnn:bad", "fastcnn", "img/s", 1, boom, lib="cpu")
     res = benchmark.run_spec(spec, benchmark.Options(repeats=2, verbose=False), RUN)
     assert res.error == "RuntimeError: kernel exploded" and res.figure is None
+
+
+# ---------------------------------------------------------------- the GPU check's parsers and driver
+def test_check_parses_pytest_output():
+    from fastcnn.check import parse_pytest
+    out = ("tests/test_a.py::test_one PASSED\n"
+           "tests/test_a.py::test_two[cuda-3] FAILED\n"
+           "tests/test_b.py::test_three SKIPPED (needs a CUDA GPU)\n"
+           "tests/test_b.py::test_four ERROR\n"
+           "ERROR tests/test_c.py - ImportError: no module\n")
+    counts = parse_pytest(out)
+    assert (counts["passed"], counts["failed"], counts["error"], counts["skipped"]) == (1, 1, 2, 1)
+    assert counts["failing"] == ["tests/test_a.py::test_two[cuda-3]", "tests/test_b.py::test_four",
+                                 "tests/test_c.py"]
+
+
+def test_check_parses_sanitizer_summaries():
+    from fastcnn.check import parse_sanitizer
+    mem = parse_sanitizer("ok     matmul:tiled\nSANITIZE DONE ok=40 failed=0 in 3.0s\n"
+                          "========= ERROR SUMMARY: 2 errors\n")
+    assert mem["errors"] == 2 and mem["done"] and mem["ok"] == 40 and mem["failed"] == 0
+    race = parse_sanitizer("SANITIZE DONE ok=1 failed=0\n"
+                           "========= RACECHECK SUMMARY: 3 hazards displayed (1 error, 2 warnings)\n")
+    assert race["errors"] == 1 and race["warnings"] == 2
+    killed = parse_sanitizer("ok     add:cuda\n[killed after 45 s]")
+    assert killed["errors"] is None and not killed["done"]
+
+
+def test_check_runs_without_a_gpu_and_writes_its_summary(tmp_path, capsys):
+    from fastcnn import check
+    parser = argparse.ArgumentParser()
+    check.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path), "--skip", "gpu tests", "--skip", "memcheck",
+                              "--skip", "racecheck", "--skip", "bench", "--total", "60"])
+    assert check.run(args) in (0, 1)  # 1 only where env itself fails
+    printed = capsys.readouterr().out
+    assert "section" in printed and "racecheck" in printed.splitlines()[-3]
+    summary = json.loads((tmp_path / "check_summary.json").read_text())
+    assert [r["section"] for r in summary["sections"]] == list(check.SECTIONS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["check.log", "check_summary.json"]
