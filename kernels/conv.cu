@@ -23,6 +23,9 @@
 //   conv_im2col   col (N*P*Q, R*S*C), columns (r, s, c) like HWIO; one thread per element.
 //   conv_col2im   dx from dcol (N*P*Q, R*S*C): one thread per dx element gathers its
 //                 R*S taps in (r, s) order (deterministic, no atomics).
+// No min-blocks bound on the implicit kernels: capping them at 128 registers spills
+// (NVRTC sm_90: fprop 16 bytes, wgrad 48 bytes), so they run one 256-thread block per
+// 128+ registers (occupancy 8 warps/SM) until a leaner tile is written.
 // Last measured: not yet measured on a GPU.
 #include "common.cuh"
 #include "gemm_tile.cuh"
@@ -226,7 +229,7 @@ struct fc_wgrad_a_loader {
     }
 };
 
-extern "C" __global__ void __launch_bounds__(FC_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(FC_THREADS)
 conv_fprop_implicit(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                     float* __restrict__ y, int N, int H, int W, int C, int K, int R, int S, int P, int Q,
                     int sh, int sw, int pt, int pl, int relu) {
@@ -240,7 +243,7 @@ conv_fprop_implicit(const float* __restrict__ x, const float* __restrict__ w, co
     fc_gemm_epilogue(acc, y, N * P * Q, K, m0, n0, bias, relu);
 }
 
-extern "C" __global__ void __launch_bounds__(FC_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(FC_THREADS)
 conv_dgrad_implicit(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                     int N, int H, int W, int C, int K, int R, int S, int P, int Q,
                     int sh, int sw, int pt, int pl) {
@@ -254,7 +257,6 @@ conv_dgrad_implicit(const float* __restrict__ dy, const float* __restrict__ w, f
     fc_gemm_epilogue(acc, dx, N * H * W, C, m0, n0, nullptr, 0);
 }
 
-// No min-blocks bound here: capping at 128 registers spills (48 bytes, sm_90).
 // out is dw (R*S*C x K) when gridDim.z == 1, else a workspace of gridDim.z such slices.
 extern "C" __global__ void __launch_bounds__(FC_THREADS)
 conv_wgrad_implicit(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,

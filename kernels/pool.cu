@@ -10,12 +10,13 @@
 //   maxpool_bwd<V>  one thread per V channels of one input element: gathers dy from
 //                   every window that covers it and whose argmax picked it, in the
 //                   reference's (r, s) order (p, q descending).  Deterministic, no atomics.
-// 1-D grid-stride launch, 256-thread blocks; tensors below 2^31 elements (32-bit index math).
+// 1-D grid-stride launch, 256-thread blocks (no __launch_bounds__: with one, ptxas capped
+// maxpool_fwd<4> at 32 registers and spilled); tensors below 2^31 elements (32-bit index math).
 // Last measured: not yet measured on a GPU.
 #include "common.cuh"
 
 template <int V>
-__global__ void __launch_bounds__(256)
+__global__ void
 maxpool_fwd(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restrict__ am,
             int N, int H, int W, int C, int P, int Q, int ph, int pw, int sh, int sw, int pt, int pl) {
     const int CV = C / V;
@@ -27,10 +28,9 @@ maxpool_fwd(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restric
         const int q = t % Q;
         t /= Q;
         const int p = t % P, n = t / P;
-        float best[V];
-        int arg[V];
-#pragma unroll
-        for (int v = 0; v < V; ++v) { best[v] = -__int_as_float(0x7f800000); arg[v] = 0; }
+        // Per-lane running max and its window index; lanes spelled out (no local arrays).
+        float b0 = -__int_as_float(0x7f800000), b1 = b0, b2 = b0, b3 = b0;
+        int a0 = 0, a1 = 0, a2 = 0, a3 = 0;
         bool first = true;
         const int h0 = p * sh - pt, w0 = q * sw - pl;
         for (int r = 0; r < ph; ++r) {
@@ -40,33 +40,33 @@ maxpool_fwd(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restric
                 const int w = w0 + s;
                 if (w < 0 || w >= W) continue;
                 const float* src = x + fc_nhwc(n, h, w, c, H, W, C);
-                float val[V];
+                const int at = r * pw + s;
                 if constexpr (V == 4) {
                     const float4 f = fc_load4(src);
-                    val[0] = f.x; val[1] = f.y; val[2] = f.z; val[3] = f.w;
+                    if (first || f.x > b0) { b0 = f.x; a0 = at; }
+                    if (first || f.y > b1) { b1 = f.y; a1 = at; }
+                    if (first || f.z > b2) { b2 = f.z; a2 = at; }
+                    if (first || f.w > b3) { b3 = f.w; a3 = at; }
                 } else {
-                    val[0] = src[0];
+                    const float f = src[0];
+                    if (first || f > b0) { b0 = f; a0 = at; }
                 }
-#pragma unroll
-                for (int v = 0; v < V; ++v)
-                    if (first || val[v] > best[v]) { best[v] = val[v]; arg[v] = r * pw + s; }
                 first = false;
             }
         }
         const fc_i64 o = (((fc_i64)n * P + p) * Q + q) * C + c;
         if constexpr (V == 4) {
-            fc_store4(y + o, make_float4(best[0], best[1], best[2], best[3]));
-            *reinterpret_cast<uchar4*>(am + o) =
-                make_uchar4((fc_u8)arg[0], (fc_u8)arg[1], (fc_u8)arg[2], (fc_u8)arg[3]);
+            fc_store4(y + o, make_float4(b0, b1, b2, b3));
+            *reinterpret_cast<uchar4*>(am + o) = make_uchar4((fc_u8)a0, (fc_u8)a1, (fc_u8)a2, (fc_u8)a3);
         } else {
-            y[o] = best[0];
-            am[o] = (fc_u8)arg[0];
+            y[o] = b0;
+            am[o] = (fc_u8)a0;
         }
     }
 }
 
 template <int V>
-__global__ void __launch_bounds__(256)
+__global__ void
 maxpool_bwd(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* __restrict__ dx,
             int N, int H, int W, int C, int P, int Q, int ph, int pw, int sh, int sw, int pt, int pl) {
     const int CV = C / V;
