@@ -417,20 +417,27 @@ def environment(run_id: str | None = None) -> dict:
     try:
         import cupy
         h["cupy"] = cupy.__version__
-        if gputime.cuda_available():
-            props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-            name = props["name"]
-            h["card"] = (name.decode() if isinstance(name, bytes) else str(name)) + \
-                f" ({props['multiProcessorCount']} SMs, L2 {props['l2CacheSize'] >> 20} MiB)"
-            rt = cupy.cuda.runtime.runtimeGetVersion()
-            h["cuda_runtime"] = f"{rt // 1000}.{(rt % 1000) // 10}"
-            drv = _try(lambda: subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0])
-            dv = cupy.cuda.runtime.driverGetVersion()
-            h["driver"] = f"{drv or '?'} (CUDA {dv // 1000}.{(dv % 1000) // 10})"
     except Exception as exc:
-        h["cupy"] = h.get("cupy") or f"unavailable ({type(exc).__name__})"
+        cupy = None
+        h["cupy"] = f"unavailable ({type(exc).__name__})"
+    if cupy is not None and gputime.cuda_available():
+        def card():
+            props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+            name = props.get("name", b"?")
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            extra = [f"{props['multiProcessorCount']} SMs"] if "multiProcessorCount" in props else []
+            if "l2CacheSize" in props:
+                extra.append(f"L2 {props['l2CacheSize'] >> 20} MiB")
+            return name + (f" ({', '.join(extra)})" if extra else "")
+        h["card"] = _try(card, "CUDA GPU (name unreadable)")
+        rt = _try(cupy.cuda.runtime.runtimeGetVersion)
+        if rt:
+            h["cuda_runtime"] = f"{rt // 1000}.{(rt % 1000) // 10}"
+        drv = _try(lambda: subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0])
+        dv = _try(cupy.cuda.runtime.driverGetVersion)
+        h["driver"] = f"{drv or '?'}" + (f" (CUDA {dv // 1000}.{(dv % 1000) // 10})" if dv else "")
     h.setdefault("card", "no CUDA GPU")
     try:
         import torch
@@ -672,12 +679,11 @@ def _make_fastcnn_conv(fn_variant, L: ConvLayer, pas: str):
     return make
 
 
-def _make_torch_conv(L: ConvLayer, pas: str, channels_last: bool):
+def _make_torch_conv(L: ConvLayer, pas: str, channels_last: bool, dev: str = "cuda"):
     def make():
         import torch
-        sets = _conv_sets(L)
+        sets = _conv_sets(L) if dev == "cuda" else 1
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        dev = "cuda"
         xs = [torch.randn(L.N, L.C, L.H, L.W, device=dev).contiguous(memory_format=fmt) for _ in range(sets)]
         ws = [torch.randn(L.K, L.C, L.R, L.S, device=dev).contiguous(memory_format=fmt) for _ in range(sets)]
         dys = [torch.randn(L.N, L.K, L.P, L.Q, device=dev).contiguous(memory_format=fmt) for _ in range(sets)]
@@ -741,17 +747,22 @@ def _make_fastcnn_pool(fwd_fn, bwd_fn, L: PoolLayer, pas: str):
         check = None
         if _torch_ok():
             def check():
-                import torch
-                tx = torch.from_dlpack(xs[0]).permute(0, 3, 1, 2)
-                if pas == "fwd":
-                    ref = torch.nn.functional.max_pool2d(tx, L.pool, L.stride)
-                    return _rel_err(cp.asnumpy(fn(0)[0]), ref.permute(0, 2, 3, 1).cpu().numpy())
-                tx = tx.detach().clone().requires_grad_(True)
-                y = torch.nn.functional.max_pool2d(tx, L.pool, L.stride)
-                y.backward(torch.from_dlpack(dys[0]).permute(0, 3, 1, 2))
-                return _rel_err(cp.asnumpy(fn(0)), tx.grad.permute(0, 2, 3, 1).cpu().numpy())
+                out = fn(0)[0] if pas == "fwd" else fn(0)
+                return _rel_err(cp.asnumpy(out), _pool_torch_ref(L, pas, xs[0], dys[0]))
         return fn, sets, check
     return make
+
+
+def _pool_torch_ref(L: PoolLayer, pas: str, x, dy):
+    """PyTorch's max-pool on NHWC arrays (any DLPack producer), NHWC NumPy result."""
+    import torch
+    tx = torch.from_dlpack(x).permute(0, 3, 1, 2).double()
+    if pas == "fwd":
+        return torch.nn.functional.max_pool2d(tx, L.pool, L.stride).permute(0, 2, 3, 1).cpu().numpy()
+    tx = tx.detach().clone().requires_grad_(True)
+    y = torch.nn.functional.max_pool2d(tx, L.pool, L.stride)
+    y.backward(torch.from_dlpack(dy).permute(0, 3, 1, 2).double())
+    return tx.grad.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def registry_fn(op):
@@ -759,12 +770,12 @@ def registry_fn(op):
     return registry.get(op).fn
 
 
-def _make_torch_pool(L: PoolLayer, pas: str, channels_last: bool):
+def _make_torch_pool(L: PoolLayer, pas: str, channels_last: bool, dev: str = "cuda"):
     def make():
         import torch
-        sets = _pool_sets(L)
+        sets = _pool_sets(L) if dev == "cuda" else 1
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        xs = [torch.randn(L.N, L.C, L.H, L.W, device="cuda").contiguous(memory_format=fmt) for _ in range(sets)]
+        xs = [torch.randn(L.N, L.C, L.H, L.W, device=dev).contiguous(memory_format=fmt) for _ in range(sets)]
         if pas == "fwd":
             def fn(i):
                 return torch.nn.functional.max_pool2d(xs[i], L.pool, L.stride)

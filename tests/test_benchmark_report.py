@@ -250,3 +250,67 @@ def test_check_runs_without_a_gpu_and_writes_its_summary(tmp_path, capsys):
     summary = json.loads((tmp_path / "check_summary.json").read_text())
     assert [r["section"] for r in summary["sections"]] == list(check.SECTIONS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["check.log", "check_summary.json"]
+
+
+# ---------------------------------------------------------------- baselines' plumbing, on the CPU
+SMALL_CONVS = [benchmark.ConvLayer("t1", 2, 9, 11, 3, 5, 3, 3, 2, 1),
+               benchmark.ConvLayer("t2", 2, 12, 12, 4, 6, 5, 5, 1, 2),
+               benchmark.ConvLayer("t3", 1, 23, 23, 3, 4, 11, 11, 4, 0)]
+SMALL_POOLS = [benchmark.PoolLayer("p1", 2, 9, 11, 5, 3, 2), benchmark.PoolLayer("p2", 2, 8, 10, 3, 2, 2)]
+
+
+@pytest.mark.parametrize("L", SMALL_CONVS, ids=lambda L: L.name)
+def test_conv_check_reference_agrees_with_the_numpy_reference(L):
+    """The float64 PyTorch reference the benchmark checks variants against: NHWC/HWIO layouts right."""
+    pytest.importorskip("torch")
+    import numpy as np
+    from fastcnn.backend import reference as ref
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((L.N, L.H, L.W, L.C))
+    w = rng.standard_normal((L.R, L.S, L.C, L.K))
+    dy = rng.standard_normal((L.N, L.P, L.Q, L.K))
+    stride, pad = (L.stride, L.stride), (L.pad,) * 4
+    expected = {"fwd": ref.conv2d_forward(x, w, None, stride, pad, False),
+                "dgrad": ref.conv2d_backward_data(dy, w, x.shape, stride, pad),
+                "wgrad": ref.conv2d_backward_weights(x, dy, w.shape, stride, pad)}
+    for pas, want in expected.items():
+        got = benchmark._conv_torch_ref(L, pas, x, w, dy if pas != "fwd" else None)
+        assert benchmark._rel_err(got, want) < 1e-10, pas
+
+
+@pytest.mark.parametrize("L", SMALL_POOLS, ids=lambda L: L.name)
+def test_pool_check_reference_agrees_with_the_numpy_reference(L):
+    pytest.importorskip("torch")
+    import numpy as np
+    from fastcnn.backend import reference as ref
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((L.N, L.H, L.W, L.C))
+    dy = rng.standard_normal((L.N, L.P, L.Q, L.C))
+    args = ((L.pool, L.pool), (L.stride, L.stride), (0, 0, 0, 0))
+    y, argmax = ref.maxpool_forward(x, *args)
+    assert benchmark._rel_err(benchmark._pool_torch_ref(L, "fwd", x, None), y) == 0
+    dx = ref.maxpool_backward(dy, argmax, x.shape, *args)
+    assert benchmark._rel_err(benchmark._pool_torch_ref(L, "bwd", x, dy), dx) < 1e-12
+
+
+def test_torch_baseline_builders_run_on_cpu():
+    """The PyTorch calls the GPU baselines make (convolution_backward, pooling with indices)."""
+    torch = pytest.importorskip("torch")
+    L, P = SMALL_CONVS[0], SMALL_POOLS[0]
+    for channels_last in (False, True):
+        for pas in benchmark.CONV_PASSES:
+            fn, sets, _ = benchmark._make_torch_conv(L, pas, channels_last, dev="cpu")()
+            out = fn(0)
+            if pas == "fwd":
+                assert tuple(out.shape) == (L.N, L.K, L.P, L.Q)
+            else:
+                wanted = out[0] if pas == "dgrad" else out[1]
+                assert tuple(wanted.shape) == ((L.N, L.C, L.H, L.W) if pas == "dgrad" else (L.K, L.C, L.R, L.S))
+        for pas in ("fwd", "bwd"):
+            fn, _, _ = benchmark._make_torch_pool(P, pas, channels_last, dev="cpu")()
+            out = fn(0)
+            assert tuple(out.shape) == ((P.N, P.C, P.P, P.Q) if pas == "fwd" else (P.N, P.C, P.H, P.W))
+    for mode in ("train eager", "infer eager"):
+        fn, sets, _ = benchmark._make_torch_net("lenet5", mode, 8, device="cpu")()
+        fn(sets - 1)
+    del torch
