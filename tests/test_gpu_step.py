@@ -265,11 +265,13 @@ def test_graph_replay_advances_step(S):
         S.adam_update(d["p"], d["g"], d["m"], d["v"], d["step"], 1e-3, 0.9, 0.999, 1e-7)
         S.increment(d["step"])
 
-    body()  # warm-up: compiles every module outside the capture
-    for k in d:
-        S.copy(d[k], initial[k])
+    cp.cuda.Device().synchronize()  # the arrays above were filled on the legacy stream
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
+        body()  # warm-up on the capture stream: compiles every module outside the capture
+        for k in d:
+            S.copy(d[k], initial[k])
+        stream.synchronize()
         stream.begin_capture()
         body()
         graph = stream.end_capture()
@@ -297,15 +299,17 @@ def test_graph_with_allocating_ops(S):
     rng = np.random.default_rng(12)
     dy, x = rand(rng, 64, 28, 28, 6), rand(rng, 50, 10)
     ddy, dx = cp.asarray(dy), cp.asarray(x)
-    S.bias_grad(ddy), S.softmax(dx)  # warm-up (compile)
+    cp.cuda.Device().synchronize()
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
+        S.bias_grad(ddy), S.softmax(dx)  # warm-up on the capture stream (compile, pool blocks)
+        stream.synchronize()
         stream.begin_capture()
         bg, sm = S.bias_grad(ddy), S.softmax(dx)
         graph = stream.end_capture()
-    bg.fill(np.nan)  # (outside the graph) the replay must rewrite both
-    sm.fill(np.nan)
-    graph.launch(stream)
+        bg.fill(np.nan)  # (outside the graph, same stream) the replay must rewrite both
+        sm.fill(np.nan)
+        graph.launch(stream)
     stream.synchronize()
     assert_close(_host(bg), ref.bias_grad(dy), RED, "bias_grad in a graph")
     assert_close(_host(sm), ref.softmax(x), RED, "softmax in a graph")
