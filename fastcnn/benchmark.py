@@ -236,7 +236,7 @@ class Report:
     def header_lines(self) -> list[str]:
         h = self.header
         keys = ["card", "driver", "cuda_runtime", "cupy", "torch", "cudnn", "numpy", "python",
-                "cpu", "torch_threads", "date", "run_id", "mode"]
+                "cpu", "load_avg", "torch_threads", "date", "run_id", "mode"]
         parts = [f"{k}={h[k]}" for k in keys if h.get(k) not in (None, "")]
         lines, line = [], ""
         for p in parts:
@@ -278,7 +278,7 @@ class Report:
         lines.append("| " + " | ".join(["setting", "value"]) + " |")
         lines.append("| --- | --- |")
         for k in ["card", "driver", "cuda_runtime", "cupy", "torch", "cudnn", "numpy", "python",
-                  "cpu", "torch_threads", "mode"]:
+                  "cpu", "load_avg", "torch_threads", "mode", "elapsed_s"]:
             if self.header.get(k) not in (None, ""):
                 lines.append(f"| {k} | {self.header[k]} |")
         lines.append("")
@@ -414,6 +414,9 @@ def environment(run_id: str | None = None) -> dict:
          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
          "numpy": np.__version__, "python": platform.python_version(),
          "cpu": f"{platform.machine()} x{os.cpu_count()}", "notes": []}
+    load = _try(os.getloadavg)
+    if load:
+        h["load_avg"] = " ".join(f"{v:.1f}" for v in load)
     try:
         import cupy
         h["cupy"] = cupy.__version__
@@ -1174,6 +1177,9 @@ def run_benchmarks(opts: Options) -> Report:
         header["notes"].append(f"time budget of {opts.budget_s:.0f} s spent: {len(not_run)} cases not run, "
                                f"e.g. {', '.join(s.label() for s in not_run[:3])}")
     header["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    load = _try(os.getloadavg)
+    if load:
+        header["load_avg"] = f"{header.get('load_avg', '?')} -> {' '.join(f'{v:.1f}' for v in load)}"
     return Report([r for _, r in sorted(results, key=lambda item: item[0])], header)
 
 
