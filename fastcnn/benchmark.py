@@ -718,6 +718,8 @@ def conv_specs(quick: bool) -> list[Spec]:
                 continue
             for channels_last in (False, True):
                 for tf32 in (False, True):
+                    if quick and channels_last and tf32:
+                        continue  # --quick: NCHW carries the TF32 comparison
                     impl = f"cuDNN {'NHWC' if channels_last else 'NCHW'} {'TF32' if tf32 else 'fp32'}"
                     specs.append(Spec("conv", case, L.shape, impl, "baseline", "TFLOP/s", L.flops,
                                       _make_torch_conv(L, pas, channels_last), lib="torch",
@@ -1048,6 +1050,9 @@ def cpu_specs(quick: bool) -> list[Spec]:
 SPEC_BUILDERS = {"ceiling": ceiling_specs, "gemm": gemm_specs, "conv": conv_specs,
                  "pool": pool_specs, "network": network_specs, "cpu": cpu_specs}
 GPU_GROUPS = ("ceiling", "gemm", "conv", "pool", "network")
+QUICK_BUDGET_S = 150  # --quick starts no case after this: the run ends within 3 minutes
+# The cases the issues set targets for; --quick runs them first so a budget never cuts them.
+TARGETS = r"lenet5 train|alexnet train|gemm 4096\^3|alexnet\.pool1 |alexnet\.conv\d fwd"
 
 
 def specs(group: str, quick: bool = False) -> list[Spec]:
@@ -1083,8 +1088,8 @@ def run_spec(spec: Spec, opts: Options, run_id: str) -> Result:
                  precision=spec.precision, compare_to=spec.compare_to, run_id=run_id, note=spec.note)
     quick = opts.quick
     repeats = opts.repeats or (10 if quick else 30)
-    warmup = opts.warmup if opts.warmup is not None else (2 if quick else 5)
-    max_s = 1.5 if quick else 5.0
+    warmup = opts.warmup if opts.warmup is not None else (1 if quick else 5)
+    max_s = 1.0 if quick else 5.0
     try:
         with spec.context():
             fn, sets, check = spec.make()
@@ -1130,11 +1135,19 @@ def _free_memory(lib):
             pass
 
 
+def _priority_patterns(priority: str) -> list:
+    """'a|b|c' -> [a, b, c]: cases matching an earlier alternative run earlier."""
+    try:
+        return [re.compile(p, re.IGNORECASE) for p in priority.split("|")]
+    except re.error:
+        return [re.compile(priority, re.IGNORECASE)]
+
+
 def run_benchmarks(opts: Options) -> Report:
     """Run the selected cases in one process and return the report of this run.
 
     Ceilings run first and are never filtered (every % of ceiling needs them); cases
-    matching ``opts.priority`` run next, then the rest, until ``opts.budget_s`` is
+    matching ``opts.priority`` run next (in the order of its '|' alternatives), then the rest, until ``opts.budget_s`` is
     spent.  Rows keep the canonical order whatever order the cases ran in."""
     header = environment(opts.run_id)
     header["mode"] = "quick" if opts.quick else "full"
@@ -1160,8 +1173,12 @@ def run_benchmarks(opts: Options) -> Report:
             group_specs = _select(group_specs, opts.filter)
         queue += [(len(queue) + i, s) for i, s in enumerate(group_specs)]
     if opts.priority:
-        rx = re.compile(opts.priority, re.IGNORECASE)
-        queue.sort(key=lambda item: (item[1].group != "ceiling", not rx.search(item[1].label()), item[0]))
+        ranks = _priority_patterns(opts.priority)
+
+        def rank(spec):
+            hits = [i for i, rx in enumerate(ranks) if rx.search(spec.label())]
+            return hits[0] if hits else len(ranks)
+        queue.sort(key=lambda item: (item[1].group != "ceiling", rank(item[1]), item[0]))
     not_run = []
     for index, spec in queue:
         if opts.budget_s is not None and time.perf_counter() - t0 > opts.budget_s:
@@ -1197,19 +1214,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats per case (default 30, quick 10)")
     parser.add_argument("--warmup", type=int, help="untimed warm-up calls per case")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
-                        help="stop starting new cases after this many seconds")
+                        help="start no new case after this many seconds (default: none; "
+                             f"{QUICK_BUDGET_S} with --quick)")
     parser.add_argument("--priority", metavar="REGEX",
-                        help="run matching cases first (useful with --budget)")
+                        help="run matching cases first (default with --quick: the issue's "
+                             "target cases)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing each fastcnn output with the baseline's before timing")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
 
 
 def run(args) -> int:
+    budget = getattr(args, "budget", None)
+    priority = getattr(args, "priority", None)
+    if getattr(args, "quick", False):
+        budget = QUICK_BUDGET_S if budget is None else budget
+        priority = TARGETS if priority is None else priority
     opts = Options(quick=getattr(args, "quick", False), filter=getattr(args, "filter", None),
                    groups=tuple(getattr(args, "groups", None) or GROUPS),
                    repeats=getattr(args, "repeats", None), warmup=getattr(args, "warmup", None),
-                   budget_s=getattr(args, "budget", None), priority=getattr(args, "priority", None),
+                   budget_s=budget, priority=priority,
                    check=not getattr(args, "no_check", False))
     if getattr(args, "list", False):
         for group in opts.groups:

@@ -314,3 +314,21 @@ def test_torch_baseline_builders_run_on_cpu():
         fn, sets, _ = benchmark._make_torch_net("lenet5", mode, 8, device="cpu")()
         fn(sets - 1)
     del torch
+
+
+def test_priority_orders_cases_but_rows_keep_the_canonical_order(monkeypatch):
+    ran = []
+
+    def fake_specs(group, quick=False):
+        def make(name):
+            def m():
+                ran.append(name)
+                return (lambda i: None), 1, None
+            return m
+        return [benchmark.Spec("cpu", c, "", "impl", "baseline", "img/s", 1, make(c), lib="cpu")
+                for c in ("a case", "b case", "c case")]
+    monkeypatch.setattr(benchmark, "specs", fake_specs)
+    rep = benchmark.run_benchmarks(benchmark.Options(groups=("cpu",), priority="c case|b case",
+                                                     repeats=1, warmup=0, verbose=False))
+    assert ran == ["c case", "b case", "a case"]
+    assert [r.case for r in rep.results] == ["a case", "b case", "c case"]
