@@ -1119,6 +1119,39 @@ def run_spec(spec: Spec, opts: Options, run_id: str) -> Result:
     return res
 
 
+def run_cpu_specs(specs_: list[Spec], opts: Options, run_id: str) -> list[Result]:
+    """Host cases of one comparison, timed in turn (A B A B ...) rather than one after the other."""
+    results, fns = [], []
+    for spec in specs_:
+        res = Result(spec.group, spec.case, spec.shape, spec.impl, spec.role, spec.unit,
+                     precision=spec.precision, compare_to=spec.compare_to, run_id=run_id, note=spec.note)
+        try:
+            fn, _, _ = spec.make()
+            if getattr(fn, "note", None):
+                res.note = (res.note + "; " if res.note else "") + fn.note
+            fns.append(lambda fn=fn: fn(0))
+        except Exception as exc:
+            res.error = f"{type(exc).__name__}: {exc}".strip()[:300]
+            fns.append(None)
+        results.append(res)
+    live = [k for k, fn in enumerate(fns) if fn is not None]
+    repeats = opts.repeats or (10 if opts.quick else 30)
+    warmup = min(opts.warmup if opts.warmup is not None else 2, 2)
+    try:
+        timings = gputime.time_cpu_interleaved([fns[k] for k in live], warmup=warmup, repeats=repeats,
+                                               max_seconds=20.0 if opts.quick else 60.0)
+    except Exception as exc:
+        for k in live:
+            results[k].error = f"{type(exc).__name__}: {exc}".strip()[:300]
+        return results
+    for k, t in zip(live, timings):
+        spec, res = specs_[k], results[k]
+        res.time_us, res.repeats, res.spread = t.median_us, t.repeats, t.spread
+        res.figure = _figure(spec.unit, spec.work, t.median_us)
+        res.note = (res.note + "; " if res.note else "") + "timed interleaved with the other rows of this case"
+    return results
+
+
 def _free_memory(lib):
     if lib == "cpu":
         return
@@ -1179,17 +1212,25 @@ def run_benchmarks(opts: Options) -> Report:
             hits = [i for i, rx in enumerate(ranks) if rx.search(spec.label())]
             return hits[0] if hits else len(ranks)
         queue.sort(key=lambda item: (item[1].group != "ceiling", rank(item[1]), item[0]))
-    not_run = []
+    not_run, done = [], set()
     for index, spec in queue:
+        if index in done:
+            continue
         if opts.budget_s is not None and time.perf_counter() - t0 > opts.budget_s:
             not_run.append(spec)
             continue
-        res = run_spec(spec, opts, run_id)
-        results.append((index, res))
-        if opts.verbose:
-            fig = f"{res.figure:.4g} {res.unit}" if res.figure else (res.error or "")[:80]
-            print(f"  [{time.perf_counter() - t0:6.1f}s] {spec.label()}: {fig}", file=sys.stderr,
-                  flush=True)
+        if spec.lib == "cpu":  # host timings of one case are interleaved: the load hits all alike
+            batch = [(i, s) for i, s in queue if s.lib == "cpu" and s.case == spec.case and i not in done]
+            ran = list(zip([i for i, _ in batch], run_cpu_specs([s for _, s in batch], opts, run_id)))
+        else:
+            ran = [(index, run_spec(spec, opts, run_id))]
+        for i, res in ran:
+            done.add(i)
+            results.append((i, res))
+            if opts.verbose:
+                fig = f"{res.figure:.4g} {res.unit}" if res.figure else (res.error or "")[:80]
+                print(f"  [{time.perf_counter() - t0:6.1f}s] {res.group} {res.case} {res.impl}: {fig}",
+                      file=sys.stderr, flush=True)
     if not_run:
         header["notes"].append(f"time budget of {opts.budget_s:.0f} s spent: {len(not_run)} cases not run, "
                                f"e.g. {', '.join(s.label() for s in not_run[:3])}")

@@ -160,3 +160,23 @@ def time_cpu(fn, *, warmup: int = 2, repeats: int = 10, max_seconds: float | Non
         if max_seconds is not None and r >= 2 and time.perf_counter() - t_start > max_seconds:
             break
     return Timing(statistics.median(samples), min(samples), max(samples), len(samples), 1)
+
+
+def time_cpu_interleaved(fns, *, warmup: int = 2, repeats: int = 10,
+                         max_seconds: float | None = None) -> list[Timing]:
+    """Median wall times of several host callables timed in turn (A B A B ...), so that a
+    load that changes during the run (a shared machine) weighs on each of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    samples = [[] for _ in fns]
+    t_start = time.perf_counter()
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for k in order:
+            t0 = time.perf_counter()
+            fns[k]()
+            samples[k].append((time.perf_counter() - t0) * 1e6)
+        if max_seconds is not None and r >= 2 and time.perf_counter() - t_start > max_seconds:
+            break
+    return [Timing(statistics.median(s), min(s), max(s), len(s), 1) for s in samples]
