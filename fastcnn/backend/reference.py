@@ -330,10 +330,17 @@ def maxpool_backward(dy, argmax, x_shape, pool, stride, padding):
         raise ValueError(f"argmax holds {argmax.max()}, outside the {ph}x{pw} window")
     top, bottom, left, right = padding
     dxp = np.zeros((N, H + top + bottom, W + left + right, C), dtype=dy.dtype)
+    # Windows that do not overlap (stride >= pool, as in LeNet) give each tap its own
+    # elements of dx, so the tap's share is written straight into place, not added.
+    disjoint = stride[0] >= ph and stride[1] >= pw
     for r in range(ph):
         for s in range(pw):
             picked = argmax == r * pw + s
-            dxp[_window_slices(r, s, stride, P, Q)] += dy * picked
+            target = dxp[_window_slices(r, s, stride, P, Q)]
+            if disjoint:
+                np.multiply(dy, picked, out=target)
+            else:
+                target += dy * picked
     return _crop(dxp, (N, H, W, C), padding)
 
 
