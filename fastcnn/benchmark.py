@@ -507,19 +507,42 @@ def cupy_tf32(enabled: bool):
         lg.set_compute_type(np.dtype(np.float32), before)
 
 
+def _torch_tf32_state():
+    import torch
+    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+
+def _set_torch_tf32(matmul: bool, cudnn: bool) -> None:
+    """The legacy switches only (mixing them with ``fp32_precision`` makes PyTorch >= 2.9
+    raise); the new ones where the legacy ones are refused."""
+    import warnings
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch >= 2.9 warns that the legacy switches will go
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
+            torch.backends.cudnn.allow_tf32 = cudnn
+        except (RuntimeError, AttributeError):
+            torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+            torch.backends.cudnn.conv.fp32_precision = "tf32" if cudnn else "ieee"
+
+
 @contextlib.contextmanager
 def torch_tf32(enabled: bool, cudnn_benchmark: bool = True):
+    """PyTorch matmul and cuDNN: TF32 on or off; cudnn.benchmark on (restored afterwards)."""
+    import warnings
     import torch
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-              torch.backends.cudnn.benchmark)
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = _try(_torch_tf32_state, (False, True))
+    bench_before = torch.backends.cudnn.benchmark
+    _set_torch_tf32(enabled, enabled)
     torch.backends.cudnn.benchmark = cudnn_benchmark
     try:
         yield
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = before
+        _set_torch_tf32(*before)
+        torch.backends.cudnn.benchmark = bench_before
 
 
 def _variants(op: str) -> list:

