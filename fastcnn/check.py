@@ -101,14 +101,20 @@ def child_env() -> dict:
 
 # ------------------------------------------------------------------ parsers (tested on CPU)
 _PYTEST_LINE = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.MULTILINE)
+_XDIST_LINE = re.compile(r"^\[gw\d+\]\s+\[\s*\d+%\]\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\s+(\S+::\S+)",
+                         re.MULTILINE)
 _PYTEST_ERROR_LINE = re.compile(r"^ERROR (\S+)", re.MULTILINE)
+_PYTEST_SUMMARY = re.compile(r"^=+ (.*\d+ (?:passed|failed|skipped|error|errors|deselected)\b.*) in [\d.]+s", re.MULTILINE)
 
 
 def parse_pytest(output: str) -> dict:
-    """Counts and failing names from `pytest -v -rfE` output (partial output works too)."""
+    """Counts and failing names from `pytest -v -rfE` output, with or without xdist's -n
+    (a partial output, from a run killed at its limit, works too)."""
     counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
     failing = []
-    for name, status in _PYTEST_LINE.findall(output):
+    seen = [(name, status) for name, status in _PYTEST_LINE.findall(output)]
+    seen += [(name, status) for status, name in _XDIST_LINE.findall(output)]
+    for name, status in seen:
         key = {"PASSED": "passed", "XPASS": "passed", "FAILED": "failed", "ERROR": "error",
                "SKIPPED": "skipped", "XFAIL": "skipped"}[status]
         counts[key] += 1
@@ -118,6 +124,13 @@ def parse_pytest(output: str) -> dict:
         if "::" not in name and name not in failing:
             counts["error"] += 1
             failing.append(name)
+    summary = _PYTEST_SUMMARY.findall(output)
+    if summary:  # the run finished: its own totals are authoritative
+        totals = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+        for n, what in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", summary[-1]):
+            totals[{"xfailed": "skipped", "xpassed": "passed", "errors": "error"}.get(what, what)] += int(n)
+        counts.update(totals)
+        counts["finished"] = True
     counts["failing"] = failing
     return counts
 
@@ -224,6 +237,8 @@ class Check:
                "--continue-on-collection-errors", "-o", "console_output_style=classic", "tests/"]
         if importlib.util.find_spec("pytest_timeout") is not None:
             cmd.insert(-1, "--timeout=60")
+        if importlib.util.find_spec("xdist") is not None:  # 4 workers share the GPU: the
+            cmd[-1:-1] = ["-n", "4"]                        # CPU reference side is the slow part
         code, out, _ = run_limited(cmd, budget, env=child_env())
         (self.out / "pytest.log").write_text(" ".join(cmd) + "\n" + out)
         counts = parse_pytest(out)

@@ -226,6 +226,19 @@ def test_check_parses_pytest_output():
                                  "tests/test_c.py"]
 
 
+def test_check_parses_xdist_output_and_the_final_totals():
+    from fastcnn.check import parse_pytest
+    out = ("[gw0] [ 33%] PASSED tests/a.py::t1 \n[gw1] [ 66%] FAILED tests/a.py::t2[x-1] \n"
+           "[gw0] [100%] SKIPPED tests/a.py::t3 \n"
+           "FAILED tests/a.py::t2[x-1] - AssertionError: relative error 1 > 1e-4\n"
+           "====== 1 failed, 1 passed, 1 skipped, 12 deselected in 9.10s (0:00:09) ======\n")
+    counts = parse_pytest(out)
+    assert (counts["passed"], counts["failed"], counts["skipped"]) == (1, 1, 1) and counts["finished"]
+    assert counts["failing"] == ["tests/a.py::t2[x-1]"]
+    partial = parse_pytest("[gw0] [ 33%] PASSED tests/a.py::t1 \n[killed after 100 s]")
+    assert partial["passed"] == 1 and "finished" not in partial
+
+
 def test_check_parses_sanitizer_summaries():
     from fastcnn.check import parse_sanitizer
     mem = parse_sanitizer("ok     matmul:tiled\nSANITIZE DONE ok=40 failed=0 in 3.0s\n"
