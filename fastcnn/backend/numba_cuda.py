@@ -937,11 +937,12 @@ def _k_bias_partial(DY, part, rows, K, rows_per_split):
 @_jit
 def _k_bias_final(part, out, K, splits):
     col = cuda.grid(1)
-    if col < K:
+    while col < K:
         v = float32(0.0)
         for z in range(splits):
             v += part[z * K + col]
         out[col] = v
+        col += cuda.gridsize(1)
 
 
 def bias_grad(dy, *, out=None):
