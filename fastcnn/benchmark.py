@@ -1093,6 +1093,7 @@ class Options:
     warmup: int | None = None
     budget_s: float | None = None
     priority: str | None = None
+    progress_json: str | None = None   # rewritten after every case, so a killed run leaves its figures
     check: bool = True
     verbose: bool = True
     run_id: str | None = None
@@ -1250,6 +1251,14 @@ def run_benchmarks(opts: Options) -> Report:
         for i, res in ran:
             done.add(i)
             results.append((i, res))
+        if opts.progress_json:
+            try:
+                header["elapsed_s"] = round(time.perf_counter() - t0, 1)
+                Report([r for _, r in sorted(results, key=lambda item: item[0])], header).write_json(
+                    opts.progress_json)
+            except Exception:
+                pass
+        for i, res in ran:
             if opts.verbose:
                 fig = f"{res.figure:.4g} {res.unit}" if res.figure else (res.error or "")[:80]
                 print(f"  [{time.perf_counter() - t0:6.1f}s] {res.group} {res.case} {res.impl}: {fig}",
@@ -1297,7 +1306,7 @@ def run(args) -> int:
     opts = Options(quick=getattr(args, "quick", False), filter=getattr(args, "filter", None),
                    groups=tuple(getattr(args, "groups", None) or GROUPS),
                    repeats=getattr(args, "repeats", None), warmup=getattr(args, "warmup", None),
-                   budget_s=budget, priority=priority,
+                   budget_s=budget, priority=priority, progress_json=getattr(args, "json", None),
                    check=not getattr(args, "no_check", False))
     if getattr(args, "list", False):
         for group in opts.groups:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("env", "gpu tests", "memcheck", "racecheck", "bench")
-BUDGETS = {"env": 30, "gpu tests": 100, "memcheck": 45, "racecheck": 50}
+BUDGETS = {"env": 30, "gpu tests": 120, "memcheck": 40, "racecheck": 45}
 MIN_BENCH_S = 60
 
 ENV_SCRIPT = r"""
@@ -324,6 +324,8 @@ class Check:
         self.bench_notes = report.header.get("notes", [])
         key = f"{measured} measured, {errors} errors, {wrong} wrong outputs"
         status = "ok" if measured and not errors and not wrong else ("FAIL" if not measured else "partial")
+        if code is None:
+            status, key = ("partial" if measured else "TIMEOUT"), f"killed at {budget:.0f}s; " + key
         return {"status": status, "key": key, "key_ratios": self.bench_keys}
 
     # ---- driver
