@@ -261,6 +261,25 @@ def _flat(a):
     return a.reshape(-1)
 
 
+_workspaces: dict = {}
+
+
+def _scratch(n):
+    """float32 scratch space of n elements (split-K partials, bias_grad partial sums).
+
+    On a GPU one buffer per (device, stream) is kept and reused, so that after a
+    warm-up call a captured CUDA graph allocates nothing; reuse is safe because
+    launches on one stream run in order.
+    """
+    if SIMULATOR:
+        return np.empty(n, np.float32)
+    key = (_cp.cuda.Device().id, _cp.cuda.get_current_stream().ptr)
+    buf = _workspaces.get(key)
+    if buf is None or buf.size < n:
+        buf = _workspaces[key] = _cp.empty(max(n, 2 * (0 if buf is None else buf.size)), np.float32)
+    return buf[:n]
+
+
 _dummy: dict = {}
 
 
@@ -605,7 +624,7 @@ def _gemm(kind, A, B, M, N, K, p, bias=None, relu=False, C=None):
     if splits == 1:
         _launch(kernel, grid, nt, A, B, C, b, M, N, K, kchunk, p)
         return C
-    part = _empty(splits * M * N)
+    part = _scratch(splits * M * N)
     plain = tuple(0 if i in (HAS_BIAS, RELU) else v for i, v in enumerate(p))
     _launch(kernel, grid, nt, A, B, part, b, M, N, K, kchunk, plain)
     _launch(_k_sum_splits, _blocks(M * N), THREADS, part, C, b, M * N, N, splits, p)
@@ -954,7 +973,7 @@ def bias_grad(dy, *, out=None):
     rows_per_split = (rows + splits - 1) // splits
     splits = (rows + rows_per_split - 1) // rows_per_split
     out = _out("out", out, (K,), inputs=(("dy", dy),))
-    part = _empty(splits * K)
+    part = _scratch(splits * K)
     _launch(_k_bias_partial, ((K + BIAS_TX - 1) // BIAS_TX, splits), (BIAS_TX, BIAS_TY),
             _flat(dy), part, rows, K, rows_per_split)
     _launch(_k_bias_final, _blocks(K), THREADS, part, out, K, splits)
