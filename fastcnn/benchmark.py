@@ -622,7 +622,7 @@ def _make_cupy_gemm(M, K, N):
     return make
 
 
-def _make_fastcnn_gemm(fn_variant, M, K, N, tol_check=True):
+def _make_fastcnn_gemm(fn_variant, M, K, N):
     def make():
         import cupy as cp
         sets = _gemm_sets(M, K, N)
@@ -1276,7 +1276,8 @@ def run_benchmarks(opts: Options) -> Report:
 # ------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats, skip the largest cases (fits 3 minutes on an H100)")
+                        help="fewer repeats, skip the largest cases, target cases first, no new "
+                             f"case after {QUICK_BUDGET_S} s (meant to fit 3 minutes on an H100)")
     parser.add_argument("--filter", metavar="REGEX",
                         help="only cases whose 'group case impl' matches (ceilings always run)")
     parser.add_argument("--group", action="append", choices=GROUPS, dest="groups",
