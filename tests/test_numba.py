@@ -162,6 +162,9 @@ def test_relu_add_copy_increment(rng):
     dst = nan_out(x.shape)
     assert nb.copy(dst, dev(x)) is None
     np.testing.assert_array_equal(host(dst), x)
+    labels = dev(np.zeros(5, np.int32))
+    nb.copy(labels, dev(np.arange(5, dtype=np.int32)))    # graphs copy int32 label batches too
+    np.testing.assert_array_equal(host(labels), np.arange(5))
     step = dev(np.array([41], np.int32))
     nb.increment(step)
     assert int(host(step)[0]) == 42

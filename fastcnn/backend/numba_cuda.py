@@ -913,9 +913,9 @@ def add(a, b, *, out=None):
 
 
 def copy(dst, src):
-    """dst[...] = src (in place); same shape and dtype."""
-    _check("dst", dst)
-    _check("src", src, shape=dst.shape)
+    """dst[...] = src (in place); same shape and dtype (any dtype: e.g. int32 label buffers)."""
+    _check("dst", dst, dtype=getattr(dst, "dtype", np.float32))
+    _check("src", src, dtype=dst.dtype, shape=dst.shape)
     _launch(_k_copy, _blocks(dst.size), THREADS, _flat(dst), _flat(src), dst.size)
 
 
