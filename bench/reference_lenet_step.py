@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from collections import defaultdict
-
-import sys
 from pathlib import Path
 
 import numpy as np

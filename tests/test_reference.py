@@ -333,7 +333,7 @@ def test_sgd_update_is_one_keras_step(momentum, nesterov):
     ref.sgd_update(p, g, v, lr, momentum, nesterov)
     assert_close(p, p_new, rtol=1e-6, name="p")
     assert_close(v, v_new, rtol=1e-6, name="v")
-    q, q_expect = rand(rng, 7), None
+    q = rand(rng, 7)
     q_expect = q.astype(np.float64) - lr * g
     ref.sgd_update(q, g, None, lr, 0.0, False)
     assert_close(q, q_expect, rtol=1e-6, name="p without velocity")
