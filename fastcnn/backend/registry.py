@@ -36,7 +36,9 @@ def register(op: str, name: str, fn: Callable, source: str, note: str = "",
              default: bool = False) -> Callable:
     """Add a variant; ``default=True`` makes it the one used unless a user picks another."""
     _variants.setdefault(op, {})[name] = Variant(op, name, fn, source, note)
-    if default or op not in _defaults:
+    # The implicit default is the first CUDA C variant: Numba ones are picked only by name
+    # (they pay ~3x more host time per launch), whatever the import order.
+    if default or (op not in _defaults and source != "numba"):
         _defaults[op] = name
     return fn
 
@@ -69,7 +71,7 @@ def get(op: str, name: str | None = None) -> Variant:
     _ensure_loaded()
     if op not in _variants:
         raise ValueError(f"no kernel variants registered for {op!r}; ops with variants: {sorted(_variants)}")
-    name = name or _selected.get(op) or _defaults[op]
+    name = name or _selected.get(op) or _defaults.get(op) or next(iter(_variants[op]))
     if name not in _variants[op]:
         raise ValueError(f"unknown variant {name!r} of {op!r}; registered: {list(_variants[op])}")
     return _variants[op][name]
