@@ -61,5 +61,5 @@ def _dispatcher(op: str):
 for _op in PRIMITIVES:
     globals()[_op] = _dispatcher(_op)
 
-# Registering the variants: one module per kernel file.
-from . import gemm, conv, pool, step  # noqa: E402,F401
+# Registering the variants: one module per kernel file; `auto` last (it picks among them).
+from . import gemm, conv, pool, step, auto  # noqa: E402,F401

@@ -1,0 +1,143 @@
+"""The `auto` variant: the fastest CUDA C variant for each shape, as measured on this card.
+
+The first call of an op with a new shape times every CUDA C variant of that op
+once after a warm-up run (CUDA events, best of a few runs; a variant already 20x
+slower than the best is not timed further) and caches the winner; later calls
+go straight to it.  This is DESIGN.md's rule, "the default is the fastest variant
+that passes", applied per shape: LeNet's 6-channel convolutions and AlexNet's
+384-channel ones want different kernels.  Which variants are correct is the
+test table's job (tests/test_gpu_*.py), not this module's.
+
+A variant whose output differs from the preferred variant's on the tuning call
+(relative error above 1e-3, or any integer output such as argmax differing) is
+never chosen, so a broken new variant costs speed, not correctness.
+
+Tuning needs no synchronisation of anything but its own events, but it cannot
+run while a stream is being captured: then (and with FASTCNN_AUTOTUNE=0) the
+first variant in the op's preference list is used.  fit() runs one eager
+warm-up step before it captures a graph, so the graph holds tuned kernels.
+"""
+from __future__ import annotations
+
+import os
+
+from .. import registry
+
+# Ops with pure variants (no side effects besides their output), and the variant
+# used without tuning.  Only CUDA C variants compete: Numba ones are picked by name.
+TUNED_OPS = {
+    "matmul": "tiled",
+    "dense_forward": "tiled",
+    "conv2d_forward": "implicit_gemm",
+    "conv2d_backward_data": "im2col",
+    "conv2d_backward_weights": "implicit_gemm",
+    "maxpool_forward": "vec4",
+    "maxpool_backward": "vec4",
+}
+SLOW_FACTOR = 20.0   # stop timing a variant whose warm-up is this much slower than the best
+RUNS = 3
+
+_choices: dict[tuple, str] = {}
+
+
+def enabled() -> bool:
+    return os.environ.get("FASTCNN_AUTOTUNE", "1") not in ("0", "false", "no")
+
+
+def choices() -> dict:
+    """{(op, shape key): variant} chosen so far in this process."""
+    return dict(_choices)
+
+
+def _key(op, args, kwargs):
+    parts = [op]
+    for a in args:
+        parts.append((tuple(a.shape), str(a.dtype)) if hasattr(a, "shape") else a)
+    parts += [(k, v) for k, v in sorted(kwargs.items()) if k != "out"]
+    return tuple(parts)
+
+
+def _candidates(op):
+    names = registry.variants(op, source="cuda")
+    preferred = TUNED_OPS[op]
+    ordered = [preferred] if preferred in names else []
+    return ordered + [n for n in names if n not in ("auto", preferred)]
+
+
+def _elapsed_ms(fn, args, kwargs, runs, xp) -> float:
+    start, end = xp.cuda.Event(), xp.cuda.Event()
+    best = float("inf")
+    for _ in range(runs):
+        start.record()
+        fn(*args, **kwargs)
+        end.record()
+        end.synchronize()
+        best = min(best, xp.cuda.get_elapsed_time(start, end))
+    return best
+
+
+def _agree(out, expected) -> bool:
+    """Same result within float32 GEMM rounding (floats) or exactly (integers)."""
+    import cupy as xp
+    out = out if isinstance(out, tuple) else (out,)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for u, v in zip(out, expected):
+        if u.shape != v.shape:
+            return False
+        if u.dtype.kind == "f":
+            err = float(xp.linalg.norm((u - v).ravel())) / (float(xp.linalg.norm(v.ravel())) + 1e-30)
+            if not err <= 1e-3:  # also false for NaN
+                return False
+        elif not bool((u == v).all()):
+            return False
+    return True
+
+
+def tune(op, args, kwargs, timer=None, agree=_agree) -> str:
+    """Time each candidate on these arguments; return the fastest one that agrees with the
+    preferred variant's output."""
+    import cupy as xp
+    kwargs = {k: v for k, v in kwargs.items() if k != "out"}  # each candidate writes its own output
+    timer = timer or (lambda fn, runs: _elapsed_ms(fn, args, kwargs, runs, xp))
+    best_name, best_ms, expected = None, float("inf"), None
+    for name in _candidates(op):
+        fn = registry.get(op, name).fn
+        try:
+            out = fn(*args, **kwargs)  # warm-up: compiles the kernel outside the timing
+        except (ValueError, TypeError, NotImplementedError):
+            continue  # this variant does not take these arguments
+        if expected is None:
+            expected = out
+        elif not agree(out, expected):
+            continue
+        first = timer(fn, 1)
+        ms = first if first > SLOW_FACTOR * best_ms else min(first, timer(fn, RUNS))
+        if ms < best_ms:
+            best_name, best_ms = name, ms
+    if best_name is None:
+        raise ValueError(f"no CUDA variant of {op} accepts these arguments")
+    return best_name
+
+
+def _is_capturing() -> bool:
+    import cupy as xp
+    return xp.cuda.get_current_stream().is_capturing()
+
+
+def _auto(op):
+    def call(*args, **kwargs):
+        key = _key(op, args, kwargs)
+        name = _choices.get(key)
+        if name is None:
+            if not enabled() or _is_capturing():
+                name = _candidates(op)[0]
+            else:
+                name = _choices[key] = tune(op, args, kwargs)
+        return registry.get(op, name).fn(*args, **kwargs)
+    call.__name__ = f"{op}_auto"
+    return call
+
+
+for _op in TUNED_OPS:
+    registry.register(_op, "auto", _auto(_op), source="cuda", default=True,
+                      note="fastest CUDA C variant for the shape, timed on first use")
