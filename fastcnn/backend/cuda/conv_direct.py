@@ -1,0 +1,163 @@
+"""Direct convolution variants (kernels/conv_direct.cu) for small channel counts.
+
+Variant ``direct``, registered in ``fastcnn.kernels`` at import (never the default;
+no GPU needed to import) for
+  conv2d_forward           thread per output pixel, a chunk of K in registers, weights
+                           staged in shared memory, fused bias+ReLU
+  conv2d_backward_data     thread per input pixel, a chunk of C; each tap's output
+                           position computed (stride must divide), sum over K
+  conv2d_backward_weights  deterministic two passes: blocks over chunks of the N*P*Q
+                           positions write partial dw slices to a workspace, then a
+                           fixed-order reduce (one pass when a single chunk suffices)
+
+Correct for any shape; meant for LeNet-like layers (R*S*C, K and C small), slow for
+wide layers.  Arguments are validated exactly as in conv.py (its helpers, same
+messages) before any launch; every function takes ``out=`` like conv.py's.  The
+chunk sizes depend only on the shape and the card's SM count, and the chunk of
+channels never changes a result's bits (each output sums the same terms in the
+same order whatever the chunk).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import reference as _ref
+from .. import registry
+from . import _launch
+from .conv import _dims, _geometry
+from .gemm import cdiv, check_int32, out_array, sm_count
+
+_FILE = "conv_direct.cu"
+CHUNKS = (4, 8, 16)  # channel chunks the templates are instantiated for
+NAME_EXPRESSIONS = tuple(f"conv_direct_{kind}<{v}>" for kind in ("fprop", "dgrad", "wgrad") for v in CHUNKS)
+THREADS = 128          # FC_DIRECT_THREADS: fprop / dgrad block
+WGRAD_THREADS = 256    # FC_WGRAD_THREADS: most threads of a wgrad pass-1 block
+WGRAD_ROWS = 128       # most rows of R*S*C per wgrad block
+REDUCE_OUTS = 8        # FC_REDUCE_OUTS: outputs per reduce block
+_GRID_YZ_MAX = 65535
+
+
+def _kernel(name: str):
+    return _launch.function(_FILE, name, NAME_EXPRESSIONS)
+
+
+def _chunk(channels: int) -> int:
+    """Smallest instantiated chunk that holds ``channels`` (16 for more)."""
+    return next((v for v in CHUNKS if channels <= v), CHUNKS[-1])
+
+
+def _pixel_plan(pixels: int, channels: int) -> int:
+    """Channel chunk for a thread-per-pixel kernel: as wide as the channels, narrower while
+    the grid has fewer than ~2 blocks per SM (more threads, each re-reading its taps)."""
+    chunk = _chunk(channels)
+    target = 2 * sm_count()
+    while chunk > CHUNKS[0] and cdiv(pixels, THREADS) * cdiv(channels, chunk) < target:
+        chunk //= 2
+    if cdiv(channels, chunk) > _GRID_YZ_MAX:
+        raise ValueError(f"{channels} channels need {cdiv(channels, chunk)} blocks along grid y "
+                         f"(at most {_GRID_YZ_MAX})")
+    return chunk
+
+
+def wgrad_plan(RSC: int, K: int, NPQ: int, sms: int):
+    """(KC, TR, JL, row_tiles, k_tiles, chunks, chunk) of conv_direct_wgrad for one shape.
+
+    TR rows of R*S*C (a multiple of 32) times JL position lanes per block; the N*P*Q
+    positions split into ``chunks`` contiguous runs of ``chunk`` (none empty) so that
+    the grid has about 4 blocks per SM, each lane keeping at least ~16 positions.
+    """
+    KC = _chunk(K)
+    row_tiles = cdiv(RSC, WGRAD_ROWS)
+    TR = cdiv(cdiv(RSC, row_tiles), 32) * 32
+    JL = max(1, WGRAD_THREADS // TR)
+    k_tiles = cdiv(K, KC)
+    tiles = row_tiles * k_tiles
+    chunks = max(1, min(cdiv(4 * sms, tiles), cdiv(NPQ, 16 * JL), _GRID_YZ_MAX))
+    chunk = cdiv(NPQ, chunks)
+    chunks = cdiv(NPQ, chunk)
+    return KC, TR, JL, row_tiles, k_tiles, chunks, chunk
+
+
+def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
+    """y (N,P,Q,K) = x (N,H,W,C) * w (R,S,C,K) + b, ReLU if relu."""
+    _launch.check("x", x, ndim=4)
+    _launch.check("w", w, ndim=4)
+    N, H, W, C = x.shape
+    R, S, Cw, K = w.shape
+    if Cw != C:
+        raise ValueError(f"channel mismatch: x has {C} channels (NHWC, last axis) but w expects "
+                         f"{Cw} (HWIO {w.shape}); is x laid out NCHW?")
+    if b is not None:
+        _launch.check("b", b, ndim=1)
+        if b.shape[0] != K:
+            raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
+    stride, padding, P, Q = _geometry(x.shape, w.shape, stride, padding)
+    y = out_array("out", out, (N, P, Q, K))
+    dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+    kc = _pixel_plan(N * P * Q, K)
+    grid = (cdiv(N * P * Q, THREADS), cdiv(K, kc))
+    _kernel(f"conv_direct_fprop<{kc}>")(grid, (THREADS,), (x, w, b, y) + dims + (np.int32(bool(relu)),))
+    return y
+
+
+def conv2d_backward_data(dy, w, x_shape, stride, padding, *, out=None):
+    """dx (N,H,W,C) from dy (N,P,Q,K) and w (R,S,C,K)."""
+    _launch.check("dy", dy, ndim=4)
+    _launch.check("w", w, ndim=4)
+    N, H, W, C = _ref._shape4(x_shape, "x_shape")
+    R, S, Cw, K = w.shape
+    if Cw != C:
+        raise ValueError(f"channel mismatch: x_shape has {C} channels but w expects {Cw} (HWIO {w.shape})")
+    stride, padding, P, Q = _geometry((N, H, W, C), w.shape, stride, padding)
+    if dy.shape != (N, P, Q, K):
+        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {tuple(x_shape)}")
+    dx = out_array("out", out, (N, H, W, C))
+    dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+    cc = _pixel_plan(N * H * W, C)
+    grid = (cdiv(N * H * W, THREADS), cdiv(C, cc))
+    _kernel(f"conv_direct_dgrad<{cc}>")(grid, (THREADS,), (dy, w, dx) + dims)
+    return dx
+
+
+def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
+    """dw (R,S,C,K) = patches(x)^T @ dy, summed over N*P*Q in a fixed order."""
+    import cupy as cp
+    _launch.check("x", x, ndim=4)
+    _launch.check("dy", dy, ndim=4)
+    R, S, C, K = _ref._shape4(w_shape, "w_shape")
+    N, H, W, Cx = x.shape
+    if Cx != C:
+        raise ValueError(f"channel mismatch: x has {Cx} channels but w_shape expects {C} "
+                         f"(HWIO {tuple(w_shape)})")
+    stride, padding, P, Q = _geometry(x.shape, (R, S, C, K), stride, padding)
+    if dy.shape != (N, P, Q, K):
+        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
+    dw = out_array("out", out, (R, S, C, K))
+    dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+    M = R * S * C * K
+    kc, tr, jl, row_tiles, k_tiles, chunks, chunk = wgrad_plan(R * S * C, K, N * P * Q, sm_count())
+    if k_tiles > _GRID_YZ_MAX:
+        raise ValueError(f"{K} output channels need {k_tiles} blocks along grid y (at most {_GRID_YZ_MAX})")
+    grid = (row_tiles, k_tiles, chunks)
+    tail = (np.int32(tr), np.int32(chunk))
+    pass1 = _kernel(f"conv_direct_wgrad<{kc}>")
+    if chunks == 1:
+        pass1(grid, (tr * jl,), (x, dy, dw) + dims + tail)
+        return dw
+    check_int32(workspace=chunks * M)
+    ws = cp.empty(chunks * M, dtype=np.float32)
+    pass1(grid, (tr * jl,), (x, dy, ws) + dims + tail)
+    _kernel("conv_direct_wgrad_reduce")((cdiv(M, REDUCE_OUTS),), (256,),
+                                        (ws, dw, np.int32(M), np.int32(chunks)))
+    return dw
+
+
+for _fn in (conv2d_forward, conv2d_backward_data, conv2d_backward_weights):
+    _fn.__name__ = _fn.__qualname__ = f"{_fn.__name__}_direct"
+
+registry.register("conv2d_forward", "direct", conv2d_forward, source="cuda", default=False,
+                  note="direct: thread per output pixel x K chunk in registers, smem weights, fused bias+ReLU")
+registry.register("conv2d_backward_data", "direct", conv2d_backward_data, source="cuda", default=False,
+                  note="direct: thread per input pixel x C chunk, tap outputs computed (no search), smem weights")
+registry.register("conv2d_backward_weights", "direct", conv2d_backward_weights, source="cuda", default=False,
+                  note="direct: blocks over N*P*Q chunks write partial dw, then an ordered reduce")
