@@ -77,11 +77,10 @@ class Conv2D(Function):
             gy = self.B.relu_backward(gy, self.y)
         gx = (self.B.conv2d_backward_data(gy, self.w, self.x.shape, self.strides, self.pads)
               if self.needs_grad[0] else None)
-        gw = (self.B.conv2d_backward_weights(self.x, gy, self.w.shape, self.strides, self.pads)
+        gw = (self.B.conv2d_backward_weights(self.x, gy, self.w.shape, self.strides, self.pads,
+                                             out=_grad_target(self.inputs[1]))
               if self.needs_grad[1] else None)
-        if len(self.needs_grad) == 3:
-            return gx, gw, self.B.bias_grad(gy) if self.needs_grad[2] else None
-        return gx, gw
+        return (gx, gw) + _bias_grad(self, gy)
 
 
 def conv2d(x, w, b=None, strides=1, padding="valid", activation=None):
@@ -141,10 +140,9 @@ class Dense(Function):
         if self.relu:
             gy = self.B.relu_backward(gy, self.y)
         gx = self.B.matmul(gy, self.w, False, True) if self.needs_grad[0] else None
-        gw = self.B.matmul(self.x, gy, True, False) if self.needs_grad[1] else None
-        if len(self.needs_grad) == 3:
-            return gx, gw, self.B.bias_grad(gy) if self.needs_grad[2] else None
-        return gx, gw
+        gw = (self.B.matmul(self.x, gy, True, False, out=_grad_target(self.inputs[1]))
+              if self.needs_grad[1] else None)
+        return (gx, gw) + _bias_grad(self, gy)
 
 
 def dense(x, w, b=None, activation=None):
@@ -304,6 +302,19 @@ def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
 def flatten(x):
     x = _tensor(x)
     return x.reshape(x.shape[0], -1)
+
+
+def _grad_target(t):
+    """Where a parameter's first gradient of this pass may be written directly (its view of
+    the model's flat gradient buffer), else None."""
+    return getattr(t, "grad_view", None) if t.grad is None else None
+
+
+def _bias_grad(fn, gy) -> tuple:
+    """The bias gradient of a conv/dense Function with a bias input; () without one."""
+    if len(fn.needs_grad) < 3:
+        return ()
+    return (fn.B.bias_grad(gy, out=_grad_target(fn.inputs[2])) if fn.needs_grad[2] else None,)
 
 
 def _fusable(activation) -> bool:

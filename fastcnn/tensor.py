@@ -152,7 +152,7 @@ class Parameter(Tensor):
 def _accumulate(x: Tensor, gx) -> None:
     view = getattr(x, "grad_view", None)
     if x.grad is None:
-        if view is not None:
+        if view is not None and gx is not view:  # (a Function may have written the view itself)
             backend.current().copy(view, gx)
             x.grad = view
         else:

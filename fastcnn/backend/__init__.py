@@ -51,6 +51,10 @@ Primitives (what each returns; "in place" ones return None):
   add(a, b)                                               -> a + b (same shape)
   copy(dst, src)                                          in place: dst[...] = src
 
+``matmul``, ``conv2d_backward_weights`` and ``bias_grad`` also take ``out=`` (keyword):
+the result is written there (the model passes views of its flat gradient buffer, so
+parameter gradients need no extra copy); the GPU variants take it on every op.
+
 Scalars (rates, lr) are Python floats; backends convert them to the kernel's C type.
 Every backend checks dtype, device, contiguity and shapes before it launches anything
 and raises ``ValueError``/``TypeError`` naming the argument.

@@ -234,7 +234,17 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding):
     return _crop(dxp, (N, H, W, C), padding)
 
 
-def conv2d_backward_weights(x, dy, w_shape, stride, padding):
+def _into(out, result):
+    """Write ``result`` into ``out`` when given (the GPU backends' out= convention)."""
+    if out is None:
+        return result
+    if out.shape != result.shape or out.dtype != result.dtype:
+        raise ValueError(f"out has shape {out.shape} {out.dtype}, expected {result.shape} {result.dtype}")
+    out[...] = result
+    return out
+
+
+def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
     """dw (R,S,C,K) = patches(x)^T @ dy."""
     x = _float_array(x, "x", 4)
     dy = _float_array(dy, "dy", 4)
@@ -248,7 +258,7 @@ def conv2d_backward_weights(x, dy, w_shape, stride, padding):
     if dy.shape != (N, P, Q, K):
         raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
     cols = _im2col(x, R, S, stride, padding, P, Q)
-    return (cols.T @ dy.reshape(N * P * Q, K)).reshape(R, S, C, K)
+    return _into(out, (cols.T @ dy.reshape(N * P * Q, K)).reshape(R, S, C, K))
 
 
 # ---------------------------------------------------------------- max-pooling
@@ -346,7 +356,7 @@ def maxpool_backward(dy, argmax, x_shape, pool, stride, padding):
 
 # ---------------------------------------------------------------- dense and elementwise
 
-def matmul(a, b, trans_a, trans_b):
+def matmul(a, b, trans_a, trans_b, *, out=None):
     """op(a) @ op(b) for 2-D a and b; op transposes when its flag is true."""
     a = _float_array(a, "a", 2)
     b = _float_array(b, "b", 2)
@@ -355,7 +365,7 @@ def matmul(a, b, trans_a, trans_b):
     opb = b.T if trans_b else b
     if opa.shape[1] != opb.shape[0]:
         raise ValueError(f"inner dimensions differ: op(a) is {opa.shape}, op(b) is {opb.shape}")
-    return np.ascontiguousarray(opa @ opb)
+    return _into(out, np.ascontiguousarray(opa @ opb))
 
 
 def dense_forward(x, w, b, relu):
@@ -377,12 +387,12 @@ def dense_forward(x, w, b, relu):
     return y
 
 
-def bias_grad(dy):
+def bias_grad(dy, *, out=None):
     """Sum of dy over every axis but the last."""
     dy = _float_array(dy, "dy")
     rows = dy.reshape(-1, dy.shape[-1])
     # A BLAS matrix-vector product: NumPy's sum over axis 0 is ~10x slower for few columns.
-    return np.ones(rows.shape[0], dtype=dy.dtype) @ rows
+    return _into(out, np.ones(rows.shape[0], dtype=dy.dtype) @ rows)
 
 
 def relu_forward(x):
