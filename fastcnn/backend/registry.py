@@ -43,14 +43,24 @@ def register(op: str, name: str, fn: Callable, source: str, note: str = "",
     return fn
 
 
+_load_errors: dict[str, str] = {}
+
+
 def _ensure_loaded() -> None:
     # Importing the GPU modules registers their variants; neither needs a GPU to import.
+    # One that fails to import (numba missing, or broken) leaves the other's variants usable;
+    # the reason is kept for `fastcnn info` and said once as a warning.
     import importlib
+    import warnings
     for module in ("fastcnn.backend.cuda", "fastcnn.backend.numba_cuda"):
+        if module in _load_errors:
+            continue
         try:
             importlib.import_module(module)
-        except ImportError:
-            pass  # e.g. numba not installed: its variants are simply absent
+        except Exception as exc:
+            _load_errors[module] = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, ImportError):
+                warnings.warn(f"kernel variants of {module} are unavailable: {_load_errors[module]}")
 
 
 def ops() -> list[str]:
