@@ -254,7 +254,7 @@ class Report:
         """The plain-text table printed to stdout."""
         cols = ["case", "impl", "time us", "figure", "baseline", "base fig", "ratio", "%ceil"]
         out = self.header_lines()
-        out.append(f"{cols[0]:<{width}} {cols[1]:<22} {cols[2]:>10} {cols[3]:>14} "
+        out.append(f"{cols[0]:<{width}} {cols[1]:<22} {cols[2]:>10} {cols[3]:>9} {'':<8}"
                    f"{cols[4]:<22} {cols[5]:>9} {cols[6]:>6} {cols[7]:>6}")
         group = None
         for row in self.rows:
@@ -266,7 +266,7 @@ class Report:
                 continue
             out.append(
                 f"{row.case[:width]:<{width}} {row.impl[:22]:<22} {_num(row.time_us, 10)} "
-                f"{_num(row.figure, 8)} {row.unit:<7}"
+                f"{_num(row.figure, 9)} {row.unit:<8}"
                 f"{(row.baseline or '')[:22]:<22} {_num(row.baseline_figure, 9)} "
                 f"{_num(row.ratio, 6, ratio=True)} {_num(row.pct_ceiling, 6)}"
                 + (f"  err {row.rel_err:.1e}" if row.rel_err is not None and row.rel_err > 1e-3 else ""))
@@ -374,7 +374,7 @@ def _num(v, width, ratio=False) -> str:
         return " " * max(width - 1, 0) + "-"
     if ratio:
         return f"{v:>{width}.2f}"
-    if abs(v) >= 1e5:
+    if abs(v) >= 1e9:
         return f"{v:>{width}.3g}"
     if abs(v) >= 100:
         return f"{v:>{width}.0f}"
