@@ -1,0 +1,292 @@
+"""The `winograd` variant (fastcnn/backend/cuda/conv_winograd.py, kernels/conv_winograd.cu).
+
+GPU (``gpu`` marker): conv2d_forward and conv2d_backward_data against the float64
+reference on AlexNet's conv3-conv5 shapes at batch 2 and on small odd shapes
+(spatial 5, 7, 13, 14; C and K in 1, 3, 8, 96; 'same', 'valid' and asymmetric
+padding; with and without bias and ReLU), written into NaN-poisoned ``out=``
+buffers, relative error in norm <= 1e-4, then again without ``out=`` bit for bit;
+shapes it does not handle raise ValueError.
+
+CPU (no GPU): the variant is registered and refuses 5x5 kernels, stride 2 and
+padding 3 from the shapes alone, before any CuPy call; and, where g++ with C++20
+is found, the CUDA C source itself runs on the CPU under a small shim (one host
+thread per CUDA thread of a block, blocks one after another, __syncthreads a
+std::barrier, __shared__ a static shared by the block's threads) through the
+module's own launch sequence, against the reference.
+
+    pytest tests/test_gpu_conv_winograd.py
+"""
+import ctypes
+import shutil
+import subprocess
+import types
+
+import numpy as np
+import pytest
+
+from helpers import assert_close, rand
+
+from fastcnn.backend import reference as ref
+from fastcnn.backend import registry
+from fastcnn.backend.cuda import _launch
+from fastcnn.backend.cuda import conv_winograd as cw
+
+gpu = pytest.mark.gpu
+TOL = 1e-4
+NAME = "winograd"
+SAME, VALID = (1, 1, 1, 1), (0, 0, 0, 0)
+
+# (N, H, W, C, K, padding, bias, relu)
+CASES = [
+    (2, 13, 13, 256, 384, SAME, True, True),     # AlexNet conv3
+    (2, 13, 13, 384, 384, SAME, True, True),     # AlexNet conv4
+    (2, 13, 13, 384, 256, SAME, True, True),     # AlexNet conv5
+    (2, 13, 13, 384, 256, SAME, False, False),
+    (1, 5, 5, 1, 1, SAME, True, False),
+    (2, 5, 5, 3, 8, VALID, False, True),
+    (1, 7, 7, 8, 3, (2, 0, 1, 2), True, True),
+    (2, 7, 5, 96, 8, SAME, False, False),
+    (1, 13, 14, 3, 96, VALID, True, False),
+    (2, 14, 13, 8, 96, (0, 2, 2, 0), True, True),
+    (1, 14, 14, 96, 1, (2, 2, 2, 2), False, True),
+    (3, 13, 7, 1, 3, (1, 0, 0, 1), True, True),
+    (1, 14, 5, 96, 96, (0, 1, 2, 1), True, False),
+    (1, 3, 3, 8, 8, VALID, True, True),          # one output pixel
+]
+IDS = [f"{N}x{H}x{W}x{C}-K{K}-pad{''.join(map(str, p))}{'-b' if b else ''}{'-relu' if r else ''}"
+       for N, H, W, C, K, p, b, r in CASES]
+
+
+def _f64(*arrays):
+    return [None if a is None else a.astype(np.float64) for a in arrays]
+
+
+def _problem(case, seed):
+    N, H, W, C, K, padding, bias, relu = case
+    rng = np.random.default_rng(seed)
+    x, w = rand(rng, N, H, W, C), rand(rng, 3, 3, C, K, scale=(9 * C) ** -0.5)
+    b = rand(rng, K) if bias else None
+    P, Q = ref._output_size(H, W, 3, 3, (1, 1), padding, "kernel")
+    dy = rand(rng, N, P, Q, K)
+    return x, w, b, dy, padding, relu
+
+
+# ---------------------------------------------------------------- CPU: registration and refusals
+
+def test_registered_not_default():
+    for op in ("conv2d_forward", "conv2d_backward_data"):
+        assert NAME in registry.variants(op, "cuda")
+        v = registry.get(op, NAME)
+        assert v.source == "cuda" and "Winograd" in v.note
+        assert registry.get(op).name != NAME  # default=False: never the implicit default
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """Any array check, allocation or launch fails the test: refusals must come first."""
+    def boom(*args, **kwargs):
+        raise AssertionError("the GPU was touched before the shape was refused")
+    monkeypatch.setattr(cw, "_launch", types.SimpleNamespace(check=boom, function=boom))
+    monkeypatch.setattr(cw, "out_array", boom)
+    monkeypatch.setattr(cw, "_DEVICE", types.SimpleNamespace(empty=boom, launch=boom, blocks=boom))
+
+
+REFUSED = [((5, 5), (1, 1), (2, 2, 2, 2), r"3x3 kernels only.*5x5"),
+           ((3, 3), (2, 2), SAME, r"stride 1 only.*\(2, 2\)"),
+           ((3, 3), (1, 2), SAME, r"stride 1 only"),
+           ((3, 3), (1, 1), (3, 1, 1, 1), r"padding up to 2")]
+
+
+@pytest.mark.parametrize("rs,stride,padding,match", REFUSED, ids=["5x5", "stride2", "stride1x2", "pad3"])
+def test_refuses_other_shapes_before_the_gpu(no_gpu, rs, stride, padding, match):
+    x = np.ones((1, 9, 9, 4), np.float32)
+    w = np.ones(rs + (4, 2), np.float32)
+    with pytest.raises(ValueError, match=match):
+        cw.conv2d_forward(x, w, None, stride, padding, True)
+    dy = np.ones((1, 4, 4, 2), np.float32)  # shape irrelevant: refused before it is looked at
+    with pytest.raises(ValueError, match=match):
+        cw.conv2d_backward_data(dy, w, x.shape, stride, padding)
+
+
+# ---------------------------------------------------------------- CPU: the CUDA C source, emulated
+
+SHIM = r'''
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <thread>
+#include <vector>
+struct uint3 { unsigned x, y, z; };
+struct float4 { float x, y, z, w; };
+static inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+static thread_local uint3 threadIdx;
+static uint3 blockIdx, blockDim, gridDim;
+static std::barrier<>* fc_emu_barrier;
+static inline void __syncthreads() { fc_emu_barrier->arrive_and_wait(); }
+using std::min; using std::max;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __restrict__ __restrict
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+#include "kernel_expanded.cu"
+template <class F> static void fc_emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, F f) {
+    gridDim = {gx, gy, gz}; blockDim = {bx, 1, 1};
+    for (unsigned z = 0; z < gz; ++z) for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) {
+        blockIdx = {x, y, z};
+        std::barrier<> bar(bx); fc_emu_barrier = &bar;
+        std::vector<std::thread> ts;
+        for (unsigned i = 0; i < bx; ++i) ts.emplace_back([&, i] { threadIdx = {i, 0, 0}; f(); });
+        for (auto& t : ts) t.join();
+    }
+}
+#define G unsigned gx, unsigned gy, unsigned gz, unsigned bx
+#define L(call) fc_emu_launch(gx, gy, gz, bx, [&] { call; })
+extern "C" void emu_winograd_weight_transform(G, const float* w, float* U, int C, int K, int flip) {
+    L(winograd_weight_transform(w, U, C, K, flip)); }
+extern "C" void emu_winograd_input_transform(G, const float* x, float* V, int N, int H, int W, int C,
+                                             int TH, int TW, int pt, int pl) {
+    L(winograd_input_transform(x, V, N, H, W, C, TH, TW, pt, pl)); }
+extern "C" void emu_winograd_gemm(G, const float* V, const float* U, float* M, int T, int C, int K,
+                                  const float* b, int relu) {
+    L(winograd_gemm(V, U, M, T, C, K, b, relu)); }
+extern "C" void emu_winograd_output_transform(G, const float* M, const float* b, float* y, int N, int P,
+                                              int Q, int K, int TH, int TW, int relu) {
+    L(winograd_output_transform(M, b, y, N, P, Q, K, TH, TW, relu)); }
+'''
+GUARD, GUARD_VALUE = 64, 12345.0
+
+
+class _EmuDevice:
+    """cw.run's device: NumPy workspaces (NaN-filled, with guard zones), kernels on the CPU.
+    1-D grids are capped at 3 blocks so that the grid-stride loops go round."""
+
+    def __init__(self, lib):
+        self.lib, self.buffers = lib, []
+
+    def empty(self, n):
+        buf = np.full(n + 2 * GUARD, np.nan, np.float32)
+        buf[:GUARD] = buf[-GUARD:] = GUARD_VALUE
+        self.buffers.append(buf)
+        return buf[GUARD:GUARD + n]
+
+    @staticmethod
+    def blocks(n):
+        return max(1, min(-(-n // 256), 3))
+
+    def launch(self, name, grid, block, args):
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        cargs = [ctypes.c_uint(g) for g in grid] + [ctypes.c_uint(block[0])]
+        for a in args:
+            if a is None:
+                cargs.append(ctypes.c_void_p(None))
+            elif isinstance(a, np.ndarray):
+                assert a.dtype == np.float32 and a.flags.c_contiguous, name
+                cargs.append(ctypes.c_void_p(a.ctypes.data))
+            else:
+                assert isinstance(a, np.int32), f"{name}: argument {a!r} is not an np.int32"
+                cargs.append(ctypes.c_int(int(a)))
+        getattr(self.lib, "emu_" + name)(*cargs)
+
+    def guards_intact(self):
+        return all((b[:GUARD] == GUARD_VALUE).all() and (b[-GUARD:] == GUARD_VALUE).all() for b in self.buffers)
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found: the CPU emulation of the CUDA C source needs it")
+    d = tmp_path_factory.mktemp("winograd_emu")
+    (d / "kernel_expanded.cu").write_text(_launch.kernel_source("conv_winograd.cu"))
+    (d / "shim.cpp").write_text(SHIM)
+    so = d / "emu.so"
+    proc = subprocess.run([gxx, "-std=c++20", "-O2", "-shared", "-fPIC", str(d / "shim.cpp"), "-o", str(so),
+                           "-pthread"], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "barrier" in proc.stderr:
+        pytest.skip("g++ lacks C++20 <barrier>")
+    assert proc.returncode == 0, proc.stderr
+    return ctypes.CDLL(str(so))
+
+
+EMU_CASES = [CASES[i] for i in (4, 5, 6, 7, 9, 11, 13)] + [(1, 4, 9, 13, 131, (1, 0, 0, 1), True, False)]
+
+
+@pytest.mark.parametrize("case", EMU_CASES, ids=[str(c[:5]) + str(c[5]) for c in EMU_CASES])
+def test_cuda_source_emulated_on_cpu(emulator, monkeypatch, case):
+    """The module's own checks and launch sequence, with NumPy arrays and the kernels run on the CPU."""
+    def check(name, a, *, dtype=np.float32, ndim=None, shape=None):
+        assert isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous, name
+        assert ndim is None or a.ndim == ndim, name
+        assert shape is None or tuple(a.shape) == tuple(shape), name
+        return a
+
+    def out_array(name, out, shape, dtype=np.float32):
+        return np.full(shape, np.nan, dtype) if out is None else check(name, out, dtype=dtype, shape=shape)
+    dev = _EmuDevice(emulator)
+    monkeypatch.setattr(cw, "_launch", types.SimpleNamespace(check=check, function=None))
+    monkeypatch.setattr(cw, "out_array", out_array)
+    monkeypatch.setattr(cw, "_DEVICE", dev)
+    x, w, b, dy, padding, relu = _problem(case, 7)
+    out = np.full(dy.shape, np.nan, np.float32)
+    y = cw.conv2d_forward(x, w, b, (1, 1), padding, relu, out=out)
+    assert y is out
+    assert_close(y, ref.conv2d_forward(*_f64(x, w, b), (1, 1), padding, relu), TOL, "forward")
+    dx = cw.conv2d_backward_data(dy, w, x.shape, (1, 1), padding)
+    assert_close(dx, ref.conv2d_backward_data(*_f64(dy, w), x.shape, (1, 1), padding), TOL, "dgrad")
+    assert dev.guards_intact(), "a kernel wrote outside a workspace"
+
+
+# ---------------------------------------------------------------- GPU
+
+def _poisoned(cp, shape):
+    a = cp.empty(shape, dtype=np.float32)
+    a.fill(np.nan)
+    return a
+
+
+@gpu
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_matches_reference(case):
+    import cupy as cp
+    x, w, b, _, padding, relu = _problem(case, 1)
+    expected = ref.conv2d_forward(*_f64(x, w, b), (1, 1), padding, relu)
+    fn = registry.get("conv2d_forward", NAME).fn
+    dev = [None if a is None else cp.asarray(a) for a in (x, w, b)]
+    out = _poisoned(cp, expected.shape)
+    got = fn(*dev, (1, 1), padding, relu, out=out)
+    assert got is out
+    assert_close(cp.asnumpy(got), expected, TOL, f"winograd forward {case}")
+    again = fn(*dev, (1, 1), padding, relu)
+    assert np.array_equal(cp.asnumpy(again), cp.asnumpy(got)), "differs from run to run"
+
+
+@gpu
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_backward_data_matches_reference(case):
+    import cupy as cp
+    x, w, _, dy, padding, _ = _problem(case, 2)
+    expected = ref.conv2d_backward_data(*_f64(dy, w), x.shape, (1, 1), padding)
+    fn = registry.get("conv2d_backward_data", NAME).fn
+    ddy, dw = cp.asarray(dy), cp.asarray(w)
+    out = _poisoned(cp, x.shape)
+    got = fn(ddy, dw, x.shape, (1, 1), padding, out=out)
+    assert got is out
+    assert_close(cp.asnumpy(got), expected, TOL, f"winograd dgrad {case}")
+    again = fn(ddy, dw, x.shape, (1, 1), padding)
+    assert np.array_equal(cp.asnumpy(again), cp.asnumpy(got)), "differs from run to run"
+
+
+@gpu
+@pytest.mark.parametrize("rs,stride,padding,match", REFUSED, ids=["5x5", "stride2", "stride1x2", "pad3"])
+def test_refuses_other_shapes_on_the_gpu(rs, stride, padding, match):
+    import cupy as cp
+    x = cp.ones((1, 9, 9, 4), np.float32)
+    w = cp.ones(rs + (4, 2), np.float32)
+    with pytest.raises(ValueError, match=match):
+        registry.get("conv2d_forward", NAME).fn(x, w, None, stride, padding, True)
+    with pytest.raises(ValueError, match=match):
+        registry.get("conv2d_backward_data", NAME).fn(cp.ones((1, 4, 4, 2), np.float32), w, x.shape,
+                                                      stride, padding)
