@@ -1,20 +1,83 @@
 // kernels/pool.cu: max-pooling, NHWC x (N,H,W,C) -> y (N,P,Q,C), window ph x pw,
 // stride (sh, sw), explicit padding (pt top, pl left; padding never wins).  Every
-// kernel takes the tail N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl (int32).
-//   maxpool_fwd<V>  one thread per V consecutive channels of one output (V = 1, or 4
-//                   when C % 4 == 0: float4 loads, uchar4 argmax stores); channel is
-//                   the fastest index, so a warp reads and writes contiguous memory.
-//                   Scans the window row-major; the first real position is taken,
-//                   later ones only when strictly greater (first max wins).
-//                   argmax (uint8) = r*pw + s within the window.
-//   maxpool_bwd<V>  one thread per V channels of one input element: gathers dy from
-//                   every window that covers it and whose argmax picked it, in the
-//                   reference's (r, s) order (p, q descending).  Deterministic, no atomics.
-// 1-D grid-stride launch, 256-thread blocks (no __launch_bounds__: with one, ptxas capped
-// maxpool_fwd<4> at 32 registers and spilled); tensors below 2^31 elements (32-bit index math).
-// Last measured: not yet measured on a GPU.
+// kernel takes the tail N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl (int32), even where
+// the window is a template argument.  Rules shared by every forward kernel (they are the
+// reference's): the window is scanned row-major, the first real position is the start
+// and a later one replaces it only when strictly greater (first max wins); a window
+// holding NaN gives y = NaN and argmax = ph*pw - 1 (numpy.maximum propagates NaN and
+// nothing equals it).  argmax (uint8) = r*pw + s within the window.  Every backward
+// kernel is a gather: an input element sums, from 0.0f, dy of every window that covers
+// it and whose argmax picked it, in the reference's (r, s) order (p, q descending), so
+// dx matches the reference bit for bit.  No atomics, deterministic.  Tensors below 2^31
+// elements (32-bit index math; the caller checks).  1-D grid-stride launches, 256-thread
+// blocks, no __launch_bounds__ (with one, ptxas capped maxpool_fwd<4> at 32 registers
+// and spilled).  V = channels per thread: 4 (16-byte float4 loads/stores, uchar4 argmax;
+// C % 4 == 0 and 16-byte aligned tensors), 2 (float2/uchar2; C % 2 == 0) or 1.
 #include "common.cuh"
 
+// ---------------------------------------------------------------- V-channel helpers
+template <int V>
+FC_DEVICE void pool_load(const float* __restrict__ p, float (&f)[V]) {
+    if constexpr (V == 4) {
+        const float4 t = __ldg(reinterpret_cast<const float4*>(p));
+        f[0] = t.x; f[1] = t.y; f[2] = t.z; f[3] = t.w;
+    } else if constexpr (V == 2) {
+        const float2 t = __ldg(reinterpret_cast<const float2*>(p));
+        f[0] = t.x; f[1] = t.y;
+    } else {
+        f[0] = __ldg(p);
+    }
+}
+
+template <int V>
+FC_DEVICE void pool_store(float* __restrict__ p, const float (&f)[V]) {
+    if constexpr (V == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
+    } else if constexpr (V == 2) {
+        *reinterpret_cast<float2*>(p) = make_float2(f[0], f[1]);
+    } else {
+        p[0] = f[0];
+    }
+}
+
+template <int V>
+FC_DEVICE void pool_load_u8(const fc_u8* __restrict__ p, int (&a)[V]) {
+    if constexpr (V == 4) {
+        const uchar4 t = __ldg(reinterpret_cast<const uchar4*>(p));
+        a[0] = t.x; a[1] = t.y; a[2] = t.z; a[3] = t.w;
+    } else if constexpr (V == 2) {
+        const uchar2 t = __ldg(reinterpret_cast<const uchar2*>(p));
+        a[0] = t.x; a[1] = t.y;
+    } else {
+        a[0] = __ldg(p);
+    }
+}
+
+template <int V>
+FC_DEVICE void pool_store_u8(fc_u8* __restrict__ p, const int (&a)[V]) {
+    if constexpr (V == 4) {
+        *reinterpret_cast<uchar4*>(p) = make_uchar4((fc_u8)a[0], (fc_u8)a[1], (fc_u8)a[2], (fc_u8)a[3]);
+    } else if constexpr (V == 2) {
+        *reinterpret_cast<uchar2*>(p) = make_uchar2((fc_u8)a[0], (fc_u8)a[1]);
+    } else {
+        p[0] = (fc_u8)a[0];
+    }
+}
+
+// Running max: f replaces b when strictly greater, or when f is NaN (which then sticks:
+// nothing is greater than NaN, and a later NaN only moves the index, fixed at the end).
+FC_DEVICE bool pool_takes(float f, float b) { return f > b || f != f; }
+
+// ---------------------------------------------------------------- generic kernels
+//   maxpool_fwd<V>  (variants direct: V = 1; vec4: V = 4 when C % 4 == 0, else 1; tiled's
+//                   fallback for windows without a tile instance: V = 4, 2 or 1)
+//   What: one thread per V consecutive channels of one output; channel is the fastest
+//   index, so a warp reads and writes contiguous memory.  Launch: 1-D, N*P*Q*C/V items.
+//   Algorithm: runtime loops over the window (ph, pw, strides, padding all runtime).
+//   Last measured (H200 2026-11-28 run 1, CUDA events, L2 flushed, medians; copy 4183 GB/s):
+//     128x55x55x96 3x3/2: direct 208 us (886 GB/s), vec4 78.5 us (2352 GB/s, 56%);
+//     128x27x27x256: direct 159, vec4 71.4 us (1648 GB/s); 128x13x13x256: 39.2 / 36.0 us;
+//     LeNet 200x28x28x6 2x2/2: 38.3 / 32.5 us (V = 1 for both; per-call host cost).
 template <int V>
 __global__ void
 maxpool_fwd(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restrict__ am,
@@ -28,43 +91,43 @@ maxpool_fwd(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restric
         const int q = t % Q;
         t /= Q;
         const int p = t % P, n = t / P;
-        // Per-lane running max and its window index; lanes spelled out (no local arrays).
-        float b0 = -__int_as_float(0x7f800000), b1 = b0, b2 = b0, b3 = b0;
-        int a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        float b[V];
+        int a[V];
         bool first = true;
         const int h0 = p * sh - pt, w0 = q * sw - pl;
+#pragma unroll
+        for (int v = 0; v < V; ++v) { b[v] = -__int_as_float(0x7f800000); a[v] = 0; }
         for (int r = 0; r < ph; ++r) {
             const int h = h0 + r;
             if (h < 0 || h >= H) continue;
             for (int s = 0; s < pw; ++s) {
                 const int w = w0 + s;
                 if (w < 0 || w >= W) continue;
-                const float* src = x + fc_nhwc(n, h, w, c, H, W, C);
+                float f[V];
+                pool_load<V>(x + fc_nhwc(n, h, w, c, H, W, C), f);
                 const int at = r * pw + s;
-                if constexpr (V == 4) {
-                    const float4 f = fc_load4(src);
-                    if (first || f.x > b0) { b0 = f.x; a0 = at; }
-                    if (first || f.y > b1) { b1 = f.y; a1 = at; }
-                    if (first || f.z > b2) { b2 = f.z; a2 = at; }
-                    if (first || f.w > b3) { b3 = f.w; a3 = at; }
-                } else {
-                    const float f = src[0];
-                    if (first || f > b0) { b0 = f; a0 = at; }
-                }
+#pragma unroll
+                for (int v = 0; v < V; ++v)
+                    if (first || pool_takes(f[v], b[v])) { b[v] = f[v]; a[v] = at; }
                 first = false;
             }
         }
+#pragma unroll
+        for (int v = 0; v < V; ++v)
+            if (b[v] != b[v]) a[v] = ph * pw - 1;
         const fc_i64 o = (((fc_i64)n * P + p) * Q + q) * C + c;
-        if constexpr (V == 4) {
-            fc_store4(y + o, make_float4(b0, b1, b2, b3));
-            *reinterpret_cast<uchar4*>(am + o) = make_uchar4((fc_u8)a0, (fc_u8)a1, (fc_u8)a2, (fc_u8)a3);
-        } else {
-            y[o] = b0;
-            am[o] = (fc_u8)a0;
-        }
+        pool_store<V>(y + o, b);
+        pool_store_u8<V>(am + o, a);
     }
 }
 
+//   maxpool_bwd<V>  (direct: V = 1; vec4: 4 or 1; tiled's fallback: 4, 2 or 1)
+//   What: one thread per V channels of one input element.  Launch: 1-D, N*H*W*C/V items.
+//   Algorithm: runtime loops over the windows p, q that cover the element (descending, so
+//   r, s ascending as in the reference), adding dy where argmax == r*pw + s.
+//   Last measured (H200 2026-11-28 run 1): 128x55x55x96 3x3/2: direct 562 us, vec4 153 us
+//     (1208 GB/s, 29%); 128x27x27x256: 420 / 110 us (1070 GB/s); LeNet 200x28x28x6 2x2/2:
+//     37.2 / 37.0 us.
 template <int V>
 __global__ void
 maxpool_bwd(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* __restrict__ dx,
@@ -91,30 +154,198 @@ maxpool_bwd(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* _
             for (int q = q_hi; q >= q_lo; --q) {   // s = wp - q*sw ascending
                 const int want = r * pw + (wp - q * sw);
                 const fc_i64 o = (((fc_i64)n * P + p) * Q + q) * C + c;
-                if constexpr (V == 4) {
-                    const uchar4 a = *reinterpret_cast<const uchar4*>(am + o);
-                    const float4 d = fc_load4(dy + o);
-                    if (a.x == want) acc[0] += d.x;
-                    if (a.y == want) acc[1] += d.y;
-                    if (a.z == want) acc[2] += d.z;
-                    if (a.w == want) acc[3] += d.w;
-                } else {
-                    if (am[o] == want) acc[0] += dy[o];
+                int a[V];
+                float d[V];
+                pool_load_u8<V>(am + o, a);
+                pool_load<V>(dy + o, d);
+#pragma unroll
+                for (int v = 0; v < V; ++v)
+                    if (a[v] == want) acc[v] += d[v];
+            }
+        }
+        pool_store<V>(dx + fc_nhwc(n, h, w, c, H, W, C), acc);
+    }
+}
+
+// ---------------------------------------------------------------- tiled kernels
+//   maxpool_fwd_tile<V, PH, PW, SH, SW, OH, OW>  (variant tiled)
+//   What: one thread computes an OH x OW block of adjacent outputs for V channels; the
+//   window (PH x PW) and stride (SH x SW) are template arguments (ph..sw of the tail must
+//   equal them), padding is runtime.  Launch: 1-D, N * ceil(P/OH) * ceil(Q/OW) * C/V items.
+//   Algorithm: the thread loads the ((OH-1)*SH + PH) x ((OW-1)*SW + PW) input block once
+//   (fully unrolled, so every load is in flight before the first compare; 3x3/2 with 2x2
+//   outputs reads 25 pixels instead of 36) and feeds each pixel to every window holding
+//   it, row-major within each window.
+//   Last measured: not yet measured on a GPU.
+template <int V, int PH, int PW, int SH, int SW, int OH, int OW>
+__global__ void
+maxpool_fwd_tile(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restrict__ am,
+                 int N, int H, int W, int C, int P, int Q, int ph, int pw, int sh, int sw, int pt, int pl) {
+    constexpr int RH = (OH - 1) * SH + PH, RW = (OW - 1) * SW + PW;  // input block
+    const int CV = C / V;
+    const int PT = (P + OH - 1) / OH, QT = (Q + OW - 1) / OW;
+    const fc_i64 total = (fc_i64)N * PT * QT * CV;
+    for (fc_i64 i = fc_global_tid(); i < total; i += fc_grid_stride()) {
+        const int idx = (int)i;  // total <= N*P*Q*C/V < 2^31 (checked by the caller)
+        const int c = (idx % CV) * V;
+        int t = idx / CV;
+        const int q0 = (t % QT) * OW;
+        t /= QT;
+        const int p0 = (t % PT) * OH, n = t / PT;
+        const int h0 = p0 * SH - pt, w0 = q0 * SW - pl;
+        float b[OH][OW][V];
+        int a[OH][OW][V];
+#pragma unroll
+        for (int u = 0; u < OH; ++u) {
+            const int r0 = max(0, -(h0 + u * SH));  // first real position of the window
+#pragma unroll
+            for (int o = 0; o < OW; ++o) {
+                const int s0 = max(0, -(w0 + o * SW));
+#pragma unroll
+                for (int v = 0; v < V; ++v) { b[u][o][v] = -__int_as_float(0x7f800000); a[u][o][v] = r0 * PW + s0; }
+            }
+        }
+#pragma unroll
+        for (int rr = 0; rr < RH; ++rr) {
+            const int h = h0 + rr;
+            const bool hok = h >= 0 && h < H;
+            const int row = (n * H + h) * W;
+#pragma unroll
+            for (int jj = 0; jj < RW; ++jj) {
+                const int w = w0 + jj;
+                if (!hok || w < 0 || w >= W) continue;
+                float f[V];
+                pool_load<V>(x + (row + w) * C + c, f);
+#pragma unroll
+                for (int u = 0; u < OH; ++u) {
+                    const int r = rr - u * SH;
+                    if (r < 0 || r >= PH) continue;
+#pragma unroll
+                    for (int o = 0; o < OW; ++o) {
+                        const int s = jj - o * SW;
+                        if (s < 0 || s >= PW) continue;
+#pragma unroll
+                        for (int v = 0; v < V; ++v)
+                            if (pool_takes(f[v], b[u][o][v])) { b[u][o][v] = f[v]; a[u][o][v] = r * PW + s; }
+                    }
                 }
             }
         }
-        const fc_i64 o = fc_nhwc(n, h, w, c, H, W, C);
-        if constexpr (V == 4) {
-            fc_store4(dx + o, make_float4(acc[0], acc[1], acc[2], acc[3]));
-        } else {
-            dx[o] = acc[0];
+#pragma unroll
+        for (int u = 0; u < OH; ++u) {
+            const int p = p0 + u;
+            if (p >= P) continue;
+#pragma unroll
+            for (int o = 0; o < OW; ++o) {
+                const int q = q0 + o;
+                if (q >= Q) continue;
+#pragma unroll
+                for (int v = 0; v < V; ++v)
+                    if (b[u][o][v] != b[u][o][v]) a[u][o][v] = PH * PW - 1;
+                const int off = ((n * P + p) * Q + q) * C + c;
+                pool_store<V>(y + off, b[u][o]);
+                pool_store_u8<V>(am + off, a[u][o]);
+            }
+        }
+    }
+}
+
+//   maxpool_bwd_tile<V, PH, PW, SH, SW, BH, BW>  (variant tiled)
+//   What: one thread writes dx for a tile of (BH*SH) x (BW*SW) input pixels x V channels
+//   (padded coordinates, tiles aligned to the stride).  Launch: 1-D,
+//   N * ceil((H+pt)/(BH*SH)) * ceil((W+pl)/(BW*SW)) * C/V items.
+//   Algorithm: the windows that can cover the tile are ((PH-1)/SH + BH) x ((PW-1)/SW + BW);
+//   the thread loads their dy and argmax once (3x3/2, 2x4 pixels: 6 windows instead of
+//   18 window reads per pixel), then for each pixel adds, from 0.0f, the dy whose argmax
+//   names it, windows in p, q descending order (r, s ascending: the reference's order).
+//   Which (window, pixel) pairs can meet and the position r*PW + s each one needs are
+//   compile-time constants.
+//   Last measured: not yet measured on a GPU.
+template <int V, int PH, int PW, int SH, int SW, int BH, int BW>
+__global__ void
+maxpool_bwd_tile(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* __restrict__ dx,
+                 int N, int H, int W, int C, int P, int Q, int ph, int pw, int sh, int sw, int pt, int pl) {
+    constexpr int KH = (PH - 1) / SH + BH, KW = (PW - 1) / SW + BW;  // windows per tile
+    constexpr int TH = BH * SH, TW = BW * SW;                         // pixels per tile
+    const int CV = C / V;
+    const int HT = (H + pt + TH - 1) / TH, WT = (W + pl + TW - 1) / TW;
+    const fc_i64 total = (fc_i64)N * HT * WT * CV;
+    for (fc_i64 i = fc_global_tid(); i < total; i += fc_grid_stride()) {
+        const int idx = (int)i;  // total < 2^31 (checked by the caller)
+        const int c = (idx % CV) * V;
+        int t = idx / CV;
+        const int tw = t % WT;
+        t /= WT;
+        const int th = t % HT, n = t / HT;
+        const int pb = th * BH + BH - 1, qb = tw * BW + BW - 1;  // window kk, ll = (pb - kk, qb - ll)
+        float d[KH][KW][V];
+        int g[KH][KW][V];
+#pragma unroll
+        for (int kk = 0; kk < KH; ++kk) {
+            const int p = pb - kk;
+            const bool pok = p >= 0 && p < P;
+#pragma unroll
+            for (int ll = 0; ll < KW; ++ll) {
+                const int q = qb - ll;
+                if (pok && q >= 0 && q < Q) {
+                    const int off = ((n * P + p) * Q + q) * C + c;
+                    pool_load<V>(dy + off, d[kk][ll]);
+                    pool_load_u8<V>(am + off, g[kk][ll]);
+                } else {
+#pragma unroll
+                    for (int v = 0; v < V; ++v) { d[kk][ll][v] = 0.0f; g[kk][ll][v] = -1; }  // matches nothing
+                }
+            }
+        }
+#pragma unroll
+        for (int ii = 0; ii < TH; ++ii) {
+            const int h = th * TH + ii - pt;
+            if (h < 0 || h >= H) continue;
+            const int row = (n * H + h) * W;
+#pragma unroll
+            for (int jj = 0; jj < TW; ++jj) {
+                const int w = tw * TW + jj - pl;
+                if (w < 0 || w >= W) continue;
+                float acc[V];
+#pragma unroll
+                for (int v = 0; v < V; ++v) acc[v] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < KH; ++kk) {          // p descending: r ascending
+                    const int r = ii - (BH - 1 - kk) * SH;
+                    if (r < 0 || r >= PH) continue;
+#pragma unroll
+                    for (int ll = 0; ll < KW; ++ll) {      // q descending: s ascending
+                        const int s = jj - (BW - 1 - ll) * SW;
+                        if (s < 0 || s >= PW) continue;
+#pragma unroll
+                        for (int v = 0; v < V; ++v)
+                            if (g[kk][ll][v] == r * PW + s) acc[v] += d[kk][ll][v];
+                    }
+                }
+                pool_store<V>(dx + (row + w) * C + c, acc);
+            }
         }
     }
 }
 
 #ifdef FASTCNN_INSTANTIATE
-template __global__ void maxpool_fwd<1>(const float*, float*, fc_u8*, int, int, int, int, int, int, int, int, int, int, int, int);
-template __global__ void maxpool_fwd<4>(const float*, float*, fc_u8*, int, int, int, int, int, int, int, int, int, int, int, int);
-template __global__ void maxpool_bwd<1>(const float*, const fc_u8*, float*, int, int, int, int, int, int, int, int, int, int, int, int);
-template __global__ void maxpool_bwd<4>(const float*, const fc_u8*, float*, int, int, int, int, int, int, int, int, int, int, int, int);
+#define POOL_TAIL int, int, int, int, int, int, int, int, int, int, int, int
+#define POOL_GENERIC(V) \
+    template __global__ void maxpool_fwd<V>(const float*, float*, fc_u8*, POOL_TAIL); \
+    template __global__ void maxpool_bwd<V>(const float*, const fc_u8*, float*, POOL_TAIL);
+#define POOL_TILE(V, PH, PW, SH, SW, OH, OW, BH, BW) \
+    template __global__ void maxpool_fwd_tile<V, PH, PW, SH, SW, OH, OW>(const float*, float*, fc_u8*, POOL_TAIL); \
+    template __global__ void maxpool_bwd_tile<V, PH, PW, SH, SW, BH, BW>(const float*, const fc_u8*, float*, POOL_TAIL);
+#define POOL_TILES(PH, PW, SH, SW, OH, OW, BH, BW) \
+    POOL_TILE(1, PH, PW, SH, SW, OH, OW, BH, BW) \
+    POOL_TILE(2, PH, PW, SH, SW, OH, OW, BH, BW) \
+    POOL_TILE(4, PH, PW, SH, SW, OH, OW, BH, BW)
+// Keep in step with fastcnn/backend/cuda/pool.py (GENERIC_LANES, TILES).
+POOL_GENERIC(1)
+POOL_GENERIC(2)
+POOL_GENERIC(4)
+POOL_TILES(2, 2, 2, 2, 1, 2, 1, 2)
+POOL_TILES(3, 3, 2, 2, 2, 2, 1, 2)
+POOL_TILES(3, 3, 1, 1, 1, 2, 1, 2)
+POOL_TILES(2, 2, 1, 1, 1, 2, 1, 2)
 #endif

@@ -3,13 +3,22 @@
 Variants, registered in ``fastcnn.kernels`` at import (no GPU needed to import):
   direct  one thread per output (forward) / input (backward) element, channel fastest
   vec4    the same, 4 channels per thread with 16-byte loads; falls back to ``direct``'s
-          kernel when C % 4 != 0
+          kernel when C % 4 != 0 (or a tensor is not 16-byte aligned)
+  tiled   window and stride compiled in (2x2/2, 3x3/2, 3x3/1, 2x2/1; see TILES), V = 4, 2
+          or 1 channels per thread (C % 4, C % 2, alignment); forward: each thread a block
+          of adjacent outputs sharing the overlapping input, loaded once; backward: each
+          thread a stride-aligned tile of input pixels, reading dy/argmax of the windows
+          that cover it once.  Other windows: the generic kernel with V = 4, 2 or 1.
 
 Arguments follow the reference's rules and messages.  Both functions take an
 optional keyword ``out=``: for the forward a pair ``(y, argmax)`` (float32 and
 uint8 CuPy arrays of shape (N, P, Q, C)), for the backward dx (N, H, W, C).
 The backward does not scan argmax for values outside the window (the reference
 does, on the host); such entries simply match no position and add nothing.
+
+Per-call host cost: the geometry, kernel and grid of a (variant, shape, pool, stride,
+padding, device) are worked out once and cached (``_plan``), so a repeated call does the
+argument checks, the allocation and the launch only.
 """
 from __future__ import annotations
 
@@ -21,7 +30,29 @@ from . import _launch
 from .gemm import THREADS, check_int32, grid_blocks, out_array
 
 _FILE = "pool.cu"
-NAME_EXPRESSIONS = ("maxpool_fwd<1>", "maxpool_fwd<4>", "maxpool_bwd<1>", "maxpool_bwd<4>")
+GENERIC_LANES = (1, 2, 4)
+# (ph, pw, sh, sw) -> (forward outputs per thread OH, OW; backward tiles per thread BH, BW).
+# Keep in step with the FASTCNN_INSTANTIATE block of kernels/pool.cu.
+TILES = {
+    (2, 2, 2, 2): (1, 2, 1, 2),   # LeNet: 2 outputs / 2x4 pixels (one window per 2x2) per thread
+    (3, 3, 2, 2): (2, 2, 1, 2),   # AlexNet: 5x5 inputs for 2x2 outputs / 2x4 pixels from 2x3 windows
+    (3, 3, 1, 1): (1, 2, 1, 2),
+    (2, 2, 1, 1): (1, 2, 1, 2),
+}
+
+
+def _fwd_tile_name(v, ph, pw, sh, sw, oh, ow):
+    return f"maxpool_fwd_tile<{v}, {ph}, {pw}, {sh}, {sw}, {oh}, {ow}>"
+
+
+def _bwd_tile_name(v, ph, pw, sh, sw, bh, bw):
+    return f"maxpool_bwd_tile<{v}, {ph}, {pw}, {sh}, {sw}, {bh}, {bw}>"
+
+
+NAME_EXPRESSIONS = tuple(
+    [f"maxpool_{d}<{v}>" for v in GENERIC_LANES for d in ("fwd", "bwd")]
+    + [name for (ph, pw, sh, sw), (oh, ow, bh, bw) in TILES.items() for v in (1, 2, 4)
+       for name in (_fwd_tile_name(v, ph, pw, sh, sw, oh, ow), _bwd_tile_name(v, ph, pw, sh, sw, bh, bw))])
 
 
 def _kernel(name: str):
@@ -38,8 +69,81 @@ def _geometry(x_shape, pool, stride, padding):
     return P, Q, dims
 
 
-def _lanes(variant: str, C: int) -> int:
-    return 4 if variant == "vec4" and C % 4 == 0 else 1
+# Channels per thread each variant may use, widest first (C and alignment pick among them).
+LANES = {"direct": (1,), "vec4": (4, 1), "tiled": (4, 2, 1)}
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _plan(variant: str, forward: bool, x_shape, pool, stride, padding):
+    """(P, Q, {lanes: (kernel, blocks)} widest first, dims): all a launch needs but the arrays.
+
+    Lanes that C allows are all listed; ``_launch_plan`` takes the widest one whose
+    alignment every array meets (a view may start at any 4-byte address)."""
+    N, H, W, C = x_shape
+    P, Q, dims = _geometry(x_shape, pool, stride, padding)
+    ph, pw, sh, sw, top, left = (int(d) for d in dims[6:])
+    tile = TILES.get((ph, pw, sh, sw)) if variant == "tiled" else None
+    kernels = {}
+    for lanes in LANES[variant]:
+        if C % lanes:
+            continue
+        if tile is None:
+            items = (N * P * Q if forward else N * H * W) * (C // lanes)
+            name = f"maxpool_{'fwd' if forward else 'bwd'}<{lanes}>"
+        elif forward:
+            oh, ow = tile[:2]
+            items = N * _ceil(P, oh) * _ceil(Q, ow) * (C // lanes)
+            name = _fwd_tile_name(lanes, ph, pw, sh, sw, oh, ow)
+        else:
+            bh, bw = tile[2:]
+            items = N * _ceil(H + top, bh * sh) * _ceil(W + left, bw * sw) * (C // lanes)
+            name = _bwd_tile_name(lanes, ph, pw, sh, sw, bh, bw)
+        check_int32(threads=items)
+        kernels[lanes] = (_kernel(name), grid_blocks(items))
+    return P, Q, kernels, dims
+
+
+_PLANS: dict = {}
+
+
+def _hashable(v) -> bool:
+    """True for an int or a flat tuple of ints (bools and lists excluded): safe cache keys."""
+    if type(v) is int:
+        return True
+    return type(v) is tuple and all(type(e) is int for e in v)
+
+
+def _cached_plan(variant, forward, x_shape, pool, stride, padding):
+    if not (_hashable(pool) and _hashable(stride) and _hashable(padding)):
+        return _plan(variant, forward, x_shape, pool, stride, padding)
+    key = (variant, forward, x_shape, pool, stride, padding, _device())
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        plan = _PLANS[key] = _plan(variant, forward, x_shape, pool, stride, padding)
+    return plan
+
+
+def _device() -> int:
+    import cupy as cp
+    return cp.cuda.runtime.getDevice()
+
+
+def _ptr(a) -> int:
+    return a.data.ptr
+
+
+def _launch_plan(kernels, arrays):
+    """(kernel, blocks): the widest lanes every array's address allows (4*lanes bytes for
+    floats, lanes bytes for argmax; CuPy's own allocations are 256-byte aligned)."""
+    for lanes, launch in kernels.items():  # widest first
+        if lanes == 1 or all(_ptr(a) % (n * lanes) == 0 for a, n in arrays):
+            return launch
+    raise AssertionError("unreachable: lanes = 1 is always planned")
 
 
 def _forward(variant: str):
@@ -47,15 +151,15 @@ def _forward(variant: str):
         """(y, argmax): window maxima (N,P,Q,C) and their uint8 index r*pool_w + s."""
         _launch.check("x", x, ndim=4)
         N, H, W, C = x.shape
-        P, Q, dims = _geometry(x.shape, pool, stride, padding)
+        P, Q, kernels, dims = _cached_plan(variant, True, x.shape, pool, stride, padding)
         if out is None:
             out = (None, None)
         elif not isinstance(out, (tuple, list)) or len(out) != 2:
             raise TypeError("out must be a pair (y, argmax) for maxpool_forward")
         y = out_array("out[0] (y)", out[0], (N, P, Q, C))
         argmax = out_array("out[1] (argmax)", out[1], (N, P, Q, C), dtype=np.uint8)
-        v = _lanes(variant, C)
-        _kernel(f"maxpool_fwd<{v}>")((grid_blocks(y.size // v),), (THREADS,), (x, y, argmax) + dims)
+        kernel, blocks = _launch_plan(kernels, ((x, 4), (y, 4), (argmax, 1)))
+        kernel((blocks,), (THREADS,), (x, y, argmax) + dims)
         return y, argmax
     maxpool_forward.__name__ = maxpool_forward.__qualname__ = f"maxpool_forward_{variant}"
     return maxpool_forward
@@ -66,13 +170,13 @@ def _backward(variant: str):
         """dx (N,H,W,C): each input element sums dy over the windows whose argmax chose it."""
         _launch.check("dy", dy, ndim=4)
         _launch.check("argmax", argmax, dtype=np.uint8, ndim=4)
-        N, H, W, C = _ref._shape4(x_shape, "x_shape")
-        P, Q, dims = _geometry((N, H, W, C), pool, stride, padding)
+        N, H, W, C = x_shape = _ref._shape4(x_shape, "x_shape")
+        P, Q, kernels, dims = _cached_plan(variant, False, x_shape, pool, stride, padding)
         if dy.shape != (N, P, Q, C) or argmax.shape != dy.shape:
             raise ValueError(f"dy {dy.shape} and argmax {argmax.shape} must both have shape {(N, P, Q, C)}")
         dx = out_array("out", out, (N, H, W, C))
-        v = _lanes(variant, C)
-        _kernel(f"maxpool_bwd<{v}>")((grid_blocks(dx.size // v),), (THREADS,), (dy, argmax, dx) + dims)
+        kernel, blocks = _launch_plan(kernels, ((dy, 4), (argmax, 1), (dx, 4)))
+        kernel((blocks,), (THREADS,), (dy, argmax, dx) + dims)
         return dx
     maxpool_backward.__name__ = maxpool_backward.__qualname__ = f"maxpool_backward_{variant}"
     return maxpool_backward
@@ -82,7 +186,13 @@ registry.register("maxpool_forward", "direct", _forward("direct"), source="cuda"
                   note="one thread per output element, channel fastest (coalesced NHWC)")
 registry.register("maxpool_forward", "vec4", _forward("vec4"), source="cuda", default=True,
                   note="4 channels per thread, float4 loads, uchar4 argmax (C % 4 == 0, else direct)")
+registry.register("maxpool_forward", "tiled", _forward("tiled"), source="cuda",
+                  note="window compiled in; 2x2 (3x3/2) or 1x2 adjacent outputs x 4/2/1 channels per "
+                       "thread, shared input loaded once; other windows: generic, 4/2/1 channels")
 registry.register("maxpool_backward", "direct", _backward("direct"), source="cuda",
                   note="gather: each input sums dy of the windows that chose it (no atomics)")
 registry.register("maxpool_backward", "vec4", _backward("vec4"), source="cuda", default=True,
                   note="gather, 4 channels per thread, float4/uchar4 loads (C % 4 == 0, else direct)")
+registry.register("maxpool_backward", "tiled", _backward("tiled"), source="cuda",
+                  note="gather over a stride-aligned tile of input pixels x 4/2/1 channels; dy/argmax "
+                       "of the covering windows read once; window compiled in (else generic)")

@@ -1,0 +1,328 @@
+"""Every max-pool variant (direct, vec4, tiled, auto) against fastcnn.backend.reference.
+
+Forward and backward are compared exactly: pooling only selects (forward) or sums the
+picked dy in the reference's (r, s) order (backward), so y, argmax and dx must match
+bit for bit (zeros compared by value: 0.0 == -0.0).  Outputs are NaN-poisoned first
+(argmax with 255), the result must be the ``out=`` buffer, and a second run without
+``out=`` must give the same bits.  The table covers C = 1, 3, 4, 6, 8, 16, 96, 256
+(vec4's C % 4 fallback, tiled's 2-channel path), odd sizes, batch 1, the windows with
+compiled-in tiles (2x2/2, 3x3/2, 3x3/1, 2x2/1) and others (generic kernels), explicit
+paddings, symmetric and not.  Further: NaN / +-inf / +-0 / tie inputs, and views whose
+addresses are only 4- or 8-byte aligned (the 16-byte kernels must not be used).
+
+The same source also runs without a GPU: ``test_kernels_emulated_on_cpu`` compiles
+kernels/pool.cu as host C++ (g++, a small shim that loops over blockIdx/threadIdx) and
+drives it through pool.py's own planning code, on the whole table.
+
+    pytest tests/test_gpu_pool_variants.py
+"""
+import ctypes
+import re
+import shutil
+import subprocess
+import types
+
+import numpy as np
+import pytest
+
+from fastcnn import _paths
+from fastcnn.backend import reference as ref
+from fastcnn.backend import registry
+from fastcnn.backend.cuda import _launch
+from fastcnn.backend.cuda import pool as cuda_pool  # registers the variants; no GPU needed
+
+gpu = pytest.mark.gpu
+V0 = (0, 0, 0, 0)
+WINDOWS = [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((3, 3), (1, 1)), ((2, 2), (1, 1))]
+PADS = [V0, (1, 1, 1, 1), (1, 0, 0, 1), (0, 1, 1, 0)]
+SIZES = [(1, 9, 11), (2, 7, 5), (1, 12, 13), (2, 5, 9)]
+
+# (N, H, W, C, pool, stride, padding)
+CASES = []
+for i, C in enumerate((1, 3, 4, 6, 8, 16, 96, 256)):
+    for j, (window, stride) in enumerate(WINDOWS):
+        N, H, W = SIZES[(i + j) % len(SIZES)]
+        pad = PADS[(i + 3 * j) % len(PADS)]
+        if window == (3, 3):
+            pad = (pad[0] * 2, pad[1], pad[2], pad[3] * 2)  # paddings up to 2 on a 3x3 window
+        CASES.append((N, H, W, C, window, stride, pad))
+CASES += [
+    (1, 1, 1, 4, (2, 2), (2, 2), (1, 0, 0, 1)),          # one input pixel, mostly padding
+    (1, 2, 2, 3, (3, 3), (1, 1), (2, 2, 2, 2)),
+    (1, 3, 3, 16, (3, 3), (2, 2), (2, 2, 2, 2)),
+    (1, 10, 12, 2, (2, 2), (1, 1), V0), (1, 17, 5, 3, (3, 3), (1, 1), (0, 0, 2, 1)),
+    (2, 7, 9, 4, (2, 3), (1, 2), (1, 0, 0, 2)),          # generic windows (no tile instance)
+    (1, 6, 5, 5, (4, 4), (3, 4), (3, 2, 1, 3)), (3, 10, 10, 12, (1, 1), (1, 1), V0),
+    (1, 14, 15, 6, (3, 2), (2, 2), (1, 0, 1, 1)), (1, 9, 9, 2, (2, 2), (3, 3), V0),
+    (1, 11, 10, 8, (3, 3), (3, 3), (1, 2, 0, 1)),
+    (200, 28, 28, 6, (2, 2), (2, 2), V0), (200, 10, 10, 16, (2, 2), (2, 2), V0),  # LeNet
+    (2, 55, 55, 96, (3, 3), (2, 2), V0), (2, 27, 27, 256, (3, 3), (2, 2), V0),     # AlexNet
+    (2, 13, 13, 256, (3, 3), (2, 2), V0),
+]
+OPS = ("maxpool_forward", "maxpool_backward")
+PARAMS = [pytest.param(op, v, i, id=f"{op}-{v}-{CASES[i]}".replace(" ", ""))
+          for i in range(len(CASES)) for op in OPS for v in registry.variants(op, "cuda")]
+SPECIAL = [i for i, c in enumerate(CASES) if c[0] * c[1] * c[2] * c[3] <= 20000]
+
+
+def _inputs(case, seed, mode="rand"):
+    """x, dy (float32) and the reference's y, argmax, dx for one case."""
+    rng = np.random.default_rng(seed)
+    N, H, W, C, pool, stride, padding = case
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    x.reshape(-1)[1:x.size:7] = x.reshape(-1)[0:x.size - 1:7]  # ties: the first maximum must win
+    if mode == "special":   # NaN (y NaN, argmax ph*pw-1), +-inf, +-0
+        m = rng.random(x.shape)
+        x[m < 0.05] = np.nan
+        x[(m >= 0.05) & (m < 0.15)] = -np.inf
+        x[(m >= 0.15) & (m < 0.2)] = np.inf
+        x[(m >= 0.2) & (m < 0.3)] = 0.0
+        x[(m >= 0.3) & (m < 0.35)] = -0.0
+    elif mode == "ties":    # few distinct values: many ties, many windows picking one pixel
+        x = rng.integers(-2, 2, x.shape).astype(np.float32)
+    y, am = ref.maxpool_forward(x, pool, stride, padding)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    if mode == "ties":      # sums of 0.1-multiples: rounding shows any change of order
+        dy = rng.integers(-3, 4, y.shape).astype(np.float32) * np.float32(0.1)
+    dx = ref.maxpool_backward(dy, am, x.shape, pool, stride, padding)
+    return x, dy, y, am, dx
+
+
+def same_bits(got, want) -> bool:
+    """Equal bit patterns, NaN matching NaN and 0.0 matching -0.0."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    if got.dtype.kind != "f":
+        return bool(np.array_equal(got, want))
+    nan = np.isnan(got)
+    if not np.array_equal(nan, np.isnan(want)):
+        return False
+    g = np.where(nan | (got == 0), 0, got).astype(np.float32)
+    w = np.where(nan | (want == 0), 0, want).astype(np.float32)
+    return bool(np.array_equal(g.view(np.uint32), w.view(np.uint32)))
+
+
+def _describe(got, want):
+    bad = ~((got == want) | (np.isnan(got.astype(np.float64)) & np.isnan(want.astype(np.float64))))
+    idx = np.argwhere(bad)[:3]
+    return f"{int(bad.sum())} of {got.size} differ, first at {idx.tolist()}: got {got[bad][:3]}, want {want[bad][:3]}"
+
+
+def check_variant(xp, op, variant, case, seed, mode="rand", offset=0, fns=None):
+    """Run one op of one variant on one case with xp arrays (CuPy, or NumPy for the CPU
+    emulation) and compare with the reference.  ``offset`` > 0 makes every array a view
+    starting ``offset`` elements into a larger buffer (misaligned for vector accesses)."""
+    x, dy, y, am, dx = _inputs(case, seed, mode)
+    fn = fns[op] if fns else registry.get(op, variant).fn
+
+    def place(host):
+        buf = xp.empty(host.size + offset, dtype=host.dtype)
+        a = buf[offset:].reshape(host.shape)
+        a[...] = xp.asarray(host)
+        return a
+
+    def poisoned(shape, dtype):
+        a = place(np.full(shape, 255 if dtype == np.uint8 else np.nan, dtype=dtype))
+        return a
+    host = (lambda a: a) if xp is np else xp.asnumpy
+    N, H, W, C, pool, stride, padding = case
+    if op == "maxpool_forward":
+        args, expected = (place(x), pool, stride, padding), (y, am)
+        outs = (poisoned(y.shape, np.float32), poisoned(am.shape, np.uint8))
+    else:
+        args, expected = (place(dy), place(am), x.shape, pool, stride, padding), (dx,)
+        outs = (poisoned(x.shape, np.float32),)
+    got = fn(*args, out=outs if len(outs) > 1 else outs[0])
+    got = got if isinstance(got, tuple) else (got,)
+    for name, g, o, e in zip(("y", "argmax") if len(outs) > 1 else ("dx",), got, outs, expected):
+        assert g is o, f"{op}/{variant}: the result is not the out= buffer"
+        h = host(g)
+        assert same_bits(h, e), f"{op}/{variant} {case} {mode} offset {offset}: {name}: {_describe(h, e)}"
+    again = fn(*args)
+    again = again if isinstance(again, tuple) else (again,)
+    for a, g in zip(again, got):
+        assert same_bits(host(a), host(g)), f"{op}/{variant} {case}: differs from run to run"
+
+
+def _cp():
+    import cupy
+    return cupy
+
+
+@gpu
+@pytest.mark.parametrize("op,variant,index", PARAMS)
+def test_variant_matches_reference(op, variant, index):
+    check_variant(_cp(), op, variant, CASES[index], seed=index)
+
+
+@gpu
+@pytest.mark.parametrize("mode", ["special", "ties"])
+@pytest.mark.parametrize("variant", registry.variants("maxpool_forward", "cuda"))
+def test_special_values_and_ties(variant, mode):
+    for i in SPECIAL:
+        for op in OPS:
+            check_variant(_cp(), op, variant, CASES[i], seed=1000 + i, mode=mode)
+
+
+@gpu
+@pytest.mark.parametrize("offset", [1, 2])
+@pytest.mark.parametrize("variant", registry.variants("maxpool_forward", "cuda"))
+def test_misaligned_views(variant, offset):
+    """Arrays starting 4 or 8 bytes past a 16-byte boundary: a narrower kernel, same result."""
+    for i in SPECIAL[::3]:
+        for op in OPS:
+            check_variant(_cp(), op, variant, CASES[i], seed=2000 + i, offset=offset)
+
+
+# ---------------------------------------------------------------- CPU only (no GPU needed)
+
+def test_instantiations_match_the_plan():
+    """kernels/pool.cu's FASTCNN_INSTANTIATE block (what the compile test checks) lists
+    exactly the generic lanes and tile shapes that pool.py launches."""
+    text = (_paths.KERNEL_DIR / "pool.cu").read_text()
+    block = text[text.index("#ifdef FASTCNN_INSTANTIATE"):]
+    generic = {int(v) for v in re.findall(r"^POOL_GENERIC\((\d+)\)", block, re.MULTILINE)}
+    tiles = {tuple(int(v) for v in m.split(","))
+             for m in re.findall(r"^POOL_TILES\(([\d, ]+)\)", block, re.MULTILINE)}
+    assert generic == set(cuda_pool.GENERIC_LANES)
+    assert tiles == {k + v for k, v in cuda_pool.TILES.items()}
+    for name in cuda_pool.NAME_EXPRESSIONS:
+        assert re.fullmatch(r"maxpool_(fwd|bwd)(_tile)?<[\d, ]+>", name), name
+
+
+def test_plan_picks_kernels(monkeypatch):
+    """Which kernel each variant launches for a shape (C % 4, C % 2, tile instance or not)."""
+    monkeypatch.setattr(cuda_pool, "_kernel", lambda name: name)
+    monkeypatch.setattr(cuda_pool, "grid_blocks", lambda n, threads=256: n)
+
+    def names(variant, forward, C, pool=(3, 3), stride=(2, 2), padding=V0):
+        return {lanes: k for lanes, (k, _) in
+                cuda_pool._plan(variant, forward, (2, 9, 9, C), pool, stride, padding)[2].items()}
+    assert names("direct", True, 96) == {1: "maxpool_fwd<1>"}
+    assert names("vec4", False, 96) == {4: "maxpool_bwd<4>", 1: "maxpool_bwd<1>"}
+    assert names("vec4", True, 6) == {1: "maxpool_fwd<1>"}
+    assert names("tiled", True, 6) == {2: "maxpool_fwd_tile<2, 3, 3, 2, 2, 2, 2>",
+                                       1: "maxpool_fwd_tile<1, 3, 3, 2, 2, 2, 2>"}
+    assert names("tiled", False, 8, (2, 2), (2, 2)) == {4: "maxpool_bwd_tile<4, 2, 2, 2, 2, 1, 2>",
+                                                        2: "maxpool_bwd_tile<2, 2, 2, 2, 2, 1, 2>",
+                                                        1: "maxpool_bwd_tile<1, 2, 2, 2, 2, 1, 2>"}
+    assert names("tiled", True, 3, (2, 3), (1, 2)) == {1: "maxpool_fwd<1>"}
+    assert names("tiled", False, 12, (4, 4), (3, 3)) == {4: "maxpool_bwd<4>", 2: "maxpool_bwd<2>",
+                                                         1: "maxpool_bwd<1>"}
+    for variant in ("direct", "vec4", "tiled"):
+        for forward in (True, False):
+            for C in (1, 2, 3, 4, 6, 96):
+                for lanes, (name, items) in cuda_pool._plan(variant, forward, (2, 9, 9, C), 3, 2, V0)[2].items():
+                    assert name in cuda_pool.NAME_EXPRESSIONS and C % lanes == 0 and items > 0
+
+
+_SHIM = r"""
+#include <cstring>
+#include <algorithm>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+struct fc_dim3 { unsigned x = 0, y = 0, z = 0; };
+static fc_dim3 blockIdx, threadIdx, blockDim, gridDim;
+struct float4 { float x, y, z, w; };
+struct float2 { float x, y; };
+struct uchar4 { unsigned char x, y, z, w; };
+struct uchar2 { unsigned char x, y; };
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+inline float2 make_float2(float a, float b) { return {a, b}; }
+inline uchar4 make_uchar4(unsigned char a, unsigned char b, unsigned char c, unsigned char d) { return {a, b, c, d}; }
+inline uchar2 make_uchar2(unsigned char a, unsigned char b) { return {a, b}; }
+template <class T> T __ldg(const T* p) { return *p; }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+using std::min; using std::max;
+"""
+_DRIVER = r"""
+typedef void (*fwd_t)(const float*, float*, fc_u8*, int, int, int, int, int, int, int, int, int, int, int, int);
+typedef void (*bwd_t)(const float*, const fc_u8*, float*, int, int, int, int, int, int, int, int, int, int, int, int);
+struct FwdEntry { const char* name; fwd_t fn; };
+struct BwdEntry { const char* name; bwd_t fn; };
+static FwdEntry FWD[] = { %s };
+static BwdEntry BWD[] = { %s };
+template <class F, class A, class B, class C>
+static void grid(F fn, int blocks, int threads, A a, B b, C c, const int* d) {
+    gridDim.x = blocks; blockDim.x = threads;
+    for (int bx = 0; bx < blocks; ++bx)
+        for (int tx = 0; tx < threads; ++tx) {
+            blockIdx.x = bx; threadIdx.x = tx;
+            fn(a, b, c, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11]);
+        }
+}
+extern "C" int launch(const char* name, int blocks, int threads, void* a, void* b, void* c, const int* d) {
+    for (auto& e : FWD)
+        if (!std::strcmp(e.name, name)) { grid(e.fn, blocks, threads, (const float*)a, (float*)b, (fc_u8*)c, d); return 0; }
+    for (auto& e : BWD)
+        if (!std::strcmp(e.name, name)) { grid(e.fn, blocks, threads, (const float*)a, (const fc_u8*)b, (float*)c, d); return 0; }
+    return -1;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """kernels/pool.cu compiled as host C++: launch(name, blocks, threads, a, b, c, dims)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler (g++) to emulate the kernels on the CPU")
+    names = cuda_pool.NAME_EXPRESSIONS
+    table = lambda prefix: ", ".join(f'{{"{n}", &{n}}}' for n in names if n.startswith(prefix))
+    src = _SHIM + _launch.kernel_source("pool.cu") + _DRIVER % (table("maxpool_fwd"), table("maxpool_bwd"))
+    root = tmp_path_factory.mktemp("pool_emu")
+    (root / "pool_emu.cpp").write_text(src)
+    lib = root / "pool_emu.so"
+    proc = subprocess.run([cxx, "-std=c++17", "-O1", "-shared", "-fPIC", "-Wno-unknown-pragmas",
+                           str(root / "pool_emu.cpp"), "-o", str(lib)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    dll = ctypes.CDLL(str(lib))
+    dll.launch.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 4
+    return dll
+
+
+def _np_check(name, a, *, dtype=np.float32, ndim=None, shape=None):
+    assert isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous, name
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}")
+    return a
+
+
+def test_kernels_emulated_on_cpu(emulator, monkeypatch):
+    """pool.py's planning + kernels/pool.cu's kernels (host-compiled) on NumPy arrays, exact.
+
+    Grids are capped at 5 blocks so that the grid-stride loops run many times."""
+    launched = []
+
+    def kernel(name):
+        def launch(grid, block, args):
+            a, b, c = args[:3]
+            dims = np.array([int(v) for v in args[3:]], dtype=np.int32)
+            launched.append(name)
+            rc = emulator.launch(name.encode(), grid[0], block[0], a.ctypes.data, b.ctypes.data,
+                                 c.ctypes.data, dims.ctypes.data)
+            assert rc == 0, f"{name} is not in the emulator's table"
+        return launch
+    monkeypatch.setattr(cuda_pool, "_kernel", kernel)
+    monkeypatch.setattr(cuda_pool, "_launch", types.SimpleNamespace(check=_np_check))
+    monkeypatch.setattr(cuda_pool, "out_array", lambda name, out, shape, dtype=np.float32:
+                        np.empty(shape, dtype) if out is None else _np_check(name, out, dtype=dtype, shape=shape))
+    monkeypatch.setattr(cuda_pool, "grid_blocks", lambda n, threads=256: min(-(-n // threads), 5))
+    monkeypatch.setattr(cuda_pool, "_device", lambda: -1)
+    monkeypatch.setattr(cuda_pool, "_ptr", lambda a: a.ctypes.data)
+    monkeypatch.setattr(cuda_pool, "_PLANS", {})
+    for variant in ("direct", "vec4", "tiled"):
+        fns = {"maxpool_forward": cuda_pool._forward(variant), "maxpool_backward": cuda_pool._backward(variant)}
+        for i, case in enumerate(CASES):
+            big = case[0] * case[1] * case[2] * case[3] > 100000
+            runs = [("rand", 0), ("special", 0), ("ties", 0), ("special", 1), ("ties", 2)]
+            for mode, offset in runs[:1] if big else runs:
+                for op in OPS:
+                    check_variant(np, op, variant, case, seed=i, mode=mode, offset=offset, fns=fns)
+    assert {n for n in launched if "tile" in n} >= {
+        "maxpool_fwd_tile<4, 3, 3, 2, 2, 2, 2>", "maxpool_bwd_tile<2, 2, 2, 2, 2, 1, 2>",
+        "maxpool_fwd_tile<1, 3, 3, 1, 1, 1, 2>", "maxpool_bwd_tile<4, 2, 2, 1, 1, 1, 2>"}
