@@ -119,9 +119,13 @@ def tune(op, args, kwargs, timer=None, agree=_agree) -> str:
     return best_name
 
 
-def _is_capturing() -> bool:
+def _tunable_now(args) -> bool:
+    """Arrays on the GPU and no capture under way (else the preferred variant runs, and
+    refuses host arrays with its own clear error)."""
     import cupy as xp
-    return xp.cuda.get_current_stream().is_capturing()
+    if not all(isinstance(a, xp.ndarray) for a in args if hasattr(a, "shape")):
+        return False
+    return not xp.cuda.get_current_stream().is_capturing()
 
 
 def _auto(op):
@@ -129,7 +133,7 @@ def _auto(op):
         key = _key(op, args, kwargs)
         name = _choices.get(key)
         if name is None:
-            if not enabled() or _is_capturing():
+            if not enabled() or not _tunable_now(args):
                 name = _candidates(op)[0]
             else:
                 name = _choices[key] = tune(op, args, kwargs)
