@@ -209,6 +209,13 @@ class Report:
         self.ceilings = {r.case.split(".", 1)[1]: r for r in results
                          if r.role == "ceiling" and r.figure and not r.error}
         self.rows = [self._row(r) for r in results]
+        self.notes = list(self.header.get("notes", []))
+        over = sorted({r.impl for r in self.rows if r.group == "conv" and (r.pct_ceiling or 0) > 100})
+        if over:
+            self.notes.append(
+                "conv TFLOP/s count direct-convolution operations (2*N*P*Q*K*R*S*C); a rate above the "
+                f"measured SGEMM rate ({', '.join(over)}) means fewer operations were done than that "
+                "count (an algorithm such as Winograd or FFT)")
 
     def _baseline_for(self, r: Result) -> Result | None:
         same_case = [b for b in self.results if b.role == "baseline" and b.group == r.group
@@ -246,7 +253,7 @@ class Report:
             line += p + "  "
         if line:
             lines.append(line.rstrip())
-        for note in h.get("notes", []):
+        for note in self.notes:
             lines.append(f"note: {note}")
         return lines
 
@@ -295,7 +302,7 @@ class Report:
                 f"{_num(row.figure, 0).strip()} {row.unit} | {row.baseline or ''} | "
                 f"{_num(row.baseline_figure, 0).strip()} | {_num(row.ratio, 0, ratio=True).strip()} | "
                 f"{_num(row.pct_ceiling, 0).strip()} |")
-        for note in self.header.get("notes", []):
+        for note in self.notes:
             lines.append("")
             lines.append(f"Note: {note}")
         return "\n".join(lines) + "\n"

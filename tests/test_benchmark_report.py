@@ -116,6 +116,16 @@ def test_table_markdown_and_json(tmp_path):
     assert md_path.read_text() == md
 
 
+def test_conv_rates_above_the_sgemm_ceiling_get_a_note():
+    results = known_results()
+    results.append(R("conv", "alexnet.conv3 fwd", "cuDNN NCHW fp32", "baseline", "TFLOP/s", 78.0))
+    rep = Report(results, HEADER)
+    assert row(rep, "alexnet.conv3 fwd", "cuDNN NCHW fp32").pct_ceiling == pytest.approx(156.0)
+    assert any("Winograd" in n and "cuDNN NCHW fp32" in n for n in rep.notes)
+    assert "Winograd" in rep.table() and "Winograd" in rep.markdown()
+    assert not any("Winograd" in n for n in Report(known_results(), HEADER).notes)
+
+
 def test_key_ratios_for_the_check_table():
     keys = dict(Report(known_results(), HEADER).key_ratios())
     assert keys["gemm 4096^3 best / cuBLAS fp32"] == "0.80x"
