@@ -1,109 +1,211 @@
-// kernels/conv_winograd.cu: Winograd F(2x2, 3x3) convolution, fp32 (no TF32), for 3x3
-// kernels with stride 1; NHWC input x (N,H,W,C), HWIO weights w (3,3,C,K), output
+// kernels/conv_winograd.cu: Winograd F(m x m, 3x3) convolution, m = 2 or 4, fp32 (no TF32),
+// for 3x3 kernels with stride 1; NHWC input x (N,H,W,C), HWIO weights w (3,3,C,K), output
 // y (N,P,Q,K), explicit padding (pt top, pl left; bottom/right only shape P, Q).
 //
-// Algorithm (Lavin & Gray 2015): the output is cut into 2x2 tiles, T = N*TH*TW tiles
-// with TH = ceil(P/2), TW = ceil(Q/2); tile t = (n, th, tw) reads the 4x4 input patch
-// at rows 2*th - pt .. +3, columns 2*tw - pl .. +3 (zero outside the image: that is
-// the padding, and it also covers the ragged last tile, whose extra outputs are
-// computed but never written).  With G (4x3), B^T (4x4), A^T (2x4) of F(2x2,3x3):
-//   U[e][c][k] = (G g_ck G^T)[e]        e = 4*i + j < 16   (weights, per call)
-//   V[e][t][c] = (B^T d_tc B)[e]                           (input tiles)
-//   M[e]       = V[e] (T x C) @ U[e] (C x K)               (16 independent GEMMs)
-//   y tile     = A^T M_tk A  (+ bias[k], ReLU)             (2x2 outputs per (t, k))
-// The multiplications per output drop from 9*C*K to 16/4 = 4*C*K (2.25x fewer).
+// Algorithm (Lavin & Gray 2015), alpha = m + 2, E = alpha^2: the output is cut into m x m
+// tiles, T = N*TH*TW tiles with TH = ceil(P/m), TW = ceil(Q/m); tile t = (n, th, tw) reads
+// the alpha x alpha input patch at rows m*th - pt .., columns m*tw - pl .. (zero outside
+// the image: that is the padding, and it also covers the ragged last tile, whose extra
+// outputs are computed but never written).  With G (alpha x 3), B^T, A^T (m x alpha):
+//   U[e][c][k] = (G g_ck G^T)[e]        e = alpha*i + j < E  (weights, per call)
+//   V[e][t][c] = (B^T d_tc B)[e]                             (input tiles)
+//   M[e]       = V[e] (T x C) @ U[e] (C x K)                 (E independent GEMMs)
+//   y tile     = A^T M_tk A  (+ bias[k], ReLU)               (m x m outputs per (t, k))
+// Multiplications per output: 9*C*K direct, 4*C*K for F(2x2) (16/4), 2.25*C*K for F(4x4)
+// (36/16).  F(4x4) uses the points 0, +-1, +-2 (wincnn); its rounding error grows with
+// the 8s and 1/24s in A and G but stays ~1e-6 relative in fp32 here.
 // Backward-data of a stride-1 3x3 conv is this forward applied to dy with the weights
 // flipped in (r, s) and transposed in (C, K), padding (2-pt, 2-pb, 2-pl, 2-pr): the
 // weight transform does the flip/transpose itself (flip = 1), so dgrad costs no extra
 // launch.  fastcnn/backend/cuda/conv_winograd.py validates shapes and owns the
-// workspaces U (16*C*K), V (16*T*C), M (16*T*K) floats.
+// workspaces U (E*C*K), V (E*T*C), M (E*T*K) floats.
 //
-// Kernels and launches (grid-stride 1-D kernels use 256-thread blocks):
-//   winograd_weight_transform  one thread per (c, k); reads 9 weights, writes 16 of U.
-//   winograd_input_transform   one thread per (t, c) (c fastest: coalesced reads of x
-//                              and writes of V); 16 loads, 16 stores.
-//   winograd_gemm              the tiled core of gemm_tile.cuh (128x128x8 block tile,
-//                              256 threads, 8x8 register block, float4 loads where
-//                              aligned); grid (ceil(T/128), ceil(K/128), 16), z = e.
-//   winograd_output_transform  one thread per (t, k) (k fastest); reads 16 of M,
-//                              writes the tile's in-range outputs with bias + ReLU.
-// All index products fit in int32 (the host checks 16*T*max(C,K), N*H*W*C, N*P*Q*K).
+// Kernels and launches (PREFIX winograd for m = 2, winograd4 for m = 4; the grid-stride
+// 1-D kernels use 256-thread blocks):
+//   PREFIX_weight_transform  one thread per (c, k); reads 9 weights, writes E of U.
+//   PREFIX_input_transform   one thread per (t, c) (c fastest: coalesced reads of x and
+//                            writes of V); alpha^2 loads, E stores.
+//   winograd_gemm            the tiled core of gemm_tile.cuh (128x128x8 block tile, 256
+//                            threads, 8x8 register block, float4 loads where aligned);
+//                            grid (ceil(T/128), ceil(K/128), E), z = e.
+//   PREFIX_output_transform  one thread per (t, k) (k fastest); reads E of M, writes the
+//                            tile's in-range outputs with bias + ReLU.
+// All index products fit in int32 (the host checks E*T*max(C,K), N*H*W*C, N*P*Q*K).
 // Last measured: not yet measured on a GPU.
 #include "common.cuh"
 #include "gemm_tile.cuh"
 
-// U[e][c][k] = (G g G^T)[e], g[r][s] = w[r][s][c][k] (flip = 0) or, for dgrad with w of
-// shape (3,3,K,C) (the forward's C and K swapped), g[r][s] = w[2-r][2-s][k][c] (flip = 1).
-extern "C" __global__ void __launch_bounds__(256)
-winograd_weight_transform(const float* __restrict__ w, float* __restrict__ U, int C, int K, int flip) {
+// The 1-D transforms of F(m x m, 3x3), alpha = m + 2 (Lavin & Gray; wincnn points 0, +-1,
+// +-2, +-1/2 for m = 4).  in1d: t = B^T d, w1d: u = G g, out1d: o = A^T v.
+template <int M_> struct fc_wino;
+template <> struct fc_wino<2> {
+    static constexpr int A = 4;
+    static FC_DEVICE void in1d(const float d[4], float t[4]) {
+        t[0] = d[0] - d[2]; t[1] = d[1] + d[2]; t[2] = d[2] - d[1]; t[3] = d[1] - d[3];
+    }
+    static FC_DEVICE void w1d(const float g[3], float u[4]) {
+        u[0] = g[0];
+        u[1] = 0.5f * (g[0] + g[1] + g[2]);
+        u[2] = 0.5f * (g[0] - g[1] + g[2]);
+        u[3] = g[2];
+    }
+    static FC_DEVICE void out1d(const float v[4], float o[2]) {
+        o[0] = v[0] + v[1] + v[2]; o[1] = v[1] - v[2] - v[3];
+    }
+};
+template <> struct fc_wino<4> {
+    static constexpr int A = 6;
+    static FC_DEVICE void in1d(const float d[6], float t[6]) {
+        t[0] = fmaf(4.0f, d[0], fmaf(-5.0f, d[2], d[4]));
+        t[1] = fmaf(-4.0f, d[1] + d[2], d[3] + d[4]);
+        t[2] = fmaf(4.0f, d[1] - d[2], d[4] - d[3]);
+        t[3] = fmaf(2.0f, d[3] - d[1], d[4] - d[2]);
+        t[4] = fmaf(2.0f, d[1] - d[3], d[4] - d[2]);
+        t[5] = fmaf(4.0f, d[1], fmaf(-5.0f, d[3], d[5]));
+    }
+    static FC_DEVICE void w1d(const float g[3], float u[6]) {
+        u[0] = 0.25f * g[0];
+        u[1] = (-1.0f / 6.0f) * (g[0] + g[1] + g[2]);
+        u[2] = (-1.0f / 6.0f) * (g[0] - g[1] + g[2]);
+        u[3] = fmaf(1.0f / 24.0f, g[0], fmaf(1.0f / 12.0f, g[1], (1.0f / 6.0f) * g[2]));
+        u[4] = fmaf(1.0f / 24.0f, g[0], fmaf(-1.0f / 12.0f, g[1], (1.0f / 6.0f) * g[2]));
+        u[5] = g[2];
+    }
+    static FC_DEVICE void out1d(const float v[6], float o[4]) {
+        const float s12 = v[1] + v[2], d12 = v[1] - v[2], s34 = v[3] + v[4], d34 = v[3] - v[4];
+        o[0] = v[0] + s12 + s34;
+        o[1] = fmaf(2.0f, d34, d12);
+        o[2] = fmaf(4.0f, s34, s12);
+        o[3] = fmaf(8.0f, d34, d12) + v[5];
+    }
+};
+
+// U[e][c][k] = (G g G^T)[e], e < alpha^2, g[r][s] = w[r][s][c][k] (flip = 0) or, for dgrad
+// with w of shape (3,3,K,C) (the forward's C and K swapped), g[r][s] = w[2-r][2-s][k][c].
+template <int M_>
+FC_DEVICE void fc_wino_weight(const float* __restrict__ w, float* __restrict__ U, int C, int K, int flip) {
+    typedef fc_wino<M_> X;
+    constexpr int A = X::A;
     const int CK = C * K;
     for (int idx = (int)fc_global_tid(); idx < CK; idx += (int)fc_grid_stride()) {
         const int c = idx / K, k = idx - c * K;
-        float g[3][3];
+        float gt[3][3];  // gt[s][r] = g[r][s]: columns of g as rows
 #pragma unroll
         for (int r = 0; r < 3; ++r)
 #pragma unroll
             for (int s = 0; s < 3; ++s)
-                g[r][s] = flip ? w[((2 - r) * 3 + (2 - s)) * CK + k * C + c]
-                               : w[(r * 3 + s) * CK + c * K + k];
-        float t[4][3];  // G g
+                gt[s][r] = flip ? w[((2 - r) * 3 + (2 - s)) * CK + k * C + c]
+                                : w[(r * 3 + s) * CK + c * K + k];
+        float t[3][A];  // t[s] = G g[:, s]
 #pragma unroll
-        for (int s = 0; s < 3; ++s) {
-            t[0][s] = g[0][s];
-            t[1][s] = 0.5f * (g[0][s] + g[1][s] + g[2][s]);
-            t[2][s] = 0.5f * (g[0][s] - g[1][s] + g[2][s]);
-            t[3][s] = g[2][s];
-        }
+        for (int s = 0; s < 3; ++s) X::w1d(gt[s], t[s]);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {  // (G g) G^T
-            float u[4];
-            u[0] = t[i][0];
-            u[1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-            u[2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-            u[3] = t[i][2];
+        for (int i = 0; i < A; ++i) {  // row i of (G g) G^T
+            const float row[3] = {t[0][i], t[1][i], t[2][i]};
+            float u[A];
+            X::w1d(row, u);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) U[(i * 4 + j) * CK + idx] = u[j];
+            for (int j = 0; j < A; ++j) U[(fc_i64)(i * A + j) * CK + idx] = u[j];
         }
     }
 }
 
-// V[e][t][c] = (B^T d B)[e], d the 4x4 patch of channel c under tile t (zero outside x).
-extern "C" __global__ void __launch_bounds__(256)
-winograd_input_transform(const float* __restrict__ x, float* __restrict__ V, int N, int H, int W,
-                         int C, int TH, int TW, int pt, int pl) {
+// V[e][t][c] = (B^T d B)[e], d the alpha x alpha patch of channel c under tile t, whose
+// top-left input pixel is (m*th - pt, m*tw - pl); zero outside x.
+template <int M_>
+FC_DEVICE void fc_wino_input(const float* __restrict__ x, float* __restrict__ V, int N, int H, int W,
+                             int C, int TH, int TW, int pt, int pl) {
+    typedef fc_wino<M_> X;
+    constexpr int A = X::A;
     const int T = N * TH * TW, TC = T * C;
     for (int idx = (int)fc_global_tid(); idx < TC; idx += (int)fc_grid_stride()) {
         const int t = idx / C, c = idx - t * C;
         const int n = t / (TH * TW), rem = t - n * (TH * TW), th = rem / TW, tw = rem - th * TW;
-        const int h0 = 2 * th - pt, w0 = 2 * tw - pl;
-        float d[4][4];
+        const int h0 = M_ * th - pt, w0 = M_ * tw - pl;
+        float dt[A][A];  // dt[j][i] = d[i][j]: columns of d as rows
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < A; ++i)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < A; ++j) {
                 const int h = h0 + i, w = w0 + j;
-                d[i][j] = (h >= 0 && h < H && w >= 0 && w < W) ? x[fc_nhwc(n, h, w, c, H, W, C)] : 0.0f;
+                dt[j][i] = (h >= 0 && h < H && w >= 0 && w < W) ? x[fc_nhwc(n, h, w, c, H, W, C)] : 0.0f;
             }
-        float b[4][4];  // B^T d
+        float b[A][A];  // b[j] = B^T d[:, j]  (column j of B^T d)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            b[0][j] = d[0][j] - d[2][j];
-            b[1][j] = d[1][j] + d[2][j];
-            b[2][j] = d[2][j] - d[1][j];
-            b[3][j] = d[1][j] - d[3][j];
-        }
+        for (int j = 0; j < A; ++j) X::in1d(dt[j], b[j]);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {  // (B^T d) B
-            float* v = V + (fc_i64)(i * 4) * TC + idx;
-            v[0] = b[i][0] - b[i][2];
-            v[TC] = b[i][1] + b[i][2];
-            v[2 * (fc_i64)TC] = b[i][2] - b[i][1];
-            v[3 * (fc_i64)TC] = b[i][1] - b[i][3];
+        for (int i = 0; i < A; ++i) {  // row i of (B^T d) B
+            float row[A], v[A];
+#pragma unroll
+            for (int j = 0; j < A; ++j) row[j] = b[j][i];
+            X::in1d(row, v);
+#pragma unroll
+            for (int j = 0; j < A; ++j) V[(fc_i64)(i * A + j) * TC + idx] = v[j];
         }
     }
 }
 
-// Mo[e] (T x K) = relu?(V[e] (T x C) @ U[e] (C x K) + bias), e = blockIdx.z; row-major.
+// y[n, m*th+i, m*tw+j, k] = relu?((A^T Mt A)[i][j] + bias[k]) for the in-range outputs of tile t.
+template <int M_>
+FC_DEVICE void fc_wino_output(const float* __restrict__ Mo, const float* __restrict__ bias,
+                              float* __restrict__ y, int N, int P, int Q, int K, int TH, int TW, int relu) {
+    typedef fc_wino<M_> X;
+    constexpr int A = X::A;
+    const int T = N * TH * TW, TK = T * K;
+    for (int idx = (int)fc_global_tid(); idx < TK; idx += (int)fc_grid_stride()) {
+        const int t = idx / K, k = idx - t * K;
+        const int n = t / (TH * TW), rem = t - n * (TH * TW), th = rem / TW, tw = rem - th * TW;
+        float mt[A][A];  // mt[j][i] = Mt[i][j]
+#pragma unroll
+        for (int i = 0; i < A; ++i)
+#pragma unroll
+            for (int j = 0; j < A; ++j) mt[j][i] = Mo[(fc_i64)(i * A + j) * TK + idx];
+        float a[A][M_];  // a[j] = A^T Mt[:, j]  (column j of A^T Mt)
+#pragma unroll
+        for (int j = 0; j < A; ++j) X::out1d(mt[j], a[j]);
+        const float bk = bias != nullptr ? bias[k] : 0.0f;
+#pragma unroll
+        for (int i = 0; i < M_; ++i) {  // row i of (A^T Mt) A
+            const int p = M_ * th + i;
+            if (p >= P) continue;
+            float row[A], o[M_];
+#pragma unroll
+            for (int j = 0; j < A; ++j) row[j] = a[j][i];
+            X::out1d(row, o);
+#pragma unroll
+            for (int j = 0; j < M_; ++j) {
+                const int q = M_ * tw + j;
+                if (q >= Q) continue;
+                const float v = o[j] + bk;
+                y[fc_nhwc(n, p, q, k, P, Q, K)] = relu ? fc_relu(v) : v;
+            }
+        }
+    }
+}
+
+// The launchable kernels: winograd_* is F(2x2,3x3) (alpha 4, 16 GEMMs), winograd4_* is
+// F(4x4,3x3) (alpha 6, 36 GEMMs); winograd_gemm serves both (gridDim.z GEMMs).
+#define FC_WINO_KERNELS(PREFIX, M_)                                                                  \
+    extern "C" __global__ void __launch_bounds__(256)                                               \
+    PREFIX##_weight_transform(const float* __restrict__ w, float* __restrict__ U, int C, int K,      \
+                              int flip) {                                                           \
+        fc_wino_weight<M_>(w, U, C, K, flip);                                                       \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256)                                               \
+    PREFIX##_input_transform(const float* __restrict__ x, float* __restrict__ V, int N, int H,      \
+                             int W, int C, int TH, int TW, int pt, int pl) {                        \
+        fc_wino_input<M_>(x, V, N, H, W, C, TH, TW, pt, pl);                                        \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256)                                               \
+    PREFIX##_output_transform(const float* __restrict__ Mo, const float* __restrict__ bias,         \
+                              float* __restrict__ y, int N, int P, int Q, int K, int TH, int TW,    \
+                              int relu) {                                                           \
+        fc_wino_output<M_>(Mo, bias, y, N, P, Q, K, TH, TW, relu);                                  \
+    }
+FC_WINO_KERNELS(winograd, 2)
+FC_WINO_KERNELS(winograd4, 4)
+
+// Mo[e] (T x K) = relu?(V[e] (T x C) @ U[e] (C x K) + bias), e = blockIdx.z (16 or 36 of them); row-major.
 // The host passes bias = null, relu = 0 (they belong to the output transform); with them
 // as run-time arguments, as in gemm_tiled, ptxas keeps 128 registers with 0 spills on
 // sm_80 (compile-time null spilled 4 bytes there).
@@ -118,41 +220,4 @@ winograd_gemm(const float* __restrict__ V, const float* __restrict__ U, float* _
     float acc[8][8];
     fc_gemm_mainloop(la, lb, 0, C, acc);
     fc_gemm_epilogue(acc, Mo + (fc_i64)blockIdx.z * T * K, T, K, m0, n0, bias, relu);
-}
-
-// y[n, 2th+i, 2tw+j, k] = relu?((A^T m A)[i][j] + bias[k]) for the in-range outputs of tile t.
-extern "C" __global__ void __launch_bounds__(256)
-winograd_output_transform(const float* __restrict__ Mo, const float* __restrict__ bias,
-                          float* __restrict__ y, int N, int P, int Q, int K, int TH, int TW, int relu) {
-    const int T = N * TH * TW, TK = T * K;
-    for (int idx = (int)fc_global_tid(); idx < TK; idx += (int)fc_grid_stride()) {
-        const int t = idx / K, k = idx - t * K;
-        const int n = t / (TH * TW), rem = t - n * (TH * TW), th = rem / TW, tw = rem - th * TW;
-        float m[4][4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) m[i][j] = Mo[(fc_i64)(i * 4 + j) * TK + idx];
-        float a[2][4];  // A^T m
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            a[0][j] = m[0][j] + m[1][j] + m[2][j];
-            a[1][j] = m[1][j] - m[2][j] - m[3][j];
-        }
-        const float bk = bias != nullptr ? bias[k] : 0.0f;
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {  // (A^T m) A
-            const int p = 2 * th + i;
-            if (p >= P) continue;
-            float o[2];
-            o[0] = a[i][0] + a[i][1] + a[i][2] + bk;
-            o[1] = a[i][1] - a[i][2] - a[i][3] + bk;
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                const int q = 2 * tw + j;
-                if (q >= Q) continue;
-                y[fc_nhwc(n, p, q, k, P, Q, K)] = relu ? fc_relu(o[j]) : o[j];
-            }
-        }
-    }
 }
