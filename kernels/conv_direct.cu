@@ -29,8 +29,9 @@
 //       The JL lanes are added in lane order through shared memory; the block writes
 //       its partial dw slice to out + z*R*S*C*K (dw itself when there is one chunk).
 //   conv_direct_wgrad_reduce   pass 2: dw[o] = sum over chunks of ws[chunk][o]; block
-//       256 = 8 outputs x 32 lanes, lane l sums chunks l, l+32, ... in order, then a
-//       fixed tree over lanes.  Same bits on every run on one card.
+//       256 = (256/L) outputs x L lanes (L = 1..32, more when there are more chunks):
+//       lane l sums chunks l, l+L, ... in order, then a fixed tree over the lanes.
+//       Same bits on every run on one card.
 // No atomics anywhere; everything is capturable in a CUDA graph.
 // Last measured: not yet measured on a GPU.
 #include "common.cuh"
@@ -38,8 +39,7 @@
 #define FC_DIRECT_THREADS 128
 #define FC_DIRECT_SMEM 4096      // floats of staged weights per block (16 KiB)
 #define FC_WGRAD_THREADS 256     // most threads of a conv_direct_wgrad block
-#define FC_REDUCE_OUTS 8         // conv_direct_wgrad_reduce: outputs per block
-#define FC_REDUCE_LANES 32       // conv_direct_wgrad_reduce: chunk lanes per output
+#define FC_REDUCE_THREADS 256    // conv_direct_wgrad_reduce block
 
 // acc[0..V) += v * s[0..V), s 16-byte aligned in shared memory, V a multiple of 4.
 template <int V>
@@ -184,10 +184,12 @@ conv_direct_wgrad(const float* __restrict__ x, const float* __restrict__ dy, flo
     const bool row_ok = row < RSC;
     const int rr = row_ok ? row : 0;
     const int rs = rr / C, c = rr - rs * C, r = rs / S, s = rs - r * S;
-    // This lane's share [lb, le) of the block's positions [jb, je).
-    const int jb = (int)blockIdx.z * chunk, je = min(NPQ, jb + chunk);
-    const int share = (je - jb + JL - 1) / JL;
-    const int lb = jb + lane * share, le = min(je, lb + share);
+    // This lane's share [lb, le) of the block's positions [jb, jb + len) (written so that no
+    // intermediate exceeds 2 * chunk beyond jb: no int overflow near 2^31 positions).
+    const int jb = (int)blockIdx.z * chunk, len = min(chunk, NPQ - jb);
+    const int share = (len + JL - 1) / JL;
+    const int lo = min(len, lane * share), hi = min(len, lo + share);
+    const int lb = jb + lo, le = jb + hi;
     const bool vec = (K % 4 == 0) && (k0 + KC <= K) && fc_aligned16(dy);
     float acc[KC];
 #pragma unroll
@@ -232,22 +234,24 @@ conv_direct_wgrad(const float* __restrict__ x, const float* __restrict__ dy, flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(FC_REDUCE_OUTS * FC_REDUCE_LANES)
-conv_direct_wgrad_reduce(const float* __restrict__ ws, float* __restrict__ dw, int M, int chunks) {
-    __shared__ float red[FC_REDUCE_LANES][FC_REDUCE_OUTS];
-    const int ot = (int)threadIdx.x % FC_REDUCE_OUTS, lane = (int)threadIdx.x / FC_REDUCE_OUTS;
-    const int o = (int)blockIdx.x * FC_REDUCE_OUTS + ot;
+// blockDim.x = FC_REDUCE_THREADS; lanes a power of two dividing it (1 to 32).
+extern "C" __global__ void __launch_bounds__(FC_REDUCE_THREADS)
+conv_direct_wgrad_reduce(const float* __restrict__ ws, float* __restrict__ dw, int M, int chunks, int lanes) {
+    __shared__ float red[FC_REDUCE_THREADS];  // red[lane * outs + ot]
+    const int tid = (int)threadIdx.x;
+    const int outs = FC_REDUCE_THREADS / lanes;
+    const int ot = tid % outs, lane = tid / outs;
+    const int o = (int)blockIdx.x * outs + ot;
     float sum = 0.0f;
     if (o < M)
-        for (int z = lane; z < chunks; z += FC_REDUCE_LANES) sum += ws[(fc_i64)z * M + o];
-    red[lane][ot] = sum;
+        for (int z = lane; z < chunks; z += lanes) sum += ws[(fc_i64)z * M + o];
+    red[tid] = sum;
     __syncthreads();
-#pragma unroll
-    for (int half = FC_REDUCE_LANES / 2; half > 0; half /= 2) {
-        if (lane < half) red[lane][ot] += red[lane + half][ot];
+    for (int half = lanes / 2; half > 0; half /= 2) {  // fixed tree over the lanes
+        if (lane < half) red[tid] += red[tid + half * outs];
         __syncthreads();
     }
-    if (lane == 0 && o < M) dw[o] = red[0][ot];
+    if (lane == 0 && o < M) dw[o] = red[tid];
 }
 
 #ifdef FASTCNN_INSTANTIATE

@@ -33,7 +33,7 @@ NAME_EXPRESSIONS = tuple(f"conv_direct_{kind}<{v}>" for kind in ("fprop", "dgrad
 THREADS = 128          # FC_DIRECT_THREADS: fprop / dgrad block
 WGRAD_THREADS = 256    # FC_WGRAD_THREADS: most threads of a wgrad pass-1 block
 WGRAD_ROWS = 128       # most rows of R*S*C per wgrad block
-REDUCE_OUTS = 8        # FC_REDUCE_OUTS: outputs per reduce block
+REDUCE_THREADS = 256   # FC_REDUCE_THREADS: wgrad reduce block
 _GRID_YZ_MAX = 65535
 
 
@@ -76,6 +76,15 @@ def wgrad_plan(RSC: int, K: int, NPQ: int, sms: int):
     chunk = cdiv(NPQ, chunks)
     chunks = cdiv(NPQ, chunk)
     return KC, TR, JL, row_tiles, k_tiles, chunks, chunk
+
+
+def reduce_lanes(chunks: int) -> int:
+    """Lanes per output of conv_direct_wgrad_reduce: a power of two, 1 to 32, each lane
+    summing about 4 or more chunks (few chunks: more outputs per block instead)."""
+    lanes = 1
+    while lanes < 32 and 8 * lanes <= chunks:
+        lanes *= 2
+    return lanes
 
 
 def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
@@ -147,8 +156,9 @@ def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
     check_int32(workspace=chunks * M)
     ws = cp.empty(chunks * M, dtype=np.float32)
     pass1(grid, (tr * jl,), (x, dy, ws) + dims + tail)
-    _kernel("conv_direct_wgrad_reduce")((cdiv(M, REDUCE_OUTS),), (256,),
-                                        (ws, dw, np.int32(M), np.int32(chunks)))
+    lanes = reduce_lanes(chunks)
+    _kernel("conv_direct_wgrad_reduce")((cdiv(M, REDUCE_THREADS // lanes),), (REDUCE_THREADS,),
+                                        (ws, dw, np.int32(M), np.int32(chunks), np.int32(lanes)))
     return dw
 
 
