@@ -29,3 +29,18 @@ def assert_close(out, ref, rtol=1e-4, name="output"):
     assert np.shape(out) == np.shape(ref), f"{name}: shape {np.shape(out)} != {np.shape(ref)}"
     err = rel_err(out, ref)
     assert err <= rtol, f"{name}: relative error {err:.3g} > {rtol:.1g}"
+
+
+def numeric_grad(f, x, eps=1e-6):
+    """d f / d x by central differences, one element at a time (x is changed and restored)."""
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        keep = flat[i]
+        flat[i] = keep + eps
+        up = f()
+        flat[i] = keep - eps
+        down = f()
+        flat[i] = keep
+        gflat[i] = (up - down) / (2 * eps)
+    return grad

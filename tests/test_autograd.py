@@ -5,20 +5,7 @@ import pytest
 import fastcnn
 import fastcnn.functional as F
 from fastcnn import Tensor, no_grad
-
-
-def numeric_grad(f, x, eps=1e-6):
-    """Central differences of the scalar f() with respect to every element of x (float64)."""
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        up = f()
-        x[i] = old - eps
-        down = f()
-        x[i] = old
-        g[i] = (up - down) / (2 * eps)
-    return g
+from helpers import numeric_grad
 
 
 def test_diamond_graph_runs_each_function_once_after_all_its_gradients():

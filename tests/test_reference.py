@@ -7,24 +7,8 @@ import pytest
 import loops
 from fastcnn.backend import PRIMITIVES
 from fastcnn.backend import reference as ref
-from helpers import assert_close, rand
+from helpers import assert_close, numeric_grad, rand
 
-EPS = 1e-6
-
-
-def numeric_grad(f, x, eps=EPS):
-    """d f / d x by central differences, one element at a time (x is changed and restored)."""
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        keep = flat[i]
-        flat[i] = keep + eps
-        up = f()
-        flat[i] = keep - eps
-        down = f()
-        flat[i] = keep
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
 
 
 def check_grad(analytic, f, x, name, rtol=1e-6):
