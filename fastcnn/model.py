@@ -350,20 +350,21 @@ class Sequential:
         self.history, self.stop_training = history, False
         step_graph = self.make_graph_step((batch_size,) + x.shape[1:], (batch_size,) + y.shape[1:], y.dtype) \
             if use_graph and n >= batch_size else None
+        batches = _Batches(B, x, y, on_device=self.device == "cuda")
         cbs.on_train_begin({"epochs": epochs, "steps": steps, "samples": n, "batch_size": batch_size,
                             "initial_epoch": initial_epoch, "device": self.device})
         for epoch in range(initial_epoch, epochs):
-            order = generator().permutation(n) if shuffle else None
+            batches.set_order(generator().permutation(n) if shuffle else None)
             self.backend.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
             cbs.on_epoch_begin(epoch, {})
             seen = 0
             for i in range(steps):
-                idx = order[i * batch_size:(i + 1) * batch_size] if shuffle else slice(i * batch_size, (i + 1) * batch_size)
                 count = min(batch_size, n - i * batch_size)
+                xb, yb = batches.get(i * batch_size, i * batch_size + count)
                 if step_graph is not None and count == batch_size:
-                    step_graph(x[idx], y[idx])
+                    step_graph(xb, yb)
                 else:
-                    self.train_step(self._batch(x, idx, np.float32), self._batch(y, idx, y.dtype))
+                    self.train_step(B.asarray(xb, np.float32), B.asarray(yb))
                 seen += count
                 cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count, "seen": seen, "steps": steps},
                                               self._running_metrics(seen)))
@@ -428,6 +429,29 @@ class Sequential:
                 y = self._forward(Tensor(self._batch(x, slice(start, start + batch_size), np.float32)), False, False)
                 outputs.append(B.to_host(y.data))
         return np.concatenate(outputs)
+
+
+class _Batches:
+    """The batches of one fit.  On the GPU the whole training set is copied to the device
+    once (when it takes at most DEVICE_DATA_LIMIT bytes) and each batch is a gather there:
+    no host round trip per step, so the host only enqueues work.  Otherwise each batch is
+    gathered on the host (only that batch is copied)."""
+    DEVICE_DATA_LIMIT = 2 << 30
+
+    def __init__(self, backend, x, y, on_device):
+        self.B = backend
+        self.on_device = on_device and 4 * x.size + y.nbytes <= self.DEVICE_DATA_LIMIT
+        if self.on_device:
+            x, y = backend.asarray(x, np.float32), backend.asarray(y)
+        self.x, self.y, self.order = x, y, None
+
+    def set_order(self, order) -> None:
+        """A permutation of the rows for this epoch (None: in order)."""
+        self.order = order if order is None or not self.on_device else self.B.asarray(order.astype(np.int32))
+
+    def get(self, start, stop):
+        idx = slice(start, stop) if self.order is None else self.order[start:stop]
+        return self.x[idx], self.y[idx]
 
 
 def _progress_callbacks(verbose):
