@@ -62,4 +62,4 @@ for _op in PRIMITIVES:
     globals()[_op] = _dispatcher(_op)
 
 # Registering the variants: one module per kernel file; `auto` last (it picks among them).
-from . import gemm, conv, conv_winograd, pool, step, auto  # noqa: E402,F401
+from . import gemm, conv, conv_direct, conv_winograd, pool, step, auto  # noqa: E402,F401
