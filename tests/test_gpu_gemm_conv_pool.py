@@ -128,7 +128,10 @@ def test_variant_matches_reference(op, variant, index):
     fn = registry.get(op, variant).fn
     dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
     outs = tuple(_poisoned(e.shape, e.dtype if e.dtype == np.uint8 else np.float32) for e in expected)
-    got = fn(*dev, out=outs if len(outs) > 1 else outs[0])
+    try:
+        got = fn(*dev, out=outs if len(outs) > 1 else outs[0])
+    except registry.NotApplicable as exc:
+        pytest.skip(f"{variant} does not handle this shape: {exc}")
     got = got if isinstance(got, tuple) else (got,)
     for g, o, e in zip(got, outs, expected):
         assert g is o, f"{op}/{variant}: the result is not the out= buffer"

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 
+class NotApplicable(ValueError):
+    """A variant that handles only some shapes (e.g. Winograd: 3x3, stride 1) refuses the
+    others with this; `auto` and the test table then use or test the other variants."""
+
+
 @dataclass(frozen=True)
 class Variant:
     op: str            # primitive name, e.g. 'conv2d_forward'

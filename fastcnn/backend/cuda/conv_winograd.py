@@ -39,13 +39,13 @@ def _refuse(name: str, what: str, w_shape, stride, padding) -> tuple:
     stride, padding = _ref._pair(stride, "stride"), _ref._padding(padding)
     R, S = tuple(w_shape)[:2]
     if (R, S) != (3, 3):
-        raise ValueError(f"{name} {what} handles 3x3 kernels only (Winograd F(mxm,3x3)), got {R}x{S}; "
+        raise registry.NotApplicable(f"{name} {what} handles 3x3 kernels only (Winograd F(mxm,3x3)), got {R}x{S}; "
                          "use the implicit_gemm variant")
     if stride != (1, 1):
-        raise ValueError(f"{name} {what} handles stride 1 only, got stride {stride}; "
+        raise registry.NotApplicable(f"{name} {what} handles stride 1 only, got stride {stride}; "
                          "use the implicit_gemm variant")
     if max(padding) > 2:
-        raise ValueError(f"{name} {what} handles padding up to 2 per side (3x3 kernel), "
+        raise registry.NotApplicable(f"{name} {what} handles padding up to 2 per side (3x3 kernel), "
                          f"got {padding}; use the implicit_gemm variant")
     return stride, padding
 
