@@ -74,6 +74,28 @@ def test_matmul_every_tile_config(rng, cfg, trans_a, trans_b):
     assert_close(host(got), ref.matmul(a, b, trans_a, trans_b), GEMM, f"matmul {cfg}")
 
 
+@pytest.mark.parametrize("M,K,N,trans_a,trans_b", [
+    (128, 17, 128, False, True),    # one full tile: unguarded interior loads, then a 1-deep K edge
+    (130, 9, 129, True, False),     # an interior tile plus row/column edge tiles
+    (128, 16, 128, False, False),   # interior only, two whole K slices (the prefetch path)
+    (3, 8, 131, True, True),
+])
+def test_matmul_128x128_kernel_interior_and_edges(rng, M, K, N, trans_a, trans_b):
+    """The generated large-problem kernel (one per transpose pair), at tile-sized shapes."""
+    a = rand(rng, *((K, M) if trans_a else (M, K)))
+    b = rand(rng, *((N, K) if trans_b else (K, N)))
+    with nb.tile_config("128x128"):
+        got = nb.matmul(dev(a), dev(b), trans_a, trans_b, out=nan_out((M, N)))
+    assert_close(host(got), ref.matmul(a, b, trans_a, trans_b), GEMM, "matmul 128x128")
+
+
+def test_dense_forward_128x128_epilogue(rng):
+    x, w, b = rand(rng, 129, 5), rand(rng, 5, 7), rand(rng, 7)
+    with nb.tile_config("128x128"):
+        got = nb.dense_forward(dev(x), dev(w), dev(b), True, out=nan_out((129, 7)))
+    assert_close(host(got), ref.dense_forward(x, w, b, True), GEMM, "dense 128x128")
+
+
 def test_matmul_split_k_and_batch_one(rng):
     # M x N is one tile and K spans 66 K-tiles: split along K into partial sums.
     a, b = rand(rng, 1, 530), rand(rng, 530, 3)
@@ -128,12 +150,19 @@ POOL_CASES = [
     (1, 7, 7, 2, (3, 3), (2, 2), (0, 0, 0, 0)),    # overlapping windows
     (2, 6, 5, 3, (3, 3), (2, 2), (1, 1, 1, 1)),    # padding never wins
     (1, 4, 5, 1, (2, 3), (1, 2), (1, 0, 2, 1)),
+    (2, 5, 7, 4, (2, 2), (2, 2), (0, 0, 0, 0)),    # C % 4 == 0: numba_vec's 4-channel kernel
+    (1, 7, 6, 8, (3, 3), (2, 2), (1, 1, 1, 1)),    # ... overlapping, padded, two channel groups
+    (1, 6, 5, 12, (2, 3), (1, 2), (1, 0, 2, 1)),   # ... lopsided padding, stride 1 x 2
 ]
+POOL_VARIANTS = {"direct": (nb.maxpool_forward, nb.maxpool_backward),
+                 "vec": (nb.maxpool_forward_vec, nb.maxpool_backward_vec)}
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: f"{c[4]}s{c[5]}p{c[6]}")
+@pytest.mark.parametrize("variant", sorted(POOL_VARIANTS))
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: f"C{c[3]}{c[4]}s{c[5]}p{c[6]}")
 @pytest.mark.parametrize("ties", [False, True])
-def test_maxpool(rng, case, ties):
+def test_maxpool(rng, case, ties, variant):
+    forward, backward = POOL_VARIANTS[variant]
     N, H, W, C, pool, stride, padding = case
     x = rand(rng, N, H, W, C)
     if ties:   # small integers: many equal maxima, so "first max wins" is tested
@@ -141,14 +170,21 @@ def test_maxpool(rng, case, ties):
     if padding != (0, 0, 0, 0):
         x -= 10.0   # all negative: a padded zero would win if padding could
     y_ref, am_ref = ref.maxpool_forward(x, pool, stride, padding)
-    y, am = nb.maxpool_forward(dev(x), pool, stride, padding,
-                               out=(nan_out(y_ref.shape), nan_out(y_ref.shape, np.uint8)))
+    y, am = forward(dev(x), pool, stride, padding,
+                    out=(nan_out(y_ref.shape), nan_out(y_ref.shape, np.uint8)))
     np.testing.assert_array_equal(host(y), y_ref)
     np.testing.assert_array_equal(host(am), am_ref)
     dy = rand(rng, *y_ref.shape)
-    dx = nb.maxpool_backward(dev(dy), am, x.shape, pool, stride, padding, out=nan_out(x.shape))
+    dx = backward(dev(dy), am, x.shape, pool, stride, padding, out=nan_out(x.shape))
     assert_close(host(dx), ref.maxpool_backward(dy, am_ref, x.shape, pool, stride, padding), EW,
                  "maxpool_backward")
+
+
+def test_maxpool_vec_is_registered_beside_direct():
+    assert fastcnn.kernels.variants("maxpool_forward", source="numba") == ["numba_direct", "numba_vec"]
+    assert fastcnn.kernels.variants("maxpool_backward", source="numba") == ["numba_gather", "numba_vec"]
+    assert registry.get("maxpool_forward", "numba_vec").fn is nb.maxpool_forward_vec
+    assert registry.get("maxpool_backward", "numba_vec").fn is nb.maxpool_backward_vec
 
 
 # ---------------------------------------------------------------- elementwise, bias, softmax, loss
@@ -480,6 +516,9 @@ def _lenet_cases(rng):
     onehot = np.eye(10, dtype=np.float32)[labels]
     _, am = ref.maxpool_forward(a1, (2, 2), (2, 2), (0, 0, 0, 0))
     lx = rand(rng, 8, 13, 13, 96)
+    ax = rand(rng, 8, 55, 55, 96)       # AlexNet's first pool (C % 4 == 0: numba_vec's own kernel)
+    _, am_ax = ref.maxpool_forward(ax, (3, 3), (2, 2), (0, 0, 0, 0))
+    dax = rand(rng, *am_ax.shape)
     cases = [
         ("conv2d_forward", (x1, w1, b1, (1, 1), SAME, True)),
         ("conv2d_forward", (p1, w2, b2, (1, 1), VALID, True)),
@@ -489,6 +528,8 @@ def _lenet_cases(rng):
         ("maxpool_forward", (a1, (2, 2), (2, 2), (0, 0, 0, 0))),
         ("maxpool_forward", (a1, (3, 3), (2, 2), (1, 1, 1, 1))),
         ("maxpool_backward", (dp, am, a1.shape, (2, 2), (2, 2), (0, 0, 0, 0))),
+        ("maxpool_forward", (ax, (3, 3), (2, 2), (0, 0, 0, 0))),
+        ("maxpool_backward", (dax, am_ax, ax.shape, (3, 3), (2, 2), (0, 0, 0, 0))),
         ("matmul", (f, w3, False, False)),
         ("matmul", (f, dh, True, False)),
         ("matmul", (dh, w3, False, True)),
@@ -542,12 +583,28 @@ def test_gpu_every_numba_variant_at_lenet_sizes():
 
 
 @gpu
-def test_gpu_large_matmul_tile_config():
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_gpu_large_matmul_tile_config(trans_a, trans_b):
+    """The generated 128x128 kernel at real sizes: interior and edge tiles, every transpose pair."""
     rng = np.random.default_rng(8)
-    a, b = rand(rng, 1024, 777), rand(rng, 777, 600)
-    got = nb.matmul(dev(a), dev(b))      # 128x128 tiles
-    assert nb.pick_config(1024, 600, 777) == "128x128"
-    assert_close(host(got), ref.matmul(a, b, False, False), GEMM, "matmul 128x128")
+    M, K, N = 1024, 777, 600
+    assert nb.pick_config(M, N, K) == "128x128"
+    a = rand(rng, *((K, M) if trans_a else (M, K)))
+    b = rand(rng, *((N, K) if trans_b else (K, N)))
+    got = nb.matmul(dev(a), dev(b), trans_a, trans_b)
+    assert_close(host(got), ref.matmul(a, b, trans_a, trans_b), GEMM, "matmul 128x128")
+
+
+@gpu
+def test_gpu_128x128_split_k_and_epilogue():
+    rng = np.random.default_rng(10)
+    a, b = rand(rng, 200, 4100), rand(rng, 4100, 130)     # 2 x 2 tiles, 513 K slices: split K
+    with nb.tile_config("128x128"):
+        got = nb.matmul(dev(a), dev(b))
+        x, w, bias = rand(rng, 300, 64), rand(rng, 64, 257), rand(rng, 257)
+        y = nb.dense_forward(dev(x), dev(w), dev(bias), True)
+    assert_close(host(got), ref.matmul(a, b, False, False), 1e-4, "split-K 128x128")
+    assert_close(host(y), ref.dense_forward(x, w, bias, True), GEMM, "dense 128x128")
 
 
 @gpu

@@ -26,10 +26,14 @@ Kernels:
                 implicit GEMM (A gathered from NHWC input, no im2col buffer),
                 conv backward-data (gather from dy, strided taps skipped),
                 conv backward-weights (split over K when the output is small),
-                dense; bias + ReLU fused in the epilogue.
+                dense; bias + ReLU fused in the epilogue.  Large matmuls
+                (config 128x128) run a dedicated generated kernel per transpose
+                pair: 8x8 scalar accumulators, register prefetch, unguarded
+                interior tiles, vectorised shared loads (see _gemm_big_source).
   max-pool      one thread per output (forward, uint8 argmax r*pool_w+s, first
                 max wins, padding never wins) / per input (backward, gather:
-                deterministic, no atomics).
+                deterministic, no atomics); numba_vec: 4 channels a thread
+                when C % 4 == 0, 2-D grid.
   the rest      elementwise grid-stride kernels; bias_grad as a two-pass column
                 reduction (deterministic); softmax and softmax-xent one block
                 per row with shared-memory reductions, totals by
@@ -142,25 +146,37 @@ def _empty(shape, dtype=np.float32):
     return np.empty(shape, dtype) if SIMULATOR else _cp.empty(shape, dtype)
 
 
+def _array_type():
+    return np.ndarray if SIMULATOR else (_cp.ndarray if _cp is not None else None)
+
+
+_ARRAY_TYPE = _array_type()
+_WHERE = "a NumPy array (CUDA simulator)" if SIMULATOR else "a CuPy array on the GPU"
+
+
 def _check(argname, a, dtype=np.float32, ndim=None, shape=None):
-    """Refuse, before any launch, an argument the kernels would read wrongly."""
-    array_type = np.ndarray if SIMULATOR else (_cp.ndarray if _cp is not None else None)
-    where = "a NumPy array (CUDA simulator)" if SIMULATOR else "a CuPy array on the GPU"
-    if array_type is None or not isinstance(a, array_type):
-        raise TypeError(f"{argname} must be {where}, got {type(a).__name__}; "
+    """Refuse, before any launch, an argument the kernels would read wrongly.
+
+    Runs once per array per call (the LeNet-5 step makes ~40 calls), so it sticks
+    to cheap attribute reads: no Device() objects, no __array_interface__ dicts.
+    """
+    if _ARRAY_TYPE is None or not isinstance(a, _ARRAY_TYPE):
+        raise TypeError(f"{argname} must be {_WHERE}, got {type(a).__name__}; "
                         "convert it with fastcnn.backend.get('numba').asarray(...)")
-    if a.dtype != np.dtype(dtype):
+    if a.dtype != dtype:
         raise TypeError(f"{argname} must be {np.dtype(dtype).name}, got {a.dtype.name}")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{argname} must have {ndim} dimensions, got shape {tuple(a.shape)}")
-    if shape is not None and tuple(a.shape) != tuple(shape):
+    if shape is not None and a.shape != shape and tuple(a.shape) != tuple(shape):
         raise ValueError(f"{argname} must have shape {tuple(shape)}, got {tuple(a.shape)}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{argname} must be C-contiguous (kernels ignore strides)")
     if a.size == 0:
         raise ValueError(f"{argname} is empty (shape {tuple(a.shape)})")
-    if not SIMULATOR and a.device.id != _cp.cuda.Device().id:
-        raise ValueError(f"{argname} lives on GPU {a.device.id}, the current device is {_cp.cuda.Device().id}")
+    if not SIMULATOR:
+        current = _cp.cuda.runtime.getDevice()
+        if a.data.device_id != current:
+            raise ValueError(f"{argname} lives on GPU {a.data.device_id}, the current device is {current}")
     return a
 
 
@@ -178,6 +194,11 @@ def _out(argname, out, shape, dtype=np.float32, inputs=()):
     if out is None:
         return _empty(shape, dtype)
     _check(argname, out, dtype=dtype, shape=shape)
+    if SIMULATOR:   # the same test (memory bounds overlap), without building __array_interface__
+        for name_, a in inputs:
+            if a is not None and np.may_share_memory(out, a):
+                raise ValueError(f"{argname} overlaps {name_}: this kernel cannot work in place")
+        return out
     lo, hi = _ptr_span(out)
     for name_, a in inputs:
         if a is not None:
@@ -238,6 +259,58 @@ def _stream():
 
 SIM_SWITCH_INTERVAL = 5e-4
 
+# Host cost per launch on a GPU.  Numba's own path would, per array argument, build a
+# DeviceNDArray from __cuda_array_interface__ (and an external_stream object for the
+# stream CuPy names there), and per launch normalise the grid and build a launch
+# configuration.  Both are cached here:
+#   * _views: (pointer, size, dtype) -> a 1-D DeviceNDArray over that memory.  Every
+#     kernel takes 1-D arrays, so one view serves any array with that triple; it holds
+#     no reference to the CuPy memory (no leak), and a view of memory that was freed
+#     and handed out again describes the new array exactly as a fresh one would.
+#   * _configs: (kernel, grid, block, stream pointer) -> kernel[grid, block, stream].
+# Both are cleared when they reach _CACHE_MAX entries.
+_views: dict = {}
+_configs: dict = {}
+_CACHE_MAX = 4096
+
+
+def _memo(fn):
+    """Cache a geometry function's (validated) result by its arguments, when they hash.
+
+    A call with unhashable arguments (lists) just runs the function; a call that
+    raises caches nothing.  Shapes and hyper-parameters repeat every step, so a step
+    reads the cache.
+    """
+    cache: dict = {}
+
+    def wrapper(*args):
+        try:
+            key = tuple(tuple(a) if isinstance(a, list) else a for a in args)
+            hit = cache.get(key)
+        except TypeError:
+            return fn(*args)
+        if hit is None:
+            hit = fn(*args)
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[key] = hit
+        return hit
+    wrapper.__wrapped__ = fn
+    wrapper.cache = cache
+    return wrapper
+
+
+def _view(a):
+    key = (a.data.ptr, a.size, a.dtype.char)
+    v = _views.get(key)
+    if v is None:
+        if len(_views) >= _CACHE_MAX:
+            _views.clear()
+        desc = {"shape": (a.size,), "strides": None, "typestr": a.dtype.str,
+                "data": (a.data.ptr, False), "version": 3}
+        v = _views[key] = cuda.from_cuda_array_interface(desc, owner=None, sync=False)
+    return v
+
 
 def _launch(kernel, grid, block, *args):
     """kernel[grid, block](*args): on a GPU on CuPy's current stream, with no synchronisation."""
@@ -252,13 +325,24 @@ def _launch(kernel, grid, block, *args):
         finally:
             sys.setswitchinterval(previous)
         return
-    args = tuple(cuda.as_cuda_array(a, sync=False) if isinstance(a, _cp.ndarray) else a
-                 for a in args)
-    kernel[grid, block, _stream()](*args)
+    ptr = _cp.cuda.get_current_stream().ptr
+    key = (kernel, grid, block, ptr)
+    configured = _configs.get(key)
+    if configured is None:
+        if len(_configs) >= _CACHE_MAX:
+            _configs.clear()
+        stream = _streams.get(ptr)
+        if stream is None:
+            stream = _streams[ptr] = cuda.external_stream(ptr)
+        configured = _configs[key] = kernel[grid, block, stream]
+    ndarray = _cp.ndarray
+    configured(*[_view(a) if isinstance(a, ndarray) else a for a in args])
 
 
 def _flat(a):
-    return a.reshape(-1)
+    # On a GPU _launch views every CuPy array as 1-D itself (arguments are checked
+    # C-contiguous first), so no reshaped CuPy array is made per argument.
+    return a.reshape(-1) if SIMULATOR else a
 
 
 _workspaces: dict = {}
@@ -586,6 +670,166 @@ def _rowmajor_b(B, k, n, K, N, p):
     return B[k * N + n]
 
 
+# --- the large-problem matmul: 128x128x8 tiles, 8x8 outputs a thread, register prefetch ---
+# A dedicated kernel per (trans_a, trans_b) (closure constants: the untaken branches
+# are compiled out).  Both tiles sit K-major in shared memory (A transposed), rows
+# padded by 4 floats; thread (ty, tx) = (tid // 16, tid % 16) owns rows
+# {4ty + i, 64 + 4ty + i} and columns {4tx + j, 64 + 4tx + j} (i, j < 4), so its eight
+# A values and eight B values of a K step are two runs of four consecutive floats,
+# which NVVM turns into 16-byte shared loads (ld.shared.v4; Numba has no vector
+# types).  The next K slice is read from global memory into registers while the
+# current one is multiplied.  Global loads are unguarded in the interior (tile fully
+# inside M x N and a whole K slice left) and guarded only at the edges.
+# __launch_bounds__(256, 2): at most 128 registers, two blocks per SM.
+BIG_BM, BIG_BN, BIG_BK = 128, 128, 8
+BIG_LDS = BIG_BM + 4
+BIG_THREADS = 256
+BIG_LAUNCH_BOUNDS = (BIG_THREADS, 2)
+
+
+# (The comparisons live in these device functions rather than in the generated
+# kernel: every branch written there is a basic block for Numba's front end, whose
+# passes grow faster than linearly with their number.)
+@_device
+def _ld_or_zero(X, idx, mn, mn_lim, k, kend):
+    """X[idx] when (mn, k) lies inside the operand, else 0 (an edge tile's load)."""
+    if mn < mn_lim and k < kend:
+        return X[idx]
+    return float32(0.0)
+
+
+@_device
+def _ep_store(C, bias, row, m, M, n, N, v, has_bias, relu):
+    """Epilogue for one output (m, n), if inside C: + bias[n], ReLU, store at C[row + n]."""
+    if m < M and n < N:
+        if has_bias != 0:
+            v += bias[n]
+        if relu != 0 and v < float32(0.0):
+            v = float32(0.0)
+        C[row + n] = v
+
+
+def _gemm_big_source(TA, TB):
+    """Python source of the 128x128 kernel for one (trans_a, trans_b).
+
+    Generated rather than written with loops over local arrays: in that form NVVM
+    left the epilogue (and the K loop) rolled, which indexes the 8x8 accumulator
+    dynamically and puts it in local memory (seen in the PTX).  Here the 64
+    accumulators, 16 operands and 8 prefetched values are named scalars, so they
+    can only live in registers.  The 8-step K loop stays a Python loop: unrolling
+    it in the source made Numba's front end take over a minute per kernel.
+    """
+    BK, LDS = BIG_BK, BIG_LDS
+    L = []
+    w = L.append
+    w("def gemm_big(A, B, C, bias, M, N, K, kchunk, has_bias, relu):")
+    align = "" if SIMULATOR else ", alignment=16"     # the simulator refuses alignment=
+    w(f"    As = cuda.shared.array({BK * LDS}, float32{align})")
+    w(f"    Bs = cuda.shared.array({BK * LDS}, float32{align})")
+    w("    tid = cuda.threadIdx.x")
+    w("    tx4 = (tid % 16) * 4")
+    w("    ty4 = (tid // 16) * 4")
+    w(f"    m0 = cuda.blockIdx.x * {BIG_BM}")
+    w(f"    n0 = cuda.blockIdx.y * {BIG_BN}")
+    w("    kbeg = cuda.blockIdx.z * kchunk")
+    w("    kend = min(K, kbeg + kchunk)")
+    w(f"    inside = m0 + {BIG_BM} <= M and n0 + {BIG_BN} <= N")
+    # loader lanes: a K-contiguous operand is read as 8 k x 4 rows a warp (32-byte
+    # runs), an M/N-contiguous one as 128 consecutive floats a warp
+    w("    lk = tid % 8")
+    w("    lr = tid // 8")
+    w("    lc = tid % 128")
+    w("    lkk = tid // 128")
+    for i in range(8):
+        w("    " + " = ".join(f"c{i}{j}" for j in range(8)) + " = float32(0.0)")
+
+    def operand(reg, kcontig, lim, base, k0):
+        # the thread's 4 elements: K-contiguous: row base+lr+32l, k k0+lk (X[row*K + k]);
+        # MN-contiguous: column base+lc, k k0+lkk+2l (X[k*lim + col])
+        out = []
+        for l in range(4):
+            if kcontig:
+                mn, k = f"({base} + lr + {32 * l})", f"({k0} + lk)"
+                idx = f"{mn} * K + {k}"
+            else:
+                mn, k = f"({base} + lc)", f"({k0} + lkk + {2 * l})"
+                idx = f"{k} * {lim} + {mn}"
+            out.append((f"{reg}{l}", idx, f"{mn}, {lim}, {k}, kend"))
+        return out
+
+    def fetch(k0, ind):
+        ops = [(x, "A") for x in operand("ra", TA == 0, "M", "m0", k0)]
+        ops += [(x, "B") for x in operand("rb", TB == 1, "N", "n0", k0)]
+        w(f"{ind}if inside and {k0} + {BK} <= kend:")     # interior: no guards
+        for (reg, idx, _), arr in ops:
+            w(f"{ind}    {reg} = {arr}[{idx}]")
+        w(f"{ind}else:")
+        for (reg, idx, cond), arr in ops:
+            w(f"{ind}    {reg} = _ld_or_zero({arr}, {idx}, {cond})")
+
+    def store(reg, S, kcontig):
+        for l in range(4):
+            if kcontig:
+                w(f"        {S}[lk * {LDS} + lr + {32 * l}] = {reg}{l}")
+            else:
+                w(f"        {S}[(lkk + {2 * l}) * {LDS} + lc] = {reg}{l}")
+
+    fetch("kbeg", "    ")
+    w("    k0 = kbeg")
+    w("    while k0 < kend:")
+    store("ra", "As", TA == 0)
+    store("rb", "Bs", TB == 1)
+    w("        cuda.syncthreads()")
+    w(f"        k1 = k0 + {BK}")
+    w("        if k1 < kend:")                  # fetch the next slice during this one's math
+    fetch("k1", "            ")
+    w(f"        for kk in range({BK}):")
+    # unsigned offsets: Numba adds no negative-index wraparound to them, so NVVM
+    # sees four consecutive aligned addresses and emits one ld.shared.v4 for them
+    w(f"            ao = uint64(ty4 + kk * {LDS})")
+    w(f"            bo = uint64(tx4 + kk * {LDS})")
+    for i in range(4):
+        w(f"            a{i} = As[ao + uint64({i})]")
+    for i in range(4):
+        w(f"            a{4 + i} = As[ao + uint64({64 + i})]")
+    for j in range(4):
+        w(f"            b{j} = Bs[bo + uint64({j})]")
+    for j in range(4):
+        w(f"            b{4 + j} = Bs[bo + uint64({64 + j})]")
+    for i in range(8):
+        for j in range(8):
+            w(f"            c{i}{j} += a{i} * b{j}")
+    w("        cuda.syncthreads()")
+    w("        k0 = k1")
+    w("    base = cuda.blockIdx.z * M * N")   # split-K partials stack along z
+    for i in range(8):
+        w(f"    m = m0 + ty4 + {i % 4 + 64 * (i // 4)}")
+        w("    row = base + m * N")
+        for j in range(8):
+            n = f"n0 + tx4 + {j % 4 + 64 * (j // 4)}"
+            w(f"    _ep_store(C, bias, row, m, M, {n}, N, c{i}{j}, has_bias, relu)")
+    return "\n".join(L) + "\n"
+
+
+def _make_gemm_big(TA, TB):
+    namespace = {}
+    code = compile(_gemm_big_source(TA, TB), f"<numba_cuda gemm_big ta={TA} tb={TB}>", "exec")
+    exec(code, globals(), namespace)   # module globals: the simulator swaps `cuda` there
+    fn = namespace["gemm_big"]
+    fn.__name__ = fn.__qualname__ = f"gemm_big_{TA}{TB}"
+    if cuda is None:
+        return fn
+    if SIMULATOR:   # the simulator's cuda.jit takes no launch_bounds
+        return cuda.jit(fn)
+    return cuda.jit(fn, launch_bounds=BIG_LAUNCH_BOUNDS)
+
+
+_BIG_KERNELS = {}
+if cuda is not None:
+    for _ta in (0, 1):
+        for _tb in (0, 1):
+            _BIG_KERNELS[_ta, _tb] = _make_gemm_big(_ta, _tb)
+
 _LOADERS = {
     "matmul": (_mm_a, _mm_b),
     "conv_fwd": (_conv_fwd_a, _rowmajor_b),     # weights HWIO = an (R*S*C) x K matrix
@@ -601,17 +845,16 @@ if cuda is not None:
 SPLIT_TARGET_BLOCKS = 264   # about two blocks per SM on an H100/H200 (132 SMs)
 
 
-def _gemm(kind, A, B, M, N, K, p, bias=None, relu=False, C=None):
-    """Run the ``kind`` GEMM: C (M, N) = loadA (M x K) @ loadB (K x N), epilogue fused."""
+@_memo
+def _gemm_plan(kind, M, N, K, p, has_bias, relu, forced):
+    """(kernel, grid, threads, kchunk, splits, p, plain p) of one GEMM; cached by shape."""
     cfg = pick_config(M, N, K)
     BM, BN, BK, TM, TN = TILE_CONFIGS[cfg]
     nt = (BM // TM) * (BN // TN)
     p = list(p) + [0] * (NP - len(p))
-    p[HAS_BIAS] = int(bias is not None)
-    p[RELU] = int(bool(relu))
+    p[HAS_BIAS] = int(has_bias)
+    p[RELU] = int(relu)
     p = tuple(int(v) for v in p)
-    b = _no_bias() if bias is None else _flat(bias)
-    C = _empty(M * N) if C is None else _flat(C)
     tiles = ((M + BM - 1) // BM) * ((N + BN - 1) // BN)
     ktiles = (K + BK - 1) // BK
     splits = 1
@@ -620,13 +863,30 @@ def _gemm(kind, A, B, M, N, K, p, bias=None, relu=False, C=None):
     kchunk = ((ktiles + splits - 1) // splits) * BK
     splits = (K + kchunk - 1) // kchunk
     grid = ((M + BM - 1) // BM, (N + BN - 1) // BN, splits)
-    kernel = _GEMM_KERNELS[kind, cfg]
+    plain = tuple(0 if i in (HAS_BIAS, RELU) else v for i, v in enumerate(p))
+    if kind == "matmul" and cfg == "128x128":
+        # the dedicated large-problem kernel: trans flags compiled in, no geometry tuple
+        return _BIG_KERNELS[p[0], p[1]], grid, nt, kchunk, splits, p, plain, True
+    return _GEMM_KERNELS[kind, cfg], grid, nt, kchunk, splits, p, plain, False
+
+
+def _gemm(kind, A, B, M, N, K, p, bias=None, relu=False, C=None):
+    """Run the ``kind`` GEMM: C (M, N) = loadA (M x K) @ loadB (K x N), epilogue fused."""
+    kernel, grid, nt, kchunk, splits, p, plain, big = _gemm_plan(
+        kind, M, N, K, tuple(p), bias is not None, bool(relu), _forced_config[0])
+    b = _no_bias() if bias is None else _flat(bias)
+    C = _empty(M * N) if C is None else _flat(C)
     if splits == 1:
-        _launch(kernel, grid, nt, A, B, C, b, M, N, K, kchunk, p)
+        if big:
+            _launch(kernel, grid, nt, A, B, C, b, M, N, K, kchunk, p[HAS_BIAS], p[RELU])
+        else:
+            _launch(kernel, grid, nt, A, B, C, b, M, N, K, kchunk, p)
         return C
     part = _scratch(splits * M * N)
-    plain = tuple(0 if i in (HAS_BIAS, RELU) else v for i, v in enumerate(p))
-    _launch(kernel, grid, nt, A, B, part, b, M, N, K, kchunk, plain)
+    if big:
+        _launch(kernel, grid, nt, A, B, part, b, M, N, K, kchunk, 0, 0)
+    else:
+        _launch(kernel, grid, nt, A, B, part, b, M, N, K, kchunk, plain)
     _launch(_k_sum_splits, _blocks(M * N), THREADS, part, C, b, M * N, N, splits, p)
     return C
 
@@ -659,6 +919,7 @@ def dense_forward(x, w, b=None, relu=False, *, out=None):
     return out
 
 
+@_memo
 def _conv_geometry(x_shape, w_shape, stride, padding):
     N, H, W, C = x_shape
     R, S, C2, K = w_shape
@@ -798,6 +1059,139 @@ def _k_maxpool_bwd(DY, AM, DX, total, q):
         i += stride
 
 
+# numba_vec: 4 consecutive channels a thread (C % 4 == 0), as kernels/pool.cu's vec4.
+# Numba has no float4, so the four loads are scalar (a warp still reads one contiguous
+# 512-byte run per tap).  2-D grid: y walks output rows (n, oh), x the (ow, channel
+# group) pairs of a row, so a thread does one integer division (by C/4) instead of
+# the direct kernel's three; both loops are grid-stride, so any grid is correct.
+
+@_jit
+def _k_maxpool_fwd_vec(X, Y, AM, q):
+    H = q[1]
+    W = q[2]
+    C = q[3]
+    P = q[4]
+    Q = q[5]
+    ph = q[6]
+    pw = q[7]
+    CV = C // 4
+    rows = q[0] * P
+    rowlen = Q * CV
+    row = cuda.blockIdx.y
+    while row < rows:
+        n = row // P
+        h0 = (row - n * P) * q[8] - q[10]
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        while j < rowlen:
+            ow = j // CV
+            c = (j - ow * CV) * 4
+            w0 = ow * q[9] - q[11]
+            b0 = b1 = b2 = b3 = float32(0.0)
+            a0 = a1 = a2 = a3 = 0
+            first = True
+            for r in range(ph):
+                h = h0 + r
+                if h >= 0 and h < H:
+                    for s in range(pw):
+                        w = w0 + s
+                        if w >= 0 and w < W:
+                            src = ((n * H + h) * W + w) * C + c
+                            v0 = X[src]
+                            v1 = X[src + 1]
+                            v2 = X[src + 2]
+                            v3 = X[src + 3]
+                            at = r * pw + s
+                            if first or v0 > b0:    # first max wins; padding never competes
+                                b0 = v0
+                                a0 = at
+                            if first or v1 > b1:
+                                b1 = v1
+                                a1 = at
+                            if first or v2 > b2:
+                                b2 = v2
+                                a2 = at
+                            if first or v3 > b3:
+                                b3 = v3
+                                a3 = at
+                            first = False
+            o = (row * Q + ow) * C + c
+            Y[o] = b0
+            Y[o + 1] = b1
+            Y[o + 2] = b2
+            Y[o + 3] = b3
+            AM[o] = uint8(a0)
+            AM[o + 1] = uint8(a1)
+            AM[o + 2] = uint8(a2)
+            AM[o + 3] = uint8(a3)
+            j += cuda.blockDim.x * cuda.gridDim.x
+        row += cuda.gridDim.y
+
+
+@_jit
+def _k_maxpool_bwd_vec(DY, AM, DX, q):
+    H = q[1]
+    W = q[2]
+    C = q[3]
+    P = q[4]
+    Q = q[5]
+    ph = q[6]
+    pw = q[7]
+    sh = q[8]
+    sw = q[9]
+    CV = C // 4
+    rows = q[0] * H
+    rowlen = W * CV
+    row = cuda.blockIdx.y
+    while row < rows:
+        n = row // H
+        hp = row - n * H + q[10]
+        oh_lo = 0
+        if hp >= ph:
+            oh_lo = (hp - ph) // sh + 1
+        oh_hi = min(hp // sh, P - 1)
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        while j < rowlen:
+            w = j // CV
+            c = (j - w * CV) * 4
+            wp = w + q[11]
+            ow_lo = 0
+            if wp >= pw:
+                ow_lo = (wp - pw) // sw + 1
+            ow_hi = min(wp // sw, Q - 1)
+            d0 = d1 = d2 = d3 = float32(0.0)
+            oh = oh_hi
+            while oh >= oh_lo:            # window row r = hp - oh*sh ascending
+                ow = ow_hi
+                while ow >= ow_lo:        # window column ascending
+                    want = (hp - oh * sh) * pw + (wp - ow * sw)
+                    o = ((n * P + oh) * Q + ow) * C + c
+                    if AM[o] == want:
+                        d0 += DY[o]
+                    if AM[o + 1] == want:
+                        d1 += DY[o + 1]
+                    if AM[o + 2] == want:
+                        d2 += DY[o + 2]
+                    if AM[o + 3] == want:
+                        d3 += DY[o + 3]
+                    ow -= 1
+                oh -= 1
+            o = (row * W + w) * C + c
+            DX[o] = d0
+            DX[o + 1] = d1
+            DX[o + 2] = d2
+            DX[o + 3] = d3
+            j += cuda.blockDim.x * cuda.gridDim.x
+        row += cuda.gridDim.y
+
+
+def _grid2(rowlen, rows):
+    """(grid, block) of the 2-D grid-stride pool kernels: x over a row, y over rows."""
+    gx = max(1, min(_MAX_BLOCKS, (rowlen + THREADS - 1) // THREADS))
+    gy = max(1, min(_MAX_BLOCKS, rows))
+    return (gx, gy), THREADS
+
+
+@_memo
 def _pool_geometry(x_shape, pool, stride, padding):
     N, H, W, C = x_shape
     ph, pw = _pair("pool", pool, 1)
@@ -814,21 +1208,23 @@ def _pool_geometry(x_shape, pool, stride, padding):
     return (N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl)
 
 
-def maxpool_forward(x, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), *, out=None):
-    """-> (y (N, P, Q, C), argmax uint8 (N, P, Q, C) = r*pool_w + s within the window)."""
+def _maxpool_forward(x, pool, stride, padding, out, vec):
     _check("x", x, ndim=4)
     q = _pool_geometry(x.shape, pool, stride, padding)
     N, P, Q, C = q[0], q[4], q[5], q[3]
     y_out, am_out = _pair_out(out, "(y, argmax)")
     y = _out("out[0] (y)", y_out, (N, P, Q, C), inputs=(("x", x),))
     am = _out("out[1] (argmax)", am_out, (N, P, Q, C), np.uint8, inputs=(("x", x),))
-    total = N * P * Q * C
-    _launch(_k_maxpool_fwd, _blocks(total), THREADS, _flat(x), _flat(y), _flat(am), total, q)
+    if vec and C % 4 == 0:
+        grid, block = _grid2(Q * (C // 4), N * P)
+        _launch(_k_maxpool_fwd_vec, grid, block, _flat(x), _flat(y), _flat(am), q)
+    else:
+        total = N * P * Q * C
+        _launch(_k_maxpool_fwd, _blocks(total), THREADS, _flat(x), _flat(y), _flat(am), total, q)
     return y, am
 
 
-def maxpool_backward(dy, argmax, x_shape, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), *, out=None):
-    """dx: each input element gathers dy from the windows whose argmax points at it."""
+def _maxpool_backward(dy, argmax, x_shape, pool, stride, padding, out, vec):
     _check("dy", dy, ndim=4)
     x_shape = _shape("x_shape", x_shape, 4)
     q = _pool_geometry(x_shape, pool, stride, padding)
@@ -837,9 +1233,34 @@ def maxpool_backward(dy, argmax, x_shape, pool=(2, 2), stride=(2, 2), padding=(0
         raise ValueError(f"dy must have shape {out_shape} for x_shape {x_shape}, got {tuple(dy.shape)}")
     _check("argmax", argmax, dtype=np.uint8, shape=out_shape)
     dx = _out("out", out, x_shape, inputs=(("dy", dy), ("argmax", argmax)))
-    total = int(np.prod(x_shape))
-    _launch(_k_maxpool_bwd, _blocks(total), THREADS, _flat(dy), _flat(argmax), _flat(dx), total, q)
+    N, H, W, C = x_shape
+    if vec and C % 4 == 0:
+        grid, block = _grid2(W * (C // 4), N * H)
+        _launch(_k_maxpool_bwd_vec, grid, block, _flat(dy), _flat(argmax), _flat(dx), q)
+    else:
+        total = N * H * W * C
+        _launch(_k_maxpool_bwd, _blocks(total), THREADS, _flat(dy), _flat(argmax), _flat(dx), total, q)
     return dx
+
+
+def maxpool_forward(x, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), *, out=None):
+    """-> (y (N, P, Q, C), argmax uint8 (N, P, Q, C) = r*pool_w + s within the window)."""
+    return _maxpool_forward(x, pool, stride, padding, out, False)
+
+
+def maxpool_backward(dy, argmax, x_shape, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), *, out=None):
+    """dx: each input element gathers dy from the windows whose argmax points at it."""
+    return _maxpool_backward(dy, argmax, x_shape, pool, stride, padding, out, False)
+
+
+def maxpool_forward_vec(x, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), *, out=None):
+    """maxpool_forward, 4 channels a thread when C % 4 == 0 (else the direct kernel)."""
+    return _maxpool_forward(x, pool, stride, padding, out, True)
+
+
+def maxpool_backward_vec(dy, argmax, x_shape, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), *, out=None):
+    """maxpool_backward, 4 channels a thread when C % 4 == 0 (else the direct kernel)."""
+    return _maxpool_backward(dy, argmax, x_shape, pool, stride, padding, out, True)
 
 
 # ---------------------------------------------------------------------------
@@ -1391,7 +1812,7 @@ def adam_update(p, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7):
 
 VARIANTS = {
     # op: (variant name, note)
-    "matmul": ("numba_tiled", "Numba: shared-memory tiles, 4x4/8x8 register blocking, split-K when the output is small"),
+    "matmul": ("numba_tiled", "Numba: shared-memory tiles, 4x4/8x8 register blocking (large: generated 128x128 kernel), split-K when the output is small"),
     "dense_forward": ("numba_tiled", "Numba: the tiled GEMM with bias + ReLU in the epilogue"),
     "conv2d_forward": ("numba_implicit_gemm", "Numba: implicit GEMM, A gathered from NHWC input into shared memory"),
     "conv2d_backward_data": ("numba_implicit_gemm", "Numba: implicit GEMM over the taps that land on an output"),
@@ -1415,6 +1836,13 @@ VARIANTS = {
 }
 
 
+# second variants of an op: (function name = op + "_vec")
+EXTRA_VARIANTS = {
+    "maxpool_forward": ("numba_vec", "Numba: 4 consecutive channels a thread (C % 4 == 0, else numba_direct's kernel), 2-D grid"),
+    "maxpool_backward": ("numba_vec", "Numba: gather, 4 channels a thread (C % 4 == 0, else numba_gather's kernel), 2-D grid"),
+}
+
+
 def _register() -> None:
     if cuda is None:
         return   # no numba: no numba variants (the registry copes with their absence)
@@ -1428,13 +1856,18 @@ def _register() -> None:
     module = globals()
     for op, (variant, note) in VARIANTS.items():
         registry.register(op, variant, module[op], source="numba", note=note)
+    for op, (variant, note) in EXTRA_VARIANTS.items():
+        registry.register(op, variant, module[op + "_vec"], source="numba", note=note)
 
 
 _register()
 
 
 def ptx_kernels():
-    """[(label, python function, explicit signature)] of every kernel, for compile_ptx.
+    """[(label, python function, explicit signature[, compile options])] of every kernel.
+
+    For compile_ptx; the optional fourth item holds the kernel's cuda.jit options
+    that change its code (launch_bounds).
 
     The signatures are those the wrappers above launch with (1-D C-contiguous
     arrays, int64 sizes and geometry tuples, float32 scalars).
@@ -1453,10 +1886,16 @@ def ptx_kernels():
     out = []
     for (kind, cfg), k in _GEMM_KERNELS.items():
         out.append((f"gemm_{kind}_{cfg}", k.py_func, (f32, f32, f32, f32, i64, i64, i64, i64, tup16)))
+    for (ta, tb), k in _BIG_KERNELS.items():
+        out.append((f"gemm_big_128x128_t{ta}{tb}", k.py_func,
+                    (f32, f32, f32, f32, i64, i64, i64, i64, i64, i64),
+                    {"launch_bounds": BIG_LAUNCH_BOUNDS}))
     out += [
         ("sum_splits", _k_sum_splits.py_func, (f32, f32, f32, i64, i64, i64, tup16)),
         ("maxpool_fwd", _k_maxpool_fwd.py_func, (f32, f32, u8, i64, tup12)),
         ("maxpool_bwd", _k_maxpool_bwd.py_func, (f32, u8, f32, i64, tup12)),
+        ("maxpool_fwd_vec", _k_maxpool_fwd_vec.py_func, (f32, f32, u8, tup12)),
+        ("maxpool_bwd_vec", _k_maxpool_bwd_vec.py_func, (f32, u8, f32, tup12)),
         ("relu_fwd", _k_relu_fwd.py_func, (f32, f32, i64)),
         ("relu_bwd", _k_relu_bwd.py_func, (f32, f32, f32, i64)),
         ("add", _k_add.py_func, (f32, f32, f32, i64)),
@@ -1497,6 +1936,7 @@ def compile_ptx_all(cc=(9, 0)):
             compute_capability = tuple(cc)
         _dispatcher.get_current_device = lambda: _Offline
     try:
-        return {label: cuda.compile_ptx(fn, sig, cc=cc)[0] for label, fn, sig in ptx_kernels()}
+        return {label: cuda.compile_ptx(fn, sig, cc=cc, **(opts[0] if opts else {}))[0]
+                for label, fn, sig, *opts in ptx_kernels()}
     finally:
         _dispatcher.get_current_device = original
