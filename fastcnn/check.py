@@ -268,6 +268,8 @@ class Check:
         # CUDA API errors that the libraries provoke and handle themselves are not kernel bugs:
         # leave them out where this compute-sanitizer knows the option, else count them apart.
         workload = [self.python, str(REPO / "bench" / "sanitize_step.py")]
+        if tool == "racecheck":  # several times slower: the CUDA C variants (shared memory) only
+            workload.append("--cuda-only")
         cmd = [exe, "--tool", tool, "--print-limit", "20", "--report-api-errors", "no"] + workload
         code, out, _ = run_limited(cmd, budget, env=child_env())
         if "SANITIZE" not in out and "option" in out.lower() and code not in (None, 0):

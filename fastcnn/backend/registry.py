@@ -49,9 +49,16 @@ def register(op: str, name: str, fn: Callable, source: str, note: str = "",
 
 
 _load_errors: dict[str, str] = {}
+_loaded = [False]
 
 
 def _ensure_loaded() -> None:
+    if not _loaded[0]:  # once: this sits on every kernel call's path
+        _loaded[0] = True
+        _load_variant_modules()
+
+
+def _load_variant_modules() -> None:
     # Importing the GPU modules registers their variants; neither needs a GPU to import.
     # One that fails to import (numba missing, or broken) leaves the other's variants usable;
     # the reason is kept for `fastcnn info` and said once as a warning.

@@ -52,7 +52,7 @@ def choices() -> dict:
 def _key(op, args, kwargs):
     parts = [op]
     for a in args:
-        parts.append((tuple(a.shape), str(a.dtype)) if hasattr(a, "shape") else a)
+        parts.append((a.shape, a.dtype.char) if hasattr(a, "shape") else a)
     parts += [(k, v) for k, v in sorted(kwargs.items()) if k != "out"]
     return tuple(parts)
 
@@ -100,11 +100,13 @@ def tune(op, args, kwargs, timer=None, agree=_agree) -> str:
     kwargs = {k: v for k, v in kwargs.items() if k != "out"}  # each candidate writes its own output
     timer = timer or (lambda fn, runs: _elapsed_ms(fn, args, kwargs, runs, xp))
     best_name, best_ms, expected = None, float("inf"), None
-    for name in _candidates(op):
+    for i, name in enumerate(_candidates(op)):
         fn = registry.get(op, name).fn
         try:
             out = fn(*args, **kwargs)  # warm-up: compiles the kernel outside the timing
         except (ValueError, TypeError, NotImplementedError):
+            if i == 0:
+                raise  # the preferred variant takes every valid input: this is the caller's error
             continue  # this variant does not take these arguments
         if expected is None:
             expected = out
