@@ -26,7 +26,11 @@
 // No min-blocks bound on the implicit kernels: capping them at 128 registers spills
 // (NVRTC sm_90: fprop 16 bytes, wgrad 48 bytes), so they run one 256-thread block per
 // 128+ registers (occupancy 8 warps/SM) until a leaner tile is written.
-// Last measured: not yet measured on a GPU.
+// Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19), CUDA events, L2 flushed, medians, vs cuDNN fp32 NCHW in the same run:
+//   implicit_gemm fprop AlexNet conv1 (N128 227x227x3 -> 96, 11x11/4) 1333 us = 0.81x cuDNN;
+//   conv2 (27x27x96 -> 256, 5x5) 3704 us = 31 TFLOP/s = 0.12x (cuDNN uses a reduced-operation
+//   algorithm); conv3 1229 us = 0.40x. im2col dgrad conv2 3546 us; implicit dgrad with stride 4
+//   (AlexNet conv1) 702 ms: taps that reach no output still cost work (auto never picks it).
 #include "common.cuh"
 #include "gemm_tile.cuh"
 

@@ -36,7 +36,10 @@
 // Plans on 132 SMs (conv_direct.py): LeNet-5 batch 200 conv1 fprop<8> 1225 blocks, wgrad<8>
 // 528 chunks x 256 threads (TR 32, JL 8) + reduce; conv2 fprop<8> 157x2 blocks, dgrad<8> 307
 // blocks, wgrad<16> 2x264 blocks x 192 threads (TR 96, JL 2) + reduce.
-// Last measured: not yet measured on a GPU.
+// Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19), CUDA events (one eager call each, host overhead included where the
+//   kernel is shorter than it), vs cuDNN fp32 NCHW in the same run, LeNet-5 at batch 200:
+//   conv1 fwd 38.1 us (cuDNN 26.4), conv1 wgrad 63.8 us (45.0), conv2 dgrad 73.6 us (38.5);
+//   inside the captured LeNet-5 step (no host overhead) the whole step takes 333 us.
 #include "common.cuh"
 
 #define FC_DIRECT_THREADS 128
