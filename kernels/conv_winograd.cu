@@ -37,8 +37,8 @@
 
 // The 1-D transforms of F(m x m, 3x3), alpha = m + 2 (Lavin & Gray; wincnn points 0, +-1,
 // +-2, +-1/2 for m = 4).  in1d: t = B^T d, w1d: u = G g, out1d: o = A^T v.
-template <int M_> struct fc_wino;
-template <> struct fc_wino<2> {
+template <int M_, int R_> struct fc_wino;
+template <> struct fc_wino<2, 3> {
     static constexpr int A = 4;
     static FC_DEVICE void in1d(const float d[4], float t[4]) {
         t[0] = d[0] - d[2]; t[1] = d[1] + d[2]; t[2] = d[2] - d[1]; t[3] = d[1] - d[3];
@@ -53,7 +53,7 @@ template <> struct fc_wino<2> {
         o[0] = v[0] + v[1] + v[2]; o[1] = v[1] - v[2] - v[3];
     }
 };
-template <> struct fc_wino<4> {
+template <> struct fc_wino<4, 3> {
     static constexpr int A = 6;
     static FC_DEVICE void in1d(const float d[6], float t[6]) {
         t[0] = fmaf(4.0f, d[0], fmaf(-5.0f, d[2], d[4]));
@@ -80,28 +80,87 @@ template <> struct fc_wino<4> {
     }
 };
 
+// F(m x m, 5x5), generated from the Toom-Cook (Lavin) construction with the points 0, +-1,
+// +-2 (m = 2, alpha 6: the same B^T as F(4x4,3x3)) and 0, +-1, +-2, +-1/2 (m = 4, alpha 8),
+// plus infinity; checked in NumPy against a direct correlation (float32 error on AlexNet
+// conv2, 27x27x96 -> 256 pad 2: 2.4e-6 (m = 2), 4.2e-6 (m = 4) relative in norm).
+template <> struct fc_wino<2, 5> {
+    static constexpr int A = 6;
+    static FC_DEVICE void in1d(const float d[6], float t[6]) {
+        t[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+        t[1] = -4.0f * d[1] - 4.0f * d[2] + d[3] + d[4];
+        t[2] = 4.0f * d[1] - 4.0f * d[2] - d[3] + d[4];
+        t[3] = -2.0f * d[1] - d[2] + 2.0f * d[3] + d[4];
+        t[4] = 2.0f * d[1] - d[2] - 2.0f * d[3] + d[4];
+        t[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+    }
+    static FC_DEVICE void w1d(const float g[5], float u[6]) {
+        u[0] = 0.25f * g[0];
+        u[1] = -(1.0f / 6.0f) * g[0] - (1.0f / 6.0f) * g[1] - (1.0f / 6.0f) * g[2] - (1.0f / 6.0f) * g[3] - (1.0f / 6.0f) * g[4];
+        u[2] = -(1.0f / 6.0f) * g[0] + (1.0f / 6.0f) * g[1] - (1.0f / 6.0f) * g[2] + (1.0f / 6.0f) * g[3] - (1.0f / 6.0f) * g[4];
+        u[3] = (1.0f / 24.0f) * g[0] + (1.0f / 12.0f) * g[1] + (1.0f / 6.0f) * g[2] + (1.0f / 3.0f) * g[3] + (2.0f / 3.0f) * g[4];
+        u[4] = (1.0f / 24.0f) * g[0] - (1.0f / 12.0f) * g[1] + (1.0f / 6.0f) * g[2] - (1.0f / 3.0f) * g[3] + (2.0f / 3.0f) * g[4];
+        u[5] = g[4];
+    }
+    static FC_DEVICE void out1d(const float v[6], float o[2]) {
+        o[0] = v[0] + v[1] + v[2] + v[3] + v[4];
+        o[1] = v[1] - v[2] + 2.0f * v[3] - 2.0f * v[4] + v[5];
+    }
+};
+template <> struct fc_wino<4, 5> {
+    static constexpr int A = 8;
+    static FC_DEVICE void in1d(const float d[8], float t[8]) {
+        t[0] = -d[0] + 5.25f * d[2] - 5.25f * d[4] + d[6];
+        t[1] = d[1] + d[2] - 4.25f * d[3] - 4.25f * d[4] + d[5] + d[6];
+        t[2] = -d[1] + d[2] + 4.25f * d[3] - 4.25f * d[4] - d[5] + d[6];
+        t[3] = 0.5f * d[1] + 0.25f * d[2] - 2.5f * d[3] - 1.25f * d[4] + 2.0f * d[5] + d[6];
+        t[4] = -0.5f * d[1] + 0.25f * d[2] + 2.5f * d[3] - 1.25f * d[4] - 2.0f * d[5] + d[6];
+        t[5] = 2.0f * d[1] + 4.0f * d[2] - 2.5f * d[3] - 5.0f * d[4] + 0.5f * d[5] + d[6];
+        t[6] = -2.0f * d[1] + 4.0f * d[2] + 2.5f * d[3] - 5.0f * d[4] - 0.5f * d[5] + d[6];
+        t[7] = -d[1] + 5.25f * d[3] - 5.25f * d[5] + d[7];
+    }
+    static FC_DEVICE void w1d(const float g[5], float u[8]) {
+        u[0] = -g[0];
+        u[1] = -(2.0f / 9.0f) * g[0] - (2.0f / 9.0f) * g[1] - (2.0f / 9.0f) * g[2] - (2.0f / 9.0f) * g[3] - (2.0f / 9.0f) * g[4];
+        u[2] = -(2.0f / 9.0f) * g[0] + (2.0f / 9.0f) * g[1] - (2.0f / 9.0f) * g[2] + (2.0f / 9.0f) * g[3] - (2.0f / 9.0f) * g[4];
+        u[3] = (1.0f / 90.0f) * g[0] + (1.0f / 45.0f) * g[1] + (2.0f / 45.0f) * g[2] + (4.0f / 45.0f) * g[3] + (8.0f / 45.0f) * g[4];
+        u[4] = (1.0f / 90.0f) * g[0] - (1.0f / 45.0f) * g[1] + (2.0f / 45.0f) * g[2] - (4.0f / 45.0f) * g[3] + (8.0f / 45.0f) * g[4];
+        u[5] = (32.0f / 45.0f) * g[0] + (16.0f / 45.0f) * g[1] + (8.0f / 45.0f) * g[2] + (4.0f / 45.0f) * g[3] + (2.0f / 45.0f) * g[4];
+        u[6] = (32.0f / 45.0f) * g[0] - (16.0f / 45.0f) * g[1] + (8.0f / 45.0f) * g[2] - (4.0f / 45.0f) * g[3] + (2.0f / 45.0f) * g[4];
+        u[7] = g[4];
+    }
+    static FC_DEVICE void out1d(const float v[8], float o[4]) {
+        o[0] = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6];
+        o[1] = v[1] - v[2] + 2.0f * v[3] - 2.0f * v[4] + 0.5f * v[5] - 0.5f * v[6];
+        o[2] = v[1] + v[2] + 4.0f * v[3] + 4.0f * v[4] + 0.25f * v[5] + 0.25f * v[6];
+        o[3] = v[1] - v[2] + 8.0f * v[3] - 8.0f * v[4] + 0.125f * v[5] - 0.125f * v[6] + v[7];
+    }
+};
+
 // U[e][c][k] = (G g G^T)[e], e < alpha^2, g[r][s] = w[r][s][c][k] (flip = 0) or, for dgrad
-// with w of shape (3,3,K,C) (the forward's C and K swapped), g[r][s] = w[2-r][2-s][k][c].
-template <int M_>
+// with w of shape (R,R,K,C) (the forward's C and K swapped), g[r][s] = w[R-1-r][R-1-s][k][c].
+template <int M_, int R_>
 FC_DEVICE void fc_wino_weight(const float* __restrict__ w, float* __restrict__ U, int C, int K, int flip) {
-    typedef fc_wino<M_> X;
+    typedef fc_wino<M_, R_> X;
     constexpr int A = X::A;
     const int CK = C * K;
     for (int idx = (int)fc_global_tid(); idx < CK; idx += (int)fc_grid_stride()) {
         const int c = idx / K, k = idx - c * K;
-        float gt[3][3];  // gt[s][r] = g[r][s]: columns of g as rows
+        float gt[R_][R_];  // gt[s][r] = g[r][s]: columns of g as rows
 #pragma unroll
-        for (int r = 0; r < 3; ++r)
+        for (int r = 0; r < R_; ++r)
 #pragma unroll
-            for (int s = 0; s < 3; ++s)
-                gt[s][r] = flip ? w[((2 - r) * 3 + (2 - s)) * CK + k * C + c]
-                                : w[(r * 3 + s) * CK + c * K + k];
-        float t[3][A];  // t[s] = G g[:, s]
+            for (int s = 0; s < R_; ++s)
+                gt[s][r] = flip ? w[((R_ - 1 - r) * R_ + (R_ - 1 - s)) * CK + k * C + c]
+                                : w[(r * R_ + s) * CK + c * K + k];
+        float t[R_][A];  // t[s] = G g[:, s]
 #pragma unroll
-        for (int s = 0; s < 3; ++s) X::w1d(gt[s], t[s]);
+        for (int s = 0; s < R_; ++s) X::w1d(gt[s], t[s]);
 #pragma unroll
         for (int i = 0; i < A; ++i) {  // row i of (G g) G^T
-            const float row[3] = {t[0][i], t[1][i], t[2][i]};
+            float row[R_];
+#pragma unroll
+            for (int s = 0; s < R_; ++s) row[s] = t[s][i];
             float u[A];
             X::w1d(row, u);
 #pragma unroll
@@ -112,10 +171,10 @@ FC_DEVICE void fc_wino_weight(const float* __restrict__ w, float* __restrict__ U
 
 // V[e][t][c] = (B^T d B)[e], d the alpha x alpha patch of channel c under tile t, whose
 // top-left input pixel is (m*th - pt, m*tw - pl); zero outside x.
-template <int M_>
+template <int M_, int R_>
 FC_DEVICE void fc_wino_input(const float* __restrict__ x, float* __restrict__ V, int N, int H, int W,
                              int C, int TH, int TW, int pt, int pl) {
-    typedef fc_wino<M_> X;
+    typedef fc_wino<M_, R_> X;
     constexpr int A = X::A;
     const int T = N * TH * TW, TC = T * C;
     for (int idx = (int)fc_global_tid(); idx < TC; idx += (int)fc_grid_stride()) {
@@ -146,10 +205,10 @@ FC_DEVICE void fc_wino_input(const float* __restrict__ x, float* __restrict__ V,
 }
 
 // y[n, m*th+i, m*tw+j, k] = relu?((A^T Mt A)[i][j] + bias[k]) for the in-range outputs of tile t.
-template <int M_>
+template <int M_, int R_>
 FC_DEVICE void fc_wino_output(const float* __restrict__ Mo, const float* __restrict__ bias,
                               float* __restrict__ y, int N, int P, int Q, int K, int TH, int TW, int relu) {
-    typedef fc_wino<M_> X;
+    typedef fc_wino<M_, R_> X;
     constexpr int A = X::A;
     const int T = N * TH * TW, TK = T * K;
     for (int idx = (int)fc_global_tid(); idx < TK; idx += (int)fc_grid_stride()) {
@@ -185,25 +244,27 @@ FC_DEVICE void fc_wino_output(const float* __restrict__ Mo, const float* __restr
 
 // The launchable kernels: winograd_* is F(2x2,3x3) (alpha 4, 16 GEMMs), winograd4_* is
 // F(4x4,3x3) (alpha 6, 36 GEMMs); winograd_gemm serves both (gridDim.z GEMMs).
-#define FC_WINO_KERNELS(PREFIX, M_)                                                                  \
-    extern "C" __global__ void __launch_bounds__(256)                                               \
+#define FC_WINO_KERNELS(PREFIX, M_, R_)                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                                \
     PREFIX##_weight_transform(const float* __restrict__ w, float* __restrict__ U, int C, int K,      \
-                              int flip) {                                                           \
-        fc_wino_weight<M_>(w, U, C, K, flip);                                                       \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(256)                                               \
-    PREFIX##_input_transform(const float* __restrict__ x, float* __restrict__ V, int N, int H,      \
-                             int W, int C, int TH, int TW, int pt, int pl) {                        \
-        fc_wino_input<M_>(x, V, N, H, W, C, TH, TW, pt, pl);                                        \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(256)                                               \
-    PREFIX##_output_transform(const float* __restrict__ Mo, const float* __restrict__ bias,         \
-                              float* __restrict__ y, int N, int P, int Q, int K, int TH, int TW,    \
-                              int relu) {                                                           \
-        fc_wino_output<M_>(Mo, bias, y, N, P, Q, K, TH, TW, relu);                                  \
+                              int flip) {                                                            \
+        fc_wino_weight<M_, R_>(w, U, C, K, flip);                                                    \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256)                                                \
+    PREFIX##_input_transform(const float* __restrict__ x, float* __restrict__ V, int N, int H,       \
+                             int W, int C, int TH, int TW, int pt, int pl) {                         \
+        fc_wino_input<M_, R_>(x, V, N, H, W, C, TH, TW, pt, pl);                                     \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256)                                                \
+    PREFIX##_output_transform(const float* __restrict__ Mo, const float* __restrict__ bias,          \
+                              float* __restrict__ y, int N, int P, int Q, int K, int TH, int TW,     \
+                              int relu) {                                                            \
+        fc_wino_output<M_, R_>(Mo, bias, y, N, P, Q, K, TH, TW, relu);                               \
     }
-FC_WINO_KERNELS(winograd, 2)
-FC_WINO_KERNELS(winograd4, 4)
+FC_WINO_KERNELS(winograd, 2, 3)
+FC_WINO_KERNELS(winograd4, 4, 3)
+FC_WINO_KERNELS(winograd5, 2, 5)
+FC_WINO_KERNELS(winograd5x4, 4, 5)
 
 // Mo[e] (T x K) = relu?(V[e] (T x C) @ U[e] (C x K) + bias), e = blockIdx.z (16 or 36 of them); row-major.
 // The host passes bias = null, relu = 0 (they belong to the output transform); with them

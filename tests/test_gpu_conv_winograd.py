@@ -1,15 +1,20 @@
-"""The `winograd` (F(2x2,3x3)) and `winograd4` (F(4x4,3x3)) variants (fastcnn/backend/cuda/
-conv_winograd.py, kernels/conv_winograd.cu).
+"""The `winograd` (F(2x2,3x3)), `winograd4` (F(4x4,3x3)), `winograd5` (F(2x2,5x5)) and
+`winograd5x4` (F(4x4,5x5)) variants (fastcnn/backend/cuda/conv_winograd.py,
+kernels/conv_winograd.cu).
 
 GPU (``gpu`` marker): conv2d_forward and conv2d_backward_data against the float64
 reference on AlexNet's conv3-conv5 shapes at batch 2 and on small odd shapes
 (spatial 5, 7, 13, 14; C and K in 1, 3, 8, 96; 'same', 'valid' and asymmetric
 padding; with and without bias and ReLU), written into NaN-poisoned ``out=``
 buffers, relative error in norm <= 1e-4, then again without ``out=`` bit for bit;
-shapes it does not handle raise ValueError.
+shapes it does not handle raise ValueError.  The 5x5 variants: AlexNet conv2 (27x27x96
+-> 256, pad 2) at batch 2, LeNet-5 conv1 (1 -> 6, pad 2) and conv2 (6 -> 16, valid),
+and odd shapes with paddings up to 4.
 
-CPU (no GPU): the variant is registered and refuses 5x5 kernels, stride 2 and
-padding 3 from the shapes alone, before any CuPy call; and, where g++ with C++20
+CPU (no GPU): each variant is registered and refuses other kernel sizes, stride 2 and
+padding R from the shapes alone, before any CuPy call; the transform matrices of the
+5x5 variants, rebuilt in exact fractions by the Toom-Cook construction, match a direct
+correlation and round <= 1e-4 in float32 on AlexNet conv2; and, where g++ with C++20
 is found, the CUDA C source itself runs on the CPU under a small shim (one host
 thread per CUDA thread of a block, blocks one after another, __syncthreads a
 std::barrier, __shared__ a static shared by the block's threads) through the
@@ -34,8 +39,10 @@ from fastcnn.backend.cuda import conv_winograd as cw
 
 gpu = pytest.mark.gpu
 TOL = 1e-4
-NAMES = ("winograd", "winograd4")
+NAMES = ("winograd", "winograd4")      # 3x3
+NAMES5 = ("winograd5", "winograd5x4")  # 5x5
 SAME, VALID = (1, 1, 1, 1), (0, 0, 0, 0)
+SAME5 = (2, 2, 2, 2)
 
 # (N, H, W, C, K, padding, bias, relu)
 CASES = [
@@ -54,27 +61,50 @@ CASES = [
     (1, 14, 5, 96, 96, (0, 1, 2, 1), True, False),
     (1, 3, 3, 8, 8, VALID, True, True),          # one output pixel
 ]
-IDS = [f"{N}x{H}x{W}x{C}-K{K}-pad{''.join(map(str, p))}{'-b' if b else ''}{'-relu' if r else ''}"
-       for N, H, W, C, K, p, b, r in CASES]
+# (N, H, W, C, K, padding, bias, relu) for 5x5 kernels
+CASES5 = [
+    (2, 27, 27, 96, 256, SAME5, True, True),     # AlexNet conv2
+    (2, 27, 27, 96, 256, SAME5, False, False),
+    (2, 28, 28, 1, 6, SAME5, True, True),        # LeNet-5 conv1
+    (2, 14, 14, 6, 16, VALID, True, True),       # LeNet-5 conv2
+    (1, 5, 5, 1, 1, VALID, True, False),         # one output pixel
+    (1, 7, 7, 3, 8, (4, 4, 4, 4), False, True),
+    (2, 9, 11, 8, 3, (4, 0, 1, 3), True, True),
+    (1, 13, 7, 96, 8, SAME5, False, False),
+    (3, 6, 13, 1, 3, (1, 2, 0, 4), True, False),
+    (1, 11, 14, 13, 131, (3, 1, 2, 0), True, True),
+]
+
+
+def _ids(cases):
+    return [f"{N}x{H}x{W}x{C}-K{K}-pad{''.join(map(str, p))}{'-b' if b else ''}{'-relu' if r else ''}"
+            for N, H, W, C, K, p, b, r in cases]
+
+
+IDS, IDS5 = _ids(CASES), _ids(CASES5)
+# (variant, case) for the GPU tests: every 3x3 case for each 3x3 variant, every 5x5 case for each 5x5 one
+GPU_CASES = [(n, c) for n in NAMES for c in CASES] + [(n, c) for n in NAMES5 for c in CASES5]
+GPU_IDS = [f"{n}-{i}" for n in NAMES for i in IDS] + [f"{n}-{i}" for n in NAMES5 for i in IDS5]
 
 
 def _f64(*arrays):
     return [None if a is None else a.astype(np.float64) for a in arrays]
 
 
-def _problem(case, seed):
+def _problem(case, seed, name="winograd"):
     N, H, W, C, K, padding, bias, relu = case
+    R = cw.VARIANTS[name][1]
     rng = np.random.default_rng(seed)
-    x, w = rand(rng, N, H, W, C), rand(rng, 3, 3, C, K, scale=(9 * C) ** -0.5)
+    x, w = rand(rng, N, H, W, C), rand(rng, R, R, C, K, scale=(R * R * C) ** -0.5)
     b = rand(rng, K) if bias else None
-    P, Q = ref._output_size(H, W, 3, 3, (1, 1), padding, "kernel")
+    P, Q = ref._output_size(H, W, R, R, (1, 1), padding, "kernel")
     dy = rand(rng, N, P, Q, K)
     return x, w, b, dy, padding, relu
 
 
 # ---------------------------------------------------------------- CPU: registration and refusals
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + NAMES5)
 def test_registered_not_default(name):
     for op in ("conv2d_forward", "conv2d_backward_data"):
         assert name in registry.variants(op, "cuda")
@@ -97,10 +127,16 @@ REFUSED = [((5, 5), (1, 1), (2, 2, 2, 2), r"3x3 kernels only.*5x5"),
            ((3, 3), (2, 2), SAME, r"stride 1 only.*\(2, 2\)"),
            ((3, 3), (1, 2), SAME, r"stride 1 only"),
            ((3, 3), (1, 1), (3, 1, 1, 1), r"padding up to 2")]
+REFUSED5 = [((3, 3), (1, 1), SAME, r"5x5 kernels only.*3x3"),
+            ((5, 3), (1, 1), SAME, r"5x5 kernels only.*5x3"),
+            ((5, 5), (2, 2), SAME5, r"stride 1 only.*\(2, 2\)"),
+            ((5, 5), (1, 1), (2, 2, 5, 2), r"padding up to 4")]
+REFUSALS = [(n,) + c for n in NAMES for c in REFUSED] + [(n,) + c for n in NAMES5 for c in REFUSED5]
+REFUSAL_IDS = [f"{n}-{i}" for n in NAMES for i in ("5x5", "stride2", "stride1x2", "pad3")] + \
+              [f"{n}-{i}" for n in NAMES5 for i in ("3x3", "5x3", "stride2", "pad5")]
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("rs,stride,padding,match", REFUSED, ids=["5x5", "stride2", "stride1x2", "pad3"])
+@pytest.mark.parametrize("name,rs,stride,padding,match", REFUSALS, ids=REFUSAL_IDS)
 def test_refuses_other_shapes_before_the_gpu(no_gpu, name, rs, stride, padding, match):
     x = np.ones((1, 9, 9, 4), np.float32)
     w = np.ones(rs + (4, 2), np.float32)
@@ -147,25 +183,22 @@ template <class F> static void fc_emu_launch(unsigned gx, unsigned gy, unsigned 
 }
 #define G unsigned gx, unsigned gy, unsigned gz, unsigned bx
 #define L(call) fc_emu_launch(gx, gy, gz, bx, [&] { call; })
-extern "C" void emu_winograd_weight_transform(G, const float* w, float* U, int C, int K, int flip) {
-    L(winograd_weight_transform(w, U, C, K, flip)); }
-extern "C" void emu_winograd_input_transform(G, const float* x, float* V, int N, int H, int W, int C,
-                                             int TH, int TW, int pt, int pl) {
-    L(winograd_input_transform(x, V, N, H, W, C, TH, TW, pt, pl)); }
-extern "C" void emu_winograd4_weight_transform(G, const float* w, float* U, int C, int K, int flip) {
-    L(winograd4_weight_transform(w, U, C, K, flip)); }
-extern "C" void emu_winograd4_input_transform(G, const float* x, float* V, int N, int H, int W, int C,
-                                             int TH, int TW, int pt, int pl) {
-    L(winograd4_input_transform(x, V, N, H, W, C, TH, TW, pt, pl)); }
+#define EMU_TRANSFORMS(P)                                                                              \
+extern "C" void emu_##P##_weight_transform(G, const float* w, float* U, int C, int K, int flip) {        \
+    L(P##_weight_transform(w, U, C, K, flip)); }                                                         \
+extern "C" void emu_##P##_input_transform(G, const float* x, float* V, int N, int H, int W, int C,       \
+                                          int TH, int TW, int pt, int pl) {                              \
+    L(P##_input_transform(x, V, N, H, W, C, TH, TW, pt, pl)); }                                          \
+extern "C" void emu_##P##_output_transform(G, const float* M, const float* b, float* y, int N, int P_,   \
+                                           int Q, int K, int TH, int TW, int relu) {                     \
+    L(P##_output_transform(M, b, y, N, P_, Q, K, TH, TW, relu)); }
+EMU_TRANSFORMS(winograd)
+EMU_TRANSFORMS(winograd4)
+EMU_TRANSFORMS(winograd5)
+EMU_TRANSFORMS(winograd5x4)
 extern "C" void emu_winograd_gemm(G, const float* V, const float* U, float* M, int T, int C, int K,
                                   const float* b, int relu) {
     L(winograd_gemm(V, U, M, T, C, K, b, relu)); }
-extern "C" void emu_winograd_output_transform(G, const float* M, const float* b, float* y, int N, int P,
-                                              int Q, int K, int TH, int TW, int relu) {
-    L(winograd_output_transform(M, b, y, N, P, Q, K, TH, TW, relu)); }
-extern "C" void emu_winograd4_output_transform(G, const float* M, const float* b, float* y, int N, int P,
-                                              int Q, int K, int TH, int TW, int relu) {
-    L(winograd4_output_transform(M, b, y, N, P, Q, K, TH, TW, relu)); }
 '''
 GUARD, GUARD_VALUE = 64, 12345.0
 
@@ -223,10 +256,17 @@ def emulator(tmp_path_factory):
 
 
 EMU_CASES = [CASES[i] for i in (4, 5, 6, 9, 11, 13)] + [(1, 4, 9, 13, 131, (1, 0, 0, 1), True, False)]
+EMU_CASES5 = [CASES5[i] for i in (4, 5, 6, 8)] + [
+    (1, 28, 28, 1, 6, SAME5, True, True),        # LeNet-5 conv1 at batch 1
+    (1, 14, 14, 6, 16, VALID, True, True),       # LeNet-5 conv2 at batch 1
+    (1, 9, 10, 13, 131, (3, 1, 2, 0), True, False),
+    (1, 6, 7, 96, 9, SAME5, True, True),
+]
+EMU = [(n, c) for n in NAMES for c in EMU_CASES] + [(n, c) for n in NAMES5 for c in EMU_CASES5]
+EMU_IDS = [f"{n}-{c[:5]}{c[5]}" for n, c in EMU]
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("case", EMU_CASES, ids=[str(c[:5]) + str(c[5]) for c in EMU_CASES])
+@pytest.mark.parametrize("name,case", EMU, ids=EMU_IDS)
 def test_cuda_source_emulated_on_cpu(emulator, monkeypatch, case, name):
     """The module's own checks and launch sequence, with NumPy arrays and the kernels run on the CPU."""
     def check(name, a, *, dtype=np.float32, ndim=None, shape=None):
@@ -241,7 +281,7 @@ def test_cuda_source_emulated_on_cpu(emulator, monkeypatch, case, name):
     monkeypatch.setattr(cw, "_launch", types.SimpleNamespace(check=check, function=None))
     monkeypatch.setattr(cw, "out_array", out_array)
     monkeypatch.setattr(cw, "_DEVICE", dev)
-    x, w, b, dy, padding, relu = _problem(case, 7)
+    x, w, b, dy, padding, relu = _problem(case, 7, name)
     out = np.full(dy.shape, np.nan, np.float32)
     y = registry.get("conv2d_forward", name).fn(x, w, b, (1, 1), padding, relu, out=out)
     assert y is out
@@ -260,11 +300,10 @@ def _poisoned(cp, shape):
 
 
 @gpu
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("name,case", GPU_CASES, ids=GPU_IDS)
 def test_forward_matches_reference(case, name):
     import cupy as cp
-    x, w, b, _, padding, relu = _problem(case, 1)
+    x, w, b, _, padding, relu = _problem(case, 1, name)
     expected = ref.conv2d_forward(*_f64(x, w, b), (1, 1), padding, relu)
     fn = registry.get("conv2d_forward", name).fn
     dev = [None if a is None else cp.asarray(a) for a in (x, w, b)]
@@ -277,11 +316,10 @@ def test_forward_matches_reference(case, name):
 
 
 @gpu
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("name,case", GPU_CASES, ids=GPU_IDS)
 def test_backward_data_matches_reference(case, name):
     import cupy as cp
-    x, w, _, dy, padding, _ = _problem(case, 2)
+    x, w, _, dy, padding, _ = _problem(case, 2, name)
     expected = ref.conv2d_backward_data(*_f64(dy, w), x.shape, (1, 1), padding)
     fn = registry.get("conv2d_backward_data", name).fn
     ddy, dw = cp.asarray(dy), cp.asarray(w)
@@ -294,8 +332,7 @@ def test_backward_data_matches_reference(case, name):
 
 
 @gpu
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("rs,stride,padding,match", REFUSED, ids=["5x5", "stride2", "stride1x2", "pad3"])
+@pytest.mark.parametrize("name,rs,stride,padding,match", REFUSALS, ids=REFUSAL_IDS)
 def test_refuses_other_shapes_on_the_gpu(rs, stride, padding, match, name):
     import cupy as cp
     x = cp.ones((1, 9, 9, 4), np.float32)

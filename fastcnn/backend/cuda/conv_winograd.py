@@ -4,19 +4,23 @@ Variants, registered in ``fastcnn.kernels`` at import (no GPU needed):
   winograd    F(2x2, 3x3): 4x4 input tiles, 16 GEMMs; 2.25x fewer multiplications
   winograd4   F(4x4, 3x3): 6x6 input tiles, 36 GEMMs; 4x fewer, but ceil(P/4) tiles
               waste more on 13x13 maps and the transforms round more (still ~1e-6)
+  winograd5   F(2x2, 5x5): 6x6 input tiles, 36 GEMMs; 25/9 = 2.8x fewer multiplications
+  winograd5x4 F(4x4, 5x5): 8x8 input tiles, 64 GEMMs; 25/4 = 6.25x fewer (points 0, +-1,
+              +-2, +-1/2, inf; float32 error ~5e-6 relative on AlexNet conv2)
 each with
   conv2d_forward        weight transform U = G g G^T, input transform V = B^T d B per
                         tile, batched GEMMs M[e] = V[e] @ U[e] on the tiled core of
                         gemm_tile.cuh, output transform A^T M A with fused bias + ReLU
   conv2d_backward_data  the same forward on dy with the weights flipped in (r, s) and
                         transposed in (C, K) (done inside the weight transform), padding
-                        (2-top, 2-bottom, 2-left, 2-right), no bias or ReLU
+                        (R-1-top, R-1-bottom, R-1-left, R-1-right), no bias or ReLU
 
-Only 3x3 kernels, stride 1 and padding <= 2 on every side: anything else is a
-``ValueError`` that says why, raised from the shapes alone before any GPU call
-(the ``auto`` variant skips a variant that refuses a shape).  Workspaces come from
-``cupy.empty`` (no host synchronisation: capturable in a CUDA graph):
-E*C*K + E*T*C + E*T*K floats, E = (m+2)^2, T = N * ceil(P/m) * ceil(Q/m) tiles.
+Only R x R kernels (R = 3 or 5 as named), stride 1 and padding <= R-1 on every side:
+anything else is a ``registry.NotApplicable`` (a ``ValueError``) that says why, raised
+from the shapes alone before any GPU call (the ``auto`` variant skips a variant that
+refuses a shape).  Workspaces come from ``cupy.empty`` (no host synchronisation:
+capturable in a CUDA graph): E*C*K + E*T*C + E*T*K floats, E = (m+R-1)^2,
+T = N * ceil(P/m) * ceil(Q/m) tiles.
 Every function takes ``out=`` like conv.py's variants.
 """
 from __future__ import annotations
@@ -31,22 +35,25 @@ from .gemm import TILE_M, TILE_N, THREADS, cdiv, check_int32, grid_blocks, out_a
 
 _FILE = "conv_winograd.cu"
 NAME, NAME4 = "winograd", "winograd4"  # F(2x2,3x3), F(4x4,3x3)
-_PREFIX = {2: "winograd", 4: "winograd4"}  # kernel name prefixes in conv_winograd.cu
+NAME5, NAME5X4 = "winograd5", "winograd5x4"  # F(2x2,5x5), F(4x4,5x5)
+# variant name -> (m, R): F(m x m, R x R); the name is also the kernel name prefix in conv_winograd.cu
+VARIANTS = {NAME: (2, 3), NAME4: (4, 3), NAME5: (2, 5), NAME5X4: (4, 5)}
 
 
 def _refuse(name: str, what: str, w_shape, stride, padding) -> tuple:
-    """(stride, padding) normalised; ValueError unless 3x3, stride 1, padding <= 2."""
+    """(stride, padding) normalised; NotApplicable unless R x R, stride 1, padding <= R-1."""
+    _, r = VARIANTS[name]
     stride, padding = _ref._pair(stride, "stride"), _ref._padding(padding)
     R, S = tuple(w_shape)[:2]
-    if (R, S) != (3, 3):
-        raise registry.NotApplicable(f"{name} {what} handles 3x3 kernels only (Winograd F(mxm,3x3)), got {R}x{S}; "
-                         "use the implicit_gemm variant")
+    if (R, S) != (r, r):
+        raise registry.NotApplicable(f"{name} {what} handles {r}x{r} kernels only (Winograd F(mxm,{r}x{r})), "
+                                     f"got {R}x{S}; use the implicit_gemm variant")
     if stride != (1, 1):
         raise registry.NotApplicable(f"{name} {what} handles stride 1 only, got stride {stride}; "
-                         "use the implicit_gemm variant")
-    if max(padding) > 2:
-        raise registry.NotApplicable(f"{name} {what} handles padding up to 2 per side (3x3 kernel), "
-                         f"got {padding}; use the implicit_gemm variant")
+                                     "use the implicit_gemm variant")
+    if max(padding) > r - 1:
+        raise registry.NotApplicable(f"{name} {what} handles padding up to {r - 1} per side ({r}x{r} kernel), "
+                                     f"got {padding}; use the implicit_gemm variant")
     return stride, padding
 
 
@@ -77,16 +84,16 @@ class _Cuda:
 _DEVICE = _Cuda  # the tests' CPU emulation of the kernels swaps this (and the array checks)
 
 
-def run(dev, x, w, b, y, N, H, W, C, K, P, Q, pt, pl, relu, flip, m=2) -> None:
-    """y (N,P,Q,K) = relu?(conv3x3(x (N,H,W,C), g) + b), stride 1, padding top pt / left pl,
-    by Winograd F(m x m, 3x3), m = 2 or 4.
+def run(dev, x, w, b, y, N, H, W, C, K, P, Q, pt, pl, relu, flip, m=2, r=3) -> None:
+    """y (N,P,Q,K) = relu?(conv_rxr(x (N,H,W,C), g) + b), stride 1, padding top pt / left pl,
+    by Winograd F(m x m, r x r), (m, r) one of VARIANTS' pairs.
 
-    g is w (3,3,C,K) (flip False) or w (3,3,K,C) flipped in (r, s) (flip True).  ``dev``
+    g is w (r,r,C,K) (flip False) or w (r,r,K,C) flipped in (r, s) (flip True).  ``dev``
     supplies empty(n), launch(name, grid, block, args) and blocks(n): _Cuda, or a CPU
     emulation of the kernels.  Shapes already checked by the caller.
     """
-    prefix = _PREFIX[m]
-    E = (m + 2) ** 2  # transformed tile elements = number of GEMMs
+    prefix = next(name for name, mr in VARIANTS.items() if mr == (m, r))
+    E = (m + r - 1) ** 2  # transformed tile elements = number of GEMMs
     TH, TW = cdiv(P, m), cdiv(Q, m)
     T = N * TH * TW
     check_int32(x_size=N * H * W * C, y_size=N * P * Q * K, V_size=E * T * C, M_size=E * T * K,
@@ -103,9 +110,11 @@ def run(dev, x, w, b, y, N, H, W, C, K, P, Q, pt, pl, relu, flip, m=2) -> None:
                (M, b, y, i32(N), i32(P), i32(Q), i32(K), i32(TH), i32(TW), i32(bool(relu))))
 
 
-def _forward(m: int, name: str):
+def _forward(name: str):
+    m, r = VARIANTS[name]
+
     def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
-        """y (N,P,Q,K) = x (N,H,W,C) * w (3,3,C,K) + b, ReLU if relu; stride 1 only."""
+        """y (N,P,Q,K) = x (N,H,W,C) * w (R,R,C,K) + b, ReLU if relu; stride 1 only."""
         w_shape = _shape_of("w", w)
         stride, padding = _refuse(name, "conv2d_forward", w_shape, stride, padding)
         _launch.check("x", x, ndim=4)
@@ -121,16 +130,18 @@ def _forward(m: int, name: str):
                 raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
         stride, padding, P, Q = _geometry(x.shape, w.shape, stride, padding)
         y = out_array("out", out, (N, P, Q, K))
-        run(_DEVICE, x, w, b, y, N, H, W, C, K, P, Q, padding[0], padding[2], relu, flip=False, m=m)
+        run(_DEVICE, x, w, b, y, N, H, W, C, K, P, Q, padding[0], padding[2], relu, flip=False, m=m, r=r)
         return y
     conv2d_forward.__name__ = conv2d_forward.__qualname__ = f"conv2d_forward_{name}"
     return conv2d_forward
 
 
-def _backward_data(m: int, name: str):
+def _backward_data(name: str):
+    m, r = VARIANTS[name]
+
     def conv2d_backward_data(dy, w, x_shape, stride, padding, *, out=None):
-        """dx (N,H,W,C) from dy (N,P,Q,K) and w (3,3,C,K): the forward of dy with w flipped and
-        transposed, padding (2-top, 2-bottom, 2-left, 2-right); stride 1 only."""
+        """dx (N,H,W,C) from dy (N,P,Q,K) and w (R,R,C,K): the forward of dy with w flipped and
+        transposed, padding (R-1-top, R-1-bottom, R-1-left, R-1-right); stride 1 only."""
         w_shape = _shape_of("w", w)
         stride, padding = _refuse(name, "conv2d_backward_data", w_shape, stride, padding)
         _launch.check("dy", dy, ndim=4)
@@ -144,17 +155,18 @@ def _backward_data(m: int, name: str):
             raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {tuple(x_shape)}")
         dx = out_array("out", out, (N, H, W, C))
         top, _, left, _ = padding
-        # dx = conv(dy (N,P,Q,K), flipped w^T (3,3,K,C)), padding (2-top, .., 2-left, ..), output H x W.
-        run(_DEVICE, dy, w, None, dx, N, P, Q, K, C, H, W, 2 - top, 2 - left, False, flip=True, m=m)
+        # dx = conv(dy (N,P,Q,K), flipped w^T (R,R,K,C)), padding (R-1-top, .., R-1-left, ..), output H x W.
+        run(_DEVICE, dy, w, None, dx, N, P, Q, K, C, H, W, r - 1 - top, r - 1 - left, False, flip=True,
+            m=m, r=r)
         return dx
     conv2d_backward_data.__name__ = conv2d_backward_data.__qualname__ = f"conv2d_backward_data_{name}"
     return conv2d_backward_data
 
 
-for _m, _name in ((2, NAME), (4, NAME4)):
-    _what = f"Winograd F({_m}x{_m},3x3), 3x3 stride 1 only"
-    registry.register("conv2d_forward", _name, _forward(_m, _name), source="cuda", default=False,
-                      note=f"{_what}: {(_m + 2) ** 2} batched GEMMs on the tiled core, "
+for _name, (_m, _r) in VARIANTS.items():
+    _what = f"Winograd F({_m}x{_m},{_r}x{_r}), {_r}x{_r} stride 1 only"
+    registry.register("conv2d_forward", _name, _forward(_name), source="cuda", default=False,
+                      note=f"{_what}: {(_m + _r - 1) ** 2} batched GEMMs on the tiled core, "
                            "fused bias+ReLU in the output transform")
-    registry.register("conv2d_backward_data", _name, _backward_data(_m, _name), source="cuda", default=False,
+    registry.register("conv2d_backward_data", _name, _backward_data(_name), source="cuda", default=False,
                       note=f"{_what}: the forward of dy with flipped/transposed weights")
