@@ -147,6 +147,78 @@ def test_refuses_other_shapes_before_the_gpu(no_gpu, name, rs, stride, padding, 
         registry.get("conv2d_backward_data", name).fn(dy, w, x.shape, stride, padding)
 
 
+# ---------------------------------------------------------------- CPU: the 5x5 transforms in NumPy
+
+def _toom_cook(m, r, points):
+    """A^T (m x n), G (n x r), B^T (n x n) of F(m, r), n = m + r - 1, from the finite points and
+    infinity (Lavin & Gray; wincnn), in exact fractions: y = A^T [(G g) * (B^T d)] is the
+    correlation y[i] = sum_k d[i+k] g[k]."""
+    from fractions import Fraction
+
+    def mul(a, b):
+        out = [Fraction(0)] * (len(a) + len(b) - 1)
+        for i, u in enumerate(a):
+            for j, v in enumerate(b):
+                out[i + j] += u * v
+        return out
+    pts, n = [Fraction(p) for p in points], m + r - 1
+    assert len(pts) == n - 1
+    AT = [[p ** i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
+    G, BT, full = [], [], [Fraction(1)]
+    for j, p in enumerate(pts):
+        full = mul(full, [-p, Fraction(1)])
+        others, f = [Fraction(1)], Fraction(1)
+        for q in pts[:j] + pts[j + 1:]:
+            others, f = mul(others, [-q, Fraction(1)]), f * (p - q)
+        G.append([p ** k / f for k in range(r)])
+        BT.append(others + [Fraction(0)])
+    G.append([Fraction(int(k == r - 1)) for k in range(r)])
+    BT.append(full)
+    return [np.array([[float(v) for v in row] for row in X]) for X in (AT, G, BT)]
+
+
+POINTS5 = {"winograd5": (0, 1, -1, 2, -2), "winograd5x4": (0, 1, -1, 2, -2, 0.5, -0.5)}
+
+
+def _winograd_numpy(x, w, pad, m, mats, dtype):
+    """Same-padded (pad on every side) stride-1 conv by 2-D Winograd, all in ``dtype``."""
+    AT, G, BT = (a.astype(dtype) for a in mats)
+    N, H, W, C = x.shape
+    R, K = w.shape[0], w.shape[3]
+    n, P, Q = m + R - 1, H + 2 * pad - R + 1, W + 2 * pad - R + 1
+    TH, TW = -(-P // m), -(-Q // m)
+    xp = np.zeros((N, TH * m + R - 1, TW * m + R - 1, C), dtype)
+    xp[:, pad:pad + H, pad:pad + W] = x
+    U = np.einsum("ir,rsck,js->ijck", G, w.astype(dtype), G)
+    rows = np.arange(TH)[:, None] * m + np.arange(n)
+    cols = np.arange(TW)[:, None] * m + np.arange(n)
+    d = xp[:, rows][:, :, :, cols]  # N, TH, n, TW, n, C
+    V = np.einsum("ia,nxaybc,jb->ijnxyc", BT, d, BT).reshape(n, n, -1, C)
+    M = np.matmul(V, U).reshape(n, n, N, TH, TW, K)
+    y = np.einsum("pi,ijnxyk,qj->nxpyqk", AT, M, AT).reshape(N, TH * m, TW * m, K)
+    return y[:, :P, :Q]
+
+
+@pytest.mark.parametrize("name", NAMES5)
+def test_5x5_transforms_exact_and_float32_error_on_alexnet_conv2(name):
+    m, R = cw.VARIANTS[name]
+    mats = _toom_cook(m, R, POINTS5[name])
+    rng = np.random.default_rng(3)
+    for _ in range(3):  # 1-D: exact (up to float64 rounding) against a direct correlation
+        d, g = rng.standard_normal(m + R - 1), rng.standard_normal(R)
+        y = mats[0] @ ((mats[1] @ g) * (mats[2] @ d))
+        assert np.allclose(y, [d[i:i + R] @ g for i in range(m)], rtol=0, atol=1e-12)
+    # AlexNet conv2 (27x27x96 -> 256, pad 2) and its dgrad (256 -> 96): float32 vs float64 direct
+    for C, K in ((96, 256), (256, 96)):
+        x = rng.standard_normal((1, 27, 27, C))
+        w = rng.standard_normal((R, R, C, K)) * (R * R * C) ** -0.5
+        expected = ref.conv2d_forward(x, w, None, (1, 1), (2, 2, 2, 2), False)
+        assert np.allclose(_winograd_numpy(x, w, 2, m, mats, np.float64), expected, rtol=0, atol=1e-10)
+        got = _winograd_numpy(x, w, 2, m, mats, np.float32)
+        err = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+        assert err <= 1e-4, f"{name}: float32 error {err:.2e} on C={C}, K={K}"
+
+
 # ---------------------------------------------------------------- CPU: the CUDA C source, emulated
 
 SHIM = r'''
