@@ -74,7 +74,10 @@ FC_DEVICE bool pool_takes(float f, float b) { return f > b || f != f; }
 //   What: one thread per V consecutive channels of one output; channel is the fastest
 //   index, so a warp reads and writes contiguous memory.  Launch: 1-D, N*P*Q*C/V items.
 //   Algorithm: runtime loops over the window (ph, pw, strides, padding all runtime).
-//   Last measured (H200 2026-11-28 run 1, CUDA events, L2 flushed, medians; copy 4183 GB/s):
+//   Last measured (H200 2026-11-28 run 2, CUDA events, L2 flushed; copy 4139 GB/s read+write;
+//   GB/s counts x read + y written, not argmax): 128x55x55x96 3x3/2: direct 221 us, vec4
+//     81.1 us (2275 GB/s, 55%); PyTorch NCHW 144 us.  Target >= 70% (<= ~63 us): see smem.
+//   Earlier (H200 2026-11-28 run 1, CUDA events, L2 flushed, medians; copy 4183 GB/s):
 //     128x55x55x96 3x3/2: direct 208 us (886 GB/s), vec4 78.5 us (2352 GB/s, 56%);
 //     128x27x27x256: direct 159, vec4 71.4 us (1648 GB/s); 128x13x13x256: 39.2 / 36.0 us;
 //     LeNet 200x28x28x6 2x2/2: 38.3 / 32.5 us (V = 1 for both; per-call host cost).
@@ -125,7 +128,9 @@ maxpool_fwd(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restric
 //   What: one thread per V channels of one input element.  Launch: 1-D, N*H*W*C/V items.
 //   Algorithm: runtime loops over the windows p, q that cover the element (descending, so
 //   r, s ascending as in the reference), adding dy where argmax == r*pw + s.
-//   Last measured (H200 2026-11-28 run 1): 128x55x55x96 3x3/2: direct 562 us, vec4 153 us
+//   Last measured (H200 2026-11-28 run 2): the backward reached 84% of the 4139 GB/s copy
+//     bandwidth on 128x55x55x96 3x3/2 (per-variant figures not recorded in this file).
+//   Earlier (H200 2026-11-28 run 1): 128x55x55x96 3x3/2: direct 562 us, vec4 153 us
 //     (1208 GB/s, 29%); 128x27x27x256: 420 / 110 us (1070 GB/s); LeNet 200x28x28x6 2x2/2:
 //     37.2 / 37.0 us.
 template <int V>
@@ -176,7 +181,8 @@ maxpool_bwd(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* _
 //   (fully unrolled, so every load is in flight before the first compare; 3x3/2 with 2x2
 //   outputs reads 25 pixels instead of 36) and feeds each pixel to every window holding
 //   it, row-major within each window.
-//   Last measured: not yet measured on a GPU.
+//   Last measured (H200 2026-11-28 run 2, CUDA events, L2 flushed; copy 4139 GB/s):
+//     128x55x55x96 3x3/2: 93.7 us (1969 GB/s, 48%); vec4 81.1 us, PyTorch NCHW 144 us.
 template <int V, int PH, int PW, int SH, int SW, int OH, int OW>
 __global__ void
 maxpool_fwd_tile(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restrict__ am,
@@ -260,7 +266,8 @@ maxpool_fwd_tile(const float* __restrict__ x, float* __restrict__ y, fc_u8* __re
 //   names it, windows in p, q descending order (r, s ascending: the reference's order).
 //   Which (window, pixel) pairs can meet and the position r*PW + s each one needs are
 //   compile-time constants.
-//   Last measured: not yet measured on a GPU.
+//   Last measured (H200 2026-11-28 run 2): the backward reached 84% of the 4139 GB/s copy
+//     bandwidth on 128x55x55x96 3x3/2 (per-variant figures not recorded in this file).
 template <int V, int PH, int PW, int SH, int SW, int BH, int BW>
 __global__ void
 maxpool_bwd_tile(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* __restrict__ dx,
@@ -328,6 +335,97 @@ maxpool_bwd_tile(const float* __restrict__ dy, const fc_u8* __restrict__ am, flo
     }
 }
 
+// ---------------------------------------------------------------- shared-memory forward
+//   maxpool_fwd_smem<PH, PW, SH, SW, TP, TQ>  (variant smem; V = 4: C % 4 == 0, x and y
+//   16-byte, argmax 4-byte aligned; otherwise smem uses tiled's kernels)
+//   What: one block of TP*TQ*8 threads computes a TP x TQ tile of outputs for a slab of 32
+//   channels (8 float4 chunks; chunks at or past C/4 idle) of one image; window and
+//   stride compiled in, padding runtime.  Launch: 1-D, blockDim = TP*TQ*8 (the caller
+//   passes it), block-stride loop over N * ceil(P/TP) * ceil(Q/TQ) * ceil(C/32) tiles,
+//   channel slab fastest (neighbouring blocks read the rest of the same 384-byte pixels).
+//   Algorithm: the block copies the ((TP-1)*SH+PH) x ((TQ-1)*SW+PW) x 32-channel input
+//   band into shared memory with consecutive threads on consecutive 16-byte chunks (8
+//   threads = one pixel's 128-byte line), all of a thread's LOADS loads issued before its
+//   first shared store, so each input element is read once per tile (3x3/2, 4x8
+//   outputs: 9x17 pixels = 19.6 KB per block, halo rows/columns 1.2x, from L2) instead of
+//   ~2.25x by vec4; then each thread reads its window's 9 float4 from shared memory (8
+//   lanes = one contiguous 128-byte pixel: no bank conflicts) and stores one float4 of y
+//   and one uchar4 of argmax (coalesced).  Bytes in flight: ~5 float4 loads x 256 threads
+//   per block, several blocks per SM (~100+ KB/SM against the ~32 KB Little's law asks).
+//   Same rules as maxpool_fwd_tile (first max wins, NaN -> ph*pw-1, padding never wins).
+//   Last measured: not yet measured on a GPU (new; H200 2026-11-28 run 2 baseline: vec4
+//     81.1 us, tiled 93.7 us on 128x55x55x96 3x3/2; target <= ~63 us).
+template <int PH, int PW, int SH, int SW, int TP, int TQ>
+__global__ void
+maxpool_fwd_smem(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restrict__ am,
+                 int N, int H, int W, int C, int P, int Q, int ph, int pw, int sh, int sw, int pt, int pl) {
+    constexpr int CK = 8;                                             // float4 chunks per slab
+    constexpr int NT = TP * TQ * CK;                                  // threads per block
+    constexpr int RH = (TP - 1) * SH + PH, RW = (TQ - 1) * SW + PW;   // input band
+    constexpr int TILE = RH * RW * CK;                                // float4 in shared memory
+    constexpr int LOADS = (TILE + NT - 1) / NT;
+    __shared__ float4 band[TILE];
+    const int C4 = C >> 2;
+    const int SL = (C4 + CK - 1) / CK, PT = (P + TP - 1) / TP, QT = (Q + TQ - 1) / TQ;
+    const int tiles = N * PT * QT * SL;  // tiles * NT < 2^31 (checked by the caller)
+    const int t = threadIdx.x;
+    const int c4 = t % CK, oq = (t / CK) % TQ, op = t / (CK * TQ);
+    const float4* __restrict__ x4 = reinterpret_cast<const float4*>(x);
+    for (int k = blockIdx.x; k < tiles; k += gridDim.x) {          // uniform per block
+        int u = k;
+        const int sl = u % SL;
+        u /= SL;
+        const int qt = u % QT;
+        u /= QT;
+        const int ptile = u % PT, n = u / PT;
+        const int h0 = ptile * TP * SH - pt, w0 = qt * TQ * SW - pl, cb = sl * CK;
+        float4 f[LOADS];
+#pragma unroll
+        for (int j = 0; j < LOADS; ++j) {
+            const int i = t + j * NT;
+            const int h = h0 + i / (RW * CK), w = w0 + (i / CK) % RW, cc = cb + i % CK;
+            f[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if ((TILE % NT == 0 || i < TILE) && h >= 0 && h < H && w >= 0 && w < W && cc < C4)
+                f[j] = __ldg(x4 + (n * H + h) * W * C4 + w * C4 + cc);
+        }
+#pragma unroll
+        for (int j = 0; j < LOADS; ++j) {
+            const int i = t + j * NT;
+            if (TILE % NT == 0 || i < TILE) band[i] = f[j];
+        }
+        __syncthreads();
+        const int p = ptile * TP + op, q = qt * TQ + oq, cc = cb + c4;
+        if (p < P && q < Q && cc < C4) {
+            const int hw = h0 + op * SH, ww = w0 + oq * SW;           // window's top-left
+            const int first = max(0, -hw) * PW + max(0, -ww);        // first real position
+            float b[4];
+            int a[4];
+#pragma unroll
+            for (int v = 0; v < 4; ++v) { b[v] = -__int_as_float(0x7f800000); a[v] = first; }
+#pragma unroll
+            for (int r = 0; r < PH; ++r) {
+                if (hw + r < 0 || hw + r >= H) continue;
+#pragma unroll
+                for (int s = 0; s < PW; ++s) {
+                    if (ww + s < 0 || ww + s >= W) continue;
+                    const float4 e = band[((op * SH + r) * RW + oq * SW + s) * CK + c4];
+                    const float g[4] = {e.x, e.y, e.z, e.w};
+#pragma unroll
+                    for (int v = 0; v < 4; ++v)
+                        if (pool_takes(g[v], b[v])) { b[v] = g[v]; a[v] = r * PW + s; }
+                }
+            }
+#pragma unroll
+            for (int v = 0; v < 4; ++v)
+                if (b[v] != b[v]) a[v] = PH * PW - 1;
+            const int o = ((n * P + p) * Q + q) * C + cc * 4;
+            pool_store<4>(y + o, b);
+            pool_store_u8<4>(am + o, a);
+        }
+        __syncthreads();                                              // band is reloaded next
+    }
+}
+
 #ifdef FASTCNN_INSTANTIATE
 #define POOL_TAIL int, int, int, int, int, int, int, int, int, int, int, int
 #define POOL_GENERIC(V) \
@@ -340,7 +438,9 @@ maxpool_bwd_tile(const float* __restrict__ dy, const fc_u8* __restrict__ am, flo
     POOL_TILE(1, PH, PW, SH, SW, OH, OW, BH, BW) \
     POOL_TILE(2, PH, PW, SH, SW, OH, OW, BH, BW) \
     POOL_TILE(4, PH, PW, SH, SW, OH, OW, BH, BW)
-// Keep in step with fastcnn/backend/cuda/pool.py (GENERIC_LANES, TILES).
+#define POOL_SMEM(PH, PW, SH, SW, TP, TQ) \
+    template __global__ void maxpool_fwd_smem<PH, PW, SH, SW, TP, TQ>(const float*, float*, fc_u8*, POOL_TAIL);
+// Keep in step with fastcnn/backend/cuda/pool.py (GENERIC_LANES, TILES, SMEM).
 POOL_GENERIC(1)
 POOL_GENERIC(2)
 POOL_GENERIC(4)
@@ -348,4 +448,8 @@ POOL_TILES(2, 2, 2, 2, 1, 2, 1, 2)
 POOL_TILES(3, 3, 2, 2, 2, 2, 1, 2)
 POOL_TILES(3, 3, 1, 1, 1, 2, 1, 2)
 POOL_TILES(2, 2, 1, 1, 1, 2, 1, 2)
+POOL_SMEM(2, 2, 2, 2, 4, 8)
+POOL_SMEM(3, 3, 2, 2, 4, 8)
+POOL_SMEM(3, 3, 1, 1, 4, 8)
+POOL_SMEM(2, 2, 1, 1, 4, 8)
 #endif

@@ -1,4 +1,4 @@
-"""Every max-pool variant (direct, vec4, tiled, auto) against fastcnn.backend.reference.
+"""Every max-pool variant (direct, vec4, tiled, smem (forward only), auto) against fastcnn.backend.reference.
 
 Forward and backward are compared exactly: pooling only selects (forward) or sums the
 picked dy in the reference's (r, s) order (backward), so y, argmax and dx must match
@@ -12,7 +12,11 @@ addresses are only 4- or 8-byte aligned (the 16-byte kernels must not be used).
 
 The same source also runs without a GPU: ``test_kernels_emulated_on_cpu`` compiles
 kernels/pool.cu as host C++ (g++, a small shim that loops over blockIdx/threadIdx) and
-drives it through pool.py's own planning code, on the whole table.
+drives it through pool.py's own planning code, on the whole table.  Each block's threads
+run as fibers (ucontext) on one host thread, switched round-robin at every
+``__syncthreads`` (a barrier: every thread of the block reaches it before any goes on),
+with ``__shared__`` storage per kernel; so the shared-memory kernel (smem) is checked
+too, and a missing barrier shows up as wrong results.
 
     pytest tests/test_gpu_pool_variants.py
 """
@@ -150,6 +154,11 @@ def _cp():
     return cupy
 
 
+def _ops(variant):
+    """The ops (forward, backward) that ``variant`` has: smem is forward only."""
+    return [op for op in OPS if variant in registry.variants(op, "cuda")]
+
+
 @gpu
 @pytest.mark.parametrize("op,variant,index", PARAMS)
 def test_variant_matches_reference(op, variant, index):
@@ -161,7 +170,7 @@ def test_variant_matches_reference(op, variant, index):
 @pytest.mark.parametrize("variant", registry.variants("maxpool_forward", "cuda"))
 def test_special_values_and_ties(variant, mode):
     for i in SPECIAL:
-        for op in OPS:
+        for op in _ops(variant):
             check_variant(_cp(), op, variant, CASES[i], seed=1000 + i, mode=mode)
 
 
@@ -171,7 +180,7 @@ def test_special_values_and_ties(variant, mode):
 def test_misaligned_views(variant, offset):
     """Arrays starting 4 or 8 bytes past a 16-byte boundary: a narrower kernel, same result."""
     for i in SPECIAL[::3]:
-        for op in OPS:
+        for op in _ops(variant):
             check_variant(_cp(), op, variant, CASES[i], seed=2000 + i, offset=offset)
 
 
@@ -185,10 +194,13 @@ def test_instantiations_match_the_plan():
     generic = {int(v) for v in re.findall(r"^POOL_GENERIC\((\d+)\)", block, re.MULTILINE)}
     tiles = {tuple(int(v) for v in m.split(","))
              for m in re.findall(r"^POOL_TILES\(([\d, ]+)\)", block, re.MULTILINE)}
+    smem = {tuple(int(v) for v in m.split(","))
+            for m in re.findall(r"^POOL_SMEM\(([\d, ]+)\)", block, re.MULTILINE)}
     assert generic == set(cuda_pool.GENERIC_LANES)
     assert tiles == {k + v for k, v in cuda_pool.TILES.items()}
+    assert smem == {k + v for k, v in cuda_pool.SMEM.items()}
     for name in cuda_pool.NAME_EXPRESSIONS:
-        assert re.fullmatch(r"maxpool_(fwd|bwd)(_tile)?<[\d, ]+>", name), name
+        assert re.fullmatch(r"maxpool_(fwd|bwd)(_tile|_smem)?<[\d, ]+>", name), name
 
 
 def test_plan_picks_kernels(monkeypatch):
@@ -197,7 +209,7 @@ def test_plan_picks_kernels(monkeypatch):
     monkeypatch.setattr(cuda_pool, "grid_blocks", lambda n, threads=256: n)
 
     def names(variant, forward, C, pool=(3, 3), stride=(2, 2), padding=V0):
-        return {lanes: k for lanes, (k, _) in
+        return {lanes: k for lanes, (k, _, _) in
                 cuda_pool._plan(variant, forward, (2, 9, 9, C), pool, stride, padding)[2].items()}
     assert names("direct", True, 96) == {1: "maxpool_fwd<1>"}
     assert names("vec4", False, 96) == {4: "maxpool_bwd<4>", 1: "maxpool_bwd<1>"}
@@ -210,21 +222,72 @@ def test_plan_picks_kernels(monkeypatch):
     assert names("tiled", True, 3, (2, 3), (1, 2)) == {1: "maxpool_fwd<1>"}
     assert names("tiled", False, 12, (4, 4), (3, 3)) == {4: "maxpool_bwd<4>", 2: "maxpool_bwd<2>",
                                                          1: "maxpool_bwd<1>"}
-    for variant in ("direct", "vec4", "tiled"):
+    assert names("smem", True, 96) == {4: "maxpool_fwd_smem<3, 3, 2, 2, 4, 8>",
+                                       2: "maxpool_fwd_tile<2, 3, 3, 2, 2, 2, 2>",
+                                       1: "maxpool_fwd_tile<1, 3, 3, 2, 2, 2, 2>"}
+    assert names("smem", True, 12, (4, 4), (3, 3)) == {4: "maxpool_fwd<4>", 2: "maxpool_fwd<2>",
+                                                       1: "maxpool_fwd<1>"}
+    # 128x55x55x96 3x3/2: 7 x 4 tiles of 4x8 outputs x 3 slabs of 32 channels, 256 threads
+    (_, blocks, threads), = [v for k, v in cuda_pool._plan("smem", True, (128, 55, 55, 96), 3, 2, V0)[2].items()
+                             if k == 4]
+    assert (blocks, threads) == (128 * 7 * 4 * 3 * 256, 256)  # grid_blocks patched: blocks = items
+    for variant in ("direct", "vec4", "tiled", "smem"):
         for forward in (True, False):
             for C in (1, 2, 3, 4, 6, 96):
-                for lanes, (name, items) in cuda_pool._plan(variant, forward, (2, 9, 9, C), 3, 2, V0)[2].items():
+                for lanes, (name, items, threads) in cuda_pool._plan(variant, forward, (2, 9, 9, C), 3, 2,
+                                                                     V0)[2].items():
                     assert name in cuda_pool.NAME_EXPRESSIONS and C % lanes == 0 and items > 0
+                    assert threads == 256
 
 
 _SHIM = r"""
 #include <cstring>
+#include <cstdlib>
 #include <algorithm>
+#include <functional>
+#include <vector>
+#include <ucontext.h>
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __shared__ static
 struct fc_dim3 { unsigned x = 0, y = 0, z = 0; };
 static fc_dim3 blockIdx, threadIdx, blockDim, gridDim;
+// One block's threads are fibers on this host thread; __syncthreads yields to the
+// scheduler, which resumes every thread round-robin (so all reach a barrier first).
+static ucontext_t fc_main;
+static std::vector<ucontext_t> fc_ctx;
+static std::vector<char> fc_done;
+static std::vector<long> fc_syncs;
+static std::vector<char*> fc_stacks;
+static unsigned fc_cur;
+static std::function<void()> fc_job;
+static void __syncthreads() { ++fc_syncs[fc_cur]; swapcontext(&fc_ctx[fc_cur], &fc_main); }
+static void fc_entry() { fc_job(); fc_done[fc_cur] = 1; }  // returns to uc_link = fc_main
+// Runs one block; false when its threads passed different numbers of barriers.
+static bool fc_run_block(unsigned threads) {
+    const size_t stack = 1 << 16;
+    fc_ctx.resize(threads); fc_done.assign(threads, 0); fc_syncs.assign(threads, 0);
+    while (fc_stacks.size() < threads) fc_stacks.push_back((char*)std::malloc(stack));
+    for (unsigned t = 0; t < threads; ++t) {
+        getcontext(&fc_ctx[t]);
+        fc_ctx[t].uc_stack.ss_sp = fc_stacks[t]; fc_ctx[t].uc_stack.ss_size = stack;
+        fc_ctx[t].uc_link = &fc_main;
+        makecontext(&fc_ctx[t], fc_entry, 0);
+    }
+    for (;;) {
+        unsigned running = 0;
+        for (unsigned t = 0; t < threads; ++t) {
+            if (fc_done[t]) continue;
+            fc_cur = t; threadIdx.x = t;
+            swapcontext(&fc_main, &fc_ctx[t]);
+            ++running;
+        }
+        for (unsigned t = 1; t < threads; ++t)
+            if (fc_syncs[t] != fc_syncs[0] || fc_done[t] != fc_done[0]) return false;
+        if (!running || fc_done[0]) return true;
+    }
+}
 struct float4 { float x, y, z, w; };
 struct float2 { float x, y; };
 struct uchar4 { unsigned char x, y, z, w; };
@@ -245,19 +308,20 @@ struct BwdEntry { const char* name; bwd_t fn; };
 static FwdEntry FWD[] = { %s };
 static BwdEntry BWD[] = { %s };
 template <class F, class A, class B, class C>
-static void grid(F fn, int blocks, int threads, A a, B b, C c, const int* d) {
+static int grid(F fn, int blocks, int threads, A a, B b, C c, const int* d) {
     gridDim.x = blocks; blockDim.x = threads;
-    for (int bx = 0; bx < blocks; ++bx)
-        for (int tx = 0; tx < threads; ++tx) {
-            blockIdx.x = bx; threadIdx.x = tx;
-            fn(a, b, c, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11]);
-        }
+    fc_job = [=] { fn(a, b, c, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11]); };
+    for (int bx = 0; bx < blocks; ++bx) {
+        blockIdx.x = bx;
+        if (!fc_run_block(threads)) return -2;  // threads of a block disagree on barriers
+    }
+    return 0;
 }
 extern "C" int launch(const char* name, int blocks, int threads, void* a, void* b, void* c, const int* d) {
     for (auto& e : FWD)
-        if (!std::strcmp(e.name, name)) { grid(e.fn, blocks, threads, (const float*)a, (float*)b, (fc_u8*)c, d); return 0; }
+        if (!std::strcmp(e.name, name)) return grid(e.fn, blocks, threads, (const float*)a, (float*)b, (fc_u8*)c, d);
     for (auto& e : BWD)
-        if (!std::strcmp(e.name, name)) { grid(e.fn, blocks, threads, (const float*)a, (const fc_u8*)b, (float*)c, d); return 0; }
+        if (!std::strcmp(e.name, name)) return grid(e.fn, blocks, threads, (const float*)a, (const fc_u8*)b, (float*)c, d);
     return -1;
 }
 """
@@ -305,7 +369,8 @@ def test_kernels_emulated_on_cpu(emulator, monkeypatch):
             launched.append(name)
             rc = emulator.launch(name.encode(), grid[0], block[0], a.ctypes.data, b.ctypes.data,
                                  c.ctypes.data, dims.ctypes.data)
-            assert rc == 0, f"{name} is not in the emulator's table"
+            assert rc != -1, f"{name} is not in the emulator's table"
+            assert rc == 0, f"{name}: the threads of a block passed different numbers of __syncthreads"
         return launch
     monkeypatch.setattr(cuda_pool, "_kernel", kernel)
     monkeypatch.setattr(cuda_pool, "_launch", types.SimpleNamespace(check=_np_check))
@@ -315,14 +380,17 @@ def test_kernels_emulated_on_cpu(emulator, monkeypatch):
     monkeypatch.setattr(cuda_pool, "_device", lambda: -1)
     monkeypatch.setattr(cuda_pool, "_ptr", lambda a: a.ctypes.data)
     monkeypatch.setattr(cuda_pool, "_PLANS", {})
-    for variant in ("direct", "vec4", "tiled"):
+    for variant in ("direct", "vec4", "tiled", "smem"):
         fns = {"maxpool_forward": cuda_pool._forward(variant), "maxpool_backward": cuda_pool._backward(variant)}
         for i, case in enumerate(CASES):
             big = case[0] * case[1] * case[2] * case[3] > 100000
             runs = [("rand", 0), ("special", 0), ("ties", 0), ("special", 1), ("ties", 2)]
-            for mode, offset in runs[:1] if big else runs:
-                for op in OPS:
+            if big:  # smem (new, shared memory): NaN and tie inputs on the big shapes too
+                runs = runs[:3] if variant == "smem" else runs[:1]
+            for mode, offset in runs:
+                for op in _ops(variant):
                     check_variant(np, op, variant, case, seed=i, mode=mode, offset=offset, fns=fns)
     assert {n for n in launched if "tile" in n} >= {
         "maxpool_fwd_tile<4, 3, 3, 2, 2, 2, 2>", "maxpool_bwd_tile<2, 2, 2, 2, 2, 1, 2>",
         "maxpool_fwd_tile<1, 3, 3, 1, 1, 1, 2>", "maxpool_bwd_tile<4, 2, 2, 1, 1, 1, 2>"}
+    assert {n for n in launched if "smem" in n} == {cuda_pool._fwd_smem_name(*k, *v) for k, v in cuda_pool.SMEM.items()}

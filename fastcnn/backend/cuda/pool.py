@@ -9,6 +9,12 @@ Variants, registered in ``fastcnn.kernels`` at import (no GPU needed to import):
           of adjacent outputs sharing the overlapping input, loaded once; backward: each
           thread a stride-aligned tile of input pixels, reading dy/argmax of the windows
           that cover it once.  Other windows: the generic kernel with V = 4, 2 or 1.
+  smem    forward only: window and stride compiled in (SMEM); a block of TP*TQ*8 threads
+          stages a TP x TQ output tile's input band (all its rows and columns, 32
+          channels) in shared memory with coalesced 16-byte loads, each input element read
+          once per tile, then computes one float4 of outputs per thread from shared memory.
+          C % 4 == 0 and 16-byte aligned x, y; otherwise (and for other windows) tiled's
+          kernels.
 
 Arguments follow the reference's rules and messages.  Both functions take an
 optional keyword ``out=``: for the forward a pair ``(y, argmax)`` (float32 and
@@ -49,10 +55,26 @@ def _bwd_tile_name(v, ph, pw, sh, sw, bh, bw):
     return f"maxpool_bwd_tile<{v}, {ph}, {pw}, {sh}, {sw}, {bh}, {bw}>"
 
 
+# (ph, pw, sh, sw) -> (TP, TQ): the smem forward's output tile per block (TP*TQ*8 threads).
+# Keep in step with the FASTCNN_INSTANTIATE block of kernels/pool.cu (POOL_SMEM).
+SMEM = {
+    (2, 2, 2, 2): (4, 8),         # 8x16 pixels x 32 channels = 16 KB per block
+    (3, 3, 2, 2): (4, 8),         # 9x17 pixels x 32 channels = 19.6 KB per block
+    (3, 3, 1, 1): (4, 8),
+    (2, 2, 1, 1): (4, 8),
+}
+SMEM_CHANNELS = 32                # channels per block (8 float4 chunks)
+
+
+def _fwd_smem_name(ph, pw, sh, sw, tp, tq):
+    return f"maxpool_fwd_smem<{ph}, {pw}, {sh}, {sw}, {tp}, {tq}>"
+
+
 NAME_EXPRESSIONS = tuple(
     [f"maxpool_{d}<{v}>" for v in GENERIC_LANES for d in ("fwd", "bwd")]
     + [name for (ph, pw, sh, sw), (oh, ow, bh, bw) in TILES.items() for v in (1, 2, 4)
-       for name in (_fwd_tile_name(v, ph, pw, sh, sw, oh, ow), _bwd_tile_name(v, ph, pw, sh, sw, bh, bw))])
+       for name in (_fwd_tile_name(v, ph, pw, sh, sw, oh, ow), _bwd_tile_name(v, ph, pw, sh, sw, bh, bw))]
+    + [_fwd_smem_name(ph, pw, sh, sw, tp, tq) for (ph, pw, sh, sw), (tp, tq) in SMEM.items()])
 
 
 def _kernel(name: str):
@@ -70,7 +92,7 @@ def _geometry(x_shape, pool, stride, padding):
 
 
 # Channels per thread each variant may use, widest first (C and alignment pick among them).
-LANES = {"direct": (1,), "vec4": (4, 1), "tiled": (4, 2, 1)}
+LANES = {"direct": (1,), "vec4": (4, 1), "tiled": (4, 2, 1), "smem": (4, 2, 1)}
 
 
 def _ceil(a: int, b: int) -> int:
@@ -78,19 +100,27 @@ def _ceil(a: int, b: int) -> int:
 
 
 def _plan(variant: str, forward: bool, x_shape, pool, stride, padding):
-    """(P, Q, {lanes: (kernel, blocks)} widest first, dims): all a launch needs but the arrays.
+    """(P, Q, {lanes: (kernel, blocks, threads)} widest first, dims): all a launch needs but
+    the arrays.
 
     Lanes that C allows are all listed; ``_launch_plan`` takes the widest one whose
     alignment every array meets (a view may start at any 4-byte address)."""
     N, H, W, C = x_shape
     P, Q, dims = _geometry(x_shape, pool, stride, padding)
     ph, pw, sh, sw, top, left = (int(d) for d in dims[6:])
-    tile = TILES.get((ph, pw, sh, sw)) if variant == "tiled" else None
+    tile = TILES.get((ph, pw, sh, sw)) if variant in ("tiled", "smem") else None
+    smem = SMEM.get((ph, pw, sh, sw)) if variant == "smem" and forward else None
     kernels = {}
     for lanes in LANES[variant]:
         if C % lanes:
             continue
-        if tile is None:
+        threads = THREADS
+        if smem is not None and lanes == 4:
+            tp, tq = smem
+            threads = tp * tq * (SMEM_CHANNELS // 4)
+            items = N * _ceil(P, tp) * _ceil(Q, tq) * _ceil(C, SMEM_CHANNELS) * threads
+            name = _fwd_smem_name(ph, pw, sh, sw, tp, tq)
+        elif tile is None:
             items = (N * P * Q if forward else N * H * W) * (C // lanes)
             name = f"maxpool_{'fwd' if forward else 'bwd'}<{lanes}>"
         elif forward:
@@ -102,7 +132,7 @@ def _plan(variant: str, forward: bool, x_shape, pool, stride, padding):
             items = N * _ceil(H + top, bh * sh) * _ceil(W + left, bw * sw) * (C // lanes)
             name = _bwd_tile_name(lanes, ph, pw, sh, sw, bh, bw)
         check_int32(threads=items)
-        kernels[lanes] = (_kernel(name), grid_blocks(items))
+        kernels[lanes] = (_kernel(name), grid_blocks(items, threads), threads)
     return P, Q, kernels, dims
 
 
@@ -138,7 +168,7 @@ def _ptr(a) -> int:
 
 
 def _launch_plan(kernels, arrays):
-    """(kernel, blocks): the widest lanes every array's address allows (4*lanes bytes for
+    """(kernel, blocks, threads): the widest lanes every array's address allows (4*lanes bytes for
     floats, lanes bytes for argmax; CuPy's own allocations are 256-byte aligned)."""
     for lanes, launch in kernels.items():  # widest first
         if lanes == 1 or all(_ptr(a) % (n * lanes) == 0 for a, n in arrays):
@@ -158,8 +188,8 @@ def _forward(variant: str):
             raise TypeError("out must be a pair (y, argmax) for maxpool_forward")
         y = out_array("out[0] (y)", out[0], (N, P, Q, C))
         argmax = out_array("out[1] (argmax)", out[1], (N, P, Q, C), dtype=np.uint8)
-        kernel, blocks = _launch_plan(kernels, ((x, 4), (y, 4), (argmax, 1)))
-        kernel((blocks,), (THREADS,), (x, y, argmax) + dims)
+        kernel, blocks, threads = _launch_plan(kernels, ((x, 4), (y, 4), (argmax, 1)))
+        kernel((blocks,), (threads,), (x, y, argmax) + dims)
         return y, argmax
     maxpool_forward.__name__ = maxpool_forward.__qualname__ = f"maxpool_forward_{variant}"
     return maxpool_forward
@@ -175,8 +205,8 @@ def _backward(variant: str):
         if dy.shape != (N, P, Q, C) or argmax.shape != dy.shape:
             raise ValueError(f"dy {dy.shape} and argmax {argmax.shape} must both have shape {(N, P, Q, C)}")
         dx = out_array("out", out, (N, H, W, C))
-        kernel, blocks = _launch_plan(kernels, ((dy, 4), (argmax, 1), (dx, 4)))
-        kernel((blocks,), (THREADS,), (dy, argmax, dx) + dims)
+        kernel, blocks, threads = _launch_plan(kernels, ((dy, 4), (argmax, 1), (dx, 4)))
+        kernel((blocks,), (threads,), (dy, argmax, dx) + dims)
         return dx
     maxpool_backward.__name__ = maxpool_backward.__qualname__ = f"maxpool_backward_{variant}"
     return maxpool_backward
@@ -189,6 +219,10 @@ registry.register("maxpool_forward", "vec4", _forward("vec4"), source="cuda", de
 registry.register("maxpool_forward", "tiled", _forward("tiled"), source="cuda",
                   note="window compiled in; 2x2 (3x3/2) or 1x2 adjacent outputs x 4/2/1 channels per "
                        "thread, shared input loaded once; other windows: generic, 4/2/1 channels")
+registry.register("maxpool_forward", "smem", _forward("smem"), source="cuda",
+                  note="window compiled in; a block stages its 4x8-output tile's input band x 32 channels "
+                       "in shared memory (coalesced 16-byte loads, each element once), 1 float4 per thread; "
+                       "C % 4 or alignment: tiled's kernels")
 registry.register("maxpool_backward", "direct", _backward("direct"), source="cuda",
                   note="gather: each input sums dy of the windows that chose it (no atomics)")
 registry.register("maxpool_backward", "vec4", _backward("vec4"), source="cuda", default=True,
