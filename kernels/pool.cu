@@ -12,13 +12,19 @@
 // elements (32-bit index math; the caller checks).  1-D grid-stride launches, 256-thread
 // blocks, no __launch_bounds__ (with one, ptxas capped maxpool_fwd<4> at 32 registers
 // and spilled).  V = channels per thread: 4 (16-byte float4 loads/stores, uchar4 argmax;
-// C % 4 == 0 and 16-byte aligned tensors), 2 (float2/uchar2; C % 2 == 0) or 1.
+// C % 4 == 0 and 16-byte aligned tensors), 2 (float2/uchar2; C % 2 == 0) or 1; the tiled
+// forward also V = 8 (variant vec8: two float4 per tap, argmax as one 8-byte uint2 store;
+// C % 8 == 0, x and y 32-byte, argmax 8-byte aligned as the caller checks).
 #include "common.cuh"
 
 // ---------------------------------------------------------------- V-channel helpers
 template <int V>
 FC_DEVICE void pool_load(const float* __restrict__ p, float (&f)[V]) {
-    if constexpr (V == 4) {
+    if constexpr (V == 8) {
+        const float4 t = __ldg(reinterpret_cast<const float4*>(p));
+        const float4 u = __ldg(reinterpret_cast<const float4*>(p) + 1);
+        f[0] = t.x; f[1] = t.y; f[2] = t.z; f[3] = t.w; f[4] = u.x; f[5] = u.y; f[6] = u.z; f[7] = u.w;
+    } else if constexpr (V == 4) {
         const float4 t = __ldg(reinterpret_cast<const float4*>(p));
         f[0] = t.x; f[1] = t.y; f[2] = t.z; f[3] = t.w;
     } else if constexpr (V == 2) {
@@ -31,7 +37,10 @@ FC_DEVICE void pool_load(const float* __restrict__ p, float (&f)[V]) {
 
 template <int V>
 FC_DEVICE void pool_store(float* __restrict__ p, const float (&f)[V]) {
-    if constexpr (V == 4) {
+    if constexpr (V == 8) {
+        reinterpret_cast<float4*>(p)[0] = make_float4(f[0], f[1], f[2], f[3]);
+        reinterpret_cast<float4*>(p)[1] = make_float4(f[4], f[5], f[6], f[7]);
+    } else if constexpr (V == 4) {
         *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
     } else if constexpr (V == 2) {
         *reinterpret_cast<float2*>(p) = make_float2(f[0], f[1]);
@@ -55,7 +64,11 @@ FC_DEVICE void pool_load_u8(const fc_u8* __restrict__ p, int (&a)[V]) {
 
 template <int V>
 FC_DEVICE void pool_store_u8(fc_u8* __restrict__ p, const int (&a)[V]) {
-    if constexpr (V == 4) {
+    if constexpr (V == 8) {  // 8 bytes: two little-endian words
+        *reinterpret_cast<uint2*>(p) = make_uint2(
+            (unsigned)a[0] | (unsigned)a[1] << 8 | (unsigned)a[2] << 16 | (unsigned)a[3] << 24,
+            (unsigned)a[4] | (unsigned)a[5] << 8 | (unsigned)a[6] << 16 | (unsigned)a[7] << 24);
+    } else if constexpr (V == 4) {
         *reinterpret_cast<uchar4*>(p) = make_uchar4((fc_u8)a[0], (fc_u8)a[1], (fc_u8)a[2], (fc_u8)a[3]);
     } else if constexpr (V == 2) {
         *reinterpret_cast<uchar2*>(p) = make_uchar2((fc_u8)a[0], (fc_u8)a[1]);
@@ -181,8 +194,12 @@ maxpool_bwd(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* _
 //   (fully unrolled, so every load is in flight before the first compare; 3x3/2 with 2x2
 //   outputs reads 25 pixels instead of 36) and feeds each pixel to every window holding
 //   it, row-major within each window.
+//   Variant vec8 uses it with V = 8 and OH = OW = 1: one output x 8 channels per thread,
+//   2*PH*PW float4 loads per thread (18 for 3x3), fully unrolled; ptxas schedules them
+//   (46 registers on sm_90, so not all 18 are in flight before the first compare).
 //   Last measured (H200 2026-11-28 run 2, CUDA events, L2 flushed; copy 4139 GB/s):
 //     128x55x55x96 3x3/2: 93.7 us (1969 GB/s, 48%); vec4 81.1 us, PyTorch NCHW 144 us.
+//     vec8 (V = 8, 1x1): not yet measured on a GPU.
 template <int V, int PH, int PW, int SH, int SW, int OH, int OW>
 __global__ void
 maxpool_fwd_tile(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restrict__ am,
@@ -438,9 +455,11 @@ maxpool_fwd_smem(const float* __restrict__ x, float* __restrict__ y, fc_u8* __re
     POOL_TILE(1, PH, PW, SH, SW, OH, OW, BH, BW) \
     POOL_TILE(2, PH, PW, SH, SW, OH, OW, BH, BW) \
     POOL_TILE(4, PH, PW, SH, SW, OH, OW, BH, BW)
+#define POOL_VEC8(PH, PW, SH, SW) \
+    template __global__ void maxpool_fwd_tile<8, PH, PW, SH, SW, 1, 1>(const float*, float*, fc_u8*, POOL_TAIL);
 #define POOL_SMEM(PH, PW, SH, SW, TP, TQ) \
     template __global__ void maxpool_fwd_smem<PH, PW, SH, SW, TP, TQ>(const float*, float*, fc_u8*, POOL_TAIL);
-// Keep in step with fastcnn/backend/cuda/pool.py (GENERIC_LANES, TILES, SMEM).
+// Keep in step with fastcnn/backend/cuda/pool.py (GENERIC_LANES, TILES, VEC8, SMEM).
 POOL_GENERIC(1)
 POOL_GENERIC(2)
 POOL_GENERIC(4)
@@ -448,6 +467,10 @@ POOL_TILES(2, 2, 2, 2, 1, 2, 1, 2)
 POOL_TILES(3, 3, 2, 2, 2, 2, 1, 2)
 POOL_TILES(3, 3, 1, 1, 1, 2, 1, 2)
 POOL_TILES(2, 2, 1, 1, 1, 2, 1, 2)
+POOL_VEC8(2, 2, 2, 2)
+POOL_VEC8(3, 3, 2, 2)
+POOL_VEC8(3, 3, 1, 1)
+POOL_VEC8(2, 2, 1, 1)
 POOL_SMEM(2, 2, 2, 2, 4, 8)
 POOL_SMEM(3, 3, 2, 2, 4, 8)
 POOL_SMEM(3, 3, 1, 1, 4, 8)
