@@ -1,8 +1,10 @@
-// kernels/conv_winograd.cu: Winograd F(m x m, 3x3) convolution, m = 2 or 4, fp32 (no TF32),
-// for 3x3 kernels with stride 1; NHWC input x (N,H,W,C), HWIO weights w (3,3,C,K), output
-// y (N,P,Q,K), explicit padding (pt top, pl left; bottom/right only shape P, Q).
+// kernels/conv_winograd.cu: Winograd F(m x m, R x R) convolution, (m, R) = (2, 3), (4, 3),
+// (2, 5) or (4, 5), fp32 (no TF32), for R x R kernels with stride 1; NHWC input x (N,H,W,C),
+// HWIO weights w (R,R,C,K), output y (N,P,Q,K), explicit padding (pt top, pl left;
+// bottom/right only shape P, Q).  The text below says 3x3; for 5x5 read R = 5 throughout
+// (alpha = m + 4, G is alpha x 5, 25 weight loads, dgrad padding 4 - pad).
 //
-// Algorithm (Lavin & Gray 2015), alpha = m + 2, E = alpha^2: the output is cut into m x m
+// Algorithm (Lavin & Gray 2015), alpha = m + R - 1, E = alpha^2: the output is cut into m x m
 // tiles, T = N*TH*TW tiles with TH = ceil(P/m), TW = ceil(Q/m); tile t = (n, th, tw) reads
 // the alpha x alpha input patch at rows m*th - pt .., columns m*tw - pl .. (zero outside
 // the image: that is the padding, and it also covers the ragged last tile, whose extra
@@ -14,13 +16,16 @@
 // Multiplications per output: 9*C*K direct, 4*C*K for F(2x2) (16/4), 2.25*C*K for F(4x4)
 // (36/16).  F(4x4) uses the points 0, +-1, +-2 (wincnn); its rounding error grows with
 // the 8s and 1/24s in A and G but stays ~1e-6 relative in fp32 here.
+// 5x5: 25*C*K direct, 9*C*K for F(2x2,5x5) (36/4), 4*C*K for F(4x4,5x5) (64/16, points
+// 0, +-1, +-2, +-1/2: float32 error ~5e-6 relative in NumPy on AlexNet conv2).
 // Backward-data of a stride-1 3x3 conv is this forward applied to dy with the weights
 // flipped in (r, s) and transposed in (C, K), padding (2-pt, 2-pb, 2-pl, 2-pr): the
 // weight transform does the flip/transpose itself (flip = 1), so dgrad costs no extra
 // launch.  fastcnn/backend/cuda/conv_winograd.py validates shapes and owns the
 // workspaces U (E*C*K), V (E*T*C), M (E*T*K) floats.
 //
-// Kernels and launches (PREFIX winograd for m = 2, winograd4 for m = 4; the grid-stride
+// Kernels and launches (PREFIX winograd, winograd4, winograd5, winograd5x4 for F(2x2,3x3),
+// F(4x4,3x3), F(2x2,5x5), F(4x4,5x5); the grid-stride
 // 1-D kernels use 256-thread blocks):
 //   PREFIX_weight_transform  one thread per (c, k); reads 9 weights, writes E of U.
 //   PREFIX_input_transform   one thread per (t, c) (c fastest: coalesced reads of x and
@@ -35,8 +40,8 @@
 #include "common.cuh"
 #include "gemm_tile.cuh"
 
-// The 1-D transforms of F(m x m, 3x3), alpha = m + 2 (Lavin & Gray; wincnn points 0, +-1,
-// +-2, +-1/2 for m = 4).  in1d: t = B^T d, w1d: u = G g, out1d: o = A^T v.
+// The 1-D transforms of F(m x m, R x R), alpha = m + R - 1 (Lavin & Gray; wincnn points 0,
+// +-1, +-2 for F(4x4,3x3)).  in1d: t = B^T d, w1d: u = G g, out1d: o = A^T v.
 template <int M_, int R_> struct fc_wino;
 template <> struct fc_wino<2, 3> {
     static constexpr int A = 4;
@@ -243,7 +248,8 @@ FC_DEVICE void fc_wino_output(const float* __restrict__ Mo, const float* __restr
 }
 
 // The launchable kernels: winograd_* is F(2x2,3x3) (alpha 4, 16 GEMMs), winograd4_* is
-// F(4x4,3x3) (alpha 6, 36 GEMMs); winograd_gemm serves both (gridDim.z GEMMs).
+// F(4x4,3x3) (alpha 6, 36 GEMMs), winograd5_* F(2x2,5x5) (alpha 6, 36 GEMMs), winograd5x4_*
+// F(4x4,5x5) (alpha 8, 64 GEMMs); winograd_gemm serves all (gridDim.z GEMMs).
 #define FC_WINO_KERNELS(PREFIX, M_, R_)                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                                \
     PREFIX##_weight_transform(const float* __restrict__ w, float* __restrict__ U, int C, int K,      \
@@ -266,7 +272,7 @@ FC_WINO_KERNELS(winograd4, 4, 3)
 FC_WINO_KERNELS(winograd5, 2, 5)
 FC_WINO_KERNELS(winograd5x4, 4, 5)
 
-// Mo[e] (T x K) = relu?(V[e] (T x C) @ U[e] (C x K) + bias), e = blockIdx.z (16 or 36 of them); row-major.
+// Mo[e] (T x K) = relu?(V[e] (T x C) @ U[e] (C x K) + bias), e = blockIdx.z (16, 36 or 64 of them); row-major.
 // The host passes bias = null, relu = 0 (they belong to the output transform); with them
 // as run-time arguments, as in gemm_tiled, ptxas keeps 128 registers with 0 spills on
 // sm_80 (compile-time null spilled 4 bytes there).

@@ -1,19 +1,18 @@
-"""The `winograd` (F(2x2,3x3)), `winograd4` (F(4x4,3x3)), `winograd5` (F(2x2,5x5)) and
-`winograd5x4` (F(4x4,5x5)) variants (fastcnn/backend/cuda/conv_winograd.py,
-kernels/conv_winograd.cu).
+"""The `winograd` (F(2x2,3x3) and F(2x2,5x5)) and `winograd4` (F(4x4,3x3) and F(4x4,5x5))
+variants (fastcnn/backend/cuda/conv_winograd.py, kernels/conv_winograd.cu).
 
 GPU (``gpu`` marker): conv2d_forward and conv2d_backward_data against the float64
 reference on AlexNet's conv3-conv5 shapes at batch 2 and on small odd shapes
 (spatial 5, 7, 13, 14; C and K in 1, 3, 8, 96; 'same', 'valid' and asymmetric
 padding; with and without bias and ReLU), written into NaN-poisoned ``out=``
 buffers, relative error in norm <= 1e-4, then again without ``out=`` bit for bit;
-shapes it does not handle raise ValueError.  The 5x5 variants: AlexNet conv2 (27x27x96
+shapes it does not handle raise ValueError.  5x5 kernels: AlexNet conv2 (27x27x96
 -> 256, pad 2) at batch 2, LeNet-5 conv1 (1 -> 6, pad 2) and conv2 (6 -> 16, valid),
 and odd shapes with paddings up to 4.
 
 CPU (no GPU): each variant is registered and refuses other kernel sizes, stride 2 and
-padding R from the shapes alone, before any CuPy call; the transform matrices of the
-5x5 variants, rebuilt in exact fractions by the Toom-Cook construction, match a direct
+padding R from the shapes alone, before any CuPy call; the 5x5 transform matrices,
+rebuilt in exact fractions by the Toom-Cook construction, match a direct
 correlation and round <= 1e-4 in float32 on AlexNet conv2; and, where g++ with C++20
 is found, the CUDA C source itself runs on the CPU under a small shim (one host
 thread per CUDA thread of a block, blocks one after another, __syncthreads a
@@ -39,8 +38,7 @@ from fastcnn.backend.cuda import conv_winograd as cw
 
 gpu = pytest.mark.gpu
 TOL = 1e-4
-NAMES = ("winograd", "winograd4")      # 3x3
-NAMES5 = ("winograd5", "winograd5x4")  # 5x5
+NAMES = ("winograd", "winograd4")
 SAME, VALID = (1, 1, 1, 1), (0, 0, 0, 0)
 SAME5 = (2, 2, 2, 2)
 
@@ -82,18 +80,17 @@ def _ids(cases):
 
 
 IDS, IDS5 = _ids(CASES), _ids(CASES5)
-# (variant, case) for the GPU tests: every 3x3 case for each 3x3 variant, every 5x5 case for each 5x5 one
-GPU_CASES = [(n, c) for n in NAMES for c in CASES] + [(n, c) for n in NAMES5 for c in CASES5]
-GPU_IDS = [f"{n}-{i}" for n in NAMES for i in IDS] + [f"{n}-{i}" for n in NAMES5 for i in IDS5]
+# (variant, R, case) for the GPU tests: every case for each variant, 3x3 and 5x5
+GPU_CASES = [(n, 3, c) for n in NAMES for c in CASES] + [(n, 5, c) for n in NAMES for c in CASES5]
+GPU_IDS = [f"{n}-3x3-{i}" for n in NAMES for i in IDS] + [f"{n}-5x5-{i}" for n in NAMES for i in IDS5]
 
 
 def _f64(*arrays):
     return [None if a is None else a.astype(np.float64) for a in arrays]
 
 
-def _problem(case, seed, name="winograd"):
+def _problem(case, seed, R=3):
     N, H, W, C, K, padding, bias, relu = case
-    R = cw.VARIANTS[name][1]
     rng = np.random.default_rng(seed)
     x, w = rand(rng, N, H, W, C), rand(rng, R, R, C, K, scale=(R * R * C) ** -0.5)
     b = rand(rng, K) if bias else None
@@ -104,7 +101,7 @@ def _problem(case, seed, name="winograd"):
 
 # ---------------------------------------------------------------- CPU: registration and refusals
 
-@pytest.mark.parametrize("name", NAMES + NAMES5)
+@pytest.mark.parametrize("name", NAMES)
 def test_registered_not_default(name):
     for op in ("conv2d_forward", "conv2d_backward_data"):
         assert name in registry.variants(op, "cuda")
@@ -123,17 +120,17 @@ def no_gpu(monkeypatch):
     monkeypatch.setattr(cw, "_DEVICE", types.SimpleNamespace(empty=boom, launch=boom, blocks=boom))
 
 
-REFUSED = [((5, 5), (1, 1), (2, 2, 2, 2), r"3x3 kernels only.*5x5"),
+REFUSED = [((7, 7), (1, 1), (2, 2, 2, 2), r"3x3 and 5x5 kernels only.*7x7"),
+           ((5, 3), (1, 1), SAME, r"3x3 and 5x5 kernels only.*5x3"),
+           ((1, 1), (1, 1), VALID, r"3x3 and 5x5 kernels only.*1x1"),
            ((3, 3), (2, 2), SAME, r"stride 1 only.*\(2, 2\)"),
            ((3, 3), (1, 2), SAME, r"stride 1 only"),
-           ((3, 3), (1, 1), (3, 1, 1, 1), r"padding up to 2")]
-REFUSED5 = [((3, 3), (1, 1), SAME, r"5x5 kernels only.*3x3"),
-            ((5, 3), (1, 1), SAME, r"5x5 kernels only.*5x3"),
-            ((5, 5), (2, 2), SAME5, r"stride 1 only.*\(2, 2\)"),
-            ((5, 5), (1, 1), (2, 2, 5, 2), r"padding up to 4")]
-REFUSALS = [(n,) + c for n in NAMES for c in REFUSED] + [(n,) + c for n in NAMES5 for c in REFUSED5]
-REFUSAL_IDS = [f"{n}-{i}" for n in NAMES for i in ("5x5", "stride2", "stride1x2", "pad3")] + \
-              [f"{n}-{i}" for n in NAMES5 for i in ("3x3", "5x3", "stride2", "pad5")]
+           ((3, 3), (1, 1), (3, 1, 1, 1), r"padding up to 2 per side \(3x3"),
+           ((5, 5), (2, 2), SAME5, r"stride 1 only.*\(2, 2\)"),
+           ((5, 5), (1, 1), (2, 2, 5, 2), r"padding up to 4 per side \(5x5")]
+REFUSALS = [(n,) + c for n in NAMES for c in REFUSED]
+REFUSAL_IDS = [f"{n}-{i}" for n in NAMES
+               for i in ("7x7", "5x3", "1x1", "stride2", "stride1x2", "pad3", "5x5-stride2", "5x5-pad5")]
 
 
 @pytest.mark.parametrize("name,rs,stride,padding,match", REFUSALS, ids=REFUSAL_IDS)
@@ -177,7 +174,7 @@ def _toom_cook(m, r, points):
     return [np.array([[float(v) for v in row] for row in X]) for X in (AT, G, BT)]
 
 
-POINTS5 = {"winograd5": (0, 1, -1, 2, -2), "winograd5x4": (0, 1, -1, 2, -2, 0.5, -0.5)}
+POINTS5 = {2: (0, 1, -1, 2, -2), 4: (0, 1, -1, 2, -2, 0.5, -0.5)}  # output tile m -> finite points
 
 
 def _winograd_numpy(x, w, pad, m, mats, dtype):
@@ -199,10 +196,10 @@ def _winograd_numpy(x, w, pad, m, mats, dtype):
     return y[:, :P, :Q]
 
 
-@pytest.mark.parametrize("name", NAMES5)
+@pytest.mark.parametrize("name", NAMES)
 def test_5x5_transforms_exact_and_float32_error_on_alexnet_conv2(name):
-    m, R = cw.VARIANTS[name]
-    mats = _toom_cook(m, R, POINTS5[name])
+    m, R = cw.VARIANTS[name], 5
+    mats = _toom_cook(m, R, POINTS5[m])
     rng = np.random.default_rng(3)
     for _ in range(3):  # 1-D: exact (up to float64 rounding) against a direct correlation
         d, g = rng.standard_normal(m + R - 1), rng.standard_normal(R)
@@ -334,12 +331,12 @@ EMU_CASES5 = [CASES5[i] for i in (4, 5, 6, 8)] + [
     (1, 9, 10, 13, 131, (3, 1, 2, 0), True, False),
     (1, 6, 7, 96, 9, SAME5, True, True),
 ]
-EMU = [(n, c) for n in NAMES for c in EMU_CASES] + [(n, c) for n in NAMES5 for c in EMU_CASES5]
-EMU_IDS = [f"{n}-{c[:5]}{c[5]}" for n, c in EMU]
+EMU = [(n, 3, c) for n in NAMES for c in EMU_CASES] + [(n, 5, c) for n in NAMES for c in EMU_CASES5]
+EMU_IDS = [f"{n}-{R}x{R}-{c[:5]}{c[5]}" for n, R, c in EMU]
 
 
-@pytest.mark.parametrize("name,case", EMU, ids=EMU_IDS)
-def test_cuda_source_emulated_on_cpu(emulator, monkeypatch, case, name):
+@pytest.mark.parametrize("name,R,case", EMU, ids=EMU_IDS)
+def test_cuda_source_emulated_on_cpu(emulator, monkeypatch, case, name, R):
     """The module's own checks and launch sequence, with NumPy arrays and the kernels run on the CPU."""
     def check(name, a, *, dtype=np.float32, ndim=None, shape=None):
         assert isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous, name
@@ -353,7 +350,7 @@ def test_cuda_source_emulated_on_cpu(emulator, monkeypatch, case, name):
     monkeypatch.setattr(cw, "_launch", types.SimpleNamespace(check=check, function=None))
     monkeypatch.setattr(cw, "out_array", out_array)
     monkeypatch.setattr(cw, "_DEVICE", dev)
-    x, w, b, dy, padding, relu = _problem(case, 7, name)
+    x, w, b, dy, padding, relu = _problem(case, 7, R)
     out = np.full(dy.shape, np.nan, np.float32)
     y = registry.get("conv2d_forward", name).fn(x, w, b, (1, 1), padding, relu, out=out)
     assert y is out
@@ -372,10 +369,10 @@ def _poisoned(cp, shape):
 
 
 @gpu
-@pytest.mark.parametrize("name,case", GPU_CASES, ids=GPU_IDS)
-def test_forward_matches_reference(case, name):
+@pytest.mark.parametrize("name,R,case", GPU_CASES, ids=GPU_IDS)
+def test_forward_matches_reference(case, name, R):
     import cupy as cp
-    x, w, b, _, padding, relu = _problem(case, 1, name)
+    x, w, b, _, padding, relu = _problem(case, 1, R)
     expected = ref.conv2d_forward(*_f64(x, w, b), (1, 1), padding, relu)
     fn = registry.get("conv2d_forward", name).fn
     dev = [None if a is None else cp.asarray(a) for a in (x, w, b)]
@@ -388,10 +385,10 @@ def test_forward_matches_reference(case, name):
 
 
 @gpu
-@pytest.mark.parametrize("name,case", GPU_CASES, ids=GPU_IDS)
-def test_backward_data_matches_reference(case, name):
+@pytest.mark.parametrize("name,R,case", GPU_CASES, ids=GPU_IDS)
+def test_backward_data_matches_reference(case, name, R):
     import cupy as cp
-    x, w, _, dy, padding, _ = _problem(case, 2, name)
+    x, w, _, dy, padding, _ = _problem(case, 2, R)
     expected = ref.conv2d_backward_data(*_f64(dy, w), x.shape, (1, 1), padding)
     fn = registry.get("conv2d_backward_data", name).fn
     ddy, dw = cp.asarray(dy), cp.asarray(w)

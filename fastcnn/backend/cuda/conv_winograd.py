@@ -2,12 +2,12 @@
 
 Variants, registered in ``fastcnn.kernels`` at import (no GPU needed):
   winograd    F(2x2, 3x3): 4x4 input tiles, 16 GEMMs; 2.25x fewer multiplications
+              F(2x2, 5x5): 6x6 input tiles, 36 GEMMs; 25/9 = 2.8x fewer
   winograd4   F(4x4, 3x3): 6x6 input tiles, 36 GEMMs; 4x fewer, but ceil(P/4) tiles
               waste more on 13x13 maps and the transforms round more (still ~1e-6)
-  winograd5   F(2x2, 5x5): 6x6 input tiles, 36 GEMMs; 25/9 = 2.8x fewer multiplications
-  winograd5x4 F(4x4, 5x5): 8x8 input tiles, 64 GEMMs; 25/4 = 6.25x fewer (points 0, +-1,
+              F(4x4, 5x5): 8x8 input tiles, 64 GEMMs; 25/4 = 6.25x fewer (points 0, +-1,
               +-2, +-1/2, inf; float32 error ~5e-6 relative on AlexNet conv2)
-each with
+each (picking the kernels by the weights' R x R, R = 3 or 5) with
   conv2d_forward        weight transform U = G g G^T, input transform V = B^T d B per
                         tile, batched GEMMs M[e] = V[e] @ U[e] on the tiled core of
                         gemm_tile.cuh, output transform A^T M A with fused bias + ReLU
@@ -15,7 +15,7 @@ each with
                         transposed in (C, K) (done inside the weight transform), padding
                         (R-1-top, R-1-bottom, R-1-left, R-1-right), no bias or ReLU
 
-Only R x R kernels (R = 3 or 5 as named), stride 1 and padding <= R-1 on every side:
+Only 3x3 and 5x5 kernels, stride 1 and padding <= R-1 on every side:
 anything else is a ``registry.NotApplicable`` (a ``ValueError``) that says why, raised
 from the shapes alone before any GPU call (the ``auto`` variant skips a variant that
 refuses a shape).  Workspaces come from ``cupy.empty`` (no host synchronisation:
@@ -34,27 +34,29 @@ from .conv import _geometry
 from .gemm import TILE_M, TILE_N, THREADS, cdiv, check_int32, grid_blocks, out_array
 
 _FILE = "conv_winograd.cu"
-NAME, NAME4 = "winograd", "winograd4"  # F(2x2,3x3), F(4x4,3x3)
-NAME5, NAME5X4 = "winograd5", "winograd5x4"  # F(2x2,5x5), F(4x4,5x5)
-# variant name -> (m, R): F(m x m, R x R); the name is also the kernel name prefix in conv_winograd.cu
-VARIANTS = {NAME: (2, 3), NAME4: (4, 3), NAME5: (2, 5), NAME5X4: (4, 5)}
+NAME, NAME4 = "winograd", "winograd4"  # F(2x2,R x R), F(4x4,R x R), R = 3 or 5
+VARIANTS = {NAME: 2, NAME4: 4}  # variant name -> output tile m
+KERNEL_SIZES = (3, 5)
+# (m, R) -> kernel name prefix in conv_winograd.cu
+_PREFIX = {(2, 3): "winograd", (4, 3): "winograd4", (2, 5): "winograd5", (4, 5): "winograd5x4"}
 
 
 def _refuse(name: str, what: str, w_shape, stride, padding) -> tuple:
-    """(stride, padding) normalised; NotApplicable unless R x R, stride 1, padding <= R-1."""
-    _, r = VARIANTS[name]
+    """(stride, padding, R) normalised; NotApplicable unless R x R with R = 3 or 5, stride 1,
+    padding <= R-1."""
     stride, padding = _ref._pair(stride, "stride"), _ref._padding(padding)
     R, S = tuple(w_shape)[:2]
-    if (R, S) != (r, r):
-        raise registry.NotApplicable(f"{name} {what} handles {r}x{r} kernels only (Winograd F(mxm,{r}x{r})), "
-                                     f"got {R}x{S}; use the implicit_gemm variant")
+    if R != S or R not in KERNEL_SIZES:
+        raise registry.NotApplicable(f"{name} {what} handles 3x3 and 5x5 kernels only (Winograd F(mxm,3x3) "
+                                     f"and F(mxm,5x5)), got {R}x{S}; use the implicit_gemm variant")
+    r = R
     if stride != (1, 1):
         raise registry.NotApplicable(f"{name} {what} handles stride 1 only, got stride {stride}; "
                                      "use the implicit_gemm variant")
     if max(padding) > r - 1:
         raise registry.NotApplicable(f"{name} {what} handles padding up to {r - 1} per side ({r}x{r} kernel), "
                                      f"got {padding}; use the implicit_gemm variant")
-    return stride, padding
+    return stride, padding, r
 
 
 def _shape_of(name: str, a) -> tuple:
@@ -86,13 +88,13 @@ _DEVICE = _Cuda  # the tests' CPU emulation of the kernels swaps this (and the a
 
 def run(dev, x, w, b, y, N, H, W, C, K, P, Q, pt, pl, relu, flip, m=2, r=3) -> None:
     """y (N,P,Q,K) = relu?(conv_rxr(x (N,H,W,C), g) + b), stride 1, padding top pt / left pl,
-    by Winograd F(m x m, r x r), (m, r) one of VARIANTS' pairs.
+    by Winograd F(m x m, r x r), m = 2 or 4, r = 3 or 5.
 
     g is w (r,r,C,K) (flip False) or w (r,r,K,C) flipped in (r, s) (flip True).  ``dev``
     supplies empty(n), launch(name, grid, block, args) and blocks(n): _Cuda, or a CPU
     emulation of the kernels.  Shapes already checked by the caller.
     """
-    prefix = next(name for name, mr in VARIANTS.items() if mr == (m, r))
+    prefix = _PREFIX[(m, r)]
     E = (m + r - 1) ** 2  # transformed tile elements = number of GEMMs
     TH, TW = cdiv(P, m), cdiv(Q, m)
     T = N * TH * TW
@@ -111,12 +113,12 @@ def run(dev, x, w, b, y, N, H, W, C, K, P, Q, pt, pl, relu, flip, m=2, r=3) -> N
 
 
 def _forward(name: str):
-    m, r = VARIANTS[name]
+    m = VARIANTS[name]
 
     def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
         """y (N,P,Q,K) = x (N,H,W,C) * w (R,R,C,K) + b, ReLU if relu; stride 1 only."""
         w_shape = _shape_of("w", w)
-        stride, padding = _refuse(name, "conv2d_forward", w_shape, stride, padding)
+        stride, padding, r = _refuse(name, "conv2d_forward", w_shape, stride, padding)
         _launch.check("x", x, ndim=4)
         _launch.check("w", w, ndim=4)
         N, H, W, C = x.shape
@@ -137,13 +139,13 @@ def _forward(name: str):
 
 
 def _backward_data(name: str):
-    m, r = VARIANTS[name]
+    m = VARIANTS[name]
 
     def conv2d_backward_data(dy, w, x_shape, stride, padding, *, out=None):
         """dx (N,H,W,C) from dy (N,P,Q,K) and w (R,R,C,K): the forward of dy with w flipped and
         transposed, padding (R-1-top, R-1-bottom, R-1-left, R-1-right); stride 1 only."""
         w_shape = _shape_of("w", w)
-        stride, padding = _refuse(name, "conv2d_backward_data", w_shape, stride, padding)
+        stride, padding, r = _refuse(name, "conv2d_backward_data", w_shape, stride, padding)
         _launch.check("dy", dy, ndim=4)
         _launch.check("w", w, ndim=4)
         N, H, W, C = _ref._shape4(x_shape, "x_shape")
@@ -163,10 +165,10 @@ def _backward_data(name: str):
     return conv2d_backward_data
 
 
-for _name, (_m, _r) in VARIANTS.items():
-    _what = f"Winograd F({_m}x{_m},{_r}x{_r}), {_r}x{_r} stride 1 only"
+for _name, _m in VARIANTS.items():
+    _what = f"Winograd F({_m}x{_m},3x3) / F({_m}x{_m},5x5), 3x3 and 5x5 stride 1 only"
     registry.register("conv2d_forward", _name, _forward(_name), source="cuda", default=False,
-                      note=f"{_what}: {(_m + _r - 1) ** 2} batched GEMMs on the tiled core, "
+                      note=f"{_what}: {(_m + 2) ** 2} or {(_m + 4) ** 2} batched GEMMs on the tiled core, "
                            "fused bias+ReLU in the output transform")
     registry.register("conv2d_backward_data", _name, _backward_data(_name), source="cuda", default=False,
                       note=f"{_what}: the forward of dy with flipped/transposed weights")
