@@ -1257,7 +1257,7 @@ def run_benchmarks(opts: Options) -> Report:
             ran = [(index, run_spec(spec, opts, run_id))]
         for i, res in ran:
             done.add(i)
-            if not (res.error or "").startswith("NotApplicable"):  # e.g. Winograd on a 5x5 layer: no row
+            if not (res.error or "").startswith("NotApplicable"):  # e.g. Winograd on an 11x11 or strided layer: no row
                 results.append((i, res))
         if opts.progress_json:
             try:
