@@ -87,9 +87,8 @@ FC_DEVICE bool pool_takes(float f, float b) { return f > b || f != f; }
 //   What: one thread per V consecutive channels of one output; channel is the fastest
 //   index, so a warp reads and writes contiguous memory.  Launch: 1-D, N*P*Q*C/V items.
 //   Algorithm: runtime loops over the window (ph, pw, strides, padding all runtime).
-//   Last measured (H200 2026-11-28 run 2, CUDA events, L2 flushed; copy 4139 GB/s read+write;
-//   GB/s counts x read + y written, not argmax): 128x55x55x96 3x3/2: direct 221 us, vec4
-//     81.1 us (2275 GB/s, 55%); PyTorch NCHW 144 us.  Target >= 70% (<= ~63 us): see smem.
+//   Last measured (H200 2026-11-28 run 3 (CUDA events, L2 flushed, medians; copy 4178 GB/s read+write); GB/s counts x read + y written, not argmax): 128x55x55x96 3x3/2:
+//     direct 219 us, vec4 79.8 us (2313 GB/s, 55%); PyTorch NCHW 144 us.
 //   Earlier (H200 2026-11-28 run 1, CUDA events, L2 flushed, medians; copy 4183 GB/s):
 //     128x55x55x96 3x3/2: direct 208 us (886 GB/s), vec4 78.5 us (2352 GB/s, 56%);
 //     128x27x27x256: direct 159, vec4 71.4 us (1648 GB/s); 128x13x13x256: 39.2 / 36.0 us;
@@ -141,8 +140,8 @@ maxpool_fwd(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restric
 //   What: one thread per V channels of one input element.  Launch: 1-D, N*H*W*C/V items.
 //   Algorithm: runtime loops over the windows p, q that cover the element (descending, so
 //   r, s ascending as in the reference), adding dy where argmax == r*pw + s.
-//   Last measured (H200 2026-11-28 run 2): the backward reached 84% of the 4139 GB/s copy
-//     bandwidth on 128x55x55x96 3x3/2 (per-variant figures not recorded in this file).
+//   Last measured (H200 2026-11-28 run 3 (CUDA events, L2 flushed, medians; copy 4178 GB/s read+write)): 128x55x55x96 3x3/2: direct 514 us, vec4 152 us (1211 GB/s);
+//     PyTorch NHWC 315 us.
 //   Earlier (H200 2026-11-28 run 1): 128x55x55x96 3x3/2: direct 562 us, vec4 153 us
 //     (1208 GB/s, 29%); 128x27x27x256: 420 / 110 us (1070 GB/s); LeNet 200x28x28x6 2x2/2:
 //     37.2 / 37.0 us.
@@ -197,9 +196,8 @@ maxpool_bwd(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* _
 //   Variant vec8 uses it with V = 8 and OH = OW = 1: one output x 8 channels per thread,
 //   2*PH*PW float4 loads per thread (18 for 3x3), fully unrolled; ptxas schedules them
 //   (46 registers on sm_90, so not all 18 are in flight before the first compare).
-//   Last measured (H200 2026-11-28 run 2, CUDA events, L2 flushed; copy 4139 GB/s):
-//     128x55x55x96 3x3/2: 93.7 us (1969 GB/s, 48%); vec4 81.1 us, PyTorch NCHW 144 us.
-//     vec8 (V = 8, 1x1): not yet measured on a GPU.
+//   Last measured (H200 2026-11-28 run 3 (CUDA events, L2 flushed, medians; copy 4178 GB/s read+write)): 128x55x55x96 3x3/2: tiled 92.3 us (1998 GB/s, 48%);
+//     vec8 (V = 8, 1x1) 63.6 us (2900 GB/s, 69.4%: the fastest forward); vec4 79.8 us.
 template <int V, int PH, int PW, int SH, int SW, int OH, int OW>
 __global__ void
 maxpool_fwd_tile(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restrict__ am,
@@ -283,8 +281,8 @@ maxpool_fwd_tile(const float* __restrict__ x, float* __restrict__ y, fc_u8* __re
 //   names it, windows in p, q descending order (r, s ascending: the reference's order).
 //   Which (window, pixel) pairs can meet and the position r*PW + s each one needs are
 //   compile-time constants.
-//   Last measured (H200 2026-11-28 run 2): the backward reached 84% of the 4139 GB/s copy
-//     bandwidth on 128x55x55x96 3x3/2 (per-variant figures not recorded in this file).
+//   Last measured (H200 2026-11-28 run 3 (CUDA events, L2 flushed, medians; copy 4178 GB/s read+write)): 128x55x55x96 3x3/2: tiled 52.8 us (3497 GB/s, 83.7%: the fastest
+//     backward); PyTorch NHWC 315 us.
 template <int V, int PH, int PW, int SH, int SW, int BH, int BW>
 __global__ void
 maxpool_bwd_tile(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* __restrict__ dx,
@@ -370,8 +368,7 @@ maxpool_bwd_tile(const float* __restrict__ dy, const fc_u8* __restrict__ am, flo
 //   and one uchar4 of argmax (coalesced).  Bytes in flight: ~5 float4 loads x 256 threads
 //   per block, several blocks per SM (~100+ KB/SM against the ~32 KB Little's law asks).
 //   Same rules as maxpool_fwd_tile (first max wins, NaN -> ph*pw-1, padding never wins).
-//   Last measured: not yet measured on a GPU (new; H200 2026-11-28 run 2 baseline: vec4
-//     81.1 us, tiled 93.7 us on 128x55x55x96 3x3/2; target <= ~63 us).
+//   Last measured (H200 2026-11-28 run 3 (CUDA events, L2 flushed, medians; copy 4178 GB/s read+write)): 128x55x55x96 3x3/2: 82.1 us (2247 GB/s, 54%), slower than vec8.
 template <int PH, int PW, int SH, int SW, int TP, int TQ>
 __global__ void
 maxpool_fwd_smem(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restrict__ am,
