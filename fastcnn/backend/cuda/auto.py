@@ -23,16 +23,17 @@ import os
 
 from .. import registry
 
-# Ops with pure variants (no side effects besides their output), and the variant
-# used without tuning.  Only CUDA C variants compete: Numba ones are picked by name.
+# Ops with pure variants (no side effects besides their output), and the variant used
+# without tuning: the fastest on the AlexNet/LeNet shapes in the last H200 run (BENCHMARKS.md),
+# among those that take every shape.  Only CUDA C variants compete: Numba ones are picked by name.
 TUNED_OPS = {
     "matmul": "tiled",
     "dense_forward": "tiled",
     "conv2d_forward": "implicit_gemm",
     "conv2d_backward_data": "im2col",
     "conv2d_backward_weights": "implicit_gemm",
-    "maxpool_forward": "vec4",
-    "maxpool_backward": "vec4",
+    "maxpool_forward": "vec8",
+    "maxpool_backward": "tiled",
 }
 SLOW_FACTOR = 20.0   # stop timing a variant whose warm-up is this much slower than the best
 RUNS = 3
