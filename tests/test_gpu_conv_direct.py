@@ -303,8 +303,9 @@ def test_cuda_source_emulated_on_cpu(emulator, monkeypatch, case, sms):
         return guarded.wrap(np.full(shape, np.nan, dtype)) if out is None else check(name, out, shape=shape)
 
     fake_cupy = types.SimpleNamespace(empty=lambda shape, dtype: guarded.wrap(np.full(shape, np.nan, dtype)))
-    monkeypatch.setattr(cd, "_launch", types.SimpleNamespace(check=check))
-    monkeypatch.setattr(cd, "out_array", out_array)
+    from fastcnn.backend.cuda import conv as conv_checks  # the argument checks live there
+    monkeypatch.setattr(conv_checks, "_launch", types.SimpleNamespace(check=check))
+    monkeypatch.setattr(conv_checks, "out_array", out_array)
     monkeypatch.setattr(cd, "sm_count", lambda: sms)
     monkeypatch.setattr(cd, "_kernel", _emu_kernel(emulator, guarded, launches))
     monkeypatch.setitem(__import__("sys").modules, "cupy", fake_cupy)

@@ -34,6 +34,7 @@ from helpers import assert_close, rand
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
 from fastcnn.backend.cuda import _launch
+from fastcnn.backend.cuda import conv as conv_checks  # the shared argument checks
 from fastcnn.backend.cuda import conv_winograd as cw
 
 gpu = pytest.mark.gpu
@@ -116,7 +117,8 @@ def no_gpu(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the GPU was touched before the shape was refused")
     monkeypatch.setattr(cw, "_launch", types.SimpleNamespace(check=boom, function=boom))
-    monkeypatch.setattr(cw, "out_array", boom)
+    monkeypatch.setattr(conv_checks, "_launch", types.SimpleNamespace(check=boom, function=boom))
+    monkeypatch.setattr(conv_checks, "out_array", boom)
     monkeypatch.setattr(cw, "_DEVICE", types.SimpleNamespace(empty=boom, launch=boom, blocks=boom))
 
 
@@ -348,7 +350,8 @@ def test_cuda_source_emulated_on_cpu(emulator, monkeypatch, case, name, R):
         return np.full(shape, np.nan, dtype) if out is None else check(name, out, dtype=dtype, shape=shape)
     dev = _EmuDevice(emulator)
     monkeypatch.setattr(cw, "_launch", types.SimpleNamespace(check=check, function=None))
-    monkeypatch.setattr(cw, "out_array", out_array)
+    monkeypatch.setattr(conv_checks, "_launch", types.SimpleNamespace(check=check, function=None))
+    monkeypatch.setattr(conv_checks, "out_array", out_array)
     monkeypatch.setattr(cw, "_DEVICE", dev)
     x, w, b, dy, padding, relu = _problem(case, 7, R)
     out = np.full(dy.shape, np.nan, np.float32)

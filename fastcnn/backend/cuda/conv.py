@@ -45,6 +45,55 @@ def _dims(N, H, W, C, K, R, S, P, Q, stride, padding):
     return tuple(np.int32(v) for v in (N, H, W, C, K, R, S, P, Q, stride[0], stride[1], top, left))
 
 
+def checked_forward(x, w, b, stride, padding, out):
+    """Validate a forward call; returns (shape facts, y, dims) with y the output buffer."""
+    _launch.check("x", x, ndim=4)
+    _launch.check("w", w, ndim=4)
+    N, H, W, C = x.shape
+    R, S, Cw, K = w.shape
+    if Cw != C:
+        raise ValueError(f"channel mismatch: x has {C} channels (NHWC, last axis) but w expects "
+                         f"{Cw} (HWIO {w.shape}); is x laid out NCHW?")
+    if b is not None:
+        _launch.check("b", b, ndim=1)
+        if b.shape[0] != K:
+            raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
+    stride, padding, P, Q = _geometry(x.shape, w.shape, stride, padding)
+    y = out_array("out", out, (N, P, Q, K))
+    return (N, H, W, C, K, R, S, P, Q, stride, padding), y, _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+
+
+def checked_backward_data(dy, w, x_shape, stride, padding, out):
+    """Validate a backward-data call; returns (shape facts, dx, dims)."""
+    _launch.check("dy", dy, ndim=4)
+    _launch.check("w", w, ndim=4)
+    N, H, W, C = _ref._shape4(x_shape, "x_shape")
+    R, S, Cw, K = w.shape
+    if Cw != C:
+        raise ValueError(f"channel mismatch: x_shape has {C} channels but w expects {Cw} (HWIO {w.shape})")
+    stride, padding, P, Q = _geometry((N, H, W, C), w.shape, stride, padding)
+    if dy.shape != (N, P, Q, K):
+        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {tuple(x_shape)}")
+    dx = out_array("out", out, (N, H, W, C))
+    return (N, H, W, C, K, R, S, P, Q, stride, padding), dx, _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+
+
+def checked_backward_weights(x, dy, w_shape, stride, padding, out):
+    """Validate a backward-weights call; returns (shape facts, dw, dims)."""
+    _launch.check("x", x, ndim=4)
+    _launch.check("dy", dy, ndim=4)
+    R, S, C, K = _ref._shape4(w_shape, "w_shape")
+    N, H, W, Cx = x.shape
+    if Cx != C:
+        raise ValueError(f"channel mismatch: x has {Cx} channels but w_shape expects {C} "
+                         f"(HWIO {tuple(w_shape)})")
+    stride, padding, P, Q = _geometry(x.shape, (R, S, C, K), stride, padding)
+    if dy.shape != (N, P, Q, K):
+        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
+    dw = out_array("out", out, (R, S, C, K))
+    return (N, H, W, C, K, R, S, P, Q, stride, padding), dw, _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+
+
 def _im2col(x, N, H, W, C, R, S, P, Q, dims):
     import cupy as cp
     check_int32(im2col_size=N * P * Q * R * S * C)
@@ -56,20 +105,7 @@ def _im2col(x, N, H, W, C, R, S, P, Q, dims):
 def _forward(variant: str):
     def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
         """y (N,P,Q,K) = x (N,H,W,C) * w (R,S,C,K) + b, ReLU if relu."""
-        _launch.check("x", x, ndim=4)
-        _launch.check("w", w, ndim=4)
-        N, H, W, C = x.shape
-        R, S, Cw, K = w.shape
-        if Cw != C:
-            raise ValueError(f"channel mismatch: x has {C} channels (NHWC, last axis) but w expects "
-                             f"{Cw} (HWIO {w.shape}); is x laid out NCHW?")
-        if b is not None:
-            _launch.check("b", b, ndim=1)
-            if b.shape[0] != K:
-                raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
-        stride, padding, P, Q = _geometry(x.shape, w.shape, stride, padding)
-        y = out_array("out", out, (N, P, Q, K))
-        dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+        (N, H, W, C, K, R, S, P, Q, _, _), y, dims = checked_forward(x, w, b, stride, padding, out)
         relu = bool(relu)
         if variant == "im2col":
             col = _im2col(x, N, H, W, C, R, S, P, Q, dims)
@@ -85,17 +121,7 @@ def _forward(variant: str):
 def _backward_data(variant: str):
     def conv2d_backward_data(dy, w, x_shape, stride, padding, *, out=None):
         """dx (N,H,W,C) from dy (N,P,Q,K) and w (R,S,C,K)."""
-        _launch.check("dy", dy, ndim=4)
-        _launch.check("w", w, ndim=4)
-        N, H, W, C = _ref._shape4(x_shape, "x_shape")
-        R, S, Cw, K = w.shape
-        if Cw != C:
-            raise ValueError(f"channel mismatch: x_shape has {C} channels but w expects {Cw} (HWIO {w.shape})")
-        stride, padding, P, Q = _geometry((N, H, W, C), w.shape, stride, padding)
-        if dy.shape != (N, P, Q, K):
-            raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {tuple(x_shape)}")
-        dx = out_array("out", out, (N, H, W, C))
-        dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+        (N, H, W, C, K, R, S, P, Q, _, _), dx, dims = checked_backward_data(dy, w, x_shape, stride, padding, out)
         if variant == "im2col":
             import cupy as cp
             check_int32(im2col_size=N * P * Q * R * S * C)
@@ -115,18 +141,7 @@ def _backward_weights(variant: str):
     def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
         """dw (R,S,C,K) = patches(x)^T @ dy, summed over N*P*Q in a fixed order."""
         import cupy as cp
-        _launch.check("x", x, ndim=4)
-        _launch.check("dy", dy, ndim=4)
-        R, S, C, K = _ref._shape4(w_shape, "w_shape")
-        N, H, W, Cx = x.shape
-        if Cx != C:
-            raise ValueError(f"channel mismatch: x has {Cx} channels but w_shape expects {C} "
-                             f"(HWIO {tuple(w_shape)})")
-        stride, padding, P, Q = _geometry(x.shape, (R, S, C, K), stride, padding)
-        if dy.shape != (N, P, Q, K):
-            raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
-        dw = out_array("out", out, (R, S, C, K))
-        dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+        (N, H, W, C, K, R, S, P, Q, _, _), dw, dims = checked_backward_weights(x, dy, w_shape, stride, padding, out)
         M, KG = R * S * C, N * P * Q
         if variant == "im2col":
             col = _im2col(x, N, H, W, C, R, S, P, Q, dims)

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import reference as _ref
 from .. import registry
 from . import _launch
-from .conv import _dims, _geometry
-from .gemm import cdiv, check_int32, out_array, sm_count
+from .conv import checked_backward_data, checked_backward_weights, checked_forward
+from .gemm import cdiv, check_int32, sm_count
 
 _FILE = "conv_direct.cu"
 CHUNKS = (4, 8, 16)  # channel chunks the templates are instantiated for
@@ -89,20 +88,7 @@ def reduce_lanes(chunks: int) -> int:
 
 def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
     """y (N,P,Q,K) = x (N,H,W,C) * w (R,S,C,K) + b, ReLU if relu."""
-    _launch.check("x", x, ndim=4)
-    _launch.check("w", w, ndim=4)
-    N, H, W, C = x.shape
-    R, S, Cw, K = w.shape
-    if Cw != C:
-        raise ValueError(f"channel mismatch: x has {C} channels (NHWC, last axis) but w expects "
-                         f"{Cw} (HWIO {w.shape}); is x laid out NCHW?")
-    if b is not None:
-        _launch.check("b", b, ndim=1)
-        if b.shape[0] != K:
-            raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
-    stride, padding, P, Q = _geometry(x.shape, w.shape, stride, padding)
-    y = out_array("out", out, (N, P, Q, K))
-    dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+    (N, H, W, C, K, R, S, P, Q, _, _), y, dims = checked_forward(x, w, b, stride, padding, out)
     kc = _pixel_plan(N * P * Q, K)
     grid = (cdiv(N * P * Q, THREADS), cdiv(K, kc))
     _kernel(f"conv_direct_fprop<{kc}>")(grid, (THREADS,), (x, w, b, y) + dims + (np.int32(bool(relu)),))
@@ -111,17 +97,7 @@ def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
 
 def conv2d_backward_data(dy, w, x_shape, stride, padding, *, out=None):
     """dx (N,H,W,C) from dy (N,P,Q,K) and w (R,S,C,K)."""
-    _launch.check("dy", dy, ndim=4)
-    _launch.check("w", w, ndim=4)
-    N, H, W, C = _ref._shape4(x_shape, "x_shape")
-    R, S, Cw, K = w.shape
-    if Cw != C:
-        raise ValueError(f"channel mismatch: x_shape has {C} channels but w expects {Cw} (HWIO {w.shape})")
-    stride, padding, P, Q = _geometry((N, H, W, C), w.shape, stride, padding)
-    if dy.shape != (N, P, Q, K):
-        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {tuple(x_shape)}")
-    dx = out_array("out", out, (N, H, W, C))
-    dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+    (N, H, W, C, K, R, S, P, Q, _, _), dx, dims = checked_backward_data(dy, w, x_shape, stride, padding, out)
     cc = _pixel_plan(N * H * W, C)
     grid = (cdiv(N * H * W, THREADS), cdiv(C, cc))
     _kernel(f"conv_direct_dgrad<{cc}>")(grid, (THREADS,), (dy, w, dx) + dims)
@@ -131,18 +107,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, *, out=None):
 def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
     """dw (R,S,C,K) = patches(x)^T @ dy, summed over N*P*Q in a fixed order."""
     import cupy as cp
-    _launch.check("x", x, ndim=4)
-    _launch.check("dy", dy, ndim=4)
-    R, S, C, K = _ref._shape4(w_shape, "w_shape")
-    N, H, W, Cx = x.shape
-    if Cx != C:
-        raise ValueError(f"channel mismatch: x has {Cx} channels but w_shape expects {C} "
-                         f"(HWIO {tuple(w_shape)})")
-    stride, padding, P, Q = _geometry(x.shape, (R, S, C, K), stride, padding)
-    if dy.shape != (N, P, Q, K):
-        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
-    dw = out_array("out", out, (R, S, C, K))
-    dims = _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
+    (N, H, W, C, K, R, S, P, Q, _, _), dw, dims = checked_backward_weights(x, dy, w_shape, stride, padding, out)
     M = R * S * C * K
     kc, tr, jl, row_tiles, k_tiles, chunks, chunk = wgrad_plan(R * S * C, K, N * P * Q, sm_count())
     if k_tiles > _GRID_YZ_MAX:

@@ -30,8 +30,8 @@ import numpy as np
 from .. import reference as _ref
 from .. import registry
 from . import _launch
-from .conv import _geometry
-from .gemm import TILE_M, TILE_N, THREADS, cdiv, check_int32, grid_blocks, out_array
+from .conv import checked_backward_data, checked_forward
+from .gemm import TILE_M, TILE_N, THREADS, cdiv, check_int32, grid_blocks
 
 _FILE = "conv_winograd.cu"
 NAME, NAME4 = "winograd", "winograd4"  # F(2x2,R x R), F(4x4,R x R), R = 3 or 5
@@ -118,20 +118,8 @@ def _forward(name: str):
     def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
         """y (N,P,Q,K) = x (N,H,W,C) * w (R,R,C,K) + b, ReLU if relu; stride 1 only."""
         w_shape = _shape_of("w", w)
-        stride, padding, r = _refuse(name, "conv2d_forward", w_shape, stride, padding)
-        _launch.check("x", x, ndim=4)
-        _launch.check("w", w, ndim=4)
-        N, H, W, C = x.shape
-        _, _, Cw, K = w.shape
-        if Cw != C:
-            raise ValueError(f"channel mismatch: x has {C} channels (NHWC, last axis) but w expects "
-                             f"{Cw} (HWIO {w.shape}); is x laid out NCHW?")
-        if b is not None:
-            _launch.check("b", b, ndim=1)
-            if b.shape[0] != K:
-                raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
-        stride, padding, P, Q = _geometry(x.shape, w.shape, stride, padding)
-        y = out_array("out", out, (N, P, Q, K))
+        _, _, r = _refuse(name, "conv2d_forward", w_shape, stride, padding)
+        (N, H, W, C, K, _, _, P, Q, _, padding), y, _ = checked_forward(x, w, b, stride, padding, out)
         run(_DEVICE, x, w, b, y, N, H, W, C, K, P, Q, padding[0], padding[2], relu, flip=False, m=m, r=r)
         return y
     conv2d_forward.__name__ = conv2d_forward.__qualname__ = f"conv2d_forward_{name}"
@@ -145,17 +133,8 @@ def _backward_data(name: str):
         """dx (N,H,W,C) from dy (N,P,Q,K) and w (R,R,C,K): the forward of dy with w flipped and
         transposed, padding (R-1-top, R-1-bottom, R-1-left, R-1-right); stride 1 only."""
         w_shape = _shape_of("w", w)
-        stride, padding, r = _refuse(name, "conv2d_backward_data", w_shape, stride, padding)
-        _launch.check("dy", dy, ndim=4)
-        _launch.check("w", w, ndim=4)
-        N, H, W, C = _ref._shape4(x_shape, "x_shape")
-        _, _, Cw, K = w.shape
-        if Cw != C:
-            raise ValueError(f"channel mismatch: x_shape has {C} channels but w expects {Cw} (HWIO {w.shape})")
-        stride, padding, P, Q = _geometry((N, H, W, C), w.shape, stride, padding)
-        if dy.shape != (N, P, Q, K):
-            raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {tuple(x_shape)}")
-        dx = out_array("out", out, (N, H, W, C))
+        _, _, r = _refuse(name, "conv2d_backward_data", w_shape, stride, padding)
+        (N, H, W, C, K, _, _, P, Q, _, padding), dx, _ = checked_backward_data(dy, w, x_shape, stride, padding, out)
         top, _, left, _ = padding
         # dx = conv(dy (N,P,Q,K), flipped w^T (R,R,K,C)), padding (R-1-top, .., R-1-left, ..), output H x W.
         run(_DEVICE, dy, w, None, dx, N, P, Q, K, C, H, W, r - 1 - top, r - 1 - left, False, flip=True,
