@@ -643,26 +643,8 @@ def _conv_dgrad_b(Wt, k, n, K, N, p):
 
 @_device
 def _conv_wgrad_a(X, m, k, M, K, p):
-    # m = (r, s, c) over R*S*C; k = (n, oh, ow) over N*P*Q
-    H = p[1]
-    W = p[2]
-    C = p[3]
-    S = p[5]
-    P = p[7]
-    Q = p[8]
-    r = m // (S * C)
-    rem = m - r * (S * C)
-    s = rem // C
-    c = rem - s * C
-    n = k // (P * Q)
-    rem = k - n * (P * Q)
-    oh = rem // Q
-    ow = rem - oh * Q
-    h = oh * p[9] - p[11] + r
-    w = ow * p[10] - p[12] + s
-    if h >= 0 and h < H and w >= 0 and w < W:
-        return X[((n * H + h) * W + w) * C + c]
-    return float32(0.0)
+    # m = (r, s, c) over R*S*C; k = (n, oh, ow) over N*P*Q: the forward's patch, transposed
+    return _conv_fwd_a(X, k, m, K, M, p)
 
 
 @_device
