@@ -59,6 +59,14 @@ def check(name: str, a, *, dtype=np.float32, ndim: int | None = None, shape=None
     return a
 
 
+def out_array(name: str, out, shape, dtype=np.float32):
+    """A fresh result array, or the caller's ``out`` after checking it (the ``out=`` convention)."""
+    import cupy as cp
+    if out is None:
+        return cp.empty(shape, dtype=dtype)
+    return check(name, out, dtype=dtype, shape=shape)
+
+
 def blocks(n: int, threads: int) -> int:
     """Number of blocks of ``threads`` that cover ``n`` items."""
     return max(1, (n + threads - 1) // threads)

@@ -19,8 +19,8 @@ import numpy as np
 from .. import reference as _ref
 from .. import registry
 from . import _launch
-from .gemm import (THREADS, TILE_M, TILE_N, cdiv, check_int32, grid_blocks, launch_gemm,
-                   out_array, split_k_plan)
+from ._launch import out_array
+from .gemm import THREADS, TILE_M, TILE_N, cdiv, check_int32, grid_blocks, launch_gemm, split_k_plan
 
 _FILE = "conv.cu"
 

@@ -66,14 +66,6 @@ def split_k_plan(M: int, N: int, K: int) -> tuple[int, int]:
     return cdiv(K, kchunk), kchunk
 
 
-def out_array(name: str, out, shape, dtype=np.float32):
-    """A fresh result array, or the caller's ``out`` after checking it."""
-    import cupy as cp
-    if out is None:
-        return cp.empty(shape, dtype=dtype)
-    return _launch.check(name, out, dtype=dtype, shape=shape)
-
-
 def check_int32(**dims) -> None:
     for name, value in dims.items():
         if value > _INT32_MAX:
@@ -119,7 +111,7 @@ def _matmul(variant: str):
         Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
         if Ka != Kb:
             raise ValueError(f"inner dimensions differ: op(a) is {(M, Ka)}, op(b) is {(Kb, N)}")
-        out = out_array("out", out, (M, N))
+        out = _launch.out_array("out", out, (M, N))
         launch_gemm(variant, a, b, out, M, N, Ka, trans_a, trans_b)
         return out
     matmul.__name__ = matmul.__qualname__ = f"matmul_{variant}"
@@ -140,7 +132,7 @@ def _dense_forward(variant: str):
                 raise ValueError(f"bias length {b.shape[0]} does not match the {w.shape[1]} outputs of w")
         M, K = x.shape
         N = w.shape[1]
-        out = out_array("out", out, (M, N))
+        out = _launch.out_array("out", out, (M, N))
         launch_gemm(variant, x, w, out, M, N, K, False, False, bias=b, relu=bool(relu))
         return out
     dense_forward.__name__ = dense_forward.__qualname__ = f"dense_forward_{variant}"

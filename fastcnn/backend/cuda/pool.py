@@ -36,7 +36,8 @@ import numpy as np
 from .. import reference as _ref
 from .. import registry
 from . import _launch
-from .gemm import THREADS, check_int32, grid_blocks, out_array
+from ._launch import out_array
+from .gemm import THREADS, check_int32, grid_blocks
 
 _FILE = "pool.cu"
 GENERIC_LANES = (1, 2, 4)

@@ -58,13 +58,6 @@ def _kernel(filename: str, name: str):
 
 # ---------------------------------------------------------------- argument checks
 
-def _out(name, out, shape):
-    import cupy as cp
-    if out is None:
-        return cp.empty(shape, dtype=np.float32)
-    return _launch.check(name, out, shape=shape)
-
-
 def _span(a):
     return a.data.ptr, a.data.ptr + a.nbytes
 
@@ -111,7 +104,7 @@ _EW = "elementwise.cu"
 def relu_forward(x, *, out=None):
     """max(x, 0) (NaN propagates)."""
     _launch.check("x", x)
-    out = _out("out", out, x.shape)
+    out = _launch.out_array("out", out, x.shape)
     _kernel(_EW, "relu_forward")(_grid(x.size), (THREADS,), (x, out, np.int64(x.size)))
     return out
 
@@ -121,7 +114,7 @@ def relu_backward(dy, y, *, out=None):
     _launch.check("dy", dy)
     _launch.check("y", y)
     _same_shape("dy", dy, y=y)
-    out = _out("out", out, dy.shape)
+    out = _launch.out_array("out", out, dy.shape)
     _kernel(_EW, "relu_backward")(_grid(dy.size), (THREADS,), (dy, y, out, np.int64(dy.size)))
     return out
 
@@ -131,7 +124,7 @@ def add(a, b, *, out=None):
     _launch.check("a", a)
     _launch.check("b", b)
     _same_shape("a", a, b=b)
-    out = _out("out", out, a.shape)
+    out = _launch.out_array("out", out, a.shape)
     _kernel(_EW, "add_arrays")(_grid(a.size), (THREADS,), (a, b, out, np.int64(a.size)))
     return out
 
@@ -161,7 +154,7 @@ def bias_grad(dy, *, out=None):
     C = dy.shape[-1]
     rows = dy.size // C
     _check_int32(channels=C)
-    out = _out("out", out, (C,))
+    out = _launch.out_array("out", out, (C,))
     _no_overlap("out", out, dy=dy)
     rows_per_chunk = max(SUM_CHUNK_ROWS, _cdiv(rows, 65535))  # grid.y <= 65535
     chunks = _cdiv(rows, rows_per_chunk)
@@ -187,7 +180,7 @@ def softmax(x, *, out=None):
     _launch.check("x", x, ndim=2)
     rows, K = x.shape
     _check_int32(classes=K)
-    out = _out("out", out, x.shape)
+    out = _launch.out_array("out", out, x.shape)
     _no_overlap("out", out, x=x)
     warps_per_block = THREADS // 32
     _kernel(_SX, "softmax_rows")((min(_cdiv(rows, warps_per_block), MAX_BLOCKS),), (THREADS,),
@@ -227,7 +220,7 @@ def softmax_cross_entropy(logits, labels, totals, *, out=None):
     _check_int32(classes=K)
     _check_labels(labels, N, K)
     _launch.check("totals", totals, dtype=np.float64, shape=(2,))
-    out = _out("out", out, (N, K))
+    out = _launch.out_array("out", out, (N, K))
     _no_overlap("out", out, logits=logits, labels=labels, totals=totals)
     grid = 1 if N * K <= XENT_ONE_BLOCK else min(_cdiv(N, XENT_THREADS // 32), MAX_BLOCKS)
     tail = (out, totals, np.int64(N), np.int32(K), np.float32(1.0 / N))
@@ -258,7 +251,7 @@ def _dropout(name, a, rate, seed, step, out):
     threshold = _threshold(rate)
     key0, key1 = _seed_key(seed)
     _step(step)
-    out = _out("out", out, a.shape)
+    out = _launch.out_array("out", out, a.shape)
     scale = np.float32(1.0 / (1.0 - float(rate)))
     n = a.size
     _kernel("dropout.cu", "dropout_apply")(
@@ -295,8 +288,8 @@ def lrn_forward(x, size, alpha, beta, k, *, out=None):
     if out is not None and not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise TypeError("out must be a pair (y, scale) of float32 CuPy arrays, or None")
     y_out, s_out = (None, None) if out is None else out
-    y = _out("out[0] (y)", y_out, x.shape)
-    scale = _out("out[1] (scale)", s_out, x.shape)
+    y = _launch.out_array("out[0] (y)", y_out, x.shape)
+    scale = _launch.out_array("out[1] (scale)", s_out, x.shape)
     _no_overlap("out[0] (y)", y, x=x, scale=scale)
     _no_overlap("out[1] (scale)", scale, x=x)
     _kernel("lrn.cu", "lrn_forward")(
@@ -315,7 +308,7 @@ def lrn_backward(dy, x, y, scale, size, alpha, beta, k, *, out=None):
     size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
     C = dy.shape[-1]
     _check_int32(channels=C)
-    out = _out("out", out, dy.shape)
+    out = _launch.out_array("out", out, dy.shape)
     _no_overlap("out", out, dy=dy, x=x, y=y, scale=scale)
     _kernel("lrn.cu", "lrn_backward")(
         _grid(dy.size), (THREADS,),
