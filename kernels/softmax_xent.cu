@@ -68,6 +68,14 @@ __device__ __forceinline__ void fc_row_argmax(const float* row, int K, int lane,
     }
 }
 
+// Row maximum m, its first index am and s = sum_j exp(row[j] - m), on every lane.
+__device__ __forceinline__ float fc_row_exp_sum(const float* row, int K, int lane, float& m, int& am) {
+    fc_row_argmax(row, K, lane, m, am);
+    float s = 0.0f;
+    for (int j = lane; j < K; j += 32) s += expf(row[j] - m);
+    return fc_warp_sum(s);
+}
+
 extern "C" __global__ void softmax_rows(const float* x, float* y, long long rows, int K) {
     const int lane = threadIdx.x & 31;
     const long long warp = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -77,10 +85,7 @@ extern "C" __global__ void softmax_rows(const float* x, float* y, long long rows
         float* yr = y + r * K;
         float m;
         int am;
-        fc_row_argmax(xr, K, lane, m, am);
-        float s = 0.0f;
-        for (int j = lane; j < K; j += 32) s += expf(xr[j] - m);
-        s = fc_warp_sum(s);
+        const float s = fc_row_exp_sum(xr, K, lane, m, am);
         for (int j = lane; j < K; j += 32) yr[j] = expf(xr[j] - m) / s;
     }
 }
@@ -104,10 +109,7 @@ __device__ __forceinline__ void fc_xent(const float* logits, const int* labels,
         float* dr = dlogits + r * K;
         float m;
         int am;
-        fc_row_argmax(xr, K, lane, m, am);
-        float s = 0.0f;
-        for (int j = lane; j < K; j += 32) s += expf(xr[j] - m);
-        s = fc_warp_sum(s);
+        const float s = fc_row_exp_sum(xr, K, lane, m, am);
         const double log_s = log((double)s);
 
         int label;
