@@ -10,6 +10,10 @@
    --cuda-only leaves them out, for racecheck, which is several times slower).
    A variant that does not handle a shape (registry.NotApplicable) skips it.
 
+--cuda-only also turns autotuning off (FASTCNN_AUTOTUNE=0): the `auto` variant
+times every variant five times per new shape, which under racecheck costs many
+slow launches and checks nothing that the one call per variant of step 2 misses.
+
 CuPy's memory pool is switched off (each array is its own cudaMalloc) so that
 memcheck sees an overrun past an array's end instead of landing in a pooled
 neighbour.  Prints one line per step/variant and 'SANITIZE DONE ok=N failed=M'
@@ -18,6 +22,7 @@ PYTHONPATH pointing at it).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -113,6 +118,8 @@ def _run_applicable(fn, arg_sets, registry) -> None:
 
 def main() -> int:
     cuda_only = "--cuda-only" in sys.argv[1:]
+    if cuda_only:
+        os.environ["FASTCNN_AUTOTUNE"] = "0"  # read at each call by fastcnn.backend.cuda.auto
     import cupy as cp
     cp.cuda.set_allocator(None)          # every array its own allocation: memcheck sees overruns
     cp.cuda.set_pinned_memory_allocator(None)
