@@ -8,7 +8,9 @@ puts every fastcnn variant beside its baselines.  Before timing, a fastcnn varia
 output is compared with a baseline's (the test fails on a wrong kernel).  GPU cases
 are timed by pytest-benchmark on the host (each round launches a pass over the
 rotated input sets, then synchronises) and, in ``extra_info``, with CUDA events
-(median, the figure fastcnn.benchmark reports).  GPU cases skip without a GPU.
+(median, the figure fastcnn.benchmark reports, by the same method: kernel-level cases
+with gputime's blocking kernel, network cases as the host queues; ``timed_with`` says
+which, and why where a kernel case fell back).  GPU cases skip without a GPU.
 """
 import os
 
@@ -68,12 +70,13 @@ def run_case(benchmark):
                     gputime.synchronize(spec.lib)
                 benchmark.pedantic(one_pass, rounds=ROUNDS, warmup_rounds=2, iterations=1)
                 t = gputime.time_cuda(fn, sets=sets, warmup=1, repeats=ROUNDS, lib=spec.lib,
-                                      flush=spec.flush)
+                                      flush=spec.flush, block=spec.block)
         benchmark.extra_info.update(
             calls_per_round=1 if spec.lib == "cpu" else sets,
             median_us=t.median_us, unit=spec.unit,
             figure=fb._figure(spec.unit, spec.work, t.median_us),
-            timed_with="perf_counter" if spec.lib == "cpu" else "CUDA events",
+            timed_with="perf_counter" if spec.lib == "cpu" else f"CUDA events ({t.method})",
+            timing_fallback=t.fallback,
             shape=spec.shape, role=spec.role, precision=spec.precision)
         fb._free_memory(spec.lib)
     return go

@@ -25,7 +25,11 @@ x + y, backward: dy + dx); img/s is batch / step time.  Higher is better for all
 
 GPU times: CUDA events after warm-up, median of repeats, L2 flushed before each
 repeat or inputs rotated across sets larger than twice the L2 (fastcnn.gputime).
-Data is always random.
+Kernel-level groups (``BLOCKED_GROUPS``) hold the GPU with a blocking kernel until
+every timed call is queued, so they compare GPU time; network cases time as the host
+queues (host time counted, as a user sees a step).  The header's ``timing`` field
+says so; a kernel case that had to fall back says why in its note, and the report's
+notes count them.  Data is always random.
 """
 from __future__ import annotations
 
@@ -51,6 +55,9 @@ from . import gputime
 
 UNITS = ("TFLOP/s", "GB/s", "img/s")
 GROUPS = ("ceiling", "gemm", "conv", "pool", "network", "cpu")
+# Groups timed with gputime's blocking kernel (one op per call: GPU time, kernel vs kernel).
+# 'network' keeps plain events (a step's host time is what a user waits for); 'cpu' is host time.
+BLOCKED_GROUPS = ("ceiling", "gemm", "conv", "pool")
 
 # ------------------------------------------------------------------ workloads
 GEMM_SHAPES = [  # (name, M, K, N, skipped in --quick)
@@ -168,6 +175,7 @@ class Result:
     rel_err: float | None = None      # against a baseline's output, where checked
     error: str | None = None
     note: str = ""
+    method: str = ""                  # gputime's timing method: 'blocked', 'events' or 'host'
 
 
 @dataclass
@@ -243,7 +251,7 @@ class Report:
     def header_lines(self) -> list[str]:
         h = self.header
         keys = ["card", "driver", "cuda_runtime", "cupy", "torch", "cudnn", "numpy", "python",
-                "cpu", "load_avg", "torch_threads", "date", "run_id", "mode"]
+                "cpu", "load_avg", "torch_threads", "date", "run_id", "mode", "timing"]
         parts = [f"{k}={h[k]}" for k in keys if h.get(k) not in (None, "")]
         lines, line = [], ""
         for p in parts:
@@ -285,7 +293,7 @@ class Report:
         lines.append("| " + " | ".join(["setting", "value"]) + " |")
         lines.append("| --- | --- |")
         for k in ["card", "driver", "cuda_runtime", "cupy", "torch", "cudnn", "numpy", "python",
-                  "cpu", "load_avg", "torch_threads", "mode", "elapsed_s"]:
+                  "cpu", "load_avg", "torch_threads", "mode", "timing", "elapsed_s"]:
             if self.header.get(k) not in (None, ""):
                 lines.append(f"| {k} | {self.header[k]} |")
         lines.append("")
@@ -480,6 +488,11 @@ class Spec:
     context: Callable = contextlib.nullcontext
     flush: bool = True
     note: str = ""
+
+    @property
+    def block(self) -> bool:
+        """Time with gputime's blocking kernel (GPU time) rather than as the host queues."""
+        return self.group in BLOCKED_GROUPS
 
     @property
     def id(self) -> str:
@@ -1134,7 +1147,10 @@ def run_spec(spec: Spec, opts: Options, run_id: str) -> Result:
                                      max_seconds=max_s * 2)
             else:
                 t = gputime.time_cuda(fn, sets=sets, warmup=warmup, repeats=repeats, lib=spec.lib,
-                                      flush=spec.flush, max_seconds=max_s)
+                                      flush=spec.flush, max_seconds=max_s, block=spec.block)
+            res.method = t.method
+            if t.fallback:
+                res.note = (res.note + "; " if res.note else "") + f"timed with events, not blocked: {t.fallback}"
         res.time_us = t.median_us
         res.repeats = t.repeats
         res.spread = t.spread
@@ -1178,6 +1194,7 @@ def run_cpu_specs(specs_: list[Spec], opts: Options, run_id: str) -> list[Result
     for k, t in zip(live, timings):
         spec, res = specs_[k], results[k]
         res.time_us, res.repeats, res.spread = t.median_us, t.repeats, t.spread
+        res.method = t.method
         res.figure = _figure(spec.unit, spec.work, t.median_us)
         res.note = (res.note + "; " if res.note else "") + "timed interleaved with the other rows of this case"
     return results
@@ -1215,6 +1232,7 @@ def run_benchmarks(opts: Options) -> Report:
     spent.  Rows keep the canonical order whatever order the cases ran in."""
     header = environment(opts.run_id)
     header["mode"] = "quick" if opts.quick else "full"
+    header["timing"] = gputime.METHODS_SUMMARY
     run_id = header["run_id"]
     gpu = gputime.cuda_available()
     results: list[tuple[int, Result]] = []
@@ -1271,6 +1289,12 @@ def run_benchmarks(opts: Options) -> Report:
                 fig = f"{res.figure:.4g} {res.unit}" if res.figure else (res.error or "")[:80]
                 print(f"  [{time.perf_counter() - t0:6.1f}s] {res.group} {res.case} {res.impl}: {fig}",
                       file=sys.stderr, flush=True)
+    fell_back = [r for _, r in results
+                 if r.group in BLOCKED_GROUPS and r.method and r.method != gputime.METHOD_BLOCKED]
+    if fell_back:
+        header["notes"].append(f"timing: {len(fell_back)} kernel cases timed with events, not blocked "
+                               f"(host time counted; each says why in its note), e.g. "
+                               f"{', '.join(f'{r.case} {r.impl}' for r in fell_back[:3])}")
     if not_run:
         header["notes"].append(f"time budget of {opts.budget_s:.0f} s spent: {len(not_run)} cases not run, "
                                f"e.g. {', '.join(s.label() for s in not_run[:3])}")
