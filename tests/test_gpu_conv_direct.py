@@ -7,26 +7,20 @@ strides 1-4, asymmetric paddings, kernels 1-11, C in {1,3,6,16,96}, K in
 buffers, relative error in norm <= 1e-4 against float64; a second run without
 ``out=`` must give the same bits.  Bad inputs are refused before any launch.
 
-CPU: the launch plans, host arrays refused, and the CUDA C source itself compiled
-by g++ against a small emulation shim (one std::thread per GPU thread, blocks in
-turn, __syncthreads as a barrier) and driven by the module's own checks and launch
-code, with guard zones around every array.
+CPU: the launch plans, host arrays refused, and the CUDA C source itself run on the
+CPU by tests/cuda_emu.py (g++, one fiber per GPU thread, blocks in turn, __syncthreads
+a barrier) and driven by the module's own checks and launch code, with guard zones
+around every array.
 
     pytest tests/test_gpu_conv_direct.py
 """
-import ctypes
-import re
-import shutil
-import subprocess
-import types
-
 import numpy as np
 import pytest
 
+import cuda_emu
 from helpers import assert_close, rand
 
 from fastcnn.backend import reference as ref
-from fastcnn.backend.cuda import _launch
 from fastcnn.backend.cuda import conv_direct as cd
 
 gpu = pytest.mark.gpu
@@ -147,137 +141,6 @@ def test_wgrad_plan_lenet_fills_an_h200():
 
 # ---------------------------------------------------------------- CPU: the CUDA C source, emulated
 
-SHIM = r'''
-#include <algorithm>
-#include <barrier>
-#include <cmath>
-#include <cstdlib>
-#include <cstring>
-#include <thread>
-#include <vector>
-struct uint3 { unsigned x, y, z; };
-struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
-static inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
-static thread_local uint3 threadIdx, blockIdx;
-static uint3 blockDim, gridDim;
-static std::barrier<>* fc_emu_barrier;
-static inline void __syncthreads() { fc_emu_barrier->arrive_and_wait(); }
-using std::min; using std::max;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __shared__ static
-#define __restrict__ __restrict
-#define __align__(n) __attribute__((aligned(n)))
-#define __launch_bounds__(...)
-#include "kernel_expanded.cu"
-// One OS thread per GPU thread of a block, reused for every block; blocks run in turn.  The
-// end-of-block barrier is not __syncthreads' one, so a return before a __syncthreads hangs.
-template <class F> static void fc_emu_launch(const int* g, int bx, F f) {
-    gridDim = {(unsigned)g[0], (unsigned)g[1], (unsigned)g[2]}; blockDim = {(unsigned)bx, 1, 1};
-    std::barrier<> sync_bar(bx), end_bar(bx);
-    fc_emu_barrier = &sync_bar;
-    std::vector<std::thread> ts;
-    for (int t = 0; t < bx; ++t)
-        ts.emplace_back([&, t] {
-            threadIdx = {(unsigned)t, 0, 0};
-            for (int z = 0; z < g[2]; ++z) for (int y = 0; y < g[1]; ++y) for (int x = 0; x < g[0]; ++x) {
-                blockIdx = {(unsigned)x, (unsigned)y, (unsigned)z};
-                f();
-                end_bar.arrive_and_wait();
-            }
-        });
-    for (auto& th : ts) th.join();
-}
-#define DIMS const int* d
-#define DARGS d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12]
-#define DISPATCH(kern, v, ...) do { if (v == 4) kern<4>(__VA_ARGS__); else if (v == 8) kern<8>(__VA_ARGS__); \
-    else if (v == 16) kern<16>(__VA_ARGS__); else abort(); } while (0)
-extern "C" void emu_fprop(int kc, const int* g, int bx, const float* x, const float* w, const float* b,
-                          float* y, DIMS, int relu) {
-    fc_emu_launch(g, bx, [&] { DISPATCH(conv_direct_fprop, kc, x, w, b, y, DARGS, relu); });
-}
-extern "C" void emu_dgrad(int cc, const int* g, int bx, const float* dy, const float* w, float* dx, DIMS) {
-    fc_emu_launch(g, bx, [&] { DISPATCH(conv_direct_dgrad, cc, dy, w, dx, DARGS); });
-}
-extern "C" void emu_wgrad(int kc, const int* g, int bx, const float* x, const float* dy, float* out, DIMS,
-                          int tr, int chunk) {
-    fc_emu_launch(g, bx, [&] { DISPATCH(conv_direct_wgrad, kc, x, dy, out, DARGS, tr, chunk); });
-}
-extern "C" void emu_reduce(const int* g, int bx, const float* ws, float* dw, int M, int chunks, int lanes) {
-    fc_emu_launch(g, bx, [&] { conv_direct_wgrad_reduce(ws, dw, M, chunks, lanes); });
-}
-'''
-
-GUARD = 64  # floats of guard zone on each side of every emulated array
-SENTINEL = np.float32(3.0e38)  # read by mistake, it shows in the result; overwritten, in the guard check
-
-
-class _Guarded:
-    """Host arrays living inside bigger buffers with sentinel guard zones on both sides;
-    ``shift`` floats more in front (1: no array is 16-byte aligned, the float4 paths are off)."""
-
-    def __init__(self, shift=0):
-        self.buffers, self.shift = [], shift
-
-    def wrap(self, a):
-        buf = np.full(a.size + 2 * GUARD + self.shift, SENTINEL, np.float32)
-        assert buf.ctypes.data % 16 == 0
-        start = GUARD + self.shift
-        view = buf[start:start + a.size].reshape(a.shape)
-        view[...] = a
-        self.buffers.append(buf)
-        return view
-
-    def intact(self):
-        return all(np.all(b[:GUARD] == SENTINEL) and np.all(b[-GUARD:] == SENTINEL) for b in self.buffers)
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found: the CPU emulation of the CUDA C source needs it")
-    d = tmp_path_factory.mktemp("conv_direct_emu")
-    (d / "kernel_expanded.cu").write_text(_launch.kernel_source(cd._FILE))
-    (d / "shim.cpp").write_text(SHIM)
-    so = d / "emu.so"
-    proc = subprocess.run([gxx, "-std=c++20", "-O2", "-shared", "-fPIC", str(d / "shim.cpp"), "-o", str(so),
-                           "-pthread"], capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 and "barrier" in proc.stderr:
-        pytest.skip("g++ lacks C++20 <barrier>")
-    assert proc.returncode == 0, proc.stderr
-    return ctypes.CDLL(str(so))
-
-
-def _emu_kernel(lib, guarded, launches):
-    """A stand-in for conv_direct._kernel: runs the named kernel on the emulator."""
-    def ptr(a):
-        if a is None:
-            return None
-        assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
-        assert any(np.shares_memory(a, b) for b in guarded.buffers), "an array without guard zones"
-        return a.ctypes.data_as(ctypes.c_void_p)
-
-    def kernel(name):
-        def launch(grid, block, args):
-            assert all(isinstance(a, (np.ndarray, np.int32, type(None))) for a in args), \
-                f"{name}: arguments must be arrays, None or np.int32"
-            g = (ctypes.c_int * 3)(*(tuple(grid) + (1,) * (3 - len(grid))))
-            bx = int(block[0])
-            assert bx % 32 == 0 and bx <= 256 and len(block) == 1
-            launches.append((name, tuple(g), bx))
-            ints = [ctypes.c_int(int(a)) for a in args if isinstance(a, np.int32)]
-            ptrs = [ptr(a) for a in args if not isinstance(a, np.int32)]
-            if name == "conv_direct_wgrad_reduce":
-                return lib.emu_reduce(g, bx, *ptrs, *ints)
-            kind, v = re.fullmatch(r"conv_direct_(\w+)<(\d+)>", name).groups()
-            dims = (ctypes.c_int * 13)(*(i.value for i in ints[:13]))
-            getattr(lib, f"emu_{kind}")(int(v), g, bx, *ptrs, dims, *ints[13:])
-        return launch
-    return kernel
-
-
 EMU_CASES = [CASES[i] for i in (3, 6, 7, 8, 9, 10, 11, 14, 15, 16, 17, 19, 20)] + [
     (2, 28, 28, 1, 6, 5, 5, (1, 1), same4(28, 28, 5, 5, 1, 1), True),  # LeNet-5 conv1, batch 2
     (1, 7, 6, 96, 40, 3, 3, (1, 1), (1, 1, 1, 1), True),               # weights staged in 4 parts
@@ -286,34 +149,19 @@ EMU_CASES = [CASES[i] for i in (3, 6, 7, 8, 9, 10, 11, 14, 15, 16, 17, 19, 20)] 
 
 @pytest.mark.parametrize("sms", [2, 132])
 @pytest.mark.parametrize("case", EMU_CASES, ids=case_id)
-def test_cuda_source_emulated_on_cpu(emulator, monkeypatch, case, sms):
+def test_cuda_source_emulated_on_cpu(monkeypatch, case, sms):
     """The module's own checks and launch plan, NumPy arrays, the real kernels run on the CPU.
 
     Two SM counts give different channel chunks and wgrad chunk counts (one pass or two);
     with 2 SMs every array is misaligned by 4 bytes (scalar loads instead of float4)."""
-    guarded, launches = _Guarded(shift=1 if sms == 2 else 0), []
-
-    def check(name, a, *, dtype=np.float32, ndim=None, shape=None):
-        assert isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous, name
-        assert ndim is None or a.ndim == ndim, name
-        assert shape is None or tuple(a.shape) == tuple(shape), name
-        return a
-
-    def out_array(name, out, shape, dtype=np.float32):
-        return guarded.wrap(np.full(shape, np.nan, dtype)) if out is None else check(name, out, shape=shape)
-
-    fake_cupy = types.SimpleNamespace(empty=lambda shape, dtype: guarded.wrap(np.full(shape, np.nan, dtype)))
-    from fastcnn.backend.cuda import conv as conv_checks  # the argument checks live there
-    monkeypatch.setattr(conv_checks, "_launch", types.SimpleNamespace(check=check))
-    monkeypatch.setattr(conv_checks, "out_array", out_array)
-    monkeypatch.setattr(cd, "sm_count", lambda: sms)
-    monkeypatch.setattr(cd, "_kernel", _emu_kernel(emulator, guarded, launches))
-    monkeypatch.setitem(__import__("sys").modules, "cupy", fake_cupy)
+    guarded, launches = cuda_emu.Guarded(shift=1 if sms == 2 else 0), []
+    cuda_emu.patch_backend(monkeypatch, guarded, sms=sms, log=launches)
     for i, op in enumerate(OPS):
         args, expected = _problem(op, case, i)
         args = tuple(guarded.wrap(a) if isinstance(a, np.ndarray) else a for a in args)
         got = FN[op](*args)
         assert_close(got, expected, TOL, f"{op} {case} (launches {launches})")
+    assert all(b[0] % 32 == 0 and b[0] <= 256 and b[1:] == (1, 1) for _, _, b in launches), launches
     assert guarded.intact(), f"a kernel wrote outside its array: {launches}"
 
 

@@ -13,27 +13,24 @@ and odd shapes with paddings up to 4.
 CPU (no GPU): each variant is registered and refuses other kernel sizes, stride 2 and
 padding R from the shapes alone, before any CuPy call; the 5x5 transform matrices,
 rebuilt in exact fractions by the Toom-Cook construction, match a direct
-correlation and round <= 1e-4 in float32 on AlexNet conv2; and, where g++ with C++20
-is found, the CUDA C source itself runs on the CPU under a small shim (one host
-thread per CUDA thread of a block, blocks one after another, __syncthreads a
-std::barrier, __shared__ a static shared by the block's threads) through the
-module's own launch sequence, against the reference.
+correlation and round <= 1e-4 in float32 on AlexNet conv2; and, where g++ is found,
+the CUDA C source itself runs on the CPU under tests/cuda_emu.py (one fiber per CUDA
+thread of a block, blocks one after another, __syncthreads a barrier, __shared__ a
+static shared by the block's threads) through the module's own launch sequence, with
+guard zones around every array and workspace, against the reference.
 
     pytest tests/test_gpu_conv_winograd.py
 """
-import ctypes
-import shutil
-import subprocess
 import types
 
 import numpy as np
 import pytest
 
+import cuda_emu
 from helpers import assert_close, rand
 
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
-from fastcnn.backend.cuda import _launch
 from fastcnn.backend.cuda import conv as conv_checks  # the shared argument checks
 from fastcnn.backend.cuda import conv_winograd as cw
 
@@ -220,112 +217,6 @@ def test_5x5_transforms_exact_and_float32_error_on_alexnet_conv2(name):
 
 # ---------------------------------------------------------------- CPU: the CUDA C source, emulated
 
-SHIM = r'''
-#include <algorithm>
-#include <barrier>
-#include <cmath>
-#include <thread>
-#include <vector>
-struct uint3 { unsigned x, y, z; };
-struct float4 { float x, y, z, w; };
-static inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
-static thread_local uint3 threadIdx;
-static uint3 blockIdx, blockDim, gridDim;
-static std::barrier<>* fc_emu_barrier;
-static inline void __syncthreads() { fc_emu_barrier->arrive_and_wait(); }
-using std::min; using std::max;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __shared__ static
-#define __restrict__ __restrict
-#define __align__(n) __attribute__((aligned(n)))
-#define __launch_bounds__(...)
-#include "kernel_expanded.cu"
-template <class F> static void fc_emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, F f) {
-    gridDim = {gx, gy, gz}; blockDim = {bx, 1, 1};
-    for (unsigned z = 0; z < gz; ++z) for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) {
-        blockIdx = {x, y, z};
-        std::barrier<> bar(bx); fc_emu_barrier = &bar;
-        std::vector<std::thread> ts;
-        for (unsigned i = 0; i < bx; ++i) ts.emplace_back([&, i] { threadIdx = {i, 0, 0}; f(); });
-        for (auto& t : ts) t.join();
-    }
-}
-#define G unsigned gx, unsigned gy, unsigned gz, unsigned bx
-#define L(call) fc_emu_launch(gx, gy, gz, bx, [&] { call; })
-#define EMU_TRANSFORMS(P)                                                                              \
-extern "C" void emu_##P##_weight_transform(G, const float* w, float* U, int C, int K, int flip) {        \
-    L(P##_weight_transform(w, U, C, K, flip)); }                                                         \
-extern "C" void emu_##P##_input_transform(G, const float* x, float* V, int N, int H, int W, int C,       \
-                                          int TH, int TW, int pt, int pl) {                              \
-    L(P##_input_transform(x, V, N, H, W, C, TH, TW, pt, pl)); }                                          \
-extern "C" void emu_##P##_output_transform(G, const float* M, const float* b, float* y, int N, int P_,   \
-                                           int Q, int K, int TH, int TW, int relu) {                     \
-    L(P##_output_transform(M, b, y, N, P_, Q, K, TH, TW, relu)); }
-EMU_TRANSFORMS(winograd)
-EMU_TRANSFORMS(winograd4)
-EMU_TRANSFORMS(winograd5)
-EMU_TRANSFORMS(winograd5x4)
-extern "C" void emu_winograd_gemm(G, const float* V, const float* U, float* M, int T, int C, int K,
-                                  const float* b, int relu) {
-    L(winograd_gemm(V, U, M, T, C, K, b, relu)); }
-'''
-GUARD, GUARD_VALUE = 64, 12345.0
-
-
-class _EmuDevice:
-    """cw.run's device: NumPy workspaces (NaN-filled, with guard zones), kernels on the CPU.
-    1-D grids are capped at 3 blocks so that the grid-stride loops go round."""
-
-    def __init__(self, lib):
-        self.lib, self.buffers = lib, []
-
-    def empty(self, n):
-        buf = np.full(n + 2 * GUARD, np.nan, np.float32)
-        buf[:GUARD] = buf[-GUARD:] = GUARD_VALUE
-        self.buffers.append(buf)
-        return buf[GUARD:GUARD + n]
-
-    @staticmethod
-    def blocks(n):
-        return max(1, min(-(-n // 256), 3))
-
-    def launch(self, name, grid, block, args):
-        grid = tuple(grid) + (1,) * (3 - len(grid))
-        cargs = [ctypes.c_uint(g) for g in grid] + [ctypes.c_uint(block[0])]
-        for a in args:
-            if a is None:
-                cargs.append(ctypes.c_void_p(None))
-            elif isinstance(a, np.ndarray):
-                assert a.dtype == np.float32 and a.flags.c_contiguous, name
-                cargs.append(ctypes.c_void_p(a.ctypes.data))
-            else:
-                assert isinstance(a, np.int32), f"{name}: argument {a!r} is not an np.int32"
-                cargs.append(ctypes.c_int(int(a)))
-        getattr(self.lib, "emu_" + name)(*cargs)
-
-    def guards_intact(self):
-        return all((b[:GUARD] == GUARD_VALUE).all() and (b[-GUARD:] == GUARD_VALUE).all() for b in self.buffers)
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found: the CPU emulation of the CUDA C source needs it")
-    d = tmp_path_factory.mktemp("winograd_emu")
-    (d / "kernel_expanded.cu").write_text(_launch.kernel_source("conv_winograd.cu"))
-    (d / "shim.cpp").write_text(SHIM)
-    so = d / "emu.so"
-    proc = subprocess.run([gxx, "-std=c++20", "-O2", "-shared", "-fPIC", str(d / "shim.cpp"), "-o", str(so),
-                           "-pthread"], capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 and "barrier" in proc.stderr:
-        pytest.skip("g++ lacks C++20 <barrier>")
-    assert proc.returncode == 0, proc.stderr
-    return ctypes.CDLL(str(so))
-
-
 EMU_CASES = [CASES[i] for i in (4, 5, 6, 9, 11, 13)] + [(1, 4, 9, 13, 131, (1, 0, 0, 1), True, False)]
 EMU_CASES5 = [CASES5[i] for i in (4, 5, 6, 8)] + [
     (1, 28, 28, 1, 6, SAME5, True, True),        # LeNet-5 conv1 at batch 1
@@ -338,29 +229,21 @@ EMU_IDS = [f"{n}-{R}x{R}-{c[:5]}{c[5]}" for n, R, c in EMU]
 
 
 @pytest.mark.parametrize("name,R,case", EMU, ids=EMU_IDS)
-def test_cuda_source_emulated_on_cpu(emulator, monkeypatch, case, name, R):
-    """The module's own checks and launch sequence, with NumPy arrays and the kernels run on the CPU."""
-    def check(name, a, *, dtype=np.float32, ndim=None, shape=None):
-        assert isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous, name
-        assert ndim is None or a.ndim == ndim, name
-        assert shape is None or tuple(a.shape) == tuple(shape), name
-        return a
-
-    def out_array(name, out, shape, dtype=np.float32):
-        return np.full(shape, np.nan, dtype) if out is None else check(name, out, dtype=dtype, shape=shape)
-    dev = _EmuDevice(emulator)
-    monkeypatch.setattr(cw, "_launch", types.SimpleNamespace(check=check, function=None))
-    monkeypatch.setattr(conv_checks, "_launch", types.SimpleNamespace(check=check, function=None))
-    monkeypatch.setattr(conv_checks, "out_array", out_array)
-    monkeypatch.setattr(cw, "_DEVICE", dev)
-    x, w, b, dy, padding, relu = _problem(case, 7, R)
-    out = np.full(dy.shape, np.nan, np.float32)
+def test_cuda_source_emulated_on_cpu(monkeypatch, case, name, R):
+    """The module's own checks and launch sequence (the real _DEVICE: workspaces from
+    cupy.empty, kernels by name), with NumPy arrays in guard zones and the kernels run on the
+    CPU.  Grid-stride grids are capped at 3 blocks so that their loops go round."""
+    guarded, launches = cuda_emu.Guarded(), []
+    cuda_emu.patch_backend(monkeypatch, guarded, grid_cap=3, log=launches)
+    x, w, b, dy, padding, relu = (guarded.wrap(a) if isinstance(a, np.ndarray) else a for a in _problem(case, 7, R))
+    out = guarded.empty(dy.shape)
     y = registry.get("conv2d_forward", name).fn(x, w, b, (1, 1), padding, relu, out=out)
     assert y is out
     assert_close(y, ref.conv2d_forward(*_f64(x, w, b), (1, 1), padding, relu), TOL, "forward")
     dx = registry.get("conv2d_backward_data", name).fn(dy, w, x.shape, (1, 1), padding)
     assert_close(dx, ref.conv2d_backward_data(*_f64(dy, w), x.shape, (1, 1), padding), TOL, "dgrad")
-    assert dev.guards_intact(), "a kernel wrote outside a workspace"
+    assert all(grid[0] <= 3 for kernel, grid, _ in launches if "transform" in kernel), launches
+    assert guarded.intact(), f"a kernel wrote outside an array or workspace: {launches}"
 
 
 # ---------------------------------------------------------------- GPU

@@ -10,29 +10,26 @@ compiled-in tiles (2x2/2, 3x3/2, 3x3/1, 2x2/1) and others (generic kernels), exp
 paddings, symmetric and not.  Further: NaN / +-inf / +-0 / tie inputs, and views whose
 addresses are only 4- or 8-byte aligned (the 16-byte kernels must not be used).
 
-The same source also runs without a GPU: ``test_kernels_emulated_on_cpu`` compiles
-kernels/pool.cu as host C++ (g++, a small shim that loops over blockIdx/threadIdx) and
-drives it through pool.py's own planning code, on the whole table.  Each block's threads
-run as fibers (ucontext) on one host thread, switched round-robin at every
-``__syncthreads`` (a barrier: every thread of the block reaches it before any goes on),
-with ``__shared__`` storage per kernel; so the shared-memory kernel (smem) is checked
-too, and a missing barrier shows up as wrong results.
+The same source also runs without a GPU: ``test_kernels_emulated_on_cpu`` runs
+kernels/pool.cu on the CPU (tests/cuda_emu.py: g++, each block's threads as fibers on
+one host thread, switched round-robin at every ``__syncthreads``, a barrier that every
+thread of the block reaches before any goes on, with ``__shared__`` storage per kernel)
+through pool.py's own planning code, on the whole table, every array in guard zones; so
+the shared-memory kernel (smem) is checked too, and a missing barrier shows up as wrong
+results.
 
     pytest tests/test_gpu_pool_variants.py
 """
-import ctypes
 import re
-import shutil
-import subprocess
 import types
 
 import numpy as np
 import pytest
 
+import cuda_emu
 from fastcnn import _paths
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
-from fastcnn.backend.cuda import _launch
 from fastcnn.backend.cuda import pool as cuda_pool  # registers the variants; no GPU needed
 
 gpu = pytest.mark.gpu
@@ -247,148 +244,17 @@ def test_plan_picks_kernels(monkeypatch):
                     assert threads == 256
 
 
-_SHIM = r"""
-#include <cstring>
-#include <cstdlib>
-#include <algorithm>
-#include <functional>
-#include <vector>
-#include <ucontext.h>
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __shared__ static
-struct fc_dim3 { unsigned x = 0, y = 0, z = 0; };
-static fc_dim3 blockIdx, threadIdx, blockDim, gridDim;
-// One block's threads are fibers on this host thread; __syncthreads yields to the
-// scheduler, which resumes every thread round-robin (so all reach a barrier first).
-static ucontext_t fc_main;
-static std::vector<ucontext_t> fc_ctx;
-static std::vector<char> fc_done;
-static std::vector<long> fc_syncs;
-static std::vector<char*> fc_stacks;
-static unsigned fc_cur;
-static std::function<void()> fc_job;
-static void __syncthreads() { ++fc_syncs[fc_cur]; swapcontext(&fc_ctx[fc_cur], &fc_main); }
-static void fc_entry() { fc_job(); fc_done[fc_cur] = 1; }  // returns to uc_link = fc_main
-// Runs one block; false when its threads passed different numbers of barriers.
-static bool fc_run_block(unsigned threads) {
-    const size_t stack = 1 << 16;
-    fc_ctx.resize(threads); fc_done.assign(threads, 0); fc_syncs.assign(threads, 0);
-    while (fc_stacks.size() < threads) fc_stacks.push_back((char*)std::malloc(stack));
-    for (unsigned t = 0; t < threads; ++t) {
-        getcontext(&fc_ctx[t]);
-        fc_ctx[t].uc_stack.ss_sp = fc_stacks[t]; fc_ctx[t].uc_stack.ss_size = stack;
-        fc_ctx[t].uc_link = &fc_main;
-        makecontext(&fc_ctx[t], fc_entry, 0);
-    }
-    for (;;) {
-        unsigned running = 0;
-        for (unsigned t = 0; t < threads; ++t) {
-            if (fc_done[t]) continue;
-            fc_cur = t; threadIdx.x = t;
-            swapcontext(&fc_main, &fc_ctx[t]);
-            ++running;
-        }
-        for (unsigned t = 1; t < threads; ++t)
-            if (fc_syncs[t] != fc_syncs[0] || fc_done[t] != fc_done[0]) return false;
-        if (!running || fc_done[0]) return true;
-    }
-}
-struct float4 { float x, y, z, w; };
-struct float2 { float x, y; };
-struct uchar4 { unsigned char x, y, z, w; };
-struct uchar2 { unsigned char x, y; };
-struct uint2 { unsigned x, y; };
-inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
-inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
-inline float2 make_float2(float a, float b) { return {a, b}; }
-inline uchar4 make_uchar4(unsigned char a, unsigned char b, unsigned char c, unsigned char d) { return {a, b, c, d}; }
-inline uchar2 make_uchar2(unsigned char a, unsigned char b) { return {a, b}; }
-template <class T> T __ldg(const T* p) { return *p; }
-inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-using std::min; using std::max;
-"""
-_DRIVER = r"""
-typedef void (*fwd_t)(const float*, float*, fc_u8*, int, int, int, int, int, int, int, int, int, int, int, int);
-typedef void (*bwd_t)(const float*, const fc_u8*, float*, int, int, int, int, int, int, int, int, int, int, int, int);
-struct FwdEntry { const char* name; fwd_t fn; };
-struct BwdEntry { const char* name; bwd_t fn; };
-static FwdEntry FWD[] = { %s };
-static BwdEntry BWD[] = { %s };
-template <class F, class A, class B, class C>
-static int grid(F fn, int blocks, int threads, A a, B b, C c, const int* d) {
-    gridDim.x = blocks; blockDim.x = threads;
-    fc_job = [=] { fn(a, b, c, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11]); };
-    for (int bx = 0; bx < blocks; ++bx) {
-        blockIdx.x = bx;
-        if (!fc_run_block(threads)) return -2;  // threads of a block disagree on barriers
-    }
-    return 0;
-}
-extern "C" int launch(const char* name, int blocks, int threads, void* a, void* b, void* c, const int* d) {
-    for (auto& e : FWD)
-        if (!std::strcmp(e.name, name)) return grid(e.fn, blocks, threads, (const float*)a, (float*)b, (fc_u8*)c, d);
-    for (auto& e : BWD)
-        if (!std::strcmp(e.name, name)) return grid(e.fn, blocks, threads, (const float*)a, (const fc_u8*)b, (float*)c, d);
-    return -1;
-}
-"""
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    """kernels/pool.cu compiled as host C++: launch(name, blocks, threads, a, b, c, dims)."""
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no host C++ compiler (g++) to emulate the kernels on the CPU")
-    names = cuda_pool.NAME_EXPRESSIONS
-    table = lambda prefix: ", ".join(f'{{"{n}", &{n}}}' for n in names if n.startswith(prefix))
-    src = _SHIM + _launch.kernel_source("pool.cu") + _DRIVER % (table("maxpool_fwd"), table("maxpool_bwd"))
-    root = tmp_path_factory.mktemp("pool_emu")
-    (root / "pool_emu.cpp").write_text(src)
-    lib = root / "pool_emu.so"
-    proc = subprocess.run([cxx, "-std=c++17", "-O1", "-shared", "-fPIC", "-Wno-unknown-pragmas",
-                           str(root / "pool_emu.cpp"), "-o", str(lib)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    dll = ctypes.CDLL(str(lib))
-    dll.launch.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 4
-    return dll
-
-
-def _np_check(name, a, *, dtype=np.float32, ndim=None, shape=None):
-    assert isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous, name
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions")
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}")
-    return a
-
-
-def test_kernels_emulated_on_cpu(emulator, monkeypatch):
-    """pool.py's planning + kernels/pool.cu's kernels (host-compiled) on NumPy arrays, exact.
+def test_kernels_emulated_on_cpu(monkeypatch):
+    """pool.py's planning + kernels/pool.cu's kernels (run on the CPU by tests/cuda_emu.py) on
+    NumPy arrays in guard zones, exact.
 
     Grids are capped at 5 blocks so that the grid-stride loops run many times."""
-    launched = []
-
-    def kernel(name):
-        def launch(grid, block, args):
-            a, b, c = args[:3]
-            dims = np.array([int(v) for v in args[3:]], dtype=np.int32)
-            launched.append(name)
-            rc = emulator.launch(name.encode(), grid[0], block[0], a.ctypes.data, b.ctypes.data,
-                                 c.ctypes.data, dims.ctypes.data)
-            assert rc != -1, f"{name} is not in the emulator's table"
-            assert rc == 0, f"{name}: the threads of a block passed different numbers of __syncthreads"
-        return launch
-    monkeypatch.setattr(cuda_pool, "_kernel", kernel)
-    monkeypatch.setattr(cuda_pool, "_launch", types.SimpleNamespace(check=_np_check))
-    monkeypatch.setattr(cuda_pool, "out_array", lambda name, out, shape, dtype=np.float32:
-                        np.empty(shape, dtype) if out is None else _np_check(name, out, dtype=dtype, shape=shape))
-    monkeypatch.setattr(cuda_pool, "grid_blocks", lambda n, threads=256: min(-(-n // threads), 5))
+    guarded, launched = cuda_emu.Guarded(), []
+    cuda_emu.patch_backend(monkeypatch, guarded, grid_cap=5, log=launched)
     monkeypatch.setattr(cuda_pool, "_device", lambda: -1)
     monkeypatch.setattr(cuda_pool, "_ptr", lambda a: a.ctypes.data)
     monkeypatch.setattr(cuda_pool, "_PLANS", {})
+    xp = types.SimpleNamespace(empty=guarded.empty, asarray=np.asarray, asnumpy=np.asarray)  # NumPy, guarded
     for variant in ("direct", "vec4", "tiled", "smem", "vec8"):
         fns = {"maxpool_forward": cuda_pool._forward(variant), "maxpool_backward": cuda_pool._backward(variant)}
         for i, case in enumerate(CASES):
@@ -398,7 +264,10 @@ def test_kernels_emulated_on_cpu(emulator, monkeypatch):
                 runs = runs[:3] if variant in ("smem", "vec8") else runs[:1]
             for mode, offset in runs:
                 for op in _ops(variant):
-                    check_variant(np, op, variant, case, seed=i, mode=mode, offset=offset, fns=fns)
+                    check_variant(xp, op, variant, case, seed=i, mode=mode, offset=offset, fns=fns)
+                    assert guarded.intact(), f"{op}/{variant} {case} {mode}: a kernel wrote outside its array"
+                    guarded.reset()
+    launched = {name for name, _, _ in launched}
     assert {n for n in launched if "tile" in n} >= {
         "maxpool_fwd_tile<4, 3, 3, 2, 2, 2, 2>", "maxpool_bwd_tile<2, 2, 2, 2, 2, 1, 2>",
         "maxpool_fwd_tile<1, 3, 3, 1, 1, 1, 2>", "maxpool_bwd_tile<4, 2, 2, 1, 1, 1, 2>"}

@@ -1,0 +1,556 @@
+"""Run the CUDA C sources of kernels/*.cu on the CPU, for tests without a GPU.
+
+``load("gemm.cu", ["gemm_tiled<0, 1>", ...])`` compiles the file (expanded by
+``_launch.kernel_source``) as host C++ with g++ under a small shim that defines the
+CUDA names the sources use, and returns an :class:`Emulator` whose
+``function(name)`` is a stand-in for CuPy's ``RawKernel``: ``kernel(grid, block,
+args)`` with NumPy arrays (or None, a null pointer) for pointer parameters and NumPy
+scalars of the parameter's C type (np.int32 for int, np.int64 for long long,
+np.float32 for float) for the others.  Every ``extern "C" __global__`` kernel of the
+file is there, plus the template instances named (``gemm_tiled<0, 1>``,
+``conv_direct_fprop<8>``); parameter types come from the compiler (template deduction
+on the kernel's address), and every call is checked against them (count, dtype of
+each array, exact scalar type, C-contiguity), against the grid and block limits and
+the kernel's ``__launch_bounds__``.
+
+Execution: blocks run one after another (x fastest, then y, z); the threads of a
+block are fibers on the calling host thread (own stacks, started through ucontext,
+switched with _setjmp/_longjmp: ~40 ns a switch, where std::thread and std::barrier
+cost microseconds and hang on a barrier some thread skips), resumed in thread order,
+each running until its next ``__syncthreads()`` or its end, so a barrier is kept
+exactly: every thread of the block arrives before any leaves.  A missing barrier
+usually shows as a wrong result (thread t runs its whole segment before thread t+1
+starts), and a barrier that not every thread reaches (a return or a branch around
+it) is an error, not a hang.  ``__shared__`` is a ``static``: one copy, shared by the
+block's threads and left over from the previous block (blocks never overlap).  1-D,
+2-D and 3-D grids and blocks; no dynamic shared memory (``extern __shared__``).
+
+Limits: no warp intrinsics (``__shfl*_sync``, ``__ballot_sync``, ``__syncwarp``: a
+source using them does not compile here), no data races detected (threads never run
+at the same time; atomics are plain read-modify-writes), float arithmetic is the
+host's without contraction (``fmaf`` is fused, as on the GPU; ``a*b + c`` is
+rounded twice where nvcc would contract it), stale shared memory is not poisoned
+between blocks.  Out-of-bounds accesses are caught by :class:`Guarded`'s sentinel
+zones around the arrays, not by the emulator.
+
+The library is built once per source text (cached by its hash in a temporary
+directory, so a second test session reuses it); without g++ or <ucontext.h> the
+calling test is skipped, and a source g++ cannot compile fails it.
+``patch_backend`` points fastcnn.backend.cuda at the emulator (kernel lookup, array
+checks, output buffers, ``cupy.empty``) for a test."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import types
+
+import numpy as np
+import pytest
+
+from fastcnn.backend.cuda import _launch
+
+
+def _host_fma() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return platform.machine() in ("x86_64", "AMD64") and " fma " in f.read(1 << 16).replace("\n", " ")
+    except OSError:
+        return False
+
+
+# C++17 as NVRTC is given (_launch.COMPILE_OPTIONS); no contraction of a*b+c, no aliasing
+# assumptions (the sources reinterpret float arrays as float4); -O2 and -mfma (fmaf one
+# instruction, not a libm call) run the tiled kernels ~7x faster than -O1 without it.
+CXX_FLAGS = ("-std=c++17", "-O2", "-fno-strict-aliasing", "-ffp-contract=off", "-shared", "-fPIC",
+             "-U_FORTIFY_SOURCE", "-Wno-unknown-pragmas") + (("-mfma",) if _host_fma() else ())
+MAX_THREADS = 1024
+_ONE_LAUNCH = threading.Lock()  # the scheduler is process-wide state
+
+SHIM = r"""
+#undef _FORTIFY_SOURCE  // its longjmp check refuses a jump to another stack
+#include <math.h>
+#include <cmath>
+#include <csetjmp>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+#include <sys/mman.h>
+#include <setjmp.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#define __global__
+#define __device__
+#define __host__
+#define __constant__
+#define __forceinline__ inline
+#define __noinline__
+#define __shared__ static
+#define __restrict__ __restrict
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+#define warpSize 32
+
+struct uint3 { unsigned x, y, z; };
+struct dim3 { unsigned x, y, z; };
+#define FC_EMU_VEC2(T, N, A) struct __attribute__((aligned(A))) N { T x, y; }; \
+    static inline N make_##N(T a, T b) { return {a, b}; }
+#define FC_EMU_VEC4(T, N, A) struct __attribute__((aligned(A))) N { T x, y, z, w; }; \
+    static inline N make_##N(T a, T b, T c, T d) { return {a, b, c, d}; }
+FC_EMU_VEC2(float, float2, 8)   FC_EMU_VEC4(float, float4, 16)
+FC_EMU_VEC2(double, double2, 16)
+FC_EMU_VEC2(int, int2, 8)       FC_EMU_VEC4(int, int4, 16)
+FC_EMU_VEC2(unsigned, uint2, 8) FC_EMU_VEC4(unsigned, uint4, 16)
+FC_EMU_VEC2(unsigned char, uchar2, 2) FC_EMU_VEC4(unsigned char, uchar4, 4)
+
+static uint3 threadIdx, blockIdx;  // set by the scheduler before it resumes a thread
+static dim3 blockDim, gridDim;
+void __syncthreads();
+
+template <class A, class B> static inline typename std::common_type<A, B>::type min(A a, B b) { return b < a ? b : a; }
+template <class A, class B> static inline typename std::common_type<A, B>::type max(A a, B b) { return a < b ? b : a; }
+static inline float min(float a, float b) { return fminf(a, b); }
+static inline float max(float a, float b) { return fmaxf(a, b); }
+static inline double min(double a, double b) { return fmin(a, b); }
+static inline double max(double a, double b) { return fmax(a, b); }
+
+template <class T> static inline T __ldg(const T* p) { return *p; }
+template <class To, class From> static inline To fc_emu_bits(From v) { To t; std::memcpy(&t, &v, sizeof t); return t; }
+static inline float __int_as_float(int v) { return fc_emu_bits<float>(v); }
+static inline int __float_as_int(float v) { return fc_emu_bits<int>(v); }
+static inline float __uint_as_float(unsigned v) { return fc_emu_bits<float>(v); }
+static inline unsigned __float_as_uint(float v) { return fc_emu_bits<unsigned>(v); }
+static inline double __longlong_as_double(long long v) { return fc_emu_bits<double>(v); }
+static inline long long __double_as_longlong(double v) { return fc_emu_bits<long long>(v); }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float rsqrtf(float v) { return 1.0f / sqrtf(v); }
+static inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+static inline int __popc(unsigned v) { return __builtin_popcount(v); }
+// Threads never run at the same time: an atomic is a plain read-modify-write, a fence nothing.
+static inline void __threadfence() {}
+static inline void __threadfence_block() {}
+static inline void __threadfence_system() {}
+template <class T> static inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
+template <class T> static inline T atomicMax(T* p, T v) { T old = *p; if (old < v) *p = v; return old; }
+template <class T> static inline T atomicMin(T* p, T v) { T old = *p; if (v < old) *p = v; return old; }
+template <class T> static inline T atomicExch(T* p, T v) { T old = *p; *p = v; return old; }
+template <class T> static inline T atomicCAS(T* p, T cmp, T v) { T old = *p; if (old == cmp) *p = v; return old; }
+"""
+
+ENGINE = r"""
+namespace fc_emu {
+// One block at a time; its threads are fibers on this host thread.  A fiber starts once
+// through its ucontext (setcontext), then loops over blocks; every switch after that is
+// an _setjmp/_longjmp pair (no system call, unlike swapcontext).
+struct Fiber { ucontext_t start; jmp_buf at; bool live, done; long syncs; };  // live: `at` resumes it
+static const size_t STACK = 256 * 1024;
+static std::vector<Fiber*> fibers;  // pointers: a ucontext_t must not move
+static jmp_buf scheduler;
+static unsigned current;
+static void (*job)(void*);
+static void* job_arg;
+
+static void entry() {
+    for (;;) {  // one block per turn; never index fibers by a reference kept across a switch
+        job(job_arg);
+        fibers[current]->done = true;
+        if (!_setjmp(fibers[current]->at)) _longjmp(scheduler, 1);
+    }
+}
+
+static bool grow(unsigned n) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    while (fibers.size() < n) {  // each stack with a guard page below it: an overflow faults
+        void* mem = mmap(nullptr, STACK + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mem == MAP_FAILED) return false;
+        mprotect(mem, page, PROT_NONE);
+        Fiber* f = new Fiber();
+        getcontext(&f->start);
+        f->start.uc_stack.ss_sp = (char*)mem + page;
+        f->start.uc_stack.ss_size = STACK;
+        f->start.uc_link = nullptr;
+        makecontext(&f->start, entry, 0);
+        fibers.push_back(f);
+    }
+    return true;
+}
+
+// 0, or -2 when the threads of a block did not all pass the same __syncthreads.
+static int run_block(const unsigned* b) {
+    const unsigned n = b[0] * b[1] * b[2];
+    for (unsigned t = 0; t < n; ++t) { fibers[t]->syncs = 0; fibers[t]->done = false; }
+    for (;;) {  // each round: every thread runs to its next barrier, or to its end
+        for (unsigned t = 0; t < n; ++t) {
+            Fiber* f = fibers[t];
+            if (f->done) continue;
+            current = t;
+            threadIdx = {t % b[0], t / b[0] % b[1], t / (b[0] * b[1])};
+            if (!_setjmp(scheduler)) {
+                if (f->live) _longjmp(f->at, 1);  // parked at a barrier, or done with its last block
+                f->live = true;                    // it saves `at` before it comes back
+                setcontext(&f->start);
+            }
+        }
+        for (unsigned t = 1; t < n; ++t)
+            if (fibers[t]->syncs != fibers[0]->syncs || fibers[t]->done != fibers[0]->done) return -2;
+        if (fibers[0]->done) return 0;
+    }
+}
+
+static int launch(const int* grid, const int* block, void (*fn)(void*), void* arg) {
+    const unsigned g[3] = {(unsigned)grid[0], (unsigned)grid[1], (unsigned)grid[2]};
+    const unsigned b[3] = {(unsigned)block[0], (unsigned)block[1], (unsigned)block[2]};
+    if (!grow(b[0] * b[1] * b[2])) return -3;
+    gridDim = {g[0], g[1], g[2]};
+    blockDim = {b[0], b[1], b[2]};
+    job = fn;
+    job_arg = arg;
+    for (unsigned z = 0; z < g[2]; ++z)
+        for (unsigned y = 0; y < g[1]; ++y)
+            for (unsigned x = 0; x < g[0]; ++x) {
+                blockIdx = {x, y, z};
+                const int rc = run_block(b);
+                if (rc) {  // threads stuck mid-block: start them afresh next time
+                    for (Fiber* f : fibers) f->live = false;
+                    return rc;
+                }
+            }
+    return 0;
+}
+
+// kernel(args...) with args[i] pointing at the i-th argument's value (cuLaunchKernel's convention).
+template <class... A> struct Call {
+    void (*kernel)(A...);
+    void** args;
+    template <size_t... I> void go(std::index_sequence<I...>) {
+        kernel(*static_cast<typename std::remove_cv<A>::type*>(args[I])...);
+    }
+    static void run(void* self) { static_cast<Call*>(self)->go(std::index_sequence_for<A...>{}); }
+};
+template <class... A> static int launch_kernel(void (*kernel)(A...), const int* grid, const int* block, void** args) {
+    Call<A...> call{kernel, args};
+    return launch(grid, block, &Call<A...>::run, &call);
+}
+
+// Parameter types as NumPy names ("float32", "int32", ...), pointers as "*float32";
+// "?" for what the Python side cannot pass (a struct by value).
+template <class T> static std::string type_name() {
+    typedef typename std::remove_cv<T>::type U;
+    if (std::is_pointer<U>::value) {
+        typedef typename std::remove_cv<typename std::remove_pointer<U>::type>::type E;
+        return "*" + (std::is_arithmetic<E>::value ? type_name<E>() : std::string("any"));
+    }
+    if (std::is_same<U, bool>::value) return "bool";
+    if (std::is_floating_point<U>::value) return "float" + std::to_string(8 * sizeof(U));
+    if (std::is_integral<U>::value)
+        return (std::is_signed<U>::value ? "int" : "uint") + std::to_string(8 * sizeof(U));
+    return "?";
+}
+template <class... A> static const char* signature(void (*)(A...)) {
+    static const std::string s = [] { std::string r; ((r += type_name<A>() + ","), ...); return r; }();
+    return s.c_str();
+}
+}  // namespace fc_emu
+
+void __syncthreads() {
+    ++fc_emu::fibers[fc_emu::current]->syncs;
+    if (!_setjmp(fc_emu::fibers[fc_emu::current]->at)) _longjmp(fc_emu::scheduler, 1);
+}
+"""
+
+WRAPPER = r"""
+extern "C" int emu_{sym}(const int* grid3, const int* block3, void** args) {{
+    return fc_emu::launch_kernel(&{name}, grid3, block3, args);
+}}
+extern "C" const char* emusig_{sym}() {{ return fc_emu::signature(&{name}); }}
+"""
+
+_KERNEL = re.compile(r'(extern\s*"C"\s*)?(?:template\s*<[^<>]*>\s*)?__global__\s+(?:void\s+)?'
+                     r'(?:__launch_bounds__\s*\(([^()]*)\)\s*)?(?:void\s+)?(\w+)\s*\(')
+_SCALARS = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16, "int32": np.int32,
+            "uint32": np.uint32, "int64": np.int64, "uint64": np.uint64, "float32": np.float32,
+            "float64": np.float64, "bool": np.bool_}
+_CTYPES = {"int8": ctypes.c_int8, "uint8": ctypes.c_uint8, "int16": ctypes.c_int16, "uint16": ctypes.c_uint16,
+           "int32": ctypes.c_int32, "uint32": ctypes.c_uint32, "int64": ctypes.c_int64, "uint64": ctypes.c_uint64,
+           "float32": ctypes.c_float, "float64": ctypes.c_double, "bool": ctypes.c_bool}
+
+GUARD = 64  # elements of guard zone on each side of a guarded array
+SENTINELS = {np.dtype(np.float32): 3.0e38, np.dtype(np.float64): 3.0e38, np.dtype(np.uint8): 0xA5,
+             np.dtype(np.int32): -0x5A5A5A5A, np.dtype(np.int64): -0x5A5A5A5A}
+
+
+def symbol(name: str) -> str:
+    """C identifier for a kernel name: ``gemm_tiled<0, 1>`` -> ``gemm_tiled_0_1``."""
+    return re.sub(r"\W+", "_", name).strip("_")
+
+
+def kernels_in(source: str, cxx: str) -> dict:
+    """{name: (extern "C"?, max threads from __launch_bounds__ or None)} of the __global__
+    functions of a kernel source, read after the preprocessor (macros expanded)."""
+    proc = subprocess.run([cxx, "-E", "-P", "-x", "c++", "-std=c++17", "-"], input=source,
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the preprocessor failed:\n{proc.stderr[-4000:]}")
+    found = {}
+    for extern, bounds, name in _KERNEL.findall(proc.stdout):
+        limit = bounds.split(",")[0].strip() if bounds else ""
+        found[name] = (bool(extern), int(limit) if limit.isdigit() else None)
+    return found
+
+
+class Emulator:
+    """The kernels of one kernels/*.cu file, compiled for the CPU."""
+
+    def __init__(self, filename, lib, names, bounds):
+        self.filename, self.names, self._lib, self._bounds = filename, tuple(names), lib, bounds
+        self._sigs = {}
+        for name in self.names:
+            get = getattr(lib, "emusig_" + symbol(name))
+            get.restype = ctypes.c_char_p
+            self._sigs[name] = [t for t in get().decode().split(",") if t]
+            fn = getattr(lib, "emu_" + symbol(name))
+            fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_void_p] * 3
+
+    def signature(self, name):
+        """The parameter types of a kernel, e.g. ['*float32', '*float32', 'int32']."""
+        return list(self._sigs[name])
+
+    def function(self, name, guarded=None, log=None):
+        """A RawKernel stand-in: ``kernel(grid, block, args)``.  With ``guarded``, every array
+        must lie inside one of its buffers; ``log`` (a list) records (name, grid, block)."""
+        if name not in self._sigs:
+            raise KeyError(f"{name!r} is not an emulated kernel of {self.filename} (have {self.names})")
+        sig, fn = self._sigs[name], getattr(self._lib, "emu_" + symbol(name))
+        limit = self._bounds.get(name.split("<")[0].strip())
+
+        def kernel(grid, block, args, *, shared_mem=0, stream=None):
+            g, b = _dims3(grid, "grid", name), _dims3(block, "block", name)
+            assert g[1] <= 65535 and g[2] <= 65535 and g[0] < 2**31, f"{name}: grid {g} too large"
+            threads = b[0] * b[1] * b[2]
+            assert b[2] <= 64 and threads <= MAX_THREADS, f"{name}: block {b} has too many threads"
+            assert limit is None or threads <= limit, f"{name}: {threads} threads > __launch_bounds__({limit})"
+            assert shared_mem == 0, f"{name}: dynamic shared memory is not emulated"
+            args = tuple(args)
+            assert len(args) == len(sig), f"{name} takes {len(sig)} arguments ({sig}), got {len(args)}"
+            values = [_value(name, i, t, a, guarded) for i, (t, a) in enumerate(zip(sig, args))]
+            argv = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
+            if log is not None:
+                log.append((name, g, b))
+            with _ONE_LAUNCH:
+                rc = fn((ctypes.c_int * 3)(*g), (ctypes.c_int * 3)(*b), argv)
+            assert rc != -3, f"{name}: no memory for {threads} thread stacks"
+            assert rc == 0, (f"{name} grid {g} block {b}: the threads of a block did not all pass the same "
+                             "__syncthreads (a return or a branch around a barrier)")
+        return kernel
+
+
+def _dims3(d, what, name):
+    d = (d,) if isinstance(d, (int, np.integer)) else tuple(d)
+    assert 1 <= len(d) <= 3 and all(isinstance(v, (int, np.integer)) and v >= 1 for v in d), \
+        f"{name}: bad {what} {d}"
+    return tuple(int(v) for v in d) + (1,) * (3 - len(d))
+
+
+def _value(name, i, ctype, a, guarded):
+    """The ctypes object holding argument i, after checking it against the C type."""
+    where = f"{name} argument {i} ({ctype})"
+    if ctype.startswith("*"):
+        if a is None:
+            return ctypes.c_void_p(None)
+        assert isinstance(a, np.ndarray), f"{where}: expected an array or None, got {type(a).__name__}"
+        assert ctype == "*any" or a.dtype == _SCALARS[ctype[1:]], f"{where}: array of {a.dtype}"
+        assert a.flags.c_contiguous, f"{where}: not C-contiguous (kernels ignore strides)"
+        assert guarded is None or guarded.owns(a), f"{where}: an array without guard zones"
+        return ctypes.c_void_p(a.ctypes.data)
+    assert ctype in _SCALARS, f"{where}: a parameter type the emulator cannot pass"
+    assert type(a) is _SCALARS[ctype], f"{where}: pass np.{_SCALARS[ctype].__name__}, got {a!r}"
+    return _CTYPES[ctype](a.item())
+
+
+@functools.lru_cache(maxsize=None)
+def _build(label: str, names: tuple, source: str | None):
+    """An Emulator, or ("skip" | "fail", why): a failure is remembered too, not retried per test."""
+    cxx = shutil.which("g++")
+    if cxx is None:
+        return "skip", "no g++: the CPU emulation of the CUDA C sources needs a host C++ compiler"
+    source = _launch.kernel_source(label) if source is None else source
+    try:
+        found = kernels_in(source, cxx)
+    except RuntimeError as e:
+        return "fail", f"emulating {label}: {e}"
+    wanted = [n for n, (extern, _) in found.items() if extern] + [n for n in names if n not in found]
+    if len({symbol(n) for n in wanted}) != len(wanted):
+        return "fail", f"kernel names of {label} clash once mangled: {wanted}"
+    text = SHIM + "\n" + source + "\n" + ENGINE + "".join(WRAPPER.format(sym=symbol(n), name=n) for n in wanted)
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join((text, version) + CXX_FLAGS).encode()).hexdigest()[:24]
+    cache = os.path.join(tempfile.gettempdir(), f"fastcnn-cuda-emu-{os.getuid()}")
+    os.makedirs(cache, exist_ok=True)
+    stem = os.path.join(cache, f"{symbol(os.path.splitext(label)[0])}-{key}")
+    if not os.path.exists(stem + ".so"):
+        cpp, tmp = f"{stem}.{os.getpid()}.cpp", f"{stem}.{os.getpid()}.so"
+        with open(cpp, "w") as f:
+            f.write(text)
+        proc = subprocess.run([cxx, *CXX_FLAGS, cpp, "-o", tmp], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 and re.search(r"ucontext\.h|setjmp\.h|sys/mman\.h|c\+\+17", proc.stderr):
+            return "skip", f"g++ cannot build the emulator here: {proc.stderr.strip().splitlines()[0]}"
+        if proc.returncode != 0:
+            return "fail", f"emulating {label}: g++ failed on {cpp}:\n{proc.stderr[-6000:]}"
+        os.replace(tmp, stem + ".so")  # atomic: a concurrent session loads a whole file or builds its own
+        os.remove(cpp)
+    bounds = {n: b for n, (_, b) in found.items()}
+    return Emulator(label, ctypes.CDLL(stem + ".so"), wanted, bounds)
+
+
+def _emulator(built) -> Emulator:
+    if isinstance(built, Emulator):
+        return built
+    kind, why = built
+    (pytest.skip if kind == "skip" else pytest.fail)(why)
+
+
+def load(filename: str, names=()) -> Emulator:
+    """The emulator of kernels/<filename>: its extern "C" kernels plus the template instances
+    ``names`` (as CuPy name_expressions spell them); built once per session and source.
+    Skips the calling test without g++, fails it when the source does not compile."""
+    return _emulator(_build(filename, tuple(names), None))
+
+
+def load_source(label: str, source: str, names=()) -> Emulator:
+    """The same for CUDA C source text (the emulator's own tests)."""
+    return _emulator(_build(label, tuple(names), source))
+
+
+def prebuild(*specs) -> None:
+    """Build several (filename, names) emulators at once, one compiler process per core."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=max(1, min(len(specs), os.cpu_count() or 1))) as pool:
+        for f in [pool.submit(load, filename, names) for filename, names in specs]:
+            f.result()
+
+
+# ---------------------------------------------------------------- arrays with guard zones
+
+class Guarded:
+    """NumPy arrays living inside bigger buffers with sentinel guard zones on both sides.
+
+    Each buffer starts 256-byte aligned (as CuPy's allocations); ``shift`` elements more
+    in front move every array off 16-byte alignment (shift=1: the float4 paths are off).
+    A sentinel read by mistake shows in a result (3e38 for floats); one overwritten fails
+    ``intact()``."""
+
+    def __init__(self, shift=0):
+        self.buffers, self.shift = [], shift
+
+    def _place(self, shape, dtype, fill):
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64))
+        n = size + 2 * GUARD + self.shift
+        raw = np.empty(n * dtype.itemsize + 256, np.uint8)
+        skip = (-raw.ctypes.data) % 256
+        buf = raw[skip:skip + n * dtype.itemsize].view(dtype)
+        buf[...] = _sentinel(dtype)
+        start = GUARD + self.shift
+        view = buf[start:start + size].reshape(shape)
+        if fill is not None:
+            view[...] = fill
+        self.buffers.append(buf)
+        return view
+
+    def wrap(self, a):
+        """A guarded copy of ``a``."""
+        a = np.asarray(a)
+        return self._place(a.shape, a.dtype, a)
+
+    def empty(self, shape, dtype=np.float32, fill=None):
+        """A guarded array filled with ``fill`` (default: NaN for floats, 255 otherwise)."""
+        if fill is None:
+            fill = np.nan if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max
+        return self._place((shape,) if isinstance(shape, (int, np.integer)) else tuple(shape), dtype, fill)
+
+    def reset(self):
+        """Forget the buffers (after checking them with ``intact()``)."""
+        self.buffers.clear()
+
+    def owns(self, a):
+        """True when ``a`` lies inside one of the guarded buffers."""
+        return any(np.shares_memory(a, b) for b in self.buffers)
+
+    def intact(self):
+        """True when no guard zone was written."""
+        return all(np.all(b[:GUARD] == _sentinel(b.dtype)) and np.all(b[-GUARD:] == _sentinel(b.dtype))
+                   for b in self.buffers)
+
+
+def _sentinel(dtype):
+    return SENTINELS.get(np.dtype(dtype), 0)
+
+
+# ---------------------------------------------------------------- pointing the backend at the emulator
+
+def check(name, a, *, dtype=np.float32, ndim=None, shape=None):
+    """_launch.check for NumPy arrays: the same refusals, the same messages."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a CuPy array on the GPU, got {type(a).__name__}")
+    if a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype.name}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (kernels ignore strides)")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape})")
+    return a
+
+
+def _cuda_modules():
+    return [m for n, m in list(sys.modules.items()) if n.startswith("fastcnn.backend.cuda") and m is not None]
+
+
+def patch_backend(monkeypatch, guarded, *, sms=132, grid_cap=None, log=None):
+    """Make fastcnn.backend.cuda run on the emulator for one test: kernel lookup
+    (``_launch.function``), array checks, ``out=`` buffers and ``cupy.empty`` (guarded,
+    NaN-filled), the SM count the plans see (``sms``, an H200's by default) and optionally a
+    cap on grid-stride grids (``grid_cap`` blocks, so that the kernels' loops go round)."""
+    from fastcnn.backend.cuda import gemm
+
+    def function(filename, name, name_expressions=()):
+        return load(filename, name_expressions).function(name, guarded, log)
+
+    def out_array(name, out, shape, dtype=np.float32):
+        return guarded.empty(shape, dtype) if out is None else check(name, out, dtype=dtype, shape=shape)
+
+    real_out, real_sms, real_blocks = _launch.out_array, gemm.sm_count, gemm.grid_blocks
+    monkeypatch.setattr(_launch, "function", function)
+    monkeypatch.setattr(_launch, "check", check)
+    for mod in _cuda_modules():
+        if getattr(mod, "out_array", None) is real_out:
+            monkeypatch.setattr(mod, "out_array", out_array)
+        if getattr(mod, "sm_count", None) is real_sms:
+            monkeypatch.setattr(mod, "sm_count", lambda: sms)
+        if grid_cap is not None and getattr(mod, "grid_blocks", None) is real_blocks:
+            monkeypatch.setattr(mod, "grid_blocks", lambda n, threads=256: max(1, min(-(-n // threads), grid_cap)))
+    fake = types.ModuleType("cupy")
+    fake.empty = lambda shape, dtype=np.float32: guarded.empty(shape, dtype)
+    fake.zeros = lambda shape, dtype=np.float32: guarded.empty(shape, dtype, fill=0)
+    fake.ndarray = np.ndarray
+    monkeypatch.setitem(sys.modules, "cupy", fake)
