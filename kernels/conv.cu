@@ -3,17 +3,19 @@
 // right only shape P and Q).  Every kernel takes the same shape tail
 //   N, H, W, C, K, R, S, P, Q, sh, sw, pt, pl   (int32).
 //
-// Implicit GEMM on the tiled core of gemm_tile.cuh (block 128x128x8, 256 threads,
-// 8x8 outputs per thread), the A or B tile gathered from the tensors on the fly,
-// no im2col buffer:
+// Implicit GEMM on the tiled core of gemm_tile.cuh (block 128 x BN x 8, 256 threads,
+// 8 x TN outputs per thread), the A or B tile gathered from the tensors on the fly,
+// no im2col buffer.  Each kernel is a template on TN: <8> is the 128-wide tile
+// (variant implicit_gemm), <6> the 96-wide one (implicit_gemm96: no idle quarter for
+// 96 output channels, 127 registers so two blocks fit an SM); BN = 128 or 96 below.
 //   conv_fprop_implicit  y  (M=N*P*Q, N=K) = patches(x) (M x R*S*C) @ w (R*S*C x K),
-//                        fused + bias[k] and ReLU; grid (ceil(M/128), ceil(K/128)).
+//                        fused + bias[k] and ReLU; grid (ceil(M/128), ceil(K/BN)).
 //   conv_dgrad_implicit  dx (M=N*H*W, N=C) = dy gathered per tap (M x R*S*K) @ w^T per tap;
 //                        a tap that reaches no output (stride does not divide, or
 //                        outside P x Q) contributes zero (waste grows with sh*sw).
-//                        grid (ceil(N*H*W/128), ceil(C/128)).
+//                        grid (ceil(N*H*W/128), ceil(C/BN)).
 //   conv_wgrad_implicit  dw (M=R*S*C, N=K) = patches(x)^T (R*S*C x N*P*Q) @ dy (N*P*Q x K);
-//                        split-K over N*P*Q: grid (ceil(RSC/128), ceil(K/128), splits),
+//                        split-K over N*P*Q: grid (ceil(RSC/128), ceil(K/BN), splits),
 //                        partials to a workspace, then gemm_splitk_reduce sums the
 //                        slices in order (deterministic, no atomics).
 // Thread loaders walk (r, s, c) by increments from one division per K slice;
@@ -23,9 +25,9 @@
 //   conv_im2col   col (N*P*Q, R*S*C), columns (r, s, c) like HWIO; one thread per element.
 //   conv_col2im   dx from dcol (N*P*Q, R*S*C): one thread per dx element gathers its
 //                 R*S taps in (r, s) order (deterministic, no atomics).
-// No min-blocks bound on the implicit kernels: capping them at 128 registers spills
+// No min-blocks bound on the 128-wide kernels: capping them at 128 registers spills
 // (NVRTC sm_90: fprop 16 bytes, wgrad 48 bytes), so they run one 256-thread block per
-// 128+ registers (occupancy 8 warps/SM) until a leaner tile is written.
+// SM (8 warps); the 96-wide ones fit 128 registers with no spill and ask for two.
 // Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19), CUDA events, L2 flushed, medians, vs cuDNN fp32 NCHW in the same run:
 //   implicit_gemm fprop AlexNet conv1 (N128 227x227x3 -> 96, 11x11/4) 1333 us = 0.81x cuDNN;
 //   conv2 (27x27x96 -> 256, 5x5) 3704 us = 31 TFLOP/s = 0.12x (cuDNN uses a reduced-operation
@@ -233,48 +235,56 @@ struct fc_wgrad_a_loader {
     }
 };
 
-extern "C" __global__ void __launch_bounds__(FC_THREADS)
+// TN = 8: 128-wide tiles of output channels; TN = 6: 96-wide (conv.py picks the one
+// that pads the channel count less).  The 96-wide tile needs fewer registers, so it
+// asks for two blocks per SM.
+#define FC_CONV_BOUNDS __launch_bounds__(FC_THREADS, TN == 6 ? 2 : 1)
+
+template <int TN>
+__global__ void FC_CONV_BOUNDS
 conv_fprop_implicit(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                     float* __restrict__ y, int N, int H, int W, int C, int K, int R, int S, int P, int Q,
                     int sh, int sw, int pt, int pl, int relu) {
-    const int m0 = (int)blockIdx.x * FC_BM, n0 = (int)blockIdx.y * FC_BN;
+    const int m0 = (int)blockIdx.x * FC_BM, n0 = (int)blockIdx.y * fc_tile<TN>::BN;
     fc_fprop_a_loader la;
     la.init(x, N, H, W, C, S, P, Q, sh, sw, pt, pl, m0);
     fc_mncontig_loader lb;  // w as an (R*S*C) x K row-major matrix
-    lb.init(w, K, K, n0);
-    float acc[8][8];
+    lb.init(w, K, min(K, n0 + fc_tile<TN>::BN), n0);
+    float acc[8][TN];
     fc_gemm_mainloop(la, lb, 0, R * S * C, acc);
     fc_gemm_epilogue(acc, y, N * P * Q, K, m0, n0, bias, relu);
 }
 
-extern "C" __global__ void __launch_bounds__(FC_THREADS)
+template <int TN>
+__global__ void FC_CONV_BOUNDS
 conv_dgrad_implicit(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                     int N, int H, int W, int C, int K, int R, int S, int P, int Q,
                     int sh, int sw, int pt, int pl) {
-    const int m0 = (int)blockIdx.x * FC_BM, n0 = (int)blockIdx.y * FC_BN;
+    const int m0 = (int)blockIdx.x * FC_BM, n0 = (int)blockIdx.y * fc_tile<TN>::BN;
     fc_dgrad_a_loader la;
     la.init(dy, N, H, W, K, S, P, Q, sh, sw, pt, pl, m0);
     fc_dgrad_b_loader lb;
-    lb.init(w, C, K, n0);
-    float acc[8][8];
+    lb.init(w, min(C, n0 + fc_tile<TN>::BN), K, n0);
+    float acc[8][TN];
     fc_gemm_mainloop(la, lb, 0, R * S * K, acc);
     fc_gemm_epilogue(acc, dx, N * H * W, C, m0, n0, nullptr, 0);
 }
 
 // out is dw (R*S*C x K) when gridDim.z == 1, else a workspace of gridDim.z such slices.
-extern "C" __global__ void __launch_bounds__(FC_THREADS)
+template <int TN>
+__global__ void FC_CONV_BOUNDS
 conv_wgrad_implicit(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,
                     int N, int H, int W, int C, int K, int R, int S, int P, int Q,
                     int sh, int sw, int pt, int pl, int kchunk) {
-    const int m0 = (int)blockIdx.x * FC_BM, n0 = (int)blockIdx.y * FC_BN;
+    const int m0 = (int)blockIdx.x * FC_BM, n0 = (int)blockIdx.y * fc_tile<TN>::BN;
     const int M = R * S * C, KG = N * P * Q;
     const int kbegin = (int)blockIdx.z * kchunk;
     const int kend = min(KG, kbegin + kchunk);
     fc_wgrad_a_loader la;
     la.init(x, H, W, C, R, S, P, Q, sh, sw, pt, pl, m0);
     fc_mncontig_loader lb;  // dy as an (N*P*Q) x K row-major matrix
-    lb.init(dy, K, K, n0);
-    float acc[8][8];
+    lb.init(dy, K, min(K, n0 + fc_tile<TN>::BN), n0);
+    float acc[8][TN];
     fc_gemm_mainloop(la, lb, kbegin, kend, acc);
     fc_gemm_epilogue(acc, out + (fc_i64)blockIdx.z * M * K, M, K, m0, n0, nullptr, 0);
 }
@@ -324,3 +334,15 @@ conv_col2im(const float* __restrict__ dcol, float* __restrict__ dx, int N, int H
         dx[idx] = acc;
     }
 }
+
+#ifdef FASTCNN_INSTANTIATE
+#define FC_CONV_INSTANCES(TN) \
+    template __global__ void conv_fprop_implicit<TN>(const float*, const float*, const float*, float*, int, int, \
+        int, int, int, int, int, int, int, int, int, int, int, int); \
+    template __global__ void conv_dgrad_implicit<TN>(const float*, const float*, float*, int, int, int, int, \
+        int, int, int, int, int, int, int, int, int); \
+    template __global__ void conv_wgrad_implicit<TN>(const float*, const float*, float*, int, int, int, int, \
+        int, int, int, int, int, int, int, int, int, int);
+FC_CONV_INSTANCES(8)
+FC_CONV_INSTANCES(6)
+#endif

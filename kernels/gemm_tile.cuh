@@ -6,7 +6,8 @@
 // C held in registers: rows {ty*4+i, 64+ty*4+i}, columns {tx*4+j, 64+tx*4+j}
 // (ty = tid/16, tx = tid%16, i, j < 4), so that every shared-memory read in the
 // inner loop is a 16-byte vector, a broadcast (A) or 16 consecutive float4 (B),
-// free of bank conflicts.  Both operand tiles sit in shared memory K-major,
+// free of bank conflicts.  A 128 x 96 variant (8x6 a thread, see fc_tile) serves
+// 96-channel convolutions; the accumulator's shape selects it.  Both operand tiles sit in shared memory K-major,
 // S[k][mn] (A transposed), each row padded by 4 floats.  The next K slice is
 // fetched from global memory into registers while the current one is multiplied
 // (register prefetch, one shared buffer).
@@ -93,18 +94,27 @@ struct fc_mncontig_loader {
     }
 };
 
-// acc[i][j] += sum over k in [kbegin, kend) of A(row_i, k) * B(k, col_j).
-// kbegin must be a multiple of 8 (vector loads rely on it).  Every thread of the
-// block must call it (barriers inside).
-template <class LA, class LB>
-FC_DEVICE void fc_gemm_mainloop(LA& la, LB& lb, int kbegin, int kend, float (&acc)[8][8]) {
+// Block tile width for TN columns a thread: TN = 8 -> 128 columns, TN = 6 -> 96.
+// Thread columns are {tx*4 + j, j < 4} and {64 + tx*(TN-4) + j, j < TN-4}, so the
+// 96-wide tile (for 96 output channels, AlexNet conv1, where 128 would idle a
+// quarter of the FMAs) reads its second group as one 8-byte vector, still
+// conflict-free.  The loaders always fill 128 columns of Bs; columns past the tile
+// are never read.
+template <int TN> struct fc_tile { static constexpr int BN = 64 + 16 * (TN - 4); };
+
+// acc[i][j] += sum over k in [kbegin, kend) of A(row_i, k) * B(k, col_j), TN = 8 or 6
+// (the acc shape picks the tile width).  kbegin must be a multiple of 8 (vector loads
+// rely on it).  Every thread of the block must call it (barriers inside).
+template <class LA, class LB, int TN>
+FC_DEVICE void fc_gemm_mainloop(LA& la, LB& lb, int kbegin, int kend, float (&acc)[8][TN]) {
+    static_assert(TN == 8 || TN == 6, "tile width: 128 (TN 8) or 96 (TN 6) columns");
     __shared__ __align__(16) float As[FC_BK][FC_LDS];
     __shared__ __align__(16) float Bs[FC_BK][FC_LDS];
     const int ty = (int)threadIdx.x / 16, tx = (int)threadIdx.x % 16;
 #pragma unroll
     for (int i = 0; i < 8; ++i)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
     if (kbegin >= kend) return;  // uniform over the block
     la.fetch(kbegin, kend);
     lb.fetch(kbegin, kend);
@@ -118,27 +128,34 @@ FC_DEVICE void fc_gemm_mainloop(LA& la, LB& lb, int kbegin, int kend, float (&ac
         }
 #pragma unroll
         for (int kk = 0; kk < FC_BK; ++kk) {
-            float a[8], b[8];
+            float a[8], b[TN];
             float4 v = fc_load4(&As[kk][ty * 4]);
             a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
             v = fc_load4(&As[kk][64 + ty * 4]);
             a[4] = v.x; a[5] = v.y; a[6] = v.z; a[7] = v.w;
             v = fc_load4(&Bs[kk][tx * 4]);
             b[0] = v.x; b[1] = v.y; b[2] = v.z; b[3] = v.w;
-            v = fc_load4(&Bs[kk][64 + tx * 4]);
-            b[4] = v.x; b[5] = v.y; b[6] = v.z; b[7] = v.w;
+            if constexpr (TN == 8) {
+                v = fc_load4(&Bs[kk][64 + tx * 4]);
+                b[4] = v.x; b[5] = v.y; b[6] = v.z; b[7] = v.w;
+            } else {
+                const float2 u = *reinterpret_cast<const float2*>(&Bs[kk][64 + tx * 2]);
+                b[4] = u.x; b[5] = u.y;
+            }
 #pragma unroll
             for (int i = 0; i < 8; ++i)
 #pragma unroll
-                for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
         }
         __syncthreads();
     }
 }
 
-// Write the block's 128x128 tile of C (M x N row-major, ld = N) at (m0, n0):
-// C = relu?(acc + bias[col]); bias may be null.  Rows/columns outside C skipped.
-FC_DEVICE void fc_gemm_epilogue(const float (&acc)[8][8], float* C, int M, int N, int m0, int n0,
+// Write the block's 128 x fc_tile<TN>::BN tile of C (M x N row-major, ld = N) at
+// (m0, n0): C = relu?(acc + bias[col]); bias may be null.  Rows/columns outside C
+// skipped.
+template <int TN>
+FC_DEVICE void fc_gemm_epilogue(const float (&acc)[8][TN], float* C, int M, int N, int m0, int n0,
                                 const float* bias, int relu) {
     const int ty = (int)threadIdx.x / 16, tx = (int)threadIdx.x % 16;
     const bool vec = (N % 4 == 0) && fc_aligned16(C);
@@ -149,20 +166,22 @@ FC_DEVICE void fc_gemm_epilogue(const float (&acc)[8][8], float* C, int M, int N
         float* crow = C + (fc_i64)row * N;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int col = n0 + half * 64 + tx * 4;
+            const int width = half == 0 ? 4 : TN - 4;
+            const int col = n0 + (half == 0 ? tx * 4 : 64 + tx * width);
             float v[4];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
+                if (j >= width) break;
                 v[j] = acc[i][half * 4 + j];
                 if (bias != nullptr && col + j < N) v[j] += bias[col + j];
                 if (relu) v[j] = fc_relu(v[j]);
             }
-            if (vec && col + 3 < N) {
+            if (width == 4 && vec && col + 3 < N) {
                 fc_store4(crow + col, make_float4(v[0], v[1], v[2], v[3]));
             } else {
 #pragma unroll
                 for (int j = 0; j < 4; ++j)
-                    if (col + j < N) crow[col + j] = v[j];
+                    if (j < width && col + j < N) crow[col + j] = v[j];
             }
         }
     }

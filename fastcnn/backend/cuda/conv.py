@@ -5,7 +5,10 @@ Variants, registered in ``fastcnn.kernels`` at import (no GPU needed to import):
                   epilogue; dgrad is a GEMM into column gradients then a col2im gather
   implicit_gemm   no buffer: the GEMM tiles are gathered from the NHWC tensors on the
                   fly (KERNEL_NOTES.md's table); forward fuses bias+ReLU; wgrad is
-                  split-K with a deterministic reduce
+                  split-K with a deterministic reduce; 128 x 128 block tiles
+  implicit_gemm96 the same kernels with 128 x 96 tiles (6 columns a thread instead of
+                  8): for 96 output channels (AlexNet conv1) a 128-wide tile idles a
+                  quarter of its FMAs; fewer registers also let two blocks share an SM
 
 Arguments are validated with the reference backend's own rules (same messages),
 then checked for device/dtype/contiguity before any launch.  Every function
@@ -23,10 +26,20 @@ from ._launch import out_array
 from .gemm import THREADS, TILE_M, TILE_N, cdiv, check_int32, grid_blocks, launch_gemm, split_k_plan
 
 _FILE = "conv.cu"
+# Columns a thread computes (the GEMM N tile is 64 + 16 * (TN - 4) wide), per variant.
+_TN = {"implicit_gemm": 8, "implicit_gemm96": 6}
+NAME_EXPRESSIONS = tuple(f"conv_{kind}_implicit<{tn}>" for kind in ("fprop", "dgrad", "wgrad")
+                         for tn in sorted(set(_TN.values())))
 
 
 def _kernel(name: str):
-    return _launch.function(_FILE, name)
+    return _launch.function(_FILE, name, NAME_EXPRESSIONS)
+
+
+def _implicit(kind: str, variant: str):
+    """(kernel, N-tile width) of an implicit-GEMM variant."""
+    tn = _TN[variant]
+    return _kernel(f"conv_{kind}_implicit<{tn}>"), 64 + 16 * (tn - 4)
 
 
 def _geometry(x_shape, w_shape, stride, padding):
@@ -111,8 +124,9 @@ def _forward(variant: str):
             col = _im2col(x, N, H, W, C, R, S, P, Q, dims)
             launch_gemm("tiled", col, w, y, N * P * Q, K, R * S * C, False, False, bias=b, relu=relu)
         else:
-            grid = (cdiv(N * P * Q, TILE_M), cdiv(K, TILE_N))
-            _kernel("conv_fprop_implicit")(grid, (THREADS,), (x, w, b, y) + dims + (np.int32(relu),))
+            kernel, tile_n = _implicit("fprop", variant)
+            grid = (cdiv(N * P * Q, TILE_M), cdiv(K, tile_n))
+            kernel(grid, (THREADS,), (x, w, b, y) + dims + (np.int32(relu),))
         return y
     conv2d_forward.__name__ = conv2d_forward.__qualname__ = f"conv2d_forward_{variant}"
     return conv2d_forward
@@ -130,8 +144,9 @@ def _backward_data(variant: str):
             launch_gemm("tiled", dy, w, dcol, N * P * Q, R * S * C, K, False, True)
             _kernel("conv_col2im")((grid_blocks(dx.size),), (THREADS,), (dcol, dx) + dims)
         else:
-            grid = (cdiv(N * H * W, TILE_M), cdiv(C, TILE_N))
-            _kernel("conv_dgrad_implicit")(grid, (THREADS,), (dy, w, dx) + dims)
+            kernel, tile_n = _implicit("dgrad", variant)
+            grid = (cdiv(N * H * W, TILE_M), cdiv(C, tile_n))
+            kernel(grid, (THREADS,), (dy, w, dx) + dims)
         return dx
     conv2d_backward_data.__name__ = conv2d_backward_data.__qualname__ = f"conv2d_backward_data_{variant}"
     return conv2d_backward_data
@@ -148,14 +163,15 @@ def _backward_weights(variant: str):
             # dw (RSC x K) = col^T @ dy, col stored (NPQ x RSC)
             launch_gemm("tiled", col, dy, dw, M, K, KG, True, False)
             return dw
-        splits, kchunk = split_k_plan(M, K, KG)
-        grid = (cdiv(M, TILE_M), cdiv(K, TILE_N), splits)
+        kernel, tile_n = _implicit("wgrad", variant)
+        splits, kchunk = split_k_plan(M, K, KG, tile_n=tile_n)
+        grid = (cdiv(M, TILE_M), cdiv(K, tile_n), splits)
         if splits == 1:
-            _kernel("conv_wgrad_implicit")(grid, (THREADS,), (x, dy, dw) + dims + (np.int32(kchunk),))
+            kernel(grid, (THREADS,), (x, dy, dw) + dims + (np.int32(kchunk),))
             return dw
         check_int32(workspace=splits * M * K)
         ws = cp.empty(splits * M * K, dtype=np.float32)
-        _kernel("conv_wgrad_implicit")(grid, (THREADS,), (x, dy, ws) + dims + (np.int32(kchunk),))
+        kernel(grid, (THREADS,), (x, dy, ws) + dims + (np.int32(kchunk),))
         _kernel("gemm_splitk_reduce")((grid_blocks(M * K),), (THREADS,),
                                       (ws, dw, np.int32(M), np.int32(K), np.int32(splits), None, np.int32(0)))
         return dw
@@ -167,14 +183,15 @@ def _backward_weights(variant: str):
 _NOTES = {
     "im2col": "explicit im2col buffer (R*S x the input) + tiled GEMM{}",
     "implicit_gemm": "implicit GEMM: tiles gathered from NHWC on the fly, no buffer{}",
+    "implicit_gemm96": "implicit GEMM with 128x96 tiles (96 output channels), 2 blocks/SM{}",
 }
-for _variant in ("im2col", "implicit_gemm"):
+for _variant in ("im2col", "implicit_gemm", "implicit_gemm96"):
     _default = _variant == "implicit_gemm"
     registry.register("conv2d_forward", _variant, _forward(_variant), source="cuda", default=_default,
                       note=_NOTES[_variant].format(", fused bias+ReLU"))
     registry.register("conv2d_backward_data", _variant, _backward_data(_variant), source="cuda",
                       default=_default,
                       note=_NOTES[_variant].format(" (NT GEMM + col2im gather)" if _variant == "im2col"
-                                                   else "; taps off the stride grid are zero work"))
+                                                   else "; taps off the stride grid load zeros but still cost FMAs"))
     registry.register("conv2d_backward_weights", _variant, _backward_weights(_variant), source="cuda",
                       default=_default, note=_NOTES[_variant].format(", split-K with ordered reduce"))

@@ -51,13 +51,13 @@ def grid_blocks(n: int, threads: int = THREADS) -> int:
     return min(_launch.blocks(n, threads), 32 * sm_count())
 
 
-def split_k_plan(M: int, N: int, K: int) -> tuple[int, int]:
+def split_k_plan(M: int, N: int, K: int, tile_n: int = TILE_N) -> tuple[int, int]:
     """(splits, kchunk): split K when the M x N tiles alone cannot fill the GPU.
 
     Depends only on the shape and the card's SM count, so results are reproducible
     on a given card.  kchunk is a multiple of 8 (the tile depth) and no slice is empty.
     """
-    tiles = cdiv(M, TILE_M) * cdiv(N, TILE_N)
+    tiles = cdiv(M, TILE_M) * cdiv(N, tile_n)
     sms = sm_count()
     if K < 1024 or tiles >= sms:
         return 1, K
