@@ -83,7 +83,7 @@ class _Cuda:
         return grid_blocks(n)
 
 
-_DEVICE = _Cuda  # the tests' CPU emulation of the kernels swaps this (and the array checks)
+_DEVICE = _Cuda  # the device side run() uses; a test swaps it to prove bad inputs launch nothing
 
 
 def run(dev, x, w, b, y, N, H, W, C, K, P, Q, pt, pl, relu, flip, m=2, r=3) -> None:
