@@ -155,7 +155,8 @@ POOL_CASES = [
     (1, 6, 5, 12, (2, 3), (1, 2), (1, 0, 2, 1)),   # ... lopsided padding, stride 1 x 2
 ]
 POOL_VARIANTS = {"direct": (nb.maxpool_forward, nb.maxpool_backward),
-                 "vec": (nb.maxpool_forward_vec, nb.maxpool_backward_vec)}
+                 "vec": (nb.maxpool_forward_vec, nb.maxpool_backward_vec),
+                 "lanes": (nb.maxpool_forward_lanes, nb.maxpool_backward)}
 
 
 @pytest.mark.parametrize("variant", sorted(POOL_VARIANTS))
@@ -180,8 +181,27 @@ def test_maxpool(rng, case, ties, variant):
                  "maxpool_backward")
 
 
+@pytest.mark.parametrize("variant", sorted(POOL_VARIANTS))
+@pytest.mark.parametrize("case", [POOL_CASES[1], POOL_CASES[4]], ids=["C1", "C4"])
+def test_maxpool_nan_follows_the_reference(rng, case, variant):
+    """A window holding NaN gives y = NaN and argmax = the last window position."""
+    forward, _ = POOL_VARIANTS[variant]
+    N, H, W, C, pool, stride, padding = case
+    x = rand(rng, N, H, W, C)
+    x[0, 1, 2, 0] = np.nan                       # inside some window, neither first nor last
+    x[-1, -1, -1, -1] = np.nan
+    y_ref, am_ref = ref.maxpool_forward(x, pool, stride, padding)
+    assert np.isnan(y_ref).any()
+    y, am = forward(dev(x), pool, stride, padding,
+                    out=(nan_out(y_ref.shape), nan_out(y_ref.shape, np.uint8)))
+    np.testing.assert_array_equal(host(y), y_ref)       # NaNs in the same places
+    np.testing.assert_array_equal(host(am), am_ref)
+
+
 def test_maxpool_vec_is_registered_beside_direct():
-    assert fastcnn.kernels.variants("maxpool_forward", source="numba") == ["numba_direct", "numba_vec"]
+    assert fastcnn.kernels.variants("maxpool_forward", source="numba") == ["numba_direct", "numba_vec",
+                                                                            "numba_lanes"]
+    assert registry.get("maxpool_forward", "numba_lanes").fn is nb.maxpool_forward_lanes
     assert fastcnn.kernels.variants("maxpool_backward", source="numba") == ["numba_gather", "numba_vec"]
     assert registry.get("maxpool_forward", "numba_vec").fn is nb.maxpool_forward_vec
     assert registry.get("maxpool_backward", "numba_vec").fn is nb.maxpool_backward_vec

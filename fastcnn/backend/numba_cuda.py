@@ -33,7 +33,8 @@ Kernels:
   max-pool      one thread per output (forward, uint8 argmax r*pool_w+s, first
                 max wins, padding never wins) / per input (backward, gather:
                 deterministic, no atomics); numba_vec: 4 channels a thread
-                when C % 4 == 0, 2-D grid.
+                when C % 4 == 0, 2-D grid; numba_lanes (forward): channel
+                lanes x output columns x output rows, no division per output.
   the rest      elementwise grid-stride kernels; bias_grad as a two-pass column
                 reduction (deterministic); softmax and softmax-xent one block
                 per row with shared-memory reductions, totals by
@@ -992,9 +993,11 @@ def _k_maxpool_fwd(X, Y, AM, total, q):
                     w = w0 + s
                     if w >= 0 and w < W:
                         v = X[((n * H + h) * W + w) * C + c]
-                        if arg < 0 or v > best:    # first max wins; padding never competes
+                        if arg < 0 or v > best or v != v:    # first max wins; padding never competes
                             best = v
                             arg = r * pw + s
+        if best != best:    # NaN in the window: y = NaN, argmax the last position (the reference's rule)
+            arg = ph * pw - 1
         Y[i] = best
         AM[i] = uint8(arg)
         i += stride
@@ -1083,19 +1086,28 @@ def _k_maxpool_fwd_vec(X, Y, AM, q):
                             v2 = X[src + 2]
                             v3 = X[src + 3]
                             at = r * pw + s
-                            if first or v0 > b0:    # first max wins; padding never competes
+                            if first or v0 > b0 or v0 != v0:    # first max wins; padding never competes
                                 b0 = v0
                                 a0 = at
-                            if first or v1 > b1:
+                            if first or v1 > b1 or v1 != v1:
                                 b1 = v1
                                 a1 = at
-                            if first or v2 > b2:
+                            if first or v2 > b2 or v2 != v2:
                                 b2 = v2
                                 a2 = at
-                            if first or v3 > b3:
+                            if first or v3 > b3 or v3 != v3:
                                 b3 = v3
                                 a3 = at
                             first = False
+            last = ph * pw - 1    # NaN in the window: argmax the last position (the reference's rule)
+            if b0 != b0:
+                a0 = last
+            if b1 != b1:
+                a1 = last
+            if b2 != b2:
+                a2 = last
+            if b3 != b3:
+                a3 = last
             o = (row * Q + ow) * C + c
             Y[o] = b0
             Y[o + 1] = b1
@@ -1166,6 +1178,63 @@ def _k_maxpool_bwd_vec(DY, AM, DX, q):
         row += cuda.gridDim.y
 
 
+# numba_lanes: a warp reads 32 consecutive channels of one pixel per tap (128 coalesced
+# bytes), as a vector kernel does, but with scalar loads, which Numba can emit.  3-D grid:
+# x over channels, y over output columns, z over output rows (n, oh): no integer division
+# but one per row (Numba's index arithmetic is 64-bit, where a division costs ~70
+# instructions; numba_direct does six per output).  Every axis is grid-stride.
+
+@_jit
+def _k_maxpool_fwd_lanes(X, Y, AM, q):
+    H = q[1]
+    W = q[2]
+    C = q[3]
+    P = q[4]
+    Q = q[5]
+    ph = q[6]
+    pw = q[7]
+    rows = q[0] * P
+    row = cuda.blockIdx.z
+    while row < rows:
+        n = row // P
+        h0 = (row - n * P) * q[8] - q[10]
+        ow = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+        while ow < Q:
+            w0 = ow * q[9] - q[11]
+            o = (row * Q + ow) * C
+            c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+            while c < C:
+                best = float32(0.0)
+                arg = -1
+                for r in range(ph):
+                    h = h0 + r
+                    if h >= 0 and h < H:
+                        src = (n * H + h) * W * C + c
+                        for s in range(pw):
+                            w = w0 + s
+                            if w >= 0 and w < W:
+                                v = X[src + w * C]
+                                if arg < 0 or v > best or v != v:    # first max wins; padding never competes
+                                    best = v
+                                    arg = r * pw + s
+                if best != best:    # NaN in the window: argmax the last position (the reference's rule)
+                    arg = ph * pw - 1
+                Y[o + c] = best
+                AM[o + c] = uint8(arg)
+                c += cuda.blockDim.x * cuda.gridDim.x
+            ow += cuda.blockDim.y * cuda.gridDim.y
+        row += cuda.gridDim.z
+
+
+def _grid_lanes(C, Q, rows):
+    """(grid, block) of the lanes kernel: up to 32 channel lanes x output columns."""
+    lanes = 32 if C >= 32 else 1 << (C - 1).bit_length()    # a power of two >= C
+    cols = THREADS // lanes
+    cap = _MAX_BLOCKS
+    grid = (min(cap, -(-C // lanes)), min(cap, -(-Q // cols)), min(cap, rows))
+    return grid, (lanes, cols)
+
+
 def _grid2(rowlen, rows):
     """(grid, block) of the 2-D grid-stride pool kernels: x over a row, y over rows."""
     gx = max(1, min(_MAX_BLOCKS, (rowlen + THREADS - 1) // THREADS))
@@ -1190,14 +1259,17 @@ def _pool_geometry(x_shape, pool, stride, padding):
     return (N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl)
 
 
-def _maxpool_forward(x, pool, stride, padding, out, vec):
+def _maxpool_forward(x, pool, stride, padding, out, vec, lanes=False):
     _check("x", x, ndim=4)
     q = _pool_geometry(x.shape, pool, stride, padding)
     N, P, Q, C = q[0], q[4], q[5], q[3]
     y_out, am_out = _pair_out(out, "(y, argmax)")
     y = _out("out[0] (y)", y_out, (N, P, Q, C), inputs=(("x", x),))
     am = _out("out[1] (argmax)", am_out, (N, P, Q, C), np.uint8, inputs=(("x", x),))
-    if vec and C % 4 == 0:
+    if lanes:
+        grid, block = _grid_lanes(C, Q, N * P)
+        _launch(_k_maxpool_fwd_lanes, grid, block, _flat(x), _flat(y), _flat(am), q)
+    elif vec and C % 4 == 0:
         grid, block = _grid2(Q * (C // 4), N * P)
         _launch(_k_maxpool_fwd_vec, grid, block, _flat(x), _flat(y), _flat(am), q)
     else:
@@ -1238,6 +1310,11 @@ def maxpool_backward(dy, argmax, x_shape, pool=(2, 2), stride=(2, 2), padding=(0
 def maxpool_forward_vec(x, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), *, out=None):
     """maxpool_forward, 4 channels a thread when C % 4 == 0 (else the direct kernel)."""
     return _maxpool_forward(x, pool, stride, padding, out, True)
+
+
+def maxpool_forward_lanes(x, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), *, out=None):
+    """maxpool_forward, a 3-D grid of channel lanes x output columns x output rows."""
+    return _maxpool_forward(x, pool, stride, padding, out, False, lanes=True)
 
 
 def maxpool_backward_vec(dy, argmax, x_shape, pool=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), *, out=None):
@@ -1818,11 +1895,15 @@ VARIANTS = {
 }
 
 
-# second variants of an op: (function name = op + "_vec")
-EXTRA_VARIANTS = {
-    "maxpool_forward": ("numba_vec", "Numba: 4 consecutive channels a thread (C % 4 == 0, else numba_direct's kernel), 2-D grid"),
-    "maxpool_backward": ("numba_vec", "Numba: gather, 4 channels a thread (C % 4 == 0, else numba_gather's kernel), 2-D grid"),
-}
+# further variants of an op: (op, variant name, function, note)
+EXTRA_VARIANTS = [
+    ("maxpool_forward", "numba_vec", "maxpool_forward_vec",
+     "Numba: 4 consecutive channels a thread (C % 4 == 0, else numba_direct's kernel), 2-D grid"),
+    ("maxpool_forward", "numba_lanes", "maxpool_forward_lanes",
+     "Numba: a warp reads 32 consecutive channels per tap; 3-D grid, no division per output"),
+    ("maxpool_backward", "numba_vec", "maxpool_backward_vec",
+     "Numba: gather, 4 channels a thread (C % 4 == 0, else numba_gather's kernel), 2-D grid"),
+]
 
 
 def _register() -> None:
@@ -1838,8 +1919,8 @@ def _register() -> None:
     module = globals()
     for op, (variant, note) in VARIANTS.items():
         registry.register(op, variant, module[op], source="numba", note=note)
-    for op, (variant, note) in EXTRA_VARIANTS.items():
-        registry.register(op, variant, module[op + "_vec"], source="numba", note=note)
+    for op, variant, function, note in EXTRA_VARIANTS:
+        registry.register(op, variant, module[function], source="numba", note=note)
 
 
 _register()
@@ -1877,6 +1958,7 @@ def ptx_kernels():
         ("maxpool_fwd", _k_maxpool_fwd.py_func, (f32, f32, u8, i64, tup12)),
         ("maxpool_bwd", _k_maxpool_bwd.py_func, (f32, u8, f32, i64, tup12)),
         ("maxpool_fwd_vec", _k_maxpool_fwd_vec.py_func, (f32, f32, u8, tup12)),
+        ("maxpool_fwd_lanes", _k_maxpool_fwd_lanes.py_func, (f32, f32, u8, tup12)),
         ("maxpool_bwd_vec", _k_maxpool_bwd_vec.py_func, (f32, u8, f32, tup12)),
         ("relu_fwd", _k_relu_fwd.py_func, (f32, f32, i64)),
         ("relu_bwd", _k_relu_bwd.py_func, (f32, f32, f32, i64)),
