@@ -211,6 +211,7 @@ def test_maxpool_vec_is_registered_beside_direct():
 
 def test_relu_add_copy_increment(rng):
     x, y, dy = rand(rng, 3, 5, 7), rand(rng, 3, 5, 7), rand(rng, 3, 5, 7)
+    x[0, 0, :2] = np.nan    # relu propagates NaN, as numpy.maximum(x, 0) does
     np.testing.assert_array_equal(host(nb.relu_forward(dev(x), out=nan_out(x.shape))), ref.relu_forward(x))
     np.testing.assert_array_equal(host(nb.relu_backward(dev(dy), dev(y), out=nan_out(x.shape))),
                                   ref.relu_backward(dy, y))

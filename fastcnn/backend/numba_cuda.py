@@ -1332,7 +1332,7 @@ def _k_relu_fwd(X, Y, n):
     stride = cuda.gridsize(1)
     while i < n:
         v = X[i]
-        Y[i] = v if v > float32(0.0) else float32(0.0)
+        Y[i] = float32(0.0) if v < float32(0.0) else v    # NaN propagates, as numpy.maximum(x, 0)
         i += stride
 
 
