@@ -17,27 +17,55 @@ Execution: blocks run one after another (x fastest, then y, z); the threads of a
 block are fibers on the calling host thread (own stacks, started through ucontext,
 switched with _setjmp/_longjmp: ~40 ns a switch, where std::thread and std::barrier
 cost microseconds and hang on a barrier some thread skips), resumed in thread order,
-each running until its next ``__syncthreads()`` or its end, so a barrier is kept
-exactly: every thread of the block arrives before any leaves.  A missing barrier
-usually shows as a wrong result (thread t runs its whole segment before thread t+1
-starts), and a barrier that not every thread reaches (a return or a branch around
-it) is an error, not a hang.  ``__shared__`` is a ``static``: one copy, shared by the
-block's threads and left over from the previous block (blocks never overlap).  1-D,
-2-D and 3-D grids and blocks; no dynamic shared memory (``extern __shared__``).
+each running until its next ``__syncthreads()``, its next warp operation or its end,
+so a barrier is kept exactly: every thread of the block arrives before any leaves.
+A missing barrier usually shows as a wrong result (thread t runs its whole segment
+before thread t+1 starts), and a barrier that not every thread reaches (a return or
+a branch around it) is an error, not a hang.  ``__shared__`` is a ``static``: one
+copy, shared by the block's threads and left over from the previous block (blocks
+never overlap).  1-D, 2-D and 3-D grids and blocks; no dynamic shared memory
+(``extern __shared__``).  ``__CUDA_ARCH__`` is defined (900), so ``#ifdef`` branches
+take the device side.
 
-Limits: no warp intrinsics (``__shfl*_sync``, ``__ballot_sync``, ``__syncwarp``: a
-source using them does not compile here), no data races detected (threads never run
-at the same time; atomics are plain read-modify-writes), float arithmetic is the
-host's without contraction (``fmaf`` is fused, as on the GPU; ``a*b + c`` is
-rounded twice where nvcc would contract it), stale shared memory is not poisoned
-between blocks.  Out-of-bounds accesses are caught by :class:`Guarded`'s sentinel
-zones around the arrays, not by the emulator.
+Warps: a warp is 32 consecutive threads of the block (threadIdx linearised x fastest;
+the last warp may be partial).  ``__shfl_sync``, ``__shfl_up_sync``,
+``__shfl_down_sync``, ``__shfl_xor_sync`` (any arithmetic type up to 8 bytes, every
+width 1..32: PTX shfl.sync's lane rules, a source outside the lane's segment gives its
+own value), ``__ballot_sync``, ``__any_sync``, ``__all_sync`` and ``__syncwarp`` are
+exchanges like a barrier restricted to the warp: each lane parks with its operand, and
+once every live lane its mask names has arrived at a warp op with the same mask, the
+results are handed out and the lanes go on.  A warp op that cannot complete is an
+error, not a hang and not an invented value: a live lane the mask names waiting
+elsewhere (at ``__syncthreads``, at another warp op, or with another mask:
+divergence), a caller missing from its own mask, a width that is not a power of 2, a
+shuffle reading a lane that does not take part (not in the mask, returned, or beyond
+the block).  As CUDA documents ("all non-exited threads named in mask"), lanes that
+have returned may be named in a mask; reading one is the error.  Atomics
+(``atomicAdd`` on int, unsigned, unsigned long long, float and double; Sub, Exch, Max,
+Min, And, Or, Xor, Inc, Dec, CAS) are plain read-modify-writes returning the old value
+(fibers on one host thread never overlap).
+
+Limits: no ``__activemask``, ``__match_*_sync``, ``__reduce_*_sync``, cooperative
+groups, half types or inline PTX (timing.cu's ``%globaltimer``: that source does not
+compile here); no data races detected (threads never run at the same time; atomics
+land in thread order, blocks in grid order, so an order-dependent result such as a
+multi-block float atomicAdd sum is one of the GPU's possible results, always the
+same one); divergent lanes reaching the same warp op from different call sites
+exchange as on Volta and later (not flagged); a thread spinning on a value another
+thread writes hangs (threads switch only at barriers and warp ops); float arithmetic
+is the host's without contraction (``fmaf`` is fused, as on the GPU; ``a*b + c`` is
+rounded twice where nvcc would contract it), and the host's libm (``expf``, ``logf``,
+``powf``...: correctly rounded or nearly, where CUDA's are within 1-2 ulp), stale
+shared memory is not poisoned between blocks.  Out-of-bounds accesses are caught by
+:class:`Guarded`'s sentinel zones around the arrays, not by the emulator.
 
 The library is built once per source text (cached by its hash in a temporary
 directory, so a second test session reuses it); without g++ or <ucontext.h> the
 calling test is skipped, and a source g++ cannot compile fails it.
 ``patch_backend`` points fastcnn.backend.cuda at the emulator (kernel lookup, array
-checks, output buffers, ``cupy.empty``) for a test."""
+checks, output buffers, ``cupy.empty``) for a test; :class:`Guarded` hands out
+:class:`DeviceArray` views, whose ``.data`` has CuPy's ``.ptr`` and
+``.copy_from_device_async`` (a memmove)."""
 from __future__ import annotations
 
 import ctypes
@@ -80,7 +108,9 @@ SHIM = r"""
 #include <math.h>
 #include <cmath>
 #include <csetjmp>
+#include <cstdarg>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -143,15 +173,102 @@ static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline float rsqrtf(float v) { return 1.0f / sqrtf(v); }
 static inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 static inline int __popc(unsigned v) { return __builtin_popcount(v); }
-// Threads never run at the same time: an atomic is a plain read-modify-write, a fence nothing.
+static inline int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
+static inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+    return (unsigned long long)(((unsigned __int128)a * b) >> 64);
+}
+static inline long long __mul64hi(long long a, long long b) { return (long long)(((__int128)a * b) >> 64); }
+static inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
+static inline int __clz(int v) { return v ? __builtin_clz((unsigned)v) : 32; }
+static inline int __clzll(long long v) { return v ? __builtin_clzll((unsigned long long)v) : 64; }
+static inline int __ffs(int v) { return __builtin_ffs(v); }
+static inline int __ffsll(long long v) { return __builtin_ffsll(v); }
+static inline unsigned __brev(unsigned v) {
+    v = ((v >> 1) & 0x55555555u) | ((v & 0x55555555u) << 1);
+    v = ((v >> 2) & 0x33333333u) | ((v & 0x33333333u) << 2);
+    v = ((v >> 4) & 0x0F0F0F0Fu) | ((v & 0x0F0F0F0Fu) << 4);
+    v = ((v >> 8) & 0x00FF00FFu) | ((v & 0x00FF00FFu) << 8);
+    return (v >> 16) | (v << 16);
+}
+static inline float __saturatef(float v) { return v > 0.0f ? (v < 1.0f ? v : 1.0f) : 0.0f; }  // NaN -> 0
+static inline float __fsqrt_rn(float v) { return sqrtf(v); }
+static inline float __frcp_rn(float v) { return 1.0f / v; }
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dsub_rn(double a, double b) { return a - b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __ddiv_rn(double a, double b) { return a / b; }
+static inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
+
+// Threads never run at the same time: an atomic is a plain read-modify-write (it returns the
+// old value, as on the GPU), a fence nothing.  Overloads for CUDA's types, not templates, so
+// that a value of another arithmetic type converts as nvcc converts it.
 static inline void __threadfence() {}
 static inline void __threadfence_block() {}
 static inline void __threadfence_system() {}
-template <class T> static inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
-template <class T> static inline T atomicMax(T* p, T v) { T old = *p; if (old < v) *p = v; return old; }
-template <class T> static inline T atomicMin(T* p, T v) { T old = *p; if (v < old) *p = v; return old; }
-template <class T> static inline T atomicExch(T* p, T v) { T old = *p; *p = v; return old; }
-template <class T> static inline T atomicCAS(T* p, T cmp, T v) { T old = *p; if (old == cmp) *p = v; return old; }
+#define FC_EMU_ATOMIC(NAME, T, UPDATE) \
+    static inline T NAME(T* p, T v) { T old = *p; *p = (UPDATE); return old; }
+#define FC_EMU_ATOMIC_INT(NAME, UPDATE) FC_EMU_ATOMIC(NAME, int, UPDATE) \
+    FC_EMU_ATOMIC(NAME, unsigned, UPDATE) FC_EMU_ATOMIC(NAME, unsigned long long, UPDATE)
+FC_EMU_ATOMIC_INT(atomicAdd, old + v) FC_EMU_ATOMIC(atomicAdd, float, old + v) FC_EMU_ATOMIC(atomicAdd, double, old + v)
+FC_EMU_ATOMIC(atomicSub, int, old - v) FC_EMU_ATOMIC(atomicSub, unsigned, old - v)
+FC_EMU_ATOMIC_INT(atomicExch, v) FC_EMU_ATOMIC(atomicExch, float, v)
+FC_EMU_ATOMIC_INT(atomicMax, old < v ? v : old) FC_EMU_ATOMIC(atomicMax, long long, old < v ? v : old)
+FC_EMU_ATOMIC_INT(atomicMin, v < old ? v : old) FC_EMU_ATOMIC(atomicMin, long long, v < old ? v : old)
+FC_EMU_ATOMIC_INT(atomicAnd, old & v) FC_EMU_ATOMIC_INT(atomicOr, old | v) FC_EMU_ATOMIC_INT(atomicXor, old ^ v)
+FC_EMU_ATOMIC(atomicInc, unsigned, old >= v ? 0u : old + 1u)
+FC_EMU_ATOMIC(atomicDec, unsigned, (old == 0u || old > v) ? v : old - 1u)
+#define FC_EMU_CAS(T) static inline T atomicCAS(T* p, T cmp, T v) { T old = *p; if (old == cmp) *p = v; return old; }
+FC_EMU_CAS(int) FC_EMU_CAS(unsigned) FC_EMU_CAS(unsigned long long) FC_EMU_CAS(unsigned short)
+
+// Warp-level operations: the calling thread parks (like at a barrier, but for its warp: the
+// 32 consecutive threads of the block, threadIdx linearised x fastest); once every lane the
+// mask names has arrived, the scheduler does the exchange and lets them go on.  value: the
+// lane's operand's bits; src: the lane it reads (a shuffle), or -1.
+enum { FC_EMU_SHFL = 1, FC_EMU_BALLOT, FC_EMU_ANY, FC_EMU_ALL, FC_EMU_SYNCWARP };
+unsigned long long fc_emu_warp(int kind, unsigned mask, unsigned long long value, int src, int width);
+static inline int fc_emu_lane() {
+    return (int)((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) & 31u);
+}
+// The source lane of PTX shfl.sync (ISA: b's low 5 bits, c = clamp | segment mask << 8); an
+// out-of-range source reads the lane's own value.  mode: 0 up, 1 down, 2 bfly, 3 idx.
+static inline int fc_emu_shfl_src(int mode, unsigned b, int width) {
+    const int lane = fc_emu_lane();
+    const int bval = (int)(b & 31u), seg = (32 - width) & 31, cval = mode == 0 ? 0 : 31;
+    const int max_lane = (lane & seg) | (cval & ~seg), min_lane = lane & seg;
+    int j;
+    bool ok;
+    switch (mode) {
+        case 0: j = lane - bval; ok = j >= max_lane; break;
+        case 1: j = lane + bval; ok = j <= max_lane; break;
+        case 2: j = lane ^ bval; ok = j <= max_lane; break;
+        default: j = min_lane | (bval & ~seg); ok = j <= max_lane; break;
+    }
+    return ok ? j : lane;
+}
+template <class T> static inline unsigned long long fc_emu_pack(T v) {
+    static_assert(std::is_arithmetic<T>::value && sizeof(T) <= 8, "warp shuffles of this type are not emulated");
+    unsigned long long r = 0;
+    std::memcpy(&r, &v, sizeof v);
+    return r;
+}
+template <class T> static inline T fc_emu_unpack(unsigned long long r) { T v; std::memcpy(&v, &r, sizeof v); return v; }
+#define FC_EMU_SHUFFLE(NAME, MODE, B)                                                               \
+    template <class T> static inline T NAME(unsigned mask, T var, B b, int width = warpSize) {         \
+        return fc_emu_unpack<T>(fc_emu_warp(FC_EMU_SHFL, mask, fc_emu_pack(var),                     \
+                                            fc_emu_shfl_src(MODE, (unsigned)b, width), width));      \
+    }
+FC_EMU_SHUFFLE(__shfl_up_sync, 0, unsigned) FC_EMU_SHUFFLE(__shfl_down_sync, 1, unsigned)
+FC_EMU_SHUFFLE(__shfl_xor_sync, 2, int) FC_EMU_SHUFFLE(__shfl_sync, 3, int)
+static inline unsigned __ballot_sync(unsigned mask, int pred) {
+    return (unsigned)fc_emu_warp(FC_EMU_BALLOT, mask, pred != 0, -1, 32);
+}
+static inline int __any_sync(unsigned mask, int pred) { return (int)fc_emu_warp(FC_EMU_ANY, mask, pred != 0, -1, 32); }
+static inline int __all_sync(unsigned mask, int pred) { return (int)fc_emu_warp(FC_EMU_ALL, mask, pred != 0, -1, 32); }
+static inline void __syncwarp(unsigned mask = 0xffffffffu) { fc_emu_warp(FC_EMU_SYNCWARP, mask, 0, -1, 32); }
+
+// The device side of `#ifdef __CUDA_ARCH__` branches is what the GPU runs (sm_90: an H200).
+#define __CUDA_ARCH__ 900
 """
 
 ENGINE = r"""
@@ -159,13 +276,43 @@ namespace fc_emu {
 // One block at a time; its threads are fibers on this host thread.  A fiber starts once
 // through its ucontext (setcontext), then loops over blocks; every switch after that is
 // an _setjmp/_longjmp pair (no system call, unlike swapcontext).
-struct Fiber { ucontext_t start; jmp_buf at; bool live, done; long syncs; };  // live: `at` resumes it
+enum { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP_OP = 2 };
+struct Fiber {
+    ucontext_t start;
+    jmp_buf at;
+    bool live, done;   // live: `at` resumes it; done: its block's work has returned
+    long syncs;        // __syncthreads passed in this block
+    int park;          // RUNNABLE, AT_BARRIER or AT_WARP_OP
+    int kind, src;     // the warp op it waits at (FC_EMU_*), the lane it reads (-1: none)
+    unsigned mask;
+    unsigned long long value, result;
+};
 static const size_t STACK = 256 * 1024;
 static std::vector<Fiber*> fibers;  // pointers: a ucontext_t must not move
 static jmp_buf scheduler;
 static unsigned current;
 static void (*job)(void*);
 static void* job_arg;
+static char error[2048];  // why the launch failed ("" while it has not)
+
+static void fail(const char* fmt, ...) {
+    if (error[0]) return;
+    int k = snprintf(error, sizeof error, "block (%u, %u, %u): ", blockIdx.x, blockIdx.y, blockIdx.z);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(error + k, sizeof error - k, fmt, ap);
+    va_end(ap);
+}
+
+static const char* kind_name(int kind) {
+    switch (kind) {
+        case FC_EMU_SHFL: return "a __shfl*_sync";
+        case FC_EMU_BALLOT: return "__ballot_sync";
+        case FC_EMU_ANY: return "__any_sync";
+        case FC_EMU_ALL: return "__all_sync";
+        default: return "__syncwarp";
+    }
+}
 
 static void entry() {
     for (;;) {  // one block per turn; never index fibers by a reference kept across a switch
@@ -192,31 +339,132 @@ static bool grow(unsigned n) {
     return true;
 }
 
-// 0, or -2 when the threads of a block did not all pass the same __syncthreads.
-static int run_block(const unsigned* b) {
-    const unsigned n = b[0] * b[1] * b[2];
-    for (unsigned t = 0; t < n; ++t) { fibers[t]->syncs = 0; fibers[t]->done = false; }
-    for (;;) {  // each round: every thread runs to its next barrier, or to its end
-        for (unsigned t = 0; t < n; ++t) {
-            Fiber* f = fibers[t];
-            if (f->done) continue;
-            current = t;
-            threadIdx = {t % b[0], t / b[0] % b[1], t / (b[0] * b[1])};
-            if (!_setjmp(scheduler)) {
-                if (f->live) _longjmp(f->at, 1);  // parked at a barrier, or done with its last block
-                f->live = true;                    // it saves `at` before it comes back
-                setcontext(&f->start);
+// Thread t runs until its next __syncthreads, warp op, or its end.
+static void resume(unsigned t, const unsigned* b) {
+    Fiber* f = fibers[t];
+    current = t;
+    threadIdx = {t % b[0], t / b[0] % b[1], t / (b[0] * b[1])};
+    if (!_setjmp(scheduler)) {
+        if (f->live) _longjmp(f->at, 1);  // parked, or done with its last block
+        f->live = true;                    // it saves `at` before it comes back
+        setcontext(&f->start);
+    }
+}
+
+static const char* where(const Fiber* g) {
+    return g->done ? "has returned" : g->park == AT_BARRIER ? "waits at __syncthreads" : "waits at another warp op";
+}
+
+// Every thread is parked or done: complete the warp ops whose lanes have all arrived.
+// Returns the number of threads let go, or -1 (error set) when a warp op cannot complete:
+// a live lane its mask names is elsewhere (at __syncthreads, at another op or with another
+// mask: divergence), the caller is not in its own mask, or a shuffle reads a lane that does
+// not take part (returned, not in the mask, or beyond the block).  Lanes that have returned
+// may be named in a mask (CUDA: "all non-exited threads named in mask").
+static int resolve_warps(unsigned n) {
+    int released = 0;
+    for (unsigned base = 0; base < n; base += 32) {
+        const unsigned lanes = n - base < 32 ? n - base : 32;
+        unsigned waiting = 0, live = 0;
+        for (unsigned l = 0; l < lanes; ++l) {
+            if (fibers[base + l]->park == AT_WARP_OP) waiting |= 1u << l;
+            if (!fibers[base + l]->done) live |= 1u << l;
+        }
+        if (!waiting) continue;
+        const unsigned warp = base / 32;
+        for (unsigned l = 0; l < lanes; ++l) {
+            if (!(waiting >> l & 1u)) continue;
+            const Fiber* f = fibers[base + l];
+            if (!(f->mask >> l & 1u)) {
+                fail("warp %u lane %u calls %s with mask 0x%08x, which does not name the lane itself",
+                     warp, l, kind_name(f->kind), f->mask);
+                return -1;
+            }
+            for (unsigned j = 0; j < lanes; ++j) {
+                if (!((f->mask & live) >> j & 1u)) continue;
+                const Fiber* g = fibers[base + j];
+                if (g->park != AT_WARP_OP) {
+                    fail("warp %u: lane %u calls %s with mask 0x%08x, but lane %u %s (a warp op not "
+                         "reached by every lane its mask names: divergence)", warp, l, kind_name(f->kind),
+                         f->mask, j, where(g));
+                    return -1;
+                }
+                if (g->mask != f->mask || g->kind != f->kind) {
+                    fail("warp %u: lane %u calls %s with mask 0x%08x, lane %u %s with mask 0x%08x (the "
+                         "lanes of a warp op must call the same one with the same mask)", warp, l,
+                         kind_name(f->kind), f->mask, j, kind_name(g->kind), g->mask);
+                    return -1;
+                }
+            }
+            if (f->kind == FC_EMU_SHFL && !((f->mask & waiting) >> f->src & 1u)) {
+                fail("warp %u: lane %u shuffles from lane %d, which does not take part (%s)", warp, l, f->src,
+                     (unsigned)f->src >= lanes ? "beyond the block's last thread"
+                     : !(f->mask >> f->src & 1u) ? "not in the mask" : "it has returned");
+                return -1;
             }
         }
+        for (unsigned l = 0; l < lanes; ++l) {
+            if (!(waiting >> l & 1u)) continue;
+            Fiber* f = fibers[base + l];
+            const unsigned part = f->mask & waiting;
+            unsigned bits = 0;
+            for (unsigned j = 0; j < lanes; ++j)
+                if ((part >> j & 1u) && fibers[base + j]->value) bits |= 1u << j;
+            switch (f->kind) {
+                case FC_EMU_SHFL: f->result = fibers[base + f->src]->value; break;
+                case FC_EMU_BALLOT: f->result = bits; break;
+                case FC_EMU_ANY: f->result = bits != 0; break;
+                case FC_EMU_ALL: f->result = bits == part; break;
+                default: f->result = 0;
+            }
+        }
+        for (unsigned l = 0; l < lanes; ++l)
+            if (waiting >> l & 1u) {
+                fibers[base + l]->park = RUNNABLE;
+                ++released;
+            }
+    }
+    return released;
+}
+
+// 0; -2 when the threads of a block did not all pass the same __syncthreads; -4 when a warp
+// op could not complete.  `error` says more.
+static int run_block(const unsigned* b) {
+    const unsigned n = b[0] * b[1] * b[2];
+    for (unsigned t = 0; t < n; ++t) {
+        fibers[t]->syncs = 0;
+        fibers[t]->done = false;
+        fibers[t]->park = RUNNABLE;
+    }
+    for (;;) {  // each round: every runnable thread runs to its next barrier, warp op, or end
+        for (unsigned t = 0; t < n; ++t) {
+            const Fiber* f = fibers[t];
+            if (f->done || f->park != RUNNABLE) continue;
+            resume(t, b);
+            if (error[0]) return -4;
+        }
+        const int released = resolve_warps(n);
+        if (released < 0) return -4;
+        if (released > 0) continue;
+        // No warp op pending: every thread waits at a __syncthreads, or has returned.
         for (unsigned t = 1; t < n; ++t)
-            if (fibers[t]->syncs != fibers[0]->syncs || fibers[t]->done != fibers[0]->done) return -2;
+            if (fibers[t]->syncs != fibers[0]->syncs || fibers[t]->done != fibers[0]->done) {
+                fail("the threads of a block did not all pass the same __syncthreads (a return or a branch "
+                     "around a barrier): thread 0 %s %ld, thread %u %s %ld", fibers[0]->done ?
+                     "has returned after __syncthreads number" : "waits at __syncthreads number",
+                     fibers[0]->syncs, t, fibers[t]->done ? "has returned after __syncthreads number"
+                     : "waits at __syncthreads number", fibers[t]->syncs);
+                return -2;
+            }
         if (fibers[0]->done) return 0;
+        for (unsigned t = 0; t < n; ++t) fibers[t]->park = RUNNABLE;
     }
 }
 
 static int launch(const int* grid, const int* block, void (*fn)(void*), void* arg) {
     const unsigned g[3] = {(unsigned)grid[0], (unsigned)grid[1], (unsigned)grid[2]};
     const unsigned b[3] = {(unsigned)block[0], (unsigned)block[1], (unsigned)block[2]};
+    error[0] = 0;
     if (!grow(b[0] * b[1] * b[2])) return -3;
     gridDim = {g[0], g[1], g[2]};
     blockDim = {b[0], b[1], b[2]};
@@ -270,9 +518,26 @@ template <class... A> static const char* signature(void (*)(A...)) {
 }  // namespace fc_emu
 
 void __syncthreads() {
-    ++fc_emu::fibers[fc_emu::current]->syncs;
-    if (!_setjmp(fc_emu::fibers[fc_emu::current]->at)) _longjmp(fc_emu::scheduler, 1);
+    fc_emu::Fiber* f = fc_emu::fibers[fc_emu::current];
+    ++f->syncs;
+    f->park = fc_emu::AT_BARRIER;
+    if (!_setjmp(f->at)) _longjmp(fc_emu::scheduler, 1);
 }
+
+unsigned long long fc_emu_warp(int kind, unsigned mask, unsigned long long value, int src, int width) {
+    fc_emu::Fiber* f = fc_emu::fibers[fc_emu::current];
+    if (width < 1 || width > 32 || (width & (width - 1)))
+        fc_emu::fail("thread %u: a shuffle of width %d (a power of 2 up to 32 is needed)", fc_emu::current, width);
+    f->kind = kind;
+    f->mask = mask;
+    f->value = value;
+    f->src = src;
+    f->park = fc_emu::AT_WARP_OP;
+    if (!_setjmp(f->at)) _longjmp(fc_emu::scheduler, 1);
+    return f->result;
+}
+
+extern "C" const char* emu_error() { return fc_emu::error; }
 """
 
 WRAPPER = r"""
@@ -327,6 +592,8 @@ class Emulator:
             self._sigs[name] = [t for t in get().decode().split(",") if t]
             fn = getattr(lib, "emu_" + symbol(name))
             fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_void_p] * 3
+        self._error = lib.emu_error
+        self._error.restype = ctypes.c_char_p
 
     def signature(self, name):
         """The parameter types of a kernel, e.g. ['*float32', '*float32', 'int32']."""
@@ -355,9 +622,9 @@ class Emulator:
                 log.append((name, g, b))
             with _ONE_LAUNCH:
                 rc = fn((ctypes.c_int * 3)(*g), (ctypes.c_int * 3)(*b), argv)
+                why = self._error().decode() if rc else ""
             assert rc != -3, f"{name}: no memory for {threads} thread stacks"
-            assert rc == 0, (f"{name} grid {g} block {b}: the threads of a block did not all pass the same "
-                             "__syncthreads (a return or a branch around a barrier)")
+            assert rc == 0, f"{name} grid {g} block {b}, {why}"
         return kernel
 
 
@@ -448,13 +715,37 @@ def prebuild(*specs) -> None:
 
 # ---------------------------------------------------------------- arrays with guard zones
 
+class DevicePointer:
+    """``a.data`` of a :class:`DeviceArray`: what the backend uses of CuPy's MemoryPointer."""
+
+    def __init__(self, owner):
+        self.owner, self.ptr = owner, owner.ctypes.data
+
+    def copy_from_device_async(self, src, size, stream=None):
+        """cudaMemcpyAsync device to device: ``size`` bytes from ``src`` (a DevicePointer)."""
+        assert isinstance(src, DevicePointer), f"copy from {type(src).__name__}, not a device pointer"
+        assert 0 <= size <= min(self.owner.nbytes, src.owner.nbytes), \
+            f"copy of {size} bytes: the arrays have {self.owner.nbytes} and {src.owner.nbytes}"
+        assert self.owner.flags.c_contiguous and src.owner.flags.c_contiguous, "copy of a strided array"
+        ctypes.memmove(self.ptr, src.ptr, size)
+
+
+class DeviceArray(np.ndarray):
+    """A NumPy array standing in for a CuPy one: ``a.data`` is a :class:`DevicePointer`
+    (``.ptr``, ``.copy_from_device_async``) instead of a memoryview."""
+
+    @property
+    def data(self):
+        return DevicePointer(self)
+
+
 class Guarded:
     """NumPy arrays living inside bigger buffers with sentinel guard zones on both sides.
 
     Each buffer starts 256-byte aligned (as CuPy's allocations); ``shift`` elements more
     in front move every array off 16-byte alignment (shift=1: the float4 paths are off).
     A sentinel read by mistake shows in a result (3e38 for floats); one overwritten fails
-    ``intact()``."""
+    ``intact()``.  The arrays are :class:`DeviceArray` views."""
 
     def __init__(self, shift=0):
         self.buffers, self.shift = [], shift
@@ -468,7 +759,7 @@ class Guarded:
         buf = raw[skip:skip + n * dtype.itemsize].view(dtype)
         buf[...] = _sentinel(dtype)
         start = GUARD + self.shift
-        view = buf[start:start + size].reshape(shape)
+        view = buf[start:start + size].reshape(shape).view(DeviceArray)
         if fill is not None:
             view[...] = fill
         self.buffers.append(buf)

@@ -1,0 +1,553 @@
+"""The rest of a training step (fastcnn/backend/cuda/step.py and its five kernel files) run
+on the CPU by tests/cuda_emu.py, through step.py's own entry points, against the reference.
+
+Every op step.py registers is called as a user calls it, with guarded NumPy arrays
+standing in for CuPy arrays (``cuda_emu.patch_backend``): step.py's argument checks,
+overlap refusals, launch plans and the CUDA C kernels of elementwise.cu,
+softmax_xent.cu (warp shuffles, a double atomicAdd), dropout.cu (Philox, the
+``__CUDA_ARCH__`` branch), lrn.cu and optimizers.cu run; only the GPU is replaced.
+Two layouts: every array 256-byte aligned with step.py's own grids, and every array 4
+bytes off 16-byte alignment with ``step.MAX_BLOCKS`` = 2, so that every grid-stride loop
+goes round (step.py has no float4 paths; the shift shows that none is assumed).
+Outputs are NaN-poisoned ``out=`` buffers that must be the results; a second call
+without ``out=`` must give the same bits; guard zones must stay intact.
+
+Exact (bit for bit, NaN and infinities included): relu forward/backward (their zeros
+by value: relu_forward keeps -0.0 where numpy.maximum gives +0.0, relu_backward gives
++0.0 where the reference's dy * (y > 0) gives -0.0), add, copy, increment, dropout
+(the reference's Philox mask for the same seed and step, incl. seeds >= 2^32, the last
+step and a negative one), SGD (plain, momentum, Nesterov) and Adam (m, v and p: the
+kernels round like NumPy's float32, and the host's pow is the one Python uses).
+Within 1e-5 in norm against float64: bias_grad (one pass, and the two-pass chunked
+sum), softmax, softmax_cross_entropy (dlogits and the loss total; the correct count is
+exact) with int32 labels, one-hot and soft label rows, tied logits (the first maximum
+wins), one block, several blocks (threshold patched, and a 263x1000 call past the real
+2^18 threshold), out-of-range int32 labels (NaN loss, no count, dlogits = p / N, as
+kernels/softmax_xent.cu documents), LRN forward/backward.
+
+Last, the emulator's warp-level operations and atomics: shuffles (xor, down, up, idx)
+of every width on 1-, 2- and 3-D blocks with a partial last warp against CUDA's
+documented lane rules, ballot/any/all, __syncwarp, float/double atomicAdd's returned
+values, and the errors for a warp op that cannot complete (divergence, mask mismatch,
+a source lane that does not take part, a bad width); and every kernels/*.cu but
+timing.cu builds under the emulator.
+
+    pytest tests/test_emulated_step.py
+"""
+import numpy as np
+import pytest
+
+import cuda_emu
+from helpers import assert_close, rand
+
+from fastcnn import _paths
+from fastcnn.backend import reference as ref
+from fastcnn.backend import registry
+from fastcnn.backend.cuda import step
+
+RED = 1e-5
+STEP_FILES = ("elementwise.cu", "softmax_xent.cu", "dropout.cu", "lrn.cu", "optimizers.cu")
+# (id, guard shift, step.MAX_BLOCKS)
+LAYOUTS = [("aligned", 0, None), ("misaligned-2blocks", 1, 2)]
+TESTED_OPS = {"relu_forward", "relu_backward", "add", "copy", "increment", "bias_grad", "softmax",
+              "softmax_cross_entropy", "dropout_forward", "dropout_backward", "lrn_forward",
+              "lrn_backward", "sgd_update", "adam_update"}
+
+
+def _setup(monkeypatch, shift=0, cap=None):
+    cuda_emu.prebuild(*[(f, ()) for f in STEP_FILES])
+    guarded, log = cuda_emu.Guarded(shift=shift), []
+    cuda_emu.patch_backend(monkeypatch, guarded, log=log)
+    if cap is not None:
+        monkeypatch.setattr(step, "MAX_BLOCKS", cap)
+    return guarded, log
+
+
+@pytest.fixture(params=LAYOUTS, ids=[layout[0] for layout in LAYOUTS])
+def emulated(request, monkeypatch):
+    """(guarded arrays, launch log) with fastcnn.backend.cuda running on the emulator."""
+    _, shift, cap = request.param
+    guarded, log = _setup(monkeypatch, shift, cap)
+    yield guarded, log
+    assert guarded.intact(), f"a kernel wrote outside its array: {log}"
+
+
+@pytest.fixture
+def aligned(monkeypatch):
+    guarded, log = _setup(monkeypatch)
+    yield guarded, log
+    assert guarded.intact(), f"a kernel wrote outside its array: {log}"
+
+
+def _f64(*arrays):
+    return [np.asarray(a, np.float64) for a in arrays]
+
+
+def _same_bits(a, b, zeros_by_value=False):
+    """Bit for bit (NaN payloads too); ``zeros_by_value``: -0.0 == 0.0."""
+    a, b = np.array(a), np.array(b)
+    if zeros_by_value:
+        a[a == 0], b[b == 0] = 0, 0
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def _with_and_without_out(guarded, fn, *args, shapes):
+    """fn(*args, out=NaN buffers) (the buffers must be the result), then fn(*args) with the same bits."""
+    outs = tuple(guarded.empty(s) for s in shapes)
+    got = fn(*args, out=outs if len(outs) > 1 else outs[0])
+    got = got if isinstance(got, tuple) else (got,)
+    assert all(g is o for g, o in zip(got, outs)), "the result is not the out= buffer"
+    again = fn(*args)
+    again = again if isinstance(again, tuple) else (again,)
+    assert all(_same_bits(a, g) for a, g in zip(again, got)), "differs from run to run"
+    return got if len(got) > 1 else got[0]
+
+
+def _launched(log, name):
+    return [(g, b) for n, g, b in log if n == name]
+
+
+def test_every_registered_op_is_tested():
+    ops = {op for op in step._NOTES if registry.get(op, "cuda").fn.__module__ == step.__name__}
+    assert ops == TESTED_OPS, f"step.py ops not driven here: {ops - TESTED_OPS}; gone: {TESTED_OPS - ops}"
+
+
+# ---------------------------------------------------------------- elementwise.cu
+
+SHAPES = [(1,), (7, 13), (3, 5, 7, 9), (2, 27, 27, 3)]
+
+
+def _special(rng, shape):
+    a = rand(rng, *shape)
+    flat = a.reshape(-1)
+    flat[::11] = np.nan
+    flat[3::13] = np.inf
+    flat[5::17] = -np.inf
+    flat[7::19] = 0.0
+    flat[9::23] = -0.0
+    return a
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_relu_add(emulated, shape):
+    guarded, log = emulated
+    rng = np.random.default_rng(sum(shape))
+    x, y = guarded.wrap(_special(rng, shape)), guarded.wrap(_special(rng, shape))
+    dy = guarded.wrap(rand(rng, *shape))  # finite: the reference's dy * (y > 0) turns inf * 0 into NaN
+    got = _with_and_without_out(guarded, step.relu_forward, x, shapes=[shape])
+    # kernels/elementwise.cu keeps -0.0 (v < 0 ? 0 : v), numpy.maximum(-0.0, 0) gives +0.0
+    assert _same_bits(got, ref.relu_forward(x), zeros_by_value=True), "relu_forward"
+    got = _with_and_without_out(guarded, step.relu_backward, dy, y, shapes=[shape])
+    # the kernel's y > 0 ? dy : 0 gives +0.0 where the reference's dy * (y > 0) gives -0.0 for dy < 0
+    assert _same_bits(got, ref.relu_backward(dy, y), zeros_by_value=True), "relu_backward"
+    got = _with_and_without_out(guarded, step.add, x, y, shapes=[shape])
+    assert _same_bits(got, ref.add(x, y)), "add"
+    # in place (documented for the elementwise ops)
+    expected_sum, expected_relu = ref.add(x, y), ref.relu_forward(ref.add(x, y))
+    assert step.add(x, y, out=x) is x and _same_bits(x, expected_sum), "add in place"
+    assert step.relu_forward(x, out=x) is x and _same_bits(x, expected_relu, True), "relu_forward in place"
+    n = int(np.prod(shape))
+    for name in ("relu_forward", "relu_backward", "add_arrays"):
+        for g, b in _launched(log, name):
+            assert b == (step.THREADS, 1, 1) and g[0] == min(-(-n // step.THREADS), step.MAX_BLOCKS)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.float64])
+def test_copy_and_increment(emulated, dtype):
+    guarded, _ = emulated
+    src = guarded.wrap(np.arange(1001).astype(dtype) * 3 - 7)
+    dst = guarded.empty(1001, dtype)
+    assert step.copy(dst, src) is None
+    assert _same_bits(dst, src)
+    assert step.copy(dst, dst) is None  # the same buffer: nothing to do
+    buf = guarded.empty(11, dtype, fill=0)
+    with pytest.raises(ValueError, match="overlaps"):
+        step.copy(buf[1:], buf[:-1])
+    counter = guarded.wrap(np.array([41], np.int32))
+    step.increment(counter)
+    step.increment(counter)
+    assert counter.tolist() == [43]
+
+
+@pytest.mark.parametrize("shape", [(5,), (1, 10), (7, 3), (300, 70), (2, 17, 19, 33)], ids=str)
+def test_bias_grad(emulated, shape):
+    guarded, log = emulated
+    rng = np.random.default_rng(shape[-1])
+    dy = guarded.wrap(rand(rng, *shape))
+    got = _with_and_without_out(guarded, step.bias_grad, dy, shapes=[(shape[-1],)])
+    assert_close(got, ref.bias_grad(*_f64(dy)), RED, f"bias_grad {shape}")
+    rows = dy.size // shape[-1]
+    passes = _launched(log, "column_sum")
+    assert len(passes) == 2 * (2 if rows > step.SUM_CHUNK_ROWS else 1), passes  # two calls above
+    if rows > step.SUM_CHUNK_ROWS:  # chunk partials, then their sum
+        assert passes[0][0][1] == -(-rows // step.SUM_CHUNK_ROWS) and passes[1][0][1] == 1, passes
+
+
+def test_overlapping_outputs_refused(emulated):
+    guarded, log = emulated
+    x = guarded.wrap(rand(np.random.default_rng(0), 4, 10))
+    labels = guarded.wrap(np.arange(4, dtype=np.int32))
+    totals = guarded.wrap(np.zeros(2))
+    with pytest.raises(ValueError, match="overlaps"):
+        step.softmax(x, out=x)
+    with pytest.raises(ValueError, match="overlaps"):
+        step.softmax_cross_entropy(x, labels, totals, out=x)
+    with pytest.raises(ValueError, match="overlaps"):
+        step.bias_grad(x, out=x[0])
+    x4 = x.reshape(1, 1, 4, 10)
+    with pytest.raises(ValueError, match="overlaps"):
+        step.lrn_forward(x4, 5, 1e-4, 0.75, 2.0, out=(x4, guarded.empty(x4.shape)))
+    assert log == [], "a refused call launched a kernel"
+
+
+# ---------------------------------------------------------------- softmax_xent.cu
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (7, 33), (37, 65), (20, 100)], ids=str)
+def test_softmax(emulated, shape):
+    guarded, log = emulated
+    rng = np.random.default_rng(shape[0] * shape[1])
+    x = rand(rng, *shape, scale=3.0)
+    if shape[1] > 1:
+        x[0, 0] = -np.inf  # exp(-inf - m) = 0
+    x = guarded.wrap(x)
+    got = _with_and_without_out(guarded, step.softmax, x, shapes=[shape])
+    assert_close(got, ref.softmax(*_f64(x)), RED, f"softmax {shape}")
+    (g, b), _ = _launched(log, "softmax_rows")
+    assert b == (step.THREADS, 1, 1) and g[0] == min(-(-shape[0] // (step.THREADS // 32)), step.MAX_BLOCKS)
+
+
+def _labels(rng, logits, mode):
+    rows, K = logits.shape
+    idx = np.where(rng.random(rows) < 0.5, logits.argmax(axis=1),  # about half right
+                   rng.integers(0, K, rows)).astype(np.int32)
+    if mode == "int32":
+        return idx
+    if mode == "onehot":
+        return np.eye(K, dtype=np.float32)[idx]
+    return rng.random((rows, K)).astype(np.float32) * 2  # soft rows, not normalised
+
+
+def _xent_check(guarded, log, logits, labels, blocks):
+    rows, K = logits.shape
+    totals0 = np.array([1.5, 2.0])
+    expected_totals = totals0.copy()
+    expected = ref.softmax_cross_entropy(logits.astype(np.float64), labels, expected_totals)
+    logits, labels = guarded.wrap(logits), guarded.wrap(labels)
+    totals = guarded.wrap(totals0)
+    out = guarded.empty((rows, K))
+    assert step.softmax_cross_entropy(logits, labels, totals, out=out) is out
+    what = f"xent {rows}x{K} {labels.dtype} {blocks} blocks"
+    assert_close(out, expected, RED, f"dlogits, {what}")
+    assert_close(totals[:1], expected_totals[:1], RED, f"loss sum, {what}")
+    assert totals[1] == expected_totals[1], f"correct count {totals[1]} != {expected_totals[1]}, {what}"
+    again = step.softmax_cross_entropy(logits, labels, totals)
+    assert _same_bits(again, out), f"dlogits differ from run to run, {what}"
+    assert totals[1] == 2 * expected_totals[1] - totals0[1]
+    assert_close(totals[:1], 2 * expected_totals[:1] - totals0[:1], RED, f"loss sum twice, {what}")
+    launches = _launched(log, "xent_index" if labels.ndim == 1 else "xent_onehot")
+    assert [g[0] for g, _ in launches] == [blocks] * 2 and all(b == (512, 1, 1) for _, b in launches)
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["one-block", "blocks"])
+@pytest.mark.parametrize("mode", ["int32", "onehot", "soft"])
+@pytest.mark.parametrize("shape", [(1, 10), (7, 33), (37, 10), (5, 70)], ids=str)
+def test_softmax_cross_entropy(emulated, monkeypatch, shape, mode, several):
+    guarded, log = emulated
+    rows, K = shape
+    if several:  # as if N * classes were above 2^18
+        monkeypatch.setattr(step, "XENT_ONE_BLOCK", 0)
+    rng = np.random.default_rng(rows * K + len(mode))
+    logits = rand(rng, rows, K, scale=3.0)
+    logits[::2] = rng.integers(-2, 3, (len(logits[::2]), K))  # ties: the first maximum wins
+    blocks = min(-(-rows // 16), step.MAX_BLOCKS) if several else 1
+    _xent_check(guarded, log, logits, _labels(rng, logits, mode), blocks)
+
+
+@pytest.mark.parametrize("mode", ["int32", "onehot"])
+def test_softmax_cross_entropy_past_the_one_block_threshold(aligned, mode):
+    guarded, log = aligned
+    rows, K = 263, 1000
+    assert rows * K > step.XENT_ONE_BLOCK
+    rng = np.random.default_rng(5)
+    logits = rand(rng, rows, K, scale=3.0)
+    _xent_check(guarded, log, logits, _labels(rng, logits, mode), -(-rows // 16))
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["one-block", "blocks"])
+def test_softmax_cross_entropy_out_of_range_labels(emulated, monkeypatch, several):
+    """kernels/softmax_xent.cu: a label outside [0, K) gives a NaN loss, no correct count and
+    dlogits = p * float32(1 / N) for its row (the reference refuses such labels)."""
+    guarded, log = emulated
+    if several:
+        monkeypatch.setattr(step, "XENT_ONE_BLOCK", 0)
+    rows, K = 21, 12
+    rng = np.random.default_rng(3)
+    logits = rand(rng, rows, K, scale=3.0)
+    labels = np.where(rng.random(rows) < 0.6, logits.argmax(axis=1), rng.integers(0, K, rows)).astype(np.int32)
+    bad = np.array([0, 4, 9, 20])
+    labels[bad] = [-1, K, 2**31 - 1, -2**31]
+    valid = np.ones(rows, bool)
+    valid[bad] = False
+    p = ref.softmax(logits.astype(np.float64))
+    target = np.zeros_like(p)
+    target[np.flatnonzero(valid), labels[valid]] = 1.0
+    expected = (p - target) * np.float64(np.float32(1.0 / rows))
+    count = np.count_nonzero(logits.argmax(axis=1)[valid] == labels[valid])
+    logits, labels, totals = guarded.wrap(logits), guarded.wrap(labels), guarded.wrap(np.array([0.0, 3.0]))
+    out = step.softmax_cross_entropy(logits, labels, totals)
+    assert_close(out, expected, RED, "dlogits with out-of-range labels")
+    assert np.isnan(totals[0]), f"loss sum {totals[0]} is not NaN"
+    assert totals[1] == 3.0 + count, f"correct count {totals[1] - 3.0} != {count}"
+
+
+# ---------------------------------------------------------------- dropout.cu
+
+@pytest.mark.parametrize("seed,at", [(0, 0), (2**40 + 12345, 7), (2**64 - 1, 2**31 - 1), (99, -5)],
+                         ids=["0-0", "2^40-7", "max-max", "99-neg"])
+def test_dropout_bit_exact(emulated, seed, at):
+    guarded, log = emulated
+    rng = np.random.default_rng(7)
+    for shape in [(1,), (7, 13), (3, 5, 7, 9), (4099,)]:
+        x = (rng.uniform(0.5, 1.5, shape) * rng.choice([-1, 1], shape)).astype(np.float32)  # never 0
+        x = guarded.wrap(x)
+        step_h = np.array([at], np.int32)
+        counter = guarded.wrap(step_h)
+        for rate in (0.0, 0.3, 0.5):
+            keep = ref.dropout_keep(x.size, rate, seed, step_h).reshape(shape)
+            for op in ("dropout_forward", "dropout_backward"):
+                fn = getattr(step, op)
+                got = _with_and_without_out(guarded, lambda *a, **kw: fn(*a, rate, seed, counter, **kw), x,
+                                            shapes=[shape])
+                what = f"{op} {shape} rate {rate} seed {seed} step {at}"
+                assert np.array_equal(got != 0, keep), f"{what}: {np.count_nonzero((got != 0) != keep)} mask bits"
+                assert _same_bits(got, getattr(ref, op)(x, rate, seed, step_h)), what
+            if rate and x.size > 100:  # the next step draws another mask
+                nxt = step.dropout_forward(x, rate, seed, guarded.wrap(step_h + 1))
+                assert not np.array_equal(nxt != 0, keep)
+        expected = ref.dropout_forward(x, 0.5, seed, step_h)
+        assert step.dropout_forward(x, 0.5, seed, counter, out=x) is x and _same_bits(x, expected), "in place"
+    n_groups = -(-4099 // 4)
+    grids = {g[0] for g, _ in _launched(log, "dropout_apply")}
+    assert min(-(-n_groups // step.THREADS), step.MAX_BLOCKS) in grids
+
+
+# ---------------------------------------------------------------- lrn.cu
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 2.0), (5, 0.5, 0.75, 1.0),
+                                               (3, 0.3, 0.6, 1.5), (1, 0.5, 0.75, 1.0)])
+@pytest.mark.parametrize("channels", [1, 3, 7, 96])
+def test_lrn(emulated, channels, size, alpha, beta, k):
+    guarded, _ = emulated
+    rng = np.random.default_rng(channels + size)
+    shape = (2, 3, 5, channels)
+    x, dy = guarded.wrap(rand(rng, *shape)), guarded.wrap(rand(rng, *shape))
+    y, scale = _with_and_without_out(guarded, lambda *a, **kw: step.lrn_forward(*a, size, alpha, beta, k, **kw),
+                                     x, shapes=[shape, shape])
+    ey, escale = ref.lrn_forward(*_f64(x), size, alpha, beta, k)
+    assert_close(scale, escale, RED, "lrn_forward scale")
+    assert_close(y, ey, RED, "lrn_forward y")
+    y32, s32 = (guarded.wrap(a) for a in ref.lrn_forward(x, size, alpha, beta, k))
+    dx = _with_and_without_out(guarded, lambda *a, **kw: step.lrn_backward(*a, size, alpha, beta, k, **kw),
+                               dy, x, y32, s32, shapes=[shape])
+    assert_close(dx, ref.lrn_backward(*_f64(dy, x, y32, s32), size, alpha, beta, k), RED, "lrn_backward")
+
+
+# ---------------------------------------------------------------- optimizers.cu
+
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)],
+                         ids=["plain", "momentum", "nesterov"])
+@pytest.mark.parametrize("n", [1, 1000, 1031])
+def test_sgd_update_bit_exact(emulated, n, momentum, nesterov):
+    guarded, _ = emulated
+    rng = np.random.default_rng(n)
+    p, v = rand(rng, n), (rand(rng, n, scale=0.1) if momentum else None)
+    dp, dv = guarded.wrap(p), (guarded.wrap(v) if momentum else None)
+    for i in range(3):
+        g = rand(rng, n)
+        ref.sgd_update(p, g, v, 0.1, momentum, nesterov)
+        assert step.sgd_update(dp, guarded.wrap(g), dv, 0.1, momentum, nesterov) is None
+        assert _same_bits(dp, p), f"p after step {i}"
+        if momentum:
+            assert _same_bits(dv, v), f"v after step {i}"
+
+
+@pytest.mark.parametrize("n", [1, 1031])
+def test_adam_update_bit_exact(emulated, n):
+    guarded, _ = emulated
+    rng = np.random.default_rng(n)
+    p, m, v = rand(rng, n), rand(rng, n, scale=0.01), np.abs(rand(rng, n, scale=0.01))
+    at = np.array([3], np.int32)
+    dp, dm, dv, dat = (guarded.wrap(a) for a in (p, m, v, at))
+    for i in range(4):
+        g = rand(rng, n)
+        ref.adam_update(p, g, m, v, at, 0.01, 0.9, 0.999, 1e-7)
+        assert step.adam_update(dp, guarded.wrap(g), dm, dv, dat, 0.01, 0.9, 0.999, 1e-7) is None
+        assert dat[0] == at[0], "adam changed step"
+        for name, dev, host in (("m", dm, m), ("v", dv, v), ("p", dp, p)):
+            assert _same_bits(dev, host), f"{name} after step {i}"
+        ref.increment(at)
+        step.increment(dat)
+        assert dat[0] == at[0]
+
+
+# ---------------------------------------------------------------- the emulator: warps, atomics, builds
+
+WARP_TEST = r"""
+extern "C" __global__ void shuffles(const int* arg, int* out, int width) {
+    const int t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    const int n = blockDim.x * blockDim.y * blockDim.z;
+    const int b = arg[t];
+    const int v = 1000 * (int)blockIdx.x + t;
+    const unsigned full = 0xffffffffu;
+    out[0 * n + t] = __shfl_xor_sync(full, v, b, width);
+    out[1 * n + t] = __shfl_down_sync(full, v, (unsigned)b, width);
+    out[2 * n + t] = __shfl_up_sync(full, v, (unsigned)b, width);
+    out[3 * n + t] = __shfl_sync(full, v, b, width);
+    out[4 * n + t] = (int)__ballot_sync(full, b & 1);
+    out[5 * n + t] = __any_sync(full, b == 7);
+    out[6 * n + t] = __all_sync(full, b < 31);
+    const double d = __shfl_xor_sync(full, 0.5 * v + 1e12, 1, width);  // 64-bit values
+    out[7 * n + t] = (int)((d - 1e12) * 2.0);
+}
+
+// A warp-synchronous sum through shared memory, ordered by __syncwarp only.
+extern "C" __global__ void warp_sum(const float* x, float* out) {
+    __shared__ float s[64];
+    const int t = threadIdx.x;
+    s[t] = x[t];
+    __syncwarp();
+    for (int o = 16; o > 0; o >>= 1) {
+        float mine = s[t], other = s[(t & ~31) | ((t & 31) ^ o)];
+        __syncwarp();
+        s[t] = mine + other;
+        __syncwarp();
+    }
+    out[t] = s[t];
+}
+
+extern "C" __global__ void atomics(float* f, double* d, int* i, float* of, double* od, int* oi) {
+    const int t = threadIdx.x + blockIdx.x * blockDim.x;
+    const int n = gridDim.x * blockDim.x;
+    of[t] = atomicAdd(f, 1.0f);
+    od[t] = atomicAdd(d, 0.5);
+    oi[t] = atomicMax(i + 0, t);
+    oi[n + t] = atomicCAS(i + 1, t, t + 1);  // threads in order here: each one succeeds
+}
+
+// mode 0: lanes 0-15 shuffle, 16-31 wait at __syncthreads       (divergence)
+// mode 1: lanes 0-15 mask 0x0000ffff, 16-31 the full mask          (mask mismatch)
+// mode 2: every lane with mask 1                                   (caller not in its mask)
+// mode 3: lanes 16-31 return, 0-15 read lane ^ 16                  (source returned)
+// mode 4: two half-warp groups, lanes 0-15 read lane ^ 16          (source not in the mask)
+// mode 5: width 3                                                  (bad width)
+// mode 6: two half-warp groups, each within itself                 (valid)
+// mode 7: lanes 16-31 return, 0-15 read lane ^ 1 with the full mask (valid: CUDA allows
+//         exited lanes in the mask)
+extern "C" __global__ void warp_errors(int* out, int mode) {
+    const int lane = threadIdx.x & 31;
+    int v = threadIdx.x;
+    const unsigned lo = 0x0000ffffu, hi = 0xffff0000u;
+    if (mode == 0) {
+        if (lane < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);
+        __syncthreads();
+    } else if (mode == 1) {
+        v = __shfl_xor_sync(lane < 16 ? lo : 0xffffffffu, v, 1);
+    } else if (mode == 2) {
+        v = __shfl_sync(1u, v, 0);
+    } else if (mode == 3 || mode == 7) {
+        if (lane >= 16) return;
+        v = __shfl_xor_sync(0xffffffffu, v, mode == 3 ? 16 : 1);
+    } else if (mode == 4) {
+        v = __shfl_xor_sync(lane < 16 ? lo : hi, v, lane < 16 ? 16 : 1);
+    } else if (mode == 5) {
+        v = __shfl_xor_sync(0xffffffffu, v, 1, 3);
+    } else {
+        v = __shfl_xor_sync(lane < 16 ? lo : hi, v, lane < 16 ? 2 : 4);
+    }
+    out[threadIdx.x] = v;
+}
+"""
+
+
+def _shuffle_model(n_threads, b, width, block_base=0):
+    """CUDA's documented shuffle rules (programming guide), lane by lane: each warp is 32
+    consecutive threads; a source outside the lane's width-segment gives its own value."""
+    v = block_base + np.arange(n_threads)
+    out = np.zeros((8, n_threads), np.int64)
+    for t in range(n_threads):
+        warp0, lane = t - t % 32, t % 32
+        seg0 = lane - lane % width
+        xor_src = lane ^ b[t] if (lane ^ b[t]) < seg0 + width else lane
+        down_src = lane + b[t] if lane + b[t] < seg0 + width else lane
+        up_src = lane - b[t] if lane - b[t] >= seg0 else lane
+        idx_src = seg0 + b[t] % width
+        out[0, t], out[1, t], out[2, t], out[3, t] = (v[warp0 + s] for s in (xor_src, down_src, up_src, idx_src))
+        lanes = range(warp0, min(warp0 + 32, n_threads))
+        out[4, t] = sum(1 << (j - warp0) for j in lanes if b[j] & 1)
+        out[5, t] = any(b[j] == 7 for j in lanes)
+        out[6, t] = all(b[j] < 31 for j in lanes)
+        pair = lane ^ 1 if (lane ^ 1) < seg0 + width else lane
+        out[7, t] = v[warp0 + pair]
+    return out
+
+
+@pytest.mark.parametrize("block,width", [((8, 4, 2), 32), ((16, 3, 1), 16), ((32, 1, 1), 8),
+                                         ((40, 1, 1), 4), ((96, 1, 1), 2), ((33, 1, 1), 1)], ids=str)
+def test_warp_ops_follow_cuda_lane_rules(block, width):
+    emu = cuda_emu.load_source("warp_test.cu", WARP_TEST)
+    n = int(np.prod(block))
+    assert n % 32 % width == 0, "a partial last warp must hold whole segments (no source beyond the block)"
+    rng = np.random.default_rng(n + width)
+    b = rng.integers(0, 32, n).astype(np.int32)
+    out = np.zeros(8 * n, np.int32)
+    emu.function("shuffles")((2,), block, (b, out, np.int32(width)))
+    got = out.reshape(8, n).astype(np.int64)
+    got[4] &= 0xFFFFFFFF  # the ballot, unsigned
+    expected = _shuffle_model(n, b, width, block_base=1000)  # the last block's values
+    assert np.array_equal(got, expected), [k for k in range(8) if not np.array_equal(got[k], expected[k])]
+
+
+def test_syncwarp_and_atomics():
+    emu = cuda_emu.load_source("warp_test.cu", WARP_TEST)
+    x = np.arange(64, dtype=np.float32)
+    out = np.zeros(64, np.float32)
+    emu.function("warp_sum")((1,), (64,), (x, out))
+    assert out.tolist() == [x[:32].sum()] * 32 + [x[32:].sum()] * 32
+    f, d, i = np.zeros(1, np.float32), np.zeros(1), np.array([-1, 0], np.int32)
+    of, od, oi = np.zeros(128, np.float32), np.zeros(128), np.zeros(256, np.int32)
+    emu.function("atomics")((2,), (64,), (f, d, i, of, od, oi))
+    assert f[0] == 128 and d[0] == 64.0  # the returned old values: each one once
+    assert sorted(of.tolist()) == list(range(128)) and sorted((2 * od).tolist()) == list(range(128))
+    assert i.tolist() == [127, 128] and sorted(oi[:128]) == list(range(-1, 127))
+    assert oi[128:].tolist() == list(range(128))
+
+
+@pytest.mark.parametrize("mode,match", [(0, "divergence"), (1, "same mask"), (2, "does not name the lane"),
+                                        (3, "has returned"), (4, "not in the mask"), (5, "width 3")])
+def test_incomplete_warp_ops_are_errors(mode, match):
+    emu = cuda_emu.load_source("warp_test.cu", WARP_TEST)
+    k = emu.function("warp_errors")
+    out = np.full(64, -1, np.int32)
+    with pytest.raises(AssertionError, match=match):
+        k((1,), (64,), (out, np.int32(mode)))
+    k((1,), (64,), (out, np.int32(6)))  # threads left parked by the failure start afresh
+    lane = np.arange(64) % 32
+    assert out.tolist() == (np.arange(64) ^ np.where(lane < 16, 2, 4)).tolist()
+    k((1,), (64,), (out, np.int32(7)))
+    assert (out[lane < 16] == (np.arange(64) ^ 1)[lane < 16]).all()
+    with pytest.raises(AssertionError, match="beyond the block"):  # lane 16 of a 16-thread block
+        k((1,), (16,), (out, np.int32(3)))
+
+
+def test_every_kernel_file_builds():
+    """Every kernels/*.cu except timing.cu (inline PTX) compiles under the emulator, with the
+    template instances its backend module asks CuPy for."""
+    from fastcnn.backend.cuda import conv, conv_direct, gemm, pool
+    names = {"gemm.cu": gemm.NAME_EXPRESSIONS, "conv.cu": conv.NAME_EXPRESSIONS,
+             "conv_direct.cu": conv_direct.NAME_EXPRESSIONS, "pool.cu": pool.NAME_EXPRESSIONS}
+    files = sorted(p.name for p in _paths.KERNEL_DIR.glob("*.cu") if p.name != "timing.cu")
+    assert set(STEP_FILES) <= set(files)
+    cuda_emu.prebuild(*[(f, names.get(f, ())) for f in files])
+    for f in files:
+        emu = cuda_emu.load(f, names.get(f, ()))
+        assert set(names.get(f, ())) <= set(emu.names) and emu.names, f
