@@ -5,8 +5,12 @@
 //         add_arrays    c = a + b
 //         increment     step[0] += 1              (the device-side step counter of a graph)
 //         column_sum    out[chunk, c] = sum of x[r, c] over the rows r of one chunk
+//         copy_channels dst[r, dst_start + c] = src[r, src_start + c], c < width: a channel
+//                       range of one NHWC tensor into another (the towers of a group conv)
 // Launch: elementwise kernels: 1-D grid-stride, 256 threads per block, any grid.
 //         increment: 1 block of 1 thread.
+//         copy_channels: block (32, 8), grid (1, any): lanes walk a row's channels (one
+//         warp reads width contiguous floats), warps walk rows grid-stride.
 //         column_sum: block (32, 8), grid (ceil(C / 32), chunks).  Threads of a warp
 //         read 32 consecutive columns of one row (coalesced); the 8 warps of a block
 //         walk every 8th row of the chunk; a fixed-order tree in shared memory adds
@@ -46,6 +50,17 @@ extern "C" __global__ void add_arrays(const float* a, const float* b, float* c, 
 extern "C" __global__ void increment(int* step) {
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         step[0] = step[0] + 1;
+    }
+}
+
+extern "C" __global__ void copy_channels(const float* __restrict__ src, float* __restrict__ dst,
+                                         long long rows, int width, int src_C, int src_start,
+                                         int dst_C, int dst_start) {
+    for (long long r = (long long)blockIdx.y * blockDim.y + threadIdx.y; r < rows;
+         r += (long long)gridDim.y * blockDim.y) {
+        const float* s = src + r * src_C + src_start;
+        float* d = dst + r * dst_C + dst_start;
+        for (int c = threadIdx.x; c < width; c += blockDim.x) d[c] = s[c];
     }
 }
 

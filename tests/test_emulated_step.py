@@ -49,7 +49,7 @@ RED = 1e-5
 STEP_FILES = ("elementwise.cu", "softmax_xent.cu", "dropout.cu", "lrn.cu", "optimizers.cu")
 # (id, guard shift, step.MAX_BLOCKS)
 LAYOUTS = [("aligned", 0, None), ("misaligned-2blocks", 1, 2)]
-TESTED_OPS = {"relu_forward", "relu_backward", "add", "copy", "increment", "bias_grad", "softmax",
+TESTED_OPS = {"relu_forward", "relu_backward", "add", "copy", "copy_channels", "increment", "bias_grad", "softmax",
               "softmax_cross_entropy", "dropout_forward", "dropout_backward", "lrn_forward",
               "lrn_backward", "sgd_update", "adam_update"}
 
@@ -150,6 +150,22 @@ def test_relu_add(emulated, shape):
     for name in ("relu_forward", "relu_backward", "add_arrays"):
         for g, b in _launched(log, name):
             assert b == (step.THREADS, 1, 1) and g[0] == min(-(-n // step.THREADS), step.MAX_BLOCKS)
+
+
+@pytest.mark.parametrize("rows, src_c, dst_c, src_start, dst_start, width", [
+    ((2, 3, 5), 7, 4, 2, 1, 3), ((1,), 96, 48, 48, 0, 48), ((37, 2), 40, 70, 5, 35, 35), ((2000,), 1, 1, 0, 0, 1)])
+def test_copy_channels(emulated, rows, src_c, dst_c, src_start, dst_start, width):
+    guarded, _ = emulated
+    src = guarded.wrap(np.arange(np.prod(rows) * src_c, dtype=np.float32).reshape(rows + (src_c,)))
+    dst = guarded.wrap(np.full(rows + (dst_c,), -1.0, np.float32))
+    expected = dst.copy()
+    expected[..., dst_start:dst_start + width] = src[..., src_start:src_start + width]
+    assert step.copy_channels(dst, src, dst_start, src_start, width) is None
+    assert _same_bits(dst, expected)
+    with pytest.raises(ValueError, match="out of range"):
+        step.copy_channels(dst, src, dst_start, src_start, src_c + 1)
+    with pytest.raises(ValueError, match="overlaps"):
+        step.copy_channels(dst, dst, 0, 0, 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int32, np.float64])

@@ -79,13 +79,14 @@ def test_numba_backend_trains_lenet5():
     assert h_nb["loss"][0] == pytest.approx(h_cpu["loss"][0], rel=2e-3)
 
 
-def test_alexnet_single_step_on_gpu_matches_reference_loss():
+@pytest.mark.parametrize("variant", ["single", "original"])   # original: two towers (groups), LRN
+def test_alexnet_step_on_gpu_matches_reference_loss(variant):
     fastcnn.manual_seed(0)
     x = np.random.default_rng(0).random((2, 227, 227, 3), dtype=np.float32)
     y = np.eye(1000, dtype=np.float32)[[3, 7]]
-    cpu = fastcnn.models.alexnet()
+    cpu = fastcnn.models.alexnet(variant=variant)
     cpu.compile(loss="categorical_crossentropy", optimizer=fastcnn.optimizers.SGD(0.01, momentum=0.9))
-    gpu = fastcnn.models.alexnet()
+    gpu = fastcnn.models.alexnet(variant=variant)
     gpu.compile(loss="categorical_crossentropy", optimizer=fastcnn.optimizers.SGD(0.01, momentum=0.9))
     gpu.set_weights(cpu.get_weights())
     gpu.to("cuda")
@@ -99,3 +100,25 @@ def test_alexnet_single_step_on_gpu_matches_reference_loss():
     h_cpu = cpu.fit(x, y, epochs=1, batch_size=2, verbose=0, shuffle=False).history
     h_gpu = gpu.fit(x, y, epochs=1, batch_size=2, verbose=0, shuffle=False, graph=False).history
     assert h_gpu["loss"][0] == pytest.approx(h_cpu["loss"][0], rel=1e-3)
+
+
+def test_alexnet_original_graph_steps_equal_eager_steps():
+    """The two-tower path (channel slices, concat, LRN) captured in the whole-step graph."""
+    fastcnn.manual_seed(0)
+    x = np.random.default_rng(1).random((4, 227, 227, 3), dtype=np.float32)
+    y = np.eye(1000, dtype=np.float32)[[3, 7, 1, 0]]
+    models = []
+    for _ in range(2):
+        m = fastcnn.models.alexnet(variant="original")
+        m.compile(loss="categorical_crossentropy", optimizer=fastcnn.optimizers.SGD(0.01, momentum=0.9))
+        models.append(m)
+    models[1].set_weights(models[0].get_weights())
+    for a, b in zip(models[0].layers, models[1].layers):
+        if hasattr(a, "seed"):
+            b.seed = a.seed
+    eager, graph = (m.to("cuda") for m in models)
+    h_eager = eager.fit(x, y, epochs=2, batch_size=2, verbose=0, shuffle=False, graph=False).history
+    h_graph = graph.fit(x, y, epochs=2, batch_size=2, verbose=0, shuffle=False, graph=True).history
+    assert h_graph["loss"] == pytest.approx(h_eager["loss"], rel=1e-4)
+    for a, b in zip(eager.get_weights(), graph.get_weights()):
+        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(a)

@@ -241,6 +241,16 @@ def test_copy(S, dtype):
     assert np.array_equal(_host(dst), _host(src))
 
 
+@gpu
+def test_copy_channels(S):
+    cp = _cp()
+    src = np.arange(128 * 27 * 27 * 96, dtype=np.float32).reshape(128, 27, 27, 96)   # AlexNet's two towers
+    expected = np.full(src.shape[:-1] + (48,), np.nan, np.float32)
+    dst = cp.asarray(expected)
+    assert S.copy_channels(dst, cp.asarray(src), 0, 48, 48) is None
+    np.testing.assert_array_equal(_host(dst), src[..., 48:])
+
+
 # ---------------------------------------------------------------- CUDA graphs
 
 @gpu

@@ -27,6 +27,7 @@ import pytest
 from helpers import assert_close, rand
 
 import fastcnn
+import fastcnn.functional as F
 from fastcnn import backend
 from fastcnn.backend import numba_cuda as nb
 from fastcnn.backend import reference as ref
@@ -225,6 +226,35 @@ def test_relu_add_copy_increment(rng):
     step = dev(np.array([41], np.int32))
     nb.increment(step)
     assert int(host(step)[0]) == 42
+
+
+def test_group_conv_towers_match_the_reference(rng):
+    """Channel slices, per-tower convolutions and the concat (AlexNet 'original') on Numba kernels."""
+    from fastcnn import Tensor
+    from fastcnn.layers import ChannelConcat, ChannelSlice
+    x, w, gy = rand(rng, 1, 5, 5, 4), rand(rng, 3, 3, 2, 3), rand(rng, 1, 5, 5, 6)
+    results = {}
+    for name in ("reference", "numba"):
+        with fastcnn.backend.using(name):
+            tx, tw = Tensor(dev(x), requires_grad=True), Tensor(dev(w), requires_grad=True)
+            towers = [F.conv2d(ChannelSlice(2 * g, 2 * g + 2)(tx), tw, padding="same") for g in range(2)]
+            y = ChannelConcat()(*towers)
+            y.backward(dev(gy))
+            results[name] = [host(a) for a in (y.data, tx.grad, tw.grad)]
+    for got, want, what in zip(results["numba"], results["reference"], ("y", "dx", "dw")):
+        assert_close(got, want, GEMM, what)
+
+
+@pytest.mark.parametrize("rows", [(2, 3), (40,)])
+def test_copy_channels(rng, rows):
+    src, dst = rand(rng, *rows, 7), rand(rng, *rows, 4)
+    expected = dst.copy()
+    expected[..., 1:4] = src[..., 2:5]
+    d = dev(dst)
+    assert nb.copy_channels(d, dev(src), 1, 2, 3) is None
+    np.testing.assert_array_equal(host(d), expected)
+    with pytest.raises(ValueError, match="out of range"):
+        nb.copy_channels(d, dev(src), 2, 0, 3)
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 10), (2, 5, 3, 6), (300, 37), (2, 120)])

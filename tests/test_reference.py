@@ -352,6 +352,14 @@ def test_increment_add_copy():
     assert np.array_equal(dst, a)
 
 
+def test_copy_channels():
+    src = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    dst = np.full((2, 3, 4), -1.0, np.float32)
+    assert ref.copy_channels(dst, src, 1, 2, 3) is None
+    assert np.array_equal(dst[..., 1:], src[..., 2:5])
+    assert np.all(dst[..., 0] == -1.0)     # channels outside the range are left alone
+
+
 # ------------------------------------------------------------------ bad inputs
 
 def _f(*shape):
@@ -413,6 +421,13 @@ BAD_INPUTS = [
     ("increment float", lambda: ref.increment(np.zeros(1)), ValueError, "step must be an integer array"),
     ("add shapes", lambda: ref.add(_f(2), _f(3)), ValueError, "same shape"),
     ("copy dtype", lambda: ref.copy(_f(2), np.ones(2)), ValueError, "must match dst"),
+    ("copy_channels range", lambda: ref.copy_channels(_f(2, 3), _f(2, 5), 1, 3, 3), ValueError,
+     "channels [3, 6) of src (5 channels)"),
+    ("copy_channels rows", lambda: ref.copy_channels(_f(2, 3), _f(3, 3), 0, 0, 1), ValueError,
+     "same shape but for the last"),
+    ("copy_channels width", lambda: ref.copy_channels(_f(2, 3), _f(2, 3), 0, 0, 0), ValueError, "out of range"),
+    ("copy_channels dtype", lambda: ref.copy_channels(_f(2, 3), np.ones((2, 3)), 0, 0, 1), TypeError,
+     "src has dtype float64"),
 ]
 
 

@@ -50,6 +50,8 @@ Primitives (what each returns; "in place" ones return None):
   increment(step)                                         in place: step[0] += 1
   add(a, b)                                               -> a + b (same shape)
   copy(dst, src)                                          in place: dst[...] = src
+  copy_channels(dst, src, dst_start, src_start, width)    in place: dst[..., dst_start:dst_start+width]
+        = src[..., src_start:src_start+width]; float32, same leading shape (group convolution)
 
 ``matmul``, ``conv2d_backward_weights`` and ``bias_grad`` also take ``out=`` (keyword):
 the result is written there (the model passes views of its flat gradient buffer, so
@@ -73,7 +75,7 @@ PRIMITIVES = (
     "dropout_forward", "dropout_backward",
     "lrn_forward", "lrn_backward",
     "sgd_update", "adam_update", "increment",
-    "add", "copy",
+    "add", "copy", "copy_channels",
 )
 
 BACKENDS = {"reference": "fastcnn.backend.reference",

@@ -65,7 +65,7 @@ except Exception as _exc:  # numba (or numba-cuda) missing or broken: the backen
                                                     np.int64, np.uint8, np.uint64)
     types = None
 
-from . import registry
+from . import reference, registry
 
 name = "numba"
 SIMULATOR = bool(_numba is not None and _numba.config.ENABLE_CUDASIM)
@@ -1399,6 +1399,30 @@ def copy(dst, src):
     _launch(_k_copy, _blocks(dst.size), THREADS, _flat(dst), _flat(src), dst.size)
 
 
+@_jit
+def _k_copy_channels(D, S, rows, width, dst_C, dst_start, src_C, src_start):
+    """Block (32, y): lanes walk a row's channels, rows grid-stride over y."""
+    r = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    while r < rows:
+        c = cuda.threadIdx.x
+        while c < width:
+            D[r * dst_C + dst_start + c] = S[r * src_C + src_start + c]
+            c += cuda.blockDim.x
+        r += cuda.blockDim.y * cuda.gridDim.y
+
+
+def copy_channels(dst, src, dst_start, src_start, width):
+    """dst[..., dst_start:dst_start+width] = src[..., src_start:src_start+width] (in place, float32)."""
+    _check("dst", dst)
+    _check("src", src)
+    reference.channel_range(dst.shape, src.shape, dst_start, src_start, width)
+    rows = dst.size // dst.shape[-1]
+    lanes = THREADS // 32
+    grid = (1, max(1, min(_MAX_BLOCKS, -(-rows // lanes))))
+    _launch(_k_copy_channels, grid, (32, lanes), _flat(dst), _flat(src), rows, int(width),
+            dst.shape[-1], int(dst_start), src.shape[-1], int(src_start))
+
+
 def increment(step):
     """step[0] += 1 on the device (int32 array of shape (1,))."""
     _check("step", step, dtype=np.int32, shape=(1,))
@@ -1892,6 +1916,7 @@ VARIANTS = {
     "increment": ("numba", "Numba: one thread"),
     "add": ("numba", "Numba: grid-stride elementwise"),
     "copy": ("numba", "Numba: grid-stride elementwise"),
+    "copy_channels": ("numba", "Numba: lanes over a row's channels, rows grid-stride"),
 }
 
 
@@ -1964,6 +1989,7 @@ def ptx_kernels():
         ("relu_bwd", _k_relu_bwd.py_func, (f32, f32, f32, i64)),
         ("add", _k_add.py_func, (f32, f32, f32, i64)),
         ("copy", _k_copy.py_func, (f32, f32, i64)),
+        ("copy_channels", _k_copy_channels.py_func, (f32, f32, i64, i64, i64, i64, i64, i64)),
         ("increment", _k_increment.py_func, (i32,)),
         ("bias_partial", _k_bias_partial.py_func, (f32, f32, i64, i64, i64)),
         ("bias_final", _k_bias_final.py_func, (f32, f32, i64, i64)),

@@ -674,3 +674,27 @@ def copy(dst, src):
         raise ValueError(f"src {src.dtype} {src.shape} must match dst {dst.dtype} {dst.shape}")
     np.copyto(dst, src)
     return None
+
+
+def channel_range(dst_shape, src_shape, dst_start, src_start, width):
+    """Check a copy_channels call's shapes and channel ranges (shared by every backend)."""
+    if len(dst_shape) < 1 or tuple(dst_shape[:-1]) != tuple(src_shape[:-1]):
+        raise ValueError(f"dst {tuple(dst_shape)} and src {tuple(src_shape)} must have the same shape "
+                         "but for the last (channel) axis")
+    for name, v in (("dst_start", dst_start), ("src_start", src_start), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if width < 1 or src_start < 0 or dst_start < 0 or src_start + width > src_shape[-1] \
+            or dst_start + width > dst_shape[-1]:
+        raise ValueError(f"channels [{src_start}, {src_start + width}) of src ({src_shape[-1]} channels) -> "
+                         f"[{dst_start}, {dst_start + width}) of dst ({dst_shape[-1]}) are out of range")
+
+
+def copy_channels(dst, src, dst_start, src_start, width):
+    """dst[..., dst_start:dst_start+width] = src[..., src_start:src_start+width], in place."""
+    _inplace_array(dst, "dst")
+    src = _float_array(src, "src")
+    _same_dtype(dst.dtype, src=src)
+    channel_range(dst.shape, src.shape, dst_start, src_start, width)
+    dst[..., dst_start:dst_start + width] = src[..., src_start:src_start + width]
+    return None

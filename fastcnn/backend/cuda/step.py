@@ -4,8 +4,8 @@ Kernel files and primitives (semantics: ``fastcnn/backend/__init__.py``; each
 result matches ``fastcnn.backend.reference``):
 
   kernels/elementwise.cu   relu_forward, relu_backward, add, increment, bias_grad
-                           (bias_grad: deterministic two-pass column sum, no atomics);
-                           copy is a device-to-device cudaMemcpyAsync, no kernel
+                           (bias_grad: deterministic two-pass column sum, no atomics),
+                           copy_channels; copy is a device-to-device cudaMemcpyAsync, no kernel
   kernels/softmax_xent.cu  softmax, softmax_cross_entropy (a warp per row; the loss and
                            accuracy totals fused in; deterministic when N*classes <= 2^18)
   kernels/dropout.cu       dropout_forward, dropout_backward (Philox4x32-10, mask regenerated)
@@ -32,6 +32,7 @@ import numbers
 
 import numpy as np
 
+from .. import reference as _ref
 from .. import registry
 from . import _launch
 
@@ -137,6 +138,20 @@ def copy(dst, src):
         return None
     _no_overlap("dst", dst, src=src)
     dst.data.copy_from_device_async(src.data, dst.nbytes)  # on the current stream
+    return None
+
+
+def copy_channels(dst, src, dst_start, src_start, width):
+    """dst[..., dst_start:dst_start+width] = src[..., src_start:src_start+width] in place (float32)."""
+    _launch.check("dst", dst)
+    _launch.check("src", src)
+    _ref.channel_range(dst.shape, src.shape, dst_start, src_start, width)
+    _no_overlap("dst", dst, src=src)
+    rows = dst.size // dst.shape[-1]
+    grid = (1, min(_cdiv(rows, SUM_ROWS), 65535))  # grid.y is at most 65535; the kernel loops
+    _kernel(_EW, "copy_channels")(grid, (SUM_COLS, SUM_ROWS),
+                                  (src, dst, np.int64(rows), np.int32(width), np.int32(src.shape[-1]),
+                                   np.int32(src_start), np.int32(dst.shape[-1]), np.int32(dst_start)))
     return None
 
 
@@ -371,6 +386,7 @@ _NOTES = {
     "relu_backward": "grid-stride y > 0 ? dy : 0",
     "add": "grid-stride a + b",
     "copy": "device-to-device cudaMemcpyAsync on the current stream",
+    "copy_channels": "block (32, 8): lanes walk a row's channels, warps walk rows (group convolution)",
     "increment": "one thread: step[0] += 1 on the device (graph step counter)",
     "bias_grad": "column sum: 32x8 blocks, row chunks of 256, fixed-order tree; second pass over "
                  "the chunk partials (deterministic, no atomics)",
