@@ -100,6 +100,7 @@ def _inputs(cp, rng):
         "increment": lambda: [(step(),)],
         "add": lambda: [(f32(n), f32(n))],
         "copy": lambda: [(f32(n), f32(n))],
+        "copy_channels": lambda: [(f32(N, 5, 5, 4), f32(N, 5, 5, 7), 1, 2, 3)],
     }
 
 
