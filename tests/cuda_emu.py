@@ -800,16 +800,7 @@ def check(name, a, *, dtype=np.float32, ndim=None, shape=None):
     """_launch.check for NumPy arrays: the same refusals, the same messages."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a CuPy array on the GPU, got {type(a).__name__}")
-    if a.dtype != np.dtype(dtype):
-        raise TypeError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype.name}")
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (kernels ignore strides)")
-    if a.size == 0:
-        raise ValueError(f"{name} is empty (shape {a.shape})")
+    _launch.check_layout(name, a, dtype=dtype, ndim=ndim, shape=shape)
     return a
 
 

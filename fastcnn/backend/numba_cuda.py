@@ -964,6 +964,28 @@ def conv2d_backward_weights(x, dy, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
 # ---------------------------------------------------------------------------
 # q = (N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl)
 
+@_device
+def _window_max(X, base, h0, w0, H, W, C, ph, pw):
+    """(max, r*pw + s of its first position) of one channel's window, whose top-left is
+    (h0, w0); base = n*H*W*C + c.  First max wins, padding never competes; a window
+    holding NaN gives (NaN, ph*pw - 1), the reference's rule."""
+    best = float32(0.0)
+    arg = -1
+    for r in range(ph):
+        h = h0 + r
+        if h >= 0 and h < H:
+            for s in range(pw):
+                w = w0 + s
+                if w >= 0 and w < W:
+                    v = X[base + (h * W + w) * C]
+                    if arg < 0 or v > best or v != v:
+                        best = v
+                        arg = r * pw + s
+    if best != best:
+        arg = ph * pw - 1
+    return best, arg
+
+
 @_jit
 def _k_maxpool_fwd(X, Y, AM, total, q):
     H = q[1]
@@ -982,22 +1004,8 @@ def _k_maxpool_fwd(X, Y, AM, total, q):
         t = t // Q
         oh = t % P
         n = t // P
-        h0 = oh * q[8] - q[10]
-        w0 = ow * q[9] - q[11]
-        best = float32(0.0)
-        arg = -1
-        for r in range(ph):
-            h = h0 + r
-            if h >= 0 and h < H:
-                for s in range(pw):
-                    w = w0 + s
-                    if w >= 0 and w < W:
-                        v = X[((n * H + h) * W + w) * C + c]
-                        if arg < 0 or v > best or v != v:    # first max wins; padding never competes
-                            best = v
-                            arg = r * pw + s
-        if best != best:    # NaN in the window: y = NaN, argmax the last position (the reference's rule)
-            arg = ph * pw - 1
+        best, arg = _window_max(X, n * H * W * C + c, oh * q[8] - q[10], ow * q[9] - q[11],
+                                H, W, C, ph, pw)
         Y[i] = best
         AM[i] = uint8(arg)
         i += stride
@@ -1204,21 +1212,7 @@ def _k_maxpool_fwd_lanes(X, Y, AM, q):
             o = (row * Q + ow) * C
             c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
             while c < C:
-                best = float32(0.0)
-                arg = -1
-                for r in range(ph):
-                    h = h0 + r
-                    if h >= 0 and h < H:
-                        src = (n * H + h) * W * C + c
-                        for s in range(pw):
-                            w = w0 + s
-                            if w >= 0 and w < W:
-                                v = X[src + w * C]
-                                if arg < 0 or v > best or v != v:    # first max wins; padding never competes
-                                    best = v
-                                    arg = r * pw + s
-                if best != best:    # NaN in the window: argmax the last position (the reference's rule)
-                    arg = ph * pw - 1
+                best, arg = _window_max(X, n * H * W * C + c, h0, w0, H, W, C, ph, pw)
                 Y[o + c] = best
                 AM[o + c] = uint8(arg)
                 c += cuda.blockDim.x * cuda.gridDim.x

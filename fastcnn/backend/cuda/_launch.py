@@ -42,6 +42,15 @@ def check(name: str, a, *, dtype=np.float32, ndim: int | None = None, shape=None
     if not isinstance(a, cp.ndarray):
         raise TypeError(f"{name} must be a CuPy array on the GPU, got {type(a).__name__}; "
                         "move it with fastcnn.backend.get('cuda').asarray(...)")
+    check_layout(name, a, dtype=dtype, ndim=ndim, shape=shape)
+    if a.device.id != cp.cuda.Device().id:
+        raise ValueError(f"{name} lives on GPU {a.device.id} but the current device is "
+                         f"{cp.cuda.Device().id}")
+    return a
+
+
+def check_layout(name: str, a, *, dtype=np.float32, ndim: int | None = None, shape=None):
+    """The part of ``check`` that does not depend on where the array lives."""
     if a.dtype != np.dtype(dtype):
         raise TypeError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype.name}")
     if ndim is not None and a.ndim != ndim:
@@ -51,12 +60,8 @@ def check(name: str, a, *, dtype=np.float32, ndim: int | None = None, shape=None
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (kernels ignore strides); "
                          "pass cupy.ascontiguousarray(...)")
-    if a.device.id != cp.cuda.Device().id:
-        raise ValueError(f"{name} lives on GPU {a.device.id} but the current device is "
-                         f"{cp.cuda.Device().id}")
     if a.size == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
-    return a
 
 
 def out_array(name: str, out, shape, dtype=np.float32):
