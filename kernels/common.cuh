@@ -12,8 +12,9 @@
 typedef unsigned char fc_u8;
 typedef long long fc_i64;
 
-// ReLU that propagates NaN like numpy.maximum(x, 0) (NaN < 0 is false).
-FC_DEVICE float fc_relu(float v) { return v < 0.0f ? 0.0f : v; }
+// ReLU bit-exact with numpy.maximum(x, 0): NaN propagates (NaN <= 0 is false) and
+// -0.0 becomes +0.0.
+FC_DEVICE float fc_relu(float v) { return v <= 0.0f ? 0.0f : v; }
 
 FC_DEVICE int fc_ceil_div(int a, int b) { return (a + b - 1) / b; }
 

@@ -1,7 +1,9 @@
 // kernels/elementwise.cu: ReLU forward/backward, add, step increment, bias gradient.
 //
-// What:   relu_forward  y = max(x, 0)            (NaN propagates, like numpy.maximum)
-//         relu_backward dx = y > 0 ? dy : 0        (numpy.where(y > 0, dy, 0))
+// What:   relu_forward  y = max(x, 0)            (bit-exact with numpy.maximum(x, 0): NaN
+//                                                 propagates, -0.0 gives +0.0)
+//         relu_backward dx = dy * (y > 0)          (the reference's product: a NaN or inf dy
+//                                                 where y <= 0 gives NaN, a zero keeps dy's sign)
 //         add_arrays    c = a + b
 //         increment     step[0] += 1              (the device-side step counter of a graph)
 //         column_sum    out[chunk, c] = sum of x[r, c] over the rows r of one chunk
@@ -30,14 +32,14 @@
 extern "C" __global__ void relu_forward(const float* x, float* y, long long n) {
     FC_EW_LOOP(i, n) {
         float v = x[i];
-        y[i] = v < 0.0f ? 0.0f : v;
+        y[i] = v <= 0.0f ? 0.0f : v;
     }
 }
 
 extern "C" __global__ void relu_backward(const float* dy, const float* y, float* dx,
                                          long long n) {
     FC_EW_LOOP(i, n) {
-        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+        dx[i] = dy[i] * (y[i] > 0.0f ? 1.0f : 0.0f);
     }
 }
 

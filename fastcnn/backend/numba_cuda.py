@@ -535,7 +535,7 @@ def _make_gemm(load_a, load_b, BM, BN, BK, TM, TN):
                         v = acc[i, j]
                         if p[HAS_BIAS] != 0:
                             v += bias[n]
-                        if p[RELU] != 0 and v < float32(0.0):
+                        if p[RELU] != 0 and v <= float32(0.0):
                             v = float32(0.0)
                         C[base + m * N + n] = v
 
@@ -553,7 +553,7 @@ def _k_sum_splits(part, C, bias, MN, N, splits, p):
             v += part[z * MN + i]
         if p[HAS_BIAS] != 0:
             v += bias[i % N]
-        if p[RELU] != 0 and v < float32(0.0):
+        if p[RELU] != 0 and v <= float32(0.0):
             v = float32(0.0)
         C[i] = v
         i += stride
@@ -687,7 +687,7 @@ def _ep_store(C, bias, row, m, M, n, N, v, has_bias, relu):
     if m < M and n < N:
         if has_bias != 0:
             v += bias[n]
-        if relu != 0 and v < float32(0.0):
+        if relu != 0 and v <= float32(0.0):
             v = float32(0.0)
         C[row + n] = v
 
@@ -1326,7 +1326,7 @@ def _k_relu_fwd(X, Y, n):
     stride = cuda.gridsize(1)
     while i < n:
         v = X[i]
-        Y[i] = float32(0.0) if v < float32(0.0) else v    # NaN propagates, as numpy.maximum(x, 0)
+        Y[i] = float32(0.0) if v <= float32(0.0) else v    # as numpy.maximum(x, 0): NaN stays, -0.0 -> 0.0
         i += stride
 
 
@@ -1335,7 +1335,7 @@ def _k_relu_bwd(DY, Y, DX, n):
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     while i < n:
-        DX[i] = DY[i] if Y[i] > float32(0.0) else float32(0.0)
+        DX[i] = DY[i] * (float32(1.0) if Y[i] > float32(0.0) else float32(0.0))    # the reference's dy * (y > 0)
         i += stride
 
 
