@@ -23,7 +23,7 @@ from .. import reference as _ref
 from .. import registry
 from . import _launch
 from ._launch import out_array
-from .gemm import THREADS, TILE_M, TILE_N, cdiv, check_int32, grid_blocks, launch_gemm, split_k_plan
+from .gemm import THREADS, TILE_M, cdiv, check_int32, grid_blocks, launch_gemm, split_k_plan
 
 _FILE = "conv.cu"
 # Columns a thread computes (the GEMM N tile is 64 + 16 * (TN - 4) wide), per variant.
