@@ -115,6 +115,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_kernels(args) -> int:
+    from fastcnn.backend import registry
+    ops = registry.ops()
+    unknown = [op for op in args.ops if op not in ops]
+    if unknown:
+        raise UsageError(f"no kernel variants for {', '.join(unknown)}; ops with variants: {', '.join(ops)}")
+    for op in args.ops or ops:
+        used = registry.selected(op)
+        print(op)
+        for name in registry.variants(op):
+            variant = registry.get(op, name)
+            print(f"  {'*' if name == used else ' '} {name:<19} {variant.source:<6} {variant.note}")
+    print("* used now (the default unless chosen); choose with fastcnn.kernels.use(op, name), "
+          "see docs/cuda_kernels.md")
+    for module, why in registry.load_errors().items():
+        print(f"variants of {module} unavailable: {why}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- models
 def _build(name: str, variant: str | None, num_classes: int | None = None):
     from fastcnn import models
@@ -299,10 +318,14 @@ def _delegate(command: str, argv) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcnn", description="Train LeNet-5 and AlexNet on "
                                      "hand-written CUDA kernels (NumPy reference on the CPU).")
-    sub = parser.add_subparsers(dest="command", metavar="{info,summary,train,bench,check}")
+    sub = parser.add_subparsers(dest="command", metavar="{info,kernels,summary,train,bench,check}")
 
     p = sub.add_parser("info", help="versions, CPU, GPU and usable backends")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("kernels", help="every kernel variant of each GPU primitive, and which one is used")
+    p.add_argument("ops", nargs="*", metavar="OP", help="only these primitives (e.g. conv2d_forward)")
+    p.set_defaults(func=cmd_kernels)
 
     p = sub.add_parser("summary", help="print a model's layer table")
     p.add_argument("model", choices=sorted(INPUT_SHAPES))

@@ -41,6 +41,22 @@ def test_info_runs_without_gpu(capsys):
     assert "cuda" in out.split("backends:")[1]
 
 
+def test_kernels_lists_every_variant_and_the_one_used(capsys):
+    code, out, _ = run(capsys, "kernels", "conv2d_forward", "maxpool_forward")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "conv2d_forward"
+    assert any(line.split()[:3] == ["*", "auto", "cuda"] for line in lines)      # the default, marked
+    for name in ("implicit_gemm96", "winograd4", "numba_implicit_gemm", "vec8", "numba_lanes"):
+        assert any(line.split()[0] == name for line in lines), name
+    import fastcnn
+    with fastcnn.kernels.using("maxpool_forward", "vec4"):
+        _, out, _ = run(capsys, "kernels", "maxpool_forward")
+    assert any(line.split()[:2] == ["*", "vec4"] for line in out.splitlines())
+    code, _, err = run(capsys, "kernels", "conv3d")
+    assert code == 2 and "no kernel variants for conv3d" in err and "conv2d_forward" in err
+
+
 def test_python_dash_m(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "fastcnn", "summary", "lenet5"], cwd=tmp_path, env=env,

@@ -75,6 +75,12 @@ def _load_variant_modules() -> None:
                 warnings.warn(f"kernel variants of {module} are unavailable: {_load_errors[module]}")
 
 
+def load_errors() -> dict[str, str]:
+    """{module: why} for the variant modules that could not be imported."""
+    _ensure_loaded()
+    return dict(_load_errors)
+
+
 def ops() -> list[str]:
     _ensure_loaded()
     return sorted(_variants)
