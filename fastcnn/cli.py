@@ -11,6 +11,7 @@ device, ...), 2 bad usage, 130 interrupted (after saving a checkpoint).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.metadata
 import os
@@ -213,6 +214,41 @@ def _optimizer(args):
                           momentum=args.momentum, nesterov=args.nesterov)
 
 
+def _fit(model, args, x, y, xe, ye, batch_size, initial_epoch, saver, logger, checkpoint) -> int:
+    """Train from initial_epoch to args.epochs; 130 after Ctrl-C (checkpoint saved), else 0."""
+    if initial_epoch < args.epochs:
+        try:
+            model.fit(x, y, epochs=args.epochs, batch_size=batch_size, validation_data=(xe, ye),
+                      shuffle=True, verbose=args.verbose, callbacks=[saver, logger],
+                      initial_epoch=initial_epoch, graph=False if args.no_graph else None)
+        except KeyboardInterrupt:
+            done = saver.completed if saver.completed is not None else initial_epoch
+            model.save_checkpoint(checkpoint, done)
+            print(f"\ninterrupted: saved {checkpoint} ({done} epoch(s) complete; the interrupted epoch "
+                  f"will run again). Continue with the same command and --resume.", file=sys.stderr)
+            return 130
+    else:
+        print(f"nothing to train: {initial_epoch} epoch(s) already done (raise --epochs to train more)")
+    return 0
+
+
+def _kernel_choices(pairs) -> dict:
+    """{op: variant} from --kernel OP=VARIANT options, checked against the registry."""
+    from fastcnn.backend import registry
+    chosen = {}
+    for pair in pairs or ():
+        op, sep, name = pair.partition("=")
+        if not sep or not op or not name:
+            raise UsageError(f"--kernel {pair!r}: expected OP=VARIANT, e.g. conv2d_forward=implicit_gemm96")
+        if op not in registry.ops():
+            raise UsageError(f"--kernel {pair!r}: no kernel variants for {op}; ops: {', '.join(registry.ops())}")
+        if name not in registry.variants(op):
+            raise UsageError(f"--kernel {pair!r}: {op} has no variant {name}; "
+                             f"its variants: {', '.join(registry.variants(op))} (fastcnn kernels {op})")
+        chosen[op] = name
+    return chosen
+
+
 def cmd_train(args) -> int:
     import fastcnn
     from fastcnn import callbacks, datasets
@@ -225,6 +261,7 @@ def cmd_train(args) -> int:
         raise UsageError(f"--resume: no checkpoint at {checkpoint}; train once without --resume "
                          f"(with the same --out) first")
 
+    kernels = _kernel_choices(args.kernel)
     x, y, xe, ye, eval_name = _load_data(args)
     num_classes = 10 if args.model == "lenet5" else 1000
     x, xe = datasets.prepare_images(x), datasets.prepare_images(xe)
@@ -241,6 +278,11 @@ def cmd_train(args) -> int:
     if model.device == "cuda":
         note = f" ({_current_gpu()})" + note
     print(f"device: {model.device}, backend: {backend_name}{note}")
+    if kernels and model.device != "cuda":
+        print(f"NOTE: --kernel ignored: the {backend_name} backend has no kernel variants (they are GPU kernels)")
+        kernels = {}
+    elif kernels:
+        print("kernels: " + ", ".join(f"{op}={name}" for op, name in kernels.items()))
     print(f"data: {args.data}: {len(x):,} training images; evaluation on {len(xe):,} images: {eval_name}")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -252,27 +294,20 @@ def cmd_train(args) -> int:
             "data": args.data, "synthetic": args.data == "synthetic", "train_images": len(x),
             "eval_images": len(xe), "eval_set": eval_name, "epochs": args.epochs, "batch_size": batch_size,
             "optimizer": repr(model.optimizer), "seed": args.seed,
-            "device": str(model.device), "backend": backend_name, "graph": model.device == "cuda" and not args.no_graph}
+            "device": str(model.device), "backend": backend_name, "graph": model.device == "cuda" and not args.no_graph,
+            "kernels": kernels}
     saver = callbacks.ModelCheckpoint(checkpoint)
     logger = callbacks.JSONLogger(out / "history.json", meta=meta, resume_from=initial_epoch)
 
-    start = time.perf_counter()
-    if initial_epoch < args.epochs:
-        try:
-            model.fit(x, y, epochs=args.epochs, batch_size=batch_size, validation_data=(xe, ye),
-                      shuffle=True, verbose=args.verbose, callbacks=[saver, logger],
-                      initial_epoch=initial_epoch, graph=False if args.no_graph else None)
-        except KeyboardInterrupt:
-            done = saver.completed if saver.completed is not None else initial_epoch
-            model.save_checkpoint(checkpoint, done)
-            print(f"\ninterrupted: saved {checkpoint} ({done} epoch(s) complete; the interrupted epoch "
-                  f"will run again). Continue with the same command and --resume.", file=sys.stderr)
-            return 130
-    else:
-        print(f"nothing to train: {initial_epoch} epoch(s) already done (raise --epochs to train more)")
-    seconds = time.perf_counter() - start
-
-    loss, accuracy = model.evaluate(xe, ye, batch_size=batch_size, verbose=0)
+    with contextlib.ExitStack() as chosen:  # the --kernel choices hold for training and evaluation
+        for op, name in kernels.items():
+            chosen.enter_context(fastcnn.kernels.using(op, name))
+        start = time.perf_counter()
+        code = _fit(model, args, x, y, xe, ye, batch_size, initial_epoch, saver, logger, checkpoint)
+        if code:
+            return code
+        seconds = time.perf_counter() - start
+        loss, accuracy = model.evaluate(xe, ye, batch_size=batch_size, verbose=0)
     label = "validation" if args.data in ("mnist-sample", "synthetic") else "test"
     print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {len(xe):,} images, "
           f"{eval_name}; training took {seconds:.1f} s on {model.device} ({backend_name})")
@@ -354,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-graph", action="store_true", help="do not capture the step as a CUDA graph")
+    p.add_argument("--kernel", action="append", metavar="OP=VARIANT",
+                   help="use this kernel variant for a primitive on the GPU (repeatable; "
+                        "see fastcnn kernels), e.g. conv2d_forward=implicit_gemm96")
     p.add_argument("--limit", type=int, default=None,
                    help="use at most N training and N evaluation images (quick runs)")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,

@@ -57,6 +57,31 @@ def test_kernels_lists_every_variant_and_the_one_used(capsys):
     assert code == 2 and "no kernel variants for conv3d" in err and "conv2d_forward" in err
 
 
+def test_train_kernel_choices_are_checked(capsys, tmp_path):
+    base = ("train", "lenet5", "--epochs", "1", "--limit", "200", "--verbose", "0", "--out", str(tmp_path))
+    for bad, message in (("conv2d_forward", "expected OP=VARIANT"),
+                         ("conv3d=direct", "no kernel variants for conv3d"),
+                         ("conv2d_forward=nope", "its variants: ")):
+        code, _, err = run(capsys, *base, "--kernel", bad)
+        assert code == 2 and message in err, (bad, err)
+    code, out, _ = run(capsys, *base, "--device", "cpu", "--kernel", "conv2d_forward=implicit_gemm96")
+    assert code == 0 and "--kernel ignored" in out       # the CPU reference has no variants
+    assert json.loads((tmp_path / "history.json").read_text())["kernels"] == {}
+
+
+@pytest.mark.gpu
+def test_train_with_a_chosen_kernel_on_the_gpu(capsys, tmp_path):
+    import fastcnn
+    code, out, _ = run(capsys, "train", "lenet5", "--epochs", "1", "--limit", "400", "--verbose", "0",
+                       "--device", "cuda", "--kernel", "conv2d_forward=implicit_gemm96",
+                       "--kernel", "maxpool_forward=numba_lanes", "--out", str(tmp_path))
+    assert code == 0, out
+    assert "kernels: conv2d_forward=implicit_gemm96, maxpool_forward=numba_lanes" in out
+    assert json.loads((tmp_path / "history.json").read_text())["kernels"] == {
+        "conv2d_forward": "implicit_gemm96", "maxpool_forward": "numba_lanes"}
+    assert fastcnn.kernels.selected("conv2d_forward") == "auto"     # the choice ends with the run
+
+
 def test_python_dash_m(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "fastcnn", "summary", "lenet5"], cwd=tmp_path, env=env,
