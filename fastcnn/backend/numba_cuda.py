@@ -1224,8 +1224,7 @@ def _grid_lanes(C, Q, rows):
     """(grid, block) of the lanes kernel: up to 32 channel lanes x output columns."""
     lanes = 32 if C >= 32 else 1 << (C - 1).bit_length()    # a power of two >= C
     cols = THREADS // lanes
-    cap = _MAX_BLOCKS
-    grid = (min(cap, -(-C // lanes)), min(cap, -(-Q // cols)), min(cap, rows))
+    grid = (min(_MAX_BLOCKS, -(-C // lanes)), min(_MAX_BLOCKS, -(-Q // cols)), min(_MAX_BLOCKS, rows))
     return grid, (lanes, cols)
 
 
@@ -1411,9 +1410,9 @@ def copy_channels(dst, src, dst_start, src_start, width):
     _check("src", src)
     reference.channel_range(dst.shape, src.shape, dst_start, src_start, width)
     rows = dst.size // dst.shape[-1]
-    lanes = THREADS // 32
-    grid = (1, max(1, min(_MAX_BLOCKS, -(-rows // lanes))))
-    _launch(_k_copy_channels, grid, (32, lanes), _flat(dst), _flat(src), rows, int(width),
+    rows_per_block = THREADS // 32
+    grid = (1, max(1, min(_MAX_BLOCKS, -(-rows // rows_per_block))))
+    _launch(_k_copy_channels, grid, (32, rows_per_block), _flat(dst), _flat(src), rows, int(width),
             dst.shape[-1], int(dst_start), src.shape[-1], int(src_start))
 
 

@@ -40,7 +40,7 @@ THREADS = 256          # elementwise / optimizer / dropout / LRN blocks
 MAX_BLOCKS = 4096      # grid-stride kernels loop over the rest
 XENT_THREADS = 512     # kernels/softmax_xent.cu FC_SX_WARPS * 32: the xent kernels need exactly this
 XENT_ONE_BLOCK = 1 << 18  # N * classes up to this: one block, so the loss sum is deterministic
-SUM_COLS, SUM_ROWS = 32, 8  # kernels/elementwise.cu column_sum block shape
+SUM_COLS, SUM_ROWS = 32, 8  # block of elementwise.cu's row kernels (column_sum, copy_channels)
 SUM_CHUNK_ROWS = 256   # rows per chunk of the first bias_grad pass
 _INT32_MAX = 2**31 - 1
 
