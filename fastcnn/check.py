@@ -11,12 +11,15 @@ crash costs that section only):
   gpu tests  python -m pytest -m gpu tests/ : pass/fail/skip counts, failing names
   memcheck   compute-sanitizer --tool memcheck  python bench/sanitize_step.py
   racecheck  compute-sanitizer --tool racecheck python bench/sanitize_step.py
+  profile    python -m fastcnn profile alexnet: where an AlexNet training step's GPU time
+             goes, by primitive and by layer (the bench's quick budget does not reach most
+             AlexNet backward passes)
   bench      python -m fastcnn.benchmark --quick (the issues' target cases first),
              until the remaining time is spent
 
 Everything goes under $OUT (default ./gpu_check_out), at most 8 files:
 check.log (every section's output), check_summary.json, pytest.log,
-sanitizer.log, bench.json, bench.md, bench.png.  Printed last: the bench's key
+sanitizer.log, profile.json, bench.json, bench.md, bench.png.  Printed last: the bench's key
 ratios and one table, section | status | seconds | key numbers.
 Exit status 0 when every section that ran is ok.
 """
@@ -35,9 +38,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("env", "gpu tests", "memcheck", "racecheck", "bench")
-BUDGETS = {"env": 30, "gpu tests": 120, "memcheck": 40, "racecheck": 45}
+SECTIONS = ("env", "gpu tests", "memcheck", "racecheck", "profile", "bench")
+BUDGETS = {"env": 30, "gpu tests": 120, "memcheck": 40, "racecheck": 45, "profile": 40}
 MIN_BENCH_S = 60
+# `fastcnn profile` arguments of the profile section: AlexNet as the bench runs it (SGD momentum)
+PROFILE_ARGS = ["alexnet", "--device", "cuda", "--steps", "3", "--warmup", "1", "--by", "op", "--by", "layer"]
 
 ENV_SCRIPT = r"""
 import json, platform, sys
@@ -303,6 +308,25 @@ class Check:
             status = "ok" if not errors else "ok*"  # ok*: only CUDA API errors, see sanitizer.log
         return {"status": status, "key": key, **res, "exit": code}
 
+    def profile(self) -> dict:
+        budget = min(BUDGETS["profile"], self.left() - MIN_BENCH_S)
+        if budget < 15:
+            return {"status": "skipped", "key": f"only {self.left():.0f}s left; the bench comes first"}
+        path = self.out / "profile.json"
+        path.unlink(missing_ok=True)
+        cmd = [self.python, "-m", "fastcnn", "profile"] + PROFILE_ARGS + ["--json", str(path)]
+        code, out, _ = run_limited(cmd, budget, env=child_env())
+        self.write_log("profile", " ".join(cmd) + "\n" + out)
+        if not path.exists():
+            tail = out.strip().splitlines()[-1:] or ["no output"]
+            return {"status": "TIMEOUT" if code is None else "FAIL", "key": tail[0][:100]}
+        data = json.loads(path.read_text())
+        top = [r for r in data["by_op"] if r["op"] != "other"][:4]
+        key = (f"{data['model']} batch {data['batch_size']} step {data['step_us'] / 1000:.2f} ms "
+               f"({data['clock']} clock); "
+               + ", ".join(f"{r['op']} {r['percent']:.0f}%" for r in top))
+        return {"status": "ok", "key": key, "step_us": data["step_us"], "by_op": data["by_op"]}
+
     def bench(self) -> dict:
         budget = max(MIN_BENCH_S, self.left() - 25)
         for name in ("bench.json", "bench.md", "bench.png"):
@@ -339,6 +363,7 @@ class Check:
         self.section("gpu tests", self.gpu_tests if self.gpu else lambda: dict(no_gpu))
         self.section("memcheck", (lambda: self.sanitizer("memcheck")) if self.gpu else lambda: dict(no_gpu))
         self.section("racecheck", (lambda: self.sanitizer("racecheck")) if self.gpu else lambda: dict(no_gpu))
+        self.section("profile", self.profile if self.gpu else lambda: dict(no_gpu))
         self.section("bench", self.bench if self.gpu else lambda: dict(no_gpu))
         total = time.perf_counter() - self.t0
         summary = {"total_s": round(total, 1), "sections": self.rows, "env": self.env_info,

@@ -330,6 +330,49 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- profile
+def cmd_profile(args) -> int:
+    import json
+
+    import fastcnn
+    from fastcnn import datasets
+
+    kernels = _kernel_choices(args.kernel)
+    batch_size = args.batch_size or DEFAULT_BATCH[args.model]
+    if args.steps < 1 or args.warmup < 0 or batch_size < 1:
+        raise UsageError(f"--steps and --batch-size must be >= 1 and --warmup >= 0, got "
+                         f"steps={args.steps}, batch_size={batch_size}, warmup={args.warmup}")
+    args.optimizer = args.optimizer or ("adam" if args.model == "lenet5" else "sgd")
+    classes = 10 if args.model == "lenet5" else 1000
+    x, y = datasets.synthetic(batch_size, INPUT_SHAPES[args.model], classes, seed=args.seed)
+    x, y = datasets.prepare_images(x), datasets.to_categorical(y, classes)
+    fastcnn.manual_seed(args.seed)
+    model = _build(args.model, args.variant if args.model == "alexnet" else None)
+    model.compile(loss="categorical_crossentropy", optimizer=_optimizer(args), metrics=["accuracy"])
+    note = _place(model, args.device)
+    if model.device == "cuda":
+        note = f" ({_current_gpu()})" + note
+    elif kernels:
+        print(f"NOTE: --kernel ignored: the {model.backend.name} backend has no kernel variants")
+        kernels = {}
+    print(f"profile: {args.model}, batch {batch_size} (random images), {model.optimizer!r}, {args.steps} eager "
+          f"training step(s) after {args.warmup} warm-up; device: {model.device}, backend: {model.backend.name}{note}")
+    with contextlib.ExitStack() as chosen:
+        for op, name in kernels.items():
+            chosen.enter_context(fastcnn.kernels.using(op, name))
+        prof = model.profile(x, y, steps=args.steps, warmup=args.warmup)
+    for by in args.by or ["call", "op"]:
+        print()
+        print(prof.table(by=by))
+    if args.json:
+        data = dict(prof.to_dict(), model=args.model, variant=args.variant if args.model == "alexnet" else None,
+                    batch_size=batch_size, device=model.device, kernels=kernels, optimizer=repr(model.optimizer))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(data, indent=1, default=float))
+        print(f"wrote {args.json}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- bench / check
 def _delegate(command: str, argv) -> int:
     module_name, description = DELEGATED[command]
@@ -350,10 +393,28 @@ def _delegate(command: str, argv) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+def _add_step_arguments(p, momentum: float, optimizer: str | None = "adam") -> None:
+    """What both train and profile take: the model, device, batch, optimizer, kernels, seed."""
+    p.add_argument("model", choices=sorted(INPUT_SHAPES))
+    p.add_argument("--variant", choices=["single", "original"], default="single", help="AlexNet variant")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: the GPU when one is usable, else the CPU reference")
+    p.add_argument("--batch-size", type=int, default=None, help="200 for lenet5, 128 for alexnet")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=optimizer,
+                   help=None if optimizer else "default: adam for lenet5, sgd for alexnet (as fastcnn bench)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate; 0.001 for adam, 0.01 for sgd")
+    p.add_argument("--momentum", type=float, default=momentum, help="SGD momentum")
+    p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
+    p.add_argument("--kernel", action="append", metavar="OP=VARIANT",
+                   help="use this kernel variant for a primitive on the GPU (repeatable; "
+                        "see fastcnn kernels), e.g. conv2d_forward=implicit_gemm96")
+    p.add_argument("--seed", type=int, default=0, help="weights, data order or random images, dropout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcnn", description="Train LeNet-5 and AlexNet on "
                                      "hand-written CUDA kernels (NumPy reference on the CPU).")
-    sub = parser.add_subparsers(dest="command", metavar="{info,kernels,summary,train,bench,check}")
+    sub = parser.add_subparsers(dest="command", metavar="{info,kernels,summary,train,profile,bench,check}")
 
     p = sub.add_parser("info", help="versions, CPU, GPU and usable backends")
     p.set_defaults(func=cmd_info)
@@ -370,33 +431,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model, write history.json, weights.npz, curves.png",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", choices=sorted(INPUT_SHAPES))
-    p.add_argument("--variant", choices=["single", "original"], default="single", help="AlexNet variant")
+    _add_step_arguments(p, momentum=0.0)
     p.add_argument("--data", choices=DATA_SETS, default=None,
                    help="mnist-sample for lenet5 (bundled, offline), synthetic for alexnet")
     p.add_argument("--data-dir", default=None, help="directory with the IDX files (mnist, fashion-mnist); "
                    "default: the cache directory ($FASTCNN_DATA or ~/.cache/fastcnn)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=None, help="200 for lenet5, 128 for alexnet")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    p.add_argument("--lr", type=float, default=None, help="learning rate; 0.001 for adam, 0.01 for sgd")
-    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
-    p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: the GPU when one is usable, else the CPU reference")
-    p.add_argument("--seed", type=int, default=0, help="weights, shuffling, dropout")
     p.add_argument("--split-seed", type=int, default=0, help="the sample's 8,000/2,000 split")
     p.add_argument("--out", default=None, help="output directory (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-graph", action="store_true", help="do not capture the step as a CUDA graph")
-    p.add_argument("--kernel", action="append", metavar="OP=VARIANT",
-                   help="use this kernel variant for a primitive on the GPU (repeatable; "
-                        "see fastcnn kernels), e.g. conv2d_forward=implicit_gemm96")
     p.add_argument("--limit", type=int, default=None,
                    help="use at most N training and N evaluation images (quick runs)")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                    help="1: live bar per epoch, 2: one line per epoch, 0: quiet")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("profile", help="time every kernel call of a training step, by layer",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_step_arguments(p, momentum=0.9, optimizer=None)
+    p.add_argument("--steps", type=int, default=5, help="profiled steps (the table shows their mean)")
+    p.add_argument("--warmup", type=int, default=1, help="unrecorded steps first (compilation, autotuning)")
+    p.add_argument("--by", action="append", choices=["call", "op", "layer"],
+                   help="group rows by call site, primitive or layer (repeatable; default: call, then op)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the profile as JSON")
+    p.set_defaults(func=cmd_profile)
 
     for name, (_, description) in DELEGATED.items():  # listed for --help; main() dispatches them
         sub.add_parser(name, help=description, add_help=False)

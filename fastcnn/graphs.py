@@ -28,13 +28,13 @@ class GraphTrainStep:
         self.y = cp.zeros(y_shape, y_dtype)  # zeros are valid labels for the warm-up step
         self.pool = cp.cuda.MemoryPool()
         self.stream = cp.cuda.Stream(non_blocking=True)
-        saved = _snapshot(model)
+        saved = snapshot_state(model)
         cp.cuda.Device().synchronize()
         try:
             with cp.cuda.using_allocator(self.pool.malloc), self.stream:
                 model.train_step(self.x, self.y)  # warm-up: compile kernels, fill the private pool
                 self.stream.synchronize()
-                _restore(model, saved)
+                restore_state(model, saved)
                 self.stream.synchronize()
                 self.stream.begin_capture()
                 try:
@@ -42,7 +42,7 @@ class GraphTrainStep:
                 finally:
                     graph = self.stream.end_capture()
         except Exception as exc:
-            _restore(model, saved)
+            restore_state(model, saved)
             raise GraphCaptureError(f"could not capture the training step as a CUDA graph: "
                                     f"{type(exc).__name__}: {exc}. Train with fit(..., graph=False).") from exc
         self.graph = graph
@@ -61,12 +61,14 @@ class GraphTrainStep:
         self.graph.launch()  # on the current stream: ordered with the copies above
 
 
-def _snapshot(model) -> dict:
+def snapshot_state(model) -> dict:
+    """Copies of the parameters, optimizer state, step counter and totals (device arrays)."""
     arrays = {"flat": model._flat, "step": model._step, "totals": model._totals}
     arrays.update({f"opt/{k}": v for k, v in getattr(model.optimizer, "state", {}).items()})
     return {k: (v, v.copy()) for k, v in arrays.items()}
 
 
-def _restore(model, saved) -> None:
+def restore_state(model, saved) -> None:
+    """Put back what snapshot_state copied."""
     for live, copy in saved.values():
         model.backend.copy(live, copy)

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from . import functional as F
+from . import profiler
 from .seeding import generator, next_seed
 from .tensor import Function, Parameter
 
@@ -42,7 +43,11 @@ class Layer:
         return [f"{self.name}/{p.name}" for p in self.params]
 
     def __call__(self, x, training=False, activation="default"):
-        return self.call(F._tensor(x), training, self.activation if activation == "default" else activation)
+        activation = self.activation if activation == "default" else activation
+        if profiler.state.profile is not None:  # name this layer's calls in the profile
+            with profiler.scope(self.name, "forward"):
+                return self.call(F._tensor(x), training, activation)
+        return self.call(F._tensor(x), training, activation)
 
     def call(self, x, training, activation):
         raise NotImplementedError

@@ -302,6 +302,13 @@ class Sequential:
             self.optimizer.apply(self._flat, self._grad_flat, self._step)
             B.increment(self._step)
 
+    def profile(self, x, y, steps: int = 5, warmup: int = 1):
+        """Time every kernel call of ``steps`` eager training steps on the batch (x, y), by
+        layer, after ``warmup`` unrecorded steps; the weights and optimizer state are put
+        back afterwards.  Returns a ``fastcnn.profiler.Profile``: ``print(prof.table())``."""
+        from .profiler import profile_training
+        return profile_training(self, x, y, steps, warmup)
+
     def make_graph_step(self, x_shape, y_shape, y_dtype=None):
         """A callable ``step(x, y)`` that copies a batch into static buffers and replays one
         captured CUDA graph of train_step (see fastcnn.graphs)."""

@@ -14,7 +14,7 @@ import weakref
 
 import numpy as np
 
-from . import backend
+from . import backend, profiler
 
 _grad_enabled = [True]
 
@@ -103,7 +103,7 @@ class Tensor:
                 if out is not None:
                     out.grad = None  # gradients of intermediates are not kept (memory)
                     pending.pop(id(out), None)
-            with backend.using(fn.backend_name):
+            with backend.using(fn.backend_name), _backward_scope(fn):
                 grads_in = fn.backward(*grads_out)
                 inputs = fn.inputs
                 fn.release()  # what backward needed is freed now, not when the GC finds the cycle
@@ -165,6 +165,13 @@ def _accumulate(x: Tensor, gx) -> None:
             x.grad = total
 
 
+def _backward_scope(fn):
+    """While profiling: name fn's backward calls after the layer that created fn."""
+    if profiler.state.profile is None:
+        return contextlib.nullcontext()
+    return profiler.scope(getattr(fn, "layer", "-"), "backward")
+
+
 class Function:
     """One differentiable operation. Subclasses define forward(*arrays) and backward(*grads).
 
@@ -179,6 +186,8 @@ class Function:
         inputs = tuple(x if isinstance(x, Tensor) else Tensor(_as_array_like(x, inputs)) for x in inputs)
         self.B = backend.current()
         self.backend_name = self.B.name
+        if profiler.state.profile is not None:  # its backward's calls go to the same layer
+            self.layer = profiler.state.layer
         record = _grad_enabled[0] and any(x.requires_grad for x in inputs)
         self.needs_grad = tuple(record and x.requires_grad for x in inputs)
         ys = self.forward(*(x.data for x in inputs))

@@ -269,10 +269,27 @@ def test_check_runs_without_a_gpu_and_writes_its_summary(tmp_path, capsys):
                               "--skip", "racecheck", "--skip", "bench", "--total", "60"])
     assert check.run(args) in (0, 1)  # 1 only where env itself fails
     printed = capsys.readouterr().out
-    assert "section" in printed and "racecheck" in printed.splitlines()[-3]
+    assert "section" in printed and "racecheck" in printed.splitlines()[-4]
     summary = json.loads((tmp_path / "check_summary.json").read_text())
     assert [r["section"] for r in summary["sections"]] == list(check.SECTIONS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["check.log", "check_summary.json"]
+
+
+def test_check_profile_section_reads_the_profile(tmp_path, monkeypatch):
+    """The section's own plumbing, on a small LeNet-5 profile on the CPU (on a GPU: AlexNet)."""
+    from fastcnn import check
+    monkeypatch.setattr(check, "PROFILE_ARGS", ["lenet5", "--device", "cpu", "--batch-size", "4",
+                                                "--steps", "1", "--warmup", "0", "--by", "op"])
+    c = check.Check(tmp_path, total_s=600, python=sys.executable)
+    row = c.profile()
+    c.log.close()
+    assert row["status"] == "ok", row
+    assert row["key"].startswith("lenet5 batch 4 step ") and "(host clock)" in row["key"]
+    assert row["key"].count("%") == 4 and "conv2d_backward_weights" in {r["op"] for r in row["by_op"]}
+    assert (tmp_path / "profile.json").exists() and "conv2d_forward" in (tmp_path / "check.log").read_text()
+    monkeypatch.setattr(check, "PROFILE_ARGS", ["lenet5", "--device", "cpu", "--steps", "0"])
+    row = check.Check(tmp_path, total_s=600, python=sys.executable).profile()
+    assert row["status"] == "FAIL" and "--steps" in row["key"]
 
 
 # ---------------------------------------------------------------- baselines' plumbing, on the CPU

@@ -51,6 +51,11 @@ def choices() -> dict:
     return dict(_choices)
 
 
+def chosen(op, args, kwargs) -> str | None:
+    """The variant tuned for these arguments, or None if none has been yet."""
+    return _choices.get(_key(op, args, kwargs))
+
+
 def _key(op, args, kwargs):
     parts = [op]
     for a in args:
