@@ -35,12 +35,20 @@
 //                            grid (ceil(T/128), ceil(K/128), E), z = e.
 //   PREFIX_output_transform  one thread per (t, k) (k fastest); reads E of M, writes the
 //                            tile's in-range outputs with bias + ReLU.
+// Backward-weights, F(R x R, m x m) over dy's tiles (section below): PREFIX_input_transform
+// as above on x, then
+//   PREFIX_wgrad_dy_transform      one thread per (t, k); m^2 loads of dy, E stores.
+//   winograd_wgrad_gemm            the same tiled core, both operands t-major; grid
+//                                  (ceil(C/128), ceil(K/128), E*splits), T cut into splits.
+//   PREFIX_wgrad_output_transform  one thread per (c, k); sums the splits' E values in a
+//                                  fixed order, writes R^2 of dw.
 // All index products fit in int32 (the host checks E*T*max(C,K), N*H*W*C, N*P*Q*K).
 // Last measured: H200 2026-11-28 run 3 (CUDA events, L2 flushed, medians; copy 4178 GB/s read+write), fp32, batch 128, forward vs cuDNN fp32 NCHW in the same run:
 //   AlexNet conv3/conv4/conv5 (3x3): winograd4 484/672/457 us = 1.00/1.04/1.05x cuDNN;
 //   winograd (F(2x2,3x3)) 622/867/606 us. conv2 (5x5): winograd4 743 us = 0.61x, winograd 1547 us.
 //   Backward-data: not reached by run 3's time budget except LeNet conv2 (winograd4 139 us; the
-//   direct kernel is faster there).
+//   direct kernel is faster there).  Backward-weights: added after run 3, not yet run on a GPU
+//   (checked on the CPU: compiled for sm_80/sm_90 with 0 spills, run under tests/cuda_emu.py).
 #include "common.cuh"
 #include "gemm_tile.cuh"
 
@@ -276,6 +284,173 @@ FC_WINO_KERNELS(winograd4, 4, 3)
 FC_WINO_KERNELS(winograd5, 2, 5)
 FC_WINO_KERNELS(winograd5x4, 4, 5)
 
+// ---------------------------------------------------------------- backward-weights
+// dw[r][s][c][k] = sum over n, p, q of x[n, p+r-pt, q+s-pl, c] * dy[n, p, q, k].  Cut dy into the
+// same m x m tiles t as the forward cuts y: tile t's share of dw is the correlation of the
+// alpha x alpha patch of x at (m*th - pt, m*tw - pl) with the m x m "filter" dy_t, R x R outputs:
+// Winograd F(R x R, m x m), alpha = m + R - 1 as in the forward's F(m x m, R x R).  Its B^T is
+// the forward's (it depends only on alpha and the points), so V is the forward's input
+// transform; dy_t takes G' (alpha x m), the result A'^T (R x alpha).  The sum over tiles moves
+// inside the transform (both are linear), so it becomes a GEMM over T per element e:
+//   V[e][t][c]  = (B^T x_tc B)[e]            PREFIX_input_transform (the forward's kernel)
+//   Wt[e][t][k] = (G' dy_tk G'^T)[e]         PREFIX_wgrad_dy_transform
+//   Mw[z][e]    = V[e]^T (C x T_z) @ Wt[e] (T_z x K), T split into chunks z (split-K)
+//   dw_ck       = A'^T (sum over z of Mw[z][.][c][k]) A'   PREFIX_wgrad_output_transform
+// No condition on the padding (x outside the image is zero; a ragged last tile's rows of dy
+// past P, Q are zero).  G' and A'^T below were solved exactly (fractions) for the B^T rows
+// above and checked against a direct correlation; float32 error on AlexNet conv2 / conv4
+// shapes in NumPy: 5e-6 / 2e-6 relative (F(R x R, 4x4)), direct float32 3e-7.
+template <int R_, int M_> struct fc_wino_wgrad;  // g1d: u = G' g (m -> alpha); out1d: o = A'^T v
+template <> struct fc_wino_wgrad<3, 2> {  // alpha 4
+    static FC_DEVICE void g1d(const float g[2], float u[4]) {
+        u[0] = g[0];
+        u[1] = (1.0f / 2.0f) * g[0] + (1.0f / 2.0f) * g[1];
+        u[2] = (1.0f / 2.0f) * g[0] - (1.0f / 2.0f) * g[1];
+        u[3] = -g[1];
+    }
+    static FC_DEVICE void out1d(const float v[4], float o[3]) {
+        o[0] = v[0] + v[1] + v[2];
+        o[1] = v[1] - v[2];
+        o[2] = v[1] + v[2] + v[3];
+    }
+};
+template <> struct fc_wino_wgrad<3, 4> {  // alpha 6
+    static FC_DEVICE void g1d(const float g[4], float u[6]) {
+        u[0] = (1.0f / 4.0f) * g[0];
+        u[1] = -(1.0f / 6.0f) * g[0] - (1.0f / 6.0f) * g[1] - (1.0f / 6.0f) * g[2] - (1.0f / 6.0f) * g[3];
+        u[2] = -(1.0f / 6.0f) * g[0] + (1.0f / 6.0f) * g[1] - (1.0f / 6.0f) * g[2] + (1.0f / 6.0f) * g[3];
+        u[3] = (1.0f / 24.0f) * g[0] + (1.0f / 12.0f) * g[1] + (1.0f / 6.0f) * g[2] + (1.0f / 3.0f) * g[3];
+        u[4] = (1.0f / 24.0f) * g[0] - (1.0f / 12.0f) * g[1] + (1.0f / 6.0f) * g[2] - (1.0f / 3.0f) * g[3];
+        u[5] = g[3];
+    }
+    static FC_DEVICE void out1d(const float v[6], float o[3]) {
+        o[0] = v[0] + v[1] + v[2] + v[3] + v[4];
+        o[1] = v[1] - v[2] + 2.0f * v[3] - 2.0f * v[4];
+        o[2] = v[1] + v[2] + 4.0f * v[3] + 4.0f * v[4] + v[5];
+    }
+};
+template <> struct fc_wino_wgrad<5, 2> {  // alpha 6
+    static FC_DEVICE void g1d(const float g[2], float u[6]) {
+        u[0] = (1.0f / 4.0f) * g[0];
+        u[1] = -(1.0f / 6.0f) * g[0] - (1.0f / 6.0f) * g[1];
+        u[2] = -(1.0f / 6.0f) * g[0] + (1.0f / 6.0f) * g[1];
+        u[3] = (1.0f / 24.0f) * g[0] + (1.0f / 12.0f) * g[1];
+        u[4] = (1.0f / 24.0f) * g[0] - (1.0f / 12.0f) * g[1];
+        u[5] = g[1];
+    }
+    static FC_DEVICE void out1d(const float v[6], float o[5]) {
+        o[0] = v[0] + v[1] + v[2] + v[3] + v[4];
+        o[1] = v[1] - v[2] + 2.0f * v[3] - 2.0f * v[4];
+        o[2] = v[1] + v[2] + 4.0f * v[3] + 4.0f * v[4];
+        o[3] = v[1] - v[2] + 8.0f * v[3] - 8.0f * v[4];
+        o[4] = v[1] + v[2] + 16.0f * v[3] + 16.0f * v[4] + v[5];
+    }
+};
+template <> struct fc_wino_wgrad<5, 4> {  // alpha 8
+    static FC_DEVICE void g1d(const float g[4], float u[8]) {
+        u[0] = -g[0];
+        u[1] = -(2.0f / 9.0f) * g[0] - (2.0f / 9.0f) * g[1] - (2.0f / 9.0f) * g[2] - (2.0f / 9.0f) * g[3];
+        u[2] = -(2.0f / 9.0f) * g[0] + (2.0f / 9.0f) * g[1] - (2.0f / 9.0f) * g[2] + (2.0f / 9.0f) * g[3];
+        u[3] = (1.0f / 90.0f) * g[0] + (1.0f / 45.0f) * g[1] + (2.0f / 45.0f) * g[2] + (4.0f / 45.0f) * g[3];
+        u[4] = (1.0f / 90.0f) * g[0] - (1.0f / 45.0f) * g[1] + (2.0f / 45.0f) * g[2] - (4.0f / 45.0f) * g[3];
+        u[5] = (32.0f / 45.0f) * g[0] + (16.0f / 45.0f) * g[1] + (8.0f / 45.0f) * g[2] + (4.0f / 45.0f) * g[3];
+        u[6] = (32.0f / 45.0f) * g[0] - (16.0f / 45.0f) * g[1] + (8.0f / 45.0f) * g[2] - (4.0f / 45.0f) * g[3];
+        u[7] = g[3];
+    }
+    static FC_DEVICE void out1d(const float v[8], float o[5]) {
+        o[0] = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6];
+        o[1] = v[1] - v[2] + 2.0f * v[3] - 2.0f * v[4] + (1.0f / 2.0f) * v[5] - (1.0f / 2.0f) * v[6];
+        o[2] = v[1] + v[2] + 4.0f * v[3] + 4.0f * v[4] + (1.0f / 4.0f) * v[5] + (1.0f / 4.0f) * v[6];
+        o[3] = v[1] - v[2] + 8.0f * v[3] - 8.0f * v[4] + (1.0f / 8.0f) * v[5] - (1.0f / 8.0f) * v[6];
+        o[4] = v[1] + v[2] + 16.0f * v[3] + 16.0f * v[4] + (1.0f / 16.0f) * v[5] + (1.0f / 16.0f) * v[6] + v[7];
+    }
+};
+
+// Wt[e][t][k] = (G' g G'^T)[e], g the m x m tile of dy channel k under tile t (zero past P, Q).
+template <int R_, int M_>
+FC_DEVICE void fc_wino_wgrad_dy(const float* __restrict__ dy, float* __restrict__ Wt, int N, int P, int Q,
+                                int K, int TH, int TW) {
+    typedef fc_wino_wgrad<R_, M_> X;
+    constexpr int A = M_ + R_ - 1;
+    const int T = N * TH * TW, TK = T * K;
+    for (int idx = (int)fc_global_tid(); idx < TK; idx += (int)fc_grid_stride()) {
+        const int t = idx / K, k = idx - t * K;
+        const int n = t / (TH * TW), rem = t - n * (TH * TW), th = rem / TW, tw = rem - th * TW;
+        float gt[M_][M_];  // gt[j][i] = g[i][j]: columns of g as rows
+#pragma unroll
+        for (int i = 0; i < M_; ++i)
+#pragma unroll
+            for (int j = 0; j < M_; ++j) {
+                const int p = M_ * th + i, q = M_ * tw + j;
+                gt[j][i] = (p < P && q < Q) ? dy[fc_nhwc(n, p, q, k, P, Q, K)] : 0.0f;
+            }
+        float u[M_][A];  // u[j] = G' g[:, j]  (column j of G' g)
+#pragma unroll
+        for (int j = 0; j < M_; ++j) X::g1d(gt[j], u[j]);
+#pragma unroll
+        for (int i = 0; i < A; ++i) {  // row i of (G' g) G'^T
+            float row[M_], v[A];
+#pragma unroll
+            for (int j = 0; j < M_; ++j) row[j] = u[j][i];
+            X::g1d(row, v);
+#pragma unroll
+            for (int j = 0; j < A; ++j) Wt[(fc_i64)(i * A + j) * TK + idx] = v[j];
+        }
+    }
+}
+
+// dw[r][s][c][k] = (A'^T Mt A')[r][s], Mt[e] = sum over z < splits of Mw[z][e][c][k] (fixed order).
+template <int R_, int M_>
+FC_DEVICE void fc_wino_wgrad_output(const float* __restrict__ Mw, float* __restrict__ dw, int C, int K,
+                                    int splits) {
+    typedef fc_wino_wgrad<R_, M_> X;
+    constexpr int A = M_ + R_ - 1;
+    const int CK = C * K;
+    for (int idx = (int)fc_global_tid(); idx < CK; idx += (int)fc_grid_stride()) {
+        float mt[A][A];  // mt[j][i] = Mt[i][j]
+#pragma unroll
+        for (int i = 0; i < A; ++i)
+#pragma unroll
+            for (int j = 0; j < A; ++j) mt[j][i] = 0.0f;
+        for (int z = 0; z < splits; ++z) {  // the runtime loop outside: the unrolled ones stay in registers
+            const float* part = Mw + (fc_i64)z * (A * A) * CK + idx;
+#pragma unroll
+            for (int i = 0; i < A; ++i)
+#pragma unroll
+                for (int j = 0; j < A; ++j) mt[j][i] += part[(fc_i64)(i * A + j) * CK];
+        }
+        float a[A][R_];  // a[j] = A'^T Mt[:, j]
+#pragma unroll
+        for (int j = 0; j < A; ++j) X::out1d(mt[j], a[j]);
+#pragma unroll
+        for (int i = 0; i < R_; ++i) {  // row i of (A'^T Mt) A'
+            float row[A], o[R_];
+#pragma unroll
+            for (int j = 0; j < A; ++j) row[j] = a[j][i];
+            X::out1d(row, o);
+#pragma unroll
+            for (int j = 0; j < R_; ++j) dw[(fc_i64)(i * R_ + j) * CK + idx] = o[j];
+        }
+    }
+}
+
+// PREFIX is the forward's prefix of the same (m, R): F(R x R, m x m) shares its alpha and B^T.
+#define FC_WINO_WGRAD_KERNELS(PREFIX, M_, R_)                                                        \
+    extern "C" __global__ void __launch_bounds__(256)                                                \
+    PREFIX##_wgrad_dy_transform(const float* __restrict__ dy, float* __restrict__ Wt, int N, int P,  \
+                                int Q, int K, int TH, int TW) {                                      \
+        fc_wino_wgrad_dy<R_, M_>(dy, Wt, N, P, Q, K, TH, TW);                                        \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256)                                                \
+    PREFIX##_wgrad_output_transform(const float* __restrict__ Mw, float* __restrict__ dw, int C,     \
+                                    int K, int splits) {                                             \
+        fc_wino_wgrad_output<R_, M_>(Mw, dw, C, K, splits);                                          \
+    }
+FC_WINO_WGRAD_KERNELS(winograd, 2, 3)
+FC_WINO_WGRAD_KERNELS(winograd4, 4, 3)
+FC_WINO_WGRAD_KERNELS(winograd5, 2, 5)
+FC_WINO_WGRAD_KERNELS(winograd5x4, 4, 5)
+
 // Mo[e] (T x K) = relu?(V[e] (T x C) @ U[e] (C x K) + bias), e = blockIdx.z (16, 36 or 64 of them); row-major.
 // The host passes bias = null, relu = 0 (they belong to the output transform); with them
 // as run-time arguments, as in gemm_tiled, ptxas keeps 128 registers with 0 spills on
@@ -291,4 +466,23 @@ winograd_gemm(const float* __restrict__ V, const float* __restrict__ U, float* _
     float acc[8][8];
     fc_gemm_mainloop(la, lb, 0, C, acc);
     fc_gemm_epilogue(acc, Mo + (fc_i64)blockIdx.z * T * K, T, K, m0, n0, bias, relu);
+}
+
+// Mw[z*E + e] (C x K) = V[e]^T @ Wt[e] over the tiles t in [z*chunk, min(T, (z+1)*chunk)): both
+// operands are t-major (element (c, t) at V[e][t*C + c], (t, k) at Wt[e][t*K + k]), so both use
+// the mn-contiguous loader.  Grid (ceil(C/128), ceil(K/128), E*splits), z = blockIdx.z / E.
+// bias = null, relu = 0 from the host, as in winograd_gemm (run-time: no spill).
+extern "C" __global__ void __launch_bounds__(FC_THREADS, 2)
+winograd_wgrad_gemm(const float* __restrict__ V, const float* __restrict__ Wt, float* __restrict__ Mw,
+                    int T, int C, int K, int E, int chunk, const float* __restrict__ bias, int relu) {
+    const int e = (int)blockIdx.z % E, z = (int)blockIdx.z / E;
+    const int m0 = (int)blockIdx.x * FC_BM, n0 = (int)blockIdx.y * FC_BN;
+    fc_mncontig_loader la;  // A(c, t) = V[e][t*C + c]
+    fc_mncontig_loader lb;  // B(t, k) = Wt[e][t*K + k]
+    la.init(V + (fc_i64)e * T * C, C, C, m0);
+    lb.init(Wt + (fc_i64)e * T * K, K, K, n0);
+    const int t0 = z * chunk, t1 = min(T, t0 + chunk);
+    float acc[8][8];
+    fc_gemm_mainloop(la, lb, t0, t1, acc);
+    fc_gemm_epilogue(acc, Mw + (fc_i64)blockIdx.z * C * K, C, K, m0, n0, bias, relu);
 }

@@ -1,7 +1,8 @@
 """The `winograd` (F(2x2,3x3) and F(2x2,5x5)) and `winograd4` (F(4x4,3x3) and F(4x4,5x5))
-variants (fastcnn/backend/cuda/conv_winograd.py, kernels/conv_winograd.cu).
+variants (fastcnn/backend/cuda/conv_winograd.py, kernels/conv_winograd.cu); their
+backward-weights is F(3x3, mxm) / F(5x5, mxm) over dy's tiles.
 
-GPU (``gpu`` marker): conv2d_forward and conv2d_backward_data against the float64
+GPU (``gpu`` marker): conv2d_forward, conv2d_backward_data and conv2d_backward_weights against the float64
 reference on AlexNet's conv3-conv5 shapes at batch 2 and on small odd shapes
 (spatial 5, 7, 13, 14; C and K in 1, 3, 8, 96; 'same', 'valid' and asymmetric
 padding; with and without bias and ReLU), written into NaN-poisoned ``out=``
@@ -101,7 +102,7 @@ def _problem(case, seed, R=3):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_registered_not_default(name):
-    for op in ("conv2d_forward", "conv2d_backward_data"):
+    for op in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weights"):
         assert name in registry.variants(op, "cuda")
         v = registry.get(op, name)
         assert v.source == "cuda" and "Winograd" in v.note
@@ -141,6 +142,21 @@ def test_refuses_other_shapes_before_the_gpu(no_gpu, name, rs, stride, padding, 
     dy = np.ones((1, 4, 4, 2), np.float32)  # shape irrelevant: refused before it is looked at
     with pytest.raises(ValueError, match=match):
         registry.get("conv2d_backward_data", name).fn(dy, w, x.shape, stride, padding)
+    if "padding up to" not in match:  # backward-weights takes any padding
+        with pytest.raises(ValueError, match=match):
+            registry.get("conv2d_backward_weights", name).fn(x, dy, w.shape, stride, padding)
+
+
+@pytest.mark.parametrize("blocks,T,slots,splits", [
+    (128, 6272, 264, 2),    # AlexNet conv2, F(5x5,4x4): 128 blocks -> 256 of 264 slots
+    (324, 2048, 264, 3),    # AlexNet conv4, F(3x3,4x4): 1.2 waves -> 972 blocks in 4 (92%)
+    (216, 2048, 264, 6),    # AlexNet conv3 / conv5
+    (264, 100000, 264, 1),  # a whole wave already
+    (64, 300, 264, 1),      # too few tiles to split (chunks of >= 256)
+    (10, 10**6, 264, 8),    # never more than 8 splits: the best filled of them
+])
+def test_wgrad_splits_fill_whole_waves(blocks, T, slots, splits):
+    assert cw.wgrad_splits(blocks, T, slots) == splits
 
 
 # ---------------------------------------------------------------- CPU: the 5x5 transforms in NumPy
@@ -242,7 +258,34 @@ def test_cuda_source_emulated_on_cpu(monkeypatch, case, name, R):
     assert_close(y, ref.conv2d_forward(*_f64(x, w, b), (1, 1), padding, relu), TOL, "forward")
     dx = registry.get("conv2d_backward_data", name).fn(dy, w, x.shape, (1, 1), padding)
     assert_close(dx, ref.conv2d_backward_data(*_f64(dy, w), x.shape, (1, 1), padding), TOL, "dgrad")
+    dw = registry.get("conv2d_backward_weights", name).fn(x, dy, w.shape, (1, 1), padding, out=guarded.empty(w.shape))
+    assert_close(dw, ref.conv2d_backward_weights(*_f64(x, dy), w.shape, (1, 1), padding), TOL, "wgrad")
     assert all(grid[0] <= 3 for kernel, grid, _ in launches if "transform" in kernel), launches
+    assert guarded.intact(), f"a kernel wrote outside an array or workspace: {launches}"
+
+
+# (N, H, W, C, K, padding, R): padding past R-1 (backward-weights takes any), ragged tiles
+EMU_WGRAD = [(2, 9, 7, 3, 5, (3, 0, 4, 1), 3), (3, 6, 11, 13, 131, (0, 3, 2, 2), 3),
+             (2, 8, 9, 5, 7, (5, 1, 0, 6), 5), (1, 12, 10, 96, 9, (2, 2, 2, 2), 5)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", EMU_WGRAD, ids=lambda c: f"{c[6]}x{c[6]}-{c[:5]}{c[5]}")
+def test_wgrad_split_over_tiles_emulated_on_cpu(monkeypatch, case, name):
+    """Backward-weights with its reduction over the tiles split in 2-3 chunks (multiples of 8
+    tiles), so that the output transform sums partial GEMMs and the last chunk is ragged."""
+    N, H, W, C, K, padding, R = case
+    guarded, launches = cuda_emu.Guarded(), []
+    cuda_emu.patch_backend(monkeypatch, guarded, grid_cap=3, log=launches)
+    monkeypatch.setattr(cw, "wgrad_splits", lambda blocks, T, slots: 3)  # the plan itself: tested above
+    rng = np.random.default_rng(11)
+    P, Q = ref._output_size(H, W, R, R, (1, 1), padding, "kernel")
+    x, dy = guarded.wrap(rand(rng, N, H, W, C)), guarded.wrap(rand(rng, N, P, Q, K))
+    dw = registry.get("conv2d_backward_weights", name).fn(x, dy, (R, R, C, K), (1, 1), padding)
+    E = (cw.VARIANTS[name] + R - 1) ** 2
+    gemm_z = [grid[2] for kernel, grid, _ in launches if kernel == "winograd_wgrad_gemm"]
+    assert gemm_z and gemm_z[0] > E and gemm_z[0] % E == 0, launches   # split in more than one chunk
+    assert_close(dw, ref.conv2d_backward_weights(*_f64(x, dy), (R, R, C, K), (1, 1), padding), TOL, "wgrad")
     assert guarded.intact(), f"a kernel wrote outside an array or workspace: {launches}"
 
 
@@ -283,6 +326,22 @@ def test_backward_data_matches_reference(case, name, R):
     assert got is out
     assert_close(cp.asnumpy(got), expected, TOL, f"{name} dgrad {case}")
     again = fn(ddy, dw, x.shape, (1, 1), padding)
+    assert np.array_equal(cp.asnumpy(again), cp.asnumpy(got)), "differs from run to run"
+
+
+@gpu
+@pytest.mark.parametrize("name,R,case", GPU_CASES, ids=GPU_IDS)
+def test_backward_weights_matches_reference(case, name, R):
+    import cupy as cp
+    x, w, _, dy, padding, _ = _problem(case, 3, R)
+    expected = ref.conv2d_backward_weights(*_f64(x, dy), w.shape, (1, 1), padding)
+    fn = registry.get("conv2d_backward_weights", name).fn
+    dx, ddy = cp.asarray(x), cp.asarray(dy)
+    out = _poisoned(cp, w.shape)
+    got = fn(dx, ddy, w.shape, (1, 1), padding, out=out)
+    assert got is out
+    assert_close(cp.asnumpy(got), expected, TOL, f"{name} wgrad {case}")
+    again = fn(dx, ddy, w.shape, (1, 1), padding)
     assert np.array_equal(cp.asnumpy(again), cp.asnumpy(got)), "differs from run to run"
 
 

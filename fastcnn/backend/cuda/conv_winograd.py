@@ -14,13 +14,18 @@ each (picking the kernels by the weights' R x R, R = 3 or 5) with
   conv2d_backward_data  the same forward on dy with the weights flipped in (r, s) and
                         transposed in (C, K) (done inside the weight transform), padding
                         (R-1-top, R-1-bottom, R-1-left, R-1-right), no bias or ReLU
+  conv2d_backward_weights  F(R x R, m x m): each m x m tile of dy is the "filter" of a
+                        correlation with its x patch; V as in the forward, Wt = G' dy G'^T,
+                        batched GEMMs Mw[e] = V[e]^T @ Wt[e] reducing over the T tiles (split
+                        in chunks to fill whole waves, ``wgrad_splits``), dw = A'^T Mw A'.
+                        Any padding.  AlexNet conv2 in 9.9 G multiplications instead of 57 G.
 
-Only 3x3 and 5x5 kernels, stride 1 and padding <= R-1 on every side:
+Only 3x3 and 5x5 kernels, stride 1 and padding <= R-1 on every side (backward-weights: any):
 anything else is a ``registry.NotApplicable`` (a ``ValueError``) that says why, raised
 from the shapes alone before any GPU call (the ``auto`` variant skips a variant that
 refuses a shape).  Workspaces come from ``cupy.empty`` (no host synchronisation:
 capturable in a CUDA graph): E*C*K + E*T*C + E*T*K floats, E = (m+R-1)^2,
-T = N * ceil(P/m) * ceil(Q/m) tiles.
+T = N * ceil(P/m) * ceil(Q/m) tiles (backward-weights: E*T*C + E*T*K + splits*E*C*K).
 Every function takes ``out=`` like conv.py's variants.
 """
 from __future__ import annotations
@@ -30,8 +35,8 @@ import numpy as np
 from .. import reference as _ref
 from .. import registry
 from . import _launch
-from .conv import checked_backward_data, checked_forward
-from .gemm import TILE_M, TILE_N, THREADS, cdiv, check_int32, grid_blocks
+from .conv import checked_backward_data, checked_backward_weights, checked_forward
+from .gemm import TILE_M, TILE_N, THREADS, cdiv, check_int32, grid_blocks, sm_count
 
 _FILE = "conv_winograd.cu"
 NAME, NAME4 = "winograd", "winograd4"  # F(2x2,R x R), F(4x4,R x R), R = 3 or 5
@@ -41,9 +46,9 @@ KERNEL_SIZES = (3, 5)
 _PREFIX = {(2, 3): "winograd", (4, 3): "winograd4", (2, 5): "winograd5", (4, 5): "winograd5x4"}
 
 
-def _refuse(name: str, what: str, w_shape, stride, padding) -> tuple:
+def _refuse(name: str, what: str, w_shape, stride, padding, any_padding: bool = False) -> tuple:
     """(stride, padding, R) normalised; NotApplicable unless R x R with R = 3 or 5, stride 1,
-    padding <= R-1."""
+    padding <= R-1 (any padding with ``any_padding``: backward-weights)."""
     stride, padding = _ref._pair(stride, "stride"), _ref._padding(padding)
     R, S = tuple(w_shape)[:2]
     if R != S or R not in KERNEL_SIZES:
@@ -53,7 +58,7 @@ def _refuse(name: str, what: str, w_shape, stride, padding) -> tuple:
     if stride != (1, 1):
         raise registry.NotApplicable(f"{name} {what} handles stride 1 only, got stride {stride}; "
                                      "use the implicit_gemm variant")
-    if max(padding) > r - 1:
+    if max(padding) > r - 1 and not any_padding:
         raise registry.NotApplicable(f"{name} {what} handles padding up to {r - 1} per side ({r}x{r} kernel), "
                                      f"got {padding}; use the implicit_gemm variant")
     return stride, padding, r
@@ -81,6 +86,11 @@ class _Cuda:
     @staticmethod
     def blocks(n: int) -> int:
         return grid_blocks(n)
+
+    @staticmethod
+    def slots() -> int:
+        """Blocks of the Winograd GEMMs resident at once (__launch_bounds__(256, 2))."""
+        return 2 * sm_count()
 
 
 _DEVICE = _Cuda  # the device side run() uses; a test swaps it to prove bad inputs launch nothing
@@ -110,6 +120,54 @@ def run(dev, x, w, b, y, N, H, W, C, K, P, Q, pt, pl, relu, flip, m=2, r=3) -> N
                (V, U, M, i32(T), i32(C), i32(K), None, i32(0)))
     dev.launch(f"{prefix}_output_transform", (dev.blocks(T * K),), (THREADS,),
                (M, b, y, i32(N), i32(P), i32(Q), i32(K), i32(TH), i32(TW), i32(bool(relu))))
+
+
+WGRAD_MIN_CHUNK = 256   # tiles per split of the backward-weights GEMMs' reduction, at least
+WGRAD_MAX_SPLITS = 8
+
+
+def wgrad_splits(blocks: int, T: int, slots: int) -> int:
+    """How many chunks the backward-weights GEMMs cut their reduction over T tiles into:
+    the fewest (up to WGRAD_MAX_SPLITS, chunks of at least WGRAD_MIN_CHUNK tiles) whose
+    blocks x splits fill the card's waves of ``slots`` blocks to 90%, else the best filled.
+    The E output tiles of C x K alone are often a wave and a bit (AlexNet conv4: 324 blocks
+    on 264 slots): splitting trades a small reduce for whole waves."""
+    best, best_fill = 1, 0.0
+    for splits in range(1, WGRAD_MAX_SPLITS + 1):
+        if splits > 1 and T < splits * WGRAD_MIN_CHUNK:
+            break
+        total = blocks * splits
+        fill = total / (cdiv(total, slots) * slots)
+        if fill >= 0.9:
+            return splits
+        if fill > best_fill:
+            best, best_fill = splits, fill
+    return best
+
+
+def run_wgrad(dev, x, dy, dw, N, H, W, C, K, P, Q, pt, pl, m=2, r=3) -> None:
+    """dw (r,r,C,K) = sum over n, p, q of x[n, p+i-pt, q+j-pl, c] dy[n, p, q, k] by Winograd
+    F(r x r, m x m) over the m x m tiles of dy (see kernels/conv_winograd.cu).  ``dev`` as
+    for run(), plus slots(); shapes already checked by the caller."""
+    prefix = _PREFIX[(m, r)]
+    E = (m + r - 1) ** 2
+    TH, TW = cdiv(P, m), cdiv(Q, m)
+    T = N * TH * TW
+    splits = wgrad_splits(cdiv(C, TILE_M) * cdiv(K, TILE_N) * E, T, dev.slots())
+    chunk = cdiv(cdiv(T, splits), 8) * 8  # the GEMM core's slices start at multiples of 8
+    splits = cdiv(T, chunk)
+    check_int32(x_size=N * H * W * C, dy_size=N * P * Q * K, V_size=E * T * C, Wt_size=E * T * K,
+                Mw_size=splits * E * C * K)
+    i32 = np.int32
+    V, Wt, Mw = dev.empty(E * T * C), dev.empty(E * T * K), dev.empty(splits * E * C * K)
+    dev.launch(f"{prefix}_input_transform", (dev.blocks(T * C),), (THREADS,),
+               (x, V, i32(N), i32(H), i32(W), i32(C), i32(TH), i32(TW), i32(pt), i32(pl)))
+    dev.launch(f"{prefix}_wgrad_dy_transform", (dev.blocks(T * K),), (THREADS,),
+               (dy, Wt, i32(N), i32(P), i32(Q), i32(K), i32(TH), i32(TW)))
+    dev.launch("winograd_wgrad_gemm", (cdiv(C, TILE_M), cdiv(K, TILE_N), E * splits), (THREADS,),
+               (V, Wt, Mw, i32(T), i32(C), i32(K), i32(E), i32(chunk), None, i32(0)))
+    dev.launch(f"{prefix}_wgrad_output_transform", (dev.blocks(C * K),), (THREADS,),
+               (Mw, dw, i32(C), i32(K), i32(splits)))
 
 
 def _forward(name: str):
@@ -144,6 +202,21 @@ def _backward_data(name: str):
     return conv2d_backward_data
 
 
+def _backward_weights(name: str):
+    m = VARIANTS[name]
+
+    def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
+        """dw (R,R,C,K) from x (N,H,W,C) and dy (N,P,Q,K) by Winograd F(RxR, mxm) over dy's
+        tiles; stride 1, any padding."""
+        _, _, r = _refuse(name, "conv2d_backward_weights", tuple(w_shape), stride, padding, any_padding=True)
+        (N, H, W, C, K, _, _, P, Q, _, padding), dw, _ = checked_backward_weights(x, dy, w_shape, stride,
+                                                                                   padding, out)
+        run_wgrad(_DEVICE, x, dy, dw, N, H, W, C, K, P, Q, padding[0], padding[2], m=m, r=r)
+        return dw
+    conv2d_backward_weights.__name__ = conv2d_backward_weights.__qualname__ = f"conv2d_backward_weights_{name}"
+    return conv2d_backward_weights
+
+
 for _name, _m in VARIANTS.items():
     _what = f"Winograd F({_m}x{_m},3x3) / F({_m}x{_m},5x5), 3x3 and 5x5 stride 1 only"
     registry.register("conv2d_forward", _name, _forward(_name), source="cuda", default=False,
@@ -151,3 +224,6 @@ for _name, _m in VARIANTS.items():
                            "fused bias+ReLU in the output transform")
     registry.register("conv2d_backward_data", _name, _backward_data(_name), source="cuda", default=False,
                       note=f"{_what}: the forward of dy with flipped/transposed weights")
+    registry.register("conv2d_backward_weights", _name, _backward_weights(_name), source="cuda", default=False,
+                      note=f"Winograd F(3x3,{_m}x{_m}) / F(5x5,{_m}x{_m}) over dy's tiles, stride 1, any padding: "
+                           "batched GEMMs over the tiles, split for whole waves")
