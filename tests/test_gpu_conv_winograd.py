@@ -297,51 +297,33 @@ def _poisoned(cp, shape):
     return a
 
 
+def _pass(kind, case, R):
+    """(op, positional args with NumPy arrays, float64 expected result) of one pass."""
+    x, w, b, dy, padding, relu = _problem(case, {"forward": 1, "dgrad": 2, "wgrad": 3}[kind], R)
+    if kind == "forward":
+        return "conv2d_forward", (x, w, b, (1, 1), padding, relu), \
+            ref.conv2d_forward(*_f64(x, w, b), (1, 1), padding, relu)
+    if kind == "dgrad":
+        return "conv2d_backward_data", (dy, w, x.shape, (1, 1), padding), \
+            ref.conv2d_backward_data(*_f64(dy, w), x.shape, (1, 1), padding)
+    return "conv2d_backward_weights", (x, dy, w.shape, (1, 1), padding), \
+        ref.conv2d_backward_weights(*_f64(x, dy), w.shape, (1, 1), padding)
+
+
 @gpu
+@pytest.mark.parametrize("kind", ["forward", "dgrad", "wgrad"])
 @pytest.mark.parametrize("name,R,case", GPU_CASES, ids=GPU_IDS)
-def test_forward_matches_reference(case, name, R):
+def test_matches_reference(case, name, R, kind):
+    """Into a NaN-poisoned out= buffer, then again without it, bit for bit."""
     import cupy as cp
-    x, w, b, _, padding, relu = _problem(case, 1, R)
-    expected = ref.conv2d_forward(*_f64(x, w, b), (1, 1), padding, relu)
-    fn = registry.get("conv2d_forward", name).fn
-    dev = [None if a is None else cp.asarray(a) for a in (x, w, b)]
+    op, args, expected = _pass(kind, case, R)
+    fn = registry.get(op, name).fn
+    dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
     out = _poisoned(cp, expected.shape)
-    got = fn(*dev, (1, 1), padding, relu, out=out)
+    got = fn(*dev, out=out)
     assert got is out
-    assert_close(cp.asnumpy(got), expected, TOL, f"{name} forward {case}")
-    again = fn(*dev, (1, 1), padding, relu)
-    assert np.array_equal(cp.asnumpy(again), cp.asnumpy(got)), "differs from run to run"
-
-
-@gpu
-@pytest.mark.parametrize("name,R,case", GPU_CASES, ids=GPU_IDS)
-def test_backward_data_matches_reference(case, name, R):
-    import cupy as cp
-    x, w, _, dy, padding, _ = _problem(case, 2, R)
-    expected = ref.conv2d_backward_data(*_f64(dy, w), x.shape, (1, 1), padding)
-    fn = registry.get("conv2d_backward_data", name).fn
-    ddy, dw = cp.asarray(dy), cp.asarray(w)
-    out = _poisoned(cp, x.shape)
-    got = fn(ddy, dw, x.shape, (1, 1), padding, out=out)
-    assert got is out
-    assert_close(cp.asnumpy(got), expected, TOL, f"{name} dgrad {case}")
-    again = fn(ddy, dw, x.shape, (1, 1), padding)
-    assert np.array_equal(cp.asnumpy(again), cp.asnumpy(got)), "differs from run to run"
-
-
-@gpu
-@pytest.mark.parametrize("name,R,case", GPU_CASES, ids=GPU_IDS)
-def test_backward_weights_matches_reference(case, name, R):
-    import cupy as cp
-    x, w, _, dy, padding, _ = _problem(case, 3, R)
-    expected = ref.conv2d_backward_weights(*_f64(x, dy), w.shape, (1, 1), padding)
-    fn = registry.get("conv2d_backward_weights", name).fn
-    dx, ddy = cp.asarray(x), cp.asarray(dy)
-    out = _poisoned(cp, w.shape)
-    got = fn(dx, ddy, w.shape, (1, 1), padding, out=out)
-    assert got is out
-    assert_close(cp.asnumpy(got), expected, TOL, f"{name} wgrad {case}")
-    again = fn(dx, ddy, w.shape, (1, 1), padding)
+    assert_close(cp.asnumpy(got), expected, TOL, f"{name} {kind} {case}")
+    again = fn(*dev)
     assert np.array_equal(cp.asnumpy(again), cp.asnumpy(got)), "differs from run to run"
 
 
