@@ -196,6 +196,9 @@ maxpool_bwd(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* _
 //   Variant vec8 uses it with V = 8 and OH = OW = 1: one output x 8 channels per thread,
 //   2*PH*PW float4 loads per thread (18 for 3x3), fully unrolled; ptxas schedules them
 //   (46 registers on sm_90, so not all 18 are in flight before the first compare).
+//   Variant vec8x2: V = 8, OH = 1, OW = 2: two outputs side by side share their window's
+//   overlapping column (3x3/2: 15 pixels for 2 outputs instead of 18), half the threads.
+//   Added after run 3; not yet measured.
 //   Last measured (H200 2026-11-28 run 3 (CUDA events, L2 flushed, medians; copy 4178 GB/s read+write)): 128x55x55x96 3x3/2: tiled 92.3 us (1998 GB/s, 48%);
 //     vec8 (V = 8, 1x1) 63.6 us (2900 GB/s, 69.4%: the fastest forward); vec4 79.8 us.
 template <int V, int PH, int PW, int SH, int SW, int OH, int OW>
@@ -453,7 +456,8 @@ maxpool_fwd_smem(const float* __restrict__ x, float* __restrict__ y, fc_u8* __re
     POOL_TILE(2, PH, PW, SH, SW, OH, OW, BH, BW) \
     POOL_TILE(4, PH, PW, SH, SW, OH, OW, BH, BW)
 #define POOL_VEC8(PH, PW, SH, SW) \
-    template __global__ void maxpool_fwd_tile<8, PH, PW, SH, SW, 1, 1>(const float*, float*, fc_u8*, POOL_TAIL);
+    template __global__ void maxpool_fwd_tile<8, PH, PW, SH, SW, 1, 1>(const float*, float*, fc_u8*, POOL_TAIL); \
+    template __global__ void maxpool_fwd_tile<8, PH, PW, SH, SW, 1, 2>(const float*, float*, fc_u8*, POOL_TAIL);
 #define POOL_SMEM(PH, PW, SH, SW, TP, TQ) \
     template __global__ void maxpool_fwd_smem<PH, PW, SH, SW, TP, TQ>(const float*, float*, fc_u8*, POOL_TAIL);
 // Keep in step with fastcnn/backend/cuda/pool.py (GENERIC_LANES, TILES, VEC8, SMEM).

@@ -1,4 +1,4 @@
-"""Every max-pool variant (direct, vec4, tiled, smem and vec8 (forward only), auto) against fastcnn.backend.reference.
+"""Every max-pool variant (direct, vec4, tiled, smem, vec8 and vec8x2 (forward only), auto) against fastcnn.backend.reference.
 
 Forward and backward are compared exactly: pooling only selects (forward) or sums the
 picked dy in the reference's (r, s) order (backward), so y, argmax and dx must match
@@ -194,6 +194,8 @@ def test_instantiations_match_the_plan():
     vec8 = {tuple(int(v) for v in m.split(","))
             for m in re.findall(r"^POOL_VEC8\(([\d, ]+)\)", block, re.MULTILINE)}
     assert vec8 == set(cuda_pool.VEC8)
+    body = text[text.index("#define POOL_VEC8"):text.index("#define POOL_SMEM")]
+    assert {tuple(int(v) for v in m) for m in re.findall(r"SW, (\d), (\d)>", body)} == set(cuda_pool.VEC8_OUTPUTS.values())
     smem = {tuple(int(v) for v in m.split(","))
             for m in re.findall(r"^POOL_SMEM\(([\d, ]+)\)", block, re.MULTILINE)}
     assert generic == set(cuda_pool.GENERIC_LANES)
@@ -235,7 +237,9 @@ def test_plan_picks_kernels(monkeypatch):
                                        1: "maxpool_fwd<1>"}
     assert names("vec8", True, 12) == {4: "maxpool_fwd<4>", 1: "maxpool_fwd<1>"}
     assert names("vec8", True, 16, (2, 3), (1, 2)) == {4: "maxpool_fwd<4>", 1: "maxpool_fwd<1>"}
-    for variant in ("direct", "vec4", "tiled", "smem", "vec8"):
+    assert names("vec8x2", True, 96) == {8: "maxpool_fwd_tile<8, 3, 3, 2, 2, 1, 2>", 4: "maxpool_fwd<4>",
+                                         1: "maxpool_fwd<1>"}
+    for variant in ("direct", "vec4", "tiled", "smem", "vec8", "vec8x2"):
         for forward in (True, False):
             for C in (1, 2, 3, 4, 6, 96):
                 for lanes, (name, items, threads) in cuda_pool._plan(variant, forward, (2, 9, 9, C), 3, 2,
@@ -255,13 +259,13 @@ def test_kernels_emulated_on_cpu(monkeypatch):
     monkeypatch.setattr(cuda_pool, "_ptr", lambda a: a.ctypes.data)
     monkeypatch.setattr(cuda_pool, "_PLANS", {})
     xp = types.SimpleNamespace(empty=guarded.empty, asarray=np.asarray, asnumpy=np.asarray)  # NumPy, guarded
-    for variant in ("direct", "vec4", "tiled", "smem", "vec8"):
+    for variant in ("direct", "vec4", "tiled", "smem", "vec8", "vec8x2"):
         fns = {"maxpool_forward": cuda_pool._forward(variant), "maxpool_backward": cuda_pool._backward(variant)}
         for i, case in enumerate(CASES):
             big = case[0] * case[1] * case[2] * case[3] > 100000
             runs = [("rand", 0), ("special", 0), ("ties", 0), ("special", 1), ("ties", 2)]
             if big:  # smem (new, shared memory): NaN and tie inputs on the big shapes too
-                runs = runs[:3] if variant in ("smem", "vec8") else runs[:1]
+                runs = runs[:3] if variant in ("smem", "vec8", "vec8x2") else runs[:1]
             for mode, offset in runs:
                 for op in _ops(variant):
                     check_variant(xp, op, variant, case, seed=i, mode=mode, offset=offset, fns=fns)
@@ -272,5 +276,5 @@ def test_kernels_emulated_on_cpu(monkeypatch):
         "maxpool_fwd_tile<4, 3, 3, 2, 2, 2, 2>", "maxpool_bwd_tile<2, 2, 2, 2, 2, 1, 2>",
         "maxpool_fwd_tile<1, 3, 3, 1, 1, 1, 2>", "maxpool_bwd_tile<4, 2, 2, 1, 1, 1, 2>"}
     assert {n for n in launched if n.startswith("maxpool_fwd_tile<8,")} == {
-        cuda_pool._fwd_tile_name(8, *k, 1, 1) for k in cuda_pool.VEC8}
+        cuda_pool._fwd_tile_name(8, *k, *outputs) for k in cuda_pool.VEC8 for outputs in cuda_pool.VEC8_OUTPUTS.values()}
     assert {n for n in launched if "smem" in n} == {cuda_pool._fwd_smem_name(*k, *v) for k, v in cuda_pool.SMEM.items()}

@@ -12,6 +12,8 @@ Variants, registered in ``fastcnn.kernels`` at import (no GPU needed to import):
   vec8    forward only: window and stride compiled in (VEC8), one output x 8 channels per
           thread (two float4 per tap, unrolled); C % 8 or
           alignment or other windows: vec4's kernels.
+  vec8x2  vec8 with two adjacent outputs per thread (1 x 2), which share a column of their
+          windows (3x3/2: 15 input pixels for 2 outputs instead of 18).
   smem    forward only: window and stride compiled in (SMEM); a block of TP*TQ*8 threads
           stages a TP x TQ output tile's input band (all its rows and columns, 32
           channels) in shared memory with coalesced 16-byte loads, each input element read
@@ -59,8 +61,10 @@ def _bwd_tile_name(v, ph, pw, sh, sw, bh, bw):
     return f"maxpool_bwd_tile<{v}, {ph}, {pw}, {sh}, {sw}, {bh}, {bw}>"
 
 
-# Windows with a vec8 forward instance (maxpool_fwd_tile<8, ph, pw, sh, sw, 1, 1>; POOL_VEC8).
+# Windows with vec8 forward instances (maxpool_fwd_tile<8, ph, pw, sh, sw, OH, OW>; POOL_VEC8),
+# and the outputs per thread (OH, OW) of each vec8 variant.
 VEC8 = ((2, 2, 2, 2), (3, 3, 2, 2), (3, 3, 1, 1), (2, 2, 1, 1))
+VEC8_OUTPUTS = {"vec8": (1, 1), "vec8x2": (1, 2)}
 
 # (ph, pw, sh, sw) -> (TP, TQ): the smem forward's output tile per block (TP*TQ*8 threads).
 # Keep in step with the FASTCNN_INSTANTIATE block of kernels/pool.cu (POOL_SMEM).
@@ -81,7 +85,7 @@ NAME_EXPRESSIONS = tuple(
     [f"maxpool_{d}<{v}>" for v in GENERIC_LANES for d in ("fwd", "bwd")]
     + [name for (ph, pw, sh, sw), (oh, ow, bh, bw) in TILES.items() for v in (1, 2, 4)
        for name in (_fwd_tile_name(v, ph, pw, sh, sw, oh, ow), _bwd_tile_name(v, ph, pw, sh, sw, bh, bw))]
-    + [_fwd_tile_name(8, ph, pw, sh, sw, 1, 1) for (ph, pw, sh, sw) in VEC8]
+    + [_fwd_tile_name(8, ph, pw, sh, sw, oh, ow) for (ph, pw, sh, sw) in VEC8 for oh, ow in VEC8_OUTPUTS.values()]
     + [_fwd_smem_name(ph, pw, sh, sw, tp, tq) for (ph, pw, sh, sw), (tp, tq) in SMEM.items()])
 
 
@@ -100,7 +104,8 @@ def _geometry(x_shape, pool, stride, padding):
 
 
 # Channels per thread each variant may use, widest first (C and alignment pick among them).
-LANES = {"direct": (1,), "vec4": (4, 1), "tiled": (4, 2, 1), "smem": (4, 2, 1), "vec8": (8, 4, 1)}
+LANES = {"direct": (1,), "vec4": (4, 1), "tiled": (4, 2, 1), "smem": (4, 2, 1), "vec8": (8, 4, 1),
+         "vec8x2": (8, 4, 1)}
 
 
 def _ceil(a: int, b: int) -> int:
@@ -126,8 +131,9 @@ def _plan(variant: str, forward: bool, x_shape, pool, stride, padding):
         if lanes == 8:
             if not forward or (ph, pw, sh, sw) not in VEC8:
                 continue                      # vec4's kernels below
-            items = N * P * Q * (C // 8)
-            name = _fwd_tile_name(8, ph, pw, sh, sw, 1, 1)
+            oh, ow = VEC8_OUTPUTS[variant]
+            items = N * _ceil(P, oh) * _ceil(Q, ow) * (C // 8)
+            name = _fwd_tile_name(8, ph, pw, sh, sw, oh, ow)
         elif smem is not None and lanes == 4:
             tp, tq = smem
             threads = tp * tq * (SMEM_CHANNELS // 4)
@@ -235,6 +241,9 @@ registry.register("maxpool_forward", "tiled", _forward("tiled"), source="cuda",
 registry.register("maxpool_forward", "vec8", _forward("vec8"), source="cuda",
                   note="window compiled in; 1 output x 8 channels per thread, 2 float4 loads per tap, "
                        "uint2 argmax (C % 8, alignment, other windows: vec4's)")
+registry.register("maxpool_forward", "vec8x2", _forward("vec8x2"), source="cuda",
+                  note="vec8 with 2 adjacent outputs per thread sharing a window column (3x3/2: 15 "
+                       "input pixels for 2 outputs, not 18); else vec4's")
 registry.register("maxpool_forward", "smem", _forward("smem"), source="cuda",
                   note="window compiled in; a block stages its 4x8-output tile's input band x 32 channels "
                        "in shared memory (coalesced 16-byte loads, each element once), 1 float4 per thread; "
