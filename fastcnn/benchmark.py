@@ -380,7 +380,7 @@ class Report:
                 ("cpu lenet train / torch cpu", "lenet5 train (cpu)", "fastcnn", "ratio")]:
             v = pick(case, prefix, want)
             if v is not None:
-                out.append((label, f"{v:.2f}x" if want == "ratio" else f"{v:.0f}%"))
+                out.append((label, f"{v:.2f}x" if want == "ratio" else f"{v:.1f}%"))  # 69.6% is not 70%
         return out
 
 

@@ -129,7 +129,7 @@ def test_conv_rates_above_the_sgemm_ceiling_get_a_note():
 def test_key_ratios_for_the_check_table():
     keys = dict(Report(known_results(), HEADER).key_ratios())
     assert keys["gemm 4096^3 best / cuBLAS fp32"] == "0.80x"
-    assert keys["alexnet.pool1 fwd % copy bw"] == "50%"
+    assert keys["alexnet.pool1 fwd % copy bw"] == "50.0%"
     assert keys["lenet train graph / torch graph"] == "1.25x"
 
 
