@@ -381,6 +381,14 @@ class Report:
             v = pick(case, prefix, want)
             if v is not None:
                 out.append((label, f"{v:.2f}x" if want == "ratio" else f"{v:.1f}%"))  # 69.6% is not 70%
+        v = pick("gemm 4096^3", "fastcnn:numba")
+        if v is not None:
+            out.append(("numba gemm 4096^3 / cuBLAS fp32", f"{v:.2f}x"))
+        numba = pick("alexnet.pool1 fwd", "fastcnn:numba", "figure")
+        cuda = max((r.figure for r in self.rows if r.case == "alexnet.pool1 fwd" and r.role == "fastcnn"
+                    and not r.error and r.figure and not r.impl.startswith("fastcnn:numba")), default=None)
+        if numba is not None and cuda:
+            out.append(("numba pool1 fwd / best CUDA C", f"{numba / cuda:.2f}x"))
         return out
 
 

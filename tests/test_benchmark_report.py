@@ -30,6 +30,7 @@ def known_results():
         R("gemm", "gemm 4096^3", "cuBLAS fp32", "baseline", "TFLOP/s", 50.0),
         R("gemm", "gemm 4096^3", "cuBLAS TF32", "baseline", "TFLOP/s", 320.0, precision="tf32"),
         R("pool", "alexnet.pool1 fwd", "fastcnn:gather*", "fastcnn", "GB/s", 1500.0),
+        R("pool", "alexnet.pool1 fwd", "fastcnn:numba_lanes", "fastcnn", "GB/s", 1200.0),
         R("pool", "alexnet.pool1 fwd", "torch NCHW", "baseline", "GB/s", 1000.0),
         R("pool", "alexnet.pool1 fwd", "torch NHWC", "baseline", "GB/s", 1200.0),
         R("network", "lenet5 train", "fastcnn eager", "fastcnn", "img/s", 150000.0,
@@ -131,6 +132,8 @@ def test_key_ratios_for_the_check_table():
     assert keys["gemm 4096^3 best / cuBLAS fp32"] == "0.80x"
     assert keys["alexnet.pool1 fwd % copy bw"] == "50.0%"
     assert keys["lenet train graph / torch graph"] == "1.25x"
+    assert keys["numba pool1 fwd / best CUDA C"] == "0.80x"      # numba_lanes 1200 / gather 1500 GB/s
+    assert "numba gemm 4096^3 / cuBLAS fp32" not in keys         # no Numba GEMM row in this run
 
 
 def test_plot_writes_png_or_says_why(tmp_path, monkeypatch):
