@@ -330,6 +330,61 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- evaluate
+def confusion_matrix(labels, predicted, classes: int):
+    """counts[true, predicted] (int64, classes x classes)."""
+    import numpy as np
+    counts = np.zeros((classes, classes), np.int64)
+    np.add.at(counts, (np.asarray(labels, np.int64), np.asarray(predicted, np.int64)), 1)
+    return counts
+
+
+def _confusion_text(counts) -> str:
+    classes = counts.shape[0]
+    width = max(5, len(str(int(counts.max()))) + 1)
+    lines = ["confusion matrix (rows: true class, columns: predicted):",
+             "true\\pred" + "".join(f"{c:>{width}}" for c in range(classes)) + "   accuracy"]
+    for c in range(classes):
+        total = int(counts[c].sum())
+        acc = f"{counts[c, c] / total:.4f}" if total else "     -"
+        lines.append(f"{c:>9}" + "".join(f"{int(v):>{width}}" for v in counts[c]) + f"   {acc} of {total:,}")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    import fastcnn
+    from fastcnn import datasets
+
+    args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
+    args.seed = 0  # synthetic evaluation images as train's default seed makes them
+    _, _, xe, ye, eval_name = _load_data(args)
+    classes = 10 if args.model == "lenet5" else 1000
+    model = _build(args.model, args.variant if args.model == "alexnet" else None)
+    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    try:
+        model.load_weights(args.weights)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"--weights: {exc}") from None
+    note = _place(model, args.device)
+    kernels = _kernel_choices(args.kernel) if model.device == "cuda" else {}
+    print(f"device: {model.device}, backend: {model.backend.name}{note}")
+    x, y = datasets.prepare_images(xe), np.asarray(ye, np.int64)
+    batch_size = args.batch_size or DEFAULT_BATCH[args.model]
+    with contextlib.ExitStack() as chosen:
+        for op, name in kernels.items():
+            chosen.enter_context(fastcnn.kernels.using(op, name))
+        loss, accuracy = model.evaluate(x, datasets.to_categorical(y, classes), batch_size=batch_size, verbose=0)
+        predicted = model.predict(x, batch_size=batch_size).argmax(axis=1)
+    label = "validation" if args.data in ("mnist-sample", "synthetic") else "test"
+    print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {len(x):,} images, {eval_name}; "
+          f"weights {args.weights}")
+    if classes <= 20:
+        print(_confusion_text(confusion_matrix(y, predicted, classes)))
+    return 0
+
+
 # ---------------------------------------------------------------------------- profile
 def cmd_profile(args) -> int:
     import json
@@ -414,7 +469,7 @@ def _add_step_arguments(p, momentum: float, optimizer: str | None = "adam") -> N
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcnn", description="Train LeNet-5 and AlexNet on "
                                      "hand-written CUDA kernels (NumPy reference on the CPU).")
-    sub = parser.add_subparsers(dest="command", metavar="{info,kernels,summary,train,profile,bench,check}")
+    sub = parser.add_subparsers(dest="command", metavar="{info,kernels,summary,train,evaluate,profile,bench,check}")
 
     p = sub.add_parser("info", help="versions, CPU, GPU and usable backends")
     p.set_defaults(func=cmd_info)
@@ -446,6 +501,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                    help="1: live bar per epoch, 2: one line per epoch, 0: quiet")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy and confusion matrix of saved weights on a data set",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", choices=sorted(INPUT_SHAPES))
+    p.add_argument("--weights", required=True, help="a weights.npz written by fastcnn train (or save_weights)")
+    p.add_argument("--variant", choices=["single", "original"], default="single", help="AlexNet variant")
+    p.add_argument("--data", choices=DATA_SETS, default=None,
+                   help="mnist-sample (its 2,000-image validation split) for lenet5, synthetic for alexnet; "
+                        "mnist and fashion-mnist: their test sets")
+    p.add_argument("--data-dir", default=None, help="directory with the IDX files (mnist, fashion-mnist)")
+    p.add_argument("--split-seed", type=int, default=0, help="the sample's 8,000/2,000 split (as in train)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N evaluation images")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: the GPU when one is usable, else the CPU reference")
+    p.add_argument("--batch-size", type=int, default=None, help="200 for lenet5, 128 for alexnet")
+    p.add_argument("--kernel", action="append", metavar="OP=VARIANT",
+                   help="use this kernel variant for a primitive on the GPU (repeatable)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("profile", help="time every kernel call of a training step, by layer",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

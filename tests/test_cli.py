@@ -125,6 +125,27 @@ def test_train_then_resume(capsys, tmp_path):
     assert code == 0 and "nothing to train" in out
 
 
+def test_evaluate_saved_weights_reproduces_the_training_run(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "lenet5", "--epochs", "1", "--out", str(tmp_path), *QUICK)
+    assert code == 0, err
+    accuracy = json.loads((tmp_path / "history.json").read_text())["validation_accuracy"]
+    code, out, err = run(capsys, "evaluate", "lenet5", "--weights", str(tmp_path / "weights.npz"),
+                         "--device", "cpu", "--limit", "300")
+    assert code == 0, err
+    assert f"validation accuracy: {accuracy:.4f}" in out and "on 300 images" in out
+    rows = out.split("columns: predicted):\n")[1].splitlines()[1:]
+    assert len(rows) == 10 and sum(int(r.split("of ")[-1]) for r in rows) == 300
+    code, _, err = run(capsys, "evaluate", "lenet5", "--weights", str(tmp_path / "missing.npz"))
+    assert code == 2 and "weights file not found" in err
+    code, _, err = run(capsys, "evaluate", "lenet5", "--weights", str(tmp_path / "history.json"))
+    assert code == 2 and "not a readable fastcnn weights file" in err
+
+
+def test_confusion_matrix_counts():
+    counts = cli.confusion_matrix([0, 1, 1, 2, 2, 2], [0, 1, 0, 2, 2, 1], 3)
+    assert counts.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 2]]
+
+
 def test_ctrl_c_saves_checkpoint(capsys, tmp_path, monkeypatch):
     import fastcnn
     from fastcnn.callbacks import Callback
