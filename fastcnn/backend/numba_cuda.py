@@ -964,26 +964,37 @@ def conv2d_backward_weights(x, dy, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
 # ---------------------------------------------------------------------------
 # q = (N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl)
 
-@_device
-def _window_max(X, base, h0, w0, H, W, C, ph, pw):
-    """(max, r*pw + s of its first position) of one channel's window, whose top-left is
-    (h0, w0); base = n*H*W*C + c.  First max wins, padding never competes; a window
-    holding NaN gives (NaN, ph*pw - 1), the reference's rule."""
-    best = float32(0.0)
-    arg = -1
-    for r in range(ph):
-        h = h0 + r
-        if h >= 0 and h < H:
-            for s in range(pw):
-                w = w0 + s
-                if w >= 0 and w < W:
-                    v = X[base + (h * W + w) * C]
-                    if arg < 0 or v > best or v != v:
-                        best = v
-                        arg = r * pw + s
-    if best != best:
-        arg = ph * pw - 1
-    return best, arg
+def _make_window_max(PH=0, PW=0):
+    """The window-max device function.  PH, PW > 0 compile the window in (constant trip
+    counts: LLVM unrolls the loops, so the loads of a window can be issued together); 0
+    takes ph, pw from the arguments."""
+    @_device
+    def window_max(X, base, h0, w0, H, W, C, ph, pw):
+        """(max, r*pw + s of its first position) of one channel's window, whose top-left is
+        (h0, w0); base = n*H*W*C + c.  First max wins, padding never competes; a window
+        holding NaN gives (NaN, ph*pw - 1), the reference's rule."""
+        if PH > 0:
+            ph = PH
+            pw = PW
+        best = float32(0.0)
+        arg = -1
+        for r in range(ph):
+            h = h0 + r
+            if h >= 0 and h < H:
+                for s in range(pw):
+                    w = w0 + s
+                    if w >= 0 and w < W:
+                        v = X[base + (h * W + w) * C]
+                        if arg < 0 or v > best or v != v:
+                            best = v
+                            arg = r * pw + s
+        if best != best:
+            arg = ph * pw - 1
+        return best, arg
+    return window_max
+
+
+_window_max = _make_window_max()
 
 
 @_jit
@@ -1192,32 +1203,43 @@ def _k_maxpool_bwd_vec(DY, AM, DX, q):
 # but one per row (Numba's index arithmetic is 64-bit, where a division costs ~70
 # instructions; numba_direct does six per output).  Every axis is grid-stride.
 
-@_jit
-def _k_maxpool_fwd_lanes(X, Y, AM, q):
-    H = q[1]
-    W = q[2]
-    C = q[3]
-    P = q[4]
-    Q = q[5]
-    ph = q[6]
-    pw = q[7]
-    rows = q[0] * P
-    row = cuda.blockIdx.z
-    while row < rows:
-        n = row // P
-        h0 = (row - n * P) * q[8] - q[10]
-        ow = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
-        while ow < Q:
-            w0 = ow * q[9] - q[11]
-            o = (row * Q + ow) * C
-            c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-            while c < C:
-                best, arg = _window_max(X, n * H * W * C + c, h0, w0, H, W, C, ph, pw)
-                Y[o + c] = best
-                AM[o + c] = uint8(arg)
-                c += cuda.blockDim.x * cuda.gridDim.x
-            ow += cuda.blockDim.y * cuda.gridDim.y
-        row += cuda.gridDim.z
+def _make_lanes_kernel(PH=0, PW=0):
+    """The lanes kernel; PH, PW > 0: for that window only, compiled in (_make_window_max)."""
+    window_max = _make_window_max(PH, PW)
+
+    @_jit
+    def maxpool_fwd_lanes(X, Y, AM, q):
+        H = q[1]
+        W = q[2]
+        C = q[3]
+        P = q[4]
+        Q = q[5]
+        ph = q[6]
+        pw = q[7]
+        rows = q[0] * P
+        row = cuda.blockIdx.z
+        while row < rows:
+            n = row // P
+            h0 = (row - n * P) * q[8] - q[10]
+            ow = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+            while ow < Q:
+                w0 = ow * q[9] - q[11]
+                o = (row * Q + ow) * C
+                c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+                while c < C:
+                    best, arg = window_max(X, n * H * W * C + c, h0, w0, H, W, C, ph, pw)
+                    Y[o + c] = best
+                    AM[o + c] = uint8(arg)
+                    c += cuda.blockDim.x * cuda.gridDim.x
+                ow += cuda.blockDim.y * cuda.gridDim.y
+            row += cuda.gridDim.z
+    return maxpool_fwd_lanes
+
+
+_k_maxpool_fwd_lanes = _make_lanes_kernel()
+# Windows with a compiled-in lanes kernel (AlexNet's 3x3, LeNet's 2x2); others: the generic one.
+LANES_WINDOWS = ((2, 2), (3, 3))
+_K_MAXPOOL_FWD_LANES_FIXED = {w: _make_lanes_kernel(*w) for w in LANES_WINDOWS}
 
 
 def _grid_lanes(C, Q, rows):
@@ -1261,7 +1283,8 @@ def _maxpool_forward(x, pool, stride, padding, out, vec, lanes=False):
     am = _out("out[1] (argmax)", am_out, (N, P, Q, C), np.uint8, inputs=(("x", x),))
     if lanes:
         grid, block = _grid_lanes(C, Q, N * P)
-        _launch(_k_maxpool_fwd_lanes, grid, block, _flat(x), _flat(y), _flat(am), q)
+        kernel = _K_MAXPOOL_FWD_LANES_FIXED.get((q[6], q[7]), _k_maxpool_fwd_lanes)
+        _launch(kernel, grid, block, _flat(x), _flat(y), _flat(am), q)
     elif vec and C % 4 == 0:
         grid, block = _grid2(Q * (C // 4), N * P)
         _launch(_k_maxpool_fwd_vec, grid, block, _flat(x), _flat(y), _flat(am), q)
@@ -1977,6 +2000,10 @@ def ptx_kernels():
         ("maxpool_bwd", _k_maxpool_bwd.py_func, (f32, u8, f32, i64, tup12)),
         ("maxpool_fwd_vec", _k_maxpool_fwd_vec.py_func, (f32, f32, u8, tup12)),
         ("maxpool_fwd_lanes", _k_maxpool_fwd_lanes.py_func, (f32, f32, u8, tup12)),
+    ] + [
+        (f"maxpool_fwd_lanes_{ph}x{pw}", k.py_func, (f32, f32, u8, tup12))
+        for (ph, pw), k in _K_MAXPOOL_FWD_LANES_FIXED.items()
+    ] + [
         ("maxpool_bwd_vec", _k_maxpool_bwd_vec.py_func, (f32, u8, f32, tup12)),
         ("relu_fwd", _k_relu_fwd.py_func, (f32, f32, i64)),
         ("relu_bwd", _k_relu_bwd.py_func, (f32, f32, f32, i64)),
