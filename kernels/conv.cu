@@ -18,7 +18,7 @@
 //                        split-K over N*P*Q: grid (ceil(RSC/128), ceil(K/BN), splits),
 //                        partials to a workspace, then gemm_splitk_reduce sums the
 //                        slices in order (deterministic, no atomics).
-// Thread loaders walk (r, s, c) by increments from one division per K slice;
+// Thread loaders walk (r, s, c) by increments from one or two divisions per K slice;
 // padding and edges are zero-filled by a predicate; 16-byte loads when the
 // gathered channel count (C for x, K for dy) is a multiple of 4.
 // Explicit-im2col variant (the simple one; our tiled GEMM does the product):
@@ -38,22 +38,25 @@
 
 // A(m, k) = x[n, p*sh-pt+r, q*sw-pl+s, c] for m = (n, p, q), k = (r, s, c); zero in padding.
 // Shape of fc_kcontig_loader: thread owns row m0 + tid/2 and k offsets (tid%2)*4 + 0..3.
+// Within one filter row r, the S*C values (s, c) are S*C consecutive floats of x starting
+// at column w0, so k needs one division (by S*C): sc = s*C + c, and the tap is inside the
+// image iff 0 <= w0*C + sc < W*C (c < C keeps w0 + s on the right side of both bounds).
 struct fc_fprop_a_loader {
     const float* x;
-    int H, W, C, S, h0, w0, kq;
+    int H, SC, WC, h0, w0c, kq;
     fc_i64 xbase;
     bool vec, row_ok;
     float r[4];
-    FC_DEVICE void init(const float* x_, int N, int H_, int W_, int C_, int S_, int P, int Q,
+    FC_DEVICE void init(const float* x_, int N, int H_, int W, int C, int S, int P, int Q,
                         int sh, int sw, int pt, int pl, int m0) {
-        x = x_; H = H_; W = W_; C = C_; S = S_;
+        x = x_; H = H_; SC = S * C; WC = W * C;
         const int m = m0 + (int)threadIdx.x / 2;
         kq = ((int)threadIdx.x % 2) * 4;
         row_ok = m < N * P * Q;
         const int mm = row_ok ? m : 0;
         const int n = mm / (P * Q), pq = mm - n * (P * Q), p = pq / Q, q = pq - p * Q;
         h0 = p * sh - pt;
-        w0 = q * sw - pl;
+        w0c = (q * sw - pl) * C;
         xbase = (fc_i64)n * H * W * C;
         vec = (C % 4 == 0) && fc_aligned16(x_);
     }
@@ -61,22 +64,21 @@ struct fc_fprop_a_loader {
         r[0] = r[1] = r[2] = r[3] = 0.0f;
         const int k = k0 + kq;
         if (!row_ok || k >= kend) return;
-        const int rs = k / C;
-        int c = k - rs * C, kr = rs / S, ks = rs - kr * S;
+        int kr = k / SC, sc = k - kr * SC;
         if (vec && k + 3 < kend) {  // C % 4 == 0 and k % 4 == 0: one tap, channels c..c+3
-            const int h = h0 + kr, w = w0 + ks;
-            if (h >= 0 && h < H && w >= 0 && w < W) {
-                const float4 v = fc_load4(x + xbase + ((fc_i64)h * W + w) * C + c);
+            const int h = h0 + kr, wc = w0c + sc;
+            if (h >= 0 && h < H && wc >= 0 && wc < WC) {
+                const float4 v = fc_load4(x + xbase + (fc_i64)h * WC + wc);
                 r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
             }
             return;
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int h = h0 + kr, w = w0 + ks;
-            if (k + i < kend && h >= 0 && h < H && w >= 0 && w < W)
-                r[i] = x[xbase + ((fc_i64)h * W + w) * C + c];
-            if (++c == C) { c = 0; if (++ks == S) { ks = 0; ++kr; } }
+            const int h = h0 + kr, wc = w0c + sc;
+            if (k + i < kend && h >= 0 && h < H && wc >= 0 && wc < WC)
+                r[i] = x[xbase + (fc_i64)h * WC + wc];
+            if (++sc == SC) { sc = 0; ++kr; }
         }
     }
     FC_DEVICE void store(float (*Sm)[FC_LDS]) const {
