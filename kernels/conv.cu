@@ -18,7 +18,9 @@
 //                        split-K over N*P*Q: grid (ceil(RSC/128), ceil(K/BN), splits),
 //                        partials to a workspace, then gemm_splitk_reduce sums the
 //                        slices in order (deterministic, no atomics).
-// Thread loaders walk (r, s, c) by increments from one or two divisions per K slice;
+// Thread loaders walk (r, s, c) by increments within a K slice; the forward and
+// weight-gradient loaders also step their position from one slice to the next (the
+// main loop asks for k0, k0 + 8, ...), so integer division happens at the first slice only;
 // padding and edges are zero-filled by a predicate; 16-byte loads when the
 // gathered channel count (C for x, K for dy) is a multiple of 4.
 // Explicit-im2col variant (the simple one; our tiled GEMM does the product):
@@ -44,6 +46,7 @@
 struct fc_fprop_a_loader {
     const float* x;
     int H, SC, WC, h0, w0c, kq;
+    int knext, kr_next, sc_next;  // where the next slice (k0 + FC_BK) starts: no division then
     fc_i64 xbase;
     bool vec, row_ok;
     float r[4];
@@ -59,12 +62,24 @@ struct fc_fprop_a_loader {
         w0c = (q * sw - pl) * C;
         xbase = (fc_i64)n * H * W * C;
         vec = (C % 4 == 0) && fc_aligned16(x_);
+        knext = -1;
     }
     FC_DEVICE void fetch(int k0, int kend) {
         r[0] = r[1] = r[2] = r[3] = 0.0f;
         const int k = k0 + kq;
         if (!row_ok || k >= kend) return;
-        int kr = k / SC, sc = k - kr * SC;
+        int kr, sc;
+        if (k == knext) {  // the main loop's next slice: step from the last one
+            kr = kr_next;
+            sc = sc_next;
+        } else {
+            kr = k / SC;
+            sc = k - kr * SC;
+        }
+        knext = k + FC_BK;
+        sc_next = sc + FC_BK;
+        kr_next = kr;
+        while (sc_next >= SC) { sc_next -= SC; ++kr_next; }
         if (vec && k + 3 < kend) {  // C % 4 == 0 and k % 4 == 0: one tap, channels c..c+3
             const int h = h0 + kr, wc = w0c + sc;
             if (h >= 0 && h < H && wc >= 0 && wc < WC) {
@@ -189,6 +204,7 @@ struct fc_dgrad_b_loader {
 struct fc_wgrad_a_loader {
     const float* x;
     int H, W, C, P, Q, sh, sw, pt, pl, kk;
+    int jnext, n_next, p_next, q_next;  // where the next slice (j + FC_BK) lands: no division then
     int tr[4], ts[4], tc[4];
     bool ok[4], vec;
     float r[4];
@@ -209,12 +225,27 @@ struct fc_wgrad_a_loader {
         }
         // C % 4 == 0 and m % 4 == 0: the 4 rows are one tap, channels c..c+3.
         vec = (C % 4 == 0) && (m + 3 < M) && fc_aligned16(x_);
+        jnext = -1;
     }
     FC_DEVICE void fetch(int k0, int kend) {
         r[0] = r[1] = r[2] = r[3] = 0.0f;
         const int j = k0 + kk;
         if (j >= kend) return;
-        const int n = j / (P * Q), pq = j - n * (P * Q), p = pq / Q, q = pq - p * Q;
+        int n, p, q;
+        if (j == jnext) {  // the main loop's next slice: step (n, p, q) from the last one
+            n = n_next; p = p_next; q = q_next;
+        } else {
+            n = j / (P * Q);
+            const int pq = j - n * (P * Q);
+            p = pq / Q;
+            q = pq - p * Q;
+        }
+        jnext = j + FC_BK;
+        n_next = n; p_next = p; q_next = q + FC_BK;
+        while (q_next >= Q) {
+            q_next -= Q;
+            if (++p_next == P) { p_next = 0; ++n_next; }
+        }
         const int hb = p * sh - pt, wb = q * sw - pl;
         const fc_i64 base = (fc_i64)n * H * W * C;
         if (vec) {
