@@ -101,6 +101,9 @@ def _inputs(cp, rng):
         "add": lambda: [(f32(n), f32(n))],
         "copy": lambda: [(f32(n), f32(n))],
         "copy_channels": lambda: [(f32(N, 5, 5, 4), f32(N, 5, 5, 7), 1, 2, 3)],
+        "gather_rows": lambda: [(f32(5, 7, 3), f32(9, 7, 3), cp.asarray(np.array([8, 0, 3, 3, 1], np.int32))),
+                                (cp.zeros(3, cp.int32), cp.arange(9, dtype=cp.int32),
+                                 cp.asarray(np.array([2, 9, 4], np.int32)))],   # 9: outside, filled, not read
     }
 
 

@@ -3,8 +3,10 @@
 CuPy captures our RawKernel and Numba launches and its own allocations, but not
 cuBLAS; fastcnn's step uses none.  Recipe: static input buffers; one eager
 warm-up step (compiles every kernel and fills a private memory pool) whose
-effect on the parameters is undone; then capture; then per batch copy into the
-static buffers and launch.  The private pool keeps the graph's intermediate
+effect on the parameters is undone; then capture; then per batch fill the
+static buffers and launch (fit() picks each shuffled batch from the data set on
+the device with the gather_rows kernel, straight into them: no copy, no CuPy
+indexing kernel; ``step(x, y)`` copies arrays in).  The private pool keeps the graph's intermediate
 buffers away from every other allocation for the graph's lifetime.  Values that
 change per step (Adam's t, dropout's step) are read from device memory by the
 kernels, so replays stay correct.
@@ -48,6 +50,15 @@ class GraphTrainStep:
         self.graph = graph
         cp.cuda.Device().synchronize()
 
+    @property
+    def inputs(self) -> tuple:
+        """The static (x, y) buffers the graph reads: fill them, then replay()."""
+        return self.x, self.y
+
+    def replay(self) -> None:
+        """Launch the captured step on the current stream (after the inputs were written there)."""
+        self.graph.launch()
+
     def __call__(self, x, y) -> None:
         """Copy one batch (host or device arrays of the captured shapes) in and replay the step."""
         import cupy as cp
@@ -58,7 +69,7 @@ class GraphTrainStep:
                 self.model.backend.copy(dst, src.astype(dst.dtype, copy=False))
             else:
                 dst.set(np.ascontiguousarray(src, dtype=dst.dtype))
-        self.graph.launch()  # on the current stream: ordered with the copies above
+        self.replay()  # on the current stream: ordered with the copies above
 
 
 def snapshot_state(model) -> dict:

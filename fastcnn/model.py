@@ -367,11 +367,15 @@ class Sequential:
             seen = 0
             for i in range(steps):
                 count = min(batch_size, n - i * batch_size)
-                xb, yb = batches.get(i * batch_size, i * batch_size + count)
-                if step_graph is not None and count == batch_size:
-                    step_graph(xb, yb)
+                if step_graph is not None and count == batch_size and batches.on_device:
+                    batches.get(i * batch_size, i * batch_size + count, out=step_graph.inputs)
+                    step_graph.replay()
                 else:
-                    self.train_step(B.asarray(xb, np.float32), B.asarray(yb))
+                    xb, yb = batches.get(i * batch_size, i * batch_size + count)
+                    if step_graph is not None and count == batch_size:
+                        step_graph(xb, yb)
+                    else:
+                        self.train_step(B.asarray(xb, np.float32), B.asarray(yb))
                 seen += count
                 cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count, "seen": seen, "steps": steps},
                                               self._running_metrics(seen)))
@@ -456,9 +460,23 @@ class _Batches:
         """A permutation of the rows for this epoch (None: in order)."""
         self.order = order if order is None or not self.on_device else self.B.asarray(order.astype(np.int32))
 
-    def get(self, start, stop):
-        idx = slice(start, stop) if self.order is None else self.order[start:stop]
-        return self.x[idx], self.y[idx]
+    def get(self, start, stop, out=None):
+        """Rows start:stop of this epoch's order.  On the device they are picked by our
+        gather_rows kernel (no CuPy indexing kernel), into ``out`` = (x, y) when given (a
+        captured step's static inputs: no further copy), else into new arrays."""
+        if not self.on_device:
+            idx = slice(start, stop) if self.order is None else self.order[start:stop]
+            return self.x[idx], self.y[idx]
+        if out is None:
+            xp = self.B.xp
+            out = (xp.empty((stop - start,) + self.x.shape[1:], self.x.dtype),
+                   xp.empty((stop - start,) + self.y.shape[1:], self.y.dtype))
+        for dst, src in zip(out, (self.x, self.y)):
+            if self.order is None:
+                self.B.copy(dst, src[start:stop])
+            else:
+                self.B.gather_rows(dst, src, self.order[start:stop])
+        return out
 
 
 def _progress_callbacks(verbose):

@@ -9,10 +9,14 @@
 //         column_sum    out[chunk, c] = sum of x[r, c] over the rows r of one chunk
 //         copy_channels dst[r, dst_start + c] = src[r, src_start + c], c < width: a channel
 //                       range of one NHWC tensor into another (the towers of a group conv)
+//         gather_rows   dst[i, :] = src[rows[i], :] in 4-byte words (float32 images or int32
+//                       labels): a shuffled training batch picked on the device, straight
+//                       into a captured step's input buffers; a row index outside the
+//                       source fills the row with all-ones bits (NaN / -1), never reads past it
 // Launch: elementwise kernels: 1-D grid-stride, 256 threads per block, any grid.
 //         increment: 1 block of 1 thread.
-//         copy_channels: block (32, 8), grid (1, any): lanes walk a row's channels (one
-//         warp reads width contiguous floats), warps walk rows grid-stride.
+//         copy_channels, gather_rows: block (32, 8), grid (1, any): lanes walk a row's
+//         channels / words (one warp reads 32 contiguous words), warps walk rows grid-stride.
 //         column_sum: block (32, 8), grid (ceil(C / 32), chunks).  Threads of a warp
 //         read 32 consecutive columns of one row (coalesced); the 8 warps of a block
 //         walk every 8th row of the chunk; a fixed-order tree in shared memory adds
@@ -63,6 +67,22 @@ extern "C" __global__ void copy_channels(const float* __restrict__ src, float* _
         const float* s = src + r * src_C + src_start;
         float* d = dst + r * dst_C + dst_start;
         for (int c = threadIdx.x; c < width; c += blockDim.x) d[c] = s[c];
+    }
+}
+
+// src, dst: 4-byte words (float or int32; void* so that either dtype may be passed).
+extern "C" __global__ void gather_rows(const void* __restrict__ src_, void* __restrict__ dst_,
+                                       const int* __restrict__ rows, long long n, long long row_len,
+                                       long long src_rows) {
+    const unsigned* src = static_cast<const unsigned*>(src_);
+    unsigned* dst = static_cast<unsigned*>(dst_);
+    for (long long i = (long long)blockIdx.y * blockDim.y + threadIdx.y; i < n;
+         i += (long long)gridDim.y * blockDim.y) {
+        const long long r = rows[i];
+        unsigned* d = dst + i * row_len;
+        const bool ok = r >= 0 && r < src_rows;
+        const unsigned* s = src + (ok ? r : 0) * row_len;
+        for (long long c = threadIdx.x; c < row_len; c += blockDim.x) d[c] = ok ? s[c] : 0xFFFFFFFFu;
     }
 }
 

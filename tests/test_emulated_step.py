@@ -49,7 +49,7 @@ RED = 1e-5
 STEP_FILES = ("elementwise.cu", "softmax_xent.cu", "dropout.cu", "lrn.cu", "optimizers.cu")
 # (id, guard shift, step.MAX_BLOCKS)
 LAYOUTS = [("aligned", 0, None), ("misaligned-2blocks", 1, 2)]
-TESTED_OPS = {"relu_forward", "relu_backward", "add", "copy", "copy_channels", "increment", "bias_grad", "softmax",
+TESTED_OPS = {"relu_forward", "relu_backward", "add", "copy", "copy_channels", "gather_rows", "increment", "bias_grad", "softmax",
               "softmax_cross_entropy", "dropout_forward", "dropout_backward", "lrn_forward",
               "lrn_backward", "sgd_update", "adam_update"}
 
@@ -165,6 +165,30 @@ def test_copy_channels(emulated, rows, src_c, dst_c, src_start, dst_start, width
         step.copy_channels(dst, src, dst_start, src_start, src_c + 1)
     with pytest.raises(ValueError, match="overlaps"):
         step.copy_channels(dst, dst, 0, 0, 1)
+
+
+@pytest.mark.parametrize("dtype, shape, rows", [
+    (np.float32, (10, 28, 28, 1), [9, 0, 3, 3, 7]),      # images: 784 words a row
+    (np.int32, (10,), [2, 5, 0]),                         # sparse labels: one word a row
+    (np.float32, (6, 10), [5, 4, 3, 2, 1, 0] * 7),        # one-hot, more picks than rows (42: grid-stride)
+    (np.float32, (3, 33), [1, -1, 3, 2]),                 # outside the source: all-ones bits, no read past it
+])
+def test_gather_rows(emulated, dtype, shape, rows):
+    guarded, _ = emulated
+    src = guarded.wrap((np.arange(np.prod(shape)) * 0.5).astype(dtype).reshape(shape))
+    picks = guarded.wrap(np.array(rows, np.int32))
+    dst = guarded.wrap(np.zeros((len(rows),) + shape[1:], dtype))
+    assert step.gather_rows(dst, src, picks) is None
+    want = np.full(dst.shape, -1, np.int32).view(dtype)   # all-ones bits where a row is outside src
+    for i, r in enumerate(rows):
+        if 0 <= r < shape[0]:
+            want[i] = src[r]
+    assert _same_bits(dst, want)
+    with pytest.raises(ValueError, match="trailing shape"):
+        step.gather_rows(guarded.empty((len(rows),) + shape[1:] + (1,), dtype), src, picks)
+    if len(rows) <= shape[0]:
+        with pytest.raises(ValueError, match="overlaps"):
+            step.gather_rows(src[:len(rows)], src, picks)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int32, np.float64])

@@ -251,6 +251,20 @@ def test_copy_channels(S):
     np.testing.assert_array_equal(_host(dst), src[..., 48:])
 
 
+@gpu
+def test_gather_rows(S):
+    cp = _cp()
+    x = np.random.default_rng(0).random((1000, 28, 28, 1), dtype=np.float32)
+    labels = np.arange(1000, dtype=np.int32)
+    rows = np.random.default_rng(1).permutation(1000)[:200].astype(np.int32)
+    xb, yb = cp.full((200, 28, 28, 1), np.nan, np.float32), cp.zeros(200, np.int32)
+    d_rows = cp.asarray(rows)
+    assert S.gather_rows(xb, cp.asarray(x), d_rows) is None
+    S.gather_rows(yb, cp.asarray(labels), d_rows)
+    np.testing.assert_array_equal(_host(xb), x[rows])
+    np.testing.assert_array_equal(_host(yb), rows)
+
+
 # ---------------------------------------------------------------- CUDA graphs
 
 @gpu

@@ -97,6 +97,43 @@ def test_same_seed_same_training():
         np.testing.assert_array_equal(a, b)
 
 
+class _FakeGraphStep:
+    """A captured step's interface (static inputs + replay) over eager steps on the CPU."""
+    def __init__(self, model, x_shape, y_shape, y_dtype):
+        self.model, self.replays = model, 0
+        self.inputs = (np.full(x_shape, np.nan, np.float32), np.zeros(y_shape, y_dtype))
+
+    def replay(self):
+        self.replays += 1
+        self.model.train_step(*self.inputs)
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "sparse_categorical_crossentropy"])
+def test_fit_gathers_batches_into_the_graph_inputs_on_the_device(monkeypatch, loss):
+    """The GPU path of fit (data set on the device, each shuffled batch picked by gather_rows
+    straight into the captured step's inputs, then one replay), run on the CPU reference with
+    a stand-in for the CUDA graph: the same weights as plain eager fit."""
+    (x, y), _ = sample(230, 10)     # 4 full batches of 50 and a last one of 30 (eager)
+    if loss.startswith("sparse"):
+        y = y.argmax(axis=1)
+    plain = compiled_lenet(seed=5, loss=loss)
+    plain.fit(x, y, epochs=2, batch_size=50, verbose=0)
+    model = compiled_lenet(seed=5, loss=loss)
+    steps = []
+    monkeypatch.setattr(model, "make_graph_step",
+                        lambda *shapes: steps.append(_FakeGraphStep(model, *shapes)) or steps[-1])
+    gathers = []
+    real_gather = fastcnn.backend.reference.gather_rows
+    monkeypatch.setattr(fastcnn.backend.reference, "gather_rows",
+                        lambda dst, src, rows: gathers.append(len(rows)) or real_gather(dst, src, rows))
+    model.device = "cuda"           # what fit asks: the model is on the GPU (its backend stays the reference)
+    model.fit(x, y, epochs=2, batch_size=50, verbose=0)
+    assert steps and steps[0].replays == 8           # 2 epochs x 4 full batches replayed
+    assert gathers.count(50) == 16 and gathers.count(30) == 4   # x and y of every batch, the last ones eager
+    for a, b in zip(plain.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fit_copies_only_batches_not_the_data_set():
     # The traced peak of one epoch must not grow with the data set: 20 batches peak
     # like 2 batches (a per-epoch copy of 4000 images would add 12.5 MB).

@@ -257,6 +257,21 @@ def test_copy_channels(rng, rows):
         nb.copy_channels(d, dev(src), 2, 0, 3)
 
 
+@pytest.mark.parametrize("dtype, shape", [(np.float32, (9, 2, 3)), (np.int32, (9,))])
+def test_gather_rows(rng, dtype, shape):
+    src = (rng.standard_normal(shape) * 100).astype(dtype)
+    rows = np.array([8, 0, 3, 3, 8, 1, 2, 7, 6, 5, 4, 0, 1, 2, 3, 4, 5], np.int32)   # 17 picks: rows loop
+    d = dev(np.zeros((len(rows),) + shape[1:], dtype))
+    assert nb.gather_rows(d, dev(src), dev(rows)) is None
+    np.testing.assert_array_equal(host(d), src[rows])
+    bad = dev(np.array([0, 9], np.int32))
+    d2 = dev(np.zeros((2,) + shape[1:], dtype))
+    nb.gather_rows(d2, dev(src), bad)           # outside the source: all-ones bits, no read past it
+    assert (host(d2)[1].view(np.int32) == -1).all() and np.array_equal(host(d2)[0], src[0])
+    with pytest.raises(TypeError, match="rows must be int32"):
+        nb.gather_rows(d, dev(src), dev(rows.astype(np.float32)))
+
+
 @pytest.mark.parametrize("shape", [(7,), (3, 10), (2, 5, 3, 6), (300, 37), (2, 120)])
 def test_bias_grad(rng, shape):
     dy = rand(rng, *shape)

@@ -360,6 +360,16 @@ def test_copy_channels():
     assert np.all(dst[..., 0] == -1.0)     # channels outside the range are left alone
 
 
+def test_gather_rows():
+    src = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    dst = np.full((4, 2, 3), np.nan, np.float32)
+    assert ref.gather_rows(dst, src, np.array([4, 0, 4, 2], np.int32)) is None
+    assert np.array_equal(dst, src[[4, 0, 4, 2]])
+    labels, picked = np.arange(5, dtype=np.int32), np.zeros(2, np.int32)
+    ref.gather_rows(picked, labels, np.array([3, 1], np.int32))
+    assert picked.tolist() == [3, 1]
+
+
 # ------------------------------------------------------------------ bad inputs
 
 def _f(*shape):
@@ -428,6 +438,14 @@ BAD_INPUTS = [
     ("copy_channels width", lambda: ref.copy_channels(_f(2, 3), _f(2, 3), 0, 0, 0), ValueError, "out of range"),
     ("copy_channels dtype", lambda: ref.copy_channels(_f(2, 3), np.ones((2, 3)), 0, 0, 1), TypeError,
      "src has dtype float64"),
+    ("gather_rows index", lambda: ref.gather_rows(_f(2, 3), _f(4, 3), np.array([0, 4], np.int32)), IndexError,
+     "rows must lie in [0, 4)"),
+    ("gather_rows rows dtype", lambda: ref.gather_rows(_f(2, 3), _f(4, 3), np.array([0, 1])), TypeError,
+     "1-D int32"),
+    ("gather_rows shape", lambda: ref.gather_rows(_f(2, 3), _f(4, 2), np.array([0, 1], np.int32)), ValueError,
+     "trailing shape"),
+    ("gather_rows dtype", lambda: ref.gather_rows(np.ones((2, 3)), np.ones((4, 3)), np.array([0, 1], np.int32)),
+     TypeError, "float32 or int32"),
 ]
 
 

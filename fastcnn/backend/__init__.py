@@ -52,6 +52,10 @@ Primitives (what each returns; "in place" ones return None):
   copy(dst, src)                                          in place: dst[...] = src
   copy_channels(dst, src, dst_start, src_start, width)    in place: dst[..., dst_start:dst_start+width]
         = src[..., src_start:src_start+width]; float32, same leading shape (group convolution)
+  gather_rows(dst, src, rows)                             in place: dst[i] = src[rows[i]]; rows int32 (n,),
+        dst (n, ...) and src (m, ...) with the same trailing shape and dtype, float32 or int32
+        (a training batch picked from the data set on the device; rows must lie in [0, m): the
+        reference raises, the GPU kernels fill such a row with all-ones bits, NaN or -1)
 
 ``matmul``, ``conv2d_backward_weights`` and ``bias_grad`` also take ``out=`` (keyword):
 the result is written there (the model passes views of its flat gradient buffer, so
@@ -75,7 +79,7 @@ PRIMITIVES = (
     "dropout_forward", "dropout_backward",
     "lrn_forward", "lrn_backward",
     "sgd_update", "adam_update", "increment",
-    "add", "copy", "copy_channels",
+    "add", "copy", "copy_channels", "gather_rows",
 )
 
 BACKENDS = {"reference": "fastcnn.backend.reference",

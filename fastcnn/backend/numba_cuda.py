@@ -1439,6 +1439,37 @@ def copy_channels(dst, src, dst_start, src_start, width):
             dst.shape[-1], int(dst_start), src.shape[-1], int(src_start))
 
 
+@_jit
+def _k_gather_rows(D, S, rows, n, row_len, src_rows):
+    """Block (32, y): lanes walk a row's words, the picked rows grid-stride over y."""
+    i = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    while i < n:
+        r = rows[i]
+        c = cuda.threadIdx.x
+        while c < row_len:
+            if r >= 0 and r < src_rows:
+                D[i * row_len + c] = S[r * row_len + c]
+            else:   # never read past the source: the row becomes all-ones bits (NaN / -1)
+                D[i * row_len + c] = -1
+            c += cuda.blockDim.x
+        i += cuda.blockDim.y * cuda.gridDim.y
+
+
+def gather_rows(dst, src, rows):
+    """dst[i] = src[rows[i]] (in place; float32 or int32 rows, rows int32)."""
+    _check("dst", dst, dtype=getattr(dst, "dtype", np.float32))
+    _check("src", src, dtype=dst.dtype)
+    _check("rows", rows, dtype=np.int32, ndim=1)
+    reference.gather_shapes(dst, src, rows)
+    n = dst.shape[0]
+    rows_per_block = THREADS // 32
+    grid = (1, max(1, min(_MAX_BLOCKS, -(-n // rows_per_block))))
+    words = dst.view(np.int32) if dst.dtype == np.float32 else dst   # bit-exact moves, NaN payloads too
+    source = src.view(np.int32) if src.dtype == np.float32 else src
+    _launch(_k_gather_rows, grid, (32, rows_per_block), _flat(words), _flat(source), _flat(rows), n,
+            dst.size // n, src.shape[0])
+
+
 def increment(step):
     """step[0] += 1 on the device (int32 array of shape (1,))."""
     _check("step", step, dtype=np.int32, shape=(1,))
@@ -1933,6 +1964,7 @@ VARIANTS = {
     "add": ("numba", "Numba: grid-stride elementwise"),
     "copy": ("numba", "Numba: grid-stride elementwise"),
     "copy_channels": ("numba", "Numba: lanes over a row's channels, rows grid-stride"),
+    "gather_rows": ("numba", "Numba: lanes over a row's words, picked rows grid-stride"),
 }
 
 
@@ -2010,6 +2042,7 @@ def ptx_kernels():
         ("add", _k_add.py_func, (f32, f32, f32, i64)),
         ("copy", _k_copy.py_func, (f32, f32, i64)),
         ("copy_channels", _k_copy_channels.py_func, (f32, f32, i64, i64, i64, i64, i64, i64)),
+        ("gather_rows", _k_gather_rows.py_func, (i32, i32, i32, i64, i64, i64)),
         ("increment", _k_increment.py_func, (i32,)),
         ("bias_partial", _k_bias_partial.py_func, (f32, f32, i64, i64, i64)),
         ("bias_final", _k_bias_final.py_func, (f32, f32, i64, i64)),

@@ -690,6 +690,30 @@ def channel_range(dst_shape, src_shape, dst_start, src_start, width):
                          f"[{dst_start}, {dst_start + width}) of dst ({dst_shape[-1]}) are out of range")
 
 
+def gather_shapes(dst, src, rows) -> None:
+    """Check a gather_rows call's dtypes and shapes (shared by every backend)."""
+    if dst.dtype not in (np.float32, np.int32) or src.dtype != dst.dtype:
+        raise TypeError(f"gather_rows moves float32 or int32 rows: dst is {dst.dtype}, src is {src.dtype}")
+    if rows.dtype != np.int32 or rows.ndim != 1:
+        raise TypeError(f"rows must be a 1-D int32 array, got {rows.dtype} of shape {tuple(rows.shape)}")
+    if dst.ndim < 1 or tuple(dst.shape[1:]) != tuple(src.shape[1:]) or dst.shape[0] != rows.shape[0]:
+        raise ValueError(f"dst {tuple(dst.shape)} must be (len(rows) = {rows.shape[0]},) + the trailing shape "
+                         f"of src {tuple(src.shape)}")
+
+
+def gather_rows(dst, src, rows):
+    """dst[i] = src[rows[i]], in place (a batch picked from the data set)."""
+    _inplace_array(dst, "dst")
+    for name, a in (("src", src), ("rows", rows)):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    gather_shapes(dst, src, rows)
+    if rows.size and (rows.min() < 0 or rows.max() >= src.shape[0]):
+        raise IndexError(f"rows must lie in [0, {src.shape[0]}), got [{rows.min()}, {rows.max()}]")
+    np.take(src, rows, axis=0, out=dst)
+    return None
+
+
 def copy_channels(dst, src, dst_start, src_start, width):
     """dst[..., dst_start:dst_start+width] = src[..., src_start:src_start+width], in place."""
     _inplace_array(dst, "dst")

@@ -5,7 +5,8 @@ result matches ``fastcnn.backend.reference``):
 
   kernels/elementwise.cu   relu_forward, relu_backward, add, increment, bias_grad
                            (bias_grad: deterministic two-pass column sum, no atomics),
-                           copy_channels; copy is a device-to-device cudaMemcpyAsync, no kernel
+                           copy_channels, gather_rows; copy is a device-to-device
+                           cudaMemcpyAsync, no kernel
   kernels/softmax_xent.cu  softmax, softmax_cross_entropy (a warp per row; the loss and
                            accuracy totals fused in; deterministic when N*classes <= 2^18)
   kernels/dropout.cu       dropout_forward, dropout_backward (Philox4x32-10, mask regenerated)
@@ -40,7 +41,7 @@ THREADS = 256          # elementwise / optimizer / dropout / LRN blocks
 MAX_BLOCKS = 4096      # grid-stride kernels loop over the rest
 XENT_THREADS = 512     # kernels/softmax_xent.cu FC_SX_WARPS * 32: the xent kernels need exactly this
 XENT_ONE_BLOCK = 1 << 18  # N * classes up to this: one block, so the loss sum is deterministic
-SUM_COLS, SUM_ROWS = 32, 8  # block of elementwise.cu's row kernels (column_sum, copy_channels)
+SUM_COLS, SUM_ROWS = 32, 8  # block of elementwise.cu's row kernels (column_sum, copy_channels, gather_rows)
 SUM_CHUNK_ROWS = 256   # rows per chunk of the first bias_grad pass
 _INT32_MAX = 2**31 - 1
 
@@ -152,6 +153,20 @@ def copy_channels(dst, src, dst_start, src_start, width):
     _kernel(_EW, "copy_channels")(grid, (SUM_COLS, SUM_ROWS),
                                   (src, dst, np.int64(rows), np.int32(width), np.int32(src.shape[-1]),
                                    np.int32(src_start), np.int32(dst.shape[-1]), np.int32(dst_start)))
+    return None
+
+
+def gather_rows(dst, src, rows):
+    """dst[i] = src[rows[i]] in place (float32 or int32 rows; rows int32 on the GPU)."""
+    _launch.check("dst", dst, dtype=getattr(dst, "dtype", np.float32))
+    _launch.check("src", src, dtype=dst.dtype)
+    _launch.check("rows", rows, dtype=np.int32, ndim=1)
+    _ref.gather_shapes(dst, src, rows)
+    _no_overlap("dst", dst, src=src, rows=rows)
+    n = dst.shape[0]
+    grid = (1, min(_cdiv(n, SUM_ROWS), 65535))  # grid.y is at most 65535; the kernel loops
+    _kernel(_EW, "gather_rows")(grid, (SUM_COLS, SUM_ROWS),
+                                (src, dst, rows, np.int64(n), np.int64(dst.size // n), np.int64(src.shape[0])))
     return None
 
 
@@ -387,6 +402,7 @@ _NOTES = {
     "add": "grid-stride a + b",
     "copy": "device-to-device cudaMemcpyAsync on the current stream",
     "copy_channels": "block (32, 8): lanes walk a row's channels, warps walk rows (group convolution)",
+    "gather_rows": "block (32, 8): lanes walk a row's words, warps walk the picked rows (batches on the GPU)",
     "increment": "one thread: step[0] += 1 on the device (graph step counter)",
     "bias_grad": "column sum: 32x8 blocks, row chunks of 256, fixed-order tree; second pass over "
                  "the chunk partials (deterministic, no atomics)",
