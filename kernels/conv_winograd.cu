@@ -32,7 +32,8 @@
 //                            writes of V); alpha^2 loads, E stores.
 //   winograd_gemm            the tiled core of gemm_tile.cuh (128x128x8 block tile, 256
 //                            threads, 8x8 register block, float4 loads where aligned);
-//                            grid (ceil(T/128), ceil(K/128), E), z = e.
+//                            grid (ceil(T/128), ceil(K/128), E), z = e.  winograd_gemm96:
+//                            128x96 tiles (8x6 a thread) when K <= 96.
 //   PREFIX_output_transform  one thread per (t, k) (k fastest); reads E of M, writes the
 //                            tile's in-range outputs with bias + ReLU.
 // Backward-weights, F(R x R, m x m) over dy's tiles (section below): PREFIX_input_transform
@@ -455,17 +456,29 @@ FC_WINO_WGRAD_KERNELS(winograd5x4, 4, 5)
 // The host passes bias = null, relu = 0 (they belong to the output transform); with them
 // as run-time arguments, as in gemm_tiled, ptxas keeps 128 registers with 0 spills on
 // sm_80 (compile-time null spilled 4 bytes there).
-extern "C" __global__ void __launch_bounds__(FC_THREADS, 2)
-winograd_gemm(const float* __restrict__ V, const float* __restrict__ U, float* __restrict__ Mo,
-              int T, int C, int K, const float* __restrict__ bias, int relu) {
-    const int m0 = (int)blockIdx.x * FC_BM, n0 = (int)blockIdx.y * FC_BN;
+// TN = 8: 128-wide tiles of K; TN = 6: 96-wide (winograd_gemm96), for K <= 96 where a
+// 128-wide tile idles a quarter or more of its columns (AlexNet conv2's dgrad: K = 96).
+template <int TN>
+FC_DEVICE void fc_wino_gemm(const float* __restrict__ V, const float* __restrict__ U, float* __restrict__ Mo,
+                            int T, int C, int K, const float* __restrict__ bias, int relu) {
+    const int m0 = (int)blockIdx.x * FC_BM, n0 = (int)blockIdx.y * fc_tile<TN>::BN;
     fc_kcontig_loader la;   // A(t, c) = V[e][t*C + c]
     fc_mncontig_loader lb;  // B(c, k) = U[e][c*K + k]
     la.init(V + (fc_i64)blockIdx.z * T * C, C, T, m0);
-    lb.init(U + (fc_i64)blockIdx.z * C * K, K, K, n0);
-    float acc[8][8];
+    lb.init(U + (fc_i64)blockIdx.z * C * K, K, min(K, n0 + fc_tile<TN>::BN), n0);
+    float acc[8][TN];
     fc_gemm_mainloop(la, lb, 0, C, acc);
     fc_gemm_epilogue(acc, Mo + (fc_i64)blockIdx.z * T * K, T, K, m0, n0, bias, relu);
+}
+extern "C" __global__ void __launch_bounds__(FC_THREADS, 2)
+winograd_gemm(const float* __restrict__ V, const float* __restrict__ U, float* __restrict__ Mo,
+              int T, int C, int K, const float* __restrict__ bias, int relu) {
+    fc_wino_gemm<8>(V, U, Mo, T, C, K, bias, relu);
+}
+extern "C" __global__ void __launch_bounds__(FC_THREADS, 2)
+winograd_gemm96(const float* __restrict__ V, const float* __restrict__ U, float* __restrict__ Mo,
+                int T, int C, int K, const float* __restrict__ bias, int relu) {
+    fc_wino_gemm<6>(V, U, Mo, T, C, K, bias, relu);
 }
 
 // Mw[z*E + e] (C x K) = V[e]^T @ Wt[e] over the tiles t in [z*chunk, min(T, (z+1)*chunk)): both

@@ -116,7 +116,8 @@ def run(dev, x, w, b, y, N, H, W, C, K, P, Q, pt, pl, relu, flip, m=2, r=3) -> N
                (w, U, i32(C), i32(K), i32(bool(flip))))
     dev.launch(f"{prefix}_input_transform", (dev.blocks(T * C),), (THREADS,),
                (x, V, i32(N), i32(H), i32(W), i32(C), i32(TH), i32(TW), i32(pt), i32(pl)))
-    dev.launch("winograd_gemm", (cdiv(T, TILE_M), cdiv(K, TILE_N), E), (THREADS,),
+    gemm, tile_n = ("winograd_gemm96", 96) if K <= 96 else ("winograd_gemm", TILE_N)  # 96: no idle quarter
+    dev.launch(gemm, (cdiv(T, TILE_M), cdiv(K, tile_n), E), (THREADS,),
                (V, U, M, i32(T), i32(C), i32(K), None, i32(0)))
     dev.launch(f"{prefix}_output_transform", (dev.blocks(T * K),), (THREADS,),
                (M, b, y, i32(N), i32(P), i32(Q), i32(K), i32(TH), i32(TW), i32(bool(relu))))
