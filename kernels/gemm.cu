@@ -13,6 +13,9 @@
 //                       z-slice covers kchunk of K and writes raw partials to
 //                       C + z*M*N (a workspace); gemm_splitk_reduce then sums them
 //                       in order and applies the epilogue (deterministic).
+//   gemm_tiled<TA,TB,2> variant tiled_db: the same with two shared buffers and one
+//                       barrier per K slice (fc_gemm_mainloop2).  Added after run 3,
+//                       not yet measured.
 //   gemm_splitk_reduce  (in gemm_tile.cuh) one thread per output element.
 // Epilogue fused in both: + bias[col] (bias may be null), then ReLU if relu != 0.
 // Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19), CUDA events, L2 flushed, medians:
@@ -45,7 +48,8 @@ __global__ void __launch_bounds__(256) gemm_naive(const float* __restrict__ A, c
 template <bool KCONTIG> struct fc_loader_for { typedef fc_mncontig_loader type; };
 template <> struct fc_loader_for<true> { typedef fc_kcontig_loader type; };
 
-template <int TA, int TB>
+// STAGES = 1: one shared buffer (variant tiled); 2: two, one barrier per slice (tiled_db).
+template <int TA, int TB, int STAGES = 1>
 __global__ void __launch_bounds__(FC_THREADS, 2) gemm_tiled(const float* __restrict__ A, const float* __restrict__ B,
                                                          float* __restrict__ C, int M, int N, int K,
                                                          const float* __restrict__ bias, int relu, int kchunk) {
@@ -57,7 +61,11 @@ __global__ void __launch_bounds__(FC_THREADS, 2) gemm_tiled(const float* __restr
     la.init(A, TA == 0 ? K : M, M, m0);
     lb.init(B, TB == 1 ? K : N, N, n0);
     float acc[8][8];
-    fc_gemm_mainloop(la, lb, kbegin, kend, acc);
+    if constexpr (STAGES == 2) {
+        fc_gemm_mainloop2(la, lb, kbegin, kend, acc);
+    } else {
+        fc_gemm_mainloop(la, lb, kbegin, kend, acc);
+    }
     if (gridDim.z > 1) {  // split-K: raw partial sums into this slice of the workspace
         fc_gemm_epilogue(acc, C + (fc_i64)blockIdx.z * M * N, M, N, m0, n0, nullptr, 0);
     } else {
@@ -74,4 +82,8 @@ template __global__ void gemm_tiled<0, 0>(const float*, const float*, float*, in
 template __global__ void gemm_tiled<0, 1>(const float*, const float*, float*, int, int, int, const float*, int, int);
 template __global__ void gemm_tiled<1, 0>(const float*, const float*, float*, int, int, int, const float*, int, int);
 template __global__ void gemm_tiled<1, 1>(const float*, const float*, float*, int, int, int, const float*, int, int);
+template __global__ void gemm_tiled<0, 0, 2>(const float*, const float*, float*, int, int, int, const float*, int, int);
+template __global__ void gemm_tiled<0, 1, 2>(const float*, const float*, float*, int, int, int, const float*, int, int);
+template __global__ void gemm_tiled<1, 0, 2>(const float*, const float*, float*, int, int, int, const float*, int, int);
+template __global__ void gemm_tiled<1, 1, 2>(const float*, const float*, float*, int, int, int, const float*, int, int);
 #endif

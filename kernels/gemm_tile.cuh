@@ -10,7 +10,7 @@
 // 96-channel convolutions; the accumulator's shape selects it.  Both operand tiles sit in shared memory K-major,
 // S[k][mn] (A transposed), each row padded by 4 floats.  The next K slice is
 // fetched from global memory into registers while the current one is multiplied
-// (register prefetch, one shared buffer).
+// (register prefetch; one shared buffer, or two in fc_gemm_mainloop2: variant tiled_db).
 //
 // A "loader" fetches one operand's 8 x 128 tile: fetch(k0, kend) reads the
 // thread's 4 elements (zero outside the matrix), store(S) writes them to shared
@@ -102,19 +102,54 @@ struct fc_mncontig_loader {
 // are never read.
 template <int TN> struct fc_tile { static constexpr int BN = 64 + 16 * (TN - 4); };
 
-// acc[i][j] += sum over k in [kbegin, kend) of A(row_i, k) * B(k, col_j), TN = 8 or 6
-// (the acc shape picks the tile width).  kbegin must be a multiple of 8 (vector loads
-// rely on it).  Every thread of the block must call it (barriers inside).
-template <class LA, class LB, int TN>
-FC_DEVICE void fc_gemm_mainloop(LA& la, LB& lb, int kbegin, int kend, float (&acc)[8][TN]) {
+// acc += the product of one BK-deep slice of the operand tiles in shared memory.
+// (ty, tx) = (tid / 16, tid % 16), worked out once by the caller.
+template <int TN>
+FC_DEVICE void fc_gemm_slice(const float (*As)[FC_LDS], const float (*Bs)[FC_LDS], int ty, int tx,
+                             float (&acc)[8][TN]) {
+#pragma unroll
+    for (int kk = 0; kk < FC_BK; ++kk) {
+        float a[8], b[TN];
+        float4 v = fc_load4(&As[kk][ty * 4]);
+        a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
+        v = fc_load4(&As[kk][64 + ty * 4]);
+        a[4] = v.x; a[5] = v.y; a[6] = v.z; a[7] = v.w;
+        v = fc_load4(&Bs[kk][tx * 4]);
+        b[0] = v.x; b[1] = v.y; b[2] = v.z; b[3] = v.w;
+        if constexpr (TN == 8) {
+            v = fc_load4(&Bs[kk][64 + tx * 4]);
+            b[4] = v.x; b[5] = v.y; b[6] = v.z; b[7] = v.w;
+        } else {
+            const float2 u = *reinterpret_cast<const float2*>(&Bs[kk][64 + tx * 2]);
+            b[4] = u.x; b[5] = u.y;
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+}
+
+template <int TN>
+FC_DEVICE void fc_gemm_zero(float (&acc)[8][TN]) {
     static_assert(TN == 8 || TN == 6, "tile width: 128 (TN 8) or 96 (TN 6) columns");
-    __shared__ __align__(16) float As[FC_BK][FC_LDS];
-    __shared__ __align__(16) float Bs[FC_BK][FC_LDS];
-    const int ty = (int)threadIdx.x / 16, tx = (int)threadIdx.x % 16;
 #pragma unroll
     for (int i = 0; i < 8; ++i)
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+}
+
+// acc[i][j] += sum over k in [kbegin, kend) of A(row_i, k) * B(k, col_j), TN = 8 or 6
+// (the acc shape picks the tile width).  kbegin must be a multiple of 8 (vector loads
+// rely on it).  Every thread of the block must call it (barriers inside).
+// One shared buffer: store, barrier, prefetch the next slice into registers, multiply,
+// barrier (two barriers per slice).
+template <class LA, class LB, int TN>
+FC_DEVICE void fc_gemm_mainloop(LA& la, LB& lb, int kbegin, int kend, float (&acc)[8][TN]) {
+    __shared__ __align__(16) float As[FC_BK][FC_LDS];
+    __shared__ __align__(16) float Bs[FC_BK][FC_LDS];
+    const int ty = (int)threadIdx.x / 16, tx = (int)threadIdx.x % 16;
+    fc_gemm_zero(acc);
     if (kbegin >= kend) return;  // uniform over the block
     la.fetch(kbegin, kend);
     lb.fetch(kbegin, kend);
@@ -126,28 +161,42 @@ FC_DEVICE void fc_gemm_mainloop(LA& la, LB& lb, int kbegin, int kend, float (&ac
             la.fetch(k0 + FC_BK, kend);
             lb.fetch(k0 + FC_BK, kend);
         }
-#pragma unroll
-        for (int kk = 0; kk < FC_BK; ++kk) {
-            float a[8], b[TN];
-            float4 v = fc_load4(&As[kk][ty * 4]);
-            a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
-            v = fc_load4(&As[kk][64 + ty * 4]);
-            a[4] = v.x; a[5] = v.y; a[6] = v.z; a[7] = v.w;
-            v = fc_load4(&Bs[kk][tx * 4]);
-            b[0] = v.x; b[1] = v.y; b[2] = v.z; b[3] = v.w;
-            if constexpr (TN == 8) {
-                v = fc_load4(&Bs[kk][64 + tx * 4]);
-                b[4] = v.x; b[5] = v.y; b[6] = v.z; b[7] = v.w;
-            } else {
-                const float2 u = *reinterpret_cast<const float2*>(&Bs[kk][64 + tx * 2]);
-                b[4] = u.x; b[5] = u.y;
-            }
-#pragma unroll
-            for (int i = 0; i < 8; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        fc_gemm_slice(As, Bs, ty, tx, acc);
+        __syncthreads();
+    }
+}
+
+// The same product with two shared buffers (twice the shared memory, 16.5 KB): slice i is
+// multiplied from buffer i % 2 while slice i + 1, fetched into registers meanwhile, is
+// stored into the other buffer; one barrier per slice.  A thread storing into buffer
+// (i+1) % 2 cannot meet a thread still reading it: that one read it in slice i - 1, before
+// the previous barrier.
+template <class LA, class LB, int TN>
+FC_DEVICE void fc_gemm_mainloop2(LA& la, LB& lb, int kbegin, int kend, float (&acc)[8][TN]) {
+    __shared__ __align__(16) float As[2][FC_BK][FC_LDS];
+    __shared__ __align__(16) float Bs[2][FC_BK][FC_LDS];
+    const int ty = (int)threadIdx.x / 16, tx = (int)threadIdx.x % 16;
+    fc_gemm_zero(acc);
+    if (kbegin >= kend) return;  // uniform over the block
+    la.fetch(kbegin, kend);
+    lb.fetch(kbegin, kend);
+    la.store(As[0]);
+    lb.store(Bs[0]);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = kbegin; k0 < kend; k0 += FC_BK) {
+        const bool more = k0 + FC_BK < kend;  // uniform over the block
+        if (more) {
+            la.fetch(k0 + FC_BK, kend);
+            lb.fetch(k0 + FC_BK, kend);
+        }
+        fc_gemm_slice(As[buf], Bs[buf], ty, tx, acc);
+        if (more) {
+            la.store(As[buf ^ 1]);
+            lb.store(Bs[buf ^ 1]);
         }
         __syncthreads();
+        buf ^= 1;
     }
 }
 

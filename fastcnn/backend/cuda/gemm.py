@@ -4,6 +4,7 @@ Variants, registered in ``fastcnn.kernels`` at import (no GPU needed to import):
   naive   one thread per output element (gemm_naive<TA,TB>): the obviously-right one
   tiled   128x128x8 block tiles, 8x8 register blocking per thread, 16-byte loads,
           split-K with a deterministic reduce when M x N gives too few blocks
+  tiled_db  the same with two shared buffers (one barrier per K slice instead of two)
 
 Every function takes an optional keyword ``out=`` (a C-contiguous float32 CuPy
 array of the result's shape) to write into a buffer the caller owns: tests
@@ -21,7 +22,9 @@ from . import _launch
 
 _FILE = "gemm.cu"
 _FORMS = ((0, 0), (0, 1), (1, 0), (1, 1))
-NAME_EXPRESSIONS = tuple(f"gemm_{kind}<{ta}, {tb}>" for kind in ("naive", "tiled") for ta, tb in _FORMS)
+NAME_EXPRESSIONS = (tuple(f"gemm_{kind}<{ta}, {tb}>" for kind in ("naive", "tiled") for ta, tb in _FORMS)
+                    + tuple(f"gemm_tiled<{ta}, {tb}, 2>" for ta, tb in _FORMS))
+_TILED = {"tiled": "", "tiled_db": ", 2"}  # variant -> template tail of gemm_tiled (shared buffers)
 TILE_M = TILE_N = 128
 THREADS = 256
 _INT32_MAX = 2**31 - 1
@@ -86,9 +89,9 @@ def launch_gemm(variant: str, a, b, out, M: int, N: int, K: int, trans_a: bool, 
         kernel = _kernel(f"gemm_naive<{ta}, {tb}>")
         kernel((grid_blocks(M * N),), (THREADS,), (a, b, out) + args_tail + (bias, np.int32(bool(relu))))
         return
-    if variant != "tiled":
-        raise ValueError(f"unknown GEMM variant {variant!r}; choose 'naive' or 'tiled'")
-    kernel = _kernel(f"gemm_tiled<{ta}, {tb}>")
+    if variant not in _TILED:
+        raise ValueError(f"unknown GEMM variant {variant!r}; choose 'naive', 'tiled' or 'tiled_db'")
+    kernel = _kernel(f"gemm_tiled<{ta}, {tb}{_TILED[variant]}>")
     splits, kchunk = split_k_plan(M, N, K)
     grid = (cdiv(M, TILE_M), cdiv(N, TILE_N), splits)
     if splits == 1:
@@ -143,7 +146,11 @@ registry.register("matmul", "naive", _matmul("naive"), source="cuda",
                   note="one thread per output, dot product over K (obviously right)")
 registry.register("matmul", "tiled", _matmul("tiled"), source="cuda", default=True,
                   note="128x128x8 smem tiles, 8x8 register blocking, float4 loads, split-K for small M*N")
+registry.register("matmul", "tiled_db", _matmul("tiled_db"), source="cuda",
+                  note="tiled with two shared buffers: one barrier per K slice instead of two")
 registry.register("dense_forward", "naive", _dense_forward("naive"), source="cuda",
                   note="naive GEMM with fused bias+ReLU epilogue")
 registry.register("dense_forward", "tiled", _dense_forward("tiled"), source="cuda", default=True,
                   note="tiled GEMM with fused bias+ReLU epilogue")
+registry.register("dense_forward", "tiled_db", _dense_forward("tiled_db"), source="cuda",
+                  note="tiled_db GEMM with fused bias+ReLU epilogue")
