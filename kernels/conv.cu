@@ -8,6 +8,8 @@
 // no im2col buffer.  Each kernel is a template on TN: <8> is the 128-wide tile
 // (variant implicit_gemm), <6> the 96-wide one (implicit_gemm96: no idle quarter for
 // 96 output channels, 127 registers so two blocks fit an SM); BN = 128 or 96 below.
+// A second template argument STAGES = 2 (variants implicit_gemm_db, implicit_gemm96_db,
+// added after run 3, not yet measured) runs the two-buffer main loop of gemm_tile.cuh.
 //   conv_fprop_implicit  y  (M=N*P*Q, N=K) = patches(x) (M x R*S*C) @ w (R*S*C x K),
 //                        fused + bias[k] and ReLU; grid (ceil(M/128), ceil(K/BN)).
 //   conv_dgrad_implicit  dx (M=N*H*W, N=C) = dy gathered per tap (M x R*S*K) @ w^T per tap;
@@ -273,7 +275,7 @@ struct fc_wgrad_a_loader {
 // asks for two blocks per SM.
 #define FC_CONV_BOUNDS __launch_bounds__(FC_THREADS, TN == 6 ? 2 : 1)
 
-template <int TN>
+template <int TN, int STAGES = 1>
 __global__ void FC_CONV_BOUNDS
 conv_fprop_implicit(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                     float* __restrict__ y, int N, int H, int W, int C, int K, int R, int S, int P, int Q,
@@ -284,11 +286,11 @@ conv_fprop_implicit(const float* __restrict__ x, const float* __restrict__ w, co
     fc_mncontig_loader lb;  // w as an (R*S*C) x K row-major matrix
     lb.init(w, K, min(K, n0 + fc_tile<TN>::BN), n0);
     float acc[8][TN];
-    fc_gemm_mainloop(la, lb, 0, R * S * C, acc);
+    fc_gemm_mainloop_n<STAGES>(la, lb, 0, R * S * C, acc);
     fc_gemm_epilogue(acc, y, N * P * Q, K, m0, n0, bias, relu);
 }
 
-template <int TN>
+template <int TN, int STAGES = 1>
 __global__ void FC_CONV_BOUNDS
 conv_dgrad_implicit(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                     int N, int H, int W, int C, int K, int R, int S, int P, int Q,
@@ -299,12 +301,12 @@ conv_dgrad_implicit(const float* __restrict__ dy, const float* __restrict__ w, f
     fc_dgrad_b_loader lb;
     lb.init(w, min(C, n0 + fc_tile<TN>::BN), K, n0);
     float acc[8][TN];
-    fc_gemm_mainloop(la, lb, 0, R * S * K, acc);
+    fc_gemm_mainloop_n<STAGES>(la, lb, 0, R * S * K, acc);
     fc_gemm_epilogue(acc, dx, N * H * W, C, m0, n0, nullptr, 0);
 }
 
 // out is dw (R*S*C x K) when gridDim.z == 1, else a workspace of gridDim.z such slices.
-template <int TN>
+template <int TN, int STAGES = 1>
 __global__ void FC_CONV_BOUNDS
 conv_wgrad_implicit(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,
                     int N, int H, int W, int C, int K, int R, int S, int P, int Q,
@@ -318,7 +320,7 @@ conv_wgrad_implicit(const float* __restrict__ x, const float* __restrict__ dy, f
     fc_mncontig_loader lb;  // dy as an (N*P*Q) x K row-major matrix
     lb.init(dy, K, min(K, n0 + fc_tile<TN>::BN), n0);
     float acc[8][TN];
-    fc_gemm_mainloop(la, lb, kbegin, kend, acc);
+    fc_gemm_mainloop_n<STAGES>(la, lb, kbegin, kend, acc);
     fc_gemm_epilogue(acc, out + (fc_i64)blockIdx.z * M * K, M, K, m0, n0, nullptr, 0);
 }
 
@@ -369,13 +371,16 @@ conv_col2im(const float* __restrict__ dcol, float* __restrict__ dx, int N, int H
 }
 
 #ifdef FASTCNN_INSTANTIATE
-#define FC_CONV_INSTANCES(TN) \
-    template __global__ void conv_fprop_implicit<TN>(const float*, const float*, const float*, float*, int, int, \
-        int, int, int, int, int, int, int, int, int, int, int, int); \
-    template __global__ void conv_dgrad_implicit<TN>(const float*, const float*, float*, int, int, int, int, \
+#define FC_CONV_INSTANCES(TN, ST) \
+    template __global__ void conv_fprop_implicit<TN, ST>(const float*, const float*, const float*, float*, int, \
+        int, int, int, int, int, int, int, int, int, int, int, int, int); \
+    template __global__ void conv_dgrad_implicit<TN, ST>(const float*, const float*, float*, int, int, int, int, \
         int, int, int, int, int, int, int, int, int); \
-    template __global__ void conv_wgrad_implicit<TN>(const float*, const float*, float*, int, int, int, int, \
+    template __global__ void conv_wgrad_implicit<TN, ST>(const float*, const float*, float*, int, int, int, int, \
         int, int, int, int, int, int, int, int, int, int);
-FC_CONV_INSTANCES(8)
-FC_CONV_INSTANCES(6)
+// Keep in step with fastcnn/backend/cuda/conv.py (_TILES).
+FC_CONV_INSTANCES(8, 1)
+FC_CONV_INSTANCES(6, 1)
+FC_CONV_INSTANCES(8, 2)
+FC_CONV_INSTANCES(6, 2)
 #endif

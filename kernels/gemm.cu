@@ -61,11 +61,7 @@ __global__ void __launch_bounds__(FC_THREADS, 2) gemm_tiled(const float* __restr
     la.init(A, TA == 0 ? K : M, M, m0);
     lb.init(B, TB == 1 ? K : N, N, n0);
     float acc[8][8];
-    if constexpr (STAGES == 2) {
-        fc_gemm_mainloop2(la, lb, kbegin, kend, acc);
-    } else {
-        fc_gemm_mainloop(la, lb, kbegin, kend, acc);
-    }
+    fc_gemm_mainloop_n<STAGES>(la, lb, kbegin, kend, acc);
     if (gridDim.z > 1) {  // split-K: raw partial sums into this slice of the workspace
         fc_gemm_epilogue(acc, C + (fc_i64)blockIdx.z * M * N, M, N, m0, n0, nullptr, 0);
     } else {

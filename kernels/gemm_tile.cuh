@@ -200,6 +200,17 @@ FC_DEVICE void fc_gemm_mainloop2(LA& la, LB& lb, int kbegin, int kend, float (&a
     }
 }
 
+// STAGES shared buffers: 1, fc_gemm_mainloop; 2, fc_gemm_mainloop2 (the *_db variants).
+template <int STAGES, class LA, class LB, int TN>
+FC_DEVICE void fc_gemm_mainloop_n(LA& la, LB& lb, int kbegin, int kend, float (&acc)[8][TN]) {
+    static_assert(STAGES == 1 || STAGES == 2, "one or two shared buffers");
+    if constexpr (STAGES == 2) {
+        fc_gemm_mainloop2(la, lb, kbegin, kend, acc);
+    } else {
+        fc_gemm_mainloop(la, lb, kbegin, kend, acc);
+    }
+}
+
 // Write the block's 128 x fc_tile<TN>::BN tile of C (M x N row-major, ld = N) at
 // (m0, n0): C = relu?(acc + bias[col]); bias may be null.  Rows/columns outside C
 // skipped.

@@ -9,6 +9,8 @@ Variants, registered in ``fastcnn.kernels`` at import (no GPU needed to import):
   implicit_gemm96 the same kernels with 128 x 96 tiles (6 columns a thread instead of
                   8): for 96 output channels (AlexNet conv1) a 128-wide tile idles a
                   quarter of its FMAs; fewer registers also let two blocks share an SM
+  implicit_gemm_db, implicit_gemm96_db  the same two with two shared buffers in the
+                  main loop (one barrier per K slice instead of two)
 
 Arguments are validated with the reference backend's own rules (same messages),
 then checked for device/dtype/contiguity before any launch.  Every function
@@ -26,10 +28,19 @@ from ._launch import out_array
 from .gemm import THREADS, TILE_M, cdiv, check_int32, grid_blocks, launch_gemm, split_k_plan
 
 _FILE = "conv.cu"
-# Columns a thread computes (the GEMM N tile is 64 + 16 * (TN - 4) wide), per variant.
-_TN = {"implicit_gemm": 8, "implicit_gemm96": 6}
-NAME_EXPRESSIONS = tuple(f"conv_{kind}_implicit<{tn}>" for kind in ("fprop", "dgrad", "wgrad")
-                         for tn in sorted(set(_TN.values())))
+# Per variant: columns a thread computes (the GEMM N tile is 64 + 16 * (TN - 4) wide) and
+# shared buffers of the main loop (1, or 2: one barrier per K slice).
+# Keep in step with the FASTCNN_INSTANTIATE block of kernels/conv.cu.
+_TILES = {"implicit_gemm": (8, 1), "implicit_gemm96": (6, 1),
+          "implicit_gemm_db": (8, 2), "implicit_gemm96_db": (6, 2)}
+
+
+def _template(kind: str, tn: int, stages: int) -> str:
+    return f"conv_{kind}_implicit<{tn}>" if stages == 1 else f"conv_{kind}_implicit<{tn}, {stages}>"
+
+
+NAME_EXPRESSIONS = tuple(_template(kind, tn, st) for kind in ("fprop", "dgrad", "wgrad")
+                         for tn, st in sorted(set(_TILES.values())))
 
 
 def _kernel(name: str):
@@ -38,8 +49,8 @@ def _kernel(name: str):
 
 def _implicit(kind: str, variant: str):
     """(kernel, N-tile width) of an implicit-GEMM variant."""
-    tn = _TN[variant]
-    return _kernel(f"conv_{kind}_implicit<{tn}>"), 64 + 16 * (tn - 4)
+    tn, stages = _TILES[variant]
+    return _kernel(_template(kind, tn, stages)), 64 + 16 * (tn - 4)
 
 
 def _geometry(x_shape, w_shape, stride, padding):
@@ -184,8 +195,10 @@ _NOTES = {
     "im2col": "explicit im2col buffer (R*S x the input) + tiled GEMM{}",
     "implicit_gemm": "implicit GEMM: tiles gathered from NHWC on the fly, no buffer{}",
     "implicit_gemm96": "implicit GEMM with 128x96 tiles (96 output channels), 2 blocks/SM{}",
+    "implicit_gemm_db": "implicit_gemm with two shared buffers, one barrier per K slice{}",
+    "implicit_gemm96_db": "implicit_gemm96 with two shared buffers, one barrier per K slice{}",
 }
-for _variant in ("im2col", "implicit_gemm", "implicit_gemm96"):
+for _variant in _NOTES:
     _default = _variant == "implicit_gemm"
     registry.register("conv2d_forward", _variant, _forward(_variant), source="cuda", default=_default,
                       note=_NOTES[_variant].format(", fused bias+ReLU"))
