@@ -131,9 +131,10 @@ class Profile:
     def __init__(self, backend_module):
         self.backend = backend_module
         self.clock = _CudaClock() if backend_module.device == "cuda" else _HostClock()
-        self.calls: list[dict] = []      # layer, phase, op, variant, shapes, host_us, token
+        self.calls: list[dict] = []      # layer, phase, op, variant, shapes, host_us, token, step
         self.steps: list[dict] = []      # host_us, token
         self._depth = 0
+        self._open_step = None           # index of the step being recorded, None between steps
         self._patched: list = []
         self._resolved = False
 
@@ -174,7 +175,7 @@ class Profile:
                 self._depth -= 1
             self.calls.append({"layer": state.layer, "phase": state.phase, "op": op, "variant": variant,
                                "shapes": _shape_text(args), "host_us": host_us, "token": token,
-                               "step": len(self.steps)})
+                               "step": self._open_step})
             return out
         timed.__name__ = timed.__qualname__ = op
         return timed
@@ -186,8 +187,12 @@ class Profile:
             raise RuntimeError("Profile.step() works inside `with Profile(...)`")
         t0 = time.perf_counter()
         token = self.clock.start()
-        with scope("-", "step"):
-            yield
+        self._open_step = len(self.steps)
+        try:
+            with scope("-", "step"):
+                yield
+        finally:
+            self._open_step = None
         token = self.clock.stop(token)
         self.steps.append({"host_us": (time.perf_counter() - t0) * 1e6, "token": token})
 
@@ -225,7 +230,7 @@ class Profile:
         n = len(self.steps)
         groups: dict = {}
         for c in self.calls:
-            if c["step"] >= n:  # after the last marked step
+            if c["step"] is None:  # made outside every marked step
                 continue
             key = tuple(c[k] for k in keys[by])
             g = groups.setdefault(key, dict(zip(keys[by], key), calls=0, us=0.0, host_us=0.0))

@@ -64,6 +64,19 @@ def test_profiling_changes_neither_the_model_nor_the_backend():
     assert not profiler.recording() and profiler.state.layer == "-"
 
 
+def test_calls_outside_the_marked_steps_are_left_out():
+    a, b = np.ones((4, 3), np.float32), np.ones((4, 3), np.float32)
+    with profiler.Profile(reference) as prof:
+        reference.add(a, b)                 # before the first step
+        with prof.step():
+            reference.add(a, b)
+            reference.relu_forward(a)
+        reference.add(a, b)                 # after it
+    rows = prof.rows("op")
+    assert {r["op"]: r["calls"] for r in rows[:-1]} == {"add": 1, "relu_forward": 1}
+    assert len(prof.calls) == 4
+
+
 def test_tables_and_json():
     prof = compiled().profile(*batch(), steps=1, warmup=0)
     text = prof.table()
