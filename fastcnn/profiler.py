@@ -248,7 +248,7 @@ class Profile:
             rows.sort(key=lambda r: -r["us"])
         inside = sum(r["us"] for r in rows)
         rows.append(dict({k: ("other" if i == 0 else "") for i, k in enumerate(keys[by])}, calls=0.0,
-                         us=total - inside, host_us=float("nan"), percent=100.0 * (total - inside) / total if total else 0.0))
+                         us=total - inside, host_us=None, percent=100.0 * (total - inside) / total if total else 0.0))
         return rows
 
     def table(self, by: str = "call") -> str:
@@ -261,7 +261,7 @@ class Profile:
         for r in rows:
             cells = [str(r[c]) for c in cols] + [f"{r['calls']:g}" if r["calls"] else "", f"{r['us']:.1f}"]
             if self.clock_name == "gpu":
-                cells.append("" if r["host_us"] != r["host_us"] else f"{r['host_us']:.1f}")
+                cells.append("" if r["host_us"] is None else f"{r['host_us']:.1f}")
             cells.append(f"{r['percent']:.1f}")
             lines.append(cells)
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]

@@ -84,7 +84,7 @@ def test_tables_and_json():
     assert "step:" in text.splitlines()[-1] and "host time" in text
     by_op = prof.rows("op")
     assert [r["us"] for r in by_op[:-1]] == sorted((r["us"] for r in by_op[:-1]), reverse=True)
-    data = json.loads(json.dumps(prof.to_dict()))
+    data = json.loads(json.dumps(prof.to_dict(), allow_nan=False))    # strict JSON: no NaN
     assert data["clock"] == "host" and data["steps"] == 1 and data["by_layer"][-1]["layer"] == "other"
 
 
