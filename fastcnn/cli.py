@@ -367,9 +367,12 @@ def cmd_evaluate(args) -> int:
         model.load_weights(args.weights)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"--weights: {exc}") from None
+    kernels = _kernel_choices(args.kernel)
     note = _place(model, args.device)
-    kernels = _kernel_choices(args.kernel) if model.device == "cuda" else {}
     print(f"device: {model.device}, backend: {model.backend.name}{note}")
+    if kernels and model.device != "cuda":
+        print(f"NOTE: --kernel ignored: the {model.backend.name} backend has no kernel variants")
+        kernels = {}
     x, y = datasets.prepare_images(xe), np.asarray(ye, np.int64)
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
     with contextlib.ExitStack() as chosen:
