@@ -249,6 +249,27 @@ def _kernel_choices(pairs) -> dict:
     return chosen
 
 
+def _kernels_for(model, kernels: dict) -> dict:
+    """The --kernel choices that apply on the model's device; on the CPU reference none (said)."""
+    if kernels and model.device != "cuda":
+        print(f"NOTE: --kernel ignored: the {model.backend.name} backend has no kernel variants "
+              "(they are GPU kernels)")
+        return {}
+    if kernels:
+        print("kernels: " + ", ".join(f"{op}={name}" for op, name in kernels.items()))
+    return kernels
+
+
+@contextlib.contextmanager
+def _using_kernels(kernels: dict):
+    """Every --kernel choice in force inside the block."""
+    import fastcnn
+    with contextlib.ExitStack() as chosen:
+        for op, name in kernels.items():
+            chosen.enter_context(fastcnn.kernels.using(op, name))
+        yield
+
+
 def cmd_train(args) -> int:
     import fastcnn
     from fastcnn import callbacks, datasets
@@ -278,11 +299,7 @@ def cmd_train(args) -> int:
     if model.device == "cuda":
         note = f" ({_current_gpu()})" + note
     print(f"device: {model.device}, backend: {backend_name}{note}")
-    if kernels and model.device != "cuda":
-        print(f"NOTE: --kernel ignored: the {backend_name} backend has no kernel variants (they are GPU kernels)")
-        kernels = {}
-    elif kernels:
-        print("kernels: " + ", ".join(f"{op}={name}" for op, name in kernels.items()))
+    kernels = _kernels_for(model, kernels)
     print(f"data: {args.data}: {len(x):,} training images; evaluation on {len(xe):,} images: {eval_name}")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -299,9 +316,7 @@ def cmd_train(args) -> int:
     saver = callbacks.ModelCheckpoint(checkpoint)
     logger = callbacks.JSONLogger(out / "history.json", meta=meta, resume_from=initial_epoch)
 
-    with contextlib.ExitStack() as chosen:  # the --kernel choices hold for training and evaluation
-        for op, name in kernels.items():
-            chosen.enter_context(fastcnn.kernels.using(op, name))
+    with _using_kernels(kernels):  # the --kernel choices hold for training and evaluation
         start = time.perf_counter()
         code = _fit(model, args, x, y, xe, ye, batch_size, initial_epoch, saver, logger, checkpoint)
         if code:
@@ -354,7 +369,6 @@ def _confusion_text(counts) -> str:
 def cmd_evaluate(args) -> int:
     import numpy as np
 
-    import fastcnn
     from fastcnn import datasets
 
     args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
@@ -370,14 +384,10 @@ def cmd_evaluate(args) -> int:
     kernels = _kernel_choices(args.kernel)
     note = _place(model, args.device)
     print(f"device: {model.device}, backend: {model.backend.name}{note}")
-    if kernels and model.device != "cuda":
-        print(f"NOTE: --kernel ignored: the {model.backend.name} backend has no kernel variants")
-        kernels = {}
+    kernels = _kernels_for(model, kernels)
     x, y = datasets.prepare_images(xe), np.asarray(ye, np.int64)
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
-    with contextlib.ExitStack() as chosen:
-        for op, name in kernels.items():
-            chosen.enter_context(fastcnn.kernels.using(op, name))
+    with _using_kernels(kernels):
         loss, accuracy = model.evaluate(x, datasets.to_categorical(y, classes), batch_size=batch_size, verbose=0)
         predicted = model.predict(x, batch_size=batch_size).argmax(axis=1)
     label = "validation" if args.data in ("mnist-sample", "synthetic") else "test"
@@ -410,14 +420,10 @@ def cmd_profile(args) -> int:
     note = _place(model, args.device)
     if model.device == "cuda":
         note = f" ({_current_gpu()})" + note
-    elif kernels:
-        print(f"NOTE: --kernel ignored: the {model.backend.name} backend has no kernel variants")
-        kernels = {}
     print(f"profile: {args.model}, batch {batch_size} (random images), {model.optimizer!r}, {args.steps} eager "
           f"training step(s) after {args.warmup} warm-up; device: {model.device}, backend: {model.backend.name}{note}")
-    with contextlib.ExitStack() as chosen:
-        for op, name in kernels.items():
-            chosen.enter_context(fastcnn.kernels.using(op, name))
+    kernels = _kernels_for(model, kernels)
+    with _using_kernels(kernels):
         prof = model.profile(x, y, steps=args.steps, warmup=args.warmup)
     for by in args.by or ["call", "op"]:
         print()
