@@ -155,6 +155,26 @@ template <> struct fc_wino<4, 5> {
     }
 };
 
+// F d F^T for a separable 2-D transform whose 1-D part f maps IN values to OUT (f(in, out));
+// d is given by columns (dcols[j][i] = d[i][j]); store(i, j, value) for every i, j < OUT.
+// Every transform below is one call: the weights' G, the inputs' B^T, the outputs' A^T and
+// the weight gradient's G' and A'^T.
+template <int IN, int OUT, class F, class Store>
+FC_DEVICE void fc_separable(const float (&dcols)[IN][IN], F f, Store store) {
+    float half[IN][OUT];  // half[j] = f(column j of d): column j of F d
+#pragma unroll
+    for (int j = 0; j < IN; ++j) f(dcols[j], half[j]);
+#pragma unroll
+    for (int i = 0; i < OUT; ++i) {  // row i of (F d) F^T
+        float row[IN], v[OUT];
+#pragma unroll
+        for (int j = 0; j < IN; ++j) row[j] = half[j][i];
+        f(row, v);
+#pragma unroll
+        for (int j = 0; j < OUT; ++j) store(i, j, v[j]);
+    }
+}
+
 // U[e][c][k] = (G g G^T)[e], e < alpha^2, g[r][s] = w[r][s][c][k] (flip = 0) or, for dgrad
 // with w of shape (R,R,K,C) (the forward's C and K swapped), g[r][s] = w[R-1-r][R-1-s][k][c].
 template <int M_, int R_>
@@ -171,19 +191,8 @@ FC_DEVICE void fc_wino_weight(const float* __restrict__ w, float* __restrict__ U
             for (int s = 0; s < R_; ++s)
                 gt[s][r] = flip ? w[((R_ - 1 - r) * R_ + (R_ - 1 - s)) * CK + k * C + c]
                                 : w[(r * R_ + s) * CK + c * K + k];
-        float t[R_][A];  // t[s] = G g[:, s]
-#pragma unroll
-        for (int s = 0; s < R_; ++s) X::w1d(gt[s], t[s]);
-#pragma unroll
-        for (int i = 0; i < A; ++i) {  // row i of (G g) G^T
-            float row[R_];
-#pragma unroll
-            for (int s = 0; s < R_; ++s) row[s] = t[s][i];
-            float u[A];
-            X::w1d(row, u);
-#pragma unroll
-            for (int j = 0; j < A; ++j) U[(fc_i64)(i * A + j) * CK + idx] = u[j];
-        }
+        fc_separable<R_, A>(gt, [](const float* g, float* u) { X::w1d(g, u); },
+                            [&](int i, int j, float u) { U[(fc_i64)(i * A + j) * CK + idx] = u; });
     }
 }
 
@@ -207,18 +216,8 @@ FC_DEVICE void fc_wino_input(const float* __restrict__ x, float* __restrict__ V,
                 const int h = h0 + i, w = w0 + j;
                 dt[j][i] = (h >= 0 && h < H && w >= 0 && w < W) ? x[fc_nhwc(n, h, w, c, H, W, C)] : 0.0f;
             }
-        float b[A][A];  // b[j] = B^T d[:, j]  (column j of B^T d)
-#pragma unroll
-        for (int j = 0; j < A; ++j) X::in1d(dt[j], b[j]);
-#pragma unroll
-        for (int i = 0; i < A; ++i) {  // row i of (B^T d) B
-            float row[A], v[A];
-#pragma unroll
-            for (int j = 0; j < A; ++j) row[j] = b[j][i];
-            X::in1d(row, v);
-#pragma unroll
-            for (int j = 0; j < A; ++j) V[(fc_i64)(i * A + j) * TC + idx] = v[j];
-        }
+        fc_separable<A, A>(dt, [](const float* d, float* v) { X::in1d(d, v); },
+                           [&](int i, int j, float v) { V[(fc_i64)(i * A + j) * TC + idx] = v; });
     }
 }
 
@@ -237,26 +236,12 @@ FC_DEVICE void fc_wino_output(const float* __restrict__ Mo, const float* __restr
         for (int i = 0; i < A; ++i)
 #pragma unroll
             for (int j = 0; j < A; ++j) mt[j][i] = Mo[(fc_i64)(i * A + j) * TK + idx];
-        float a[A][M_];  // a[j] = A^T Mt[:, j]  (column j of A^T Mt)
-#pragma unroll
-        for (int j = 0; j < A; ++j) X::out1d(mt[j], a[j]);
         const float bk = bias != nullptr ? bias[k] : 0.0f;
-#pragma unroll
-        for (int i = 0; i < M_; ++i) {  // row i of (A^T Mt) A
-            const int p = M_ * th + i;
-            if (p >= P) continue;
-            float row[A], o[M_];
-#pragma unroll
-            for (int j = 0; j < A; ++j) row[j] = a[j][i];
-            X::out1d(row, o);
-#pragma unroll
-            for (int j = 0; j < M_; ++j) {
-                const int q = M_ * tw + j;
-                if (q >= Q) continue;
-                const float v = o[j] + bk;
-                y[fc_nhwc(n, p, q, k, P, Q, K)] = relu ? fc_relu(v) : v;
-            }
-        }
+        fc_separable<A, M_>(mt, [](const float* m, float* o) { X::out1d(m, o); },
+                            [&](int i, int j, float o) {
+                                const int p = M_ * th + i, q = M_ * tw + j;
+                                if (p < P && q < Q) y[fc_nhwc(n, p, q, k, P, Q, K)] = relu ? fc_relu(o + bk) : o + bk;
+                            });
     }
 }
 
@@ -385,18 +370,8 @@ FC_DEVICE void fc_wino_wgrad_dy(const float* __restrict__ dy, float* __restrict_
                 const int p = M_ * th + i, q = M_ * tw + j;
                 gt[j][i] = (p < P && q < Q) ? dy[fc_nhwc(n, p, q, k, P, Q, K)] : 0.0f;
             }
-        float u[M_][A];  // u[j] = G' g[:, j]  (column j of G' g)
-#pragma unroll
-        for (int j = 0; j < M_; ++j) X::g1d(gt[j], u[j]);
-#pragma unroll
-        for (int i = 0; i < A; ++i) {  // row i of (G' g) G'^T
-            float row[M_], v[A];
-#pragma unroll
-            for (int j = 0; j < M_; ++j) row[j] = u[j][i];
-            X::g1d(row, v);
-#pragma unroll
-            for (int j = 0; j < A; ++j) Wt[(fc_i64)(i * A + j) * TK + idx] = v[j];
-        }
+        fc_separable<M_, A>(gt, [](const float* g, float* u) { X::g1d(g, u); },
+                            [&](int i, int j, float u) { Wt[(fc_i64)(i * A + j) * TK + idx] = u; });
     }
 }
 
@@ -420,18 +395,8 @@ FC_DEVICE void fc_wino_wgrad_output(const float* __restrict__ Mw, float* __restr
 #pragma unroll
                 for (int j = 0; j < A; ++j) mt[j][i] += part[(fc_i64)(i * A + j) * CK];
         }
-        float a[A][R_];  // a[j] = A'^T Mt[:, j]
-#pragma unroll
-        for (int j = 0; j < A; ++j) X::out1d(mt[j], a[j]);
-#pragma unroll
-        for (int i = 0; i < R_; ++i) {  // row i of (A'^T Mt) A'
-            float row[A], o[R_];
-#pragma unroll
-            for (int j = 0; j < A; ++j) row[j] = a[j][i];
-            X::out1d(row, o);
-#pragma unroll
-            for (int j = 0; j < R_; ++j) dw[(fc_i64)(i * R_ + j) * CK + idx] = o[j];
-        }
+        fc_separable<A, R_>(mt, [](const float* m, float* o) { X::out1d(m, o); },
+                            [&](int i, int j, float o) { dw[(fc_i64)(i * R_ + j) * CK + idx] = o; });
     }
 }
 
