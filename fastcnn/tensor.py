@@ -92,6 +92,7 @@ class Tensor:
         heap = [(-self.creator.generation, next(counter), self.creator)]
         seen = {id(self.creator)}
         pending = {id(self): self}  # tensors holding a gradient whose creator has not run yet
+        outer = profiler.state.layer, profiler.state.phase  # the profiler's names, set per Function below
         while heap:
             _, _, fn = heapq.heappop(heap)
             if not hasattr(fn, "inputs"):
@@ -103,7 +104,9 @@ class Tensor:
                 if out is not None:
                     out.grad = None  # gradients of intermediates are not kept (memory)
                     pending.pop(id(out), None)
-            with backend.using(fn.backend_name), _backward_scope(fn):
+            if profiler.state.profile is not None:  # fn's backward calls go to the layer that made fn
+                profiler.state.layer, profiler.state.phase = getattr(fn, "layer", "-"), "backward"
+            with backend.using(fn.backend_name):
                 grads_in = fn.backward(*grads_out)
                 inputs = fn.inputs
                 fn.release()  # what backward needed is freed now, not when the GC finds the cycle
@@ -118,6 +121,7 @@ class Tensor:
                         if id(x.creator) not in seen:
                             seen.add(id(x.creator))
                             heapq.heappush(heap, (-x.creator.generation, next(counter), x.creator))
+        profiler.state.layer, profiler.state.phase = outer
 
     # arithmetic used by losses, metrics and user code (not on the training fast path)
     def __add__(self, other): return Add()(self, other)
@@ -163,13 +167,6 @@ def _accumulate(x: Tensor, gx) -> None:
             backend.current().copy(view, total)
         else:
             x.grad = total
-
-
-def _backward_scope(fn):
-    """While profiling: name fn's backward calls after the layer that created fn."""
-    if profiler.state.profile is None:
-        return contextlib.nullcontext()
-    return profiler.scope(getattr(fn, "layer", "-"), "backward")
 
 
 class Function:
