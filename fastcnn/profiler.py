@@ -44,6 +44,9 @@ class _State:
 
 state = _State()
 
+# Row keys of each grouping of Profile.rows / table.
+GROUPINGS = {"call": ("layer", "phase", "op", "variant", "shapes"), "op": ("op",), "layer": ("layer",)}
+
 
 def recording() -> bool:
     return state.profile is not None
@@ -142,7 +145,7 @@ class Profile:
     def __enter__(self) -> "Profile":
         if state.profile is not None:
             raise RuntimeError("a profile is already recording; profiles do not nest")
-        modules = {id(m): m for m in list(_backends._checked.values()) + [self.backend]}
+        modules = {id(m): m for m in _backends.loaded() + [self.backend]}
         for module in modules.values():
             for op in _backends.PRIMITIVES:
                 original = getattr(module, op, None)
@@ -223,17 +226,17 @@ class Profile:
     def rows(self, by: str = "call") -> list[dict]:
         """Per-step means, grouped ``by`` 'call' (layer, phase, op, variant, shapes; in the
         order first seen), 'op' or 'layer' (largest first); the last row is ``other``."""
-        keys = {"call": ("layer", "phase", "op", "variant", "shapes"), "op": ("op",), "layer": ("layer",)}
-        if by not in keys:
-            raise ValueError(f"by must be one of {sorted(keys)}, got {by!r}")
+        if by not in GROUPINGS:
+            raise ValueError(f"by must be one of {sorted(GROUPINGS)}, got {by!r}")
+        keys = GROUPINGS[by]
         self._require_steps()
         n = len(self.steps)
         groups: dict = {}
         for c in self.calls:
             if c["step"] is None:  # made outside every marked step
                 continue
-            key = tuple(c[k] for k in keys[by])
-            g = groups.setdefault(key, dict(zip(keys[by], key), calls=0, us=0.0, host_us=0.0))
+            key = tuple(c[k] for k in keys)
+            g = groups.setdefault(key, dict(zip(keys, key), calls=0, us=0.0, host_us=0.0))
             g["calls"] += 1
             g["us"] += c["us"]
             g["host_us"] += c["host_us"]
@@ -247,14 +250,14 @@ class Profile:
         if by != "call":
             rows.sort(key=lambda r: -r["us"])
         inside = sum(r["us"] for r in rows)
-        rows.append(dict({k: ("other" if i == 0 else "") for i, k in enumerate(keys[by])}, calls=0.0,
+        rows.append(dict({k: ("other" if i == 0 else "") for i, k in enumerate(keys)}, calls=0.0,
                          us=total - inside, host_us=None, percent=100.0 * (total - inside) / total if total else 0.0))
         return rows
 
     def table(self, by: str = "call") -> str:
         """The rows as aligned text, with the step's total and what the times mean."""
         rows = self.rows(by)
-        cols = {"call": ("layer", "phase", "op", "variant", "shapes"), "op": ("op",), "layer": ("layer",)}[by]
+        cols = GROUPINGS[by]
         time_label = "gpu us" if self.clock_name == "gpu" else "us"
         head = list(cols) + ["calls", time_label] + (["host us"] if self.clock_name == "gpu" else []) + ["%"]
         lines = []

@@ -109,6 +109,11 @@ def get(name: str):
     return module
 
 
+def loaded() -> list:
+    """The backend modules found usable so far in this process."""
+    return list(_checked.values())
+
+
 def current():
     """The backend that Functions call now."""
     return get(_current[0])
