@@ -360,9 +360,9 @@ class Report:
         """(what, value) for the issue's targets, for the GPU check's final table."""
         out = []
 
-        def pick(case, impl_prefix="fastcnn", want="ratio"):
+        def pick(case, impl_prefix="fastcnn", want="ratio", exclude=None):
             rows = [r for r in self.rows if r.case == case and r.role == "fastcnn" and not r.error
-                    and r.impl.startswith(impl_prefix)]
+                    and r.impl.startswith(impl_prefix) and not (exclude and r.impl.startswith(exclude))]
             vals = [getattr(r, want) for r in rows if getattr(r, want) is not None]
             return max(vals) if vals else None
         for label, case, prefix, want in [
@@ -385,8 +385,7 @@ class Report:
         if v is not None:
             out.append(("numba gemm 4096^3 / cuBLAS fp32", f"{v:.2f}x"))
         numba = pick("alexnet.pool1 fwd", "fastcnn:numba", "figure")
-        cuda = max((r.figure for r in self.rows if r.case == "alexnet.pool1 fwd" and r.role == "fastcnn"
-                    and not r.error and r.figure and not r.impl.startswith("fastcnn:numba")), default=None)
+        cuda = pick("alexnet.pool1 fwd", "fastcnn", "figure", exclude="fastcnn:numba")
         if numba is not None and cuda:
             out.append(("numba pool1 fwd / best CUDA C", f"{numba / cuda:.2f}x"))
         return out
