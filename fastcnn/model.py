@@ -367,15 +367,15 @@ class Sequential:
             seen = 0
             for i in range(steps):
                 count = min(batch_size, n - i * batch_size)
+                rows = (i * batch_size, i * batch_size + count)
                 if step_graph is not None and count == batch_size and batches.on_device:
-                    batches.get(i * batch_size, i * batch_size + count, out=step_graph.inputs)
+                    batches.get(*rows, out=step_graph.inputs)  # straight into the graph's inputs
                     step_graph.replay()
+                elif step_graph is not None and count == batch_size:
+                    step_graph(*batches.get(*rows))
                 else:
-                    xb, yb = batches.get(i * batch_size, i * batch_size + count)
-                    if step_graph is not None and count == batch_size:
-                        step_graph(xb, yb)
-                    else:
-                        self.train_step(B.asarray(xb, np.float32), B.asarray(yb))
+                    xb, yb = batches.get(*rows)
+                    self.train_step(B.asarray(xb, np.float32), B.asarray(yb))
                 seen += count
                 cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count, "seen": seen, "steps": steps},
                                               self._running_metrics(seen)))
