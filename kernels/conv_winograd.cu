@@ -155,6 +155,17 @@ template <> struct fc_wino<4, 5> {
     }
 };
 
+// Tile t of the N x TH x TW grid of output tiles: image n, tile row th, tile column tw.
+struct fc_wino_tile {
+    int n, th, tw;
+    FC_DEVICE fc_wino_tile(int t, int TH, int TW) {
+        n = t / (TH * TW);
+        const int rem = t - n * (TH * TW);
+        th = rem / TW;
+        tw = rem - th * TW;
+    }
+};
+
 // F d F^T for a separable 2-D transform whose 1-D part f maps IN values to OUT (f(in, out));
 // d is given by columns (dcols[j][i] = d[i][j]); store(i, j, value) for every i, j < OUT.
 // Every transform below is one call: the weights' G, the inputs' B^T, the outputs' A^T and
@@ -206,7 +217,8 @@ FC_DEVICE void fc_wino_input(const float* __restrict__ x, float* __restrict__ V,
     const int T = N * TH * TW, TC = T * C;
     for (int idx = (int)fc_global_tid(); idx < TC; idx += (int)fc_grid_stride()) {
         const int t = idx / C, c = idx - t * C;
-        const int n = t / (TH * TW), rem = t - n * (TH * TW), th = rem / TW, tw = rem - th * TW;
+        const fc_wino_tile tile(t, TH, TW);
+        const int n = tile.n, th = tile.th, tw = tile.tw;
         const int h0 = M_ * th - pt, w0 = M_ * tw - pl;
         float dt[A][A];  // dt[j][i] = d[i][j]: columns of d as rows
 #pragma unroll
@@ -230,7 +242,8 @@ FC_DEVICE void fc_wino_output(const float* __restrict__ Mo, const float* __restr
     const int T = N * TH * TW, TK = T * K;
     for (int idx = (int)fc_global_tid(); idx < TK; idx += (int)fc_grid_stride()) {
         const int t = idx / K, k = idx - t * K;
-        const int n = t / (TH * TW), rem = t - n * (TH * TW), th = rem / TW, tw = rem - th * TW;
+        const fc_wino_tile tile(t, TH, TW);
+        const int n = tile.n, th = tile.th, tw = tile.tw;
         float mt[A][A];  // mt[j][i] = Mt[i][j]
 #pragma unroll
         for (int i = 0; i < A; ++i)
@@ -361,7 +374,8 @@ FC_DEVICE void fc_wino_wgrad_dy(const float* __restrict__ dy, float* __restrict_
     const int T = N * TH * TW, TK = T * K;
     for (int idx = (int)fc_global_tid(); idx < TK; idx += (int)fc_grid_stride()) {
         const int t = idx / K, k = idx - t * K;
-        const int n = t / (TH * TW), rem = t - n * (TH * TW), th = rem / TW, tw = rem - th * TW;
+        const fc_wino_tile tile(t, TH, TW);
+        const int n = tile.n, th = tile.th, tw = tile.tw;
         float gt[M_][M_];  // gt[j][i] = g[i][j]: columns of g as rows
 #pragma unroll
         for (int i = 0; i < M_; ++i)
