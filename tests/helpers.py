@@ -1,12 +1,19 @@
 """Helpers shared by the tests: random inputs, NaN-poisoned outputs, scaled tolerances."""
 import numpy as np
 
+from fastcnn.functional import resolve_padding
+
 RTOL_FP32 = {"elementwise": 1e-6, "gemm": 1e-4, "tf32": 1e-3}
 
 
 def rand(rng, *shape, dtype=np.float32, scale=1.0):
     """Fresh random data (never zeros: zeros hide unwritten outputs)."""
     return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def same4(H, W, R, S, sh, sw):
+    """Keras 'same' padding (top, bottom, left, right), by the layers' own rule."""
+    return resolve_padding("same", (H, W), (R, S), (sh, sw))
 
 
 def poison(a):

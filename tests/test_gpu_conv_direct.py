@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import cuda_emu
-from helpers import assert_close, rand
+from helpers import assert_close, rand, same4
 
 from fastcnn.backend import reference as ref
 from fastcnn.backend.cuda import conv_direct as cd
@@ -26,16 +26,6 @@ from fastcnn.backend.cuda import conv_direct as cd
 gpu = pytest.mark.gpu
 TOL = 1e-4
 OPS = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weights")
-
-
-def same(size, k, s):
-    """Keras 'same' padding (before, after) along one axis."""
-    total = max((-(-size // s) - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
-
-
-def same4(H, W, R, S, sh, sw):
-    return same(H, R, sh) + same(W, S, sw)
 
 
 V0 = (0, 0, 0, 0)

@@ -12,7 +12,7 @@ split-K reductions).  Bad inputs must be refused before any launch.
 import numpy as np
 import pytest
 
-from helpers import assert_close, rand
+from helpers import assert_close, rand, same4
 
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
@@ -20,16 +20,6 @@ import fastcnn.backend.cuda  # noqa: F401  (registers the CUDA variants; no GPU 
 
 gpu = pytest.mark.gpu
 TOL = 1e-4
-
-
-def same(size, k, s):
-    """Keras 'same' padding (before, after) along one axis."""
-    total = max((-(-size // s) - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
-
-
-def same4(H, W, R, S, sh, sw):
-    return same(H, R, sh) + same(W, S, sw)
 
 
 V0 = (0, 0, 0, 0)
