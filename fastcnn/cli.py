@@ -372,7 +372,6 @@ def cmd_evaluate(args) -> int:
     from fastcnn import datasets
 
     args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
-    args.seed = 0  # synthetic evaluation images as train's default seed makes them
     _, _, xe, ye, eval_name = _load_data(args)
     classes = 10 if args.model == "lenet5" else 1000
     model = _build(args.model, args.variant if args.model == "alexnet" else None)
@@ -522,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="directory with the IDX files (mnist, fashion-mnist)")
     p.add_argument("--split-seed", type=int, default=0, help="the sample's 8,000/2,000 split (as in train)")
     p.add_argument("--limit", type=int, default=None, help="only the first N evaluation images")
+    p.add_argument("--seed", type=int, default=0, help="synthetic data: the --seed train was given")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: the GPU when one is usable, else the CPU reference")
     p.add_argument("--batch-size", type=int, default=None, help="200 for lenet5, 128 for alexnet")
