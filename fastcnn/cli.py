@@ -1,4 +1,4 @@
-"""The ``fastcnn`` command: info | summary | train | bench | check.
+"""The ``fastcnn`` command: info | kernels | summary | train | evaluate | profile | bench | check.
 
     fastcnn info                         versions, CPU, GPU, which backends are usable (and why not)
     fastcnn summary lenet5|alexnet       the Keras-style layer table
@@ -27,10 +27,12 @@ from pathlib import Path
 DELEGATED = {"bench": ("fastcnn.benchmark", "benchmark kernels and networks against cuBLAS, cuDNN, PyTorch"),
              "check": ("fastcnn.check", "check every kernel variant against the reference on this machine")}
 
-DATA_SETS = ("mnist-sample", "mnist", "fashion-mnist", "synthetic")
+DATA_SETS = ("mnist-sample", "mnist", "fashion-mnist", "folder", "synthetic")
 INPUT_SHAPES = {"lenet5": (28, 28, 1), "alexnet": (227, 227, 3)}
 DEFAULT_BATCH = {"lenet5": 200, "alexnet": 128}        # the seed's 200; AlexNet paper's 128
 DEFAULT_SYNTHETIC = {"lenet5": (2000, 500), "alexnet": (256, 64)}  # (train, validation) images
+DEFAULT_CLASSES = {"lenet5": 10, "alexnet": 1000}
+FOLDER_VALIDATION = 0.2  # held out of a one-level image folder (no train/ and val/ inside)
 
 
 class UsageError(Exception):
@@ -138,14 +140,12 @@ def cmd_kernels(args) -> int:
 # ---------------------------------------------------------------------------- models
 def _build(name: str, variant: str | None, num_classes: int | None = None):
     from fastcnn import models
+    num_classes = num_classes or DEFAULT_CLASSES[name]
     if name == "lenet5":
         if variant not in (None, "single"):
             raise UsageError("--variant applies to alexnet only")
-        return models.lenet5()
-    kwargs = {"variant": variant or "single"}
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    return models.alexnet(**kwargs)
+        return models.lenet5(num_classes=num_classes)
+    return models.alexnet(num_classes=num_classes, variant=variant or "single")
 
 
 def cmd_summary(args) -> int:
@@ -154,12 +154,15 @@ def cmd_summary(args) -> int:
 
 
 # ---------------------------------------------------------------------------- train
-def _load_data(args):
-    """Images and integer labels for training and for evaluation, and how to name the latter."""
+def _load_data(args, train=True):
+    """Training images and labels (None with train=False), evaluation ones, how to name the
+    latter, and the class names (None: the model's default 10 or 1000 classes)."""
     from fastcnn import datasets
-    if args.model == "alexnet" and args.data != "synthetic":
-        raise UsageError(f"AlexNet takes 227x227x3 images and {args.data} has 28x28x1 ones: "
-                         f"use --data synthetic (random images, for throughput only)")
+    if args.model == "alexnet" and args.data not in ("synthetic", "folder"):
+        raise UsageError(f"AlexNet takes 227x227x3 images and {args.data} has 28x28x1 ones: use "
+                         f"--data folder --data-dir DIR (your images) or --data synthetic (throughput only)")
+    if args.data != "folder" and args.data_dir is not None and args.data not in ("mnist", "fashion-mnist"):
+        raise UsageError(f"--data-dir applies to --data folder, mnist and fashion-mnist, not {args.data}")
     if args.data == "mnist-sample":
         (x, y), (xe, ye) = datasets.load_mnist_sample(seed=args.split_seed)
         eval_name = f"validation (the bundled 10,000-digit MNIST sample, 8,000/2,000 split, seed {args.split_seed})"
@@ -169,17 +172,43 @@ def _load_data(args):
     elif args.data == "fashion-mnist":
         (x, y), (xe, ye) = datasets.load_fashion_mnist(args.data_dir)
         eval_name = "Fashion-MNIST test set"
+    elif args.data == "folder":
+        return _load_folder(args, train)
     else:
         n_train, n_eval = DEFAULT_SYNTHETIC[args.model]
         if args.limit:
             n_train, n_eval = args.limit, max(1, args.limit // 4)
-        classes = 10 if args.model == "lenet5" else 1000
-        x, y = datasets.synthetic(n_train, INPUT_SHAPES[args.model], classes, seed=args.seed)
-        xe, ye = datasets.synthetic(n_eval, INPUT_SHAPES[args.model], classes, seed=args.seed + 1)
+        num_classes = DEFAULT_CLASSES[args.model]
+        x, y = datasets.synthetic(n_train, INPUT_SHAPES[args.model], num_classes, seed=args.seed)
+        xe, ye = datasets.synthetic(n_eval, INPUT_SHAPES[args.model], num_classes, seed=args.seed + 1)
         eval_name = "SYNTHETIC validation images (random; accuracy means nothing)"
     if args.limit:
         x, y, xe, ye = x[:args.limit], y[:args.limit], xe[:args.limit], ye[:args.limit]
-    return x, y, xe, ye, eval_name
+    return x, y, xe, ye, eval_name, None
+
+
+def _load_folder(args, train: bool):
+    """--data folder: the model's image size and colours; only the files needed are decoded."""
+    import numpy as np
+
+    from fastcnn import datasets
+    if args.data_dir is None:
+        raise UsageError("--data folder needs --data-dir DIR: one sub-folder of images per class, "
+                         "or train/ and val/ folders of those")
+    folder = datasets.image_folder(args.data_dir, validation=FOLDER_VALIDATION, seed=args.split_seed)
+    height, width, channels = INPUT_SHAPES[args.model]
+    color_mode = "rgb" if channels == 3 else "grayscale"
+    train_files = folder.train[:args.limit or None] if train else []
+    eval_files = folder.eval[:args.limit or None]
+    print(f"decoding {len(train_files) + len(eval_files):,} images of {folder.root} to "
+          f"{height}x{width} {color_mode} ...", flush=True)
+
+    def decoded(files):
+        images = datasets.read_images([path for path, _ in files], (height, width), color_mode)
+        return images, np.array([label for _, label in files], dtype=np.int64)
+
+    x, y = decoded(train_files) if train else (None, None)
+    return (x, y, *decoded(eval_files), folder.eval_name, list(folder.class_names))
 
 
 def _place(model, device: str) -> str:
@@ -283,8 +312,8 @@ def cmd_train(args) -> int:
                          f"(with the same --out) first")
 
     kernels = _kernel_choices(args.kernel)
-    x, y, xe, ye, eval_name = _load_data(args)
-    num_classes = 10 if args.model == "lenet5" else 1000
+    x, y, xe, ye, eval_name, class_names = _load_data(args)
+    num_classes = len(class_names) if class_names else DEFAULT_CLASSES[args.model]
     x, xe = datasets.prepare_images(x), datasets.prepare_images(xe)
     y, ye = datasets.to_categorical(y, num_classes), datasets.to_categorical(ye, num_classes)
     if args.data == "synthetic":
@@ -292,7 +321,7 @@ def cmd_train(args) -> int:
               "the accuracies below mean nothing.")
 
     fastcnn.manual_seed(args.seed)
-    model = _build(args.model, args.variant if args.model == "alexnet" else None)
+    model = _build(args.model, args.variant if args.model == "alexnet" else None, num_classes)
     model.compile(loss="categorical_crossentropy", optimizer=_optimizer(args), metrics=["accuracy"])
     note = _place(model, args.device)
     backend_name = model.backend.name
@@ -309,7 +338,8 @@ def cmd_train(args) -> int:
         print(f"resuming from {checkpoint}: {initial_epoch} epoch(s) done, training to {args.epochs}")
     meta = {"model": args.model, "variant": args.variant if args.model == "alexnet" else None,
             "data": args.data, "synthetic": args.data == "synthetic", "train_images": len(x),
-            "eval_images": len(xe), "eval_set": eval_name, "epochs": args.epochs, "batch_size": batch_size,
+            "eval_images": len(xe), "eval_set": eval_name, "classes": class_names,
+            "epochs": args.epochs, "batch_size": batch_size,
             "optimizer": repr(model.optimizer), "seed": args.seed,
             "device": str(model.device), "backend": backend_name, "graph": model.device == "cuda" and not args.no_graph,
             "kernels": kernels}
@@ -323,7 +353,7 @@ def cmd_train(args) -> int:
             return code
         seconds = time.perf_counter() - start
         loss, accuracy = model.evaluate(xe, ye, batch_size=batch_size, verbose=0)
-    label = "validation" if args.data in ("mnist-sample", "synthetic") else "test"
+    label = _eval_label(args)
     print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {len(xe):,} images, "
           f"{eval_name}; training took {seconds:.1f} s on {model.device} ({backend_name})")
 
@@ -346,6 +376,10 @@ def cmd_train(args) -> int:
 
 
 # ---------------------------------------------------------------------------- evaluate
+def _eval_label(args) -> str:
+    return "test" if args.data in ("mnist", "fashion-mnist") else "validation"
+
+
 def confusion_matrix(labels, predicted, classes: int):
     """counts[true, predicted] (int64, classes x classes)."""
     import numpy as np
@@ -372,9 +406,9 @@ def cmd_evaluate(args) -> int:
     from fastcnn import datasets
 
     args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
-    _, _, xe, ye, eval_name = _load_data(args)
-    classes = 10 if args.model == "lenet5" else 1000
-    model = _build(args.model, args.variant if args.model == "alexnet" else None)
+    _, _, xe, ye, eval_name, class_names = _load_data(args, train=False)
+    classes = len(class_names) if class_names else DEFAULT_CLASSES[args.model]
+    model = _build(args.model, args.variant if args.model == "alexnet" else None, classes)
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     try:
         model.load_weights(args.weights)
@@ -389,11 +423,13 @@ def cmd_evaluate(args) -> int:
     with _using_kernels(kernels):
         loss, accuracy = model.evaluate(x, datasets.to_categorical(y, classes), batch_size=batch_size, verbose=0)
         predicted = model.predict(x, batch_size=batch_size).argmax(axis=1)
-    label = "validation" if args.data in ("mnist-sample", "synthetic") else "test"
+    label = _eval_label(args)
     print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {len(x):,} images, {eval_name}; "
           f"weights {args.weights}")
     if classes <= 20:
         print(_confusion_text(confusion_matrix(y, predicted, classes)))
+        if class_names:
+            print("classes: " + ", ".join(f"{i} {name}" for i, name in enumerate(class_names)))
     return 0
 
 
@@ -410,7 +446,7 @@ def cmd_profile(args) -> int:
         raise UsageError(f"--steps and --batch-size must be >= 1 and --warmup >= 0, got "
                          f"steps={args.steps}, batch_size={batch_size}, warmup={args.warmup}")
     args.optimizer = args.optimizer or ("adam" if args.model == "lenet5" else "sgd")
-    classes = 10 if args.model == "lenet5" else 1000
+    classes = DEFAULT_CLASSES[args.model]
     x, y = datasets.synthetic(batch_size, INPUT_SHAPES[args.model], classes, seed=args.seed)
     x, y = datasets.prepare_images(x), datasets.to_categorical(y, classes)
     fastcnn.manual_seed(args.seed)
@@ -474,6 +510,13 @@ def _add_step_arguments(p, momentum: float, optimizer: str | None = "adam") -> N
     p.add_argument("--seed", type=int, default=0, help="weights, data order or random images, dropout")
 
 
+DATA_DIR_HELP = ("folder: the image folder (DIR/<class>/*.jpg, or DIR/train/<class>/ and DIR/val/<class>/); "
+                 "mnist, fashion-mnist: the IDX files' directory (default: the cache directory, "
+                 "$FASTCNN_DATA or ~/.cache/fastcnn)")
+SPLIT_SEED_HELP = (f"the random split of mnist-sample (8,000/2,000) or of a one-level image folder "
+                   f"({1 - FOLDER_VALIDATION:.0%}/{FOLDER_VALIDATION:.0%})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcnn", description="Train LeNet-5 and AlexNet on "
                                      "hand-written CUDA kernels (NumPy reference on the CPU).")
@@ -496,11 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_step_arguments(p, momentum=0.0)
     p.add_argument("--data", choices=DATA_SETS, default=None,
-                   help="mnist-sample for lenet5 (bundled, offline), synthetic for alexnet")
-    p.add_argument("--data-dir", default=None, help="directory with the IDX files (mnist, fashion-mnist); "
-                   "default: the cache directory ($FASTCNN_DATA or ~/.cache/fastcnn)")
+                   help="mnist-sample for lenet5 (bundled, offline), synthetic for alexnet; "
+                        "folder: your images in --data-dir")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--split-seed", type=int, default=0, help="the sample's 8,000/2,000 split")
+    p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP)
     p.add_argument("--out", default=None, help="output directory (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-graph", action="store_true", help="do not capture the step as a CUDA graph")
@@ -517,9 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["single", "original"], default="single", help="AlexNet variant")
     p.add_argument("--data", choices=DATA_SETS, default=None,
                    help="mnist-sample (its 2,000-image validation split) for lenet5, synthetic for alexnet; "
-                        "mnist and fashion-mnist: their test sets")
-    p.add_argument("--data-dir", default=None, help="directory with the IDX files (mnist, fashion-mnist)")
-    p.add_argument("--split-seed", type=int, default=0, help="the sample's 8,000/2,000 split (as in train)")
+                        "mnist and fashion-mnist: their test sets; folder: its val/ folder or held-out part")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP + " (as in train)")
     p.add_argument("--limit", type=int, default=None, help="only the first N evaluation images")
     p.add_argument("--seed", type=int, default=0, help="synthetic data: the --seed train was given")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -554,13 +597,14 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     from fastcnn.backend import BackendUnavailable
-    from fastcnn.datasets import ChecksumMismatch, DataNotFound, IDXFormatError
+    from fastcnn.datasets import ChecksumMismatch, DataNotFound, IDXFormatError, ImageFolderError
     try:
         return args.func(args)
     except UsageError as exc:
         print(f"fastcnn {args.command}: {exc}", file=sys.stderr)
         return 2
-    except (DataNotFound, ChecksumMismatch, IDXFormatError, BackendUnavailable) as exc:
+    except (DataNotFound, ChecksumMismatch, IDXFormatError, ImageFolderError, BackendUnavailable,
+            ImportError) as exc:  # ImportError: an optional package a command needs (Pillow for folders)
         print(f"fastcnn {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

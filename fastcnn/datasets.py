@@ -1,6 +1,7 @@
-"""Data sets: an IDX reader, MNIST, Fashion-MNIST, the bundled MNIST sample, synthetic images.
+"""Data sets: an IDX reader, MNIST, Fashion-MNIST, the bundled MNIST sample, image folders,
+synthetic images.
 
-Every loader returns ``(x_train, y_train), (x_test, y_test)`` as Keras's ``load_data()``
+Every MNIST-style loader returns ``(x_train, y_train), (x_test, y_test)`` as Keras's ``load_data()``
 does: uint8 images (N, 28, 28) and uint8 integer labels.  ``prepare_images`` turns
 them into the float32 NHWC batches in [0, 1] that the models take, ``to_categorical``
 turns labels into one-hot rows.
@@ -20,6 +21,9 @@ Every file is checked against the SHA-256 of its *decompressed* IDX bytes, not o
 .gz: Debian (and some mirrors) recompress the same data, which changes the gzip
 header but not the content.  A file with the wrong digest (say Fashion-MNIST files
 left in the MNIST directory, which share the format) is refused, never used.
+
+Image folders (``load_image_folder``: your own photos, ImageNet-style class folders)
+are decoded with Pillow into uint8 NHWC arrays of the size a model takes.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +46,7 @@ from fastcnn._paths import DATA_DIR
 __all__ = [
     "IDXFormatError", "ChecksumMismatch", "DataNotFound",
     "read_idx", "load_mnist", "load_fashion_mnist", "load_mnist_sample",
+    "ImageFolderError", "ImageFolder", "image_folder", "read_images", "load_image_folder",
     "synthetic", "to_categorical", "prepare_images", "cache_dir",
 ]
 
@@ -298,6 +305,159 @@ def load_mnist_sample(validation: int = 2000, seed: int = 0):
     order = np.random.default_rng(seed).permutation(len(images))
     val, train = order[:validation], order[validation:]
     return (images[train], labels[train]), (images[val], labels[val])
+
+
+# ---------------------------------------------------------------------------- image folders
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
+EVAL_FOLDER_NAMES = ("val", "validation", "test")
+COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1)}
+
+
+class ImageFolderError(ValueError):
+    """An image folder has no classes or no images, or an image cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """The files of an image folder, split for training and evaluation (nothing decoded yet).
+
+    ``train`` and ``eval`` are lists of ``(path, label)``, each shuffled with the seed (so
+    that the first N of either holds every class); ``class_names[label]`` is the folder name.
+    """
+    root: Path
+    class_names: tuple
+    train: list
+    eval: list
+    eval_name: str
+
+
+def _class_dirs(directory: Path) -> list:
+    return sorted(d for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _image_files(class_dir: Path) -> list:
+    """Every image file under class_dir (sub-folders included), sorted: the order is the same on every machine."""
+    found = []
+    for root, dirs, files in os.walk(class_dir, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def _list_classes(directory: Path, class_names=None) -> tuple[tuple, list]:
+    """(class names, [(path, label)]) of directory/<class>/...; with class_names, a subset of those."""
+    dirs = _class_dirs(directory)
+    if not dirs:
+        raise ImageFolderError(f"{directory}: no class folders; expected one sub-folder of images per "
+                               f"class (e.g. {directory}/cat/1.jpg, {directory}/dog/2.png)")
+    names = tuple(d.name for d in dirs)
+    if class_names is not None:
+        unknown = sorted(set(names) - set(class_names))
+        if unknown:
+            raise ImageFolderError(f"{directory}: classes {unknown} are not among the training classes "
+                                   f"{list(class_names)}")
+    index = {name: i for i, name in enumerate(class_names if class_names is not None else names)}
+    files = []
+    for d in dirs:
+        images = _image_files(d)
+        if not images:
+            raise ImageFolderError(f"{d}: no images in this class folder (looked for "
+                                   f"{', '.join(IMAGE_EXTENSIONS)})")
+        files += [(path, index[d.name]) for path in images]
+    return (class_names if class_names is not None else names), files
+
+
+def _shuffled(files: list, rng) -> list:
+    return [files[i] for i in rng.permutation(len(files))]
+
+
+def image_folder(directory, validation: float = 0.2, seed: int = 0) -> ImageFolder:
+    """Find the images of a folder and split them; nothing is decoded (see ``read_images``).
+
+    Two layouts, as ImageNet's and Keras's:
+
+    * ``directory/train/<class>/...`` beside ``directory/val/<class>/...`` (or ``validation``
+      or ``test``): those two sets; the evaluation classes must be training classes;
+    * ``directory/<class>/...``: every image, split at random with ``seed``, ``validation``
+      of them (a fraction) held out for evaluation.
+
+    Class names are the folder names, sorted; label i is ``class_names[i]``.
+    """
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise DataNotFound(f"{root}: no such image folder")
+    rng = np.random.default_rng(seed)
+    eval_dir = next((root / n for n in EVAL_FOLDER_NAMES if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and eval_dir is not None:
+        class_names, train = _list_classes(root / "train")
+        _, held_out = _list_classes(eval_dir, class_names)
+        return ImageFolder(root, class_names, _shuffled(train, rng), _shuffled(held_out, rng),
+                           f"{eval_dir}")
+    if not 0.0 <= validation < 1.0:
+        raise ValueError(f"validation={validation}: the held-out fraction must be in [0, 1)")
+    class_names, files = _list_classes(root)
+    files = _shuffled(files, rng)
+    n_eval = int(round(validation * len(files)))
+    if validation > 0 and not 0 < n_eval < len(files):
+        raise ImageFolderError(f"{root}: {len(files)} image(s) cannot be split {1 - validation:g} / "
+                               f"{validation:g} for training and validation; add images or use train/ and val/ folders")
+    return ImageFolder(root, class_names, files[n_eval:], files[:n_eval],
+                       f"validation: {validation:.0%} of {root}, split with seed {seed}")
+
+
+def _decode(path: Path, size, pil_mode: str) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            image.draft(pil_mode, size)  # JPEG: decode at the smallest scale still >= size (much faster)
+            image = ImageOps.exif_transpose(image).convert(pil_mode)
+            # Scale the shorter side to the target, then keep the centre: AlexNet's preprocessing.
+            image = ImageOps.fit(image, size, method=Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageFolderError(f"{path}: cannot decode this image ({exc})") from None
+
+
+def read_images(paths, image_size=(227, 227), color_mode: str = "rgb") -> np.ndarray:
+    """Decode image files into uint8 ``(N, H, W, C)``: shorter side scaled to fit, centre crop.
+
+    ``image_size`` is (height, width); ``color_mode`` 'rgb' (C = 3) or 'grayscale' (C = 1).
+    The files are decoded on several threads (Pillow releases the GIL while decoding).
+    """
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise ImportError("reading image folders needs Pillow: pip install pillow "
+                          "(or pip install 'fastcnn[images]')") from None
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"color_mode={color_mode!r}: use one of {sorted(COLOR_MODES)}")
+    height, width = (int(v) for v in image_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"image_size={tuple(image_size)}: height and width must be >= 1")
+    pil_mode, channels = COLOR_MODES[color_mode]
+    paths = [Path(p) for p in paths]
+    out = np.empty((len(paths), height, width, channels), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, pixels in enumerate(pool.map(lambda p: _decode(p, (width, height), pil_mode), paths)):
+            out[i] = pixels.reshape(height, width, channels)
+    return out
+
+
+def load_image_folder(directory, image_size=(227, 227), color_mode: str = "rgb",
+                      validation: float = 0.2, seed: int = 0):
+    """An image folder decoded: ``(x_train, y_train), (x_eval, y_eval), class_names``.
+
+    x: uint8 ``(N, H, W, C)``, y: int64 labels.  Layouts and split: ``image_folder``;
+    decoding: ``read_images``.
+    """
+    folder = image_folder(directory, validation=validation, seed=seed)
+
+    def decoded(files):
+        labels = np.array([label for _, label in files], dtype=np.int64)
+        return read_images([path for path, _ in files], image_size, color_mode), labels
+
+    return decoded(folder.train), decoded(folder.eval), list(folder.class_names)
 
 
 # ---------------------------------------------------------------------------- synthetic

@@ -14,15 +14,21 @@ def python_blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", README.read_text(), re.MULTILINE | re.DOTALL)
 
 
+def block(containing: str) -> str:
+    found = [b for b in python_blocks() if containing in b]
+    assert len(found) == 1, f"one README example should contain {containing!r}, found {len(found)}"
+    return found[0]
+
+
 def test_readme_has_the_examples():
     blocks = python_blocks()
-    assert len(blocks) >= 3
-    assert "model.fit(" in blocks[0] and "Sequential([" in blocks[1] and "fastcnn.kernels.use(" in blocks[2]
+    assert len(blocks) >= 4
+    assert "model.fit(" in blocks[0] and "Sequential([" in blocks[1]
 
 
 def test_training_example_runs_and_learns():
     from conftest import HAS_GPU
-    code = python_blocks()[0]
+    code = block("load_mnist_sample()")
     assert "epochs=10" in code and 'model.to("cuda")' in code
     code = code.replace("epochs=10", "epochs=1")
     if not HAS_GPU:
@@ -35,7 +41,7 @@ def test_training_example_runs_and_learns():
 
 def test_layer_by_layer_example_builds_lenet5():
     scope = {}
-    exec(compile(python_blocks()[1], "README.md example 2", "exec"), scope)
+    exec(compile(block("Sequential(["), "README.md example 2", "exec"), scope)
     model = scope["model"]
     assert model.count_params() == 61706
     assert [layer.count_params() for layer in model.layers if layer.count_params()] == [156, 2416, 48120, 10164, 850]
@@ -43,10 +49,27 @@ def test_layer_by_layer_example_builds_lenet5():
 
 def test_kernel_variants_example():
     pytest.importorskip("numba")
-    code = python_blocks()[2]
+    code = block("fastcnn.kernels.use(")
     try:
         exec(compile(code, "README.md example 3", "exec"), {})
         assert fastcnn.kernels.selected("matmul") == "numba_tiled"
     finally:
         fastcnn.kernels.use("matmul", None)
     assert fastcnn.kernels.selected("matmul") != "numba_tiled"
+
+
+def test_image_folder_example_trains_alexnet(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    for name, color in (("cat", (200, 60, 20)), ("dog", (20, 60, 200))):
+        for i in range(3):
+            (tmp_path / name).mkdir(exist_ok=True)
+            Image.new("RGB", (250 + 7 * i, 240), color).save(tmp_path / name / f"{i}.jpg")
+    code = block("load_image_folder(")
+    assert '"~/imagenette"' in code and "epochs=30" in code and "batch_size=128" in code
+    code = code.replace('"~/imagenette"', repr(str(tmp_path))).replace("epochs=30", "epochs=1")
+    code = code.replace("batch_size=128", "batch_size=5")   # the second batch is a partial one
+    scope = {}
+    exec(compile(code, "README.md image folder example", "exec"), scope)
+    assert scope["class_names"] == ["cat", "dog"]
+    assert scope["model"].output_shape == (None, 2)
+    assert scope["X"].shape == (5, 227, 227, 3) and scope["X_val"].shape == (1, 227, 227, 3)

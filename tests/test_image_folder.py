@@ -1,0 +1,223 @@
+"""Image folders: layouts, splits, decoding (exact pixels, scale + centre crop, colours),
+bad folders and files, and `fastcnn train/evaluate --data folder` end to end."""
+import json
+
+import numpy as np
+import pytest
+
+from fastcnn import cli, datasets
+
+Image = pytest.importorskip("PIL.Image")
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def solid(path, size=(40, 30), color=RED, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+    return path
+
+
+def digit_folder(root, per_class=6, classes=3):
+    """Real MNIST digits from the bundled sample as PNGs: root/<digit>/<i>.png; returns the images."""
+    (x, y), _ = datasets.load_mnist_sample()
+    written = {}
+    for digit in range(classes):
+        for i, image in enumerate(x[y == digit][:per_class]):
+            path = root / str(digit) / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image, mode="L").save(path)
+            written[path] = image
+    return written
+
+
+def test_png_digits_decode_to_their_exact_pixels(tmp_path):
+    written = digit_folder(tmp_path)
+    paths = sorted(written)
+    x = datasets.read_images(paths, (28, 28), "grayscale")
+    assert x.dtype == np.uint8 and x.shape == (len(paths), 28, 28, 1)
+    np.testing.assert_array_equal(x[..., 0], np.stack([written[p] for p in paths]))
+    rgb = datasets.read_images(paths[:2], (28, 28), "rgb")  # grey to RGB: three equal channels
+    assert rgb.shape == (2, 28, 28, 3)
+    np.testing.assert_array_equal(rgb[..., 1], x[:2, ..., 0])
+    np.testing.assert_array_equal(rgb[..., 2], x[:2, ..., 0])
+
+
+def test_shorter_side_scaled_then_centre_cropped(tmp_path):
+    # 90x30: red | green | blue thirds. The centre square is green, at any output size;
+    # Pillow's filter reaches one output pixel past the crop: the outer columns blend a
+    # little red (left) and blue (right), evenly: the crop is centred.
+    image = Image.new("RGB", (90, 30), RED)
+    image.paste(Image.new("RGB", (30, 30), GREEN), (30, 0))
+    image.paste(Image.new("RGB", (30, 30), BLUE), (60, 0))
+    image.save(tmp_path / "wide.png")
+    for size in (10, 45):
+        x = datasets.read_images([tmp_path / "wide.png"], (size, size))[0].astype(int)
+        assert x.shape == (size, size, 3)
+        assert (x[:, 1:-1] == GREEN).all()
+        left, right = x[:, 0], x[:, -1]
+        assert (left[:, 1] > 200).all() and (left[:, 2] == 0).all() and (right[:, 0] == 0).all()
+        np.testing.assert_array_equal(left[:, 0], right[:, 2])
+
+
+def test_jpeg_grayscale_and_rgb(tmp_path):
+    path = solid(tmp_path / "a.jpg", (300, 200), (200, 100, 50))
+    rgb = datasets.read_images([path], (227, 227))
+    assert rgb.shape == (1, 227, 227, 3)
+    assert np.abs(rgb.astype(int) - (200, 100, 50)).max() <= 3   # JPEG is lossy
+    grey = datasets.read_images([path], (28, 28), "grayscale")
+    expected = (200 * 299 + 100 * 587 + 50 * 114) / 1000           # ITU-R 601-2 luma, as Pillow
+    assert grey.shape == (1, 28, 28, 1) and abs(grey.mean() - expected) <= 3
+
+
+def test_one_level_folder_is_split_by_seed(tmp_path):
+    digit_folder(tmp_path, per_class=10, classes=3)
+    (tmp_path / "2" / "notes.txt").write_text("not an image")
+    solid(tmp_path / "1" / ".hidden.png")
+    (x, y), (xe, ye), names = datasets.load_image_folder(tmp_path, (28, 28), "grayscale", validation=0.2)
+    assert names == ["0", "1", "2"]
+    assert len(x) == 24 and len(xe) == 6 and x.shape[1:] == (28, 28, 1)
+    assert sorted(np.bincount(np.concatenate([y, ye]))) == [10, 10, 10]
+    again = datasets.image_folder(tmp_path, validation=0.2, seed=0)
+    other = datasets.image_folder(tmp_path, validation=0.2, seed=1)
+    assert again.eval == datasets.image_folder(tmp_path, validation=0.2, seed=0).eval
+    assert {p for p, _ in again.eval} != {p for p, _ in other.eval}
+    assert set(again.train).isdisjoint(again.eval)
+    assert "seed 0" in again.eval_name
+    everything = datasets.image_folder(tmp_path, validation=0.0)
+    assert len(everything.train) == 30 and everything.eval == []
+
+
+def test_train_and_val_folders(tmp_path):
+    for c in ("cat", "dog", "owl"):
+        for i in range(3):
+            solid(tmp_path / "train" / c / f"{i}.png")
+    solid(tmp_path / "val" / "dog" / "0.png", color=BLUE)
+    solid(tmp_path / "val" / "owl" / "sub" / "1.bmp", color=GREEN)   # images in sub-folders count
+    folder = datasets.image_folder(tmp_path)
+    assert folder.class_names == ("cat", "dog", "owl")
+    assert len(folder.train) == 9
+    assert sorted(label for _, label in folder.eval) == [1, 2]       # labels of the training classes
+    assert str(tmp_path / "val") in folder.eval_name
+    (x, y), (xe, ye), names = datasets.load_image_folder(tmp_path, (8, 8))
+    assert names == ["cat", "dog", "owl"] and x.shape == (9, 8, 8, 3)
+    blue = xe[list(ye).index(1)]
+    assert (blue == np.array(BLUE, np.uint8)).all()
+
+
+def test_bad_folders_name_the_problem(tmp_path):
+    with pytest.raises(datasets.DataNotFound, match="no such image folder"):
+        datasets.image_folder(tmp_path / "absent")
+    with pytest.raises(datasets.ImageFolderError, match="no class folders"):
+        datasets.image_folder(tmp_path)
+    solid(tmp_path / "a" / "1.png")
+    solid(tmp_path / "a" / "2.png")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "readme.txt").write_text("")
+    with pytest.raises(datasets.ImageFolderError, match=r"b: no images in this class folder"):
+        datasets.image_folder(tmp_path)
+    (tmp_path / "b" / "readme.txt").unlink()
+    (tmp_path / "b").rmdir()
+    with pytest.raises(datasets.ImageFolderError, match="cannot be split"):
+        datasets.image_folder(tmp_path, validation=0.1)              # 2 images: 0 held out
+    with pytest.raises(ValueError, match="held-out fraction"):
+        datasets.image_folder(tmp_path, validation=1.0)
+
+
+def test_val_class_not_in_train_is_refused(tmp_path):
+    solid(tmp_path / "train" / "cat" / "0.png")
+    solid(tmp_path / "val" / "cow" / "0.png")
+    with pytest.raises(datasets.ImageFolderError, match=r"\['cow'\] are not among the training classes"):
+        datasets.image_folder(tmp_path)
+
+
+def test_corrupt_and_truncated_images_name_the_file(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    with pytest.raises(datasets.ImageFolderError, match=r"bad.jpg: cannot decode"):
+        datasets.read_images([solid(tmp_path / "ok.png"), bad], (8, 8))
+    good = solid(tmp_path / "big.jpg", (300, 300))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[:400])
+    with pytest.raises(datasets.ImageFolderError, match=r"cut.jpg: cannot decode"):
+        datasets.read_images([cut], (8, 8))
+
+
+def test_read_images_arguments(tmp_path):
+    path = solid(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="color_mode='cmyk'"):
+        datasets.read_images([path], (8, 8), "cmyk")
+    with pytest.raises(ValueError, match="height and width must be >= 1"):
+        datasets.read_images([path], (0, 8))
+    assert datasets.read_images([], (8, 8)).shape == (0, 8, 8, 3)
+
+
+def test_without_pillow_the_message_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_pil(name, *args, **kwargs):
+        if name == "PIL" or name.startswith("PIL."):
+            raise ImportError("No module named 'PIL'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pil)
+    with pytest.raises(ImportError, match="pip install pillow"):
+        datasets.read_images([tmp_path / "a.png"], (8, 8))
+
+
+# ---------------------------------------------------------------------------- the command
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_and_evaluate_lenet5_on_a_folder(capsys, tmp_path):
+    data = tmp_path / "digits"
+    digit_folder(data, per_class=10, classes=3)
+    out = tmp_path / "run"
+    code, text, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", data, "--epochs", "2",
+                          "--batch-size", "8", "--device", "cpu", "--verbose", "2", "--out", out)
+    assert code == 0, err
+    assert "decoding 30 images" in text and "24 training images; evaluation on 6 images" in text
+    history = json.loads((out / "history.json").read_text())
+    assert history["classes"] == ["0", "1", "2"] and history["data"] == "folder"
+    assert len(history["history"]["loss"]) == 2
+    code, text, err = run(capsys, "evaluate", "lenet5", "--data", "folder", "--data-dir", data,
+                          "--weights", out / "weights.npz", "--device", "cpu")
+    assert code == 0, err
+    assert "decoding 6 images" in text                                 # only the held-out part
+    assert f"{history['validation_accuracy']:.4f}" in text
+    assert "classes: 0 0, 1 1, 2 2" in text and "true\\pred" in text
+
+
+def test_train_alexnet_on_a_folder(capsys, tmp_path):
+    for c, color in (("red", RED), ("blue", BLUE)):
+        for i in range(3):
+            solid(tmp_path / "data" / "train" / c / f"{i}.jpg", (260 + i, 240), color)
+        solid(tmp_path / "data" / "val" / c / "0.jpg", (240, 250), color)
+    code, text, err = run(capsys, "train", "alexnet", "--data", "folder", "--data-dir", tmp_path / "data",
+                          "--epochs", "1", "--batch-size", "3", "--device", "cpu", "--verbose", "0",
+                          "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "227x227 rgb" in text and "6 training images; evaluation on 2 images" in text
+    with np.load(tmp_path / "run" / "weights.npz") as w:
+        last = [w[k] for k in w.files][-1]
+    assert last.shape == (2,)                     # a 2-class AlexNet: the last bias has 2 entries
+
+
+def test_folder_usage_errors(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "lenet5", "--data", "folder", "--device", "cpu")
+    assert code == 2 and "--data folder needs --data-dir" in err
+    code, _, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", tmp_path / "none",
+                       "--device", "cpu")
+    assert code == 1 and "no such image folder" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", tmp_path / "empty",
+                       "--device", "cpu")
+    assert code == 1 and "no class folders" in err
+    code, _, err = run(capsys, "train", "alexnet", "--data", "mnist-sample", "--device", "cpu")
+    assert code == 2 and "--data folder" in err
+    code, _, err = run(capsys, "train", "lenet5", "--data-dir", tmp_path, "--device", "cpu")
+    assert code == 2 and "--data-dir applies to" in err
