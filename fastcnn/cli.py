@@ -32,6 +32,7 @@ INPUT_SHAPES = {"lenet5": (28, 28, 1), "alexnet": (227, 227, 3)}
 DEFAULT_BATCH = {"lenet5": 200, "alexnet": 128}        # the seed's 200; AlexNet paper's 128
 DEFAULT_SYNTHETIC = {"lenet5": (2000, 500), "alexnet": (256, 64)}  # (train, validation) images
 DEFAULT_CLASSES = {"lenet5": 10, "alexnet": 1000}
+AUGMENT_INPUT = (256, 256, 3)  # AlexNet --augment: random 227x227 crops (and mirror images) of 256x256
 FOLDER_VALIDATION = 0.2  # held out of a one-level image folder (no train/ and val/ inside)
 
 
@@ -138,18 +139,30 @@ def cmd_kernels(args) -> int:
 
 
 # ---------------------------------------------------------------------------- models
-def _build(name: str, variant: str | None, num_classes: int | None = None):
+def _augment(args) -> bool:
+    augment = getattr(args, "augment", False)
+    if augment and args.model != "alexnet":
+        raise UsageError("--augment applies to alexnet only (a mirrored digit is another digit)")
+    return augment
+
+
+def _input_shape(args) -> tuple:
+    """The images the model takes: with --augment, AlexNet's 256x256x3 before its random crop."""
+    return AUGMENT_INPUT if _augment(args) else INPUT_SHAPES[args.model]
+
+
+def _build(args, num_classes: int | None = None):
     from fastcnn import models
-    num_classes = num_classes or DEFAULT_CLASSES[name]
-    if name == "lenet5":
-        if variant not in (None, "single"):
-            raise UsageError("--variant applies to alexnet only")
+    num_classes = num_classes or DEFAULT_CLASSES[args.model]
+    if args.model == "lenet5":
         return models.lenet5(num_classes=num_classes)
-    return models.alexnet(num_classes=num_classes, variant=variant or "single")
+    return models.alexnet(num_classes=num_classes, variant=args.variant or "single", augment=_augment(args))
 
 
 def cmd_summary(args) -> int:
-    _build(args.model, args.variant).summary(print_fn=print)
+    if args.model == "lenet5" and args.variant not in (None, "single"):
+        raise UsageError("--variant applies to alexnet only")
+    _build(args).summary(print_fn=print)
     return 0
 
 
@@ -179,8 +192,8 @@ def _load_data(args, train=True):
         if args.limit:
             n_train, n_eval = args.limit, max(1, args.limit // 4)
         num_classes = DEFAULT_CLASSES[args.model]
-        x, y = datasets.synthetic(n_train, INPUT_SHAPES[args.model], num_classes, seed=args.seed)
-        xe, ye = datasets.synthetic(n_eval, INPUT_SHAPES[args.model], num_classes, seed=args.seed + 1)
+        x, y = datasets.synthetic(n_train, _input_shape(args), num_classes, seed=args.seed)
+        xe, ye = datasets.synthetic(n_eval, _input_shape(args), num_classes, seed=args.seed + 1)
         eval_name = "SYNTHETIC validation images (random; accuracy means nothing)"
     if args.limit:
         x, y, xe, ye = x[:args.limit], y[:args.limit], xe[:args.limit], ye[:args.limit]
@@ -196,7 +209,7 @@ def _load_folder(args, train: bool):
         raise UsageError("--data folder needs --data-dir DIR: one sub-folder of images per class, "
                          "or train/ and val/ folders of those")
     folder = datasets.image_folder(args.data_dir, validation=FOLDER_VALIDATION, seed=args.split_seed)
-    height, width, channels = INPUT_SHAPES[args.model]
+    height, width, channels = _input_shape(args)
     color_mode = "rgb" if channels == 3 else "grayscale"
     train_files = folder.train[:args.limit or None] if train else []
     eval_files = folder.eval[:args.limit or None]
@@ -321,7 +334,7 @@ def cmd_train(args) -> int:
               "the accuracies below mean nothing.")
 
     fastcnn.manual_seed(args.seed)
-    model = _build(args.model, args.variant if args.model == "alexnet" else None, num_classes)
+    model = _build(args, num_classes)
     model.compile(loss="categorical_crossentropy", optimizer=_optimizer(args), metrics=["accuracy"])
     note = _place(model, args.device)
     backend_name = model.backend.name
@@ -337,6 +350,7 @@ def cmd_train(args) -> int:
         initial_epoch = int(model.load_checkpoint(checkpoint))
         print(f"resuming from {checkpoint}: {initial_epoch} epoch(s) done, training to {args.epochs}")
     meta = {"model": args.model, "variant": args.variant if args.model == "alexnet" else None,
+            "augment": _augment(args),
             "data": args.data, "synthetic": args.data == "synthetic", "train_images": len(x),
             "eval_images": len(xe), "eval_set": eval_name, "classes": class_names,
             "epochs": args.epochs, "batch_size": batch_size,
@@ -408,7 +422,7 @@ def cmd_evaluate(args) -> int:
     args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
     _, _, xe, ye, eval_name, class_names = _load_data(args, train=False)
     classes = len(class_names) if class_names else DEFAULT_CLASSES[args.model]
-    model = _build(args.model, args.variant if args.model == "alexnet" else None, classes)
+    model = _build(args, classes)
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     try:
         model.load_weights(args.weights)
@@ -450,7 +464,7 @@ def cmd_profile(args) -> int:
     x, y = datasets.synthetic(batch_size, INPUT_SHAPES[args.model], classes, seed=args.seed)
     x, y = datasets.prepare_images(x), datasets.to_categorical(y, classes)
     fastcnn.manual_seed(args.seed)
-    model = _build(args.model, args.variant if args.model == "alexnet" else None)
+    model = _build(args)
     model.compile(loss="categorical_crossentropy", optimizer=_optimizer(args), metrics=["accuracy"])
     note = _place(model, args.device)
     if model.device == "cuda":
@@ -513,6 +527,8 @@ def _add_step_arguments(p, momentum: float, optimizer: str | None = "adam") -> N
 DATA_DIR_HELP = ("folder: the image folder (DIR/<class>/*.jpg, or DIR/train/<class>/ and DIR/val/<class>/); "
                  "mnist, fashion-mnist: the IDX files' directory (default: the cache directory, "
                  "$FASTCNN_DATA or ~/.cache/fastcnn)")
+AUGMENT_HELP = ("alexnet: the paper's augmentation: images at 256x256, a random 227x227 crop of each, "
+                "mirrored with probability 1/2, drawn on the device every step (evaluation: the centre crop)")
 SPLIT_SEED_HELP = (f"the random split of mnist-sample (8,000/2,000) or of a one-level image folder "
                    f"({1 - FOLDER_VALIDATION:.0%}/{FOLDER_VALIDATION:.0%})")
 
@@ -533,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", choices=sorted(INPUT_SHAPES))
     p.add_argument("--variant", choices=["single", "original"], default=None,
                    help="AlexNet: 'single' tower (default) or the 'original' two-group net with LRN")
+    p.add_argument("--augment", action="store_true", help=AUGMENT_HELP)
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("train", help="train a model, write history.json, weights.npz, curves.png",
@@ -547,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-graph", action="store_true", help="do not capture the step as a CUDA graph")
+    p.add_argument("--augment", action="store_true", help=AUGMENT_HELP)
     p.add_argument("--limit", type=int, default=None,
                    help="use at most N training and N evaluation images (quick runs)")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
@@ -563,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "mnist and fashion-mnist: their test sets; folder: its val/ folder or held-out part")
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP + " (as in train)")
+    p.add_argument("--augment", action="store_true", help=AUGMENT_HELP + " (as in train: evaluates on the centre crops)")
     p.add_argument("--limit", type=int, default=None, help="only the first N evaluation images")
     p.add_argument("--seed", type=int, default=0, help="synthetic data: the --seed train was given")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",

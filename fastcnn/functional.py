@@ -277,6 +277,33 @@ def dropout(x, rate, training, seed=0, step=None):
     return Dropout(float(rate), int(seed), step)(x)
 
 
+class Crop(Function):
+    def __init__(self, height, width, random, flip, seed, step):
+        self.args = (random, flip, seed, step)
+        self.hw = (height, width)
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return self.B.crop_forward(x, *self.hw, *self.args)
+
+    def backward(self, gy):
+        return self.B.crop_backward(gy, self.x_shape, *self.args)
+
+
+def crop(x, height, width, random=False, flip=False, seed=0, step=None):
+    """Each image's height x width window: the centre, or (random=True) one drawn per image and
+    step, mirrored left-right with probability 1/2 when ``flip`` (AlexNet's augmentation).
+
+    The windows are a counter-based function of (seed, step, image index), drawn on the
+    device: the same on a replayed step, new on the next.  ``step`` is an int32 array (1,).
+    """
+    x = _tensor(x)
+    _check_nhwc(x)
+    if step is None:
+        step = _xp_of(x.data).zeros(1, dtype=np.int32)
+    return Crop(int(height), int(width), bool(random), bool(flip), int(seed), step)(x)
+
+
 class LRN(Function):
     def __init__(self, size, alpha, beta, k):
         self.params = (size, alpha, beta, k)

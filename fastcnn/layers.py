@@ -1,4 +1,5 @@
-"""Keras-style layers: Conv2D, MaxPool2D, Flatten, Dense, Dropout, LRN, Activation.
+"""Keras-style layers: Conv2D, MaxPool2D, Flatten, Dense, Dropout, LRN, Activation,
+and the augmentation layers RandomCrop and RandomFlip.
 
 A layer knows its output shape from its input shape (``build``), owns its
 Parameters (Keras's initialisers: Glorot-uniform kernels, zero biases) and
@@ -244,6 +245,56 @@ class Dropout(Layer):
 
     def call(self, x, training, activation):
         return F.dropout(x, self.rate, training, self.seed, self.step)
+
+
+class RandomCrop(Layer):
+    """Training: a random height x width window of each image, new every step (AlexNet: 227x227
+    out of 256x256); inference: the centre window.  As Keras's RandomCrop (which resizes
+    smaller inputs: here they are an error)."""
+    type_name = "RandomCrop"
+    default_name = "random_crop"
+
+    def __init__(self, height, width, seed=None, input_shape=None, name=None):
+        super().__init__(input_shape, name)
+        self.height, self.width = F.pair((height, width), "RandomCrop height and width")
+        self.seed = next_seed() if seed is None else int(seed)
+        self.step = None  # int32 array (1,) on the device, bound by the model: the training step
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3 or input_shape[0] < self.height or input_shape[1] < self.width:
+            raise ValueError(f"RandomCrop({self.height}, {self.width}) needs images of at least that "
+                             f"size, (height, width, channels); got {tuple(input_shape)}")
+        return (self.height, self.width, input_shape[2])
+
+    def call(self, x, training, activation):
+        if not training and x.shape[1:3] == (self.height, self.width):
+            return x
+        return F.crop(x, self.height, self.width, random=training, seed=self.seed, step=self.step)
+
+
+class RandomFlip(Layer):
+    """Training: each image mirrored left-right with probability 1/2, drawn per image and step;
+    inference: unchanged.  Keras's RandomFlip('horizontal')."""
+    type_name = "RandomFlip"
+    default_name = "random_flip"
+
+    def __init__(self, mode="horizontal", seed=None, input_shape=None, name=None):
+        super().__init__(input_shape, name)
+        if mode != "horizontal":
+            raise ValueError(f"RandomFlip mode {mode!r}: only 'horizontal' (left-right, AlexNet's) is built")
+        self.mode = mode
+        self.seed = next_seed() if seed is None else int(seed)
+        self.step = None  # bound by the model, as Dropout's
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"RandomFlip expects input of shape (height, width, channels), got {input_shape}")
+        return input_shape
+
+    def call(self, x, training, activation):
+        if not training:
+            return x
+        return F.crop(x, x.shape[1], x.shape[2], random=True, flip=True, seed=self.seed, step=self.step)
 
 
 class LRN(Layer):

@@ -1,7 +1,7 @@
 """The classic networks, built as the papers and textbooks describe them (NHWC)."""
 from __future__ import annotations
 
-from .layers import LRN, Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from .layers import LRN, Conv2D, Dense, Dropout, Flatten, MaxPool2D, RandomCrop, RandomFlip
 from .model import Sequential
 
 
@@ -23,18 +23,26 @@ def lenet5(input_shape=(28, 28, 1), num_classes=10) -> Sequential:
     ], name="lenet5")
 
 
-def alexnet(num_classes=1000, variant="single", input_shape=(227, 227, 3)) -> Sequential:
+def alexnet(num_classes=1000, variant="single", input_shape=None, augment=False) -> Sequential:
     """AlexNet on 227x227x3.
 
     variant='single': one tower, no LRN, 62,378,344 parameters (1000 classes).
     variant='original': the paper's two groups on conv2/4/5 and LRN after conv1 and
     conv2 (size 5, alpha 1e-4, beta 0.75, k 2), 60,965,224 parameters.
+    augment=True: the paper's augmentation in front, RandomCrop(227, 227) and
+    RandomFlip('horizontal') on 256x256x3 input (in evaluation: the centre 227x227);
+    the weights are the same as without it, under the same names.
     """
     if variant not in ("single", "original"):
         raise ValueError(f"AlexNet variant must be 'single' or 'original', got {variant!r}")
     original = variant == "original"
     groups = 2 if original else 1
-    layers = [Conv2D(96, 11, strides=4, padding="valid", activation="relu", input_shape=input_shape)]
+    if augment:
+        layers = [RandomCrop(227, 227, input_shape=input_shape or (256, 256, 3)), RandomFlip("horizontal"),
+                  Conv2D(96, 11, strides=4, padding="valid", activation="relu")]
+    else:
+        layers = [Conv2D(96, 11, strides=4, padding="valid", activation="relu",
+                         input_shape=input_shape or (227, 227, 3))]
     layers += [LRN()] if original else []
     layers += [MaxPool2D(3, strides=2),
                Conv2D(256, 5, padding="same", activation="relu", groups=groups)]

@@ -9,57 +9,12 @@
 //         Bit for bit the mask of fastcnn.backend.reference.dropout_keep.
 // Launch: 1-D grid-stride, 256 threads per block, any grid; one thread per group of 4
 //         consecutive elements (one Philox call gives the 4 words of the group).
-// Algorithm: Philox4x32-10 (Salmon et al., SC'11; Random123's constants): 10 rounds of
-//         (hi0, lo0) = mulhilo(0xD2511F53, c0); (hi1, lo1) = mulhilo(0xCD9E8D57, c2);
-//         c = (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0), the key bumped by
-//         (0x9E3779B9, 0xBB67AE85) between rounds.  step is read from device memory so
-//         that a captured CUDA graph draws a new mask on every replay.
+// Algorithm: Philox4x32-10 (philox.cuh).  step is read from device memory so that a
+//         captured CUDA graph draws a new mask on every replay.
 // Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19): not timed on its own; the single-tower AlexNet training step that
 //   runs it (batch 128, SGD momentum, fp32) takes 27.0 ms = 0.55x PyTorch's fp32 graph.
-//
-// Self-contained (no #include): NVRTC has no system headers.  fc_philox4x32_10 is
-// __host__ __device__ so that a host program can check it against known answers.
 
-struct fc_u32x4 {
-    unsigned int v[4];
-};
-
-__host__ __device__ inline unsigned int fc_mulhi32(unsigned int a, unsigned int b) {
-#ifdef __CUDA_ARCH__
-    return __umulhi(a, b);
-#else
-    return (unsigned int)(((unsigned long long)a * b) >> 32);
-#endif
-}
-
-__host__ __device__ inline fc_u32x4 fc_philox4x32_10(unsigned int c0, unsigned int c1,
-                                                     unsigned int c2, unsigned int c3,
-                                                     unsigned int k0, unsigned int k1) {
-    for (int round = 0; round < 10; ++round) {
-        if (round > 0) {
-            k0 += 0x9E3779B9u;
-            k1 += 0xBB67AE85u;
-        }
-        const unsigned int hi0 = fc_mulhi32(0xD2511F53u, c0);
-        const unsigned int lo0 = 0xD2511F53u * c0;
-        const unsigned int hi1 = fc_mulhi32(0xCD9E8D57u, c2);
-        const unsigned int lo1 = 0xCD9E8D57u * c2;
-        const unsigned int n0 = hi1 ^ c1 ^ k0;
-        const unsigned int n1 = lo1;
-        const unsigned int n2 = hi0 ^ c3 ^ k1;
-        const unsigned int n3 = lo0;
-        c0 = n0;
-        c1 = n1;
-        c2 = n2;
-        c3 = n3;
-    }
-    fc_u32x4 out;
-    out.v[0] = c0;
-    out.v[1] = c1;
-    out.v[2] = c2;
-    out.v[3] = c3;
-    return out;
-}
+#include "philox.cuh"
 
 // x, y: n floats (y may be x: each element is read, then written, by one thread).
 // step: int32 (1,) in device memory; its bits are the third counter word.

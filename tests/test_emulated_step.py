@@ -1,11 +1,11 @@
-"""The rest of a training step (fastcnn/backend/cuda/step.py and its five kernel files) run
+"""The rest of a training step (fastcnn/backend/cuda/step.py and its six kernel files) run
 on the CPU by tests/cuda_emu.py, through step.py's own entry points, against the reference.
 
 Every op step.py registers is called as a user calls it, with guarded NumPy arrays
 standing in for CuPy arrays (``cuda_emu.patch_backend``): step.py's argument checks,
 overlap refusals, launch plans and the CUDA C kernels of elementwise.cu,
 softmax_xent.cu (warp shuffles, a double atomicAdd), dropout.cu (Philox, the
-``__CUDA_ARCH__`` branch), lrn.cu and optimizers.cu run; only the GPU is replaced.
+``__CUDA_ARCH__`` branch), crop.cu, lrn.cu and optimizers.cu run; only the GPU is replaced.
 Two layouts: every array 256-byte aligned with step.py's own grids, and every array 4
 bytes off 16-byte alignment with ``step.MAX_BLOCKS`` = 2, so that every grid-stride loop
 goes round (step.py has no float4 paths; the shift shows that none is assumed).
@@ -16,7 +16,8 @@ Exact (bit for bit, NaN and infinities included): relu forward/backward (their z
 by value: relu_forward keeps -0.0 where numpy.maximum gives +0.0, relu_backward gives
 +0.0 where the reference's dy * (y > 0) gives -0.0), add, copy, increment, dropout
 (the reference's Philox mask for the same seed and step, incl. seeds >= 2^32, the last
-step and a negative one), SGD (plain, momentum, Nesterov) and Adam (m, v and p: the
+step and a negative one), crop forward/backward (the reference's windows: centre and
+random, mirrored or not, 1 and 3 channels, a crop as large as the image), SGD (plain, momentum, Nesterov) and Adam (m, v and p: the
 kernels round like NumPy's float32, and the host's pow is the one Python uses).
 Within 1e-5 in norm against float64: bias_grad (one pass, and the two-pass chunked
 sum), softmax, softmax_cross_entropy (dlogits and the loss total; the correct count is
@@ -46,11 +47,12 @@ from fastcnn.backend import registry
 from fastcnn.backend.cuda import step
 
 RED = 1e-5
-STEP_FILES = ("elementwise.cu", "softmax_xent.cu", "dropout.cu", "lrn.cu", "optimizers.cu")
+STEP_FILES = ("elementwise.cu", "softmax_xent.cu", "dropout.cu", "crop.cu", "lrn.cu", "optimizers.cu")
 # (id, guard shift, step.MAX_BLOCKS)
 LAYOUTS = [("aligned", 0, None), ("misaligned-2blocks", 1, 2)]
 TESTED_OPS = {"relu_forward", "relu_backward", "add", "copy", "copy_channels", "gather_rows", "increment", "bias_grad", "softmax",
-              "softmax_cross_entropy", "dropout_forward", "dropout_backward", "lrn_forward",
+              "softmax_cross_entropy", "dropout_forward", "dropout_backward", "crop_forward",
+              "crop_backward", "lrn_forward",
               "lrn_backward", "sgd_update", "adam_update"}
 
 
@@ -368,6 +370,53 @@ def test_dropout_bit_exact(emulated, seed, at):
     n_groups = -(-4099 // 4)
     grids = {g[0] for g, _ in _launched(log, "dropout_apply")}
     assert min(-(-n_groups // step.THREADS), step.MAX_BLOCKS) in grids
+
+
+# ---------------------------------------------------------------- crop.cu
+
+@pytest.mark.parametrize("shape,crop", [((5, 9, 8, 3), (6, 5)), ((3, 4, 300, 1), (2, 257)),
+                                        ((2, 5, 5, 2), (5, 5))], ids=["rgb", "wide-1ch", "whole"])
+@pytest.mark.parametrize("random,flip", [(False, False), (True, False), (True, True)],
+                         ids=["centre", "random", "random-mirrored"])
+def test_crop_bit_exact(emulated, shape, crop, random, flip):
+    guarded, log = emulated
+    rng = np.random.default_rng(3)
+    x_h = rng.standard_normal(shape).astype(np.float32)
+    x = guarded.wrap(x_h)
+    N, _, _, C = shape
+    for seed, at in ((0, 0), (2**40 + 9, 11), (2**64 - 1, -3)):
+        step_h = np.array([at], np.int32)
+        counter = guarded.wrap(step_h)
+        args = (random, flip, seed, counter)
+        y = _with_and_without_out(guarded, lambda a, **kw: step.crop_forward(a, *crop, *args, **kw), x,
+                                  shapes=[(N, *crop, C)])
+        expected = ref.crop_forward(x_h, *crop, random, flip, seed, step_h)
+        assert _same_bits(y, expected), f"crop_forward {shape} -> {crop} seed {seed} step {at}"
+        dx = _with_and_without_out(guarded, lambda a, **kw: step.crop_backward(a, shape, *args, **kw), y,
+                                   shapes=[shape])
+        assert _same_bits(dx, ref.crop_backward(expected, shape, random, flip, seed, step_h))
+    assert {g for g, _ in _launched(log, "crop_forward")} == {(crop[0], N, 1)}
+    assert {g for g, _ in _launched(log, "crop_backward")} == {(shape[1], N, 1)}
+
+
+def test_crop_windows_vary_and_refusals(aligned):
+    guarded, _ = aligned
+    x = guarded.wrap(np.arange(64 * 12 * 12, dtype=np.float32).reshape(64, 12, 12, 1))
+    counter = guarded.wrap(np.array([1], np.int32))
+    top, left, mirrored = ref.crop_windows(64, (12, 12), (8, 8), True, True, 5, 1)
+    assert len(set(zip(top, left))) > 10 and 10 < mirrored.sum() < 54   # windows differ between images
+    y = step.crop_forward(x, 8, 8, True, True, 5, counter)
+    assert _same_bits(y, ref.crop_forward(np.asarray(x), 8, 8, True, True, 5, np.array([1], np.int32)))
+    with pytest.raises(ValueError, match="crop 13x8 is larger than the 12x12 images"):
+        step.crop_forward(x, 13, 8, True, True, 5, counter)
+    with pytest.raises(ValueError, match="crop height must be a positive int"):
+        step.crop_forward(x, 0, 8, False, False, 5, counter)
+    with pytest.raises(ValueError, match="x must have 4 dimensions"):
+        step.crop_forward(guarded.wrap(np.zeros((3, 4), np.float32)), 2, 2, False, False, 0, counter)
+    with pytest.raises(ValueError, match="does not match x_shape"):
+        step.crop_backward(y, (64, 12, 12, 3), True, True, 5, counter)
+    with pytest.raises(ValueError, match="out overlaps x"):
+        step.crop_forward(x, 12, 12, False, False, 5, counter, out=x)
 
 
 # ---------------------------------------------------------------- lrn.cu

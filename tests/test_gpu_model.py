@@ -122,3 +122,27 @@ def test_alexnet_original_graph_steps_equal_eager_steps():
     assert h_graph["loss"] == pytest.approx(h_eager["loss"], rel=1e-4)
     for a, b in zip(eager.get_weights(), graph.get_weights()):
         assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(a)
+
+
+def test_alexnet_augmented_steps_match_the_reference_eager_and_graphed():
+    """RandomCrop + RandomFlip draw their windows on the device from the step counter: the same
+    windows as the CPU reference, eager or replayed in the whole-step graph."""
+    x = np.random.default_rng(2).random((4, 256, 256, 3), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[[3, 7, 1, 0]]
+    fastcnn.manual_seed(0)
+    models = [fastcnn.models.alexnet(num_classes=10, augment=True) for _ in range(3)]
+    for m in models:
+        m.compile(loss="categorical_crossentropy", optimizer=fastcnn.optimizers.SGD(0.01, momentum=0.9))
+        m.set_weights(models[0].get_weights())
+        for a, b in zip(models[0].layers, m.layers):
+            if hasattr(a, "seed"):
+                b.seed = a.seed
+    cpu, eager, graph = models[0], models[1].to("cuda"), models[2].to("cuda")
+    h_cpu = cpu.fit(x, y, epochs=2, batch_size=2, verbose=0, shuffle=False).history
+    h_eager = eager.fit(x, y, epochs=2, batch_size=2, verbose=0, shuffle=False, graph=False).history
+    h_graph = graph.fit(x, y, epochs=2, batch_size=2, verbose=0, shuffle=False, graph=True).history
+    assert h_eager["loss"] == pytest.approx(h_cpu["loss"], rel=2e-3)
+    assert h_graph["loss"] == pytest.approx(h_eager["loss"], rel=1e-4)
+    for a, b in zip(eager.get_weights(), graph.get_weights()):
+        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(a)
+    assert eager.evaluate(x, y, verbose=0)[0] == pytest.approx(cpu.evaluate(x, y, verbose=0)[0], rel=2e-3)

@@ -146,6 +146,23 @@ def test_dropout(S, shape, rate, seed, step):
         assert not np.array_equal(_host(nxt) != 0, keep)
 
 
+@gpu
+@pytest.mark.parametrize("random,flip", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("shape,crop", [((128, 256, 256, 3), (227, 227)), ((3, 7, 300, 1), (5, 257))], ids=str)
+def test_crop(S, shape, crop, random, flip):
+    cp = _cp()
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    step_h = np.array([12], np.int32)
+    args = (random, flip, 2**40 + 1, cp.asarray(step_h))
+    out = _nan((shape[0], *crop, shape[3]))
+    assert S.crop_forward(cp.asarray(x), *crop, *args, out=out) is out
+    expected = ref.crop_forward(x, *crop, random, flip, 2**40 + 1, step_h)
+    assert np.array_equal(_host(out), expected)
+    dx = _nan(shape)
+    S.crop_backward(out, shape, *args, out=dx)
+    assert np.array_equal(_host(dx), ref.crop_backward(expected, shape, random, flip, 2**40 + 1, step_h))
+
+
 def test_philox_host_build_matches_reference(tmp_path):
     """kernels/dropout.cu's Philox, built for the host by nvcc, gives Random123's and the reference's words."""
     nvcc = shutil.which("nvcc")

@@ -205,6 +205,17 @@ def test_train_alexnet_on_a_folder(capsys, tmp_path):
     with np.load(tmp_path / "run" / "weights.npz") as w:
         last = [w[k] for k in w.files][-1]
     assert last.shape == (2,)                     # a 2-class AlexNet: the last bias has 2 entries
+    # --augment: decoded at 256x256, random 227x227 crops and mirror images in training
+    code, text, err = run(capsys, "train", "alexnet", "--augment", "--data", "folder", "--data-dir",
+                          tmp_path / "data", "--epochs", "1", "--batch-size", "3", "--device", "cpu",
+                          "--verbose", "0", "--out", tmp_path / "aug")
+    assert code == 0, err
+    assert "256x256 rgb" in text
+    assert json.loads((tmp_path / "aug" / "history.json").read_text())["augment"] is True
+    code, text, err = run(capsys, "evaluate", "alexnet", "--augment", "--data", "folder", "--data-dir",
+                          tmp_path / "data", "--weights", tmp_path / "aug" / "weights.npz", "--device", "cpu")
+    assert code == 0, err
+    assert "256x256 rgb" in text and "classes: 0 blue, 1 red" in text
 
 
 def test_folder_usage_errors(capsys, tmp_path):
@@ -221,3 +232,5 @@ def test_folder_usage_errors(capsys, tmp_path):
     assert code == 2 and "--data folder" in err
     code, _, err = run(capsys, "train", "lenet5", "--data-dir", tmp_path, "--device", "cpu")
     assert code == 2 and "--data-dir applies to" in err
+    code, _, err = run(capsys, "train", "lenet5", "--augment", "--device", "cpu")
+    assert code == 2 and "--augment applies to alexnet only" in err

@@ -7,6 +7,7 @@ import pytest
 import fastcnn
 import fastcnn._paths
 from fastcnn import layers as L
+from fastcnn.backend import reference as ref
 from fastcnn.models import alexnet, lenet5
 
 def sample(n_train, n_val, seed=0):
@@ -234,3 +235,48 @@ def test_model_call_is_differentiable():
     assert out.shape == (2, 10)
     (out * out).sum().backward()
     assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+
+
+def test_random_crop_and_flip_layers():
+    from fastcnn.layers import RandomCrop, RandomFlip
+    fastcnn.manual_seed(0)
+    x = np.random.default_rng(0).random((8, 12, 10, 3), dtype=np.float32)
+    model = fastcnn.Sequential([RandomCrop(8, 6, input_shape=(12, 10, 3)), RandomFlip("horizontal"),
+                                fastcnn.layers.Flatten(), fastcnn.layers.Dense(4, activation="softmax")])
+    model.compile(loss="categorical_crossentropy", optimizer=fastcnn.optimizers.SGD(0.1))
+    assert model.layers[0].output_shape == (8, 6, 3) and model.layers[1].output_shape == (8, 6, 3)
+    crop, flip = model.layers[:2]
+    centre = crop(x).data
+    np.testing.assert_array_equal(centre, x[:, 2:10, 2:8])                       # inference: the centre
+    assert flip(centre).data is centre                                          # inference: unchanged
+    step = np.array([3], np.int32)
+    crop.step = flip.step = step
+    cropped = crop(x, training=True).data
+    top, left, _ = ref.crop_windows(8, (12, 10), (8, 6), True, False, crop.seed, step)
+    for n in range(8):
+        np.testing.assert_array_equal(cropped[n], x[n, top[n]:top[n] + 8, left[n]:left[n] + 6])
+    flipped = flip(cropped, training=True).data
+    _, _, mirrored = ref.crop_windows(8, (8, 6), (8, 6), True, True, flip.seed, step)
+    assert 0 < mirrored.sum() < 8
+    for n in range(8):
+        np.testing.assert_array_equal(flipped[n], cropped[n, :, ::-1] if mirrored[n] else cropped[n])
+    # fit draws new windows every step (the model's step counter) and trains through them
+    y = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 2]
+    before = model.get_weights()[0].copy()
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    assert int(model._step[0]) == 4 and crop.step is model._step
+    assert not np.allclose(model.get_weights()[0], before)
+    assert model.predict(x).shape == (8, 4)
+    with pytest.raises(ValueError, match=r"RandomCrop\(8, 6\) needs images of at least that size"):
+        fastcnn.Sequential([RandomCrop(8, 6, input_shape=(7, 10, 3))])
+    with pytest.raises(ValueError, match="only 'horizontal'"):
+        RandomFlip("vertical")
+
+
+def test_alexnet_augment_takes_256_and_shares_weights_with_the_plain_net():
+    augmented = fastcnn.models.alexnet(num_classes=10, augment=True)
+    plain = fastcnn.models.alexnet(num_classes=10)
+    assert augmented.input_shape == (None, 256, 256, 3) and plain.input_shape == (None, 227, 227, 3)
+    assert [type(l).__name__ for l in augmented.layers[:3]] == ["RandomCrop", "RandomFlip", "Conv2D"]
+    assert augmented._weight_names() == plain._weight_names()
+    assert augmented.count_params() == plain.count_params() == 58_322_314

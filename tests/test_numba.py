@@ -314,6 +314,16 @@ def test_dropout(rng, rate, shape):
     np.testing.assert_array_equal(dx, y)   # the same mask for the same (seed, step)
 
 
+@pytest.mark.parametrize("random,flip", [(False, False), (True, True)])
+def test_crop(rng, random, flip):
+    x = rand(rng, 3, 5, 6, 2)
+    seed, step = 2**40 + 3, np.array([9], np.int32)
+    y = host(nb.crop_forward(dev(x), 3, 4, random, flip, seed, dev(step), out=nan_out((3, 3, 4, 2))))
+    np.testing.assert_array_equal(y, ref.crop_forward(x, 3, 4, random, flip, seed, step))
+    dx = host(nb.crop_backward(dev(y), x.shape, random, flip, seed, dev(step), out=nan_out(x.shape)))
+    np.testing.assert_array_equal(dx, ref.crop_backward(y, x.shape, random, flip, seed, step))
+
+
 @pytest.mark.parametrize("size", [3, 5])
 def test_lrn(rng, size):
     x = rand(rng, 2, 3, 2, 7)
@@ -607,6 +617,9 @@ def _lenet_cases(rng):
         ("softmax", (z,)),
         ("dropout_forward", (f, 0.5, 99, np.array([3], np.int32))),
         ("dropout_backward", (f, 0.5, 99, np.array([3], np.int32))),
+        ("crop_forward", (x1, 24, 25, True, True, 99, np.array([3], np.int32))),
+        ("crop_backward", (np.ascontiguousarray(x1[:, :24, :25]), x1.shape, True, True, 99,
+                           np.array([3], np.int32))),
         ("lrn_forward", (lx, 5, 1e-4, 0.75, 2.0)),
     ]
     return cases, z, labels, onehot

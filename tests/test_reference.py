@@ -454,3 +454,39 @@ def test_bad_input_is_rejected_by_name(call, error, message):
     with pytest.raises(error) as excinfo:
         call()
     assert message in str(excinfo.value)
+
+
+# ------------------------------------------------------------------ crop (random crop and mirror)
+
+def test_crop_windows_centre_and_random():
+    top, left, mirrored = ref.crop_windows(3, (256, 250), (227, 227), False, True, 5, 0)
+    assert list(top) == [14] * 3 and list(left) == [11] * 3 and not mirrored.any()
+    top, left, mirrored = ref.crop_windows(20000, (256, 256), (227, 227), True, True, 5, np.array([2], np.int32))
+    assert top.min() == 0 and top.max() == 29 and left.min() == 0 and left.max() == 29
+    assert abs(mirrored.mean() - 0.5) < 0.02 and abs(top.mean() - 14.5) < 0.3
+    word = ref.philox4x32_10((7, 0, 2, ref.CROP_STREAM), (5, 0))
+    assert (top[7], left[7], mirrored[7]) == (int(word[0]) % 30, int(word[1]) % 30, int(word[2]) >= 2 ** 31)
+    again = ref.crop_windows(20000, (256, 256), (227, 227), True, True, 5, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (top, left, mirrored)))   # a replay: the same
+    nxt = ref.crop_windows(20000, (256, 256), (227, 227), True, True, 5, 3)
+    assert not np.array_equal(nxt[0], top)                                             # the next step: new
+    assert not ref.crop_windows(100, (9, 9), (4, 4), True, False, 5, 3)[2].any()       # flip off: never mirrored
+
+
+def test_crop_forward_takes_the_window_and_backward_is_its_adjoint():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 9, 8, 3))
+    for random, flip in ((False, False), (True, False), (True, True)):
+        y = ref.crop_forward(x, 5, 4, random, flip, 11, 4)
+        top, left, mirrored = ref.crop_windows(6, (9, 8), (5, 4), random, flip, 11, 4)
+        for n in range(6):
+            window = x[n, top[n]:top[n] + 5, left[n]:left[n] + 4]
+            assert np.array_equal(y[n], window[:, ::-1] if mirrored[n] else window)
+        dy = rng.standard_normal(y.shape)
+        dx = ref.crop_backward(dy, x.shape, random, flip, 11, 4)
+        assert np.isclose(np.sum(y * dy), np.sum(x * dx))      # <crop(x), dy> == <x, crop'(dy)>
+        assert np.count_nonzero(dx) == dy.size
+    with pytest.raises(ValueError, match="crop 10x4 is larger than the 9x8 images"):
+        ref.crop_forward(x, 10, 4, False, False, 0, 0)
+    with pytest.raises(ValueError, match="does not match x_shape"):
+        ref.crop_backward(np.zeros((6, 5, 4, 2)), x.shape, False, False, 0, 0)

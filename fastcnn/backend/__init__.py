@@ -37,6 +37,11 @@ Primitives (what each returns; "in place" ones return None):
   dropout_backward(dy, rate, seed, step)                  -> dy * keep / (1 - rate)
         keep is ``dropout_keep(n, rate, seed, step)`` of ``reference`` (Philox 4x32-10);
         seed a Python int, step an int32 array (1,) on the backend's device
+  crop_forward(x, height, width, random, flip, seed, step) -> y (N, height, width, C): image n's
+        window at (top_n, left_n), mirrored left-right where mirrored_n; the windows are
+        ``crop_windows(N, (H, W), (height, width), random, flip, seed, step)`` of ``reference``:
+        random=False the centre, never mirrored; random=True from Philox 4x32-10 (data augmentation)
+  crop_backward(dy, x_shape, random, flip, seed, step)    -> dx: dy put back in the window, zeros elsewhere
   lrn_forward(x, size, alpha, beta, k)                    -> (y, scale)
         scale = k + alpha * sum of x^2 over ``size`` neighbouring channels
         (AlexNet paper: no division by size), y = x * scale**-beta
@@ -77,6 +82,7 @@ PRIMITIVES = (
     "relu_forward", "relu_backward",
     "softmax", "softmax_cross_entropy",
     "dropout_forward", "dropout_backward",
+    "crop_forward", "crop_backward",
     "lrn_forward", "lrn_backward",
     "sgd_update", "adam_update", "increment",
     "add", "copy", "copy_channels", "gather_rows",

@@ -1792,6 +1792,95 @@ def dropout_backward(dy, rate, seed, step, *, out=None):
 
 
 # ---------------------------------------------------------------------------
+# crop: centre or random windows (Philox 4x32-10 per image), mirrored at random
+# ---------------------------------------------------------------------------
+CROP_STREAM = np.uint64(reference.CROP_STREAM)
+HALF32 = np.uint64(2 ** 31)
+
+
+@_device
+def _crop_window(n, H, W, height, width, random, flip, k0, k1, step):
+    """(top, left, mirrored) of image n: reference.crop_windows, drawn in the kernel."""
+    if random == 0:
+        return (H - height) // 2, (W - width) // 2, False
+    w0, w1, w2, _ = _philox(uint64(n), uint64(0), uint64(step[0]) & MASK32, CROP_STREAM, k0, k1)
+    top = int64(w0 % uint64(H - height + 1))
+    left = int64(w1 % uint64(W - width + 1))
+    return top, left, flip != 0 and w2 >= HALF32
+
+
+@_jit
+def _k_crop_fwd(X, Y, g, random, flip, k0, k1, step):
+    """Y (N, height, width, C) from X (N, H, W, C); g = (N, H, W, C, height, width); thread per element."""
+    N, H, W, C, height, width = g
+    e = cuda.grid(1)
+    total = N * height * width * C
+    while e < total:
+        c = e % C
+        j = (e // C) % width
+        i = (e // (C * width)) % height
+        n = e // (C * width * height)
+        top, left, mirrored = _crop_window(n, H, W, height, width, random, flip, k0, k1, step)
+        jj = width - 1 - j if mirrored else j
+        Y[e] = X[((n * H + top + i) * W + left + jj) * C + c]
+        e += cuda.gridsize(1)
+
+
+@_jit
+def _k_crop_bwd(DY, DX, g, random, flip, k0, k1, step):
+    """DX (N, H, W, C): DY inside each image's window, zeros elsewhere; thread per DX element."""
+    N, H, W, C, height, width = g
+    e = cuda.grid(1)
+    total = N * H * W * C
+    while e < total:
+        c = e % C
+        w = (e // C) % W
+        h = (e // (C * W)) % H
+        n = e // (C * W * H)
+        top, left, mirrored = _crop_window(n, H, W, height, width, random, flip, k0, k1, step)
+        i = h - top
+        j = w - left
+        v = float32(0.0)
+        if 0 <= i < height and 0 <= j < width:
+            jj = width - 1 - j if mirrored else j
+            v = DY[((n * height + i) * width + jj) * C + c]
+        DX[e] = v
+        e += cuda.gridsize(1)
+
+
+def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step, out):
+    N, H, W, C = images
+    height, width = crop_hw
+    reference.crop_windows(0, (H, W), (height, width), random, flip, 0, 0)  # sizes checked, nothing drawn
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    _check("step", step, dtype=np.int32, shape=(1,))
+    y = _out("out", out, out_shape, inputs=((name, a),))
+    k0, k1 = np.uint64(int(seed) & 0xFFFFFFFF), np.uint64(int(seed) >> 32)
+    geometry = tuple(np.int64(v) for v in (N, H, W, C, height, width))
+    _launch(kernel, _blocks(y.size), THREADS, _flat(a), _flat(y), geometry, np.int64(bool(random)),
+            np.int64(bool(flip)), k0, k1, step)
+    return y
+
+
+def crop_forward(x, height, width, random, flip, seed, step, *, out=None):
+    """Each image's window (reference.crop_windows), mirrored where drawn so."""
+    _check("x", x, ndim=4)
+    N, _, _, C = x.shape
+    return _crop(_k_crop_fwd, "x", x, x.shape, (height, width), (N, height, width, C),
+                 random, flip, seed, step, out)
+
+
+def crop_backward(dy, x_shape, random, flip, seed, step, *, out=None):
+    """dy put back into each image's window of a zero (N, H, W, C) gradient."""
+    _check("dy", dy, ndim=4)
+    x_shape = reference._shape4(x_shape, "x_shape")
+    if (dy.shape[0], dy.shape[3]) != (x_shape[0], x_shape[3]):
+        raise ValueError(f"dy {tuple(dy.shape)} does not match x_shape {x_shape} (batch and channels)")
+    return _crop(_k_crop_bwd, "dy", dy, x_shape, dy.shape[1:3], x_shape, random, flip, seed, step, out)
+
+
+# ---------------------------------------------------------------------------
 # local response normalisation across channels
 # ---------------------------------------------------------------------------
 # window of channel c: [c - size//2, c + size//2] (size odd), clipped to [0, C)
@@ -1956,6 +2045,8 @@ VARIANTS = {
     "softmax_cross_entropy": ("numba_block_row", "Numba: one block per row; totals by float64 atomics"),
     "dropout_forward": ("numba_philox", "Numba: Philox 4x32-10 in-kernel, one call per 4 elements"),
     "dropout_backward": ("numba_philox", "Numba: same mask as the forward"),
+    "crop_forward": ("numba", "Numba: thread per output element, window from Philox 4x32-10 per element"),
+    "crop_backward": ("numba", "Numba: thread per dx element: dy inside the window, else 0"),
     "lrn_forward": ("numba_direct", "Numba: one thread per element, loop over the channel window"),
     "lrn_backward": ("numba_direct", "Numba: one thread per element, loop over the windows that cover it"),
     "sgd_update": ("numba", "Numba: one launch over a flat buffer"),
@@ -2017,6 +2108,7 @@ def ptx_kernels():
     i64 = types.int64
     f = types.float32
     u64 = types.uint64
+    tup6 = types.UniTuple(types.int64, 6)
     tup12 = types.UniTuple(types.int64, 12)
     tup16 = types.UniTuple(types.int64, NP)
     out = []
@@ -2050,6 +2142,8 @@ def ptx_kernels():
         ("xent_int", _k_xent_int.py_func, (f32, i32, f32, f64, i64, f)),
         ("xent_onehot", _k_xent_onehot.py_func, (f32, f32, f32, f64, i64, f)),
         ("dropout", _k_dropout.py_func, (f32, f32, i64, u64, f, u64, u64, i32)),
+        ("crop_fwd", _k_crop_fwd.py_func, (f32, f32, tup6, i64, i64, u64, u64, i32)),
+        ("crop_bwd", _k_crop_bwd.py_func, (f32, f32, tup6, i64, i64, u64, u64, i32)),
         ("lrn_fwd", _k_lrn_fwd.py_func, (f32, f32, f32, i64, i64, i64, f, f, f)),
         ("lrn_bwd", _k_lrn_bwd.py_func, (f32, f32, f32, f32, f32, i64, i64, i64, f, f)),
         ("sgd", _k_sgd.py_func, (f32, f32, f32, i64, f, f, i64)),

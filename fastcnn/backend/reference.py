@@ -548,6 +548,66 @@ def dropout_backward(dy, rate, seed, step):
     return _dropout_apply(dy, "dy", rate, seed, step)
 
 
+# ---------------------------------------------------------------- crop (random crop and mirror)
+
+CROP_STREAM = 0x43524F50  # 'CROP': the fourth counter word, so crops never share words with dropout
+
+
+def _crop_sizes(in_hw, out_hw):
+    (H, W), (height, width) = in_hw, out_hw
+    for name, v in (("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"crop {name} must be a positive int, got {v!r}")
+    if height > H or width > W:
+        raise ValueError(f"crop {height}x{width} is larger than the {H}x{W} images")
+
+
+def crop_windows(n, in_hw, out_hw, random, flip, seed, step):
+    """(top, left, mirrored) of each of n images' crop window: int64, int64, bool arrays (n,).
+
+    random=False: the centre window, never mirrored.  random=True: Philox 4x32-10 of counter
+    (image, 0, step, CROP_STREAM) and key (lo32(seed), hi32(seed)) gives words w0..w3;
+    top = w0 % (H - height + 1), left = w1 % (W - width + 1), mirrored = flip and w2 >= 2**31.
+    """
+    _crop_sizes(in_hw, out_hw)
+    (H, W), (height, width) = in_hw, out_hw
+    if not random:
+        return (np.full(n, (H - height) // 2, np.int64), np.full(n, (W - width) // 2, np.int64),
+                np.zeros(n, bool))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    step = _step_value(step) & 0xFFFFFFFF
+    w0, w1, w2, _ = philox4x32_10((np.arange(n, dtype=np.uint64), 0, step, CROP_STREAM),
+                                  (int(seed) & 0xFFFFFFFF, int(seed) >> 32))
+    top = (w0 % np.uint64(H - height + 1)).astype(np.int64)
+    left = (w1 % np.uint64(W - width + 1)).astype(np.int64)
+    return top, left, (w2 >= np.uint64(2 ** 31)) & bool(flip)
+
+
+def crop_forward(x, height, width, random, flip, seed, step):
+    x = _float_array(x, "x", 4)
+    N, H, W, _ = x.shape
+    top, left, mirrored = crop_windows(N, (H, W), (height, width), random, flip, seed, step)
+    y = np.empty((N, height, width, x.shape[3]), x.dtype)
+    for n in range(N):
+        window = x[n, top[n]:top[n] + height, left[n]:left[n] + width]
+        y[n] = window[:, ::-1] if mirrored[n] else window
+    return y
+
+
+def crop_backward(dy, x_shape, random, flip, seed, step):
+    dy = _float_array(dy, "dy", 4)
+    N, H, W, C = _shape4(x_shape, "x_shape")
+    if (dy.shape[0], dy.shape[3]) != (N, C):
+        raise ValueError(f"dy {dy.shape} does not match x_shape {tuple(x_shape)} (batch and channels)")
+    height, width = dy.shape[1:3]
+    top, left, mirrored = crop_windows(N, (H, W), (height, width), random, flip, seed, step)
+    dx = np.zeros((N, H, W, C), dy.dtype)
+    for n in range(N):
+        dx[n, top[n]:top[n] + height, left[n]:left[n] + width] = dy[n, :, ::-1] if mirrored[n] else dy[n]
+    return dx
+
+
 # ---------------------------------------------------------------- local response normalisation
 
 def _lrn_args(size, alpha, beta, k):

@@ -10,6 +10,8 @@ result matches ``fastcnn.backend.reference``):
   kernels/softmax_xent.cu  softmax, softmax_cross_entropy (a warp per row; the loss and
                            accuracy totals fused in; deterministic when N*classes <= 2^18)
   kernels/dropout.cu       dropout_forward, dropout_backward (Philox4x32-10, mask regenerated)
+  kernels/crop.cu          crop_forward, crop_backward (centre or random windows, mirrored at
+                           random: Philox4x32-10 per image, drawn on the device)
   kernels/lrn.cu           lrn_forward, lrn_backward (AlexNet LRN across channels, NHWC)
   kernels/optimizers.cu    sgd_update, adam_update (one launch over a flat buffer)
 
@@ -300,6 +302,48 @@ def dropout_backward(dy, rate, seed, step, *, out=None):
     return _dropout("dy", dy, rate, seed, step, out)
 
 
+# ---------------------------------------------------------------- crop.cu
+
+CROP_THREADS = 128     # kernels/crop.cu CROP_THREADS
+_MAX_GRID_Y = 65535
+
+
+def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step, out):
+    """images: (N, H, W, C) of the uncropped side; one block per row of out (grid (rows, N))."""
+    N, H, W, C = images
+    height, width = crop_hw
+    _ref.crop_windows(0, (H, W), (height, width), random, flip, 0, 0)  # sizes checked, nothing drawn
+    key0, key1 = _seed_key(seed)
+    _step(step)
+    if N > _MAX_GRID_Y:
+        raise ValueError(f"{name}: batch {N} exceeds the {_MAX_GRID_Y} images one launch covers")
+    out = _launch.out_array("out", out, out_shape)
+    _no_overlap("out", out, **{name: a})
+    _kernel("crop.cu", kernel)(
+        (out_shape[1], N), (CROP_THREADS,),
+        (a, out, np.int32(H), np.int32(W), np.int32(C), np.int32(height), np.int32(width),
+         np.int32(bool(random)), np.int32(bool(flip)), key0, key1, step))
+    return out
+
+
+def crop_forward(x, height, width, random, flip, seed, step, *, out=None):
+    """Each image's window (reference.crop_windows), mirrored where drawn so."""
+    _launch.check("x", x, ndim=4)
+    N, _, _, C = x.shape
+    return _crop("crop_forward", "x", x, x.shape, (height, width), (N, height, width, C),
+                 random, flip, seed, step, out)
+
+
+def crop_backward(dy, x_shape, random, flip, seed, step, *, out=None):
+    """dy put back into each image's window of a zero (N, H, W, C) gradient."""
+    _launch.check("dy", dy, ndim=4)
+    x_shape = _ref._shape4(x_shape, "x_shape")
+    if (dy.shape[0], dy.shape[3]) != (x_shape[0], x_shape[3]):
+        raise ValueError(f"dy {dy.shape} does not match x_shape {x_shape} (batch and channels)")
+    return _crop("crop_backward", "dy", dy, x_shape, dy.shape[1:3], x_shape,
+                 random, flip, seed, step, out)
+
+
 # ---------------------------------------------------------------- lrn.cu
 
 def _lrn_args(size, alpha, beta, k):
@@ -411,6 +455,8 @@ _NOTES = {
                              "N*classes <= 2^18, else per-block atomicAdd on double",
     "dropout_forward": "Philox4x32-10 keyed by (seed, step[0], index), mask never stored",
     "dropout_backward": "Philox4x32-10 mask regenerated from (seed, step[0], index)",
+    "crop_forward": "block per output row; window drawn once per block (Philox4x32-10 of image, step[0])",
+    "crop_backward": "block per dx row: dy inside the window, zeros outside (no memset, no atomics)",
     "lrn_forward": "thread per element, direct channel-window sum",
     "lrn_backward": "thread per element, direct channel-window sum of dy*y/scale",
     "sgd_update": "one grid-stride launch over the flat buffer (plain / momentum / nesterov)",
