@@ -45,17 +45,24 @@ FC_DEVICE fc_crop_window fc_crop_window_of(int n, int H, int W, int height, int 
     return win;
 }
 
+// The window of this block's image (blockIdx.y), drawn once by thread 0 into shared memory.
+FC_DEVICE fc_crop_window fc_block_window(int H, int W, int height, int width, int random, int flip,
+                                         unsigned int key0, unsigned int key1, const int* step) {
+    __shared__ fc_crop_window win;
+    if (threadIdx.x == 0) {
+        win = fc_crop_window_of(blockIdx.y, H, W, height, width, random, flip, key0, key1, step);
+    }
+    __syncthreads();
+    return win;
+}
+
 // x (N, H, W, C) -> y (N, height, width, C).
 extern "C" __global__ void __launch_bounds__(CROP_THREADS)
 crop_forward(const float* __restrict__ x, float* __restrict__ y, int H, int W, int C,
              int height, int width, int random, int flip, unsigned int key0,
              unsigned int key1, const int* __restrict__ step) {
-    __shared__ fc_crop_window win;
+    const fc_crop_window win = fc_block_window(H, W, height, width, random, flip, key0, key1, step);
     const int n = blockIdx.y, i = blockIdx.x;
-    if (threadIdx.x == 0) {
-        win = fc_crop_window_of(n, H, W, height, width, random, flip, key0, key1, step);
-    }
-    __syncthreads();
     const float* src = x + fc_nhwc(n, win.top + i, win.left, 0, H, W, C);
     float* dst = y + fc_nhwc(n, i, 0, 0, height, width, C);
     const int row = width * C;
@@ -70,12 +77,8 @@ extern "C" __global__ void __launch_bounds__(CROP_THREADS)
 crop_backward(const float* __restrict__ dy, float* __restrict__ dx, int H, int W, int C,
               int height, int width, int random, int flip, unsigned int key0,
               unsigned int key1, const int* __restrict__ step) {
-    __shared__ fc_crop_window win;
+    const fc_crop_window win = fc_block_window(H, W, height, width, random, flip, key0, key1, step);
     const int n = blockIdx.y, h = blockIdx.x;
-    if (threadIdx.x == 0) {
-        win = fc_crop_window_of(n, H, W, height, width, random, flip, key0, key1, step);
-    }
-    __syncthreads();
     float* dst = dx + fc_nhwc(n, h, 0, 0, H, W, C);
     const int row = W * C, i = h - win.top;
     const bool inside_rows = i >= 0 && i < height;

@@ -1809,20 +1809,21 @@ def _crop_window(n, H, W, height, width, random, flip, k0, k1, step):
     return top, left, flip != 0 and w2 >= HALF32
 
 
+@_device
+def _unravel_nhwc(e, H, W, C):
+    """(n, h, w, c) of flat index e in an (N, H, W, C) array."""
+    return e // (C * W * H), (e // (C * W)) % H, (e // C) % W, e % C
+
+
 @_jit
 def _k_crop_fwd(X, Y, g, random, flip, k0, k1, step):
     """Y (N, height, width, C) from X (N, H, W, C); g = (N, H, W, C, height, width); thread per element."""
     N, H, W, C, height, width = g
     e = cuda.grid(1)
-    total = N * height * width * C
-    while e < total:
-        c = e % C
-        j = (e // C) % width
-        i = (e // (C * width)) % height
-        n = e // (C * width * height)
+    while e < N * height * width * C:
+        n, i, j, c = _unravel_nhwc(e, height, width, C)
         top, left, mirrored = _crop_window(n, H, W, height, width, random, flip, k0, k1, step)
-        jj = width - 1 - j if mirrored else j
-        Y[e] = X[((n * H + top + i) * W + left + jj) * C + c]
+        Y[e] = X[((n * H + top + i) * W + left + (width - 1 - j if mirrored else j)) * C + c]
         e += cuda.gridsize(1)
 
 
@@ -1831,12 +1832,8 @@ def _k_crop_bwd(DY, DX, g, random, flip, k0, k1, step):
     """DX (N, H, W, C): DY inside each image's window, zeros elsewhere; thread per DX element."""
     N, H, W, C, height, width = g
     e = cuda.grid(1)
-    total = N * H * W * C
-    while e < total:
-        c = e % C
-        w = (e // C) % W
-        h = (e // (C * W)) % H
-        n = e // (C * W * H)
+    while e < N * H * W * C:
+        n, h, w, c = _unravel_nhwc(e, H, W, C)
         top, left, mirrored = _crop_window(n, H, W, height, width, random, flip, k0, k1, step)
         i = h - top
         j = w - left
