@@ -1,4 +1,4 @@
-"""The ``fastcnn`` command: info | kernels | summary | train | evaluate | profile | bench | check.
+"""The ``fastcnn`` command: info | kernels | summary | train | evaluate | predict | profile | bench | check.
 
     fastcnn info                         versions, CPU, GPU, which backends are usable (and why not)
     fastcnn summary lenet5|alexnet       the Keras-style layer table
@@ -447,6 +447,58 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- predict
+def _class_names_for(weights: Path, num_classes: int) -> list:
+    """The names train recorded beside the weights (history.json), else Fashion-MNIST's or indices."""
+    import json
+
+    from fastcnn import datasets
+    history = weights.parent / "history.json"
+    meta = {}
+    if history.is_file():
+        try:
+            meta = json.loads(history.read_text())
+        except ValueError:
+            meta = {}
+    names = meta.get("classes")
+    if not names and meta.get("data") == "fashion-mnist":
+        names = list(datasets.FASHION_CLASSES)
+    if names and len(names) == num_classes:
+        return [str(n) for n in names]
+    return [str(i) for i in range(num_classes)]
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from fastcnn import datasets
+    from fastcnn.model import _load_npz
+    weights = Path(args.weights)
+    try:
+        arrays = list(_load_npz(weights).values())
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"--weights: {exc}") from None
+    num_classes = int(arrays[-1].shape[0])  # the last layer's bias
+    model = _build(args, num_classes)
+    try:
+        model.load_weights(weights)
+    except ValueError as exc:
+        raise UsageError(f"--weights: {exc}") from None
+    if args.top < 1:
+        raise UsageError(f"--top must be >= 1, got {args.top}")
+    note = _place(model, args.device)
+    height, width, channels = _input_shape(args)
+    images = datasets.read_images(args.images, (height, width), "rgb" if channels == 3 else "grayscale")
+    probabilities = model.predict(datasets.prepare_images(images), batch_size=args.batch_size or 64)
+    names = _class_names_for(weights, num_classes)
+    print(f"device: {model.device}, backend: {model.backend.name}{note}; {args.model}, {num_classes} classes, "
+          f"weights {weights}")
+    for path, row in zip(args.images, probabilities):
+        best = np.argsort(-row, kind="stable")[:args.top]
+        print(f"{path}: " + ", ".join(f"{names[i]} {row[i]:.3f}" for i in best))
+    return 0
+
+
 # ---------------------------------------------------------------------------- profile
 def cmd_profile(args) -> int:
     import json
@@ -536,7 +588,8 @@ SPLIT_SEED_HELP = (f"the random split of mnist-sample (8,000/2,000) or of a one-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcnn", description="Train LeNet-5 and AlexNet on "
                                      "hand-written CUDA kernels (NumPy reference on the CPU).")
-    sub = parser.add_subparsers(dest="command", metavar="{info,kernels,summary,train,evaluate,profile,bench,check}")
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{info,kernels,summary,train,evaluate,predict,profile,bench,check}")
 
     p = sub.add_parser("info", help="versions, CPU, GPU and usable backends")
     p.set_defaults(func=cmd_info)
@@ -590,6 +643,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", action="append", metavar="OP=VARIANT",
                    help="use this kernel variant for a primitive on the GPU (repeatable)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files with saved weights (top classes)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", choices=sorted(INPUT_SHAPES))
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (scaled and centre-cropped to the model's input; LeNet-5 learned "
+                        "MNIST's white digits on black)")
+    p.add_argument("--weights", required=True, help="a weights.npz written by fastcnn train; class names "
+                   "come from the history.json beside it")
+    p.add_argument("--variant", choices=["single", "original"], default="single", help="AlexNet variant")
+    p.add_argument("--augment", action="store_true", help=AUGMENT_HELP + " (as in train: the centre crop)")
+    p.add_argument("--top", type=int, default=3, help="how many classes to show per image")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: the GPU when one is usable, else the CPU reference")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 64)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("profile", help="time every kernel call of a training step, by layer",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -191,6 +191,33 @@ def test_train_and_evaluate_lenet5_on_a_folder(capsys, tmp_path):
     assert f"{history['validation_accuracy']:.4f}" in text
     assert "classes: 0 0, 1 1, 2 2" in text and "true\\pred" in text
 
+    # predict: the top classes of image files, named as history.json beside the weights says
+    images = sorted(data.glob("*/0.png"))                      # the first digit of each class
+    code, text, err = run(capsys, "predict", "lenet5", *images, "--weights", out / "weights.npz",
+                          "--device", "cpu", "--top", "2")
+    assert code == 0, err
+    lines = [line for line in text.splitlines() if line.startswith(str(data))]
+    assert len(lines) == 3 and "3 classes" in text
+    for line in lines:
+        first, second = line.split(": ", 1)[1].split(", ")
+        assert first.split()[0] in ("0", "1", "2") and float(first.split()[1]) >= float(second.split()[1])
+    renamed = json.loads((out / "history.json").read_text())
+    renamed["classes"] = ["zero", "one", "two"]
+    (out / "history.json").write_text(json.dumps(renamed))
+    code, text, _ = run(capsys, "predict", "lenet5", images[0], "--weights", out / "weights.npz", "--device", "cpu")
+    assert code == 0 and any(name in text for name in ("zero", "one", "two"))
+    (out / "history.json").unlink()                             # no history: class indices
+    code, text, _ = run(capsys, "predict", "lenet5", images[0], "--weights", out / "weights.npz", "--device", "cpu")
+    assert code == 0 and "zero" not in text
+    code, _, err = run(capsys, "predict", "lenet5", images[0], "--weights", out / "none.npz", "--device", "cpu")
+    assert code == 2 and "weights file not found" in err
+    code, _, err = run(capsys, "predict", "lenet5", images[0], "--weights", out / "weights.npz", "--top", "0")
+    assert code == 2 and "--top must be >= 1" in err
+    (tmp_path / "bad.png").write_bytes(b"no png")
+    code, _, err = run(capsys, "predict", "lenet5", tmp_path / "bad.png", "--weights", out / "weights.npz",
+                       "--device", "cpu")
+    assert code == 1 and "bad.png: cannot decode" in err
+
 
 def test_train_alexnet_on_a_folder(capsys, tmp_path):
     for c, color in (("red", RED), ("blue", BLUE)):
