@@ -39,8 +39,9 @@ Kernels:
                 reduction (deterministic); softmax and softmax-xent one block
                 per row with shared-memory reductions, totals by
                 cuda.atomic.add; dropout with an in-kernel Philox 4x32-10
-                (uint32 arithmetic done in uint64 with explicit masks); LRN
-                across channels; SGD and Adam over flat buffers.
+                (uint32 arithmetic done in uint64 with explicit masks); crop
+                (augmentation) with the same Philox per image; LRN across
+                channels; SGD and Adam over flat buffers.
 """
 from __future__ import annotations
 
