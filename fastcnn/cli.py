@@ -367,7 +367,7 @@ def cmd_train(args) -> int:
             return code
         seconds = time.perf_counter() - start
         loss, accuracy = model.evaluate(xe, ye, batch_size=batch_size, verbose=0)
-    label = _eval_label(args)
+    label = _eval_label(args, eval_name)
     print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {len(xe):,} images, "
           f"{eval_name}; training took {seconds:.1f} s on {model.device} ({backend_name})")
 
@@ -390,8 +390,11 @@ def cmd_train(args) -> int:
 
 
 # ---------------------------------------------------------------------------- evaluate
-def _eval_label(args) -> str:
-    return "test" if args.data in ("mnist", "fashion-mnist") else "validation"
+def _eval_label(args, eval_name: str = "") -> str:
+    """'test' for the MNIST-style test sets and an image folder's test/, else 'validation'."""
+    if args.data in ("mnist", "fashion-mnist") or (args.data == "folder" and Path(eval_name).name == "test"):
+        return "test"
+    return "validation"
 
 
 def confusion_matrix(labels, predicted, classes: int):
@@ -437,7 +440,7 @@ def cmd_evaluate(args) -> int:
     with _using_kernels(kernels):
         loss, accuracy = model.evaluate(x, datasets.to_categorical(y, classes), batch_size=batch_size, verbose=0)
         predicted = model.predict(x, batch_size=batch_size).argmax(axis=1)
-    label = _eval_label(args)
+    label = _eval_label(args, eval_name)
     print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {len(x):,} images, {eval_name}; "
           f"weights {args.weights}")
     if classes <= 20:

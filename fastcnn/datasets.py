@@ -337,8 +337,13 @@ def _class_dirs(directory: Path) -> list:
 
 def _image_files(class_dir: Path) -> list:
     """Every image file under class_dir (sub-folders included), sorted: the order is the same on every machine."""
-    found = []
+    found, seen = [], set()
     for root, dirs, files in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a symbolic link back up the tree: walk each folder once, never loop
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(root) / f for f in files
                   if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]

@@ -105,6 +105,15 @@ def test_train_and_val_folders(tmp_path):
     assert (blue == np.array(BLUE, np.uint8)).all()
 
 
+def test_a_symbolic_link_loop_is_walked_once(tmp_path):
+    solid(tmp_path / "a" / "1.png")
+    solid(tmp_path / "a" / "sub" / "2.png")
+    solid(tmp_path / "b" / "3.png")
+    (tmp_path / "a" / "sub" / "up").symlink_to(tmp_path / "a", target_is_directory=True)
+    folder = datasets.image_folder(tmp_path, validation=0.0)
+    assert sorted(p.name for p, _ in folder.train) == ["1.png", "2.png", "3.png"]
+
+
 def test_bad_folders_name_the_problem(tmp_path):
     with pytest.raises(datasets.DataNotFound, match="no such image folder"):
         datasets.image_folder(tmp_path / "absent")
@@ -261,3 +270,13 @@ def test_folder_usage_errors(capsys, tmp_path):
     assert code == 2 and "--data-dir applies to" in err
     code, _, err = run(capsys, "train", "lenet5", "--augment", "--device", "cpu")
     assert code == 2 and "--augment applies to alexnet only" in err
+
+
+def test_a_test_folder_is_reported_as_test(capsys, tmp_path):
+    digit_folder(tmp_path / "train", per_class=4, classes=2)
+    digit_folder(tmp_path / "test", per_class=2, classes=2)
+    code, text, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", tmp_path, "--epochs", "1",
+                          "--device", "cpu", "--verbose", "0", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "test accuracy" in text and "8 training images; evaluation on 4 images" in text
+    assert "test_accuracy" in json.loads((tmp_path / "run" / "history.json").read_text())
