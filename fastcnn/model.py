@@ -442,16 +442,26 @@ class Sequential:
         return np.concatenate(outputs)
 
 
+def _device_free_bytes(backend) -> float:
+    """Free memory of the backend's GPU, the memory pool's cached blocks included; no bound
+    for an array module without CUDA (the CPU reference, in tests of the GPU path)."""
+    cuda = getattr(backend.xp, "cuda", None)
+    if cuda is None:
+        return math.inf
+    free, _ = cuda.runtime.memGetInfo()
+    return free + backend.xp.get_default_memory_pool().free_bytes()
+
+
 class _Batches:
     """The batches of one fit.  On the GPU the whole training set is copied to the device
-    once (when it takes at most DEVICE_DATA_LIMIT bytes) and each batch is a gather there:
-    no host round trip per step, so the host only enqueues work.  Otherwise each batch is
-    gathered on the host (only that batch is copied)."""
-    DEVICE_DATA_LIMIT = 2 << 30
+    once (when it takes at most DEVICE_SHARE of the GPU's free memory) and each batch is a
+    gather there: no host round trip per step, so the host only enqueues work.  Otherwise
+    each batch is gathered on the host (only that batch is copied)."""
+    DEVICE_SHARE = 0.5  # the rest stays for the step's activations, gradients and workspaces
 
     def __init__(self, backend, x, y, on_device):
         self.B = backend
-        self.on_device = on_device and 4 * x.size + y.nbytes <= self.DEVICE_DATA_LIMIT
+        self.on_device = on_device and 4 * x.size + y.nbytes <= self.DEVICE_SHARE * _device_free_bytes(backend)
         if self.on_device:
             x, y = backend.asarray(x, np.float32), backend.asarray(y)
         self.x, self.y, self.order = x, y, None

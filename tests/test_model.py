@@ -135,6 +135,31 @@ def test_fit_gathers_batches_into_the_graph_inputs_on_the_device(monkeypatch, lo
         np.testing.assert_array_equal(a, b)
 
 
+def test_fit_keeps_a_data_set_too_large_for_the_gpu_on_the_host(monkeypatch):
+    """More than half the GPU's free memory: each batch is gathered on the host and copied into
+    the captured step (its __call__), and the weights are those of plain eager fit."""
+    (x, y), _ = sample(120, 10)
+    plain = compiled_lenet(seed=5)
+    plain.fit(x, y, epochs=1, batch_size=40, verbose=0)
+    model = compiled_lenet(seed=5)
+    steps = []
+
+    class HostFedStep(_FakeGraphStep):
+        def __call__(self, xb, yb):
+            self.inputs[0][...], self.inputs[1][...] = xb, yb
+            self.replay()
+
+    monkeypatch.setattr(model, "make_graph_step",
+                        lambda *shapes: steps.append(HostFedStep(model, *shapes)) or steps[-1])
+    monkeypatch.setattr(fastcnn.model, "_device_free_bytes", lambda backend: 2 * x.nbytes)  # just too small
+    monkeypatch.setattr(fastcnn.backend.reference, "gather_rows", None)   # must not be called
+    model.device = "cuda"
+    model.fit(x, y, epochs=1, batch_size=40, verbose=0)
+    assert steps[0].replays == 3
+    for a, b in zip(plain.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fit_copies_only_batches_not_the_data_set():
     # The traced peak of one epoch must not grow with the data set: 20 batches peak
     # like 2 batches (a per-epoch copy of 4000 images would add 12.5 MB).
