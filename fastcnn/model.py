@@ -318,9 +318,14 @@ class Sequential:
         if y_dtype is None:
             y_dtype = np.int32 if self.loss.sparse else np.float32
         key = (tuple(x_shape), tuple(y_shape), np.dtype(y_dtype).str)
-        if key not in self._graph_steps:
-            self._graph_steps[key] = GraphTrainStep(self, x_shape, y_shape, y_dtype)
-        return self._graph_steps[key]
+        # The graph holds the optimizer's scalars (learning rate, momentum...) as kernel
+        # arguments: after a change (a user's, or a callback's between epochs) capture anew.
+        config = self.optimizer.get_config()
+        captured = self._graph_steps.get(key)
+        if captured is None or captured[0] != config:
+            self._graph_steps.pop(key, None)  # the old graph and its memory pool go first
+            self._graph_steps[key] = (config, GraphTrainStep(self, x_shape, y_shape, y_dtype))
+        return self._graph_steps[key][1]
 
     def _require_compiled(self):
         if self.optimizer is None or self.loss is None:
@@ -355,12 +360,13 @@ class Sequential:
         cbs = CallbackList([history] + _progress_callbacks(verbose) + list(callbacks or []))
         cbs.set_model(self)
         self.history, self.stop_training = history, False
-        step_graph = self.make_graph_step((batch_size,) + x.shape[1:], (batch_size,) + y.shape[1:], y.dtype) \
-            if use_graph and n >= batch_size else None
         batches = _Batches(B, x, y, on_device=self.device == "cuda")
         cbs.on_train_begin({"epochs": epochs, "steps": steps, "samples": n, "batch_size": batch_size,
                             "initial_epoch": initial_epoch, "device": self.device})
         for epoch in range(initial_epoch, epochs):
+            # per epoch: a callback may have changed the learning rate (a new capture then)
+            step_graph = self.make_graph_step((batch_size,) + x.shape[1:], (batch_size,) + y.shape[1:], y.dtype) \
+                if use_graph and n >= batch_size else None
             batches.set_order(generator().permutation(n) if shuffle else None)
             self.backend.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
             cbs.on_epoch_begin(epoch, {})

@@ -48,6 +48,18 @@ def test_graph_replay_equals_eager_steps():
     np.testing.assert_allclose(h_eager["loss"], h_graph["loss"], rtol=1e-4)
 
 
+def test_a_changed_learning_rate_is_replayed_by_the_graph():
+    x, y = sample(4 * 64)
+    eager = lenet_on("cuda")
+    graphed = lenet_on("cuda", weights=eager.get_weights())
+    for lr in (1e-3, 1e-4):
+        for model, graph in ((eager, False), (graphed, True)):
+            model.optimizer.learning_rate = lr
+            model.fit(x, y, epochs=1, batch_size=64, shuffle=False, verbose=0, graph=graph)
+    for a, b in zip(eager.get_weights(), graphed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_graph_training_learns_and_predict_evaluate_run_on_gpu():
     x, y = sample(3000)
     model = lenet_on("cuda")

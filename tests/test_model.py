@@ -6,6 +6,7 @@ import pytest
 
 import fastcnn
 import fastcnn._paths
+import fastcnn.graphs
 from fastcnn import layers as L
 from fastcnn.backend import reference as ref
 from fastcnn.models import alexnet, lenet5
@@ -109,6 +110,33 @@ class _FakeGraphStep:
         self.model.train_step(*self.inputs)
 
 
+def _capture_fakes(monkeypatch, fake):
+    """Every graph "capture" of model.make_graph_step makes a ``fake`` instead; returns them."""
+    made = []
+
+    def capture(*args):
+        made.append(fake(*args))
+        return made[-1]
+
+    monkeypatch.setattr(fastcnn.graphs, "GraphTrainStep", capture)
+    return made
+
+
+def test_a_new_learning_rate_is_captured_anew(monkeypatch):
+    """The graph holds the optimizer's scalars: a changed learning rate must not replay the old one."""
+    (x, y), _ = sample(100, 10)
+    model = compiled_lenet(seed=1, optimizer=fastcnn.optimizers.SGD(0.05, momentum=0.9))
+    steps = _capture_fakes(monkeypatch, _FakeGraphStep)
+    model.device = "cuda"
+    model.fit(x, y, epochs=2, batch_size=50, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=50, verbose=0)
+    assert len(steps) == 1 and steps[0].replays == 6        # one capture while nothing changes
+    model.optimizer.learning_rate = 0.005
+    model.fit(x, y, epochs=1, batch_size=50, verbose=0)
+    assert len(steps) == 2 and steps[1].replays == 2
+    assert len(model._graph_steps) == 1                      # the old graph was let go
+
+
 @pytest.mark.parametrize("loss", ["categorical_crossentropy", "sparse_categorical_crossentropy"])
 def test_fit_gathers_batches_into_the_graph_inputs_on_the_device(monkeypatch, loss):
     """The GPU path of fit (data set on the device, each shuffled batch picked by gather_rows
@@ -120,9 +148,7 @@ def test_fit_gathers_batches_into_the_graph_inputs_on_the_device(monkeypatch, lo
     plain = compiled_lenet(seed=5, loss=loss)
     plain.fit(x, y, epochs=2, batch_size=50, verbose=0)
     model = compiled_lenet(seed=5, loss=loss)
-    steps = []
-    monkeypatch.setattr(model, "make_graph_step",
-                        lambda *shapes: steps.append(_FakeGraphStep(model, *shapes)) or steps[-1])
+    steps = _capture_fakes(monkeypatch, _FakeGraphStep)
     gathers = []
     real_gather = fastcnn.backend.reference.gather_rows
     monkeypatch.setattr(fastcnn.backend.reference, "gather_rows",
@@ -142,15 +168,13 @@ def test_fit_keeps_a_data_set_too_large_for_the_gpu_on_the_host(monkeypatch):
     plain = compiled_lenet(seed=5)
     plain.fit(x, y, epochs=1, batch_size=40, verbose=0)
     model = compiled_lenet(seed=5)
-    steps = []
 
     class HostFedStep(_FakeGraphStep):
         def __call__(self, xb, yb):
             self.inputs[0][...], self.inputs[1][...] = xb, yb
             self.replay()
 
-    monkeypatch.setattr(model, "make_graph_step",
-                        lambda *shapes: steps.append(HostFedStep(model, *shapes)) or steps[-1])
+    steps = _capture_fakes(monkeypatch, HostFedStep)
     monkeypatch.setattr(fastcnn.model, "_device_free_bytes", lambda backend: 2 * x.nbytes)  # just too small
     monkeypatch.setattr(fastcnn.backend.reference, "gather_rows", None)   # must not be called
     model.device = "cuda"
