@@ -211,6 +211,112 @@ def atomic_write_text(path, text: str) -> None:
         raise
 
 
+class _Monitor:
+    """Keras's rule for 'better': ``mode`` 'min', 'max', or 'auto' (max for a name with 'acc')."""
+
+    def __init__(self, monitor, mode, min_delta):
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor, self.min_delta = monitor, abs(float(min_delta))
+        self.sign = 1.0 if mode == "max" or (mode == "auto" and "acc" in monitor) else -1.0
+        self.warned = False
+        self.reset()
+
+    def reset(self):
+        self.best = -math.inf  # in sign * value units: higher is better
+
+    def value(self, logs, who):
+        """The monitored value of this epoch, or None (warned once) when logs lack it."""
+        value = (logs or {}).get(self.monitor)
+        if value is None and not self.warned:
+            self.warned = True
+            print(f"{who}: {self.monitor!r} is not in the epoch logs (they have {sorted(logs or {})}); "
+                  f"it does nothing (validation_data gives val_loss and val_accuracy)", file=sys.stderr)
+        return value
+
+    def improved(self, value) -> bool:
+        if self.sign * float(value) - self.min_delta > self.best:
+            self.best = self.sign * float(value)
+            return True
+        return False
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` after ``patience`` epochs without improvement of
+    ``monitor``, as Keras's; the AlexNet paper divided it by 10 when the validation error stopped
+    improving.  On the GPU the captured step is captured anew with the new rate.  The new rate
+    is printed and logged as 'learning_rate'."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0, verbose=1):
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"ReduceLROnPlateau factor must be in (0, 1), got {factor}")
+        self.watch = _Monitor(monitor, mode, min_delta)
+        self.factor, self.patience, self.cooldown = float(factor), int(patience), int(cooldown)
+        self.min_lr, self.verbose = float(min_lr), verbose
+        self.wait = self.cooling = 0
+
+    def on_train_begin(self, logs=None):
+        self.watch.reset()
+        self.wait = self.cooling = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        if logs is not None:
+            logs["learning_rate"] = optimizer.learning_rate
+        value = self.watch.value(logs, "ReduceLROnPlateau")
+        if value is None:
+            return
+        if self.cooling:
+            self.cooling -= 1
+            self.wait = 0
+        if self.watch.improved(value):
+            self.wait = 0
+        elif not self.cooling:
+            self.wait += 1
+            if self.wait >= self.patience and optimizer.learning_rate > self.min_lr:
+                optimizer.learning_rate = max(optimizer.learning_rate * self.factor, self.min_lr)
+                self.cooling, self.wait = self.cooldown, 0
+                if self.verbose:
+                    print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau: learning rate now "
+                          f"{optimizer.learning_rate:.4g}", file=sys.stderr)
+
+
+class EarlyStopping(Callback):
+    """Stop training after ``patience`` epochs without improvement of ``monitor`` (Keras's);
+    ``restore_best_weights`` puts back the weights of the best epoch when it stops."""
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
+                 restore_best_weights=False, verbose=1):
+        self.watch = _Monitor(monitor, mode, min_delta)
+        self.patience, self.restore, self.verbose = int(patience), bool(restore_best_weights), verbose
+        self.wait, self.best_weights, self.best_epoch, self.stopped_epoch = 0, None, None, None
+
+    def on_train_begin(self, logs=None):
+        self.watch.reset()
+        self.wait, self.best_weights, self.best_epoch, self.stopped_epoch = 0, None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = self.watch.value(logs, "EarlyStopping")
+        if value is None:
+            return
+        if self.watch.improved(value):
+            self.wait, self.best_epoch = 0, epoch
+            if self.restore:
+                self.best_weights = self.model.get_weights()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            if self.restore and self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: EarlyStopping: no improvement of {self.watch.monitor} for "
+                      f"{self.wait} epoch(s); best was epoch {self.best_epoch + 1}"
+                      + (" (its weights restored)" if self.restore else ""), file=sys.stderr)
+
+
 class ModelCheckpoint(Callback):
     """After every ``every`` epochs, save a resumable checkpoint: weights, optimizer state, epoch.
 

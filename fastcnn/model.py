@@ -207,6 +207,7 @@ class Sequential:
         arrays = dict(zip(self._weight_names(), self.get_weights()))
         if self.optimizer is not None:
             arrays.update({f"__optimizer__/{k}": v for k, v in self.optimizer.get_state().items()})
+            arrays["__learning_rate__"] = np.array(self.optimizer.learning_rate)  # a schedule's, too
         arrays["__epoch__"] = np.array(epoch)
         arrays["__step__"] = self.backend.to_host(self._step)
         _atomic_savez(path, arrays)
@@ -223,6 +224,8 @@ class Sequential:
             state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("__optimizer__/")}
             if state:
                 self.optimizer.set_state(state)
+            if "__learning_rate__" in arrays:
+                self.optimizer.learning_rate = float(arrays["__learning_rate__"])
         return int(arrays["__epoch__"])
 
     # ---- compile / forward ----------------------------------------------------------------

@@ -39,17 +39,25 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g)."""
+    """v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g).
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
-        if learning_rate <= 0 or not 0 <= momentum < 1:
-            raise ValueError(f"SGD needs learning_rate > 0 and 0 <= momentum < 1, got {learning_rate}, {momentum}")
+    ``weight_decay``: g + weight_decay * p takes g's place, so the decay enters the velocity:
+    the AlexNet paper's rule (momentum 0.9, weight decay 0.0005) and PyTorch's.  Keras 3
+    names a decoupled decay (p -= lr * weight_decay * p, outside the momentum) the same way;
+    this is not that one.  It applies to every parameter, biases too, as the paper's rule does.
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        if learning_rate <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(f"SGD needs learning_rate > 0, 0 <= momentum < 1 and weight_decay >= 0, "
+                             f"got {learning_rate}, {momentum}, {weight_decay}")
         self.learning_rate, self.momentum, self.nesterov = float(learning_rate), float(momentum), bool(nesterov)
+        self.weight_decay = float(weight_decay)
         self.state_names = ("velocity",) if self.momentum else ()
 
     def apply(self, params, grads, step):
         self.backend.sgd_update(params, grads, self.state.get("velocity"), self.learning_rate,
-                                self.momentum, self.nesterov)
+                                self.momentum, self.nesterov, self.weight_decay)
 
 
 class Adam(Optimizer):

@@ -4,6 +4,9 @@
 //         sgd_plain     p -= lr * g
 //         sgd_momentum  v = momentum * v - lr * g;  p += v
 //                       (nesterov != 0: p += momentum * v - lr * g, with the new v)
+//                       wd != 0 (weight decay, the AlexNet paper's rule, as PyTorch's): g is
+//                       g + wd * p in both, so the decay enters the velocity
+//                       (wd == 0: g as it is, bit for bit the rules above)
 //         adam          t = step[0] + 1 read from device memory (a captured graph sees the
 //                       step advance on every replay; step itself is not changed here)
 //                       lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)   (float64, per thread)
@@ -27,16 +30,20 @@
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;        \
          i < (n); i += (long long)gridDim.x * blockDim.x)
 
-extern "C" __global__ void sgd_plain(float* p, const float* g, long long n, float lr) {
+// The gradient with the weight decay added (wd == 0: g[i] itself, never g[i] + 0 * p[i],
+// which would turn -0 into +0 and an infinite p into NaN).
+#define FC_DECAYED_GRAD(i) (wd != 0.0f ? __fadd_rn(g[i], __fmul_rn(wd, p[i])) : g[i])
+
+extern "C" __global__ void sgd_plain(float* p, const float* g, long long n, float lr, float wd) {
     FC_OPT_LOOP(i, n) {
-        p[i] = __fsub_rn(p[i], __fmul_rn(lr, g[i]));
+        p[i] = __fsub_rn(p[i], __fmul_rn(lr, FC_DECAYED_GRAD(i)));
     }
 }
 
 extern "C" __global__ void sgd_momentum(float* p, const float* g, float* v, long long n,
-                                        float lr, float momentum, int nesterov) {
+                                        float lr, float momentum, int nesterov, float wd) {
     FC_OPT_LOOP(i, n) {
-        const float gi = g[i];
+        const float gi = FC_DECAYED_GRAD(i);
         const float vi = __fsub_rn(__fmul_rn(momentum, v[i]), __fmul_rn(lr, gi));
         v[i] = vi;
         if (nesterov) {

@@ -139,3 +139,73 @@ def test_history_unchanged():
     h = cb.History()
     run_epochs(h, epochs=2, steps=1)
     assert h.epoch == [0, 1] and h.history["accuracy"] == pytest.approx([0.75, 0.85])
+
+
+class PlateauModel:
+    """What ReduceLROnPlateau and EarlyStopping touch: the optimizer's rate, weights, stop_training."""
+
+    def __init__(self):
+        import fastcnn
+        self.optimizer = fastcnn.optimizers.SGD(0.01, momentum=0.9)
+        self.weights, self.stop_training = [0], False
+
+    def get_weights(self):
+        return list(self.weights)
+
+    def set_weights(self, weights):
+        self.weights = list(weights)
+
+
+def drive(callback, values, monitor="val_loss", model=None):
+    """Epoch ends with ``monitor`` = each value in turn (model weights = [epoch]); stops like fit."""
+    model = model or PlateauModel()
+    callback.set_model(model)
+    callback.on_train_begin({})
+    logs_seen = []
+    for epoch, value in enumerate(values):
+        model.weights = [epoch]
+        logs = {"loss": 1.0, monitor: value}
+        callback.on_epoch_end(epoch, logs)
+        logs_seen.append(logs)
+        if model.stop_training:
+            break
+    return model, logs_seen
+
+
+def test_reduce_lr_on_plateau_divides_by_ten_after_patience(capsys):
+    callback = cb.ReduceLROnPlateau(patience=2, factor=0.1)
+    model, logs = drive(callback, [1.0, 0.9, 0.95, 0.92, 0.91, 0.8, 0.85, 0.86])
+    # 0.95 and 0.92 do not improve on 0.9: the rate drops at the end of epoch 4 (logged before it
+    # drops); 0.91 does not improve either, 0.8 does, then 0.85 and 0.86 do not: a second drop.
+    assert [round(log["learning_rate"], 6) for log in logs] == [0.01, 0.01, 0.01, 0.01, 0.001, 0.001, 0.001, 0.001]
+    assert model.optimizer.learning_rate == pytest.approx(1e-4)
+    assert "learning rate now 0.001" in capsys.readouterr().err
+
+
+def test_reduce_lr_cooldown_min_lr_and_accuracy_mode():
+    model, _ = drive(cb.ReduceLROnPlateau(patience=1, cooldown=2, min_lr=5e-4), [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],)
+    # drop after epoch 2 (to 0.001), cool 2 epochs, drop after epoch 5 (to the floor 5e-4)
+    assert model.optimizer.learning_rate == pytest.approx(5e-4)
+    model, _ = drive(cb.ReduceLROnPlateau(monitor="val_accuracy", patience=1), [0.5, 0.6, 0.7], "val_accuracy")
+    assert model.optimizer.learning_rate == 0.01                       # higher accuracy is better
+    with pytest.raises(ValueError, match="factor must be in"):
+        cb.ReduceLROnPlateau(factor=1.0)
+
+
+def test_early_stopping_with_and_without_restore(capsys):
+    model, logs = drive(cb.EarlyStopping(patience=2), [1.0, 0.8, 0.9, 0.85, 0.7])
+    assert len(logs) == 4 and model.stop_training and model.weights == [3]   # stopped after epoch 4
+    callback = cb.EarlyStopping(patience=1, restore_best_weights=True)
+    model, logs = drive(callback, [1.0, 0.8, 0.9, 0.7])
+    assert len(logs) == 3 and model.weights == [1] and callback.best_epoch == 1
+    assert "best was epoch 2 (its weights restored)" in capsys.readouterr().err
+    model, logs = drive(cb.EarlyStopping(patience=0, monitor="val_accuracy", min_delta=0.05),
+                        [0.5, 0.52, 0.9], "val_accuracy")
+    assert len(logs) == 2                                               # 0.52 is not 0.05 better
+
+
+def test_monitor_missing_from_logs_is_said_once(capsys):
+    callback = cb.EarlyStopping()
+    model, logs = drive(callback, [1.0, 0.5, 0.2], monitor="loss_typo")
+    err = capsys.readouterr().err
+    assert err.count("'val_loss' is not in the epoch logs") == 1 and not model.stop_training

@@ -261,3 +261,19 @@ def test_plot_history_forms(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
     with pytest.raises(ValueError, match="no epochs"):
         plot_history({"loss": []}, tmp_path / "c.png")
+
+
+def test_learning_rate_schedule_and_early_stop(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "lenet5", *QUICK, "--optimizer", "sgd", "--lr", "0.5", "--momentum", "0.9",
+                         "--weight-decay", "0.001", "--epochs", "6", "--reduce-lr", "0", "--early-stop", "1",
+                         "--out", str(tmp_path))
+    assert code == 0, err
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert "weight_decay=0.001" in history["optimizer"]
+    rates = history["history"]["learning_rate"]   # the rate each epoch trained with
+    assert rates[0] == 0.5 and all(b in (a, pytest.approx(a / 10)) for a, b in zip(rates, rates[1:]))
+    assert len(rates) < 6 or rates[-1] < 0.5        # an epoch without a better accuracy: 10x less, or a stop
+    with np.load(tmp_path / "checkpoint.npz") as ckpt:  # the rate in force is kept for --resume
+        assert float(ckpt["__learning_rate__"]) in (pytest.approx(rates[-1]), pytest.approx(rates[-1] / 10))
+    code, _, err = run(capsys, "train", "lenet5", *QUICK, "--weight-decay", "0.001", "--out", str(tmp_path / "b"))
+    assert code == 2 and "--weight-decay applies to --optimizer sgd" in err

@@ -445,15 +445,19 @@ def test_lrn(emulated, channels, size, alpha, beta, k):
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)],
                          ids=["plain", "momentum", "nesterov"])
 @pytest.mark.parametrize("n", [1, 1000, 1031])
-def test_sgd_update_bit_exact(emulated, n, momentum, nesterov):
+@pytest.mark.parametrize("wd", [0.0, 5e-4])
+def test_sgd_update_bit_exact(emulated, n, momentum, nesterov, wd):
     guarded, _ = emulated
     rng = np.random.default_rng(n)
     p, v = rand(rng, n), (rand(rng, n, scale=0.1) if momentum else None)
     dp, dv = guarded.wrap(p), (guarded.wrap(v) if momentum else None)
     for i in range(3):
         g = rand(rng, n)
-        ref.sgd_update(p, g, v, 0.1, momentum, nesterov)
-        assert step.sgd_update(dp, guarded.wrap(g), dv, 0.1, momentum, nesterov) is None
+        g_before = g.copy()
+        ref.sgd_update(p, g, v, 0.1, momentum, nesterov, wd)
+        dg = guarded.wrap(g)
+        assert step.sgd_update(dp, dg, dv, 0.1, momentum, nesterov, wd) is None
+        assert _same_bits(dg, g_before) and _same_bits(g, g_before), "the gradient buffer changed"
         assert _same_bits(dp, p), f"p after step {i}"
         if momentum:
             assert _same_bits(dv, v), f"v after step {i}"

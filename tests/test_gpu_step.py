@@ -214,15 +214,16 @@ def _compare_params(name, dev, host, p0):
 @gpu
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 @pytest.mark.parametrize("n", [1, 1000, 61706])
-def test_sgd_update(S, n, momentum, nesterov):
+@pytest.mark.parametrize("wd", [0.0, 5e-4])
+def test_sgd_update(S, n, momentum, nesterov, wd):
     cp = _cp()
     rng = np.random.default_rng(n)
     p, v = rand(rng, n), (rand(rng, n, scale=0.1) if momentum else None)
     dp, dv = cp.asarray(p), (cp.asarray(v) if momentum else None)
     for _ in range(3):
         g, p0 = rand(rng, n), p.copy()
-        ref.sgd_update(p, g, v, 0.1, momentum, nesterov)
-        S.sgd_update(dp, cp.asarray(g), dv, 0.1, momentum, nesterov)
+        ref.sgd_update(p, g, v, 0.1, momentum, nesterov, wd)
+        S.sgd_update(dp, cp.asarray(g), dv, 0.1, momentum, nesterov, wd)
         _compare_params("p", dp, p, p0)
         if momentum:
             _compare_params("v", dv, v, None)

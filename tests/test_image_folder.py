@@ -241,6 +241,8 @@ def test_train_alexnet_on_a_folder(capsys, tmp_path):
     with np.load(tmp_path / "run" / "weights.npz") as w:
         last = [w[k] for k in w.files][-1]
     assert last.shape == (2,)                     # a 2-class AlexNet: the last bias has 2 entries
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["optimizer"] == "SGD(learning_rate=0.01, momentum=0.9, nesterov=False, weight_decay=0.0005)"
     # --augment: decoded at 256x256, random 227x227 crops and mirror images in training
     code, text, err = run(capsys, "train", "alexnet", "--augment", "--data", "folder", "--data-dir",
                           tmp_path / "data", "--epochs", "1", "--batch-size", "3", "--device", "cpu",

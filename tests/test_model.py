@@ -211,9 +211,11 @@ def test_weights_round_trip_and_checkpoint(tmp_path):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(model.predict(x[:5]), other.predict(x[:5]), rtol=1e-6)
 
+    model.optimizer.learning_rate = 4e-4          # as a schedule leaves it: a resumed run goes on with it
     model.save_checkpoint(tmp_path / "ckpt.npz", epoch=1)
     resumed = compiled_lenet(seed=9)
     assert resumed.load_checkpoint(tmp_path / "ckpt.npz") == 1
+    assert resumed.optimizer.learning_rate == pytest.approx(4e-4)
     model.fit(x, y, epochs=1, batch_size=100, verbose=0, shuffle=False)
     resumed.fit(x, y, epochs=1, batch_size=100, verbose=0, shuffle=False)
     for a, b in zip(model.get_weights(), resumed.get_weights()):
@@ -329,3 +331,37 @@ def test_alexnet_augment_takes_256_and_shares_weights_with_the_plain_net():
     assert [type(l).__name__ for l in augmented.layers[:3]] == ["RandomCrop", "RandomFlip", "Conv2D"]
     assert augmented._weight_names() == plain._weight_names()
     assert augmented.count_params() == plain.count_params() == 58_322_314
+
+
+def test_callbacks_change_the_rate_between_epochs_and_stop_early(monkeypatch):
+    """ReduceLROnPlateau's new rate reaches the next epoch's captured step (a new capture);
+    EarlyStopping ends fit; SGD's weight decay is part of the step."""
+    (x, y), (vx, vy) = sample(100, 40)
+    model = compiled_lenet(seed=2, optimizer=fastcnn.optimizers.SGD(0.05, momentum=0.9, weight_decay=5e-4))
+    steps = _capture_fakes(monkeypatch, _FakeGraphStep)
+    model.device = "cuda"
+    reduce = fastcnn.callbacks.ReduceLROnPlateau(monitor="loss", patience=0, factor=0.5, min_delta=10.0,
+                                                 verbose=0)     # never "improves": halves every epoch
+    stop = fastcnn.callbacks.EarlyStopping(monitor="val_loss", patience=100, min_delta=10.0, verbose=0)
+    history = model.fit(x, y, epochs=4, batch_size=50, validation_data=(vx, vy), verbose=0,
+                        callbacks=[reduce, stop])
+    # the first epoch sets the best value; the next three each end with a halving
+    assert model.optimizer.learning_rate == pytest.approx(0.05 / 8)
+    assert [s.replays for s in steps] == [4, 2, 2]         # one capture per rate in use
+    assert len(history.history["loss"]) == 4
+    early = fastcnn.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0, verbose=0)
+    history = model.fit(x, y, epochs=10, batch_size=50, validation_data=(vx, vy), verbose=0, callbacks=[early])
+    assert len(history.history["loss"]) == 2 and early.stopped_epoch == 1
+
+
+def test_sgd_weight_decay_shrinks_the_weights():
+    (x, y), _ = sample(100, 10)
+    norms = []
+    for wd in (0.0, 0.05):
+        model = compiled_lenet(seed=4, optimizer=fastcnn.optimizers.SGD(0.01, weight_decay=wd))
+        model.fit(x, y, epochs=2, batch_size=50, verbose=0)
+        norms.append(sum(float(np.sum(w * w)) for w in model.get_weights()))
+    assert norms[1] < norms[0]
+    assert "weight_decay=0.05" in repr(fastcnn.optimizers.SGD(0.01, weight_decay=0.05))
+    with pytest.raises(ValueError, match="weight_decay >= 0"):
+        fastcnn.optimizers.SGD(0.01, weight_decay=-1)

@@ -337,13 +337,14 @@ def test_lrn(rng, size):
     assert_close(host(dx), ref.lrn_backward(dy, x, y_ref, s_ref, *args), RED, "lrn dx")
 
 
-@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
-def test_sgd_update(rng, momentum, nesterov):
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.0),
+                                                  (0.0, False, 0.01), (0.9, False, 0.01)])
+def test_sgd_update(rng, momentum, nesterov, wd):
     p, g, v = rand(rng, 77), rand(rng, 77), rand(rng, 77)
     pr, vr = p.copy(), (v.copy() if momentum else None)
-    ref.sgd_update(pr, g, vr, 0.01, momentum, nesterov)
+    ref.sgd_update(pr, g, vr, 0.01, momentum, nesterov, wd)
     pd, vd = dev(p), (dev(v) if momentum else None)
-    assert nb.sgd_update(pd, dev(g), vd, 0.01, momentum, nesterov) is None
+    assert nb.sgd_update(pd, dev(g), vd, 0.01, momentum, nesterov, wd) is None
     assert_close(host(pd), pr, EW, "p")
     if momentum:
         assert_close(host(vd), vr, EW, "v")

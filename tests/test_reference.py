@@ -323,6 +323,20 @@ def test_sgd_update_is_one_keras_step(momentum, nesterov):
     assert_close(q, q_expect, rtol=1e-6, name="p without velocity")
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_weight_decay_is_the_alexnet_papers_rule(momentum):
+    # v = momentum*v - lr*(g + wd*p); p += v (Krizhevsky et al. 2012, section 5, with wd 0.0005)
+    rng = np.random.default_rng(14)
+    p, g, v = rand(rng, 9), rand(rng, 9), rand(rng, 9)
+    lr, wd = 0.01, 5e-4
+    v_new = momentum * v.astype(np.float64) - lr * (g + wd * p.astype(np.float64))
+    p_new = p + v_new
+    g_before = g.copy()
+    ref.sgd_update(p, g, v if momentum else None, lr, momentum, False, wd)
+    assert_close(p, p_new, rtol=1e-6, name="p")
+    assert np.array_equal(g, g_before)                      # the gradient buffer is left as it was
+
+
 @pytest.mark.parametrize("step_value", [0, 4])
 def test_adam_update_is_one_keras_step(step_value):
     rng = np.random.default_rng(13)

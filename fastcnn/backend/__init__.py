@@ -46,8 +46,9 @@ Primitives (what each returns; "in place" ones return None):
         scale = k + alpha * sum of x^2 over ``size`` neighbouring channels
         (AlexNet paper: no division by size), y = x * scale**-beta
   lrn_backward(dy, x, y, scale, size, alpha, beta, k)     -> dx
-  sgd_update(p, g, v, lr, momentum, nesterov)             in place, flat 1-D arrays; v None if momentum == 0
-        Keras: v = momentum*v - lr*g; p += v  (nesterov: p += momentum*v - lr*g)
+  sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0)  in place, flat 1-D arrays; v None if
+        momentum == 0.  Keras: v = momentum*v - lr*g; p += v  (nesterov: p += momentum*v - lr*g);
+        weight_decay != 0: g + weight_decay*p in place of g (the AlexNet paper's rule, PyTorch's)
   adam_update(p, g, m, v, step, lr, beta1, beta2, eps)    in place, flat 1-D arrays;
         t = step[0] + 1 (step is not changed here), Keras's rule:
         m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;

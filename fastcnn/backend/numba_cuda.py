@@ -1957,12 +1957,14 @@ def lrn_backward(dy, x, y, scale, size=5, alpha=1e-4, beta=0.75, k=2.0, *, out=N
 # ---------------------------------------------------------------------------
 
 @_jit
-def _k_sgd(P, G, V, n, lr, momentum, mode):
-    # mode 0: plain; 1: momentum; 2: Nesterov momentum (Keras's rules)
+def _k_sgd(P, G, V, n, lr, momentum, mode, wd):
+    # mode 0: plain; 1: momentum; 2: Nesterov momentum (Keras's rules); wd: weight decay
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     while i < n:
         g = G[i]
+        if wd != 0:
+            g = g + wd * P[i]
         if mode == 0:
             P[i] -= lr * g
         else:
@@ -1996,8 +1998,9 @@ def _k_adam(P, G, M, V, n, step, lr, beta1, beta2, eps):
         i += stride
 
 
-def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False):
-    """In place: v = momentum*v - lr*g; p += v (Nesterov: p += momentum*v - lr*g); v None if momentum == 0."""
+def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """In place: v = momentum*v - lr*g; p += v (Nesterov: p += momentum*v - lr*g); v None if momentum == 0;
+    g + weight_decay * p in place of g when weight_decay != 0."""
     _check("p", p, ndim=1)
     _check("g", g, shape=p.shape)
     momentum = float(momentum)
@@ -2010,7 +2013,7 @@ def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False):
         _check("v", v, shape=p.shape)
         mode = 2 if nesterov else 1
     _launch(_k_sgd, _blocks(p.size, cap=4096), THREADS, p, g, v, p.size, np.float32(lr),
-            np.float32(momentum), mode)
+            np.float32(momentum), mode, np.float32(weight_decay))
 
 
 def adam_update(p, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7):
@@ -2144,7 +2147,7 @@ def ptx_kernels():
         ("crop_bwd", _k_crop_bwd.py_func, (f32, f32, tup6, i64, i64, u64, u64, i32)),
         ("lrn_fwd", _k_lrn_fwd.py_func, (f32, f32, f32, i64, i64, i64, f, f, f)),
         ("lrn_bwd", _k_lrn_bwd.py_func, (f32, f32, f32, f32, f32, i64, i64, i64, f, f)),
-        ("sgd", _k_sgd.py_func, (f32, f32, f32, i64, f, f, i64)),
+        ("sgd", _k_sgd.py_func, (f32, f32, f32, i64, f, f, i64, f)),
         ("adam", _k_adam.py_func, (f32, f32, f32, f32, i64, i32, types.float64, types.float64,
                                    types.float64, f)),
     ]

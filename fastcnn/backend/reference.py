@@ -672,12 +672,17 @@ def _flat_params(**arrays):
                              f"{first[1].dtype} {first[1].shape}")
 
 
-def sgd_update(p, g, v, lr, momentum, nesterov):
-    """Keras SGD, in place: v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g)."""
+def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0):
+    """Keras SGD, in place: v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g).
+
+    weight_decay != 0: g + weight_decay * p takes g's place (the AlexNet paper's rule, as
+    PyTorch's SGD: the decay enters the velocity); the gradient buffer is not changed."""
+    _flat_params(p=p, g=g)
+    if weight_decay:
+        g = g + p.dtype.type(weight_decay) * p
     if v is None:
         if momentum != 0:
             raise ValueError(f"v (the velocity buffer) is required when momentum is {momentum}")
-        _flat_params(p=p, g=g)
         p -= p.dtype.type(lr) * g
         return None
     _flat_params(p=p, g=g, v=v)

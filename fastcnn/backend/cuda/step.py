@@ -408,19 +408,21 @@ def _flat(**arrays):
     return first.size
 
 
-def sgd_update(p, g, v, lr, momentum, nesterov):
-    """Keras SGD in place: v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g)."""
-    lr, momentum = _real("lr", lr), _real("momentum", momentum)
+def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0):
+    """Keras SGD in place: v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g);
+    g + weight_decay * p in place of g when weight_decay != 0."""
+    lr, momentum, wd = _real("lr", lr), _real("momentum", momentum), _real("weight_decay", weight_decay)
     if v is None:
         if momentum != 0:
             raise ValueError(f"v (the velocity buffer) is required when momentum is {momentum}")
         n = _flat(p=p, g=g)
-        _kernel(_OPT, "sgd_plain")(_grid(n), (THREADS,), (p, g, np.int64(n), np.float32(lr)))
+        _kernel(_OPT, "sgd_plain")(_grid(n), (THREADS,), (p, g, np.int64(n), np.float32(lr), np.float32(wd)))
         return None
     n = _flat(p=p, g=g, v=v)
     _kernel(_OPT, "sgd_momentum")(
         _grid(n), (THREADS,),
-        (p, g, v, np.int64(n), np.float32(lr), np.float32(momentum), np.int32(bool(nesterov))))
+        (p, g, v, np.int64(n), np.float32(lr), np.float32(momentum), np.int32(bool(nesterov)),
+         np.float32(wd)))
     return None
 
 
