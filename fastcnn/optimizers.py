@@ -31,7 +31,7 @@ class Optimizer:
             self.backend.copy(self.state[k], self.backend.asarray(value))
 
     def get_config(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k not in ("backend", "state")}
+        return {k: v for k, v in vars(self).items() if k not in ("backend", "state", "state_names")}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v}" for k, v in self.get_config().items())
