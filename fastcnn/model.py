@@ -335,13 +335,24 @@ class Sequential:
             raise RuntimeError("call compile(loss=..., optimizer=...) before training")
 
     def fit(self, x=None, y=None, epochs=1, batch_size=32, validation_data=None, shuffle=True,
-            verbose=1, callbacks=None, initial_epoch=0, graph=None) -> History:
+            verbose=1, callbacks=None, initial_epoch=0, graph=None, validation_split=0.0) -> History:
         """Train for ``epochs`` epochs; returns a History (loss, accuracy, val_loss, val_accuracy).
 
+        ``validation_split``: as Keras, the last fraction of x and y (taken before any shuffling)
+        is held out for validation, unless ``validation_data`` is given.
         ``graph`` (default: on for the GPU) replays each full batch as one captured CUDA graph.
         """
         self._require_compiled()
         x = self._check_x(x)
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        if validation_split and validation_data is None:
+            cut = int(x.shape[0] * (1.0 - validation_split))   # Keras's split point
+            if not 0 < cut < x.shape[0]:
+                raise ValueError(f"validation_split={validation_split} leaves no training or no validation "
+                                 f"samples out of {x.shape[0]}")
+            x, validation_data = x[:cut], (x[cut:], y[cut:])
+            y = y[:cut]
         n = x.shape[0]
         y = self._labels(y, n)
         batch_size = int(batch_size)

@@ -365,3 +365,17 @@ def test_sgd_weight_decay_shrinks_the_weights():
     assert "weight_decay=0.05" in repr(fastcnn.optimizers.SGD(0.01, weight_decay=0.05))
     with pytest.raises(ValueError, match="weight_decay >= 0"):
         fastcnn.optimizers.SGD(0.01, weight_decay=-1)
+
+
+def test_validation_split_holds_out_the_last_samples_as_keras():
+    (x, y), _ = sample(100, 10)
+    split = compiled_lenet(seed=6)
+    h_split = split.fit(x, y, epochs=1, batch_size=40, validation_split=0.2, verbose=0, shuffle=False).history
+    explicit = compiled_lenet(seed=6)
+    h_explicit = explicit.fit(x[:80], y[:80], epochs=1, batch_size=40, validation_data=(x[80:], y[80:]),
+                              verbose=0, shuffle=False).history
+    assert h_split == h_explicit
+    with pytest.raises(ValueError, match="validation_split must be in"):
+        split.fit(x, y, validation_split=1.0, verbose=0)
+    with pytest.raises(ValueError, match="leaves no training or no validation"):
+        split.fit(x[:3], y[:3], validation_split=0.1, verbose=0)
