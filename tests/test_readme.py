@@ -74,3 +74,24 @@ def test_image_folder_example_trains_alexnet(tmp_path):
     assert scope["model"].output_shape == (None, 2)
     assert scope["X"].shape == (5, 256, 256, 3) and scope["X_val"].shape == (1, 256, 256, 3)
     assert scope["model"].layers[0].output_shape == (227, 227, 3)      # the random crop
+
+
+def test_alexnet_guide_example_runs(tmp_path):
+    """docs/alexnet_on_your_images.md's Python example, on a tiny folder, one epoch (CPU without a GPU)."""
+    from conftest import HAS_GPU
+    Image = pytest.importorskip("PIL.Image")
+    guide = README.parent / "docs" / "alexnet_on_your_images.md"
+    (code,) = re.findall(r"^```python\n(.*?)^```", guide.read_text(), re.MULTILINE | re.DOTALL)
+    for name, color in (("cat", (200, 60, 20)), ("dog", (20, 60, 200))):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (260, 256 + i), color).save(tmp_path / name / f"{i}.png")
+    for old, new in (('"~/imagenette"', repr(str(tmp_path))), ("epochs=90", "epochs=1"),
+                     ("batch_size=128", "batch_size=4")):
+        assert old in code
+        code = code.replace(old, new)
+    if not HAS_GPU:
+        code = code.replace('model.to("cuda")', "pass  # no GPU here")
+    scope = {}
+    exec(compile(code, str(guide), "exec"), scope)
+    assert scope["names"] == ["cat", "dog"] and scope["model"].optimizer.weight_decay == 5e-4
