@@ -217,7 +217,8 @@ def _load_folder(args, train: bool):
           f"{height}x{width} {color_mode} ...", flush=True)
 
     def decoded(files):
-        images = datasets.read_images([path for path, _ in files], (height, width), color_mode)
+        images = datasets.read_images([path for path, _ in files], (height, width), color_mode,
+                                      progress=getattr(args, "verbose", 1) == 1)
         return images, np.array([label for _, label in files], dtype=np.int64)
 
     x, y = decoded(train_files) if train else (None, None)

@@ -424,11 +424,12 @@ def _decode(path: Path, size, pil_mode: str) -> np.ndarray:
         raise ImageFolderError(f"{path}: cannot decode this image ({exc})") from None
 
 
-def read_images(paths, image_size=(227, 227), color_mode: str = "rgb") -> np.ndarray:
+def read_images(paths, image_size=(227, 227), color_mode: str = "rgb", progress: bool = False) -> np.ndarray:
     """Decode image files into uint8 ``(N, H, W, C)``: shorter side scaled to fit, centre crop.
 
     ``image_size`` is (height, width); ``color_mode`` 'rgb' (C = 3) or 'grayscale' (C = 1).
-    The files are decoded on several threads (Pillow releases the GIL while decoding).
+    The files are decoded on several threads (Pillow releases the GIL while decoding);
+    ``progress`` shows a bar on stderr (with tqdm installed).
     """
     try:
         import PIL  # noqa: F401
@@ -444,9 +445,18 @@ def read_images(paths, image_size=(227, 227), color_mode: str = "rgb") -> np.nda
     paths = [Path(p) for p in paths]
     out = np.empty((len(paths), height, width, channels), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for i, pixels in enumerate(pool.map(lambda p: _decode(p, (width, height), pil_mode), paths)):
+        decoded = pool.map(lambda p: _decode(p, (width, height), pil_mode), paths)
+        for i, pixels in enumerate(_progress_bar(decoded, len(paths)) if progress else decoded):
             out[i] = pixels.reshape(height, width, channels)
     return out
+
+
+def _progress_bar(items, total):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, total=total, desc="decoding", unit="img", leave=False, file=sys.stderr)
 
 
 def load_image_folder(directory, image_size=(227, 227), color_mode: str = "rgb",

@@ -23,6 +23,7 @@
 //         other (the backend gives them as separate buffers).
 // Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19): not timed on its own; the whole LeNet-5 training step that
 //   runs it (batch 200, Adam, one CUDA graph) takes 333 us = 1.36x PyTorch's whole-step graph.
+//   The weight decay (wd) came later: not measured yet.
 //
 // Self-contained (no #include): NVRTC has no system headers.
 

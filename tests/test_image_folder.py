@@ -152,6 +152,12 @@ def test_corrupt_and_truncated_images_name_the_file(tmp_path):
         datasets.read_images([cut], (8, 8))
 
 
+def test_read_images_progress_bar(tmp_path, capsys):
+    paths = [solid(tmp_path / f"{i}.png") for i in range(3)]
+    x = datasets.read_images(paths, (8, 8), progress=True)
+    assert x.shape == (3, 8, 8, 3) and "decoding" in capsys.readouterr().err
+
+
 def test_read_images_arguments(tmp_path):
     path = solid(tmp_path / "a.png")
     with pytest.raises(ValueError, match="color_mode='cmyk'"):
