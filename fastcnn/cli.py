@@ -418,6 +418,15 @@ def _eval_label(args, eval_name: str = "") -> str:
     return "validation"
 
 
+def top_k_accuracy(probabilities, labels, k: int) -> float:
+    """Share of rows with fewer than k scores above their label's score (top-k accuracy; a tie goes to the label)."""
+    import numpy as np
+    probabilities = np.asarray(probabilities)
+    own = probabilities[np.arange(len(labels)), labels]
+    higher = (probabilities > own[:, None]).sum(axis=1)
+    return float(np.mean(higher < k))
+
+
 def confusion_matrix(labels, predicted, classes: int):
     """counts[true, predicted] (int64, classes x classes)."""
     import numpy as np
@@ -460,10 +469,13 @@ def cmd_evaluate(args) -> int:
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
     with _using_kernels(kernels):
         loss, accuracy = model.evaluate(x, datasets.to_categorical(y, classes), batch_size=batch_size, verbose=0)
-        predicted = model.predict(x, batch_size=batch_size).argmax(axis=1)
+        probabilities = model.predict(x, batch_size=batch_size)
+    predicted = probabilities.argmax(axis=1)
     label = _eval_label(args, eval_name)
     print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {len(x):,} images, {eval_name}; "
           f"weights {args.weights}")
+    if classes > 5:  # the AlexNet paper's second figure
+        print(f"{label} top-5 accuracy: {top_k_accuracy(probabilities, y, 5):.4f}")
     if classes <= 20:
         print(_confusion_text(confusion_matrix(y, predicted, classes)))
         if class_names:

@@ -133,6 +133,8 @@ def test_evaluate_saved_weights_reproduces_the_training_run(capsys, tmp_path):
                          "--device", "cpu", "--limit", "300")
     assert code == 0, err
     assert f"validation accuracy: {accuracy:.4f}" in out and "on 300 images" in out
+    top5 = float(out.split("validation top-5 accuracy: ")[1].split()[0])
+    assert accuracy <= top5 <= 1.0
     rows = out.split("columns: predicted):\n")[1].splitlines()[1:]
     assert len(rows) == 10 and sum(int(r.split("of ")[-1]) for r in rows) == 300
     code, _, err = run(capsys, "evaluate", "lenet5", "--weights", str(tmp_path / "missing.npz"))
@@ -144,6 +146,13 @@ def test_evaluate_saved_weights_reproduces_the_training_run(capsys, tmp_path):
 def test_confusion_matrix_counts():
     counts = cli.confusion_matrix([0, 1, 1, 2, 2, 2], [0, 1, 0, 2, 2, 1], 3)
     assert counts.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 2]]
+
+
+def test_top_k_accuracy():
+    scores = np.array([[0.1, 0.5, 0.2, 0.2], [0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    assert cli.top_k_accuracy(scores, np.array([1, 3, 2]), 1) == pytest.approx(2 / 3)   # a tie goes to the label
+    assert cli.top_k_accuracy(scores, np.array([2, 3, 0]), 2) == pytest.approx(2 / 3)   # 0.2 ties 0.2: second
+    assert cli.top_k_accuracy(scores, np.array([0, 3, 1]), 4) == 1.0
 
 
 def test_ctrl_c_saves_checkpoint(capsys, tmp_path, monkeypatch):

@@ -260,6 +260,7 @@ def test_train_alexnet_on_a_folder(capsys, tmp_path):
                           tmp_path / "data", "--weights", tmp_path / "aug" / "weights.npz", "--device", "cpu")
     assert code == 0, err
     assert "256x256 rgb" in text and "classes: 0 blue, 1 red" in text
+    assert "top-5" not in text                        # 2 classes: no top-5 figure
 
 
 def test_folder_usage_errors(capsys, tmp_path):
