@@ -438,9 +438,12 @@ def read_images(paths, image_size=(227, 227), color_mode: str = "rgb", progress:
                           "(or pip install 'fastcnn[images]')") from None
     if color_mode not in COLOR_MODES:
         raise ValueError(f"color_mode={color_mode!r}: use one of {sorted(COLOR_MODES)}")
-    height, width = (int(v) for v in image_size)
-    if height < 1 or width < 1:
-        raise ValueError(f"image_size={tuple(image_size)}: height and width must be >= 1")
+    if isinstance(paths, (str, os.PathLike)):
+        raise TypeError(f"paths must be a list of image files, got one path {str(paths)!r}: pass [path]")
+    size = tuple(image_size) if isinstance(image_size, (tuple, list)) else ()
+    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in size):
+        raise ValueError(f"image_size={image_size!r}: expected (height, width), two ints >= 1")
+    height, width = (int(v) for v in size)
     pil_mode, channels = COLOR_MODES[color_mode]
     paths = [Path(p) for p in paths]
     out = np.empty((len(paths), height, width, channels), dtype=np.uint8)

@@ -162,8 +162,11 @@ def test_read_images_arguments(tmp_path):
     path = solid(tmp_path / "a.png")
     with pytest.raises(ValueError, match="color_mode='cmyk'"):
         datasets.read_images([path], (8, 8), "cmyk")
-    with pytest.raises(ValueError, match="height and width must be >= 1"):
-        datasets.read_images([path], (0, 8))
+    for bad in ((0, 8), (227,), 227, (8.5, 8)):
+        with pytest.raises(ValueError, match=r"expected \(height, width\), two ints >= 1"):
+            datasets.read_images([path], bad)
+    with pytest.raises(TypeError, match="a list of image files, got one path"):
+        datasets.read_images(str(path), (8, 8))
     assert datasets.read_images([], (8, 8)).shape == (0, 8, 8, 3)
 
 
