@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 # bench and check live in modules of their own, imported only when asked for
@@ -167,15 +168,39 @@ def cmd_summary(args) -> int:
 
 
 # ---------------------------------------------------------------------------- train
-def _load_data(args, train=True):
-    """Training images and labels (None with train=False), evaluation ones, how to name the
-    latter, and the class names (None: the model's default 10 or 1000 classes)."""
+@dataclass
+class _Data:
+    """What train and evaluate use: (images, one-hot labels) arrays or batch sources."""
+    train: object          # (x, y), a batch source (--stream), or None (evaluate)
+    validation: object     # the same, for evaluation
+    train_count: int
+    eval_count: int
+    eval_name: str         # how to name the evaluation images
+    class_names: list | None   # None: the model's default 10 or 1000 classes
+    eval_labels: object    # int64 labels of the evaluation images, in order
+
+
+def _xy(part) -> tuple:
+    """(x, y) for fit/evaluate: the arrays, or (source, None)."""
+    return part if isinstance(part, tuple) else (part, None)
+
+
+def _close(data: _Data) -> None:
+    """Stop the decoding threads of --stream's batch sources."""
+    for part in (data.train, data.validation):
+        if hasattr(part, "close"):
+            part.close()
+
+
+def _load_data(args, train=True) -> _Data:
     from fastcnn import datasets
     if args.model == "alexnet" and args.data not in ("synthetic", "folder"):
         raise UsageError(f"AlexNet takes 227x227x3 images and {args.data} has 28x28x1 ones: use "
                          f"--data folder --data-dir DIR (your images) or --data synthetic (throughput only)")
     if args.data != "folder" and args.data_dir is not None and args.data not in ("mnist", "fashion-mnist"):
         raise UsageError(f"--data-dir applies to --data folder, mnist and fashion-mnist, not {args.data}")
+    if getattr(args, "stream", False) and args.data != "folder":
+        raise UsageError("--stream applies to --data folder (the other data sets are small)")
     if args.data == "mnist-sample":
         (x, y), (xe, ye) = datasets.load_mnist_sample(seed=args.split_seed)
         eval_name = f"validation (the bundled 10,000-digit MNIST sample, 8,000/2,000 split, seed {args.split_seed})"
@@ -197,11 +222,25 @@ def _load_data(args, train=True):
         eval_name = "SYNTHETIC validation images (random; accuracy means nothing)"
     if args.limit:
         x, y, xe, ye = x[:args.limit], y[:args.limit], xe[:args.limit], ye[:args.limit]
-    return x, y, xe, ye, eval_name, None
+    return _prepared(x if train else None, y, xe, ye, eval_name, None, DEFAULT_CLASSES[args.model])
 
 
-def _load_folder(args, train: bool):
-    """--data folder: the model's image size and colours; only the files needed are decoded."""
+def _prepared(x, y, xe, ye, eval_name, class_names, num_classes) -> _Data:
+    """uint8 images and integer labels -> float32 images in [0, 1] and one-hot rows."""
+    import numpy as np
+
+    from fastcnn import datasets
+
+    def part(images, labels):
+        return datasets.prepare_images(images), datasets.to_categorical(labels, num_classes)
+
+    return _Data(part(x, y) if x is not None else None, part(xe, ye), len(x) if x is not None else 0,
+                 len(xe), eval_name, class_names, np.asarray(ye, np.int64))
+
+
+def _load_folder(args, train: bool) -> _Data:
+    """--data folder: the model's image size and colours; only the files needed are decoded,
+    all at once, or batch by batch as training asks for them (--stream)."""
     import numpy as np
 
     from fastcnn import datasets
@@ -213,16 +252,29 @@ def _load_folder(args, train: bool):
     color_mode = "rgb" if channels == 3 else "grayscale"
     train_files = folder.train[:args.limit or None] if train else []
     eval_files = folder.eval[:args.limit or None]
+    names = list(folder.class_names)
+    eval_labels = np.array([label for _, label in eval_files], dtype=np.int64)
+    if getattr(args, "stream", False):
+        print(f"streaming {len(train_files) + len(eval_files):,} images of {folder.root}: decoded to "
+              f"{height}x{width} {color_mode} batch by batch", flush=True)
+        batch = args.batch_size or DEFAULT_BATCH[args.model]
+
+        def source(files, shuffle):
+            return datasets.ImageFolderBatches(files, batch, (height, width), color_mode, len(names),
+                                               shuffle=shuffle, seed=args.seed) if files else None
+
+        return _Data(source(train_files, True), source(eval_files, False), len(train_files), len(eval_files),
+                     folder.eval_name, names, eval_labels)
     print(f"decoding {len(train_files) + len(eval_files):,} images of {folder.root} to "
           f"{height}x{width} {color_mode} ...", flush=True)
 
     def decoded(files):
-        images = datasets.read_images([path for path, _ in files], (height, width), color_mode,
-                                      progress=getattr(args, "verbose", 1) == 1)
-        return images, np.array([label for _, label in files], dtype=np.int64)
+        return datasets.read_images([path for path, _ in files], (height, width), color_mode,
+                                    progress=getattr(args, "verbose", 1) == 1)
 
-    x, y = decoded(train_files) if train else (None, None)
-    return (x, y, *decoded(eval_files), folder.eval_name, list(folder.class_names))
+    train_labels = [label for _, label in train_files]
+    return _prepared(decoded(train_files) if train else None, train_labels, decoded(eval_files), eval_labels,
+                     folder.eval_name, names, len(names))
 
 
 def _place(model, device: str) -> str:
@@ -277,11 +329,11 @@ def _schedule(args) -> list:
     return found
 
 
-def _fit(model, args, x, y, xe, ye, batch_size, initial_epoch, saver, logger, checkpoint) -> int:
+def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint) -> int:
     """Train from initial_epoch to args.epochs; 130 after Ctrl-C (checkpoint saved), else 0."""
     if initial_epoch < args.epochs:
         try:
-            model.fit(x, y, epochs=args.epochs, batch_size=batch_size, validation_data=(xe, ye),
+            model.fit(*_xy(data.train), epochs=args.epochs, batch_size=batch_size, validation_data=data.validation,
                       shuffle=True, verbose=args.verbose, callbacks=_schedule(args) + [saver, logger],
                       initial_epoch=initial_epoch, graph=False if args.no_graph else None)
         except KeyboardInterrupt:
@@ -335,7 +387,7 @@ def _using_kernels(kernels: dict):
 
 def cmd_train(args) -> int:
     import fastcnn
-    from fastcnn import callbacks, datasets
+    from fastcnn import callbacks
 
     args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
@@ -346,10 +398,9 @@ def cmd_train(args) -> int:
                          f"(with the same --out) first")
 
     kernels = _kernel_choices(args.kernel)
-    x, y, xe, ye, eval_name, class_names = _load_data(args)
+    data = _load_data(args)
+    class_names = data.class_names
     num_classes = len(class_names) if class_names else DEFAULT_CLASSES[args.model]
-    x, xe = datasets.prepare_images(x), datasets.prepare_images(xe)
-    y, ye = datasets.to_categorical(y, num_classes), datasets.to_categorical(ye, num_classes)
     if args.data == "synthetic":
         print("NOTE: --data synthetic: random images and labels, for throughput only; "
               "the accuracies below mean nothing.")
@@ -363,7 +414,9 @@ def cmd_train(args) -> int:
         note = f" ({_current_gpu()})" + note
     print(f"device: {model.device}, backend: {backend_name}{note}")
     kernels = _kernels_for(model, kernels)
-    print(f"data: {args.data}: {len(x):,} training images; evaluation on {len(xe):,} images: {eval_name}")
+    eval_name = data.eval_name
+    print(f"data: {args.data}: {data.train_count:,} training images; evaluation on {data.eval_count:,} images: "
+          f"{eval_name}")
 
     out.mkdir(parents=True, exist_ok=True)
     initial_epoch = 0
@@ -372,8 +425,8 @@ def cmd_train(args) -> int:
         print(f"resuming from {checkpoint}: {initial_epoch} epoch(s) done, training to {args.epochs}")
     meta = {"model": args.model, "variant": args.variant if args.model == "alexnet" else None,
             "augment": _augment(args),
-            "data": args.data, "synthetic": args.data == "synthetic", "train_images": len(x),
-            "eval_images": len(xe), "eval_set": eval_name, "classes": class_names,
+            "data": args.data, "synthetic": args.data == "synthetic", "train_images": data.train_count,
+            "eval_images": data.eval_count, "eval_set": eval_name, "classes": class_names,
             "epochs": args.epochs, "batch_size": batch_size,
             "optimizer": repr(model.optimizer), "seed": args.seed,
             "device": str(model.device), "backend": backend_name, "graph": model.device == "cuda" and not args.no_graph,
@@ -383,13 +436,16 @@ def cmd_train(args) -> int:
 
     with _using_kernels(kernels):  # the --kernel choices hold for training and evaluation
         start = time.perf_counter()
-        code = _fit(model, args, x, y, xe, ye, batch_size, initial_epoch, saver, logger, checkpoint)
-        if code:
-            return code
-        seconds = time.perf_counter() - start
-        loss, accuracy = model.evaluate(xe, ye, batch_size=batch_size, verbose=0)
+        try:
+            code = _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint)
+            if code:
+                return code
+            seconds = time.perf_counter() - start
+            loss, accuracy = model.evaluate(*_xy(data.validation), batch_size=batch_size, verbose=0)
+        finally:
+            _close(data)
     label = _eval_label(args, eval_name)
-    print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {len(xe):,} images, "
+    print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {data.eval_count:,} images, "
           f"{eval_name}; training took {seconds:.1f} s on {model.device} ({backend_name})")
 
     model.save_weights(out / "weights.npz")
@@ -448,12 +504,9 @@ def _confusion_text(counts) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    import numpy as np
-
-    from fastcnn import datasets
-
     args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
-    _, _, xe, ye, eval_name, class_names = _load_data(args, train=False)
+    data = _load_data(args, train=False)
+    eval_name, class_names = data.eval_name, data.class_names
     classes = len(class_names) if class_names else DEFAULT_CLASSES[args.model]
     model = _build(args, classes)
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
@@ -465,15 +518,19 @@ def cmd_evaluate(args) -> int:
     note = _place(model, args.device)
     print(f"device: {model.device}, backend: {model.backend.name}{note}")
     kernels = _kernels_for(model, kernels)
-    x, y = datasets.prepare_images(xe), np.asarray(ye, np.int64)
+    x, y = _xy(data.validation)
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
-    with _using_kernels(kernels):
-        loss, accuracy = model.evaluate(x, datasets.to_categorical(y, classes), batch_size=batch_size, verbose=0)
-        probabilities = model.predict(x, batch_size=batch_size)
+    try:
+        with _using_kernels(kernels):
+            loss, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
+            probabilities = model.predict(x, batch_size=batch_size)
+    finally:
+        _close(data)
+    y = data.eval_labels
     predicted = probabilities.argmax(axis=1)
     label = _eval_label(args, eval_name)
-    print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {len(x):,} images, {eval_name}; "
-          f"weights {args.weights}")
+    print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {data.eval_count:,} images, "
+          f"{eval_name}; weights {args.weights}")
     if classes > 5:  # the AlexNet paper's second figure
         print(f"{label} top-5 accuracy: {top_k_accuracy(probabilities, y, 5):.4f}")
     if classes <= 20:
@@ -619,6 +676,8 @@ def _add_step_arguments(p) -> None:
 DATA_DIR_HELP = ("folder: the image folder (DIR/<class>/*.jpg, or DIR/train/<class>/ and DIR/val/<class>/); "
                  "mnist, fashion-mnist: the IDX files' directory (default: the cache directory, "
                  "$FASTCNN_DATA or ~/.cache/fastcnn)")
+STREAM_HELP = ("folder: decode each batch when it is needed, on threads ahead of the GPU, instead of "
+               "every image first (for folders larger than memory)")
 AUGMENT_HELP = ("alexnet: the paper's augmentation: images at 256x256, a random 227x227 crop of each, "
                 "mirrored with probability 1/2, drawn on the device every step (evaluation: the centre crop)")
 SPLIT_SEED_HELP = (f"the random split of mnist-sample (8,000/2,000) or of a one-level image folder "
@@ -658,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-graph", action="store_true", help="do not capture the step as a CUDA graph")
     p.add_argument("--augment", action="store_true", help=AUGMENT_HELP)
+    p.add_argument("--stream", action="store_true", help=STREAM_HELP)
     p.add_argument("--reduce-lr", type=int, default=None, metavar="EPOCHS",
                    help="divide the learning rate by 10 after EPOCHS epochs without a better validation "
                         "accuracy (the AlexNet paper's schedule)")
@@ -680,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "mnist and fashion-mnist: their test sets; folder: its val/ folder or held-out part")
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP + " (as in train)")
+    p.add_argument("--stream", action="store_true", help=STREAM_HELP)
     p.add_argument("--augment", action="store_true", help=AUGMENT_HELP + " (as in train: evaluates on the centre crops)")
     p.add_argument("--limit", type=int, default=None, help="only the first N evaluation images")
     p.add_argument("--seed", type=int, default=0, help="synthetic data: the --seed train was given")

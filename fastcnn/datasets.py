@@ -47,6 +47,7 @@ __all__ = [
     "IDXFormatError", "ChecksumMismatch", "DataNotFound",
     "read_idx", "load_mnist", "load_fashion_mnist", "load_mnist_sample",
     "ImageFolderError", "ImageFolder", "image_folder", "read_images", "load_image_folder",
+    "ImageFolderBatches",
     "synthetic", "to_categorical", "prepare_images", "cache_dir",
 ]
 
@@ -424,13 +425,8 @@ def _decode(path: Path, size, pil_mode: str) -> np.ndarray:
         raise ImageFolderError(f"{path}: cannot decode this image ({exc})") from None
 
 
-def read_images(paths, image_size=(227, 227), color_mode: str = "rgb", progress: bool = False) -> np.ndarray:
-    """Decode image files into uint8 ``(N, H, W, C)``: shorter side scaled to fit, centre crop.
-
-    ``image_size`` is (height, width); ``color_mode`` 'rgb' (C = 3) or 'grayscale' (C = 1).
-    The files are decoded on several threads (Pillow releases the GIL while decoding);
-    ``progress`` shows a bar on stderr (with tqdm installed).
-    """
+def _decoder(image_size, color_mode):
+    """(decode(path) -> uint8 (H, W, C), (H, W, C)) after checking the arguments and Pillow."""
     try:
         import PIL  # noqa: F401
     except ImportError:
@@ -438,20 +434,94 @@ def read_images(paths, image_size=(227, 227), color_mode: str = "rgb", progress:
                           "(or pip install 'fastcnn[images]')") from None
     if color_mode not in COLOR_MODES:
         raise ValueError(f"color_mode={color_mode!r}: use one of {sorted(COLOR_MODES)}")
-    if isinstance(paths, (str, os.PathLike)):
-        raise TypeError(f"paths must be a list of image files, got one path {str(paths)!r}: pass [path]")
     size = tuple(image_size) if isinstance(image_size, (tuple, list)) else ()
     if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in size):
         raise ValueError(f"image_size={image_size!r}: expected (height, width), two ints >= 1")
     height, width = (int(v) for v in size)
     pil_mode, channels = COLOR_MODES[color_mode]
-    paths = [Path(p) for p in paths]
-    out = np.empty((len(paths), height, width, channels), dtype=np.uint8)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = pool.map(lambda p: _decode(p, (width, height), pil_mode), paths)
+    shape = (height, width, channels)
+    return (lambda path: _decode(Path(path), (width, height), pil_mode).reshape(shape)), shape
+
+
+def _workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def read_images(paths, image_size=(227, 227), color_mode: str = "rgb", progress: bool = False) -> np.ndarray:
+    """Decode image files into uint8 ``(N, H, W, C)``: shorter side scaled to fit, centre crop.
+
+    ``image_size`` is (height, width); ``color_mode`` 'rgb' (C = 3) or 'grayscale' (C = 1).
+    The files are decoded on several threads (Pillow releases the GIL while decoding);
+    ``progress`` shows a bar on stderr (with tqdm installed).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        raise TypeError(f"paths must be a list of image files, got one path {str(paths)!r}: pass [path]")
+    decode, shape = _decoder(image_size, color_mode)
+    paths = list(paths)
+    out = np.empty((len(paths), *shape), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        decoded = pool.map(decode, paths)
         for i, pixels in enumerate(_progress_bar(decoded, len(paths)) if progress else decoded):
-            out[i] = pixels.reshape(height, width, channels)
+            out[i] = pixels
     return out
+
+
+class ImageFolderBatches:
+    """Image files decoded batch by batch as training asks for them, for folders too large to
+    hold in memory: ``fit(ImageFolderBatches(folder.train, 128, ...))``.
+
+    Keras's Sequence protocol: ``len()`` batches; ``[i]`` -> ``(x, y)`` with x float32
+    ``(B, H, W, C)`` in [0, 1] and y one-hot float32 rows (with ``num_classes``) or int64
+    labels; ``on_epoch_end()`` draws the next epoch's order (``shuffle``).  ``files`` are
+    ``(path, label)`` pairs (``image_folder(...).train``).  Decoding runs ahead on a pool of
+    threads, ``prefetch`` batches beyond the one asked for.  ``close()`` stops the pool.
+    """
+
+    def __init__(self, files, batch_size, image_size=(227, 227), color_mode="rgb", num_classes=None,
+                 shuffle=True, seed=0, prefetch=2):
+        self.files = list(files)
+        if not self.files:
+            raise ImageFolderError("ImageFolderBatches: no files")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.decode, self.image_shape = _decoder(image_size, color_mode)
+        self.batch_size, self.num_classes, self.shuffle = int(batch_size), num_classes, shuffle
+        self.samples = len(self.files)
+        self.prefetch = max(0, int(prefetch))
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(self.samples) if shuffle else np.arange(self.samples)
+        self.pool = ThreadPoolExecutor(max_workers=_workers())
+        self.pending: dict = {}
+
+    def __len__(self) -> int:
+        return -(-self.samples // self.batch_size)
+
+    def _submit(self, i):
+        rows = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        return [self.pool.submit(self.decode, self.files[r][0]) for r in rows], rows
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        futures, rows = self.pending.pop(i, None) or self._submit(i)   # first in the pool's queue
+        for ahead in range(i + 1, min(i + 1 + self.prefetch, len(self))):
+            if ahead not in self.pending:
+                self.pending[ahead] = self._submit(ahead)
+        x = np.stack([f.result() for f in futures]).astype(np.float32) / np.float32(255.0)
+        labels = np.array([self.files[r][1] for r in rows], dtype=np.int64)
+        return x, (labels if self.num_classes is None else to_categorical(labels, self.num_classes))
+
+    def on_epoch_end(self) -> None:
+        for futures, _ in self.pending.values():
+            for f in futures:
+                f.cancel()
+        self.pending = {}
+        if self.shuffle:
+            self.order = self.rng.permutation(self.samples)
+
+    def close(self) -> None:
+        self.on_epoch_end()
+        self.pool.shutdown(wait=True)
 
 
 def _progress_bar(items, total):

@@ -338,27 +338,38 @@ class Sequential:
             verbose=1, callbacks=None, initial_epoch=0, graph=None, validation_split=0.0) -> History:
         """Train for ``epochs`` epochs; returns a History (loss, accuracy, val_loss, val_accuracy).
 
+        ``x`` may also be a batch source instead of arrays (Keras's Sequence protocol: ``len()``
+        batches, ``source[i]`` -> (x, y), optional ``on_epoch_end()``; e.g.
+        ``fastcnn.datasets.ImageFolderBatches``): its batches are used as they come (no
+        ``y``, ``batch_size``, ``shuffle`` or ``validation_split``); ``validation_data`` may be one too.
         ``validation_split``: as Keras, the last fraction of x and y (taken before any shuffling)
         is held out for validation, unless ``validation_data`` is given.
         ``graph`` (default: on for the GPU) replays each full batch as one captured CUDA graph.
         """
         self._require_compiled()
-        x = self._check_x(x)
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
-        if validation_split and validation_data is None:
-            cut = int(x.shape[0] * (1.0 - validation_split))   # Keras's split point
-            if not 0 < cut < x.shape[0]:
-                raise ValueError(f"validation_split={validation_split} leaves no training or no validation "
-                                 f"samples out of {x.shape[0]}")
-            x, validation_data = x[:cut], (x[cut:], y[cut:])
-            y = y[:cut]
-        n = x.shape[0]
-        y = self._labels(y, n)
-        batch_size = int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if validation_data is not None:
+        if is_batch_source(x):
+            if y is not None or validation_split:
+                raise ValueError("fit(x=<batch source>): the labels and the split come from the source; "
+                                 "leave y and validation_split out")
+            batches = _SourceBatches(self, x)
+            batch_size = batches.batch_size
+        else:
+            x = self._check_x(x)
+            if validation_split and validation_data is None:
+                cut = int(x.shape[0] * (1.0 - validation_split))   # Keras's split point
+                if not 0 < cut < x.shape[0]:
+                    raise ValueError(f"validation_split={validation_split} leaves no training or no validation "
+                                     f"samples out of {x.shape[0]}")
+                x, validation_data = x[:cut], (x[cut:], y[cut:])
+                y = y[:cut]
+            y = self._labels(y, x.shape[0])
+            batch_size = int(batch_size)
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be positive, got {batch_size}")
+            batches = _Batches(self.backend, x, y, batch_size, shuffle, on_device=self.device == "cuda")
+        if validation_data is not None and not is_batch_source(validation_data):
             vx, vy = validation_data
             vx = self._check_x(vx, "validation x")
             validation_data = (vx, self._labels(vy, vx.shape[0]))
@@ -369,33 +380,32 @@ class Sequential:
         if getattr(self.optimizer, "state", None) is None:
             self.optimizer.build(self.backend, self._flat.size)
         B = self.backend
-        steps = math.ceil(n / batch_size)
+        steps = batches.steps
         history = History()
         cbs = CallbackList([history] + _progress_callbacks(verbose) + list(callbacks or []))
         cbs.set_model(self)
         self.history, self.stop_training = history, False
-        batches = _Batches(B, x, y, on_device=self.device == "cuda")
-        cbs.on_train_begin({"epochs": epochs, "steps": steps, "samples": n, "batch_size": batch_size,
+        cbs.on_train_begin({"epochs": epochs, "steps": steps, "samples": batches.samples, "batch_size": batch_size,
                             "initial_epoch": initial_epoch, "device": self.device})
         for epoch in range(initial_epoch, epochs):
             # per epoch: a callback may have changed the learning rate (a new capture then)
-            step_graph = self.make_graph_step((batch_size,) + x.shape[1:], (batch_size,) + y.shape[1:], y.dtype) \
-                if use_graph and n >= batch_size else None
-            batches.set_order(generator().permutation(n) if shuffle else None)
+            step_graph = self.make_graph_step(*batches.graph_shapes) if use_graph and batches.graph_shapes else None
+            batches.start_epoch()
             self.backend.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
             cbs.on_epoch_begin(epoch, {})
             seen = 0
             for i in range(steps):
-                count = min(batch_size, n - i * batch_size)
-                rows = (i * batch_size, i * batch_size + count)
-                if step_graph is not None and count == batch_size and batches.on_device:
-                    batches.get(*rows, out=step_graph.inputs)  # straight into the graph's inputs
+                if step_graph is not None and batches.on_device and batches.full(i):
+                    batches.get(i, out=step_graph.inputs)  # straight into the graph's inputs
                     step_graph.replay()
-                elif step_graph is not None and count == batch_size:
-                    step_graph(*batches.get(*rows))
+                    count = batch_size
                 else:
-                    xb, yb = batches.get(*rows)
-                    self.train_step(B.asarray(xb, np.float32), B.asarray(yb))
+                    xb, yb = batches.get(i)
+                    count = len(xb)
+                    if step_graph is not None and count == batch_size:
+                        step_graph(xb, yb)
+                    else:
+                        self.train_step(B.asarray(xb, np.float32), B.asarray(yb))
                 seen += count
                 cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count, "seen": seen, "steps": steps},
                                               self._running_metrics(seen)))
@@ -406,11 +416,12 @@ class Sequential:
             if self.metrics:
                 logs["accuracy"] = totals[1] / max(seen, 1)
             if validation_data is not None:
-                val = self._evaluate(*validation_data, batch_size)
+                val = self._evaluate(validation_data, batch_size)
                 logs["val_loss"] = val[0]
                 if self.metrics:
                     logs["val_accuracy"] = val[1]
             cbs.on_epoch_end(epoch, logs)
+            batches.end_epoch()
             if self.stop_training:
                 break
         cbs.on_train_end({})
@@ -425,40 +436,63 @@ class Sequential:
         return names
 
     # ---- inference ---------------------------------------------------------------------------
-    def evaluate(self, x, y, batch_size=None, verbose=1):
-        """[loss, accuracy] (or the loss alone without metrics), Keras-style."""
+    def evaluate(self, x, y=None, batch_size=None, verbose=1):
+        """[loss, accuracy] (or the loss alone without metrics), Keras-style; x may be a batch
+        source (see fit), y then left out."""
         if self.loss is None:
             raise RuntimeError("call compile(...) before evaluate()")
-        x = self._check_x(x)
-        result = self._evaluate(x, self._labels(y, x.shape[0]), batch_size or 32)
+        if not is_batch_source(x):
+            x = self._check_x(x)
+            x = (x, self._labels(y, x.shape[0]))
+        elif y is not None:
+            raise ValueError("evaluate(x=<batch source>): the labels come from the source; leave y out")
+        result = self._evaluate(x, batch_size or 32)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(["loss"] + self.metrics, result)))
         return result if self.metrics else result[0]
 
-    def _evaluate(self, x, y, batch_size):
+    def _eval_batches(self, data, batch_size):
+        """(x, y) device batches of validation data: a batch source, or (x, labels) arrays."""
+        if is_batch_source(data):
+            for i in range(len(data)):
+                xb, yb = data[i]
+                xb = self._check_x(xb, f"batch {i}'s x")
+                yield self.backend.asarray(xb, np.float32), self.backend.asarray(self._labels(yb, xb.shape[0]))
+            return
+        x, y = data
+        for start in range(0, x.shape[0], batch_size):
+            idx = slice(start, start + batch_size)
+            yield self._batch(x, idx, np.float32), self._batch(y, idx, y.dtype)
+
+    def _evaluate(self, data, batch_size):
         self._ensure_bound()
         B = self.backend
         totals = B.asarray(np.zeros(2, np.float64))
+        n = 0
         with backends.using(B.name), no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                idx = slice(start, start + batch_size)
-                logits = self._forward(Tensor(self._batch(x, idx, np.float32)), False, True)
-                B.softmax_cross_entropy(logits.data, self._batch(y, idx, y.dtype), totals)
+            for xb, yb in self._eval_batches(data, batch_size):
+                logits = self._forward(Tensor(xb), False, True)
+                B.softmax_cross_entropy(logits.data, yb, totals)
+                n += xb.shape[0]
         totals = B.to_host(totals)
-        n = x.shape[0]
         return [float(totals[0] / n), float(totals[1] / n)][: 1 + len(self.metrics)]
 
     def predict(self, x, batch_size=None, verbose=0) -> np.ndarray:
-        """Softmax outputs (or the last layer's outputs) as a NumPy array."""
-        x = self._check_x(x)
+        """Softmax outputs (or the last layer's outputs) as a NumPy array; x may be a batch
+        source (see fit: its labels are not used)."""
         self._ensure_bound()
-        batch_size = batch_size or 32
         B = self.backend
+        if is_batch_source(x):
+            inputs = (B.asarray(self._check_x(x[i][0], f"batch {i}'s x"), np.float32) for i in range(len(x)))
+        else:
+            x = self._check_x(x)
+            batch_size = batch_size or 32
+            inputs = (self._batch(x, slice(start, start + batch_size), np.float32)
+                      for start in range(0, x.shape[0], batch_size))
         outputs = []
         with backends.using(B.name), no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                y = self._forward(Tensor(self._batch(x, slice(start, start + batch_size), np.float32)), False, False)
-                outputs.append(B.to_host(y.data))
+            for xb in inputs:
+                outputs.append(B.to_host(self._forward(Tensor(xb), False, False).data))
         return np.concatenate(outputs)
 
 
@@ -472,28 +506,46 @@ def _device_free_bytes(backend) -> float:
     return free + backend.xp.get_default_memory_pool().free_bytes()
 
 
+def is_batch_source(x) -> bool:
+    """True for a batch source (Keras's Sequence protocol: len() and [i] -> (x, y)), not arrays."""
+    return (not hasattr(x, "shape") and not isinstance(x, (list, tuple, dict))
+            and hasattr(x, "__len__") and hasattr(x, "__getitem__"))
+
+
 class _Batches:
-    """The batches of one fit.  On the GPU the whole training set is copied to the device
-    once (when it takes at most DEVICE_SHARE of the GPU's free memory) and each batch is a
-    gather there: no host round trip per step, so the host only enqueues work.  Otherwise
-    each batch is gathered on the host (only that batch is copied)."""
+    """The batches of one fit over arrays.  On the GPU the whole training set is copied to the
+    device once (when it takes at most DEVICE_SHARE of the GPU's free memory) and each batch
+    is a gather there: no host round trip per step, so the host only enqueues work.
+    Otherwise each batch is gathered on the host (only that batch is copied)."""
     DEVICE_SHARE = 0.5  # the rest stays for the step's activations, gradients and workspaces
 
-    def __init__(self, backend, x, y, on_device):
-        self.B = backend
+    def __init__(self, backend, x, y, batch_size, shuffle, on_device):
+        self.B, self.batch_size, self.shuffle = backend, batch_size, shuffle
+        self.samples = n = x.shape[0]
+        self.steps = math.ceil(n / batch_size)
+        self.graph_shapes = ((batch_size,) + x.shape[1:], (batch_size,) + y.shape[1:], y.dtype) \
+            if n >= batch_size else None
         self.on_device = on_device and 4 * x.size + y.nbytes <= self.DEVICE_SHARE * _device_free_bytes(backend)
         if self.on_device:
             x, y = backend.asarray(x, np.float32), backend.asarray(y)
         self.x, self.y, self.order = x, y, None
 
-    def set_order(self, order) -> None:
-        """A permutation of the rows for this epoch (None: in order)."""
+    def start_epoch(self) -> None:
+        """This epoch's order of the rows: a new permutation with shuffle, else as given."""
+        order = generator().permutation(self.samples) if self.shuffle else None
         self.order = order if order is None or not self.on_device else self.B.asarray(order.astype(np.int32))
 
-    def get(self, start, stop, out=None):
-        """Rows start:stop of this epoch's order.  On the device they are picked by our
+    def end_epoch(self) -> None:
+        pass
+
+    def full(self, i) -> bool:
+        return (i + 1) * self.batch_size <= self.samples
+
+    def get(self, i, out=None):
+        """Batch i of this epoch's order.  On the device its rows are picked by our
         gather_rows kernel (no CuPy indexing kernel), into ``out`` = (x, y) when given (a
         captured step's static inputs: no further copy), else into new arrays."""
+        start, stop = i * self.batch_size, min((i + 1) * self.batch_size, self.samples)
         if not self.on_device:
             idx = slice(start, stop) if self.order is None else self.order[start:stop]
             return self.x[idx], self.y[idx]
@@ -507,6 +559,38 @@ class _Batches:
             else:
                 self.B.gather_rows(dst, src, self.order[start:stop])
         return out
+
+
+class _SourceBatches:
+    """The batches of one fit over a batch source: host batches as the source gives them,
+    checked, labels prepared for the loss; the source's first batch sets the batch size
+    (the captured step's shape; other sizes run eagerly).  on_epoch_end() after each epoch."""
+    on_device = False
+
+    def __init__(self, model, source):
+        self.model, self.source = model, source
+        self.steps = len(source)
+        if self.steps < 1:
+            raise ValueError("fit: the batch source is empty (len() == 0)")
+        x0, y0 = self.get(0)
+        self.batch_size = x0.shape[0]
+        self.samples = None   # unknown until every batch was seen
+        self.graph_shapes = (x0.shape, y0.shape, y0.dtype)
+
+    def start_epoch(self) -> None:
+        pass
+
+    def end_epoch(self) -> None:
+        if hasattr(self.source, "on_epoch_end"):
+            self.source.on_epoch_end()
+
+    def full(self, i) -> bool:
+        return False  # never on the device
+
+    def get(self, i, out=None):
+        xb, yb = self.source[i]
+        xb = np.asarray(self.model._check_x(xb, f"batch {i}'s x"), np.float32)
+        return xb, self.model._labels(yb, xb.shape[0])
 
 
 def _progress_callbacks(verbose):

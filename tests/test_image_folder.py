@@ -184,6 +184,54 @@ def test_without_pillow_the_message_says_what_to_install(tmp_path, monkeypatch):
         datasets.read_images([tmp_path / "a.png"], (8, 8))
 
 
+# ---------------------------------------------------------------------------- batch by batch
+def test_image_folder_batches_decode_each_batch_in_order(tmp_path):
+    written = digit_folder(tmp_path, per_class=5, classes=3)
+    folder = datasets.image_folder(tmp_path, validation=0.0)
+    batches = datasets.ImageFolderBatches(folder.train, 4, (28, 28), "grayscale", num_classes=3, shuffle=False)
+    assert len(batches) == 4 and batches.samples == 15
+    xs, ys = zip(*(batches[i] for i in range(len(batches))))
+    assert [len(x) for x in xs] == [4, 4, 4, 3] and xs[0].dtype == np.float32 and ys[0].shape == (4, 3)
+    expected = np.stack([written[path] for path, _ in folder.train])[..., None] / np.float32(255)
+    np.testing.assert_array_equal(np.concatenate(xs), expected.astype(np.float32))
+    np.testing.assert_array_equal(np.concatenate(ys).argmax(1), [label for _, label in folder.train])
+    with pytest.raises(IndexError):
+        batches[4]
+    shuffled = datasets.ImageFolderBatches(folder.train, 15, (28, 28), "grayscale", seed=3)
+    first = shuffled[0][1]
+    shuffled.on_epoch_end()
+    second = shuffled[0][1]
+    assert sorted(first) == sorted(second) == sorted(label for _, label in folder.train)
+    assert not np.array_equal(first, second)          # a new order every epoch
+    shuffled.close()
+    batches.close()
+
+
+def test_fit_evaluate_predict_on_batches_equal_the_arrays(tmp_path, monkeypatch):
+    import fastcnn
+    digit_folder(tmp_path, per_class=6, classes=3)
+    folder = datasets.image_folder(tmp_path, validation=0.0)
+    x = datasets.prepare_images(datasets.read_images([p for p, _ in folder.train], (28, 28), "grayscale"))
+    y = datasets.to_categorical([label for _, label in folder.train], 3)
+    models = []
+    for _ in range(2):
+        fastcnn.manual_seed(1)
+        model = fastcnn.models.lenet5(num_classes=3)
+        model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+        models.append(model)
+    source = datasets.ImageFolderBatches(folder.train, 5, (28, 28), "grayscale", num_classes=3, shuffle=False)
+    h_arrays = models[0].fit(x, y, epochs=2, batch_size=5, shuffle=False, verbose=0, validation_data=(x, y)).history
+    h_source = models[1].fit(source, epochs=2, verbose=0, validation_data=source).history
+    assert h_arrays == h_source
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert models[1].evaluate(source, verbose=0) == models[0].evaluate(x, y, verbose=0)
+    np.testing.assert_array_equal(models[1].predict(source), models[0].predict(x, batch_size=5))
+    with pytest.raises(ValueError, match="leave y and validation_split out"):
+        models[1].fit(source, y)
+    source.close()
+
+
 # ---------------------------------------------------------------------------- the command
 def run(capsys, *argv):
     code = cli.main([str(a) for a in argv])
@@ -292,3 +340,24 @@ def test_a_test_folder_is_reported_as_test(capsys, tmp_path):
     assert code == 0, err
     assert "test accuracy" in text and "8 training images; evaluation on 4 images" in text
     assert "test_accuracy" in json.loads((tmp_path / "run" / "history.json").read_text())
+
+
+def test_train_and_evaluate_streaming_a_folder(capsys, tmp_path):
+    digit_folder(tmp_path / "train", per_class=6, classes=3)
+    digit_folder(tmp_path / "val", per_class=3, classes=3)
+    common = ("--data", "folder", "--data-dir", tmp_path, "--device", "cpu")
+    code, text, err = run(capsys, "train", "lenet5", *common, "--stream", "--epochs", "2", "--batch-size", "4",
+                          "--verbose", "2", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "streaming 27 images" in text and "18 training images; evaluation on 9 images" in text
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history["history"]["val_accuracy"]) == 2 and history["train_images"] == 18
+    weights = tmp_path / "run" / "weights.npz"
+    reports = []
+    for stream in ((), ("--stream",)):      # the same images and weights: the same figures either way
+        code, text, err = run(capsys, "evaluate", "lenet5", *common, *stream, "--weights", weights)
+        assert code == 0, err
+        reports.append([line for line in text.splitlines() if "accuracy" in line or line.strip()[:1].isdigit()])
+    assert reports[0] == reports[1]
+    code, _, err = run(capsys, "train", "lenet5", "--stream", "--device", "cpu")
+    assert code == 2 and "--stream applies to --data folder" in err

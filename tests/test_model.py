@@ -379,3 +379,50 @@ def test_validation_split_holds_out_the_last_samples_as_keras():
         split.fit(x, y, validation_split=1.0, verbose=0)
     with pytest.raises(ValueError, match="leaves no training or no validation"):
         split.fit(x[:1], y[:1], validation_split=0.1, verbose=0)
+
+
+class ArraySource:
+    """A user's batch source (Keras's Sequence protocol) over arrays, in order."""
+
+    def __init__(self, x, y, batch_size):
+        self.x, self.y, self.batch_size, self.epochs_ended = x, y, batch_size, 0
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, i):
+        rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return self.x[rows], self.y[rows]
+
+    def on_epoch_end(self):
+        self.epochs_ended += 1
+
+
+def test_fit_on_a_batch_source_feeds_the_captured_step_from_the_host(monkeypatch):
+    """Full batches of a source go through the captured step's copy-in (host batches), the last
+    partial one eagerly; the same weights as fit on the arrays in the same order."""
+    (x, y), _ = sample(130, 10)
+    plain = compiled_lenet(seed=8)
+    plain.fit(x, y, epochs=2, batch_size=50, shuffle=False, verbose=0)
+
+    class HostFedStep(_FakeGraphStep):
+        calls = 0
+
+        def __call__(self, xb, yb):
+            HostFedStep.calls += 1
+            self.inputs[0][...], self.inputs[1][...] = xb, yb
+            self.replay()
+
+    model = compiled_lenet(seed=8)
+    steps = _capture_fakes(monkeypatch, HostFedStep)
+    model.device = "cuda"
+    source = ArraySource(x, y, 50)
+    history = model.fit(source, epochs=2, verbose=0)
+    assert HostFedStep.calls == 4 and steps[0].replays == 4 and source.epochs_ended == 2
+    assert len(history.history["loss"]) == 2
+    for a, b in zip(plain.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="batch 0's x has shape"):
+        model.fit(ArraySource(x[:, :20], y, 50), verbose=0)
+    with pytest.raises(ValueError, match="the batch source is empty"):
+        model.fit(ArraySource(x[:0], y[:0], 50), verbose=0)
