@@ -158,3 +158,23 @@ def test_alexnet_augmented_steps_match_the_reference_eager_and_graphed():
     for a, b in zip(eager.get_weights(), graph.get_weights()):
         assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(a)
     assert eager.evaluate(x, y, verbose=0)[0] == pytest.approx(cpu.evaluate(x, y, verbose=0)[0], rel=2e-3)
+
+
+def test_a_batch_source_feeds_the_graph_like_eager_steps():
+    """Host batches of a batch source copied into the captured step equal eager steps."""
+    x, y = sample(5 * 40 + 13)
+
+    class Source:
+        def __len__(self):
+            return -(-len(x) // 40)
+
+        def __getitem__(self, i):
+            return x[i * 40:(i + 1) * 40], y[i * 40:(i + 1) * 40]
+
+    eager = lenet_on("cuda")
+    graphed = lenet_on("cuda", weights=eager.get_weights())
+    h_eager = eager.fit(Source(), epochs=2, verbose=0, graph=False).history
+    h_graph = graphed.fit(Source(), epochs=2, verbose=0, graph=True).history
+    np.testing.assert_allclose(h_eager["loss"], h_graph["loss"], rtol=1e-4)
+    for a, b in zip(eager.get_weights(), graphed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
