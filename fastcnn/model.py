@@ -347,32 +347,8 @@ class Sequential:
         ``graph`` (default: on for the GPU) replays each full batch as one captured CUDA graph.
         """
         self._require_compiled()
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
-        if is_batch_source(x):
-            if y is not None or validation_split:
-                raise ValueError("fit(x=<batch source>): the labels and the split come from the source; "
-                                 "leave y and validation_split out")
-            batches = _SourceBatches(self, x)
-            batch_size = batches.batch_size
-        else:
-            x = self._check_x(x)
-            if validation_split and validation_data is None:
-                cut = int(x.shape[0] * (1.0 - validation_split))   # Keras's split point
-                if not 0 < cut < x.shape[0]:
-                    raise ValueError(f"validation_split={validation_split} leaves no training or no validation "
-                                     f"samples out of {x.shape[0]}")
-                x, validation_data = x[:cut], (x[cut:], y[cut:])
-                y = y[:cut]
-            y = self._labels(y, x.shape[0])
-            batch_size = int(batch_size)
-            if batch_size < 1:
-                raise ValueError(f"batch_size must be positive, got {batch_size}")
-            batches = _Batches(self.backend, x, y, batch_size, shuffle, on_device=self.device == "cuda")
-        if validation_data is not None and not is_batch_source(validation_data):
-            vx, vy = validation_data
-            vx = self._check_x(vx, "validation x")
-            validation_data = (vx, self._labels(vy, vx.shape[0]))
+        batches, validation_data = self._fit_data(x, y, batch_size, shuffle, validation_data, validation_split)
+        batch_size = batches.batch_size
         use_graph = (self.device == "cuda") if graph is None else bool(graph)
         if use_graph and self.device != "cuda":
             raise ValueError("graph=True needs the model on the GPU (model.to('cuda'))")
@@ -395,17 +371,7 @@ class Sequential:
             cbs.on_epoch_begin(epoch, {})
             seen = 0
             for i in range(steps):
-                if step_graph is not None and batches.on_device and batches.full(i):
-                    batches.get(i, out=step_graph.inputs)  # straight into the graph's inputs
-                    step_graph.replay()
-                    count = batch_size
-                else:
-                    xb, yb = batches.get(i)
-                    count = len(xb)
-                    if step_graph is not None and count == batch_size:
-                        step_graph(xb, yb)
-                    else:
-                        self.train_step(B.asarray(xb, np.float32), B.asarray(yb))
+                count = self._train_batch(batches, i, step_graph)
                 seen += count
                 cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count, "seen": seen, "steps": steps},
                                               self._running_metrics(seen)))
@@ -426,6 +392,49 @@ class Sequential:
                 break
         cbs.on_train_end({})
         return history
+
+    def _fit_data(self, x, y, batch_size, shuffle, validation_data, validation_split):
+        """fit's inputs checked: (the training batches, the validation data)."""
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        if is_batch_source(x):
+            if y is not None or validation_split:
+                raise ValueError("fit(x=<batch source>): the labels and the split come from the source; "
+                                 "leave y and validation_split out")
+            batches = _SourceBatches(self, x)
+        else:
+            x = self._check_x(x)
+            if validation_split and validation_data is None:
+                cut = int(x.shape[0] * (1.0 - validation_split))   # Keras's split point
+                if cut < 1:
+                    raise ValueError(f"validation_split={validation_split} leaves no training samples "
+                                     f"out of {x.shape[0]}")
+                x, validation_data = x[:cut], (x[cut:], y[cut:])
+                y = y[:cut]
+            if int(batch_size) < 1:
+                raise ValueError(f"batch_size must be positive, got {batch_size}")
+            batches = _Batches(self.backend, x, self._labels(y, x.shape[0]), int(batch_size), shuffle,
+                               on_device=self.device == "cuda")
+        if validation_data is not None and not is_batch_source(validation_data):
+            vx, vy = validation_data
+            vx = self._check_x(vx, "validation x")
+            validation_data = (vx, self._labels(vy, vx.shape[0]))
+        return batches, validation_data
+
+    def _train_batch(self, batches, i, step_graph) -> int:
+        """Train on batch i: replayed in the captured step when it has the captured size (picked
+        on the device straight into its inputs, or copied in from the host), else eagerly.
+        Returns the batch's size."""
+        if step_graph is not None and batches.on_device and batches.full(i):
+            batches.get(i, out=step_graph.inputs)
+            step_graph.replay()
+            return batches.batch_size
+        xb, yb = batches.get(i)
+        if step_graph is not None and len(xb) == batches.batch_size:
+            step_graph(xb, yb)
+        else:
+            self.train_step(self.backend.asarray(xb, np.float32), self.backend.asarray(yb))
+        return len(xb)
 
     def _running_metrics(self, seen):
         def read(i):

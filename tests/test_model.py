@@ -377,7 +377,7 @@ def test_validation_split_holds_out_the_last_samples_as_keras():
     assert h_split == h_explicit
     with pytest.raises(ValueError, match="validation_split must be in"):
         split.fit(x, y, validation_split=1.0, verbose=0)
-    with pytest.raises(ValueError, match="leaves no training or no validation"):
+    with pytest.raises(ValueError, match="leaves no training samples"):
         split.fit(x[:1], y[:1], validation_split=0.1, verbose=0)
 
 
