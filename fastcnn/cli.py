@@ -504,6 +504,7 @@ def _confusion_text(counts) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    _as_trained(args)
     args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
     data = _load_data(args, train=False)
     eval_name, class_names = data.eval_name, data.class_names
@@ -541,18 +542,37 @@ def cmd_evaluate(args) -> int:
 
 
 # ---------------------------------------------------------------------------- predict
+def _run_meta(weights) -> dict:
+    """What fastcnn train recorded beside the weights (its history.json), or {}."""
+    import json
+    history = Path(weights).parent / "history.json"
+    try:
+        meta = json.loads(history.read_text()) if history.is_file() else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _as_trained(args) -> None:
+    """--variant and --augment as the run that wrote --weights used them, unless given."""
+    meta = _run_meta(args.weights)
+    if args.model != meta.get("model"):
+        return
+    taken = []
+    if args.variant is None and meta.get("variant"):
+        args.variant = meta["variant"]
+        taken.append(f"--variant {args.variant}")
+    if not args.augment and meta.get("augment"):
+        args.augment = True
+        taken.append("--augment")
+    if taken:
+        print(f"as trained ({Path(args.weights).parent / 'history.json'}): {' '.join(taken)}")
+
+
 def _class_names_for(weights: Path, num_classes: int) -> list:
     """The names train recorded beside the weights (history.json), else Fashion-MNIST's or indices."""
-    import json
-
     from fastcnn import datasets
-    history = weights.parent / "history.json"
-    meta = {}
-    if history.is_file():
-        try:
-            meta = json.loads(history.read_text())
-        except ValueError:
-            meta = {}
+    meta = _run_meta(weights)
     names = meta.get("classes")
     if not names and meta.get("data") == "fashion-mnist":
         names = list(datasets.FASHION_CLASSES)
@@ -563,6 +583,7 @@ def _class_names_for(weights: Path, num_classes: int) -> list:
 
 def cmd_predict(args) -> int:
     import numpy as np
+    _as_trained(args)
 
     from fastcnn import datasets
     from fastcnn.model import _load_npz
@@ -680,6 +701,9 @@ STREAM_HELP = ("folder: decode each batch when it is needed, on threads ahead of
                "every image first (for folders larger than memory)")
 AUGMENT_HELP = ("alexnet: the paper's augmentation: images at 256x256, a random 227x227 crop of each, "
                 "mirrored with probability 1/2, drawn on the device every step (evaluation: the centre crop)")
+VARIANT_AS_TRAINED = "AlexNet variant; default: as history.json beside --weights records it, else single"
+AUGMENT_AS_TRAINED = ("alexnet trained with --augment: 256x256 images, their centre 227x227 crops; on by itself "
+                      "when history.json beside --weights records it")
 SPLIT_SEED_HELP = (f"the random split of mnist-sample (8,000/2,000) or of a one-level image folder "
                    f"({1 - FOLDER_VALIDATION:.0%}/{FOLDER_VALIDATION:.0%})")
 
@@ -734,14 +758,14 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", choices=sorted(INPUT_SHAPES))
     p.add_argument("--weights", required=True, help="a weights.npz written by fastcnn train (or save_weights)")
-    p.add_argument("--variant", choices=["single", "original"], default="single", help="AlexNet variant")
+    p.add_argument("--variant", choices=["single", "original"], default=None, help=VARIANT_AS_TRAINED)
     p.add_argument("--data", choices=DATA_SETS, default=None,
                    help="mnist-sample (its 2,000-image validation split) for lenet5, synthetic for alexnet; "
                         "mnist and fashion-mnist: their test sets; folder: its val/ folder or held-out part")
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP + " (as in train)")
     p.add_argument("--stream", action="store_true", help=STREAM_HELP)
-    p.add_argument("--augment", action="store_true", help=AUGMENT_HELP + " (as in train: evaluates on the centre crops)")
+    p.add_argument("--augment", action="store_true", help=AUGMENT_AS_TRAINED)
     p.add_argument("--limit", type=int, default=None, help="only the first N evaluation images")
     p.add_argument("--seed", type=int, default=0, help="synthetic data: the --seed train was given")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -759,8 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "MNIST's white digits on black)")
     p.add_argument("--weights", required=True, help="a weights.npz written by fastcnn train; class names "
                    "come from the history.json beside it")
-    p.add_argument("--variant", choices=["single", "original"], default="single", help="AlexNet variant")
-    p.add_argument("--augment", action="store_true", help=AUGMENT_HELP + " (as in train: the centre crop)")
+    p.add_argument("--variant", choices=["single", "original"], default=None, help=VARIANT_AS_TRAINED)
+    p.add_argument("--augment", action="store_true", help=AUGMENT_AS_TRAINED)
     p.add_argument("--top", type=int, default=3, help="how many classes to show per image")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: the GPU when one is usable, else the CPU reference")

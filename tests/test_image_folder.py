@@ -307,9 +307,10 @@ def test_train_alexnet_on_a_folder(capsys, tmp_path):
     assert code == 0, err
     assert "256x256 rgb" in text
     assert json.loads((tmp_path / "aug" / "history.json").read_text())["augment"] is True
-    code, text, err = run(capsys, "evaluate", "alexnet", "--augment", "--data", "folder", "--data-dir",
+    code, text, err = run(capsys, "evaluate", "alexnet", "--data", "folder", "--data-dir",
                           tmp_path / "data", "--weights", tmp_path / "aug" / "weights.npz", "--device", "cpu")
     assert code == 0, err
+    assert "as trained" in text and "--augment" in text    # from the run's history.json
     assert "256x256 rgb" in text and "classes: 0 blue, 1 red" in text
     assert "top-5" not in text                        # 2 classes: no top-5 figure
 
