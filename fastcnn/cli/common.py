@@ -1,0 +1,107 @@
+"""What the fastcnn commands share: the models and their inputs, usage errors, the device,
+the --kernel choices."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+DATA_SETS = ("mnist-sample", "mnist", "fashion-mnist", "folder", "synthetic")
+INPUT_SHAPES = {"lenet5": (28, 28, 1), "alexnet": (227, 227, 3)}
+DEFAULT_BATCH = {"lenet5": 200, "alexnet": 128}        # the seed's 200; AlexNet paper's 128
+DEFAULT_SYNTHETIC = {"lenet5": (2000, 500), "alexnet": (256, 64)}  # (train, validation) images
+DEFAULT_CLASSES = {"lenet5": 10, "alexnet": 1000}
+AUGMENT_INPUT = (256, 256, 3)  # AlexNet --augment: random 227x227 crops (and mirror images) of 256x256
+FOLDER_VALIDATION = 0.2  # held out of a one-level image folder (no train/ and val/ inside)
+
+
+class UsageError(Exception):
+    """A combination of options that cannot work; the message says what to do instead."""
+
+
+def is_augmented(args) -> bool:
+    augment = getattr(args, "augment", False)
+    if augment and args.model != "alexnet":
+        raise UsageError("--augment applies to alexnet only (a mirrored digit is another digit)")
+    return augment
+
+
+def input_shape(args) -> tuple:
+    """The images the model takes: with --augment, AlexNet's 256x256x3 before its random crop."""
+    return AUGMENT_INPUT if is_augmented(args) else INPUT_SHAPES[args.model]
+
+
+def build_model(args, num_classes: int | None = None):
+    from fastcnn import models
+    num_classes = num_classes or DEFAULT_CLASSES[args.model]
+    if args.model == "lenet5":
+        return models.lenet5(num_classes=num_classes)
+    return models.alexnet(num_classes=num_classes, variant=args.variant or "single", augment=is_augmented(args))
+
+
+def place(model, device: str) -> str:
+    """Move the model to the device asked for; with 'auto', the GPU when usable. Returns a note."""
+    from fastcnn.backend import BackendUnavailable
+    if device != "auto":
+        model.to(device)  # 'cuda' without a GPU raises BackendUnavailable with the reason
+        return ""
+    try:
+        model.to("cuda")
+        return ""
+    except BackendUnavailable as exc:
+        model.to("cpu")
+        return f" (GPU not used: {exc})"
+
+
+def current_gpu() -> str:
+    try:
+        import cupy
+        p = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = p["name"].decode() if isinstance(p["name"], bytes) else p["name"]
+        return f"{name}, compute capability {p['major']}.{p['minor']}"
+    except Exception as exc:  # the name is a courtesy; training goes on without it
+        return f"GPU name unknown: {exc}"
+
+
+def kernel_choices(pairs) -> dict:
+    """{op: variant} from --kernel OP=VARIANT options, checked against the registry."""
+    from fastcnn.backend import registry
+    chosen = {}
+    for pair in pairs or ():
+        op, sep, name = pair.partition("=")
+        if not sep or not op or not name:
+            raise UsageError(f"--kernel {pair!r}: expected OP=VARIANT, e.g. conv2d_forward=implicit_gemm96")
+        if op not in registry.ops():
+            raise UsageError(f"--kernel {pair!r}: no kernel variants for {op}; ops: {', '.join(registry.ops())}")
+        if name not in registry.variants(op):
+            raise UsageError(f"--kernel {pair!r}: {op} has no variant {name}; "
+                             f"its variants: {', '.join(registry.variants(op))} (fastcnn kernels {op})")
+        chosen[op] = name
+    return chosen
+
+
+def kernels_for(model, kernels: dict) -> dict:
+    """The --kernel choices that apply on the model's device; on the CPU reference none (said)."""
+    if kernels and model.device != "cuda":
+        print(f"NOTE: --kernel ignored: the {model.backend.name} backend has no kernel variants "
+              "(they are GPU kernels)")
+        return {}
+    if kernels:
+        print("kernels: " + ", ".join(f"{op}={name}" for op, name in kernels.items()))
+    return kernels
+
+
+@contextlib.contextmanager
+def using_kernels(kernels: dict):
+    """Every --kernel choice in force inside the block."""
+    import fastcnn
+    with contextlib.ExitStack() as chosen:
+        for op, name in kernels.items():
+            chosen.enter_context(fastcnn.kernels.using(op, name))
+        yield
+
+
+def eval_label(args, eval_name: str = "") -> str:
+    """'test' for the MNIST-style test sets and an image folder's test/, else 'validation'."""
+    if args.data in ("mnist", "fashion-mnist") or (args.data == "folder" and Path(eval_name).name == "test"):
+        return "test"
+    return "validation"

@@ -1,0 +1,138 @@
+"""fastcnn train: the optimizer (the papers' defaults), the schedule, fit with checkpoints, the
+files a run writes."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .common import (DEFAULT_BATCH, DEFAULT_CLASSES, UsageError, build_model, current_gpu, eval_label,
+                     is_augmented, kernel_choices, kernels_for, place, using_kernels)
+from .data import close_sources, load_data, xy
+
+
+def optimizer_for(args):
+    """Adam for LeNet-5 (the Keras seed); for AlexNet the paper's SGD: momentum 0.9, weight
+    decay 0.0005, learning rate 0.01.  Every option given on the command line wins."""
+    from fastcnn import optimizers
+    paper = args.model == "alexnet"
+    name = args.optimizer or ("sgd" if paper else "adam")
+    if name == "adam":
+        if args.weight_decay:
+            raise UsageError("--weight-decay applies to --optimizer sgd (the paper's rule)")
+        return optimizers.Adam(learning_rate=args.lr if args.lr is not None else 0.001)
+    momentum = args.momentum if args.momentum is not None else (0.9 if paper else 0.0)
+    weight_decay = args.weight_decay if args.weight_decay is not None else (5e-4 if paper else 0.0)
+    return optimizers.SGD(learning_rate=args.lr if args.lr is not None else 0.01, momentum=momentum,
+                          nesterov=args.nesterov, weight_decay=weight_decay)
+
+
+def _schedule(args) -> list:
+    """--reduce-lr / --early-stop as Keras callbacks watching the validation accuracy."""
+    from fastcnn import callbacks
+    found = []
+    if args.reduce_lr is not None:
+        found.append(callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.1, patience=args.reduce_lr))
+    if args.early_stop is not None:
+        found.append(callbacks.EarlyStopping(monitor="val_accuracy", patience=args.early_stop,
+                                             restore_best_weights=True))
+    return found
+
+
+def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint) -> int:
+    """Train from initial_epoch to args.epochs; 130 after Ctrl-C (checkpoint saved), else 0."""
+    if initial_epoch < args.epochs:
+        try:
+            model.fit(*xy(data.train), epochs=args.epochs, batch_size=batch_size, validation_data=data.validation,
+                      shuffle=True, verbose=args.verbose, callbacks=_schedule(args) + [saver, logger],
+                      initial_epoch=initial_epoch, graph=False if args.no_graph else None)
+        except KeyboardInterrupt:
+            done = saver.completed if saver.completed is not None else initial_epoch
+            model.save_checkpoint(checkpoint, done)
+            print(f"\ninterrupted: saved {checkpoint} ({done} epoch(s) complete; the interrupted epoch "
+                  f"will run again). Continue with the same command and --resume.", file=sys.stderr)
+            return 130
+    else:
+        print(f"nothing to train: {initial_epoch} epoch(s) already done (raise --epochs to train more)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import fastcnn
+    from fastcnn import callbacks
+
+    args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
+    batch_size = args.batch_size or DEFAULT_BATCH[args.model]
+    out = Path(args.out or f"runs/{args.model}-{args.data}")
+    checkpoint = out / "checkpoint.npz"
+    if args.resume and not checkpoint.is_file():
+        raise UsageError(f"--resume: no checkpoint at {checkpoint}; train once without --resume "
+                         f"(with the same --out) first")
+
+    kernels = kernel_choices(args.kernel)
+    data = load_data(args)
+    class_names = data.class_names
+    num_classes = len(class_names) if class_names else DEFAULT_CLASSES[args.model]
+    if args.data == "synthetic":
+        print("NOTE: --data synthetic: random images and labels, for throughput only; "
+              "the accuracies below mean nothing.")
+
+    fastcnn.manual_seed(args.seed)
+    model = build_model(args, num_classes)
+    model.compile(loss="categorical_crossentropy", optimizer=optimizer_for(args), metrics=["accuracy"])
+    note = place(model, args.device)
+    backend_name = model.backend.name
+    if model.device == "cuda":
+        note = f" ({current_gpu()})" + note
+    print(f"device: {model.device}, backend: {backend_name}{note}")
+    kernels = kernels_for(model, kernels)
+    eval_name = data.eval_name
+    print(f"data: {args.data}: {data.train_count:,} training images; evaluation on {data.eval_count:,} images: "
+          f"{eval_name}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    initial_epoch = 0
+    if args.resume:
+        initial_epoch = int(model.load_checkpoint(checkpoint))
+        print(f"resuming from {checkpoint}: {initial_epoch} epoch(s) done, training to {args.epochs}")
+    meta = {"model": args.model, "variant": args.variant if args.model == "alexnet" else None,
+            "augment": is_augmented(args),
+            "data": args.data, "synthetic": args.data == "synthetic", "train_images": data.train_count,
+            "eval_images": data.eval_count, "eval_set": eval_name, "classes": class_names,
+            "epochs": args.epochs, "batch_size": batch_size,
+            "optimizer": repr(model.optimizer), "seed": args.seed,
+            "device": str(model.device), "backend": backend_name, "graph": model.device == "cuda" and not args.no_graph,
+            "kernels": kernels}
+    saver = callbacks.ModelCheckpoint(checkpoint)
+    logger = callbacks.JSONLogger(out / "history.json", meta=meta, resume_from=initial_epoch)
+
+    with using_kernels(kernels):  # the --kernel choices hold for training and evaluation
+        start = time.perf_counter()
+        try:
+            code = _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint)
+            if code:
+                return code
+            seconds = time.perf_counter() - start
+            loss, accuracy = model.evaluate(*xy(data.validation), batch_size=batch_size, verbose=0)
+        finally:
+            close_sources(data)
+    label = eval_label(args, eval_name)
+    print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {data.eval_count:,} images, "
+          f"{eval_name}; training took {seconds:.1f} s on {model.device} ({backend_name})")
+
+    model.save_weights(out / "weights.npz")
+    logger.data.update({f"{label}_loss": float(loss), f"{label}_accuracy": float(accuracy),
+                        "train_seconds_this_run": round(seconds, 2)})
+    logger.write()
+    written = [out / "history.json", out / "weights.npz", checkpoint]
+    try:
+        from fastcnn.plotting import PlotUnavailable, plot_history
+        try:
+            title = f"{args.model} on {args.data}" + (" (SYNTHETIC)" if args.data == "synthetic" else "")
+            written.append(Path(plot_history(logger.data, out / "curves.png", title=title)))
+        except PlotUnavailable as exc:
+            print(f"no plot: {exc}", file=sys.stderr)
+    except ValueError as exc:  # no epochs to draw
+        print(f"no plot: {exc}", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
