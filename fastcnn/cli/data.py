@@ -33,6 +33,8 @@ def close_sources(data: Data) -> None:
 
 
 def load_data(args, train=True) -> Data:
+    """The data set --data names, checked against the model and options (train=False: the
+    evaluation part only)."""
     from fastcnn import datasets
     if args.model == "alexnet" and args.data not in ("synthetic", "folder"):
         raise UsageError(f"AlexNet takes 227x227x3 images and {args.data} has 28x28x1 ones: use "
