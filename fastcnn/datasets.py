@@ -47,7 +47,7 @@ __all__ = [
     "IDXFormatError", "ChecksumMismatch", "DataNotFound",
     "read_idx", "load_mnist", "load_fashion_mnist", "load_mnist_sample",
     "ImageFolderError", "ImageFolder", "image_folder", "read_images", "load_image_folder",
-    "ImageFolderBatches",
+    "ImageFolderBatches", "ten_crops",
     "synthetic", "to_categorical", "prepare_images", "cache_dir",
 ]
 
@@ -546,6 +546,21 @@ def load_image_folder(directory, image_size=(227, 227), color_mode: str = "rgb",
         return read_images([path for path, _ in files], image_size, color_mode), labels
 
     return decoded(folder.train), decoded(folder.eval), list(folder.class_names)
+
+
+def ten_crops(x, height, width):
+    """The AlexNet paper's ten test patches of each image: the four corner and the centre
+    height x width crops, then their left-right mirror images.  Yields 10 arrays (N, h, w, C)."""
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1] < height or x.shape[2] < width:
+        raise ValueError(f"ten_crops: expected images (N, H, W, C) of at least {height}x{width}, got {x.shape}")
+    H, W = x.shape[1:3]
+    corners = [(0, 0), (0, W - width), (H - height, 0), (H - height, W - width),
+               ((H - height) // 2, (W - width) // 2)]
+    for mirrored in (False, True):
+        for top, left in corners:
+            crop = x[:, top:top + height, left:left + width]
+            yield np.ascontiguousarray(crop[:, :, ::-1] if mirrored else crop)
 
 
 # ---------------------------------------------------------------------------- synthetic

@@ -152,6 +152,19 @@ def test_corrupt_and_truncated_images_name_the_file(tmp_path):
         datasets.read_images([cut], (8, 8))
 
 
+def test_ten_crops_are_the_corners_the_centre_and_their_mirror_images():
+    x = np.arange(2 * 6 * 7 * 1, dtype=np.float32).reshape(2, 6, 7, 1)
+    crops = list(datasets.ten_crops(x, 4, 5))
+    assert len(crops) == 10 and all(c.shape == (2, 4, 5, 1) and c.flags.c_contiguous for c in crops)
+    np.testing.assert_array_equal(crops[0], x[:, :4, :5])          # top left
+    np.testing.assert_array_equal(crops[3], x[:, 2:, 2:])          # bottom right
+    np.testing.assert_array_equal(crops[4], x[:, 1:5, 1:6])        # centre
+    for plain, mirrored in zip(crops[:5], crops[5:]):
+        np.testing.assert_array_equal(mirrored, plain[:, :, ::-1])
+    with pytest.raises(ValueError, match="at least 7x5"):
+        next(datasets.ten_crops(x, 7, 5))
+
+
 def test_read_images_progress_bar(tmp_path, capsys):
     paths = [solid(tmp_path / f"{i}.png") for i in range(3)]
     x = datasets.read_images(paths, (8, 8), progress=True)
@@ -312,6 +325,10 @@ def test_train_alexnet_on_a_folder(capsys, tmp_path):
     assert code == 0, err
     assert "as trained" in text and "--augment" in text    # from the run's history.json
     assert "256x256 rgb" in text and "classes: 0 blue, 1 red" in text
+    code, text, err = run(capsys, "evaluate", "alexnet", "--ten-crop", "--data", "folder", "--data-dir",
+                          tmp_path / "data", "--weights", tmp_path / "aug" / "weights.npz", "--device", "cpu")
+    assert code == 0, err
+    assert "validation (10-crop average) accuracy" in text
     assert "top-5" not in text                        # 2 classes: no top-5 figure
 
 
@@ -331,6 +348,8 @@ def test_folder_usage_errors(capsys, tmp_path):
     assert code == 2 and "--data-dir applies to" in err
     code, _, err = run(capsys, "train", "lenet5", "--augment", "--device", "cpu")
     assert code == 2 and "--augment applies to alexnet only" in err
+    code, _, err = run(capsys, "evaluate", "lenet5", "--ten-crop", "--weights", tmp_path / "w.npz", "--device", "cpu")
+    assert code == 2 and "--ten-crop takes the paper's ten 227x227 patches" in err
 
 
 def test_a_test_folder_is_reported_as_test(capsys, tmp_path):

@@ -40,6 +40,9 @@ def _confusion_text(counts) -> str:
 
 def cmd_evaluate(args) -> int:
     _as_trained(args)
+    if args.ten_crop and not args.augment:
+        raise UsageError("--ten-crop takes the paper's ten 227x227 patches of 256x256 images: it needs an "
+                         "alexnet trained with --augment")
     args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
     data = load_data(args, train=False)
     eval_name, class_names = data.eval_name, data.class_names
@@ -58,13 +61,17 @@ def cmd_evaluate(args) -> int:
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
     try:
         with using_kernels(kernels):
-            loss, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
-            probabilities = model.predict(x, batch_size=batch_size)
+            if args.ten_crop:
+                probabilities = _ten_crop_average(args, classes, x, batch_size)
+                loss, accuracy = _loss_and_accuracy(probabilities, data.eval_labels)
+            else:
+                loss, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
+                probabilities = model.predict(x, batch_size=batch_size)
     finally:
         close_sources(data)
     y = data.eval_labels
     predicted = probabilities.argmax(axis=1)
-    label = eval_label(args, eval_name)
+    label = eval_label(args, eval_name) + (" (10-crop average)" if args.ten_crop else "")
     print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {data.eval_count:,} images, "
           f"{eval_name}; weights {args.weights}")
     if classes > 5:  # the AlexNet paper's second figure
@@ -74,6 +81,35 @@ def cmd_evaluate(args) -> int:
         if class_names:
             print("classes: " + ", ".join(f"{i} {name}" for i, name in enumerate(class_names)))
     return 0
+
+
+def _ten_crop_average(args, classes, x, batch_size):
+    """The paper's test: the softmax averaged over ten 227x227 patches of each 256x256 image
+    (datasets.ten_crops), predicted by the same weights without the augmentation layers."""
+    import argparse
+
+    import numpy as np
+
+    from fastcnn import datasets
+    plain = build_model(argparse.Namespace(**{**vars(args), "augment": False}), classes)
+    plain.load_weights(args.weights)
+    place(plain, args.device)
+    height, width = plain.input_shape[1:3]
+    batches = (x[i][0] for i in range(len(x))) if not hasattr(x, "shape") else \
+        (x[start:start + batch_size] for start in range(0, len(x), batch_size))
+    averaged = []
+    for images in batches:
+        crops = datasets.ten_crops(images, height, width)
+        averaged.append(sum(plain.predict(crop, batch_size=batch_size) for crop in crops) / np.float32(10))
+    return np.concatenate(averaged)
+
+
+def _loss_and_accuracy(probabilities, labels):
+    """Mean cross-entropy and top-1 accuracy of probability rows against integer labels."""
+    import numpy as np
+    own = probabilities[np.arange(len(labels)), labels]
+    loss = float(np.mean(-np.log(np.maximum(own, np.finfo(np.float32).tiny))))
+    return loss, float(np.mean(probabilities.argmax(axis=1) == labels))
 
 
 def _run_meta(weights) -> dict:

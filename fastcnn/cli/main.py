@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP + " (as in train)")
     p.add_argument("--stream", action="store_true", help=STREAM_HELP)
     p.add_argument("--augment", action="store_true", help=AUGMENT_AS_TRAINED)
+    p.add_argument("--ten-crop", action="store_true",
+                   help="with --augment: the paper's test, softmax averaged over the four corner and the centre "
+                        "227x227 patches of each 256x256 image and their mirror images")
     p.add_argument("--limit", type=int, default=None, help="only the first N evaluation images")
     p.add_argument("--seed", type=int, default=0, help="synthetic data: the --seed train was given")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
