@@ -95,6 +95,7 @@ def _inputs(cp, rng):
         "crop_forward": lambda: [(f32(N, 9, 8, 3), 5, 4, True, True, 7, step()),
                                  (f32(N, 9, 8, 3), 5, 4, False, False, 7, step())],
         "crop_backward": lambda: [(f32(N, 5, 4, 3), (N, 9, 8, 3), True, True, 7, step())],
+        "pca_noise_forward": lambda: [(f32(N, 5, 4, 3), np.eye(3) * 0.01, 7, step())],
         "lrn_forward": lambda: [(f32(N, 5, 5, 8), 5, 1e-4, 0.75, 2.0)],
         "lrn_backward": lrn_bwd,
         "sgd_update": lambda: [(f32(n), f32(n), f32(n), 0.01, 0.9, False),

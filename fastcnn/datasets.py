@@ -47,7 +47,7 @@ __all__ = [
     "IDXFormatError", "ChecksumMismatch", "DataNotFound",
     "read_idx", "load_mnist", "load_fashion_mnist", "load_mnist_sample",
     "ImageFolderError", "ImageFolder", "image_folder", "read_images", "load_image_folder",
-    "ImageFolderBatches", "ten_crops",
+    "ImageFolderBatches", "ten_crops", "rgb_pca",
     "synthetic", "to_categorical", "prepare_images", "cache_dir",
 ]
 
@@ -546,6 +546,21 @@ def load_image_folder(directory, image_size=(227, 227), color_mode: str = "rgb",
         return read_images([path for path, _ in files], image_size, color_mode), labels
 
     return decoded(folder.train), decoded(folder.eval), list(folder.class_names)
+
+
+def rgb_pca(images, max_pixels: int = 1_000_000, seed: int = 0):
+    """(eigenvalues (3,), eigenvectors (3, 3), columns) of the covariance of the RGB values of
+    ``images`` (N, H, W, 3), uint8 or float in [0, 1], largest first: what the AlexNet paper's
+    colour noise (layers.PCAColorNoise) adds along.  At most ``max_pixels`` random pixels."""
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[3] != 3 or x.size == 0:
+        raise ValueError(f"rgb_pca: expected RGB images (N, H, W, 3), got shape {x.shape}")
+    pixels = x.reshape(-1, 3)
+    if len(pixels) > max_pixels:
+        pixels = pixels[np.random.default_rng(seed).choice(len(pixels), max_pixels, replace=False)]
+    pixels = pixels.astype(np.float64) / (255.0 if x.dtype == np.uint8 else 1.0)
+    values, vectors = np.linalg.eigh(np.cov(pixels, rowvar=False))
+    return values[::-1].copy(), vectors[:, ::-1].copy()
 
 
 def ten_crops(x, height, width):

@@ -304,6 +304,28 @@ def crop(x, height, width, random=False, flip=False, seed=0, step=None):
     return Crop(int(height), int(width), bool(random), bool(flip), int(seed), step)(x)
 
 
+class PCANoise(Function):
+    def __init__(self, basis, seed, step):
+        self.basis, self.seed, self.step = basis, seed, step
+
+    def forward(self, x):
+        return self.B.pca_noise_forward(x, self.basis, self.seed, self.step)
+
+    def backward(self, gy):
+        return gy  # y = x + a constant per image
+
+
+def pca_noise(x, basis, seed=0, step=None):
+    """AlexNet's colour noise: each RGB image plus ``basis @ alpha``, alpha three N(0, 1) draws
+    per image and step, drawn on the device (see fastcnn.backend.reference.pca_noise_offsets);
+    basis[c, i] = stddev * eigenvalue_i * eigenvector_i[c]."""
+    x = _tensor(x)
+    _check_nhwc(x)
+    if step is None:
+        step = _xp_of(x.data).zeros(1, dtype=np.int32)
+    return PCANoise(np.asarray(basis, np.float64), int(seed), step)(x)
+
+
 class LRN(Function):
     def __init__(self, size, alpha, beta, k):
         self.params = (size, alpha, beta, k)

@@ -1,5 +1,5 @@
 """Keras-style layers: Conv2D, MaxPool2D, Flatten, Dense, Dropout, LRN, Activation,
-and the augmentation layers RandomCrop and RandomFlip.
+and the augmentation layers RandomCrop, RandomFlip and PCAColorNoise.
 
 A layer knows its output shape from its input shape (``build``), owns its
 Parameters (Keras's initialisers: Glorot-uniform kernels, zero biases) and
@@ -295,6 +295,38 @@ class RandomFlip(Layer):
         if not training:
             return x
         return F.crop(x, x.shape[1], x.shape[2], random=True, flip=True, seed=self.seed, step=self.step)
+
+
+class PCAColorNoise(Layer):
+    """Training: the AlexNet paper's colour noise, each RGB image plus
+    sum_i alpha_i * eigenvalue_i * eigenvector_i, alpha_i ~ N(0, stddev^2) drawn per image and
+    step on the device; inference: unchanged.  The principal components default to ImageNet's
+    (the paper's); fastcnn.datasets.rgb_pca computes those of other images (pixels in [0, 1])."""
+    type_name = "PCAColorNoise"
+    default_name = "pca_color_noise"
+
+    def __init__(self, stddev=0.1, eigenvalues=None, eigenvectors=None, seed=None, input_shape=None, name=None):
+        from .backend.reference import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS
+        super().__init__(input_shape, name)
+        values = np.asarray(IMAGENET_EIGENVALUES if eigenvalues is None else eigenvalues, np.float64)
+        vectors = np.asarray(IMAGENET_EIGENVECTORS if eigenvectors is None else eigenvectors, np.float64)
+        if values.shape != (3,) or vectors.shape != (3, 3) or stddev < 0:
+            raise ValueError(f"PCAColorNoise needs 3 eigenvalues, 3x3 eigenvectors (columns) and stddev >= 0, "
+                             f"got shapes {values.shape}, {vectors.shape} and stddev {stddev}")
+        self.stddev = float(stddev)
+        self.basis = self.stddev * vectors * values[None, :]
+        self.seed = next_seed() if seed is None else int(seed)
+        self.step = None  # bound by the model, as Dropout's
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3 or input_shape[2] != 3:
+            raise ValueError(f"PCAColorNoise expects RGB images (height, width, 3), got {tuple(input_shape)}")
+        return input_shape
+
+    def call(self, x, training, activation):
+        if not training or self.stddev == 0:
+            return x
+        return F.pca_noise(x, self.basis, seed=self.seed, step=self.step)
 
 
 class LRN(Layer):

@@ -1,7 +1,7 @@
 """The classic networks, built as the papers and textbooks describe them (NHWC)."""
 from __future__ import annotations
 
-from .layers import LRN, Conv2D, Dense, Dropout, Flatten, MaxPool2D, RandomCrop, RandomFlip
+from .layers import LRN, Conv2D, Dense, Dropout, Flatten, MaxPool2D, PCAColorNoise, RandomCrop, RandomFlip
 from .model import Sequential
 
 
@@ -29,9 +29,10 @@ def alexnet(num_classes=1000, variant="single", input_shape=None, augment=False)
     variant='single': one tower, no LRN, 62,378,344 parameters (1000 classes).
     variant='original': the paper's two groups on conv2/4/5 and LRN after conv1 and
     conv2 (size 5, alpha 1e-4, beta 0.75, k 2), 60,965,224 parameters.
-    augment=True: the paper's augmentation in front, RandomCrop(227, 227) and
-    RandomFlip('horizontal') on 256x256x3 input (in evaluation: the centre 227x227);
-    the weights are the same as without it, under the same names.
+    augment=True: the paper's augmentation in front, RandomCrop(227, 227),
+    RandomFlip('horizontal') and PCAColorNoise(0.1) (ImageNet's principal components) on
+    256x256x3 input (in evaluation: the centre 227x227); the weights are the same as
+    without it, under the same names.
     """
     if variant not in ("single", "original"):
         raise ValueError(f"AlexNet variant must be 'single' or 'original', got {variant!r}")
@@ -39,7 +40,7 @@ def alexnet(num_classes=1000, variant="single", input_shape=None, augment=False)
     groups = 2 if original else 1
     if augment:
         layers = [RandomCrop(227, 227, input_shape=input_shape or (256, 256, 3)), RandomFlip("horizontal"),
-                  Conv2D(96, 11, strides=4, padding="valid", activation="relu")]
+                  PCAColorNoise(0.1), Conv2D(96, 11, strides=4, padding="valid", activation="relu")]
     else:
         layers = [Conv2D(96, 11, strides=4, padding="valid", activation="relu",
                          input_shape=input_shape or (227, 227, 3))]

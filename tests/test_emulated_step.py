@@ -5,7 +5,7 @@ Every op step.py registers is called as a user calls it, with guarded NumPy arra
 standing in for CuPy arrays (``cuda_emu.patch_backend``): step.py's argument checks,
 overlap refusals, launch plans and the CUDA C kernels of elementwise.cu,
 softmax_xent.cu (warp shuffles, a double atomicAdd), dropout.cu (Philox, the
-``__CUDA_ARCH__`` branch), crop.cu, lrn.cu and optimizers.cu run; only the GPU is replaced.
+``__CUDA_ARCH__`` branch), augment.cu, lrn.cu and optimizers.cu run; only the GPU is replaced.
 Two layouts: every array 256-byte aligned with step.py's own grids, and every array 4
 bytes off 16-byte alignment with ``step.MAX_BLOCKS`` = 2, so that every grid-stride loop
 goes round (step.py has no float4 paths; the shift shows that none is assumed).
@@ -47,12 +47,12 @@ from fastcnn.backend import registry
 from fastcnn.backend.cuda import step
 
 RED = 1e-5
-STEP_FILES = ("elementwise.cu", "softmax_xent.cu", "dropout.cu", "crop.cu", "lrn.cu", "optimizers.cu")
+STEP_FILES = ("elementwise.cu", "softmax_xent.cu", "dropout.cu", "augment.cu", "lrn.cu", "optimizers.cu")
 # (id, guard shift, step.MAX_BLOCKS)
 LAYOUTS = [("aligned", 0, None), ("misaligned-2blocks", 1, 2)]
 TESTED_OPS = {"relu_forward", "relu_backward", "add", "copy", "copy_channels", "gather_rows", "increment", "bias_grad", "softmax",
               "softmax_cross_entropy", "dropout_forward", "dropout_backward", "crop_forward",
-              "crop_backward", "lrn_forward",
+              "crop_backward", "pca_noise_forward", "lrn_forward",
               "lrn_backward", "sgd_update", "adam_update"}
 
 
@@ -372,7 +372,7 @@ def test_dropout_bit_exact(emulated, seed, at):
     assert min(-(-n_groups // step.THREADS), step.MAX_BLOCKS) in grids
 
 
-# ---------------------------------------------------------------- crop.cu
+# ---------------------------------------------------------------- augment.cu
 
 @pytest.mark.parametrize("shape,crop", [((5, 9, 8, 3), (6, 5)), ((3, 4, 300, 1), (2, 257)),
                                         ((2, 5, 5, 2), (5, 5))], ids=["rgb", "wide-1ch", "whole"])
@@ -417,6 +417,27 @@ def test_crop_windows_vary_and_refusals(aligned):
         step.crop_backward(y, (64, 12, 12, 3), True, True, 5, counter)
     with pytest.raises(ValueError, match="out overlaps x"):
         step.crop_forward(x, 12, 12, False, False, 5, counter, out=x)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 3), (2, 1, 300, 3)], ids=str)
+def test_pca_noise_matches_the_reference(emulated, shape):
+    guarded, log = emulated
+    x_h = np.random.default_rng(4).random(shape, dtype=np.float32)
+    x = guarded.wrap(x_h)
+    basis = 0.1 * np.array(ref.IMAGENET_EIGENVECTORS) * np.array(ref.IMAGENET_EIGENVALUES)[None, :]
+    for seed, at in ((0, 0), (2**40 + 9, 11), (2**64 - 1, -3)):
+        step_h = np.array([at], np.int32)
+        counter = guarded.wrap(step_h)
+        y = _with_and_without_out(guarded, lambda a, **kw: step.pca_noise_forward(a, basis, seed, counter, **kw),
+                                  x, shapes=[shape])
+        expected = ref.pca_noise_forward(x_h, basis, seed, step_h)
+        # the double cos/sin/log of the host's libm and NumPy's may differ in a last bit, which
+        # float32 rounds away almost always: allow one float32 ulp
+        np.testing.assert_allclose(y, expected, rtol=2 ** -23, atol=2 ** -24)
+    assert step.pca_noise_forward(x, basis, 5, counter, out=x) is x        # in place
+    assert {g for g, _ in _launched(log, "pca_noise_forward")} == {(shape[1], shape[0], 1)}
+    with pytest.raises(ValueError, match="needs RGB images"):
+        step.pca_noise_forward(guarded.wrap(np.zeros((1, 2, 2, 1), np.float32)), basis, 0, counter)
 
 
 # ---------------------------------------------------------------- lrn.cu

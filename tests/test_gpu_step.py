@@ -163,6 +163,17 @@ def test_crop(S, shape, crop, random, flip):
     assert np.array_equal(_host(dx), ref.crop_backward(expected, shape, random, flip, 2**40 + 1, step_h))
 
 
+@gpu
+def test_pca_noise(S):
+    cp = _cp()
+    x = np.random.default_rng(6).random((128, 227, 227, 3), dtype=np.float32)
+    basis = 0.1 * np.array(ref.IMAGENET_EIGENVECTORS) * np.array(ref.IMAGENET_EIGENVALUES)[None, :]
+    step_h = np.array([9], np.int32)
+    out = _nan(x.shape)
+    assert S.pca_noise_forward(cp.asarray(x), basis, 77, cp.asarray(step_h), out=out) is out
+    np.testing.assert_allclose(_host(out), ref.pca_noise_forward(x, basis, 77, step_h), rtol=2 ** -23, atol=2 ** -24)
+
+
 def test_philox_host_build_matches_reference(tmp_path):
     """kernels/dropout.cu's Philox, built for the host by nvcc, gives Random123's and the reference's words."""
     nvcc = shutil.which("nvcc")

@@ -328,7 +328,8 @@ def test_alexnet_augment_takes_256_and_shares_weights_with_the_plain_net():
     augmented = fastcnn.models.alexnet(num_classes=10, augment=True)
     plain = fastcnn.models.alexnet(num_classes=10)
     assert augmented.input_shape == (None, 256, 256, 3) and plain.input_shape == (None, 227, 227, 3)
-    assert [type(l).__name__ for l in augmented.layers[:3]] == ["RandomCrop", "RandomFlip", "Conv2D"]
+    assert [type(l).__name__ for l in augmented.layers[:4]] == ["RandomCrop", "RandomFlip", "PCAColorNoise",
+                                                                 "Conv2D"]
     assert augmented._weight_names() == plain._weight_names()
     assert augmented.count_params() == plain.count_params() == 58_322_314
 
@@ -426,3 +427,26 @@ def test_fit_on_a_batch_source_feeds_the_captured_step_from_the_host(monkeypatch
         model.fit(ArraySource(x[:, :20], y, 50), verbose=0)
     with pytest.raises(ValueError, match="the batch source is empty"):
         model.fit(ArraySource(x[:0], y[:0], 50), verbose=0)
+
+
+def test_pca_color_noise_layer():
+    from fastcnn.layers import PCAColorNoise
+    x = np.random.default_rng(0).random((6, 4, 5, 3), dtype=np.float32)
+    layer = PCAColorNoise(0.1, seed=3)
+    layer.build((4, 5, 3))
+    assert layer(x).data is x                                   # inference: unchanged
+    layer.step = np.array([2], np.int32)
+    y = layer(x, training=True).data
+    offsets = ref.pca_noise_offsets(6, layer.basis, 3, layer.step)
+    np.testing.assert_array_equal(y, x + offsets[:, None, None, :])
+    t = fastcnn.Tensor(x, requires_grad=True)                  # the gradient passes through
+    layer(t, training=True).sum().backward()
+    np.testing.assert_array_equal(t.grad, np.ones_like(x))
+    from fastcnn import datasets
+    values, vectors = datasets.rgb_pca(x)
+    custom = PCAColorNoise(0.2, values, vectors)
+    np.testing.assert_allclose(custom.basis, 0.2 * vectors * values[None, :])
+    with pytest.raises(ValueError, match="expects RGB images"):
+        fastcnn.Sequential([PCAColorNoise(input_shape=(4, 5, 1))])
+    with pytest.raises(ValueError, match="needs 3 eigenvalues"):
+        PCAColorNoise(0.1, [1.0, 2.0], np.eye(3))

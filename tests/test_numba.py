@@ -324,6 +324,14 @@ def test_crop(rng, random, flip):
     np.testing.assert_array_equal(dx, ref.crop_backward(y, x.shape, random, flip, seed, step))
 
 
+def test_pca_noise(rng):
+    x = rand(rng, 2, 3, 4, 3)
+    basis = 0.1 * np.array(ref.IMAGENET_EIGENVECTORS) * np.array(ref.IMAGENET_EIGENVALUES)[None, :]
+    step = np.array([6], np.int32)
+    y = host(nb.pca_noise_forward(dev(x), basis, 2**33 + 1, dev(step), out=nan_out(x.shape)))
+    np.testing.assert_allclose(y, ref.pca_noise_forward(x, basis, 2**33 + 1, step), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("size", [3, 5])
 def test_lrn(rng, size):
     x = rand(rng, 2, 3, 2, 7)
@@ -621,6 +629,9 @@ def _lenet_cases(rng):
         ("crop_forward", (x1, 24, 25, True, True, 99, np.array([3], np.int32))),
         ("crop_backward", (np.ascontiguousarray(x1[:, :24, :25]), x1.shape, True, True, 99,
                            np.array([3], np.int32))),
+        ("pca_noise_forward", (np.ascontiguousarray(np.repeat(x1[:8], 3, axis=3)),
+                               0.1 * np.array(ref.IMAGENET_EIGENVECTORS) * np.array(ref.IMAGENET_EIGENVALUES),
+                               99, np.array([3], np.int32))),
         ("lrn_forward", (lx, 5, 1e-4, 0.75, 2.0)),
     ]
     return cases, z, labels, onehot

@@ -504,3 +504,35 @@ def test_crop_forward_takes_the_window_and_backward_is_its_adjoint():
         ref.crop_forward(x, 10, 4, False, False, 0, 0)
     with pytest.raises(ValueError, match="does not match x_shape"):
         ref.crop_backward(np.zeros((6, 5, 4, 2)), x.shape, False, False, 0, 0)
+
+
+# ------------------------------------------------------------------ PCA colour noise (AlexNet)
+
+def _imagenet_basis(stddev=0.1):
+    return stddev * np.array(ref.IMAGENET_EIGENVECTORS) * np.array(ref.IMAGENET_EIGENVALUES)[None, :]
+
+
+def test_pca_noise_offsets_follow_the_papers_law():
+    basis = _imagenet_basis()
+    offsets = ref.pca_noise_offsets(200_000, basis, 7, np.array([3], np.int32))
+    assert offsets.dtype == np.float32 and offsets.shape == (200_000, 3)
+    np.testing.assert_allclose(offsets.std(axis=0), np.sqrt((basis ** 2).sum(axis=1)), rtol=0.01)
+    np.testing.assert_allclose(offsets.mean(axis=0), 0, atol=1e-4)
+    w0, w1, w2, w3 = (float(w) for w in ref.philox4x32_10((5, 0, 3, ref.PCA_STREAM), (7, 0)))
+    r01, r2 = np.sqrt(-2 * np.log((w0 + 1) / 2 ** 32)), np.sqrt(-2 * np.log((w2 + 1) / 2 ** 32))
+    z = [r01 * np.cos(2 * np.pi * w1 / 2 ** 32), r01 * np.sin(2 * np.pi * w1 / 2 ** 32),
+         r2 * np.cos(2 * np.pi * w3 / 2 ** 32)]                 # Box-Muller on image 5's Philox words
+    np.testing.assert_allclose(offsets[5], basis @ z, rtol=1e-6)
+    assert not np.array_equal(offsets[:100], ref.pca_noise_offsets(100, basis, 7, 4))   # a new step: new draws
+    np.testing.assert_array_equal(offsets[:100], ref.pca_noise_offsets(100, basis, 7, 3))  # a replay: the same
+
+
+def test_pca_noise_forward_adds_one_offset_per_image():
+    x = np.random.default_rng(1).random((4, 5, 6, 3), dtype=np.float32)
+    y = ref.pca_noise_forward(x, _imagenet_basis(), 11, 2)
+    offsets = ref.pca_noise_offsets(4, _imagenet_basis(), 11, 2)
+    np.testing.assert_array_equal(y, x + offsets[:, None, None, :])
+    with pytest.raises(ValueError, match="needs RGB images"):
+        ref.pca_noise_forward(x[..., :2], _imagenet_basis(), 11, 2)
+    with pytest.raises(ValueError, match="basis must be 3x3"):
+        ref.pca_noise_forward(x, np.eye(2), 11, 2)

@@ -42,6 +42,9 @@ Primitives (what each returns; "in place" ones return None):
         ``crop_windows(N, (H, W), (height, width), random, flip, seed, step)`` of ``reference``:
         random=False the centre, never mirrored; random=True from Philox 4x32-10 (data augmentation)
   crop_backward(dy, x_shape, random, flip, seed, step)    -> dx: dy put back in the window, zeros elsewhere
+  pca_noise_forward(x, basis, seed, step)                 -> x + each image's RGB offset basis @ alpha,
+        alpha three N(0, 1) draws per image and step: ``pca_noise_offsets`` of ``reference``
+        (AlexNet's colour noise; x (N, H, W, 3); the backward is dy itself)
   lrn_forward(x, size, alpha, beta, k)                    -> (y, scale)
         scale = k + alpha * sum of x^2 over ``size`` neighbouring channels
         (AlexNet paper: no division by size), y = x * scale**-beta
@@ -83,7 +86,7 @@ PRIMITIVES = (
     "relu_forward", "relu_backward",
     "softmax", "softmax_cross_entropy",
     "dropout_forward", "dropout_backward",
-    "crop_forward", "crop_backward",
+    "crop_forward", "crop_backward", "pca_noise_forward",
     "lrn_forward", "lrn_backward",
     "sgd_update", "adam_update", "increment",
     "add", "copy", "copy_channels", "gather_rows",

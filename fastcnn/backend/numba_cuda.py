@@ -40,7 +40,8 @@ Kernels:
                 per row with shared-memory reductions, totals by
                 cuda.atomic.add; dropout with an in-kernel Philox 4x32-10
                 (uint32 arithmetic done in uint64 with explicit masks); crop
-                (augmentation) with the same Philox per image; LRN across
+                (augmentation) and the colour noise with the same Philox per
+                image; LRN across
                 channels; SGD and Adam over flat buffers.
 """
 from __future__ import annotations
@@ -1846,6 +1847,55 @@ def _k_crop_bwd(DY, DX, g, random, flip, k0, k1, step):
         e += cuda.gridsize(1)
 
 
+PCA_STREAM = np.uint64(reference.PCA_STREAM)
+SCALE32 = 2.0 ** -32
+TWO_PI = 2.0 * math.pi
+
+
+@_device
+def _standard_normals(w0, w1, w2, w3):
+    """reference._standard_normals: three N(0, 1) draws from four words (Box-Muller, float64)."""
+    r01 = math.sqrt(-2.0 * math.log((float64(w0) + 1.0) * SCALE32))
+    r2 = math.sqrt(-2.0 * math.log((float64(w2) + 1.0) * SCALE32))
+    t1 = TWO_PI * float64(w1) * SCALE32
+    t3 = TWO_PI * float64(w3) * SCALE32
+    return r01 * math.cos(t1), r01 * math.sin(t1), r2 * math.cos(t3)
+
+
+@_jit
+def _k_pca_noise(X, Y, g, b, k0, k1, step):
+    """Y = X + image n's RGB offset (reference.pca_noise_offsets); g = (N, H, W); b the 3x3 basis
+    row-major; thread per element."""
+    N, H, W = g
+    e = cuda.grid(1)
+    while e < N * H * W * 3:
+        n = e // (H * W * 3)
+        c = e % 3
+        w0, w1, w2, w3 = _philox(uint64(n), uint64(0), uint64(step[0]) & MASK32, PCA_STREAM, k0, k1)
+        z0, z1, z2 = _standard_normals(w0, w1, w2, w3)
+        Y[e] = X[e] + float32((b[3 * c] * z0 + b[3 * c + 1] * z1) + b[3 * c + 2] * z2)
+        e += cuda.gridsize(1)
+
+
+def pca_noise_forward(x, basis, seed, step, *, out=None):
+    """x + each image's RGB offset along the principal components (reference.pca_noise_offsets)."""
+    _check("x", x, ndim=4)
+    if x.shape[3] != 3:
+        raise ValueError(f"colour noise needs RGB images (N, H, W, 3), got shape {tuple(x.shape)}")
+    basis = np.asarray(basis, np.float64)
+    if basis.shape != (3, 3):
+        raise ValueError(f"basis must be 3x3 (RGB x components), got shape {basis.shape}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    _check("step", step, dtype=np.int32, shape=(1,))
+    y = _out("out", out, x.shape)
+    N, H, W, _ = x.shape
+    _launch(_k_pca_noise, _blocks(x.size), THREADS, _flat(x), _flat(y),
+            tuple(np.int64(v) for v in (N, H, W)), tuple(np.float64(v) for v in basis.reshape(-1)),
+            np.uint64(int(seed) & 0xFFFFFFFF), np.uint64(int(seed) >> 32), step)
+    return y
+
+
 def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step, out):
     N, H, W, C = images
     height, width = crop_hw
@@ -2048,6 +2098,7 @@ VARIANTS = {
     "dropout_backward": ("numba_philox", "Numba: same mask as the forward"),
     "crop_forward": ("numba", "Numba: thread per output element, window from Philox 4x32-10 per element"),
     "crop_backward": ("numba", "Numba: thread per dx element: dy inside the window, else 0"),
+    "pca_noise_forward": ("numba", "Numba: thread per element, the image's offset from Philox + Box-Muller"),
     "lrn_forward": ("numba_direct", "Numba: one thread per element, loop over the channel window"),
     "lrn_backward": ("numba_direct", "Numba: one thread per element, loop over the windows that cover it"),
     "sgd_update": ("numba", "Numba: one launch over a flat buffer"),
@@ -2145,6 +2196,8 @@ def ptx_kernels():
         ("dropout", _k_dropout.py_func, (f32, f32, i64, u64, f, u64, u64, i32)),
         ("crop_fwd", _k_crop_fwd.py_func, (f32, f32, tup6, i64, i64, u64, u64, i32)),
         ("crop_bwd", _k_crop_bwd.py_func, (f32, f32, tup6, i64, i64, u64, u64, i32)),
+        ("pca_noise", _k_pca_noise.py_func, (f32, f32, types.UniTuple(types.int64, 3),
+                                             types.UniTuple(types.float64, 9), u64, u64, i32)),
         ("lrn_fwd", _k_lrn_fwd.py_func, (f32, f32, f32, i64, i64, i64, f, f, f)),
         ("lrn_bwd", _k_lrn_bwd.py_func, (f32, f32, f32, f32, f32, i64, i64, i64, f, f)),
         ("sgd", _k_sgd.py_func, (f32, f32, f32, i64, f, f, i64, f)),

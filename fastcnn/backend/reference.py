@@ -584,6 +584,55 @@ def crop_windows(n, in_hw, out_hw, random, flip, seed, step):
     return top, left, (w2 >= np.uint64(2 ** 31)) & bool(flip)
 
 
+PCA_STREAM = 0x5043414E  # 'PCAN': the fourth counter word of the colour noise
+
+# The principal components of ImageNet's RGB pixel values (in [0, 1]) that the AlexNet
+# paper's colour noise uses: eigenvalues and eigenvectors (columns), as fb.resnet.torch's
+# "Lighting" transform has them.  fastcnn.datasets.rgb_pca computes them for other images.
+IMAGENET_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),
+                         (-0.5808, -0.0045, -0.8140),
+                         (-0.5836, -0.6948, 0.4203))
+
+
+def _standard_normals(words):
+    """Three N(0, 1) draws from four uniform 32-bit words (Box-Muller, float64):
+    u = (w + 1) / 2^32 in (0, 1] for the radius, v = w / 2^32 for the angle."""
+    w0, w1, w2, w3 = (np.asarray(w, np.float64) for w in words)
+    scale = 2.0 ** -32
+    r01 = np.sqrt(-2.0 * np.log((w0 + 1.0) * scale))
+    r2 = np.sqrt(-2.0 * np.log((w2 + 1.0) * scale))
+    t1, t3 = 2.0 * np.pi * w1 * scale, 2.0 * np.pi * w3 * scale
+    return r01 * np.cos(t1), r01 * np.sin(t1), r2 * np.cos(t3)
+
+
+def pca_noise_offsets(n, basis, seed, step):
+    """(n, 3) float32: image i's RGB offset basis @ alpha_i, alpha_i three N(0, 1) draws from
+    Philox 4x32-10 of counter (i, 0, step, PCA_STREAM) and key (lo32(seed), hi32(seed))
+    (_standard_normals), the sums in float64 in the order c0 + c1 + c2.  basis (3, 3):
+    basis[c, i] = stddev * eigenvalue_i * eigenvector_i[c] (the AlexNet paper, section 4.1)."""
+    basis = np.asarray(basis, np.float64)
+    if basis.shape != (3, 3):
+        raise ValueError(f"basis must be 3x3 (RGB x components), got shape {basis.shape}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    step = _step_value(step) & 0xFFFFFFFF
+    words = philox4x32_10((np.arange(n, dtype=np.uint64), 0, step, PCA_STREAM),
+                          (int(seed) & 0xFFFFFFFF, int(seed) >> 32))
+    a0, a1, a2 = _standard_normals(words)
+    offsets = [(basis[c, 0] * a0 + basis[c, 1] * a1) + basis[c, 2] * a2 for c in range(3)]
+    return np.stack(offsets, axis=1).astype(np.float32)
+
+
+def pca_noise_forward(x, basis, seed, step):
+    """x (N, H, W, 3) + each image's RGB offset (pca_noise_offsets); the backward is dy itself."""
+    x = _float_array(x, "x", 4)
+    if x.shape[3] != 3:
+        raise ValueError(f"colour noise needs RGB images (N, H, W, 3), got shape {x.shape}")
+    offsets = pca_noise_offsets(x.shape[0], basis, seed, step).astype(x.dtype)
+    return x + offsets[:, None, None, :]
+
+
 def crop_forward(x, height, width, random, flip, seed, step):
     x = _float_array(x, "x", 4)
     N, H, W, _ = x.shape

@@ -211,7 +211,8 @@ DATA_DIR_HELP = ("folder: the image folder (DIR/<class>/*.jpg, or DIR/train/<cla
 STREAM_HELP = ("folder: decode each batch when it is needed, on threads ahead of the GPU, instead of "
                "every image first (for folders larger than memory)")
 AUGMENT_HELP = ("alexnet: the paper's augmentation: images at 256x256, a random 227x227 crop of each, "
-                "mirrored with probability 1/2, drawn on the device every step (evaluation: the centre crop)")
+                "mirrored with probability 1/2, plus the colour noise along ImageNet's RGB principal "
+                "components, drawn on the device every step (evaluation: the centre crop)")
 VARIANT_AS_TRAINED = "AlexNet variant; default: as history.json beside --weights records it, else single"
 AUGMENT_AS_TRAINED = ("alexnet trained with --augment: 256x256 images, their centre 227x227 crops; on by itself "
                       "when history.json beside --weights records it")

@@ -10,8 +10,9 @@ result matches ``fastcnn.backend.reference``):
   kernels/softmax_xent.cu  softmax, softmax_cross_entropy (a warp per row; the loss and
                            accuracy totals fused in; deterministic when N*classes <= 2^18)
   kernels/dropout.cu       dropout_forward, dropout_backward (Philox4x32-10, mask regenerated)
-  kernels/crop.cu          crop_forward, crop_backward (centre or random windows, mirrored at
-                           random: Philox4x32-10 per image, drawn on the device)
+  kernels/augment.cu       crop_forward, crop_backward (centre or random windows, mirrored at
+                           random), pca_noise_forward (AlexNet's colour noise): Philox4x32-10
+                           per image and step, drawn on the device
   kernels/lrn.cu           lrn_forward, lrn_backward (AlexNet LRN across channels, NHWC)
   kernels/optimizers.cu    sgd_update, adam_update (one launch over a flat buffer)
 
@@ -302,9 +303,9 @@ def dropout_backward(dy, rate, seed, step, *, out=None):
     return _dropout("dy", dy, rate, seed, step, out)
 
 
-# ---------------------------------------------------------------- crop.cu
+# ---------------------------------------------------------------- augment.cu
 
-CROP_THREADS = 128     # kernels/crop.cu CROP_THREADS
+AUG_THREADS = 128      # kernels/augment.cu AUG_THREADS
 _MAX_GRID_Y = 65535
 
 
@@ -319,8 +320,8 @@ def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step,
         raise ValueError(f"{name}: batch {N} exceeds the {_MAX_GRID_Y} images one launch covers")
     out = _launch.out_array("out", out, out_shape)
     _no_overlap("out", out, **{name: a})
-    _kernel("crop.cu", kernel)(
-        (out_shape[1], N), (CROP_THREADS,),
+    _kernel("augment.cu", kernel)(
+        (out_shape[1], N), (AUG_THREADS,),
         (a, out, np.int32(H), np.int32(W), np.int32(C), np.int32(height), np.int32(width),
          np.int32(bool(random)), np.int32(bool(flip)), key0, key1, step))
     return out
@@ -342,6 +343,27 @@ def crop_backward(dy, x_shape, random, flip, seed, step, *, out=None):
         raise ValueError(f"dy {dy.shape} does not match x_shape {x_shape} (batch and channels)")
     return _crop("crop_backward", "dy", dy, x_shape, dy.shape[1:3], x_shape,
                  random, flip, seed, step, out)
+
+
+def pca_noise_forward(x, basis, seed, step, *, out=None):
+    """x + each image's RGB offset along the principal components (reference.pca_noise_offsets);
+    ``out`` may be x."""
+    _launch.check("x", x, ndim=4)
+    N, H, W, C = x.shape
+    if C != 3:
+        raise ValueError(f"colour noise needs RGB images (N, H, W, 3), got shape {x.shape}")
+    basis = np.asarray(basis, np.float64)
+    if basis.shape != (3, 3):
+        raise ValueError(f"basis must be 3x3 (RGB x components), got shape {basis.shape}")
+    key0, key1 = _seed_key(seed)
+    _step(step)
+    if N > _MAX_GRID_Y:
+        raise ValueError(f"x: batch {N} exceeds the {_MAX_GRID_Y} images one launch covers")
+    out = _launch.out_array("out", out, x.shape)
+    _kernel("augment.cu", "pca_noise_forward")(
+        (H, N), (AUG_THREADS,),
+        (x, out, np.int32(H), np.int32(W), *(np.float64(b) for b in basis.reshape(-1)), key0, key1, step))
+    return out
 
 
 # ---------------------------------------------------------------- lrn.cu
@@ -459,6 +481,7 @@ _NOTES = {
     "dropout_backward": "Philox4x32-10 mask regenerated from (seed, step[0], index)",
     "crop_forward": "block per output row; window drawn once per block (Philox4x32-10 of image, step[0])",
     "crop_backward": "block per dx row: dy inside the window, zeros outside (no memset, no atomics)",
+    "pca_noise_forward": "block per row; the image's RGB offset drawn once per block (Box-Muller in double)",
     "lrn_forward": "thread per element, direct channel-window sum",
     "lrn_backward": "thread per element, direct channel-window sum of dy*y/scale",
     "sgd_update": "one grid-stride launch over the flat buffer (plain / momentum / nesterov)",
