@@ -1847,6 +1847,13 @@ def _k_crop_bwd(DY, DX, g, random, flip, k0, k1, step):
         e += cuda.gridsize(1)
 
 
+def _philox_key(seed):
+    """(k0, k1): a seed in [0, 2**64) as Philox's two key words (uint64 holding 32 bits)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return np.uint64(int(seed) & 0xFFFFFFFF), np.uint64(int(seed) >> 32)
+
+
 PCA_STREAM = np.uint64(reference.PCA_STREAM)
 SCALE32 = 2.0 ** -32
 TWO_PI = 2.0 * math.pi
@@ -1885,14 +1892,12 @@ def pca_noise_forward(x, basis, seed, step, *, out=None):
     basis = np.asarray(basis, np.float64)
     if basis.shape != (3, 3):
         raise ValueError(f"basis must be 3x3 (RGB x components), got shape {basis.shape}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    k0, k1 = _philox_key(seed)
     _check("step", step, dtype=np.int32, shape=(1,))
     y = _out("out", out, x.shape)
     N, H, W, _ = x.shape
     _launch(_k_pca_noise, _blocks(x.size), THREADS, _flat(x), _flat(y),
-            tuple(np.int64(v) for v in (N, H, W)), tuple(np.float64(v) for v in basis.reshape(-1)),
-            np.uint64(int(seed) & 0xFFFFFFFF), np.uint64(int(seed) >> 32), step)
+            tuple(np.int64(v) for v in (N, H, W)), tuple(np.float64(v) for v in basis.reshape(-1)), k0, k1, step)
     return y
 
 
@@ -1900,11 +1905,9 @@ def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step,
     N, H, W, C = images
     height, width = crop_hw
     reference.crop_windows(0, (H, W), (height, width), random, flip, 0, 0)  # sizes checked, nothing drawn
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    k0, k1 = _philox_key(seed)
     _check("step", step, dtype=np.int32, shape=(1,))
     y = _out("out", out, out_shape, inputs=((name, a),))
-    k0, k1 = np.uint64(int(seed) & 0xFFFFFFFF), np.uint64(int(seed) >> 32)
     geometry = tuple(np.int64(v) for v in (N, H, W, C, height, width))
     _launch(kernel, _blocks(y.size), THREADS, _flat(a), _flat(y), geometry, np.int64(bool(random)),
             np.int64(bool(flip)), k0, k1, step)
