@@ -71,11 +71,12 @@ def cmd_evaluate(args) -> int:
         close_sources(data)
     y = data.eval_labels
     predicted = probabilities.argmax(axis=1)
-    label = eval_label(args, eval_name) + (" (10-crop average)" if args.ten_crop else "")
+    label = eval_label(args, eval_name)
+    how = ", softmax averaged over 10 crops of each image" if args.ten_crop else ""
     print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {data.eval_count:,} images, "
-          f"{eval_name}; weights {args.weights}")
+          f"{eval_name}; weights {args.weights}{how}")
     if classes > 5:  # the AlexNet paper's second figure
-        print(f"{label} top-5 accuracy: {top_k_accuracy(probabilities, y, 5):.4f}")
+        print(f"{label} top-5 accuracy: {top_k_accuracy(probabilities, y, 5):.4f}{how}")
     if classes <= 20:
         print(_confusion_text(confusion_matrix(y, predicted, classes)))
         if class_names:
