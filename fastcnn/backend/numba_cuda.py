@@ -1001,13 +1001,7 @@ _window_max = _make_window_max()
 
 @_jit
 def _k_maxpool_fwd(X, Y, AM, total, q):
-    H = q[1]
-    W = q[2]
-    C = q[3]
-    P = q[4]
-    Q = q[5]
-    ph = q[6]
-    pw = q[7]
+    N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl = q
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     while i < total:
@@ -1017,7 +1011,7 @@ def _k_maxpool_fwd(X, Y, AM, total, q):
         t = t // Q
         oh = t % P
         n = t // P
-        best, arg = _window_max(X, n * H * W * C + c, oh * q[8] - q[10], ow * q[9] - q[11],
+        best, arg = _window_max(X, n * H * W * C + c, oh * sh - pt, ow * sw - pl,
                                 H, W, C, ph, pw)
         Y[i] = best
         AM[i] = uint8(arg)
@@ -1026,15 +1020,7 @@ def _k_maxpool_fwd(X, Y, AM, total, q):
 
 @_jit
 def _k_maxpool_bwd(DY, AM, DX, total, q):
-    H = q[1]
-    W = q[2]
-    C = q[3]
-    P = q[4]
-    Q = q[5]
-    ph = q[6]
-    pw = q[7]
-    sh = q[8]
-    sw = q[9]
+    N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl = q
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     while i < total:
@@ -1044,8 +1030,8 @@ def _k_maxpool_bwd(DY, AM, DX, total, q):
         t = t // W
         h = t % H
         n = t // H
-        hp = h + q[10]
-        wp = w + q[11]
+        hp = h + pt
+        wp = w + pl
         # outputs whose windows cover (h, w): oh*sh <= hp < oh*sh + ph
         oh_lo = 0
         if hp >= ph:
@@ -1073,25 +1059,19 @@ def _k_maxpool_bwd(DY, AM, DX, total, q):
 
 @_jit
 def _k_maxpool_fwd_vec(X, Y, AM, q):
-    H = q[1]
-    W = q[2]
-    C = q[3]
-    P = q[4]
-    Q = q[5]
-    ph = q[6]
-    pw = q[7]
+    N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl = q
     CV = C // 4
-    rows = q[0] * P
+    rows = N * P
     rowlen = Q * CV
     row = cuda.blockIdx.y
     while row < rows:
         n = row // P
-        h0 = (row - n * P) * q[8] - q[10]
+        h0 = (row - n * P) * sh - pt
         j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
         while j < rowlen:
             ow = j // CV
             c = (j - ow * CV) * 4
-            w0 = ow * q[9] - q[11]
+            w0 = ow * sw - pl
             b0 = b1 = b2 = b3 = float32(0.0)
             a0 = a1 = a2 = a3 = 0
             first = True
@@ -1144,22 +1124,14 @@ def _k_maxpool_fwd_vec(X, Y, AM, q):
 
 @_jit
 def _k_maxpool_bwd_vec(DY, AM, DX, q):
-    H = q[1]
-    W = q[2]
-    C = q[3]
-    P = q[4]
-    Q = q[5]
-    ph = q[6]
-    pw = q[7]
-    sh = q[8]
-    sw = q[9]
+    N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl = q
     CV = C // 4
-    rows = q[0] * H
+    rows = N * H
     rowlen = W * CV
     row = cuda.blockIdx.y
     while row < rows:
         n = row // H
-        hp = row - n * H + q[10]
+        hp = row - n * H + pt
         oh_lo = 0
         if hp >= ph:
             oh_lo = (hp - ph) // sh + 1
@@ -1168,7 +1140,7 @@ def _k_maxpool_bwd_vec(DY, AM, DX, q):
         while j < rowlen:
             w = j // CV
             c = (j - w * CV) * 4
-            wp = w + q[11]
+            wp = w + pl
             ow_lo = 0
             if wp >= pw:
                 ow_lo = (wp - pw) // sw + 1
@@ -1211,21 +1183,15 @@ def _make_lanes_kernel(PH=0, PW=0):
 
     @_jit
     def maxpool_fwd_lanes(X, Y, AM, q):
-        H = q[1]
-        W = q[2]
-        C = q[3]
-        P = q[4]
-        Q = q[5]
-        ph = q[6]
-        pw = q[7]
-        rows = q[0] * P
+        N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl = q
+        rows = N * P
         row = cuda.blockIdx.z
         while row < rows:
             n = row // P
-            h0 = (row - n * P) * q[8] - q[10]
+            h0 = (row - n * P) * sh - pt
             ow = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
             while ow < Q:
-                w0 = ow * q[9] - q[11]
+                w0 = ow * sw - pl
                 o = (row * Q + ow) * C
                 c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
                 while c < C:
