@@ -581,7 +581,9 @@ class _SourceBatches:
         self.steps = len(source)
         if self.steps < 1:
             raise ValueError("fit: the batch source is empty (len() == 0)")
-        x0, y0 = self.get(0)
+        self.first = None
+        self.first = self.get(0)   # handed out again as the first epoch's batch 0 (decoded once)
+        x0, y0 = self.first
         self.batch_size = x0.shape[0]
         self.samples = None   # unknown until every batch was seen
         self.graph_shapes = (x0.shape, y0.shape, y0.dtype)
@@ -597,6 +599,9 @@ class _SourceBatches:
         return False  # never on the device
 
     def get(self, i, out=None):
+        if i == 0 and self.first is not None:
+            first, self.first = self.first, None
+            return first
         xb, yb = self.source[i]
         xb = np.asarray(self.model._check_x(xb, f"batch {i}'s x"), np.float32)
         return xb, self.model._labels(yb, xb.shape[0])

@@ -2,6 +2,7 @@
 image files), with saved weights and the run's history.json beside them."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .common import (DEFAULT_BATCH, DEFAULT_CLASSES, UsageError, build_model, eval_label, input_shape,
@@ -47,7 +48,8 @@ def cmd_evaluate(args) -> int:
     data = load_data(args, train=False)
     eval_name, class_names = data.eval_name, data.class_names
     classes = len(class_names) if class_names else DEFAULT_CLASSES[args.model]
-    model = build_model(args, classes)
+    # --ten-crop: the 256x256 images are cut on the host, so the net runs without its augmentation layers
+    model = build_model(argparse.Namespace(**{**vars(args), "augment": False}) if args.ten_crop else args, classes)
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     try:
         model.load_weights(args.weights)
@@ -62,7 +64,7 @@ def cmd_evaluate(args) -> int:
     try:
         with using_kernels(kernels):
             if args.ten_crop:
-                probabilities = _ten_crop_average(args, classes, x, batch_size)
+                probabilities = _ten_crop_average(model, x, batch_size)
                 loss, accuracy = _loss_and_accuracy(probabilities, data.eval_labels)
             else:
                 loss, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
@@ -84,17 +86,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _ten_crop_average(args, classes, x, batch_size):
+def _ten_crop_average(plain, x, batch_size):
     """The paper's test: the softmax averaged over ten 227x227 patches of each 256x256 image
-    (datasets.ten_crops), predicted by the same weights without the augmentation layers."""
-    import argparse
-
+    (datasets.ten_crops), predicted by ``plain``, the net without its augmentation layers."""
     import numpy as np
 
     from fastcnn import datasets
-    plain = build_model(argparse.Namespace(**{**vars(args), "augment": False}), classes)
-    plain.load_weights(args.weights)
-    place(plain, args.device)
     height, width = plain.input_shape[1:3]
     batches = (x[i][0] for i in range(len(x))) if not hasattr(x, "shape") else \
         (x[start:start + batch_size] for start in range(0, len(x), batch_size))

@@ -138,7 +138,6 @@ def cmd_profile(args) -> int:
     if args.steps < 1 or args.warmup < 0 or batch_size < 1:
         raise UsageError(f"--steps and --batch-size must be >= 1 and --warmup >= 0, got "
                          f"steps={args.steps}, batch_size={batch_size}, warmup={args.warmup}")
-    args.optimizer = args.optimizer or ("adam" if args.model == "lenet5" else "sgd")
     classes = DEFAULT_CLASSES[args.model]
     x, y = datasets.synthetic(batch_size, INPUT_SHAPES[args.model], classes, seed=args.seed)
     x, y = datasets.prepare_images(x), datasets.to_categorical(y, classes)
