@@ -1870,7 +1870,7 @@ def pca_noise_forward(x, basis, seed, step, *, out=None):
 def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step, out):
     N, H, W, C = images
     height, width = crop_hw
-    reference.crop_windows(0, (H, W), (height, width), random, flip, 0, 0)  # sizes checked, nothing drawn
+    reference.check_crop_size((H, W), (height, width))
     k0, k1 = _philox_key(seed)
     _check("step", step, dtype=np.int32, shape=(1,))
     y = _out("out", out, out_shape, inputs=((name, a),))

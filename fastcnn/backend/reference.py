@@ -553,7 +553,8 @@ def dropout_backward(dy, rate, seed, step):
 CROP_STREAM = 0x43524F50  # 'CROP': the fourth counter word, so crops never share words with dropout
 
 
-def _crop_sizes(in_hw, out_hw):
+def check_crop_size(in_hw, out_hw):
+    """A height x width crop of H x W images: positive ints, no larger than the images."""
     (H, W), (height, width) = in_hw, out_hw
     for name, v in (("height", height), ("width", width)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
@@ -569,7 +570,7 @@ def crop_windows(n, in_hw, out_hw, random, flip, seed, step):
     (image, 0, step, CROP_STREAM) and key (lo32(seed), hi32(seed)) gives words w0..w3;
     top = w0 % (H - height + 1), left = w1 % (W - width + 1), mirrored = flip and w2 >= 2**31.
     """
-    _crop_sizes(in_hw, out_hw)
+    check_crop_size(in_hw, out_hw)
     (H, W), (height, width) = in_hw, out_hw
     if not random:
         return (np.full(n, (H - height) // 2, np.int64), np.full(n, (W - width) // 2, np.int64),

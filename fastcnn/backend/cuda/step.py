@@ -313,7 +313,7 @@ def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step,
     """images: (N, H, W, C) of the uncropped side; one block per row of out (grid (rows, N))."""
     N, H, W, C = images
     height, width = crop_hw
-    _ref.crop_windows(0, (H, W), (height, width), random, flip, 0, 0)  # sizes checked, nothing drawn
+    _ref.check_crop_size((H, W), (height, width))
     key0, key1 = _seed_key(seed)
     _step(step)
     if N > _MAX_GRID_Y:
