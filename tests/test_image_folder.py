@@ -238,7 +238,7 @@ def test_fit_evaluate_predict_on_batches_equal_the_arrays(tmp_path, monkeypatch)
     assert h_arrays == h_source
     for a, b in zip(models[0].get_weights(), models[1].get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert models[1].evaluate(source, verbose=0) == models[0].evaluate(x, y, verbose=0)
+    assert models[1].evaluate(source, verbose=0) == models[0].evaluate(x, y, batch_size=5, verbose=0)
     np.testing.assert_array_equal(models[1].predict(source), models[0].predict(x, batch_size=5))
     with pytest.raises(ValueError, match="leave y and validation_split out"):
         models[1].fit(source, y)
