@@ -7,7 +7,7 @@
 """
 __version__ = "0.1.0"
 
-from . import backend, functional, layers, losses, models, optimizers  # noqa: F401
+from . import backend, config, functional, layers, losses, models, optimizers  # noqa: F401
 from .backend import registry as kernels  # noqa: F401  (fastcnn.kernels.variants('matmul'))
 from .model import Sequential  # noqa: F401
 from .seeding import manual_seed  # noqa: F401

@@ -580,7 +580,8 @@ def _variants(op: str) -> list:
         default = registry.get(op).name
     except ValueError:
         return []
-    return [(registry.get(op, n), n == default) for n in names]
+    found = [registry.lookup(op, n) for n in names]  # TF32 variants only under precision "high"
+    return [(v, v.name == default) for v in found if registry.allowed(v)]
 
 
 def _variant_impl(variant, default: bool) -> str:

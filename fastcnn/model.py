@@ -16,6 +16,7 @@ import zipfile
 import numpy as np
 
 from . import backend as backends
+from . import config as precision
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
 from .callbacks import BatchLogs, CallbackList, History
@@ -320,7 +321,8 @@ class Sequential:
         self._ensure_bound()
         if y_dtype is None:
             y_dtype = np.int32 if self.loss.sparse else np.float32
-        key = (tuple(x_shape), tuple(y_shape), np.dtype(y_dtype).str)
+        # One graph per precision: a graph captured under "high" holds TF32 kernels.
+        key = (tuple(x_shape), tuple(y_shape), np.dtype(y_dtype).str, precision.get_float32_matmul_precision())
         # The graph holds the optimizer's scalars (learning rate, momentum...) as kernel
         # arguments: after a change (a user's, or a callback's between epochs) capture anew.
         config = self.optimizer.get_config()

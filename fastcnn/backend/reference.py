@@ -19,6 +19,8 @@ import numbers
 import numpy
 import numpy as np
 
+from .. import config
+
 name = "reference"
 xp = numpy
 device = "cpu"
@@ -143,6 +145,28 @@ def _crop(xp_, shape, padding):
     return np.ascontiguousarray(xp_[:, top:top + H, left:left + W, :])
 
 
+# ---------------------------------------------------------------- TF32
+
+def round_tf32(a):
+    """float32 ``a`` rounded to TF32 as ``cvt.rna.tf32.f32`` does: to nearest, ties away
+    from zero, 10 mantissa bits kept (the low 13 bits cleared); NaN and Inf unchanged.
+    A value within half a TF32 step of the largest float32 rounds to Inf, as on the GPU."""
+    a = np.asarray(a)
+    if a.dtype != np.float32:
+        raise TypeError(f"round_tf32 takes float32, got {a.dtype}")
+    bits = np.ascontiguousarray(a).view(np.uint32)
+    rounded = (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
+    return np.where(np.isfinite(a), rounded, bits).view(np.float32)
+
+
+def _tf32_inputs(*arrays):
+    """The GEMM/convolution inputs as the current precision computes with them: rounded to
+    TF32 under ``fastcnn.config`` precision "high" (float32 arrays only), else unchanged."""
+    if not config.tf32_allowed():
+        return arrays
+    return tuple(round_tf32(a) if a.dtype == np.float32 else a for a in arrays)
+
+
 # ---------------------------------------------------------------- convolution
 
 def _conv_args(x, w, stride, padding):
@@ -195,6 +219,7 @@ def conv2d_forward(x, w, b, stride, padding, relu):
         if b.shape[0] != K:
             raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
     P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
+    x, w = _tf32_inputs(x, w)
     y = _im2col(x, R, S, stride, padding, P, Q) @ w.reshape(R * S * C, K)
     if b is not None:
         # Add the bias along whole output rows (Q*K values, bias tiled Q times): broadcasting
@@ -219,6 +244,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding):
     P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
     if dy.shape != (N, P, Q, K):
         raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {x_shape}")
+    dy, w = _tf32_inputs(dy, w)
     # One contiguous (N*P*Q, C) column block per tap (r, s), so that its addition into dx
     # runs along whole output rows (3x faster than slicing an (N*P*Q, R*S*C) matrix).
     # One window row r at a time: the column buffer is R times smaller than im2col's.
@@ -257,6 +283,7 @@ def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
     P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
     if dy.shape != (N, P, Q, K):
         raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
+    x, dy = _tf32_inputs(x, dy)
     cols = _im2col(x, R, S, stride, padding, P, Q)
     return _into(out, (cols.T @ dy.reshape(N * P * Q, K)).reshape(R, S, C, K))
 
@@ -361,6 +388,7 @@ def matmul(a, b, trans_a, trans_b, *, out=None):
     a = _float_array(a, "a", 2)
     b = _float_array(b, "b", 2)
     _same_dtype(a.dtype, b=b)
+    a, b = _tf32_inputs(a, b)
     opa = a.T if trans_a else a
     opb = b.T if trans_b else b
     if opa.shape[1] != opb.shape[0]:
@@ -375,7 +403,7 @@ def dense_forward(x, w, b, relu):
     _same_dtype(x.dtype, w=w)
     if x.shape[1] != w.shape[0]:
         raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[0]} (w is (in, out) = {w.shape})")
-    y = x @ w
+    y = np.matmul(*_tf32_inputs(x, w))
     if b is not None:
         b = _float_array(b, "b", 1)
         _same_dtype(x.dtype, b=b)

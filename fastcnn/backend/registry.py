@@ -10,12 +10,26 @@ the benchmark times every one.  Public as ``fastcnn.kernels``.
     >>> fastcnn.kernels.variants("conv2d_forward")      # doctest: +SKIP
     ['im2col', 'implicit_gemm', 'numba_direct']
     >>> fastcnn.kernels.use("conv2d_forward", "im2col")  # doctest: +SKIP
+
+Each variant states its precision.  'fp32' ones compute in float32.  'tf32' ones
+round their float32 inputs to TF32 (tensor cores): they run only while
+``fastcnn.config.get_float32_matmul_precision()`` is "high", and asking for one
+under "highest" (``use``, ``get`` by name, a selection made earlier) is a
+ValueError that names it.  'any' follows the configured precision (``auto``,
+which picks among the variants allowed).  The implicit default of an op is its
+'fp32' default under "highest"; under "high" its 'tf32' default where the op has
+one (the 'tf32' or 'any' variant registered with ``default=True``, else the first
+CUDA C 'tf32' variant), else the same 'fp32' default.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
 from typing import Callable
+
+from .. import config
+
+PRECISIONS = ("fp32", "tf32", "any")
 
 
 class NotApplicable(ValueError):
@@ -30,22 +44,41 @@ class Variant:
     fn: Callable       # same signature as the primitive
     source: str        # 'cuda' (CUDA C through CuPy) or 'numba'
     note: str = ""     # one line: algorithm, and why it exists
+    precision: str = "fp32"  # 'fp32', 'tf32' (needs precision "high") or 'any' (follows it)
 
 
 _variants: dict[str, dict[str, Variant]] = {}
 _selected: dict[str, str] = {}
-_defaults: dict[str, str] = {}
+_defaults: dict[str, str] = {}       # op -> variant used under precision "highest"
+_tf32_defaults: dict[str, str] = {}  # op -> variant used under "high", where the op has one
 
 
 def register(op: str, name: str, fn: Callable, source: str, note: str = "",
-             default: bool = False) -> Callable:
-    """Add a variant; ``default=True`` makes it the one used unless a user picks another."""
-    _variants.setdefault(op, {})[name] = Variant(op, name, fn, source, note)
+             default: bool = False, precision: str = "fp32") -> Callable:
+    """Add a variant; ``default=True`` makes it the one used (at its precision, see the module
+    notes) unless a user picks another."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} for variant {name!r} of {op!r}; "
+                         f"choose one of {PRECISIONS}")
+    _variants.setdefault(op, {})[name] = Variant(op, name, fn, source, note, precision)
     # The implicit default is the first CUDA C variant: Numba ones are picked only by name
     # (they pay ~3x more host time per launch), whatever the import order.
-    if default or (op not in _defaults and source != "numba"):
-        _defaults[op] = name
+    for table, kinds in ((_defaults, ("fp32", "any")), (_tf32_defaults, ("tf32", "any"))):
+        if precision in kinds and (default or (op not in table and source != "numba")):
+            table[op] = name
     return fn
+
+
+def allowed(variant: Variant) -> bool:
+    """Whether ``variant`` may run at the precision configured now."""
+    return variant.precision != "tf32" or config.tf32_allowed()
+
+
+def default(op: str) -> str:
+    """The variant an op uses at the precision configured now when none is selected."""
+    if config.tf32_allowed() and op in _tf32_defaults:
+        return _tf32_defaults[op]
+    return _defaults.get(op) or next(iter(_of(op)))
 
 
 _load_errors: dict[str, str] = {}
@@ -86,23 +119,36 @@ def ops() -> list[str]:
     return sorted(_variants)
 
 
-def variants(op: str, source: str | None = None) -> list[str]:
-    """Names of the registered variants of ``op`` (optionally only 'cuda' or 'numba' ones)."""
+def _of(op: str) -> dict[str, Variant]:
     _ensure_loaded()
     if op not in _variants:
         raise ValueError(f"no kernel variants registered for {op!r}; ops with variants: {sorted(_variants)}")
-    return [v.name for v in _variants[op].values() if source in (None, v.source)]
+    return _variants[op]
+
+
+def variants(op: str, source: str | None = None, precision: str | None = None) -> list[str]:
+    """Names of the registered variants of ``op`` (optionally only 'cuda' or 'numba' ones, only
+    'fp32', 'tf32' or 'any' ones), whatever the precision configured now."""
+    return [v.name for v in _of(op).values() if source in (None, v.source) and precision in (None, v.precision)]
+
+
+def lookup(op: str, name: str) -> Variant:
+    """The variant called ``name``, whether or not it may run at this precision (listings)."""
+    if name not in _of(op):
+        raise ValueError(f"unknown variant {name!r} of {op!r}; registered: {list(_variants[op])}")
+    return _variants[op][name]
 
 
 def get(op: str, name: str | None = None) -> Variant:
-    """The variant called ``name``, or the one selected now."""
-    _ensure_loaded()
-    if op not in _variants:
-        raise ValueError(f"no kernel variants registered for {op!r}; ops with variants: {sorted(_variants)}")
-    name = name or _selected.get(op) or _defaults.get(op) or next(iter(_variants[op]))
-    if name not in _variants[op]:
-        raise ValueError(f"unknown variant {name!r} of {op!r}; registered: {list(_variants[op])}")
-    return _variants[op][name]
+    """The variant called ``name``, or the one selected now (a ValueError for a 'tf32'
+    variant while the precision is "highest")."""
+    variant = lookup(op, name or _selected.get(op) or default(op))  # (default() checks op)
+    if not allowed(variant):
+        raise ValueError(f"kernel variant {variant.name!r} of {op} computes in TF32, which the float32 matmul "
+                         f"precision {config.get_float32_matmul_precision()!r} does not allow; allow it "
+                         f"with fastcnn.config.set_float32_matmul_precision('high') "
+                         f"(command line: --precision tf32)")
+    return variant
 
 
 def use(op: str, name: str | None) -> None:

@@ -111,10 +111,11 @@ def cmd_kernels(args) -> int:
         used = registry.selected(op)
         print(op)
         for name in registry.variants(op):
-            variant = registry.get(op, name)
-            print(f"  {'*' if name == used else ' '} {name:<19} {variant.source:<6} {variant.note}")
+            variant = registry.lookup(op, name)
+            tf32 = " [TF32]" if variant.precision == "tf32" else ""
+            print(f"  {'*' if name == used else ' '} {name:<19} {variant.source:<6} {variant.note}{tf32}")
     print("* used now (the default unless chosen); choose with fastcnn.kernels.use(op, name), "
-          "see docs/cuda_kernels.md")
+          "see docs/cuda_kernels.md; [TF32] variants run only with --precision tf32")
     for module, why in registry.load_errors().items():
         print(f"variants of {module} unavailable: {why}")
     return 0

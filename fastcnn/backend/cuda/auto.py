@@ -17,11 +17,18 @@ Tuning needs no synchronisation of anything but its own events, but it cannot
 run while a stream is being captured: then (and with FASTCNN_AUTOTUNE=0) the
 first variant in the op's preference list is used.  fit() runs one eager
 warm-up step before it captures a graph, so the graph holds tuned kernels.
+
+Variants registered with precision 'tf32' compete only while
+``fastcnn.config.get_float32_matmul_precision()`` is "high"; then the first of
+them is also the untuned choice (the fp32 preferred variant where it refuses the
+shape).  The fp32 preferred variant stays the one the others must agree with.
+Choices are kept per precision.
 """
 from __future__ import annotations
 
 import os
 
+from ... import config
 from .. import registry
 
 # Ops with pure variants (no side effects besides their output), and the variant used
@@ -57,7 +64,7 @@ def chosen(op, args, kwargs) -> str | None:
 
 
 def _key(op, args, kwargs):
-    parts = [op]
+    parts = [op, config.get_float32_matmul_precision()]
     for a in args:
         parts.append((a.shape, a.dtype.char) if hasattr(a, "shape") else a)
     parts += [(k, v) for k, v in sorted(kwargs.items()) if k != "out"]
@@ -65,10 +72,24 @@ def _key(op, args, kwargs):
 
 
 def _candidates(op):
-    names = registry.variants(op, source="cuda")
+    """The CUDA C variants allowed at this precision, the fp32 preferred one first."""
+    barred = () if config.tf32_allowed() else registry.variants(op, source="cuda", precision="tf32")
+    names = [n for n in registry.variants(op, source="cuda") if n not in barred]
     preferred = TUNED_OPS[op]
     ordered = [preferred] if preferred in names else []
     return ordered + [n for n in names if n not in ("auto", preferred)]
+
+
+def _untuned(op, args, kwargs):
+    """Run the variant used without tuning: under "high" the first TF32 variant (the fp32
+    preferred one where it refuses these arguments), else the fp32 preferred one."""
+    tf32 = registry.variants(op, source="cuda", precision="tf32") if config.tf32_allowed() else []
+    if tf32:
+        try:
+            return registry.get(op, tf32[0]).fn(*args, **kwargs)
+        except registry.NotApplicable:
+            pass
+    return registry.get(op, _candidates(op)[0]).fn(*args, **kwargs)
 
 
 def _elapsed_ms(fn, args, kwargs, runs, xp) -> float:
@@ -144,14 +165,13 @@ def _auto(op):
         name = _choices.get(key)
         if name is None:
             if not enabled() or not _tunable_now(args):
-                name = _candidates(op)[0]
-            else:
-                name = _choices[key] = tune(op, args, kwargs)
+                return _untuned(op, args, kwargs)
+            name = _choices[key] = tune(op, args, kwargs)
         return registry.get(op, name).fn(*args, **kwargs)
     call.__name__ = f"{op}_auto"
     return call
 
 
 for _op in TUNED_OPS:
-    registry.register(_op, "auto", _auto(_op), source="cuda", default=True,
+    registry.register(_op, "auto", _auto(_op), source="cuda", default=True, precision="any",
                       note="fastest CUDA C variant for the shape, timed on first use")

@@ -1,0 +1,71 @@
+"""Process-wide numerical settings, spelled as PyTorch spells them.
+
+    import fastcnn
+    fastcnn.config.set_float32_matmul_precision("high")     # GEMM and convolution may use TF32
+    with fastcnn.config.float32_matmul_precision("highest"):  # full fp32 inside the block
+        ...
+
+``"highest"`` (the default) computes every float32 GEMM and convolution in float32.
+``"high"`` lets them round their float32 inputs to TF32 (10 mantissa bits, as the
+tensor cores' ``cvt.rna.tf32.f32`` does: round to nearest, ties away from zero) and
+accumulate in float32: the NumPy reference then rounds exactly there, CUDA C
+variants registered with ``precision="tf32"`` may run (and ``auto`` considers them),
+and variants that have no TF32 form (every Numba kernel) stay float32, since "high"
+allows TF32 rather than requires it.  Elementwise ops, pooling, softmax and the
+optimizers are float32 in every mode.  PyTorch's ``"medium"`` (bfloat16) is not
+offered.
+"""
+from __future__ import annotations
+
+import contextlib
+
+PRECISIONS = ("highest", "high")
+# The command line's names (``--precision``) and the names recorded in history.json,
+# bench and profile output: what the GEMM/convolution inputs are rounded to.
+NAMES = {"fp32": "highest", "tf32": "high"}
+
+_precision = ["highest"]
+
+
+def _checked(precision) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown float32 matmul precision {precision!r}; choose 'highest' (fp32) or "
+                         f"'high' (TF32 allowed in GEMM and convolution)")
+    return precision
+
+
+def set_float32_matmul_precision(precision: str) -> None:
+    """``"highest"`` (fp32, the default) or ``"high"`` (TF32 allowed in GEMM and convolution)."""
+    _precision[0] = _checked(precision)
+
+
+def get_float32_matmul_precision() -> str:
+    return _precision[0]
+
+
+def tf32_allowed() -> bool:
+    """True when GEMM and convolution may round their float32 inputs to TF32."""
+    return _precision[0] == "high"
+
+
+def precision_name() -> str:
+    """'fp32' or 'tf32': the current precision under its command-line name."""
+    return "tf32" if tf32_allowed() else "fp32"
+
+
+def from_name(name: str) -> str:
+    """The precision a command-line name ('fp32' or 'tf32') stands for."""
+    if name not in NAMES:
+        raise ValueError(f"unknown precision {name!r}; choose one of {sorted(NAMES)}")
+    return NAMES[name]
+
+
+@contextlib.contextmanager
+def float32_matmul_precision(precision: str):
+    """``with fastcnn.config.float32_matmul_precision("high"): ...`` sets it for the block."""
+    previous = _precision[0]
+    set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        _precision[0] = previous

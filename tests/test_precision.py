@@ -1,0 +1,312 @@
+"""Float32 matmul precision: fastcnn.config, TF32 rounding in the reference, registry gating."""
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import config
+from fastcnn.backend import reference as ref
+from fastcnn.backend import registry
+from fastcnn.backend.cuda import auto
+
+U32 = np.float32(2.0 ** -24)  # unit roundoff of float32
+
+
+@pytest.fixture(autouse=True)
+def _highest_after():
+    yield
+    config.set_float32_matmul_precision("highest")
+
+
+# ---------------------------------------------------------------- fastcnn.config
+
+def test_precision_defaults_to_highest_and_is_public():
+    assert fastcnn.config is config
+    assert config.get_float32_matmul_precision() == "highest"
+    assert not config.tf32_allowed() and config.precision_name() == "fp32"
+    config.set_float32_matmul_precision("high")
+    assert config.tf32_allowed() and config.precision_name() == "tf32"
+
+
+@pytest.mark.parametrize("bad", ["medium", "HIGH", "tf32", "", None])
+def test_unknown_precision_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match=repr(bad).replace("(", r"\(")):
+        config.set_float32_matmul_precision(bad)
+    assert config.get_float32_matmul_precision() == "highest"
+
+
+def test_context_manager_restores_the_precision_even_after_an_error():
+    with pytest.raises(RuntimeError):
+        with config.float32_matmul_precision("high"):
+            assert config.get_float32_matmul_precision() == "high"
+            raise RuntimeError("inside")
+    assert config.get_float32_matmul_precision() == "highest"
+    with pytest.raises(ValueError, match="'low'"):
+        with config.float32_matmul_precision("low"):
+            pass
+
+
+def test_command_line_names():
+    assert config.from_name("fp32") == "highest" and config.from_name("tf32") == "high"
+    with pytest.raises(ValueError, match="'bf16'"):
+        config.from_name("bf16")
+
+
+# ---------------------------------------------------------------- round_tf32
+
+def _bits(*words):
+    return np.array(words, dtype=np.uint32).view(np.float32)
+
+
+# (input bits, bits after cvt.rna.tf32.f32): TF32 keeps the top 10 of 23 mantissa bits, so a
+# kept-bit step is 0x2000 and half a step is 0x1000.
+ROUNDINGS = [
+    (0x3F800000, 0x3F800000),  # 1.0: exact
+    (0x3F800FFF, 0x3F800000),  # just below half a step: down
+    (0x3F801000, 0x3F802000),  # a tie, kept bits even: away from zero (to-even would go down)
+    (0x3F805000, 0x3F806000),  # a tie, kept bits 0x3F804000 even: still away from zero
+    (0x3F803000, 0x3F804000),  # a tie, kept bits odd: away from zero
+    (0x3F801001, 0x3F802000),  # above half: up
+    (0x3FFFF000, 0x40000000),  # a tie at the top of the mantissa: carries into the exponent (2.0)
+    (0x3FFFFFFF, 0x40000000),  # 1.99999988 -> 2.0
+    (0xBF805000, 0xBF806000),  # negative tie: away from zero, i.e. more negative
+    (0xBF800FFF, 0xBF800000),  # negative below half: towards zero
+    (0x00000FFF, 0x00000000),  # denormal below half of the smallest TF32 denormal: to +0
+    (0x00001000, 0x00002000),  # denormal tie: up to the smallest TF32 denormal
+    (0x807FF000, 0x80800000),  # the largest negative denormals carry into the smallest normal
+    (0x80000000, 0x80000000),  # -0 stays -0
+    (0x7F7FFFFF, 0x7F800000),  # the largest float32 is over half a TF32 step past the largest TF32: Inf
+    (0x7F800000, 0x7F800000),  # +Inf
+    (0xFF800000, 0xFF800000),  # -Inf
+    (0x7FC00000, 0x7FC00000),  # quiet NaN
+    (0x7F800001, 0x7F800001),  # a NaN whose low bits would round it to Inf stays that NaN
+    (0xFFFFFFFF, 0xFFFFFFFF),  # a NaN whose rounding would wrap around 32 bits
+]
+
+
+def test_round_tf32_on_hand_picked_bit_patterns():
+    given = _bits(*[a for a, _ in ROUNDINGS])
+    out = ref.round_tf32(given)
+    assert out.dtype == np.float32 and out.shape == given.shape
+    got = out.view(np.uint32)
+    for (a, expected), b in zip(ROUNDINGS, got):
+        assert int(b) == expected, f"{a:#010x} -> {int(b):#010x}, expected {expected:#010x}"
+    assert given.view(np.uint32)[2] == 0x3F801000  # the input is left alone
+
+
+def test_round_tf32_keeps_ten_mantissa_bits_and_is_nearest():
+    x = np.random.default_rng(0).standard_normal((37, 11)).astype(np.float32) * 1e3
+    r = ref.round_tf32(x.T)  # a transposed (non-contiguous) view works too
+    assert r.shape == (11, 37)
+    assert not (r.view(np.uint32) & 0x1FFF).any()
+    step = np.spacing(np.abs(x.T)) * 2 ** 13  # one TF32 step at each value
+    assert (np.abs(r - x.T) <= step / 2).all()
+    assert (r != x.T).mean() > 0.99  # random values almost never fit in 10 bits
+
+
+def test_round_tf32_refuses_other_dtypes():
+    with pytest.raises(TypeError, match="float64"):
+        ref.round_tf32(np.ones(3))
+
+
+# ---------------------------------------------------------------- the reference under "high"
+#
+# Under "high" each GEMM/convolution primitive rounds its float32 inputs to TF32 and
+# accumulates in float32 (NumPy's BLAS).  The oracle here is the same primitive in float64
+# on the rounded inputs (float64 inputs are never rounded).  The two differ only by the
+# float32 accumulation, so each element obeys the classic dot-product bound
+#     |out - exact| <= n * u * sum |a_i| |b_i|,   u = 2**-24, n = terms in the sum,
+# with sum |a_i||b_i| computed as the same primitive on the absolute values, in float64.
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _f32(*shape, seed=0):
+    return _rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _case(name):
+    if name == "matmul":
+        a, b = _f32(33, 70, seed=1), _f32(50, 70, seed=2)
+        return (lambda p, q: ref.matmul(p, q, False, True)), (a, b), 70
+    if name == "dense_forward":
+        x, w = _f32(9, 70, seed=3), _f32(70, 13, seed=4)
+        return (lambda p, q: ref.dense_forward(p, q, None, False)), (x, w), 70
+    if name == "conv2d_forward":
+        x, w = _f32(2, 9, 8, 3, seed=5), _f32(3, 3, 3, 7, seed=6)
+        return (lambda p, q: ref.conv2d_forward(p, q, None, (1, 2), (1, 1, 0, 1), False)), (x, w), 27
+    if name == "conv2d_backward_data":
+        dy, w = _f32(2, 5, 4, 7, seed=7), _f32(3, 3, 3, 7, seed=8)
+        return (lambda p, q: ref.conv2d_backward_data(p, q, (2, 9, 8, 3), (2, 2), (1, 1, 1, 0))), (dy, w), 63
+    x, dy = _f32(2, 9, 8, 3, seed=9), _f32(2, 5, 4, 7, seed=10)
+    return (lambda p, q: ref.conv2d_backward_weights(p, q, (3, 3, 3, 7), (2, 2), (1, 1, 1, 0))), (x, dy), 40
+
+
+GEMM_OPS = ["matmul", "dense_forward", "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weights"]
+
+
+@pytest.mark.parametrize("op", GEMM_OPS)
+def test_reference_rounds_gemm_and_conv_inputs_to_tf32_under_high(op):
+    fn, inputs, n_terms = _case(op)
+    rounded64 = [ref.round_tf32(a).astype(np.float64) for a in inputs]
+    with config.float32_matmul_precision("high"):
+        out = fn(*inputs)
+        exact = fn(*rounded64)  # float64: not rounded again
+        magnitude = fn(*[np.abs(a) for a in rounded64])
+    assert out.dtype == np.float32
+    bound = n_terms * U32 * magnitude + 1e-30
+    assert (np.abs(out - exact) <= bound).all()
+    # ... and the rounding did happen: the fp32 result is far outside that bound somewhere.
+    fp32 = fn(*inputs)
+    assert (np.abs(fp32 - exact) > bound).any()
+    assert np.allclose(fp32, exact, rtol=0, atol=float(2.0 ** -10 * magnitude.max()))
+
+
+def test_dense_and_conv_add_the_bias_in_fp32_and_fuse_relu_under_high():
+    x, w, b = _f32(9, 70, seed=3), _f32(70, 13, seed=4), _f32(13, seed=11)
+    with config.float32_matmul_precision("high"):
+        y = ref.dense_forward(x, w, b, True)
+        plain = ref.dense_forward(x, w, None, False)
+    np.testing.assert_array_equal(y, np.maximum(plain + b, 0))
+
+
+def test_elementwise_ops_stay_fp32_under_high():
+    x = _f32(6, 10, seed=12)
+    r = _f32(6, 10, seed=13)
+    with config.float32_matmul_precision("high"):
+        high = (ref.bias_grad(x), ref.softmax(x), ref.add(x, r), ref.relu_forward(x),
+                ref.maxpool_forward(x.reshape(1, 6, 10, 1), (2, 2), (2, 2), (0, 0, 0, 0))[0])
+    fp32 = (ref.bias_grad(x), ref.softmax(x), ref.add(x, r), ref.relu_forward(x),
+            ref.maxpool_forward(x.reshape(1, 6, 10, 1), (2, 2), (2, 2), (0, 0, 0, 0))[0])
+    for a, b in zip(high, fp32):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- registry gating
+
+OP = "fake_precision_op"
+
+
+@pytest.fixture
+def fake_variants():
+    calls = []
+
+    def variant(name, refuse=False):
+        def fn(x, out=None):
+            if refuse:
+                raise registry.NotApplicable(f"{name} does not take this shape")
+            calls.append(name)
+            return name
+        return fn
+
+    registry.register(OP, "numba_plain", variant("numba_plain"), source="numba")
+    registry.register(OP, "plain", variant("plain"), source="cuda", note="fp32")
+    registry.register(OP, "tc", variant("tc"), source="cuda", precision="tf32", note="TF32 tensor cores")
+    registry.register(OP, "tc_picky", variant("tc_picky", refuse=True), source="cuda", precision="tf32")
+    yield calls, variant
+    for table in (registry._variants, registry._defaults, registry._tf32_defaults, registry._selected):
+        table.pop(OP, None)
+
+
+def test_variant_records_its_precision(fake_variants):
+    assert registry.get(OP, "plain").precision == "fp32"
+    assert registry.variants(OP, precision="tf32") == ["tc", "tc_picky"]
+    with config.float32_matmul_precision("high"):
+        assert registry.get(OP, "tc").precision == "tf32"
+    with pytest.raises(ValueError, match="'bf16'"):
+        registry.register(OP, "bf", lambda x: x, source="cuda", precision="bf16")
+    assert "bf" not in registry.variants(OP)
+
+
+def test_implicit_default_is_fp32_under_highest_and_prefers_tf32_under_high(fake_variants):
+    assert registry.get(OP).name == "plain"
+    with config.float32_matmul_precision("high"):
+        assert registry.get(OP).name == "tc"  # the first CUDA C TF32 variant
+    assert registry.get(OP).name == "plain"
+
+
+def test_tf32_variant_is_refused_under_highest_with_the_way_to_allow_it(fake_variants):
+    for ask in (lambda: registry.get(OP, "tc"), lambda: registry.use(OP, "tc"),
+                lambda: fastcnn.kernels.use(OP, "tc")):
+        with pytest.raises(ValueError, match=r"'tc' of fake_precision_op computes in TF32.*"
+                                             r"set_float32_matmul_precision\('high'\).*--precision tf32"):
+            ask()
+    assert registry.selected(OP) == "plain"
+
+
+def test_a_tf32_selection_stops_working_when_the_precision_goes_back_to_highest(fake_variants):
+    with config.float32_matmul_precision("high"):
+        registry.use(OP, "tc")
+        assert registry.get(OP).fn(np.zeros(1)) == "tc"
+    with pytest.raises(ValueError, match="'tc'.*TF32"):
+        registry.get(OP)  # never a silent TF32 run under "highest"
+    registry.use(OP, None)
+    assert registry.get(OP).name == "plain"
+
+
+def test_numba_and_fp32_variants_run_under_high(fake_variants):
+    with config.float32_matmul_precision("high"):
+        with registry.using(OP, "numba_plain"):
+            assert registry.get(OP).name == "numba_plain"
+        with registry.using(OP, "plain"):
+            assert registry.get(OP).name == "plain"
+
+
+def test_explicit_defaults_per_precision(fake_variants):
+    _, variant = fake_variants
+    registry.register(OP, "tc2", variant("tc2"), source="cuda", precision="tf32", default=True)
+    assert registry.get(OP).name == "plain"  # a TF32 default does not change the fp32 one
+    with config.float32_matmul_precision("high"):
+        assert registry.get(OP).name == "tc2"
+    registry.register(OP, "chooser", variant("chooser"), source="cuda", precision="any", default=True)
+    assert registry.get(OP).name == "chooser"
+    with config.float32_matmul_precision("high"):
+        assert registry.get(OP).name == "chooser"
+
+
+def test_auto_considers_tf32_variants_only_under_high(fake_variants, monkeypatch):
+    calls, _ = fake_variants
+    monkeypatch.setitem(auto.TUNED_OPS, OP, "plain")
+    assert auto._candidates(OP) == ["plain"]
+    x = np.zeros((2,))
+    assert auto._untuned(OP, (x,), {}) == "plain"
+    with config.float32_matmul_precision("high"):
+        assert auto._candidates(OP) == ["plain", "tc", "tc_picky"]  # fp32 preferred first: the oracle
+        assert auto._untuned(OP, (x,), {}) == "tc"
+        costs = {"plain": 3.0, "tc": 1.0}
+        assert auto.tune(OP, (x,), {}, timer=lambda fn, runs: costs[fn(x)], agree=lambda o, e: True) == "tc"
+        high_key = auto._key(OP, (x,), {})
+    assert auto.tune(OP, (x,), {}, timer=lambda fn, runs: costs[fn(x)], agree=lambda o, e: True) == "plain"
+    assert auto._key(OP, (x,), {}) != high_key  # choices are kept per precision
+
+
+def test_auto_untuned_falls_back_to_fp32_where_the_tf32_variant_refuses(fake_variants, monkeypatch):
+    calls, variant = fake_variants
+    registry._variants[OP].pop("tc")
+    monkeypatch.setitem(auto.TUNED_OPS, OP, "plain")
+    with config.float32_matmul_precision("high"):
+        assert auto._untuned(OP, (np.zeros(2),), {}) == "plain"
+
+
+def test_auto_is_the_default_of_every_tuned_op_under_both_precisions():
+    for op in auto.TUNED_OPS:
+        assert registry.get(op).name == "auto", op
+        assert registry.get(op, "auto").precision == "any"
+        with config.float32_matmul_precision("high"):
+            assert registry.get(op).name == "auto", op
+
+
+def test_kernels_command_lists_tf32_variants_under_highest(fake_variants, capsys):
+    from fastcnn import cli
+    assert cli.main(["kernels", OP]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["*", "plain"] for line in lines)
+    assert any(line.split()[0] == "tc" and line.endswith("[TF32]") for line in lines)
+
+
+def test_bench_lists_tf32_variants_only_under_high(fake_variants):
+    from fastcnn import benchmark
+    assert [(v.name, d) for v, d in benchmark._variants(OP)] == [("numba_plain", False), ("plain", True)]
+    with config.float32_matmul_precision("high"):
+        assert [(v.name, d) for v, d in benchmark._variants(OP)] == [
+            ("numba_plain", False), ("plain", False), ("tc", True), ("tc_picky", False)]
