@@ -12,6 +12,12 @@ a callback asks for them (on the GPU each read is a synchronisation, so a
 progress bar should read them at most a few times per second).
 Epoch logs are a plain dict with 'loss', 'accuracy' and, with validation data,
 'val_loss', 'val_accuracy'.
+
+A callback with a state that training depends on (counters, the best value so far, the
+record of past epochs) gives it as ``get_state()`` (JSON values, or lists of arrays) and takes
+it back in ``set_state(state)``: ``Sequential.save_checkpoint`` saves the states of fit's
+callbacks, and the fit after ``load_checkpoint`` restores them (after ``on_train_begin``),
+matched by class name and order.
 """
 from __future__ import annotations
 
@@ -19,13 +25,15 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
+
+from .saving import atomic_write, dumps_json
 
 
 class Callback:
     model = None
+    epoch_end_order = 0   # on_epoch_end runs in this order (stable): a check first, checkpoints last
 
     def set_model(self, model):
         self.model = model
@@ -40,6 +48,7 @@ class Callback:
 class CallbackList(Callback):
     def __init__(self, callbacks):
         self.callbacks = list(callbacks)
+        self._epoch_end = sorted(self.callbacks, key=lambda c: c.epoch_end_order)
 
     def set_model(self, model):
         for c in self.callbacks:
@@ -58,7 +67,7 @@ class CallbackList(Callback):
             c.on_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        for c in self.callbacks:
+        for c in self._epoch_end:
             c.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
@@ -66,8 +75,35 @@ class CallbackList(Callback):
             c.on_train_end(logs)
 
 
+def _keyed(callbacks):
+    """(key, callback) pairs: the class name and its rank among callbacks of that class."""
+    seen: dict[str, int] = {}
+    for c in callbacks:
+        name = type(c).__name__
+        seen[name] = seen.get(name, -1) + 1
+        yield f"{name}/{seen[name]}", c
+
+
+def callback_states(callbacks) -> dict:
+    """{key: state} of the callbacks that have a state (``get_state()``)."""
+    found = {}
+    for key, c in _keyed(callbacks):
+        state = c.get_state() if hasattr(c, "get_state") else None
+        if state is not None:
+            found[key] = state
+    return found
+
+
+def restore_callback_states(callbacks, states: dict) -> None:
+    """Give each callback its saved state (by key); one without a saved state starts afresh."""
+    for key, c in _keyed(callbacks):
+        if key in states and hasattr(c, "set_state"):
+            c.set_state(states[key])
+
+
 class History(Callback):
-    """``history.history`` maps each metric name to its list of per-epoch values."""
+    """``history.history`` maps each metric name to its list of per-epoch values.  After
+    ``load_checkpoint`` it starts with the checkpoint's epochs."""
 
     def __init__(self):
         self.history: dict[str, list[float]] = {}
@@ -77,6 +113,67 @@ class History(Callback):
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
+
+    def get_state(self):
+        return {"epoch": list(self.epoch), "history": {k: list(v) for k, v in self.history.items()}}
+
+    def set_state(self, state):
+        self.epoch = list(state["epoch"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+
+
+class Diverged(Exception):
+    """Raised by TerminateOnNaN inside fit, which ends at once (the epoch in progress is not
+    completed) and keeps the message in ``model.stop_reason``."""
+
+
+class TerminateOnNaN(Callback):
+    """Keras's: stop training at the first non-finite (NaN or infinite) loss.  Unlike Keras's,
+    the epoch in progress then does not end: no epoch-end callback runs (no checkpoint, no
+    history of it), so the files of the last good epoch stay as they were; ``fit`` returns with
+    ``model.stop_reason`` saying at which epoch and batch.  The epoch's logs are checked too
+    (a last update can leave the weights non-finite: the validation loss then is).
+
+    The running loss is read every ``every`` batches and at each epoch's last one: by default
+    every batch on the CPU, where a read costs nothing, and every 50 on the GPU, where a read
+    waits for the device (a batch sum that is not finite keeps the running total non-finite,
+    so no bad batch is missed; the message then names the batches since the last read).
+    """
+    epoch_end_order = -1   # before anything records or saves the epoch
+    GPU_EVERY = 50
+
+    def __init__(self, every=None):
+        if every is not None and int(every) < 1:
+            raise ValueError(f"TerminateOnNaN every must be >= 1, got {every}")
+        self.every = every
+
+    def on_train_begin(self, logs=None):
+        device = (logs or {}).get("device", "cpu")
+        self._every = int(self.every or (1 if device == "cpu" else self.GPU_EVERY))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._unchecked = epoch, None   # the first batch not read yet
+
+    def on_batch_end(self, batch, logs=None):
+        if self._unchecked is None:
+            self._unchecked = batch
+        if (batch + 1) % self._every and batch + 1 != logs["steps"]:
+            return
+        loss = float(logs["loss"])
+        if not math.isfinite(loss):
+            where = (f"batch {batch + 1}" if self._unchecked == batch else
+                     f"one of batches {self._unchecked + 1}-{batch + 1} (the loss is read every {self._every})")
+            print(f"\nEpoch {self._epoch + 1}, {where}: invalid loss ({loss}), terminating training",
+                  file=sys.stderr)
+            raise Diverged(f"the loss became {loss} in epoch {self._epoch + 1}, {where}")
+        self._unchecked = batch + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        bad = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not math.isfinite(v)}
+        if bad:
+            names = ", ".join(f"{k} {v}" for k, v in bad.items())
+            print(f"\nEpoch {epoch + 1}: {names}, terminating training", file=sys.stderr)
+            raise Diverged(f"the weights stopped being finite at the end of epoch {epoch + 1} ({names})")
 
 
 class BatchLogs(Mapping):
@@ -189,26 +286,9 @@ class ProgressBar(Callback):
 
 
 # ---------------------------------------------------------------------------- files
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_text(path, text: str) -> None:
     """Write a text file so that a crash leaves either the old file or the new one, never half."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 class _Monitor:
@@ -260,6 +340,12 @@ class ReduceLROnPlateau(Callback):
         self.watch.reset()
         self.wait = self.cooling = 0
 
+    def get_state(self):
+        return {"best": self.watch.best, "wait": self.wait, "cooling": self.cooling}
+
+    def set_state(self, state):
+        self.watch.best, self.wait, self.cooling = float(state["best"]), int(state["wait"]), int(state["cooling"])
+
     def on_epoch_end(self, epoch, logs=None):
         optimizer = self.model.optimizer
         if logs is not None:
@@ -296,6 +382,15 @@ class EarlyStopping(Callback):
         self.watch.reset()
         self.wait, self.best_weights, self.best_epoch, self.stopped_epoch = 0, None, None, None
 
+    def get_state(self):
+        return {"best": self.watch.best, "wait": self.wait, "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch, "best_weights": self.best_weights}
+
+    def set_state(self, state):
+        self.watch.best, self.wait = float(state["best"]), int(state["wait"])
+        self.best_epoch, self.stopped_epoch = state["best_epoch"], state["stopped_epoch"]
+        self.best_weights = state["best_weights"]
+
     def on_epoch_end(self, epoch, logs=None):
         value = self.watch.value(logs, "EarlyStopping")
         if value is None:
@@ -321,9 +416,10 @@ class ModelCheckpoint(Callback):
     """After every ``every`` epochs, save a resumable checkpoint: weights, optimizer state, epoch.
 
     The epoch saved is the number of epochs completed (1 after the first), which is
-    what ``fit(initial_epoch=model.load_checkpoint(path))`` takes to resume.
-    ``self.completed`` is kept up to date for a caller that saves on an interrupt.
+    what ``fit(initial_epoch=model.load_checkpoint(path))`` takes to resume.  It runs after the
+    other callbacks' ``on_epoch_end``, so that it saves their states as the epoch left them.
     """
+    epoch_end_order = 1
 
     def __init__(self, path, every=1):
         self.path = os.fspath(path)
@@ -336,23 +432,56 @@ class ModelCheckpoint(Callback):
             self.model.save_checkpoint(self.path, self.completed)
 
 
+def read_history(path) -> dict:
+    """A history.json as JSONLogger writes it, checked: a JSON object whose "epoch" is a list of
+    epoch numbers and whose "history" maps names to lists of as many numbers (or nulls).
+    Raises ValueError naming the file and what is wrong with it."""
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable history file (truncated or not JSON): {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a fastcnn history file: a JSON object was expected")
+    epochs, history = data.get("epoch", []), data.get("history", {})
+    if not (isinstance(epochs, list) and all(type(e) is int for e in epochs)):
+        raise ValueError(f"{path} is not a fastcnn history file: its 'epoch' is not a list of epoch numbers")
+    if not isinstance(history, dict) or not all(
+            isinstance(v, list) and len(v) == len(epochs)
+            and all(x is None or (type(x) in (int, float) and math.isfinite(x)) for x in v)
+            for v in history.values()):
+        raise ValueError(f"{path} is not a fastcnn history file: its 'history' is not one list of "
+                         f"{len(epochs)} numbers per metric")
+    return data
+
+
 class JSONLogger(Callback):
     """Rewrite a JSON file after every epoch: ``{"epoch": [1, 2, ...], "history": {...}, **meta}``.
 
-    ``epoch`` holds 1-based epoch numbers; ``history`` maps each metric to its values.
-    With ``resume_from=k`` the file's first k epochs are kept and new ones appended.
+    ``epoch`` holds 1-based epoch numbers; ``history`` maps each metric to its values; the file
+    is strict JSON (a non-finite value is written as null).  Its record is part of a checkpoint's
+    callback states, so a fit resumed from a checkpoint rewrites the file as it was then.
+    With ``resume_from=k`` the file's first k epochs are kept and new ones appended (the file
+    checked by ``read_history``).
     """
 
     def __init__(self, path, meta=None, resume_from=None):
         self.path = os.fspath(path)
         self.data = {"epoch": [], "history": {}}
         if resume_from and os.path.exists(self.path):
-            with open(self.path) as f:
-                old = json.load(f)
+            old = read_history(self.path)
             keep = [i for i, e in enumerate(old.get("epoch", [])) if e <= resume_from]
             self.data["epoch"] = [old["epoch"][i] for i in keep]
             self.data["history"] = {k: [v[i] for i in keep] for k, v in old.get("history", {}).items()}
         self.data.update(meta or {})
+
+    def get_state(self):
+        return {"epoch": list(self.data["epoch"]), "history": {k: list(v) for k, v in self.data["history"].items()}}
+
+    def set_state(self, state):
+        self.data["epoch"] = list(state["epoch"])
+        self.data["history"] = {k: list(v) for k, v in state["history"].items()}
 
     def on_epoch_end(self, epoch, logs=None):
         self.data["epoch"].append(epoch + 1)
@@ -365,7 +494,7 @@ class JSONLogger(Callback):
         self.write()
 
     def write(self):
-        atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
+        atomic_write_text(self.path, dumps_json(self.data, indent=1) + "\n")
 
 
 class CSVLogger(Callback):

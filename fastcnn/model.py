@@ -8,9 +8,12 @@ the GPU, ``fit`` captures that step once as a CUDA graph and replays it per batc
 """
 from __future__ import annotations
 
+import json
 import math
 import os
-import tempfile
+import signal
+import sys
+import threading
 import zipfile
 
 import numpy as np
@@ -19,8 +22,9 @@ from . import backend as backends
 from . import config as precision
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
-from .callbacks import BatchLogs, CallbackList, History
+from .callbacks import BatchLogs, CallbackList, Diverged, History, callback_states, restore_callback_states
 from .layers import Layer
+from .saving import atomic_write
 from .seeding import generator
 from .tensor import Tensor, no_grad
 
@@ -36,7 +40,11 @@ class Sequential:
         self.loss = self.optimizer = None
         self.metrics: list[str] = []
         self.stop_training = False
+        self.stop_reason = None   # why the last fit stopped early, when a callback said (TerminateOnNaN)
         self.history = None
+        self._callbacks = []      # the last fit's callbacks: their states go into checkpoints
+        self._at = None           # where that fit stands (epoch, batch...): what a checkpoint resumes from
+        self._resume = None       # what load_checkpoint restored for the next fit
         self._flat = None
         self._graph_steps: dict = {}
         for layer in layers or []:
@@ -194,40 +202,95 @@ class Sequential:
 
     def load_weights(self, path) -> None:
         self._require_built()
-        arrays = _load_npz(path)
+        self._set_named_weights(_load_npz(path), path)
+
+    def _set_named_weights(self, arrays: dict, path) -> None:
         names = self._weight_names()
         missing = [n for n in names if n not in arrays]
         if missing:
             raise ValueError(f"{path}: missing weights {missing} (file has {sorted(arrays)[:8]}...)")
         self.set_weights([arrays[n] for n in names])
 
-    def save_checkpoint(self, path, epoch: int) -> None:
-        """Weights, optimizer state, step counter and the number of the last completed epoch."""
-        self._require_built()
-        self._ensure_bound()
-        arrays = dict(zip(self._weight_names(), self.get_weights()))
-        if self.optimizer is not None:
-            arrays.update({f"__optimizer__/{k}": v for k, v in self.optimizer.get_state().items()})
-            arrays["__learning_rate__"] = np.array(self.optimizer.learning_rate)  # a schedule's, too
-        arrays["__epoch__"] = np.array(epoch)
-        arrays["__step__"] = self.backend.to_host(self._step)
-        _atomic_savez(path, arrays)
+    def save_checkpoint(self, path, epoch: int | None = None) -> None:
+        """Everything the next training step depends on, written atomically: the weights, the
+        optimizer's name, settings (the learning rate in force) and state, the step counter, the
+        random generator's state, the states of fit's callbacks (History, ReduceLROnPlateau,
+        EarlyStopping, JSONLogger...) and where training stands: ``epoch`` completed epochs, or by
+        default where fit left off, inside an epoch after Ctrl-C (its running totals then too)."""
+        _atomic_savez(path, self._training_state(epoch))
 
     def load_checkpoint(self, path) -> int:
-        """Restore what save_checkpoint wrote; returns the epoch it recorded."""
+        """Restore what save_checkpoint wrote into this model, compiled with the same optimizer and
+        settings (else refused, nothing changed); returns the number of completed epochs, which is
+        what ``fit(initial_epoch=...)`` takes: that fit then goes on exactly where the checkpoint
+        was taken (inside an epoch, too), with its callbacks' states and its History so far."""
         arrays = _load_npz(path)
         if "__epoch__" not in arrays:
             raise ValueError(f"{path} is a weights file, not a checkpoint (no epoch recorded)")
-        self.load_weights(path)
-        self._ensure_bound()
+        if "__state__" not in arrays:
+            raise ValueError(f"{path} is a checkpoint of an older fastcnn without the random generator's and "
+                             f"the callbacks' states: training cannot go on exactly from it (load_weights "
+                             f"takes its weights)")
+        if self.optimizer is None:
+            raise RuntimeError("call compile(...) with the checkpoint's optimizer before load_checkpoint")
+        state = json.loads(str(arrays["__state__"]))
+        name, config = type(self.optimizer).__name__, self.optimizer.get_config()
+        saved = state["optimizer_config"]
+        if state["optimizer"] != name:
+            raise ValueError(f"{path} was saved training with the {state['optimizer']} optimizer; this model is "
+                             f"compiled with {name}: resume with the same optimizer")
+        differ = [k for k in config if k != "learning_rate" and saved.get(k) != config[k]]
+        if differ:
+            raise ValueError(f"{path} was saved training with {name}("
+                             + ", ".join(f"{k}={saved.get(k)}" for k in differ) + "); this model's has "
+                             + ", ".join(f"{k}={config[k]}" for k in differ) + ": resume with the same settings")
+        slots = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("__optimizer__/")}
+        missing = [k for k in self.optimizer.state_names if k not in slots]
+        if missing:
+            raise ValueError(f"{path} lacks the {name} optimizer's state ({', '.join(missing)}): training "
+                             f"cannot go on exactly from it")
+        self._set_named_weights(arrays, path)
         self.backend.copy(self._step, self.backend.asarray(arrays["__step__"].astype(np.int32)))
-        if self.optimizer is not None:
-            state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("__optimizer__/")}
-            if state:
-                self.optimizer.set_state(state)
-            if "__learning_rate__" in arrays:
-                self.optimizer.learning_rate = float(arrays["__learning_rate__"])
-        return int(arrays["__epoch__"])
+        self.optimizer.set_state(slots)
+        self.optimizer.learning_rate = float(saved["learning_rate"])
+        generator().bit_generator.state = state["generator"]
+        callbacks = {key: {k: ([arrays[f"__callback__/{key}/{k}/{i}"] for i in range(v["arrays"])]
+                               if isinstance(v, dict) and set(v) == {"arrays"} else v)
+                           for k, v in values.items()}
+                     for key, values in state["callbacks"].items()}
+        self._resume = {"epoch": state["epoch"], "batch": state["batch"], "seen": state["seen"],
+                        "totals": arrays.get("__totals__"), "callbacks": callbacks}
+        return int(state["epoch"])
+
+    def _training_state(self, epoch) -> dict:
+        """save_checkpoint's arrays; the rest as JSON in '__state__'."""
+        self._require_compiled()
+        self._ensure_bound()
+        at = self._at if epoch is None else None
+        if at is not None and not at["clean"]:
+            raise RuntimeError("training was stopped inside a step or an epoch's end: its state is torn, "
+                               "no checkpoint can be taken of it")
+        if at is None:
+            at = {"epoch": int(epoch or 0), "batch": 0, "seen": 0, "generator": generator().bit_generator.state}
+        arrays = dict(zip(self._weight_names(), self.get_weights()))
+        arrays.update({f"__optimizer__/{k}": v for k, v in self.optimizer.get_state().items()})
+        arrays["__step__"] = self.backend.to_host(self._step)
+        arrays["__epoch__"] = np.array(at["epoch"])  # completed epochs
+        if at["batch"]:
+            arrays["__totals__"] = self.backend.to_host(self._totals).copy()
+        callbacks = {}
+        for key, values in callback_states(self._callbacks).items():
+            callbacks[key] = {}
+            for k, v in values.items():
+                if isinstance(v, list) and v and all(isinstance(a, np.ndarray) for a in v):
+                    arrays.update({f"__callback__/{key}/{k}/{i}": a for i, a in enumerate(v)})
+                    v = {"arrays": len(v)}
+                callbacks[key][k] = v
+        state = {"epoch": at["epoch"], "batch": at["batch"], "seen": at["seen"], "generator": at["generator"],
+                 "optimizer": type(self.optimizer).__name__, "optimizer_config": self.optimizer.get_config(),
+                 "callbacks": callbacks}
+        arrays["__state__"] = np.array(json.dumps(state))
+        return arrays
 
     # ---- compile / forward ----------------------------------------------------------------
     def compile(self, loss="categorical_crossentropy", optimizer="adam", metrics=None) -> None:
@@ -362,36 +425,60 @@ class Sequential:
         history = History()
         cbs = CallbackList([history] + _progress_callbacks(verbose) + list(callbacks or []))
         cbs.set_model(self)
-        self.history, self.stop_training = history, False
+        self.history, self.stop_training, self.stop_reason = history, False, None
+        self._callbacks = cbs.callbacks
         cbs.on_train_begin({"epochs": epochs, "steps": steps, "samples": batches.samples, "batch_size": batch_size,
                             "initial_epoch": initial_epoch, "device": self.device})
-        for epoch in range(initial_epoch, epochs):
-            # per epoch: a callback may have changed the learning rate (a new capture then)
-            step_graph = self.make_graph_step(*batches.graph_shapes) if use_graph and batches.graph_shapes else None
-            batches.start_epoch()
-            self.backend.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
-            cbs.on_epoch_begin(epoch, {})
-            seen = 0
-            for i in range(steps):
-                count = self._train_batch(batches, i, step_graph)
-                seen += count
-                cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count, "seen": seen, "steps": steps},
-                                              self._running_metrics(seen)))
-                if self.stop_training:
-                    break
-            totals = B.to_host(self._totals)
-            logs = {"loss": totals[0] / max(seen, 1)}
-            if self.metrics:
-                logs["accuracy"] = totals[1] / max(seen, 1)
-            if validation_data is not None:
-                val = self._evaluate(validation_data, batch_size)
-                logs["val_loss"] = val[0]
-                if self.metrics:
-                    logs["val_accuracy"] = val[1]
-            cbs.on_epoch_end(epoch, logs)
-            batches.end_epoch()
-            if self.stop_training:
-                break
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["epoch"] != initial_epoch:
+            resume = None   # not the checkpoint's place: a fit of its own
+        if resume is not None:
+            restore_callback_states(cbs.callbacks, resume["callbacks"])
+        at = self._at = {"epoch": initial_epoch, "batch": 0, "seen": 0,
+                         "generator": generator().bit_generator.state, "clean": True}
+        try:
+            with _DeferredInterrupt() as interrupt:
+                for epoch in range(initial_epoch, epochs):
+                    # per epoch: a callback may have changed the learning rate (a new capture then)
+                    step_graph = self.make_graph_step(*batches.graph_shapes) if use_graph and batches.graph_shapes else None
+                    at.update(epoch=epoch, batch=0, seen=0, generator=generator().bit_generator.state, clean=True)
+                    batches.start_epoch()
+                    self.backend.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
+                    if resume is not None and resume["batch"]:   # a checkpoint taken inside this epoch
+                        self.backend.copy(self._totals, B.asarray(resume["totals"]))
+                        at.update(batch=resume["batch"], seen=resume["seen"])
+                    resume = None
+                    cbs.on_epoch_begin(epoch, {})
+                    seen = at["seen"]
+                    for i in range(at["batch"], steps):
+                        interrupt.check()
+                        at["clean"] = False
+                        count = self._train_batch(batches, i, step_graph)
+                        seen += count
+                        at.update(batch=i + 1, seen=seen, clean=True)
+                        cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count, "seen": seen, "steps": steps},
+                                                      self._running_metrics(seen)))
+                        if self.stop_training:
+                            break
+                    interrupt.check()
+                    totals = B.to_host(self._totals)
+                    logs = {"loss": totals[0] / max(seen, 1)}
+                    if self.metrics:
+                        logs["accuracy"] = totals[1] / max(seen, 1)
+                    if validation_data is not None:
+                        val = self._evaluate(validation_data, batch_size)
+                        logs["val_loss"] = val[0]
+                        if self.metrics:
+                            logs["val_accuracy"] = val[1]
+                    at["clean"] = False
+                    cbs.on_epoch_end(epoch, logs)
+                    batches.end_epoch()
+                    at.update(epoch=epoch + 1, batch=0, seen=0, generator=generator().bit_generator.state,
+                              clean=True)
+                    if self.stop_training:
+                        break
+        except Diverged as exc:   # the epoch in progress is not completed: no epoch-end callbacks
+            self.stop_training, self.stop_reason = True, str(exc)
         cbs.on_train_end({})
         return history
 
@@ -620,23 +707,34 @@ def _progress_callbacks(verbose):
 
 
 def _atomic_savez(path, arrays: dict) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+class _DeferredInterrupt:
+    """Ctrl-C during fit (main thread, Python's own handler in place): the step in flight is
+    finished, then ``check()`` raises KeyboardInterrupt between steps, where the training state
+    is whole (a checkpoint can be taken there); a second Ctrl-C raises at once."""
+
+    def __enter__(self):
+        self.pending, self.previous = False, None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+        print("\nCtrl-C: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def check(self):
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _load_npz(path) -> dict:

@@ -250,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP)
     p.add_argument("--out", default=None, help="output directory (default runs/MODEL-DATA)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT from its checkpoint.npz, exactly where it stopped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in OUT (without this or --resume, a folder holding a run is refused)")
     p.add_argument("--no-graph", action="store_true", help="do not capture the step as a CUDA graph")
     p.add_argument("--augment", action="store_true", help=AUGMENT_HELP)
     p.add_argument("--stream", action="store_true", help=STREAM_HELP)

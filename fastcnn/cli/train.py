@@ -39,35 +39,92 @@ def _schedule(args) -> list:
     return found
 
 
+RUN_FILES = ("checkpoint.npz", "weights.npz", "history.json")   # a folder with one of them holds a run
+
+
+def _claim_run_folder(args, out: Path):
+    """--out checked before anything is loaded or trained: a folder that can be written, holding
+    no run unless --resume or --overwrite says what to do with it, and no other training (its
+    lock, returned held)."""
+    from fastcnn.saving import RunLock, RunLockHeld
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if args.resume and not (out / "checkpoint.npz").is_file():
+        raise UsageError(f"--resume: no checkpoint at {out / 'checkpoint.npz'}; train once without --resume "
+                         f"(with the same --out) first")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not (args.resume or args.overwrite):
+        raise UsageError(f"{out} holds a run ({', '.join(held)}): continue it with --resume, or replace it "
+                         f"with --overwrite (or choose another --out)")
+    lock = RunLock(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except RunLockHeld as exc:
+        raise UsageError(f"{exc}: two trainings cannot share a folder") from None
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    return lock
+
+
 def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint) -> int:
-    """Train from initial_epoch to args.epochs; 130 after Ctrl-C (checkpoint saved), else 0."""
-    if initial_epoch < args.epochs:
-        try:
-            model.fit(*xy(data.train), epochs=args.epochs, batch_size=batch_size, validation_data=data.validation,
-                      shuffle=True, verbose=args.verbose, callbacks=_schedule(args) + [saver, logger],
-                      initial_epoch=initial_epoch, graph=False if args.no_graph else None)
-        except KeyboardInterrupt:
-            done = saver.completed if saver.completed is not None else initial_epoch
-            model.save_checkpoint(checkpoint, done)
-            print(f"\ninterrupted: saved {checkpoint} ({done} epoch(s) complete; the interrupted epoch "
-                  f"will run again). Continue with the same command and --resume.", file=sys.stderr)
-            return 130
-    else:
+    """Train from initial_epoch to args.epochs: 0 when done, 1 when the loss stopped being finite
+    (the last good files kept), 130 after Ctrl-C (a checkpoint of the step it stopped at)."""
+    from fastcnn.callbacks import TerminateOnNaN
+    if initial_epoch >= args.epochs:
         print(f"nothing to train: {initial_epoch} epoch(s) already done (raise --epochs to train more)")
+    import numpy as np
+    try:   # (with nothing to train, fit restores the checkpoint's record for the files written below)
+        with np.errstate(over="ignore", invalid="ignore"):   # a diverging run: TerminateOnNaN says it once
+            model.fit(*xy(data.train), epochs=args.epochs, batch_size=batch_size, validation_data=data.validation,
+                      shuffle=True, verbose=args.verbose, initial_epoch=initial_epoch,
+                      callbacks=[TerminateOnNaN()] + _schedule(args) + [saver, logger],
+                      graph=False if args.no_graph else None)
+    except KeyboardInterrupt:
+        done = saver.completed if saver.completed is not None else initial_epoch
+        try:
+            model.save_checkpoint(checkpoint)
+        except RuntimeError:   # a second Ctrl-C cut a step: nothing whole to save
+            print(f"\ninterrupted inside a step: no checkpoint taken; {checkpoint} (after epoch {done}) is "
+                  f"kept as it was. Continue with the same command and --resume.", file=sys.stderr)
+            return 130
+        at = model._at
+        where = f"after epoch {at['epoch']}" + (f" and {at['batch']} batch(es) of the next" if at["batch"] else "")
+        print(f"\ninterrupted: saved {checkpoint} ({where}). Continue with the same command and --resume: "
+              f"it goes on from that step.", file=sys.stderr)
+        return 130
+    if model.stop_reason:
+        done = saver.completed if saver.completed is not None else initial_epoch
+        kept = (f"{checkpoint} and history.json are kept as they were after epoch {done}"
+                if checkpoint.is_file() else "nothing was saved")
+        print(f"fastcnn train: {model.stop_reason}: training stopped ({kept}; weights.npz not written). "
+              f"A lower --lr may help.", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_train(args) -> int:
+    from fastcnn.saving import WriteError
+    args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
+    out = Path(args.out or f"runs/{args.model}-{args.data}")
+    lock = _claim_run_folder(args, out)
+    try:
+        return _train(args, out)
+    except WriteError as exc:   # a full disk, say: the path named
+        print(f"fastcnn train: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        lock.release()
+
+
+def _train(args, out: Path) -> int:
     import fastcnn
     from fastcnn import callbacks
 
-    args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
-    out = Path(args.out or f"runs/{args.model}-{args.data}")
     checkpoint = out / "checkpoint.npz"
-    if args.resume and not checkpoint.is_file():
-        raise UsageError(f"--resume: no checkpoint at {checkpoint}; train once without --resume "
-                         f"(with the same --out) first")
 
     kernels = kernel_choices(args.kernel)
     data = load_data(args)
@@ -90,11 +147,26 @@ def cmd_train(args) -> int:
     print(f"data: {args.data}: {data.train_count:,} training images; evaluation on {data.eval_count:,} images: "
           f"{eval_name}")
 
-    out.mkdir(parents=True, exist_ok=True)
     initial_epoch = 0
     if args.resume:
-        initial_epoch = int(model.load_checkpoint(checkpoint))
-        print(f"resuming from {checkpoint}: {initial_epoch} epoch(s) done, training to {args.epochs}")
+        try:
+            initial_epoch = int(model.load_checkpoint(checkpoint))
+        except (ValueError, RuntimeError) as exc:
+            raise UsageError(f"--resume: {exc}") from None
+        within = model._resume["batch"]
+        print(f"resuming from {checkpoint}: {initial_epoch} epoch(s) done"
+              + (f" and {within} batch(es) of the next" if within else "") + f", training to {args.epochs}")
+        try:
+            if (out / "history.json").exists():
+                callbacks.read_history(out / "history.json")
+        except ValueError as exc:
+            print(f"note: {exc}; it is written anew from the checkpoint's record", file=sys.stderr)
+    if args.overwrite:
+        removed = [name for name in RUN_FILES + ("curves.png",) if (out / name).exists()]
+        for name in removed:
+            (out / name).unlink()
+        if removed:
+            print(f"--overwrite: removed the run that was in {out} ({', '.join(removed)})")
     meta = {"model": args.model, "variant": args.variant if args.model == "alexnet" else None,
             "augment": is_augmented(args),
             "data": args.data, "synthetic": args.data == "synthetic", "train_images": data.train_count,
@@ -104,7 +176,7 @@ def cmd_train(args) -> int:
             "device": str(model.device), "backend": backend_name, "graph": model.device == "cuda" and not args.no_graph,
             "kernels": kernels}
     saver = callbacks.ModelCheckpoint(checkpoint)
-    logger = callbacks.JSONLogger(out / "history.json", meta=meta, resume_from=initial_epoch)
+    logger = callbacks.JSONLogger(out / "history.json", meta=meta)   # its record: from the checkpoint
 
     with using_kernels(kernels):  # the --kernel choices hold for training and evaluation
         start = time.perf_counter()
