@@ -220,6 +220,17 @@ SPLIT_SEED_HELP = (f"the random split of mnist-sample (8,000/2,000) or of a one-
                    f"({1 - FOLDER_VALIDATION:.0%}/{FOLDER_VALIDATION:.0%})")
 
 
+def _epochs(text: str) -> int:
+    """--epochs: a whole number >= 1 (0 would replace trained weights by untrained ones)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcnn", description="Train LeNet-5 and AlexNet on "
                                      "hand-written CUDA kernels (NumPy reference on the CPU).")
@@ -247,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mnist-sample for lenet5 (bundled, offline), synthetic for alexnet; "
                         "folder: your images in --data-dir")
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=_epochs, default=10)
     p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP)
     p.add_argument("--out", default=None, help="output directory (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true",

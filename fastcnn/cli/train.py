@@ -72,10 +72,10 @@ def _claim_run_folder(args, out: Path):
 def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint) -> int:
     """Train from initial_epoch to args.epochs: 0 when done, 1 when the loss stopped being finite
     (the last good files kept), 130 after Ctrl-C (a checkpoint of the step it stopped at)."""
+    import numpy as np
     from fastcnn.callbacks import TerminateOnNaN
     if initial_epoch >= args.epochs:
         print(f"nothing to train: {initial_epoch} epoch(s) already done (raise --epochs to train more)")
-    import numpy as np
     try:   # (with nothing to train, fit restores the checkpoint's record for the files written below)
         with np.errstate(over="ignore", invalid="ignore"):   # a diverging run: TerminateOnNaN says it once
             model.fit(*xy(data.train), epochs=args.epochs, batch_size=batch_size, validation_data=data.validation,
