@@ -472,7 +472,8 @@ class ImageFolderBatches:
 
     Keras's Sequence protocol: ``len()`` batches; ``[i]`` -> ``(x, y)`` with x float32
     ``(B, H, W, C)`` in [0, 1] and y one-hot float32 rows (with ``num_classes``) or int64
-    labels; ``on_epoch_end()`` draws the next epoch's order (``shuffle``).  ``files`` are
+    labels; ``on_epoch_end()`` draws the next epoch's order (``shuffle``; ``get_state()`` and
+    ``set_state()`` give and take where its generator stands, for exact resumes).  ``files`` are
     ``(path, label)`` pairs (``image_folder(...).train``).  Decoding runs ahead on a pool of
     threads, ``prefetch`` batches beyond the one asked for.  ``close()`` stops the pool.
     """
@@ -489,7 +490,7 @@ class ImageFolderBatches:
         self.samples = len(self.files)
         self.prefetch = max(0, int(prefetch))
         self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(self.samples) if shuffle else np.arange(self.samples)
+        self._draw()
         self.pool = ThreadPoolExecutor(max_workers=_workers())
         self.pending: dict = {}
 
@@ -511,16 +512,32 @@ class ImageFolderBatches:
         labels = np.array([self.files[r][1] for r in rows], dtype=np.int64)
         return x, (labels if self.num_classes is None else to_categorical(labels, self.num_classes))
 
-    def on_epoch_end(self) -> None:
+    def _draw(self) -> None:
+        self.drawn_from = self.rng.bit_generator.state   # what this order was drawn from
+        self.order = self.rng.permutation(self.samples) if self.shuffle else np.arange(self.samples)
+
+    def _cancel(self) -> None:
         for futures, _ in self.pending.values():
             for f in futures:
                 f.cancel()
         self.pending = {}
+
+    def on_epoch_end(self) -> None:
+        self._cancel()
         if self.shuffle:
-            self.order = self.rng.permutation(self.samples)
+            self._draw()
+
+    def get_state(self) -> dict:
+        return {"rng": self.drawn_from}
+
+    def set_state(self, state: dict) -> None:
+        """The order get_state()'s source had, and its generator where it was."""
+        self._cancel()
+        self.rng.bit_generator.state = state["rng"]
+        self._draw()
 
     def close(self) -> None:
-        self.on_epoch_end()
+        self._cancel()
         self.pool.shutdown(wait=True)
 
 

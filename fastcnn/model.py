@@ -45,6 +45,7 @@ class Sequential:
         self._callbacks = []      # the last fit's callbacks: their states go into checkpoints
         self._at = None           # where that fit stands (epoch, batch...): what a checkpoint resumes from
         self._resume = None       # what load_checkpoint restored for the next fit
+        self._batches = None      # the last fit's training batches (a batch source's state is checkpointed)
         self._flat = None
         self._graph_steps: dict = {}
         for layer in layers or []:
@@ -259,7 +260,7 @@ class Sequential:
                            for k, v in values.items()}
                      for key, values in state["callbacks"].items()}
         self._resume = {"epoch": state["epoch"], "batch": state["batch"], "seen": state["seen"],
-                        "totals": arrays.get("__totals__"), "callbacks": callbacks}
+                        "source": state["source"], "totals": arrays.get("__totals__"), "callbacks": callbacks}
         return int(state["epoch"])
 
     def _training_state(self, epoch) -> dict:
@@ -271,7 +272,8 @@ class Sequential:
             raise RuntimeError("training was stopped inside a step or an epoch's end: its state is torn, "
                                "no checkpoint can be taken of it")
         if at is None:
-            at = {"epoch": int(epoch or 0), "batch": 0, "seen": 0, "generator": generator().bit_generator.state}
+            at = {"epoch": int(epoch or 0), "batch": 0, "seen": 0, "generator": generator().bit_generator.state,
+                  "source": self._batches.get_state() if self._batches is not None else None}
         arrays = dict(zip(self._weight_names(), self.get_weights()))
         arrays.update({f"__optimizer__/{k}": v for k, v in self.optimizer.get_state().items()})
         arrays["__step__"] = self.backend.to_host(self._step)
@@ -287,7 +289,7 @@ class Sequential:
                     v = {"arrays": len(v)}
                 callbacks[key][k] = v
         state = {"epoch": at["epoch"], "batch": at["batch"], "seen": at["seen"], "generator": at["generator"],
-                 "optimizer": type(self.optimizer).__name__, "optimizer_config": self.optimizer.get_config(),
+                 "source": at["source"], "optimizer": type(self.optimizer).__name__, "optimizer_config": self.optimizer.get_config(),
                  "callbacks": callbacks}
         arrays["__state__"] = np.array(json.dumps(state))
         return arrays
@@ -434,14 +436,17 @@ class Sequential:
             resume = None   # not the checkpoint's place: a fit of its own
         if resume is not None:
             restore_callback_states(cbs.callbacks, resume["callbacks"])
-        at = self._at = {"epoch": initial_epoch, "batch": 0, "seen": 0,
-                         "generator": generator().bit_generator.state, "clean": True}
+            batches.set_state(resume["source"])
+        self._batches = batches
+        at = self._at = {"epoch": initial_epoch, "batch": 0, "seen": 0, "clean": True,
+                         "generator": generator().bit_generator.state, "source": batches.get_state()}
         try:
             with _DeferredInterrupt() as interrupt:
                 for epoch in range(initial_epoch, epochs):
                     # per epoch: a callback may have changed the learning rate (a new capture then)
                     step_graph = self.make_graph_step(*batches.graph_shapes) if use_graph and batches.graph_shapes else None
-                    at.update(epoch=epoch, batch=0, seen=0, generator=generator().bit_generator.state, clean=True)
+                    at.update(epoch=epoch, batch=0, seen=0, generator=generator().bit_generator.state,
+                              source=batches.get_state(), clean=True)
                     batches.start_epoch()
                     self.backend.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
                     if resume is not None and resume["batch"]:   # a checkpoint taken inside this epoch
@@ -461,6 +466,7 @@ class Sequential:
                         if self.stop_training:
                             break
                     interrupt.check()
+                    batches.end_epoch()   # a batch source's next order, as Keras calls it: before validation
                     totals = B.to_host(self._totals)
                     logs = {"loss": totals[0] / max(seen, 1)}
                     if self.metrics:
@@ -472,9 +478,8 @@ class Sequential:
                             logs["val_accuracy"] = val[1]
                     at["clean"] = False
                     cbs.on_epoch_end(epoch, logs)
-                    batches.end_epoch()
                     at.update(epoch=epoch + 1, batch=0, seen=0, generator=generator().bit_generator.state,
-                              clean=True)
+                              source=batches.get_state(), clean=True)
                     if self.stop_training:
                         break
         except Diverged as exc:   # the epoch in progress is not completed: no epoch-end callbacks
@@ -636,6 +641,12 @@ class _Batches:
     def end_epoch(self) -> None:
         pass
 
+    def get_state(self):
+        return None   # the order comes from fastcnn's generator, checkpointed on its own
+
+    def set_state(self, state) -> None:
+        pass
+
     def full(self, i) -> bool:
         return (i + 1) * self.batch_size <= self.samples
 
@@ -683,6 +694,15 @@ class _SourceBatches:
     def end_epoch(self) -> None:
         if hasattr(self.source, "on_epoch_end"):
             self.source.on_epoch_end()
+
+    def get_state(self):
+        """The source's state (its order's random generator...) when it has one (get_state())."""
+        return self.source.get_state() if hasattr(self.source, "get_state") else None
+
+    def set_state(self, state) -> None:
+        if state is not None and hasattr(self.source, "set_state"):
+            self.source.set_state(state)
+            self.first = None   # decoded in the order the source had before
 
     def full(self, i) -> bool:
         return False  # never on the device

@@ -33,8 +33,9 @@ def run(capsys, *argv):
 
 def sample(n_train, n_val):
     data = np.load(fastcnn._paths.DATA_DIR / "mnist-10k.npz")
-    x = data["images"][..., None].astype(np.float32) / 255.0
-    y = np.eye(10, dtype=np.float32)[data["labels"]]
+    order = np.random.default_rng(0).permutation(len(data["labels"]))   # the file is sorted by label
+    x = data["images"][order][..., None].astype(np.float32) / 255.0
+    y = np.eye(10, dtype=np.float32)[data["labels"][order]]
     return (x[:n_train], y[:n_train]), (x[-n_val:], y[-n_val:])
 
 
@@ -409,3 +410,45 @@ def test_a_full_disk_names_the_path(capsys, tmp_path, monkeypatch):
     assert code == 1
     assert f"fastcnn train: error: cannot write {tmp_path / 'run' / 'checkpoint.npz'}: No space left" in err
     assert "Traceback" not in err
+
+
+def test_resume_inside_an_epoch_of_a_streamed_folder_is_exact(tmp_path):
+    """A batch source's order (ImageFolderBatches: its own generator) is part of the checkpoint."""
+    Image = pytest.importorskip("PIL.Image")
+    from fastcnn import datasets
+    (x, y), _ = sample(60, 1)
+    for i, (image, label) in enumerate(zip(x, y.argmax(1))):
+        (tmp_path / "img" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image[..., 0] * 255).astype(np.uint8), mode="L").save(tmp_path / "img" / str(label) / f"{i}.png")
+    folder = datasets.image_folder(tmp_path / "img", validation=0.0)
+    classes = len(folder.class_names)
+
+    def source():
+        return datasets.ImageFolderBatches(folder.train, 8, (28, 28), "grayscale", num_classes=classes, seed=4)
+
+    def model():
+        fastcnn.manual_seed(0)
+        m = lenet5(num_classes=classes)
+        m.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+        return m
+
+    class Stop(cb.Callback):   # Ctrl-C as fit sees it: between two steps of epoch 2
+        def on_batch_end(self, batch, logs=None):
+            if self.model.history.epoch == [0] and batch == 3:
+                raise KeyboardInterrupt
+
+    whole, data = model(), source()
+    straight = whole.fit(data, epochs=3, verbose=0)
+    data.close()
+    cut, data = model(), source()
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit(data, epochs=3, verbose=0, callbacks=[Stop()])
+    cut.save_checkpoint(tmp_path / "ck.npz")
+    data.close()
+    resumed, data = model(), source()
+    assert resumed.load_checkpoint(tmp_path / "ck.npz") == 1
+    history = resumed.fit(data, epochs=3, verbose=0, initial_epoch=1)
+    data.close()
+    assert history.history == straight.history
+    for a, b in zip(whole.get_weights(), resumed.get_weights()):
+        assert np.array_equal(a, b)
