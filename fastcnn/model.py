@@ -234,9 +234,15 @@ class Sequential:
                              f"takes its weights)")
         if self.optimizer is None:
             raise RuntimeError("call compile(...) with the checkpoint's optimizer before load_checkpoint")
-        state = json.loads(str(arrays["__state__"]))
+        try:   # every part looked up once: a damaged file is refused before the model is changed
+            state = json.loads(str(arrays["__state__"]))
+            saved = state["optimizer_config"]
+            _ = ([state[k] for k in ("epoch", "seen", "generator", "source", "optimizer", "callbacks")],
+                 float(saved["learning_rate"]), arrays["__step__"], arrays["__totals__"] if state["batch"] else None)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a readable checkpoint: its training state is damaged "
+                             f"({type(exc).__name__}: {exc})") from None
         name, config = type(self.optimizer).__name__, self.optimizer.get_config()
-        saved = state["optimizer_config"]
         if state["optimizer"] != name:
             raise ValueError(f"{path} was saved training with the {state['optimizer']} optimizer; this model is "
                              f"compiled with {name}: resume with the same optimizer")

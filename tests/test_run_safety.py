@@ -452,3 +452,16 @@ def test_resume_inside_an_epoch_of_a_streamed_folder_is_exact(tmp_path):
     assert history.history == straight.history
     for a, b in zip(whole.get_weights(), resumed.get_weights()):
         assert np.array_equal(a, b)
+
+
+def test_a_damaged_checkpoint_state_is_refused(tmp_path):
+    model = compiled()
+    model.save_checkpoint(tmp_path / "ck.npz", 1)
+    saved = arrays(tmp_path / "ck.npz")
+    for name, damage in [("garbage", {"__state__": np.array("{not json")}),
+                         ("no step", {"__step__": None}),
+                         ("keys", {"__state__": np.array('{"epoch": 1}')})]:
+        damaged = {**saved, **damage}
+        np.savez(tmp_path / f"{name}.npz", **{k: v for k, v in damaged.items() if v is not None})
+        with pytest.raises(ValueError, match="not a readable checkpoint: its training state is damaged"):
+            compiled().load_checkpoint(tmp_path / f"{name}.npz")
