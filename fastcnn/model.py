@@ -237,12 +237,16 @@ class Sequential:
         try:   # every part looked up once: a damaged file is refused before the model is changed
             state = json.loads(str(arrays["__state__"]))
             saved = state["optimizer_config"]
-            _ = ([state[k] for k in ("epoch", "seen", "generator", "source", "optimizer", "callbacks")],
+            _ = ([state[k] for k in ("epoch", "seen", "generator", "source", "optimizer")],
                  float(saved["learning_rate"]), arrays["__step__"], arrays["__totals__"] if state["batch"] else None)
+            callbacks = {key: {k: ([arrays[f"__callback__/{key}/{k}/{i}"] for i in range(v["arrays"])]
+                                   if isinstance(v, dict) and set(v) == {"arrays"} else v)
+                               for k, v in values.items()}
+                         for key, values in state["callbacks"].items()}
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path} is not a readable checkpoint: its training state is damaged "
                              f"({type(exc).__name__}: {exc})") from None
-        name, config = type(self.optimizer).__name__, self.optimizer.get_config()
+        name, config = type(self.optimizer).__name__, _plain(self.optimizer.get_config())
         if state["optimizer"] != name:
             raise ValueError(f"{path} was saved training with the {state['optimizer']} optimizer; this model is "
                              f"compiled with {name}: resume with the same optimizer")
@@ -261,10 +265,6 @@ class Sequential:
         self.optimizer.set_state(slots)
         self.optimizer.learning_rate = float(saved["learning_rate"])
         generator().bit_generator.state = state["generator"]
-        callbacks = {key: {k: ([arrays[f"__callback__/{key}/{k}/{i}"] for i in range(v["arrays"])]
-                               if isinstance(v, dict) and set(v) == {"arrays"} else v)
-                           for k, v in values.items()}
-                     for key, values in state["callbacks"].items()}
         self._resume = {"epoch": state["epoch"], "batch": state["batch"], "seen": state["seen"],
                         "source": state["source"], "totals": arrays.get("__totals__"), "callbacks": callbacks}
         return int(state["epoch"])
@@ -295,7 +295,8 @@ class Sequential:
                     v = {"arrays": len(v)}
                 callbacks[key][k] = v
         state = {"epoch": at["epoch"], "batch": at["batch"], "seen": at["seen"], "generator": at["generator"],
-                 "source": at["source"], "optimizer": type(self.optimizer).__name__, "optimizer_config": self.optimizer.get_config(),
+                 "source": at["source"], "optimizer": type(self.optimizer).__name__,
+                 "optimizer_config": _plain(self.optimizer.get_config()),
                  "callbacks": callbacks}
         arrays["__state__"] = np.array(json.dumps(state))
         return arrays
@@ -730,6 +731,11 @@ def _progress_callbacks(verbose):
     except ImportError:
         return []
     return [ProgressBar(verbose=verbose)]
+
+
+def _plain(config: dict) -> dict:
+    """An optimizer's settings that are plain numbers, strings or flags (what a checkpoint records)."""
+    return {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str, type(None)))}
 
 
 def _atomic_savez(path, arrays: dict) -> None:
