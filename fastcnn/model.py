@@ -237,7 +237,7 @@ class Sequential:
         try:   # every part looked up once: a damaged file is refused before the model is changed
             state = json.loads(str(arrays["__state__"]))
             saved = state["optimizer_config"]
-            _ = ([state[k] for k in ("epoch", "seen", "generator", "source", "optimizer")],
+            _ = ([state[k] for k in ("epoch", "seen", "steps", "generator", "source", "optimizer")],
                  float(saved["learning_rate"]), arrays["__step__"], arrays["__totals__"] if state["batch"] else None)
             callbacks = {key: {k: ([arrays[f"__callback__/{key}/{k}/{i}"] for i in range(v["arrays"])]
                                    if isinstance(v, dict) and set(v) == {"arrays"} else v)
@@ -266,7 +266,7 @@ class Sequential:
         self.optimizer.learning_rate = float(saved["learning_rate"])
         generator().bit_generator.state = state["generator"]
         self._resume = {"epoch": state["epoch"], "batch": state["batch"], "seen": state["seen"],
-                        "source": state["source"], "totals": arrays.get("__totals__"), "callbacks": callbacks}
+                        "steps": state["steps"], "source": state["source"], "totals": arrays.get("__totals__"), "callbacks": callbacks}
         return int(state["epoch"])
 
     def _training_state(self, epoch) -> dict:
@@ -279,6 +279,7 @@ class Sequential:
                                "no checkpoint can be taken of it")
         if at is None:
             at = {"epoch": int(epoch or 0), "batch": 0, "seen": 0, "generator": generator().bit_generator.state,
+                  "steps": self._batches.steps if self._batches is not None else None,
                   "source": self._batches.get_state() if self._batches is not None else None}
         arrays = dict(zip(self._weight_names(), self.get_weights()))
         arrays.update({f"__optimizer__/{k}": v for k, v in self.optimizer.get_state().items()})
@@ -294,8 +295,8 @@ class Sequential:
                     arrays.update({f"__callback__/{key}/{k}/{i}": a for i, a in enumerate(v)})
                     v = {"arrays": len(v)}
                 callbacks[key][k] = v
-        state = {"epoch": at["epoch"], "batch": at["batch"], "seen": at["seen"], "generator": at["generator"],
-                 "source": at["source"], "optimizer": type(self.optimizer).__name__,
+        state = {"epoch": at["epoch"], "batch": at["batch"], "seen": at["seen"], "steps": at["steps"],
+                 "generator": at["generator"], "source": at["source"], "optimizer": type(self.optimizer).__name__,
                  "optimizer_config": _plain(self.optimizer.get_config()),
                  "callbacks": callbacks}
         arrays["__state__"] = np.array(json.dumps(state))
@@ -436,16 +437,20 @@ class Sequential:
         cbs.set_model(self)
         self.history, self.stop_training, self.stop_reason = history, False, None
         self._callbacks = cbs.callbacks
-        cbs.on_train_begin({"epochs": epochs, "steps": steps, "samples": batches.samples, "batch_size": batch_size,
-                            "initial_epoch": initial_epoch, "device": self.device})
         resume, self._resume = self._resume, None
         if resume is not None and resume["epoch"] != initial_epoch:
             resume = None   # not the checkpoint's place: a fit of its own
+        if resume is not None and resume["batch"] and resume["steps"] != steps:
+            self._resume = resume
+            raise ResumeMismatch(f"the checkpoint was taken inside an epoch of {resume['steps']} batches; this "
+                                 f"fit's epochs have {steps}: resume with the same data and batch size")
+        cbs.on_train_begin({"epochs": epochs, "steps": steps, "samples": batches.samples, "batch_size": batch_size,
+                            "initial_epoch": initial_epoch, "device": self.device})
         if resume is not None:
             restore_callback_states(cbs.callbacks, resume["callbacks"])
             batches.set_state(resume["source"])
         self._batches = batches
-        at = self._at = {"epoch": initial_epoch, "batch": 0, "seen": 0, "clean": True,
+        at = self._at = {"epoch": initial_epoch, "batch": 0, "seen": 0, "steps": steps, "clean": True,
                          "generator": generator().bit_generator.state, "source": batches.get_state()}
         try:
             with _DeferredInterrupt() as interrupt:
@@ -731,6 +736,10 @@ def _progress_callbacks(verbose):
     except ImportError:
         return []
     return [ProgressBar(verbose=verbose)]
+
+
+class ResumeMismatch(ValueError):
+    """fit cannot go on from the checkpoint loaded: its data or batch size differ."""
 
 
 def _plain(config: dict) -> dict:

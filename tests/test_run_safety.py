@@ -465,3 +465,23 @@ def test_a_damaged_checkpoint_state_is_refused(tmp_path):
         np.savez(tmp_path / f"{name}.npz", **{k: v for k, v in damaged.items() if v is not None})
         with pytest.raises(ValueError, match="not a readable checkpoint: its training state is damaged"):
             compiled().load_checkpoint(tmp_path / f"{name}.npz")
+
+
+def test_resume_inside_an_epoch_needs_the_same_batches(capsys, tmp_path, monkeypatch):
+    class Stop(cb.Callback):
+        def on_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise KeyboardInterrupt
+    original = fastcnn.Sequential.fit
+    monkeypatch.setattr(fastcnn.Sequential, "fit", lambda self, *a, callbacks=(), **k:
+                        original(self, *a, callbacks=list(callbacks) + [Stop()], **k))
+    run_dir = tmp_path / "run"
+    code, _, err = run(capsys, "train", "lenet5", "--epochs", "2", "--out", run_dir, *QUICK)
+    assert code == 130 and "after epoch 0 and 2 batch(es) of the next" in err
+    monkeypatch.undo()
+    code, out, err = run(capsys, "train", "lenet5", "--epochs", "2", "--resume", "--out", run_dir, *QUICK,
+                         "--batch-size", "50")
+    assert code == 2
+    assert "--resume: the checkpoint was taken inside an epoch of 3 batches; this fit's epochs have 6" in err
+    code, out, err = run(capsys, "train", "lenet5", "--epochs", "2", "--resume", "--out", run_dir, *QUICK)
+    assert code == 0 and "0 epoch(s) done and 2 batch(es) of the next" in out

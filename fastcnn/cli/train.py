@@ -74,6 +74,7 @@ def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint
     (the last good files kept), 130 after Ctrl-C (a checkpoint of the step it stopped at)."""
     import numpy as np
     from fastcnn.callbacks import TerminateOnNaN
+    from fastcnn.model import ResumeMismatch
     if initial_epoch >= args.epochs:
         print(f"nothing to train: {initial_epoch} epoch(s) already done (raise --epochs to train more)")
     try:   # (with nothing to train, fit restores the checkpoint's record for the files written below)
@@ -82,6 +83,8 @@ def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint
                       shuffle=True, verbose=args.verbose, initial_epoch=initial_epoch,
                       callbacks=[TerminateOnNaN()] + _schedule(args) + [saver, logger],
                       graph=False if args.no_graph else None)
+    except ResumeMismatch as exc:
+        raise UsageError(f"--resume: {exc}") from None
     except KeyboardInterrupt:
         done = saver.completed if saver.completed is not None else initial_epoch
         try:
