@@ -573,23 +573,39 @@ def torch_tf32(enabled: bool, cudnn_benchmark: bool = True):
 
 
 def _variants(op: str) -> list:
-    """Registered variants of ``op`` as registry.Variant objects, the default marked by the caller."""
+    """(registry.Variant, is the default, precision) of every way to time ``op``'s variants:
+    each in its own precision, 'tf32' ones under fastcnn.config "high"; ``auto`` in fp32 and,
+    where the op has TF32 variants, in TF32 too."""
     from .backend import registry
     try:
         names = registry.variants(op)
         default = registry.get(op).name
+        tf32 = registry.variants(op, precision="tf32")
     except ValueError:
         return []
-    found = [registry.lookup(op, n) for n in names]  # TF32 variants only under precision "high"
-    return [(v, v.name == default) for v in found if registry.allowed(v)]
+    found = []
+    for variant in (registry.lookup(op, n) for n in names):
+        precisions = (variant.precision,) if variant.precision != "any" else ("fp32", "tf32") if tf32 else ("fp32",)
+        found += [(variant, variant.name == default, p) for p in precisions]
+    return found
 
 
-def _variant_impl(variant, default: bool) -> str:
-    return f"fastcnn:{variant.name}{'*' if default else ''}"
+def _variant_impl(variant, default: bool, precision: str = "fp32") -> str:
+    tf32 = " TF32" if precision == "tf32" and "tf32" not in variant.name.lower() else ""
+    return f"fastcnn:{variant.name}{'*' if default else ''}{tf32}"
 
 
-def _precision_of(name: str) -> str:
-    return "tf32" if "tf32" in name.lower() else "fp32"
+def _in_precision(precision: str) -> Callable:
+    """A Spec context: fastcnn's GEMM and convolution in ``precision`` ('fp32' or 'tf32')."""
+    from . import config
+    return lambda: config.float32_matmul_precision(config.from_name(precision))
+
+
+def _tf32_registered() -> bool:
+    """Whether any GEMM or convolution has a TF32 variant (then the networks get TF32 rows)."""
+    from . import config
+    from .backend import registry
+    return any(registry.variants(op, precision="tf32") for op in config.TF32_PRIMITIVES if op in registry.ops())
 
 
 def _torch_ok() -> bool:
@@ -671,10 +687,10 @@ def gemm_specs(quick: bool) -> list[Spec]:
             continue
         shape = f"{M}x{K}x{N}"
         flops = 2.0 * M * K * N
-        for variant, default in _variants("matmul"):
-            specs.append(Spec("gemm", case, shape, _variant_impl(variant, default), "fastcnn",
+        for variant, default, precision in _variants("matmul"):
+            specs.append(Spec("gemm", case, shape, _variant_impl(variant, default, precision), "fastcnn",
                               "TFLOP/s", flops, _make_fastcnn_gemm(variant.fn, M, K, N),
-                              precision=_precision_of(variant.name)))
+                              precision=precision, context=_in_precision(precision)))
         for tf32 in (False, True):
             specs.append(Spec("gemm", case, shape, f"cuBLAS {'TF32' if tf32 else 'fp32'}", "baseline",
                               "TFLOP/s", flops, _make_cupy_gemm(M, K, N),
@@ -761,10 +777,10 @@ def conv_specs(quick: bool) -> list[Spec]:
     for L in CONV_LAYERS:
         for pas in CONV_PASSES:
             case = f"{L.name} {pas}"
-            for variant, default in _variants(CONV_OPS[pas]):
-                specs.append(Spec("conv", case, L.shape, _variant_impl(variant, default), "fastcnn",
+            for variant, default, precision in _variants(CONV_OPS[pas]):
+                specs.append(Spec("conv", case, L.shape, _variant_impl(variant, default, precision), "fastcnn",
                                   "TFLOP/s", L.flops, _make_fastcnn_conv(variant.fn, L, pas),
-                                  precision=_precision_of(variant.name)))
+                                  precision=precision, context=_in_precision(precision)))
             if not torch_ok:
                 continue
             for channels_last in (False, True):
@@ -854,7 +870,7 @@ def pool_specs(quick: bool) -> list[Spec]:
     for L in POOL_LAYERS:
         for pas, variants in (("fwd", fwd_variants), ("bwd", bwd_variants)):
             case = f"{L.name} {pas}"
-            for variant, default in variants:
+            for variant, default, _ in variants:  # pooling is fp32 in every precision
                 make = (_make_fastcnn_pool(variant.fn, None, L, pas) if pas == "fwd"
                         else _make_fastcnn_pool(None, variant.fn, L, pas))
                 specs.append(Spec("pool", case, L.shape, _variant_impl(variant, default), "fastcnn",
@@ -1013,25 +1029,25 @@ def network_specs(quick: bool) -> list[Spec]:
     torch_ok = _torch_ok()
     workloads = [("lenet5", "train", LENET_BATCH), ("lenet5", "infer", LENET_INFER_BATCH),
                  ("alexnet", "train", ALEXNET_BATCH), ("alexnet", "infer", ALEXNET_BATCH)]
+    # TF32 rows where TF32 variants exist (else "high" would time the fp32 kernels again);
+    # --quick: AlexNet's only, as for PyTorch.
+    tf32_nets = () if not _tf32_registered() else ("alexnet",) if quick else ("lenet5", "alexnet")
     for net, what, batch in workloads:
         case = f"{net} {what}"
         shape = f"batch {batch}" + (", Adam" if net == "lenet5" and what == "train" else
                                     ", SGD m=0.9" if what == "train" else "")
-        if what == "train":
-            specs.append(Spec("network", case, shape, "fastcnn eager", "fastcnn", "img/s", batch,
-                              _make_fastcnn_net(net, "train eager", batch), flush=False,
-                              compare_to="torch eager fp32"))
-            specs.append(Spec("network", case, shape, "fastcnn graph", "fastcnn", "img/s", batch,
-                              _make_fastcnn_net(net, "train graph", batch), flush=False,
-                              compare_to="torch graph fp32"))
-        else:
-            specs.append(Spec("network", case, shape, "fastcnn", "fastcnn", "img/s", batch,
-                              _make_fastcnn_net(net, "infer eager", batch), flush=False,
-                              compare_to="torch eager fp32"))
+        modes = ["train eager", "train graph"] if what == "train" else ["infer eager"]
+        for precision in ("fp32", "tf32") if net in tf32_nets else ("fp32",):
+            tag = " TF32" if precision == "tf32" else ""
+            for mode in modes:
+                impl = f"fastcnn {mode.split()[1]}" if what == "train" else "fastcnn"
+                specs.append(Spec("network", case, shape, impl + tag, "fastcnn", "img/s", batch,
+                                  _make_fastcnn_net(net, mode, batch), flush=False, precision=precision,
+                                  compare_to=f"torch {mode.split()[1]} {'TF32' if tag else 'fp32'}",
+                                  context=_in_precision(precision)))
         if not torch_ok:
             continue
-        modes = ["train eager", "train graph"] if what == "train" else ["infer eager"]
-        tf32_options = (False, True) if net == "alexnet" else (False,)
+        tf32_options = (False, True) if net == "alexnet" or net in tf32_nets else (False,)
         for mode in modes:
             for tf32 in tf32_options:
                 impl = f"torch {mode.split()[1]} {'TF32' if tf32 else 'fp32'}"

@@ -20,6 +20,9 @@ from __future__ import annotations
 import contextlib
 
 PRECISIONS = ("highest", "high")
+# The primitives that "high" lets round their inputs to TF32; every other one is float32 always.
+TF32_PRIMITIVES = ("matmul", "dense_forward", "conv2d_forward", "conv2d_backward_data",
+                   "conv2d_backward_weights")
 # The command line's names (``--precision``) and the names recorded in history.json,
 # bench and profile output: what the GEMM/convolution inputs are rounded to.
 NAMES = {"fp32": "highest", "tf32": "high"}

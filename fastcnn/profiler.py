@@ -34,6 +34,7 @@ import contextlib
 import time
 
 from . import backend as _backends
+from . import config
 
 
 class _State:
@@ -140,6 +141,7 @@ class Profile:
         self._open_step = None           # index of the step being recorded, None between steps
         self._patched: list = []
         self._resolved = False
+        self.precision = config.precision_name()  # 'fp32' or 'tf32' (GEMM/convolution), set on entering
 
     # -- recording
     def __enter__(self) -> "Profile":
@@ -153,6 +155,7 @@ class Profile:
                     self._patched.append((module, op, original))
                     setattr(module, op, self._wrap(module, op, original))
         state.profile = self
+        self.precision = config.precision_name()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -277,13 +280,14 @@ class Profile:
         what = ("GPU time from CUDA events (includes host launch gaps where the GPU waited)"
                 if self.clock_name == "gpu" else "host time")
         out.append(f"step: {self.step_us():.1f} us ({what}); host {step_host:.1f} us; "
-                   f"mean of {len(self.steps)} step(s) on backend {self.backend.name}")
+                   f"mean of {len(self.steps)} step(s) on backend {self.backend.name}, precision {self.precision}")
         return "\n".join(out)
 
     def to_dict(self) -> dict:
         """JSON-ready: the backend, clock, steps and every grouping."""
         self._require_steps()
-        return {"backend": self.backend.name, "clock": self.clock_name, "steps": len(self.steps),
+        return {"backend": self.backend.name, "precision": self.precision, "clock": self.clock_name,
+                "steps": len(self.steps),
                 "step_us": self.step_us(), "step_host_us": sum(s["host_us"] for s in self.steps) / len(self.steps),
                 "by_call": self.rows("call"), "by_op": self.rows("op"), "by_layer": self.rows("layer")}
 

@@ -287,3 +287,10 @@ def test_learning_rate_schedule_and_early_stop(capsys, tmp_path):
         assert rate in (pytest.approx(rates[-1]), pytest.approx(rates[-1] / 10))
     code, _, err = run(capsys, "train", "lenet5", *QUICK, "--weight-decay", "0.001", "--out", str(tmp_path / "b"))
     assert code == 2 and "--weight-decay applies to --optimizer sgd" in err
+
+
+@pytest.mark.parametrize("command", ["info", "kernels", "summary", "train", "evaluate", "predict", "profile"])
+def test_help_of_every_command(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0 and "usage: fastcnn" in capsys.readouterr().out

@@ -1,4 +1,6 @@
 """Float32 matmul precision: fastcnn.config, TF32 rounding in the reference, registry gating."""
+import json
+
 import numpy as np
 import pytest
 
@@ -142,10 +144,7 @@ def _case(name):
     return (lambda p, q: ref.conv2d_backward_weights(p, q, (3, 3, 3, 7), (2, 2), (1, 1, 1, 0))), (x, dy), 40
 
 
-GEMM_OPS = ["matmul", "dense_forward", "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weights"]
-
-
-@pytest.mark.parametrize("op", GEMM_OPS)
+@pytest.mark.parametrize("op", config.TF32_PRIMITIVES)
 def test_reference_rounds_gemm_and_conv_inputs_to_tf32_under_high(op):
     fn, inputs, n_terms = _case(op)
     rounded64 = [ref.round_tf32(a).astype(np.float64) for a in inputs]
@@ -304,9 +303,154 @@ def test_kernels_command_lists_tf32_variants_under_highest(fake_variants, capsys
     assert any(line.split()[0] == "tc" and line.endswith("[TF32]") for line in lines)
 
 
-def test_bench_lists_tf32_variants_only_under_high(fake_variants):
+@pytest.fixture
+def tf32_matmul():
+    saved = ({op: dict(v) for op, v in registry._variants.items()}, dict(registry._defaults),
+             dict(registry._tf32_defaults))
+    registry.register("matmul", "fake_tc_tf32", lambda *a, **k: None, source="cuda", precision="tf32")
+    yield
+    registry._variants.clear()
+    registry._variants.update(saved[0])
+    for table, before in zip((registry._defaults, registry._tf32_defaults), saved[1:]):
+        table.clear()
+        table.update(before)
+
+
+def _specs_by_impl(specs, case):
+    return {s.impl: s for s in specs if s.case == case}
+
+
+def test_bench_times_each_variant_in_its_precision(tf32_matmul):
     from fastcnn import benchmark
-    assert [(v.name, d) for v, d in benchmark._variants(OP)] == [("numba_plain", False), ("plain", True)]
+    specs = _specs_by_impl(benchmark.gemm_specs(quick=True), "lenet.fc1 200x400x120")
+    assert {"fastcnn:auto*", "fastcnn:auto* TF32", "fastcnn:fake_tc_tf32", "fastcnn:tiled"} <= set(specs)
+    for impl, precision, inside in [("fastcnn:auto*", "fp32", "highest"), ("fastcnn:tiled", "fp32", "highest"),
+                                    ("fastcnn:auto* TF32", "tf32", "high"), ("fastcnn:fake_tc_tf32", "tf32", "high")]:
+        assert specs[impl].precision == precision, impl
+        with config.float32_matmul_precision("high" if inside == "highest" else "highest"):
+            with specs[impl].context():
+                assert config.get_float32_matmul_precision() == inside, impl
+
+
+def test_bench_networks_get_tf32_rows_only_when_tf32_variants_exist(monkeypatch):
+    from fastcnn import benchmark
+    fp32_only = {op: {n: v for n, v in table.items() if v.precision != "tf32"}
+                 for op, table in registry._variants.items()}
+    monkeypatch.setattr(registry, "_variants", fp32_only)
+    assert not any("TF32" in s.impl for s in benchmark.network_specs(quick=False) if s.role == "fastcnn")
+
+
+def test_bench_networks_tf32_rows_compare_with_pytorch_tf32(tf32_matmul):
+    from fastcnn import benchmark
+    specs = [s for s in benchmark.network_specs(quick=False) if s.role == "fastcnn"]
+    graph = _specs_by_impl(specs, "lenet5 train")["fastcnn graph TF32"]
+    assert graph.precision == "tf32" and graph.compare_to == "torch graph TF32"
+    assert _specs_by_impl(specs, "alexnet infer")["fastcnn TF32"].compare_to == "torch eager TF32"
+    assert _specs_by_impl(specs, "alexnet train")["fastcnn eager"].compare_to == "torch eager fp32"
+    quick = [s.case for s in benchmark.network_specs(quick=True) if s.impl.endswith("TF32") and s.role == "fastcnn"]
+    assert quick and all(case.startswith("alexnet") for case in quick)
+
+
+# ---------------------------------------------------------------- the command line
+
+def _cli(capsys, *argv):
+    from fastcnn import cli
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+QUICK = ("--device", "cpu", "--limit", "200", "--batch-size", "100", "--verbose", "0", "--epochs", "1")
+
+
+def test_train_records_the_precision_and_evaluate_predict_take_it_from_history(capsys, tmp_path, monkeypatch):
+    seen = []
+    real = ref.round_tf32
+    monkeypatch.setattr(ref, "round_tf32", lambda a: seen.append(a.shape) or real(a))
+    code, out, err = _cli(capsys, "train", "lenet5", "--precision", "tf32", "--out", str(tmp_path / "t"), *QUICK)
+    assert code == 0, err
+    assert "precision: tf32 (the NumPy reference rounds the GEMM and convolution inputs to TF32" in out
+    assert json.loads((tmp_path / "t" / "history.json").read_text())["precision"] == "tf32"
+    assert (200, 28, 28, 1) in seen or (100, 28, 28, 1) in seen  # conv1's input was rounded
+    assert config.get_float32_matmul_precision() == "highest"  # the run's precision ends with it
+
+    seen.clear()
+    weights = str(tmp_path / "t" / "weights.npz")
+    code, out, err = _cli(capsys, "evaluate", "lenet5", "--weights", weights, "--device", "cpu", "--limit", "100")
+    assert code == 0, err
+    assert "as trained" in out and "--precision tf32" in out and seen
+    seen.clear()
+    code, out, err = _cli(capsys, "evaluate", "lenet5", "--weights", weights, "--device", "cpu", "--limit", "100",
+                          "--precision", "fp32")
+    assert code == 0, err
+    assert "--precision tf32" not in out and not seen
+    png = tmp_path / "digit.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(png)
+    code, out, err = _cli(capsys, "predict", "lenet5", str(png), "--weights", weights, "--device", "cpu")
+    assert code == 0, err
+    assert "--precision tf32" in out and seen
+
+
+def test_train_without_precision_records_fp32_and_rounds_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(ref, "round_tf32", lambda a: pytest.fail("rounded under fp32"))
+    code, out, err = _cli(capsys, "train", "lenet5", "--out", str(tmp_path), *QUICK)
+    assert code == 0, err
+    assert "precision:" not in out
+    assert json.loads((tmp_path / "history.json").read_text())["precision"] == "fp32"
+
+
+def test_numba_kernels_refuse_tf32_and_tf32_kernels_need_it(capsys, tmp_path, fake_variants):
+    base = ("train", "lenet5", "--out", str(tmp_path), *QUICK)
+    code, _, err = _cli(capsys, *base, "--precision", "tf32", "--kernel", "matmul=numba_tiled")
+    assert code == 2 and "Numba kernels compute in fp32 only" in err and "--precision tf32" in err
+    assert err.count("\n") == 1  # one line, no traceback
+    code, _, err = _cli(capsys, *base, "--kernel", "fake_precision_op=tc")
+    assert code == 2 and "tc computes in TF32; add --precision tf32" in err
+    with pytest.raises(SystemExit) as exit_:
+        _cli(capsys, *base, "--precision", "bf16")
+    assert exit_.value.code == 2 and "invalid choice: 'bf16'" in capsys.readouterr().err
+    assert not (tmp_path / "history.json").exists()
+    # pooling has no TF32 form: a Numba pooling kernel is fine with --precision tf32
+    code, out, err = _cli(capsys, *base, "--precision", "tf32", "--kernel", "maxpool_forward=numba_lanes")
+    assert code == 0, err
+
+
+def test_profile_records_the_precision(capsys, tmp_path):
+    out_json = tmp_path / "p.json"
+    code, out, err = _cli(capsys, "profile", "lenet5", "--device", "cpu", "--batch-size", "8", "--steps", "1",
+                          "--precision", "tf32", "--json", str(out_json))
+    assert code == 0, err
+    assert "precision: tf32" in out and "on backend reference, precision tf32" in out
+    assert json.loads(out_json.read_text())["precision"] == "tf32"
+    model = fastcnn.models.lenet5()
+    model.compile(loss="categorical_crossentropy", optimizer="adam")
+    x = _f32(4, 28, 28, 1)
+    y = np.eye(10, dtype=np.float32)[[1, 2, 3, 4]]
+    assert model.profile(x, y, steps=1).to_dict()["precision"] == "fp32"
     with config.float32_matmul_precision("high"):
-        assert [(v.name, d) for v, d in benchmark._variants(OP)] == [
-            ("numba_plain", False), ("plain", False), ("tc", True), ("tc_picky", False)]
+        assert model.profile(x, y, steps=1).to_dict()["precision"] == "tf32"
+
+
+def test_readme_precision_example_runs():
+    from test_readme import block
+    exec(compile(block("set_float32_matmul_precision"), "README.md precision example", "exec"), {})
+    assert config.get_float32_matmul_precision() == "highest"
+
+
+@pytest.mark.parametrize("recorded, given, expected", [
+    (None, None, "fp32"),          # a history.json from before --precision existed
+    ("bf16", None, "fp32"),        # nothing we know: fp32
+    ("tf32", None, "tf32"),
+    ("tf32", "fp32", "fp32"),      # what the user gives wins
+])
+def test_evaluate_takes_the_precision_from_history(tmp_path, recorded, given, expected):
+    import argparse
+
+    from fastcnn.cli.evaluate import _as_trained
+    meta = {"model": "lenet5"} if recorded is None else {"model": "lenet5", "precision": recorded}
+    (tmp_path / "history.json").write_text(json.dumps(meta))
+    args = argparse.Namespace(model="lenet5", weights=str(tmp_path / "weights.npz"), precision=given,
+                              variant=None, augment=False)
+    _as_trained(args)
+    assert args.precision == expected

@@ -1,5 +1,5 @@
 """What the fastcnn commands share: the models and their inputs, usage errors, the device,
-the --kernel choices."""
+the --kernel choices and the --precision."""
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +12,9 @@ DEFAULT_SYNTHETIC = {"lenet5": (2000, 500), "alexnet": (256, 64)}  # (train, val
 DEFAULT_CLASSES = {"lenet5": 10, "alexnet": 1000}
 AUGMENT_INPUT = (256, 256, 3)  # AlexNet --augment: random 227x227 crops (and mirror images) of 256x256
 FOLDER_VALIDATION = 0.2  # held out of a one-level image folder (no train/ and val/ inside)
+PRECISION_HELP = ("fp32: GEMM and convolution in float32; tf32: they may round their inputs to TF32 "
+                  "and use the tensor cores (fastcnn.config precision 'high'; the CPU reference rounds "
+                  "as the GPU does, Numba kernels stay fp32)")
 
 
 class UsageError(Exception):
@@ -62,8 +65,10 @@ def current_gpu() -> str:
         return f"GPU name unknown: {exc}"
 
 
-def kernel_choices(pairs) -> dict:
-    """{op: variant} from --kernel OP=VARIANT options, checked against the registry."""
+def kernel_choices(pairs, precision: str = "fp32") -> dict:
+    """{op: variant} from --kernel OP=VARIANT options, checked against the registry and the
+    --precision: a TF32 variant needs tf32; a Numba GEMM/convolution (fp32 only) refuses it."""
+    from fastcnn import config
     from fastcnn.backend import registry
     chosen = {}
     for pair in pairs or ():
@@ -75,6 +80,12 @@ def kernel_choices(pairs) -> dict:
         if name not in registry.variants(op):
             raise UsageError(f"--kernel {pair!r}: {op} has no variant {name}; "
                              f"its variants: {', '.join(registry.variants(op))} (fastcnn kernels {op})")
+        variant = registry.lookup(op, name)
+        if variant.precision == "tf32" and precision != "tf32":
+            raise UsageError(f"--kernel {pair!r}: {name} computes in TF32; add --precision tf32 to use it")
+        if precision == "tf32" and variant.source == "numba" and op in config.TF32_PRIMITIVES:
+            raise UsageError(f"--kernel {pair!r}: Numba kernels compute in fp32 only and cannot honour "
+                             f"--precision tf32; choose a CUDA C variant (fastcnn kernels {op}) or --precision fp32")
         chosen[op] = name
     return chosen
 
@@ -90,11 +101,20 @@ def kernels_for(model, kernels: dict) -> dict:
     return kernels
 
 
+def say_precision(precision: str, model) -> None:
+    """With --precision tf32, say what it means on the model's backend."""
+    if precision == "tf32":
+        where = ("the NumPy reference rounds the GEMM and convolution inputs to TF32 as the GPU does"
+                 if model.device == "cpu" else "GEMM and convolution may use TF32 kernel variants")
+        print(f"precision: tf32 ({where}; everything else in fp32)")
+
+
 @contextlib.contextmanager
-def using_kernels(kernels: dict):
-    """Every --kernel choice in force inside the block."""
+def using_kernels(kernels: dict, precision: str = "fp32"):
+    """The --precision and every --kernel choice in force inside the block."""
     import fastcnn
-    with contextlib.ExitStack() as chosen:
+    with fastcnn.config.float32_matmul_precision(fastcnn.config.from_name(precision)), \
+            contextlib.ExitStack() as chosen:
         for op, name in kernels.items():
             chosen.enter_context(fastcnn.kernels.using(op, name))
         yield

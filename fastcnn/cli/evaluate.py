@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fastcnn.config import NAMES
+
 from .common import (DEFAULT_BATCH, DEFAULT_CLASSES, UsageError, build_model, eval_label, input_shape,
-                     kernel_choices, kernels_for, place, using_kernels)
+                     kernel_choices, kernels_for, place, say_precision, using_kernels)
 from .data import close_sources, load_data, xy
 
 
@@ -55,14 +57,15 @@ def cmd_evaluate(args) -> int:
         model.load_weights(args.weights)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"--weights: {exc}") from None
-    kernels = kernel_choices(args.kernel)
+    kernels = kernel_choices(args.kernel, args.precision)
     note = place(model, args.device)
     print(f"device: {model.device}, backend: {model.backend.name}{note}")
+    say_precision(args.precision, model)
     kernels = kernels_for(model, kernels)
     x, y = xy(data.validation)
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
     try:
-        with using_kernels(kernels):
+        with using_kernels(kernels, args.precision):
             if args.ten_crop:
                 probabilities = _ten_crop_average(model, x, batch_size)
                 loss, accuracy = _loss_and_accuracy(probabilities, data.eval_labels)
@@ -122,11 +125,16 @@ def _run_meta(weights) -> dict:
 
 
 def _as_trained(args) -> None:
-    """--variant and --augment as the run that wrote --weights used them, unless given."""
+    """--variant, --augment and --precision as the run that wrote --weights used them, unless given."""
     meta = _run_meta(args.weights)
     if args.model != meta.get("model"):
+        args.precision = args.precision or "fp32"
         return
     taken = []
+    if args.precision is None:
+        args.precision = meta.get("precision") if meta.get("precision") in NAMES else "fp32"
+        if args.precision != "fp32":
+            taken.append(f"--precision {args.precision}")
     if args.variant is None and meta.get("variant"):
         args.variant = meta["variant"]
         taken.append(f"--variant {args.variant}")
@@ -171,7 +179,8 @@ def cmd_predict(args) -> int:
     note = place(model, args.device)
     height, width, channels = input_shape(args)
     images = datasets.read_images(args.images, (height, width), "rgb" if channels == 3 else "grayscale")
-    probabilities = model.predict(datasets.prepare_images(images), batch_size=args.batch_size or 64)
+    with using_kernels({}, args.precision):
+        probabilities = model.predict(datasets.prepare_images(images), batch_size=args.batch_size or 64)
     names = _class_names_for(weights, num_classes)
     print(f"device: {model.device}, backend: {model.backend.name}{note}; {args.model}, {num_classes} classes, "
           f"weights {weights}")

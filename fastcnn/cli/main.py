@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import (DATA_SETS, DEFAULT_BATCH, DEFAULT_CLASSES, FOLDER_VALIDATION, INPUT_SHAPES, UsageError,
-                     build_model, current_gpu, kernel_choices, kernels_for, place, using_kernels)
+from fastcnn.config import NAMES
+
+from .common import (DATA_SETS, DEFAULT_BATCH, DEFAULT_CLASSES, FOLDER_VALIDATION, INPUT_SHAPES, PRECISION_HELP,
+                     UsageError, build_model, current_gpu, kernel_choices, kernels_for, place, using_kernels)
 from .evaluate import cmd_evaluate, cmd_predict
 from .train import cmd_train, optimizer_for
 
@@ -134,7 +136,7 @@ def cmd_profile(args) -> int:
     import fastcnn
     from fastcnn import datasets
 
-    kernels = kernel_choices(args.kernel)
+    kernels = kernel_choices(args.kernel, args.precision)
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
     if args.steps < 1 or args.warmup < 0 or batch_size < 1:
         raise UsageError(f"--steps and --batch-size must be >= 1 and --warmup >= 0, got "
@@ -149,9 +151,10 @@ def cmd_profile(args) -> int:
     if model.device == "cuda":
         note = f" ({current_gpu()})" + note
     print(f"profile: {args.model}, batch {batch_size} (random images), {model.optimizer!r}, {args.steps} eager "
-          f"training step(s) after {args.warmup} warm-up; device: {model.device}, backend: {model.backend.name}{note}")
+          f"training step(s) after {args.warmup} warm-up; device: {model.device}, backend: {model.backend.name}{note}"
+          f"; precision: {args.precision}")
     kernels = kernels_for(model, kernels)
-    with using_kernels(kernels):
+    with using_kernels(kernels, args.precision):
         prof = model.profile(x, y, steps=args.steps, warmup=args.warmup)
     for by in args.by or ["call", "op"]:
         print()
@@ -203,6 +206,7 @@ def _add_step_arguments(p) -> None:
                    help="use this kernel variant for a primitive on the GPU (repeatable; "
                         "see fastcnn kernels), e.g. conv2d_forward=implicit_gemm96")
     p.add_argument("--seed", type=int, default=0, help="weights, data order or random images, dropout")
+    p.add_argument("--precision", choices=sorted(NAMES), default="fp32", help=PRECISION_HELP)
 
 
 DATA_DIR_HELP = ("folder: the image folder (DIR/<class>/*.jpg, or DIR/train/<class>/ and DIR/val/<class>/); "
@@ -216,8 +220,9 @@ AUGMENT_HELP = ("alexnet: the paper's augmentation: images at 256x256, a random 
 VARIANT_AS_TRAINED = "AlexNet variant; default: as history.json beside --weights records it, else single"
 AUGMENT_AS_TRAINED = ("alexnet trained with --augment: 256x256 images, their centre 227x227 crops; on by itself "
                       "when history.json beside --weights records it")
+PRECISION_AS_TRAINED = PRECISION_HELP + "; default: as history.json beside --weights records it, else fp32"
 SPLIT_SEED_HELP = (f"the random split of mnist-sample (8,000/2,000) or of a one-level image folder "
-                   f"({1 - FOLDER_VALIDATION:.0%}/{FOLDER_VALIDATION:.0%})")
+                   f"({1 - FOLDER_VALIDATION:.0%}/{FOLDER_VALIDATION:.0%})").replace("%", "%%")  # argparse's %
 
 
 def _epochs(text: str) -> int:
@@ -302,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="200 for lenet5, 128 for alexnet")
     p.add_argument("--kernel", action="append", metavar="OP=VARIANT",
                    help="use this kernel variant for a primitive on the GPU (repeatable)")
+    p.add_argument("--precision", choices=sorted(NAMES), default=None, help=PRECISION_AS_TRAINED)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify image files with saved weights (top classes)",
@@ -318,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: the GPU when one is usable, else the CPU reference")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 64)")
+    p.add_argument("--precision", choices=sorted(NAMES), default=None, help=PRECISION_AS_TRAINED)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("profile", help="time every kernel call of a training step, by layer",

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .common import (DEFAULT_BATCH, DEFAULT_CLASSES, UsageError, build_model, current_gpu, eval_label,
-                     is_augmented, kernel_choices, kernels_for, place, using_kernels)
+                     is_augmented, kernel_choices, kernels_for, place, say_precision, using_kernels)
 from .data import close_sources, load_data, xy
 
 
@@ -129,7 +129,7 @@ def _train(args, out: Path) -> int:
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
     checkpoint = out / "checkpoint.npz"
 
-    kernels = kernel_choices(args.kernel)
+    kernels = kernel_choices(args.kernel, args.precision)
     data = load_data(args)
     class_names = data.class_names
     num_classes = len(class_names) if class_names else DEFAULT_CLASSES[args.model]
@@ -145,6 +145,7 @@ def _train(args, out: Path) -> int:
     if model.device == "cuda":
         note = f" ({current_gpu()})" + note
     print(f"device: {model.device}, backend: {backend_name}{note}")
+    say_precision(args.precision, model)
     kernels = kernels_for(model, kernels)
     eval_name = data.eval_name
     print(f"data: {args.data}: {data.train_count:,} training images; evaluation on {data.eval_count:,} images: "
@@ -177,11 +178,11 @@ def _train(args, out: Path) -> int:
             "epochs": args.epochs, "batch_size": batch_size,
             "optimizer": repr(model.optimizer), "seed": args.seed,
             "device": str(model.device), "backend": backend_name, "graph": model.device == "cuda" and not args.no_graph,
-            "kernels": kernels}
+            "kernels": kernels, "precision": args.precision}
     saver = callbacks.ModelCheckpoint(checkpoint)
     logger = callbacks.JSONLogger(out / "history.json", meta=meta)   # its record: from the checkpoint
 
-    with using_kernels(kernels):  # the --kernel choices hold for training and evaluation
+    with using_kernels(kernels, args.precision):  # --kernel and --precision hold for training and evaluation
         start = time.perf_counter()
         try:
             code = _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint)
