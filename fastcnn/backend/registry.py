@@ -142,8 +142,12 @@ def lookup(op: str, name: str) -> Variant:
 def get(op: str, name: str | None = None) -> Variant:
     """The variant called ``name``, or the one selected now (a ValueError for a 'tf32'
     variant while the precision is "highest")."""
-    variant = lookup(op, name or _selected.get(op) or default(op))  # (default() checks op)
-    if not allowed(variant):
+    # On every kernel call's path: the usual case costs a few dictionary look-ups.
+    table = _variants.get(op) if _loaded[0] else None
+    variant = table.get(name or _selected.get(op) or default(op)) if table else None
+    if variant is None:  # not loaded yet, or an unknown op or name: lookup loads or says why
+        variant = lookup(op, name or _selected.get(op) or default(op))
+    if variant.precision == "tf32" and not config.tf32_allowed():
         raise ValueError(f"kernel variant {variant.name!r} of {op} computes in TF32, which the float32 matmul "
                          f"precision {config.get_float32_matmul_precision()!r} does not allow; allow it "
                          f"with fastcnn.config.set_float32_matmul_precision('high') "
