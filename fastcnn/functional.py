@@ -251,21 +251,23 @@ def softmax_cross_entropy(logits, labels, totals=None):
 
 
 class Dropout(Function):
-    def __init__(self, rate, seed, step):
-        self.rate, self.seed, self.step = rate, seed, step
+    def __init__(self, rate, seed, step, offset):
+        self.args = (rate, seed, step, offset)
 
     def forward(self, x):
-        return self.B.dropout_forward(x, self.rate, self.seed, self.step)
+        return self.B.dropout_forward(x, *self.args)
 
     def backward(self, gy):
-        return self.B.dropout_backward(gy, self.rate, self.seed, self.step)
+        return self.B.dropout_backward(gy, *self.args)
 
 
-def dropout(x, rate, training, seed=0, step=None):
+def dropout(x, rate, training, seed=0, step=None, offset=0):
     """Inverted dropout: in training, zero each element with probability ``rate`` and scale by 1/(1-rate).
 
     The mask is a counter-based function of (seed, step, element index): no state in memory,
-    the same mask on a replayed step.  ``step`` is an int32 array (1,) on the device.
+    the same mask on a replayed step.  ``step`` is an int32 array (1,) on the device;
+    ``offset`` the global index of x's first sample (a data-parallel process's slice of a batch
+    draws the mask one process would draw for the whole batch).
     """
     x = _tensor(x)
     if not 0.0 <= rate < 1.0:
@@ -274,12 +276,12 @@ def dropout(x, rate, training, seed=0, step=None):
         return x
     if step is None:
         step = _xp_of(x.data).zeros(1, dtype=np.int32)
-    return Dropout(float(rate), int(seed), step)(x)
+    return Dropout(float(rate), int(seed), step, int(offset))(x)
 
 
 class Crop(Function):
-    def __init__(self, height, width, random, flip, seed, step):
-        self.args = (random, flip, seed, step)
+    def __init__(self, height, width, random, flip, seed, step, offset):
+        self.args = (random, flip, seed, step, offset)
         self.hw = (height, width)
 
     def forward(self, x):
@@ -290,40 +292,41 @@ class Crop(Function):
         return self.B.crop_backward(gy, self.x_shape, *self.args)
 
 
-def crop(x, height, width, random=False, flip=False, seed=0, step=None):
+def crop(x, height, width, random=False, flip=False, seed=0, step=None, offset=0):
     """Each image's height x width window: the centre, or (random=True) one drawn per image and
     step, mirrored left-right with probability 1/2 when ``flip`` (AlexNet's augmentation).
 
-    The windows are a counter-based function of (seed, step, image index), drawn on the
-    device: the same on a replayed step, new on the next.  ``step`` is an int32 array (1,).
+    The windows are a counter-based function of (seed, step, offset + image index), drawn on
+    the device: the same on a replayed step, new on the next.  ``step`` is an int32 array (1,);
+    ``offset`` the global index of x's first image (see dropout).
     """
     x = _tensor(x)
     _check_nhwc(x)
     if step is None:
         step = _xp_of(x.data).zeros(1, dtype=np.int32)
-    return Crop(int(height), int(width), bool(random), bool(flip), int(seed), step)(x)
+    return Crop(int(height), int(width), bool(random), bool(flip), int(seed), step, int(offset))(x)
 
 
 class PCANoise(Function):
-    def __init__(self, basis, seed, step):
-        self.basis, self.seed, self.step = basis, seed, step
+    def __init__(self, basis, seed, step, offset):
+        self.args = (basis, seed, step, offset)
 
     def forward(self, x):
-        return self.B.pca_noise_forward(x, self.basis, self.seed, self.step)
+        return self.B.pca_noise_forward(x, *self.args)
 
     def backward(self, gy):
         return gy  # y = x + a constant per image
 
 
-def pca_noise(x, basis, seed=0, step=None):
+def pca_noise(x, basis, seed=0, step=None, offset=0):
     """AlexNet's colour noise: each RGB image plus ``basis @ alpha``, alpha three N(0, 1) draws
     per image and step, drawn on the device (see fastcnn.backend.reference.pca_noise_offsets);
-    basis[c, i] = stddev * eigenvalue_i * eigenvector_i[c]."""
+    basis[c, i] = stddev * eigenvalue_i * eigenvector_i[c]; ``offset`` as dropout's."""
     x = _tensor(x)
     _check_nhwc(x)
     if step is None:
         step = _xp_of(x.data).zeros(1, dtype=np.int32)
-    return PCANoise(np.asarray(basis, np.float64), int(seed), step)(x)
+    return PCANoise(np.asarray(basis, np.float64), int(seed), step, int(offset))(x)
 
 
 class LRN(Function):

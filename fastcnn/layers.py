@@ -21,6 +21,7 @@ class Layer:
     type_name = "Layer"  # as Keras's summary shows it
     default_name = "layer"
     activation = None
+    offset = 0  # random layers: the global index of the batch's first sample (fastcnn.distribution)
 
     def __init__(self, input_shape=None, name=None):
         self.input_shape = tuple(input_shape) if input_shape is not None else None
@@ -244,7 +245,7 @@ class Dropout(Layer):
         self.step = None  # int32 array (1,) on the device, bound by the model: the training step
 
     def call(self, x, training, activation):
-        return F.dropout(x, self.rate, training, self.seed, self.step)
+        return F.dropout(x, self.rate, training, self.seed, self.step, self.offset)
 
 
 class RandomCrop(Layer):
@@ -269,7 +270,8 @@ class RandomCrop(Layer):
     def call(self, x, training, activation):
         if not training and x.shape[1:3] == (self.height, self.width):
             return x
-        return F.crop(x, self.height, self.width, random=training, seed=self.seed, step=self.step)
+        return F.crop(x, self.height, self.width, random=training, seed=self.seed, step=self.step,
+                      offset=self.offset)
 
 
 class RandomFlip(Layer):
@@ -294,7 +296,8 @@ class RandomFlip(Layer):
     def call(self, x, training, activation):
         if not training:
             return x
-        return F.crop(x, x.shape[1], x.shape[2], random=True, flip=True, seed=self.seed, step=self.step)
+        return F.crop(x, x.shape[1], x.shape[2], random=True, flip=True, seed=self.seed, step=self.step,
+                      offset=self.offset)
 
 
 class PCAColorNoise(Layer):
@@ -326,7 +329,7 @@ class PCAColorNoise(Layer):
     def call(self, x, training, activation):
         if not training or self.stddev == 0:
             return x
-        return F.pca_noise(x, self.basis, seed=self.seed, step=self.step)
+        return F.pca_noise(x, self.basis, seed=self.seed, step=self.step, offset=self.offset)
 
 
 class LRN(Layer):

@@ -6,12 +6,12 @@
 //                        (j = w - left_n, mirrored back where mirrored_n), 0 outside;
 //                        every dx element written once: no atomics, no memset.
 //         random = 0: the centre window ((H - height) / 2, (W - width) / 2), not mirrored.
-//         random = 1: Philox4x32-10 (philox.cuh) of counter (n, 0, step[0], 0x43524F50 'CROP'),
+//         random = 1: Philox4x32-10 (philox.cuh) of counter (first + n, 0, step[0], 0x43524F50 'CROP'),
 //         key (lo32(seed), hi32(seed)): top_n = w0 % (H - height + 1), left_n = w1 % (W - width + 1),
 //         mirrored_n = flip && w2 >= 2^31.  Bit for bit fastcnn.backend.reference.crop_windows.
 //         pca_noise_forward: y[n, h, w, c] = x[n, h, w, c] + offset_n[c], offset_n = basis @ alpha_n,
 //         alpha_n three N(0, 1) draws (Box-Muller in double) from Philox of counter
-//         (n, 0, step[0], 0x5043414E 'PCAN'): fastcnn.backend.reference.pca_noise_offsets, the
+//         (first + n, 0, step[0], 0x5043414E 'PCAN'): fastcnn.backend.reference.pca_noise_offsets, the
 //         double arithmetic in the reference's order with no contraction (cos, sin and log may
 //         differ from NumPy's in the last bit of a double, which rounds away in float32 almost always).
 // Launch: grid (rows, N): blockIdx.y is the image, blockIdx.x one row of the result
@@ -19,7 +19,8 @@
 //         threads walk that row's width * C (or W * C) floats, which are contiguous in memory on
 //         both sides (a mirrored row reads its pixels in reverse, channels in order).  Thread 0
 //         draws the image's window or offsets once per block into shared memory.  step is read
-//         from device memory, so a captured CUDA graph draws anew on every replay.
+//         from device memory, so a captured CUDA graph draws anew on every replay.  first: the
+//         global index of image 0 (data-parallel training: where this process's slice begins).
 // Last measured: not yet run on a GPU (added after run 3).  Each kernel copies one batch of
 //   input images (AlexNet: 128 x 227 x 227 x 3 floats = 79 MB) per step.
 
@@ -53,10 +54,11 @@ FC_DEVICE fc_crop_window fc_crop_window_of(int n, int H, int W, int height, int 
 
 // The window of this block's image (blockIdx.y), drawn once by thread 0 into shared memory.
 FC_DEVICE fc_crop_window fc_block_window(int H, int W, int height, int width, int random, int flip,
-                                         unsigned int key0, unsigned int key1, const int* step) {
+                                         unsigned int key0, unsigned int key1, const int* step,
+                                         unsigned int first) {
     __shared__ fc_crop_window win;
     if (threadIdx.x == 0) {
-        win = fc_crop_window_of(blockIdx.y, H, W, height, width, random, flip, key0, key1, step);
+        win = fc_crop_window_of(first + blockIdx.y, H, W, height, width, random, flip, key0, key1, step);
     }
     __syncthreads();
     return win;
@@ -66,8 +68,8 @@ FC_DEVICE fc_crop_window fc_block_window(int H, int W, int height, int width, in
 extern "C" __global__ void __launch_bounds__(AUG_THREADS)
 crop_forward(const float* __restrict__ x, float* __restrict__ y, int H, int W, int C,
              int height, int width, int random, int flip, unsigned int key0,
-             unsigned int key1, const int* __restrict__ step) {
-    const fc_crop_window win = fc_block_window(H, W, height, width, random, flip, key0, key1, step);
+             unsigned int key1, const int* __restrict__ step, unsigned int first) {
+    const fc_crop_window win = fc_block_window(H, W, height, width, random, flip, key0, key1, step, first);
     const int n = blockIdx.y, i = blockIdx.x;
     const float* src = x + fc_nhwc(n, win.top + i, win.left, 0, H, W, C);
     float* dst = y + fc_nhwc(n, i, 0, 0, height, width, C);
@@ -82,8 +84,8 @@ crop_forward(const float* __restrict__ x, float* __restrict__ y, int H, int W, i
 extern "C" __global__ void __launch_bounds__(AUG_THREADS)
 crop_backward(const float* __restrict__ dy, float* __restrict__ dx, int H, int W, int C,
               int height, int width, int random, int flip, unsigned int key0,
-              unsigned int key1, const int* __restrict__ step) {
-    const fc_crop_window win = fc_block_window(H, W, height, width, random, flip, key0, key1, step);
+              unsigned int key1, const int* __restrict__ step, unsigned int first) {
+    const fc_crop_window win = fc_block_window(H, W, height, width, random, flip, key0, key1, step, first);
     const int n = blockIdx.y, h = blockIdx.x;
     float* dst = dx + fc_nhwc(n, h, 0, 0, H, W, C);
     const int row = W * C, i = h - win.top;
@@ -124,12 +126,13 @@ FC_DEVICE float fc_rgb_offset(double b0, double b1, double b2, const double* z) 
 extern "C" __global__ void __launch_bounds__(AUG_THREADS)
 pca_noise_forward(const float* x, float* y, int H, int W, double b00, double b01, double b02,
                   double b10, double b11, double b12, double b20, double b21, double b22,
-                  unsigned int key0, unsigned int key1, const int* __restrict__ step) {
+                  unsigned int key0, unsigned int key1, const int* __restrict__ step,
+                  unsigned int first) {
     __shared__ float offset[3];
     const int n = blockIdx.y, h = blockIdx.x;
     if (threadIdx.x == 0) {
         double z[3];
-        fc_standard_normals(fc_philox4x32_10((unsigned int)n, 0u, (unsigned int)step[0], 0x5043414Eu,
+        fc_standard_normals(fc_philox4x32_10(first + (unsigned int)n, 0u, (unsigned int)step[0], 0x5043414Eu,
                                              key0, key1), z);
         offset[0] = fc_rgb_offset(b00, b01, b02, z);
         offset[1] = fc_rgb_offset(b10, b11, b12, z);

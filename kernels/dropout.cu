@@ -2,13 +2,15 @@
 //
 // What:   y[i] = x[i] * (keep_i ? scale : 0), scale = float32(1 / (1 - rate)); the same
 //         kernel serves the forward (x) and the backward (dy): the mask is regenerated
-//         from (seed, step, i), never stored.
-//         keep_i: Philox4x32-10 with counter (lo32(i / 4), hi32(i / 4), step[0], 0) and
-//         key (lo32(seed), hi32(seed)); word = output[i % 4]; keep_i = word >= threshold,
+//         from (seed, step, start + i), never stored.  start: the global index of x's first
+//         element (data-parallel training: where this process's slice of the batch begins).
+//         keep_i: Philox4x32-10 with counter (lo32(e / 4), hi32(e / 4), step[0], 0), e = start + i, and
+//         key (lo32(seed), hi32(seed)); word = output[e % 4]; keep_i = word >= threshold,
 //         threshold = min(floor(rate * 2^32), 2^32 - 1) (computed on the host).
 //         Bit for bit the mask of fastcnn.backend.reference.dropout_keep.
 // Launch: 1-D grid-stride, 256 threads per block, any grid; one thread per group of 4
-//         consecutive elements (one Philox call gives the 4 words of the group).
+//         consecutive global elements (one Philox call gives the 4 words of the group):
+//         (start % 4 + n + 3) / 4 groups.
 // Algorithm: Philox4x32-10 (philox.cuh).  step is read from device memory so that a
 //         captured CUDA graph draws a new mask on every replay.
 // Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19): not timed on its own; the single-tower AlexNet training step that
@@ -18,22 +20,23 @@
 
 // x, y: n floats (y may be x: each element is read, then written, by one thread).
 // step: int32 (1,) in device memory; its bits are the third counter word.
+// start >= 0: the global element index of x[0].
 extern "C" __global__ void dropout_apply(const float* x, float* y, long long n,
                                          unsigned int key0, unsigned int key1,
                                          const int* step, unsigned int threshold,
-                                         float scale) {
+                                         float scale, long long start) {
     const unsigned int c2 = (unsigned int)step[0];
-    const long long groups = (n + 3) / 4;
+    const long long first = start / 4, groups = (start % 4 + n + 3) / 4;
     for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < groups;
          g += (long long)gridDim.x * blockDim.x) {
-        const unsigned long long gu = (unsigned long long)g;
+        const unsigned long long gu = (unsigned long long)(first + g);
         const fc_u32x4 words = fc_philox4x32_10((unsigned int)(gu & 0xffffffffull),
                                                 (unsigned int)(gu >> 32), c2, 0u, key0, key1);
-        const long long base = g * 4;
+        const long long base = (first + g) * 4 - start;   // local index of the group's word 0
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             const long long i = base + k;
-            if (i < n) {
+            if (i >= 0 && i < n) {
                 y[i] = x[i] * (words.v[k] >= threshold ? scale : 0.0f);
             }
         }

@@ -372,6 +372,30 @@ def test_dropout_bit_exact(emulated, seed, at):
     assert min(-(-n_groups // step.THREADS), step.MAX_BLOCKS) in grids
 
 
+def test_random_ops_with_an_offset(emulated):
+    """offset = the global index of the first sample: a slice of a batch draws, bit for bit, what
+    the reference draws for those samples of the whole batch (dropout groups straddle samples)."""
+    guarded, _ = emulated
+    rng = np.random.default_rng(8)
+    x_h = rng.uniform(0.5, 1.5, (3, 5, 3, 3)).astype(np.float32)      # 45 elements per sample
+    x = guarded.wrap(x_h)
+    step_h = np.array([6], np.int32)
+    counter = guarded.wrap(step_h)
+    basis = 0.1 * np.array(ref.IMAGENET_EIGENVECTORS) * np.array(ref.IMAGENET_EIGENVALUES)[None, :]
+    for offset in (1, 2, 7):
+        for op in ("dropout_forward", "dropout_backward"):
+            got = getattr(step, op)(x, 0.5, 2**40 + 1, counter, offset)
+            assert _same_bits(got, getattr(ref, op)(x_h, 0.5, 2**40 + 1, step_h, offset)), (op, offset)
+        y = step.crop_forward(x, 3, 2, True, True, 5, counter, offset)
+        assert _same_bits(y, ref.crop_forward(x_h, 3, 2, True, True, 5, step_h, offset)), offset
+        dx = step.crop_backward(y, x_h.shape, True, True, 5, counter, offset)
+        assert _same_bits(dx, ref.crop_backward(np.asarray(y), x_h.shape, True, True, 5, step_h, offset))
+        np.testing.assert_allclose(step.pca_noise_forward(x, basis, 5, counter, offset),
+                                   ref.pca_noise_forward(x_h, basis, 5, step_h, offset), rtol=2 ** -23, atol=2 ** -24)
+    with pytest.raises(ValueError, match="offset must be an integer"):
+        step.dropout_forward(x, 0.5, 1, counter, -2)
+
+
 # ---------------------------------------------------------------- augment.cu
 
 @pytest.mark.parametrize("shape,crop", [((5, 9, 8, 3), (6, 5)), ((3, 4, 300, 1), (2, 257)),

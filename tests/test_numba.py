@@ -314,6 +314,22 @@ def test_dropout(rng, rate, shape):
     np.testing.assert_array_equal(dx, y)   # the same mask for the same (seed, step)
 
 
+def test_random_ops_with_an_offset(rng):
+    """A slice of a batch (offset = its first sample's index) draws what the reference draws."""
+    x = rand(rng, 3, 4, 5, 3)
+    seed, step = 2**40 + 3, np.array([9], np.int32)
+    basis = 0.1 * np.array(ref.IMAGENET_EIGENVECTORS) * np.array(ref.IMAGENET_EIGENVALUES)[None, :]
+    y = host(nb.dropout_forward(dev(x), 0.5, seed, dev(step), 5, out=nan_out(x.shape)))
+    np.testing.assert_allclose(y, ref.dropout_forward(x, 0.5, seed, step, 5), rtol=EW, atol=0)
+    np.testing.assert_array_equal(host(nb.dropout_backward(dev(x), 0.5, seed, dev(step), 5)), y)
+    y = host(nb.crop_forward(dev(x), 3, 4, True, True, seed, dev(step), 7, out=nan_out((3, 3, 4, 3))))
+    np.testing.assert_array_equal(y, ref.crop_forward(x, 3, 4, True, True, seed, step, 7))
+    dx = host(nb.crop_backward(dev(y), x.shape, True, True, seed, dev(step), 7, out=nan_out(x.shape)))
+    np.testing.assert_array_equal(dx, ref.crop_backward(y, x.shape, True, True, seed, step, 7))
+    y = host(nb.pca_noise_forward(dev(x), basis, seed, dev(step), 11, out=nan_out(x.shape)))
+    np.testing.assert_allclose(y, ref.pca_noise_forward(x, basis, seed, step, 11), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("random,flip", [(False, False), (True, True)])
 def test_crop(rng, random, flip):
     x = rand(rng, 3, 5, 6, 2)

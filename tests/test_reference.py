@@ -269,6 +269,27 @@ def test_dropout_keep_is_philox_of_seed_step_and_index():
     assert ref.dropout_keep(100, 0.0, 1, 0).all()
 
 
+def test_a_slice_of_the_batch_draws_what_the_whole_batch_draws_for_it():
+    """offset (the global index of the first sample): each slice of a batch gets the masks, windows
+    and colour offsets that one process draws for those samples of the whole batch."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((7, 5, 6, 3))      # 90 elements per sample: slices start mid-Philox-group
+    step = np.array([4], np.int32)
+    basis = 0.1 * np.array(ref.IMAGENET_EIGENVECTORS) * np.array(ref.IMAGENET_EIGENVALUES)[None, :]
+    whole = (ref.dropout_forward(x, 0.5, 9, step), ref.crop_forward(x, 3, 4, True, True, 9, step),
+             ref.pca_noise_forward(x, basis, 9, step))
+    for lo, hi in ((0, 3), (3, 4), (4, 7), (1, 6)):
+        part = x[lo:hi]
+        got = (ref.dropout_forward(part, 0.5, 9, step, lo), ref.crop_forward(part, 3, 4, True, True, 9, step, lo),
+               ref.pca_noise_forward(part, basis, 9, step, lo))
+        for g, w in zip(got, whole):
+            assert np.array_equal(g, w[lo:hi]), (lo, hi)
+    assert np.array_equal(ref.dropout_keep(13, 0.5, 9, 4, start=6), ref.dropout_keep(19, 0.5, 9, 4)[6:])
+    assert not np.array_equal(ref.dropout_forward(x[3:4], 0.5, 9, step), whole[0][3:4])   # offset 0: other draws
+    with pytest.raises(ValueError, match="offset must be an integer"):
+        ref.dropout_forward(x, 0.5, 9, step, -1)
+
+
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
 def test_dropout_keeps_about_one_minus_rate(rate):
     keep = ref.dropout_keep(200_000, rate, 1234, np.array([3], np.int32))

@@ -33,16 +33,18 @@ Primitives (what each returns; "in place" ones return None):
         labels: int32 class indices (N,) or float one-hot (N, classes);
         totals: float64 array (2,), in place: totals[0] += sum of per-row losses,
         totals[1] += number of rows whose argmax equals the label (first max wins)
-  dropout_forward(x, rate, seed, step)                    -> x * keep / (1 - rate)
-  dropout_backward(dy, rate, seed, step)                  -> dy * keep / (1 - rate)
-        keep is ``dropout_keep(n, rate, seed, step)`` of ``reference`` (Philox 4x32-10);
-        seed a Python int, step an int32 array (1,) on the backend's device
-  crop_forward(x, height, width, random, flip, seed, step) -> y (N, height, width, C): image n's
+  dropout_forward(x, rate, seed, step, offset=0)          -> x * keep / (1 - rate)
+  dropout_backward(dy, rate, seed, step, offset=0)        -> dy * keep / (1 - rate)
+        keep is ``dropout_keep(x.size, rate, seed, step, offset * x.size // N)`` of ``reference``
+        (Philox 4x32-10); seed a Python int, step an int32 array (1,) on the backend's device;
+        offset (every random primitive) the global index of x's first sample: a data-parallel
+        process's slice of a batch draws what one process draws for those samples of the batch
+  crop_forward(x, height, width, random, flip, seed, step, offset=0) -> y (N, height, width, C): image n's
         window at (top_n, left_n), mirrored left-right where mirrored_n; the windows are
-        ``crop_windows(N, (H, W), (height, width), random, flip, seed, step)`` of ``reference``:
+        ``crop_windows(N, (H, W), (height, width), random, flip, seed, step, offset)`` of ``reference``:
         random=False the centre, never mirrored; random=True from Philox 4x32-10 (data augmentation)
-  crop_backward(dy, x_shape, random, flip, seed, step)    -> dx: dy put back in the window, zeros elsewhere
-  pca_noise_forward(x, basis, seed, step)                 -> x + each image's RGB offset basis @ alpha,
+  crop_backward(dy, x_shape, random, flip, seed, step, offset=0) -> dx: dy put back in the window, zeros elsewhere
+  pca_noise_forward(x, basis, seed, step, offset=0)       -> x + each image's RGB offset basis @ alpha,
         alpha three N(0, 1) draws per image and step: ``pca_noise_offsets`` of ``reference``
         (AlexNet's colour noise; x (N, H, W, 3); the backward is dy itself)
   lrn_forward(x, size, alpha, beta, k)                    -> (y, scale)

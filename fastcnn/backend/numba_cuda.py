@@ -1706,29 +1706,32 @@ def _philox(c0, c1, c2, c3, k0, k1):
 
 
 @_jit
-def _k_dropout(X, Y, n, threshold, scale, k0, k1, step):
-    """Y = X * keep * scale; one Philox call per 4 consecutive elements (counter = i // 4)."""
+def _k_dropout(X, Y, n, threshold, scale, k0, k1, step, start):
+    """Y = X * keep * scale; one Philox call per 4 consecutive global elements (counter =
+    (start + i) // 4, start the global index of X[0])."""
     g = cuda.grid(1)
     stride = cuda.gridsize(1)
     c2 = uint64(step[0]) & MASK32
     z = uint64(0)
-    while g * 4 < n:
-        gg = uint64(g)
+    first = start // 4
+    while g * 4 < start % 4 + n:
+        gg = uint64(first + g)
         w0, w1, w2, w3 = _philox(gg & MASK32, gg >> SHIFT32, c2, z, k0, k1)
-        i = g * 4
-        if i < n:
+        i = (first + g) * 4 - start
+        if 0 <= i < n:
             Y[i] = X[i] * scale if w0 >= threshold else float32(0.0)
-        if i + 1 < n:
+        if 0 <= i + 1 < n:
             Y[i + 1] = X[i + 1] * scale if w1 >= threshold else float32(0.0)
-        if i + 2 < n:
+        if 0 <= i + 2 < n:
             Y[i + 2] = X[i + 2] * scale if w2 >= threshold else float32(0.0)
-        if i + 3 < n:
+        if 0 <= i + 3 < n:
             Y[i + 3] = X[i + 3] * scale if w3 >= threshold else float32(0.0)
         g += stride
 
 
-def _dropout(argname, x, rate, seed, step, out=None):
+def _dropout(argname, x, rate, seed, step, offset, out=None):
     _check(argname, x)
+    start = reference.check_offset(offset) * (x.size // x.shape[0] if x.ndim and x.shape[0] else 0)
     rate = float(rate)
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"rate must be in [0, 1), got {rate}")
@@ -1744,19 +1747,19 @@ def _dropout(argname, x, rate, seed, step, out=None):
     k1 = np.uint64((seed >> 32) & 0xFFFFFFFF)
     y = _out("out", out, x.shape)
     n = x.size
-    _launch(_k_dropout, _blocks((n + 3) // 4), THREADS, _flat(x), _flat(y), n, threshold,
-            scale, k0, k1, step)
+    _launch(_k_dropout, _blocks((start % 4 + n + 3) // 4), THREADS, _flat(x), _flat(y), n, threshold,
+            scale, k0, k1, step, np.int64(start))
     return y
 
 
-def dropout_forward(x, rate, seed, step, *, out=None):
-    """x * keep / (1 - rate), keep from Philox 4x32-10 (see fastcnn.backend.reference.dropout_keep)."""
-    return _dropout("x", x, rate, seed, step, out)
+def dropout_forward(x, rate, seed, step, offset=0, *, out=None):
+    """x * keep / (1 - rate), keep from Philox 4x32-10 (see fastcnn.backend.reference.dropout_forward)."""
+    return _dropout("x", x, rate, seed, step, offset, out)
 
 
-def dropout_backward(dy, rate, seed, step, *, out=None):
-    """dy * keep / (1 - rate): the same mask as the forward of the same (seed, step)."""
-    return _dropout("dy", dy, rate, seed, step, out)
+def dropout_backward(dy, rate, seed, step, offset=0, *, out=None):
+    """dy * keep / (1 - rate): the same mask as the forward of the same (seed, step, offset)."""
+    return _dropout("dy", dy, rate, seed, step, offset, out)
 
 
 # ---------------------------------------------------------------------------
@@ -1767,11 +1770,11 @@ HALF32 = np.uint64(2 ** 31)
 
 
 @_device
-def _crop_window(n, H, W, height, width, random, flip, k0, k1, step):
-    """(top, left, mirrored) of image n: reference.crop_windows, drawn in the kernel."""
+def _crop_window(n, H, W, height, width, random, flip, k0, k1, step, first):
+    """(top, left, mirrored) of image n (global index first + n): reference.crop_windows."""
     if random == 0:
         return (H - height) // 2, (W - width) // 2, False
-    w0, w1, w2, _ = _philox(uint64(n), uint64(0), uint64(step[0]) & MASK32, CROP_STREAM, k0, k1)
+    w0, w1, w2, _ = _philox(uint64(first + n), uint64(0), uint64(step[0]) & MASK32, CROP_STREAM, k0, k1)
     top = int64(w0 % uint64(H - height + 1))
     left = int64(w1 % uint64(W - width + 1))
     return top, left, flip != 0 and w2 >= HALF32
@@ -1784,25 +1787,25 @@ def _unravel_nhwc(e, H, W, C):
 
 
 @_jit
-def _k_crop_fwd(X, Y, g, random, flip, k0, k1, step):
+def _k_crop_fwd(X, Y, g, random, flip, k0, k1, step, first):
     """Y (N, height, width, C) from X (N, H, W, C); g = (N, H, W, C, height, width); thread per element."""
     N, H, W, C, height, width = g
     e = cuda.grid(1)
     while e < N * height * width * C:
         n, i, j, c = _unravel_nhwc(e, height, width, C)
-        top, left, mirrored = _crop_window(n, H, W, height, width, random, flip, k0, k1, step)
+        top, left, mirrored = _crop_window(n, H, W, height, width, random, flip, k0, k1, step, first)
         Y[e] = X[((n * H + top + i) * W + left + (width - 1 - j if mirrored else j)) * C + c]
         e += cuda.gridsize(1)
 
 
 @_jit
-def _k_crop_bwd(DY, DX, g, random, flip, k0, k1, step):
+def _k_crop_bwd(DY, DX, g, random, flip, k0, k1, step, first):
     """DX (N, H, W, C): DY inside each image's window, zeros elsewhere; thread per DX element."""
     N, H, W, C, height, width = g
     e = cuda.grid(1)
     while e < N * H * W * C:
         n, h, w, c = _unravel_nhwc(e, H, W, C)
-        top, left, mirrored = _crop_window(n, H, W, height, width, random, flip, k0, k1, step)
+        top, left, mirrored = _crop_window(n, H, W, height, width, random, flip, k0, k1, step, first)
         i = h - top
         j = w - left
         v = float32(0.0)
@@ -1836,7 +1839,7 @@ def _standard_normals(w0, w1, w2, w3):
 
 
 @_jit
-def _k_pca_noise(X, Y, g, b, k0, k1, step):
+def _k_pca_noise(X, Y, g, b, k0, k1, step, first):
     """Y = X + image n's RGB offset (reference.pca_noise_offsets); g = (N, H, W); b the 3x3 basis
     row-major; thread per element."""
     N, H, W = g
@@ -1844,13 +1847,13 @@ def _k_pca_noise(X, Y, g, b, k0, k1, step):
     while e < N * H * W * 3:
         n = e // (H * W * 3)
         c = e % 3
-        w0, w1, w2, w3 = _philox(uint64(n), uint64(0), uint64(step[0]) & MASK32, PCA_STREAM, k0, k1)
+        w0, w1, w2, w3 = _philox(uint64(first + n), uint64(0), uint64(step[0]) & MASK32, PCA_STREAM, k0, k1)
         z0, z1, z2 = _standard_normals(w0, w1, w2, w3)
         Y[e] = X[e] + float32((b[3 * c] * z0 + b[3 * c + 1] * z1) + b[3 * c + 2] * z2)
         e += cuda.gridsize(1)
 
 
-def pca_noise_forward(x, basis, seed, step, *, out=None):
+def pca_noise_forward(x, basis, seed, step, offset=0, *, out=None):
     """x + each image's RGB offset along the principal components (reference.pca_noise_offsets)."""
     _check("x", x, ndim=4)
     if x.shape[3] != 3:
@@ -1863,11 +1866,12 @@ def pca_noise_forward(x, basis, seed, step, *, out=None):
     y = _out("out", out, x.shape)
     N, H, W, _ = x.shape
     _launch(_k_pca_noise, _blocks(x.size), THREADS, _flat(x), _flat(y),
-            tuple(np.int64(v) for v in (N, H, W)), tuple(np.float64(v) for v in basis.reshape(-1)), k0, k1, step)
+            tuple(np.int64(v) for v in (N, H, W)), tuple(np.float64(v) for v in basis.reshape(-1)), k0, k1, step,
+            np.int64(reference.check_offset(offset)))
     return y
 
 
-def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step, out):
+def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step, offset, out):
     N, H, W, C = images
     height, width = crop_hw
     reference.check_crop_size((H, W), (height, width))
@@ -1876,25 +1880,25 @@ def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step,
     y = _out("out", out, out_shape, inputs=((name, a),))
     geometry = tuple(np.int64(v) for v in (N, H, W, C, height, width))
     _launch(kernel, _blocks(y.size), THREADS, _flat(a), _flat(y), geometry, np.int64(bool(random)),
-            np.int64(bool(flip)), k0, k1, step)
+            np.int64(bool(flip)), k0, k1, step, np.int64(reference.check_offset(offset)))
     return y
 
 
-def crop_forward(x, height, width, random, flip, seed, step, *, out=None):
+def crop_forward(x, height, width, random, flip, seed, step, offset=0, *, out=None):
     """Each image's window (reference.crop_windows), mirrored where drawn so."""
     _check("x", x, ndim=4)
     N, _, _, C = x.shape
     return _crop(_k_crop_fwd, "x", x, x.shape, (height, width), (N, height, width, C),
-                 random, flip, seed, step, out)
+                 random, flip, seed, step, offset, out)
 
 
-def crop_backward(dy, x_shape, random, flip, seed, step, *, out=None):
+def crop_backward(dy, x_shape, random, flip, seed, step, offset=0, *, out=None):
     """dy put back into each image's window of a zero (N, H, W, C) gradient."""
     _check("dy", dy, ndim=4)
     x_shape = reference._shape4(x_shape, "x_shape")
     if (dy.shape[0], dy.shape[3]) != (x_shape[0], x_shape[3]):
         raise ValueError(f"dy {tuple(dy.shape)} does not match x_shape {x_shape} (batch and channels)")
-    return _crop(_k_crop_bwd, "dy", dy, x_shape, dy.shape[1:3], x_shape, random, flip, seed, step, out)
+    return _crop(_k_crop_bwd, "dy", dy, x_shape, dy.shape[1:3], x_shape, random, flip, seed, step, offset, out)
 
 
 # ---------------------------------------------------------------------------

@@ -541,39 +541,51 @@ def _dropout_threshold(rate):
     return min(int(np.floor(rate * 2.0 ** 32)), 2 ** 32 - 1)
 
 
-def dropout_keep(n, rate, seed, step):
-    """Keep mask (n,) bool: element i is kept iff Philox word i of (seed, step) >= rate * 2**32.
+def check_offset(offset) -> int:
+    """The global index of a batch's first sample (data-parallel training: where this process's
+    slice of the global batch starts): an int in [0, 2**31)."""
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or not 0 <= offset < 2 ** 31:
+        raise ValueError(f"offset must be an integer in [0, 2**31), got {offset!r}")
+    return int(offset)
+
+
+def dropout_keep(n, rate, seed, step, start=0):
+    """Keep mask (n,) bool of elements start .. start + n - 1: element i is kept iff Philox word
+    i of (seed, step) >= rate * 2**32.
 
     Counter (lo32(i//4), hi32(i//4), step, 0), key (lo32(seed), hi32(seed)), word i % 4.
     """
-    n = int(n)
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
+    n, start = int(n), int(start)
+    if n < 0 or start < 0:
+        raise ValueError(f"n and start must be non-negative, got {n} and {start}")
     threshold = _dropout_threshold(rate)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     seed = int(seed)
     step = _step_value(step) & 0xFFFFFFFF  # an int32 step enters the counter as its 32-bit pattern
-    block = np.arange((n + 3) // 4, dtype=np.uint64)
+    block = np.arange(start // 4, (start + n + 3) // 4, dtype=np.uint64)
     words = philox4x32_10((block & _MASK32, block >> np.uint64(32), np.uint64(step), np.uint64(0)),
                           (seed & 0xFFFFFFFF, seed >> 32))
-    words = np.stack(words, axis=1).reshape(-1)[:n]
+    words = np.stack(words, axis=1).reshape(-1)[start % 4:start % 4 + n]
     return words >= np.uint64(threshold)
 
 
-def _dropout_apply(a, name, rate, seed, step):
+def _dropout_apply(a, name, rate, seed, step, offset):
+    """offset: the global index of a's first sample; element i of sample n is element
+    (offset + n) * per_sample + i of the mask."""
     a = _float_array(a, name)
-    keep = dropout_keep(a.size, rate, seed, step).reshape(a.shape)
+    start = check_offset(offset) * (a.size // a.shape[0] if a.ndim and a.shape[0] else 0)
+    keep = dropout_keep(a.size, rate, seed, step, start).reshape(a.shape)
     # keep ? a * (1 / (1 - rate)) : 0, in a's dtype
     return a * np.where(keep, a.dtype.type(1.0 / (1.0 - rate)), a.dtype.type(0))
 
 
-def dropout_forward(x, rate, seed, step):
-    return _dropout_apply(x, "x", rate, seed, step)
+def dropout_forward(x, rate, seed, step, offset=0):
+    return _dropout_apply(x, "x", rate, seed, step, offset)
 
 
-def dropout_backward(dy, rate, seed, step):
-    return _dropout_apply(dy, "dy", rate, seed, step)
+def dropout_backward(dy, rate, seed, step, offset=0):
+    return _dropout_apply(dy, "dy", rate, seed, step, offset)
 
 
 # ---------------------------------------------------------------- crop (random crop and mirror)
@@ -591,11 +603,11 @@ def check_crop_size(in_hw, out_hw):
         raise ValueError(f"crop {height}x{width} is larger than the {H}x{W} images")
 
 
-def crop_windows(n, in_hw, out_hw, random, flip, seed, step):
+def crop_windows(n, in_hw, out_hw, random, flip, seed, step, offset=0):
     """(top, left, mirrored) of each of n images' crop window: int64, int64, bool arrays (n,).
 
     random=False: the centre window, never mirrored.  random=True: Philox 4x32-10 of counter
-    (image, 0, step, CROP_STREAM) and key (lo32(seed), hi32(seed)) gives words w0..w3;
+    (offset + image, 0, step, CROP_STREAM) and key (lo32(seed), hi32(seed)) gives words w0..w3;
     top = w0 % (H - height + 1), left = w1 % (W - width + 1), mirrored = flip and w2 >= 2**31.
     """
     check_crop_size(in_hw, out_hw)
@@ -605,8 +617,8 @@ def crop_windows(n, in_hw, out_hw, random, flip, seed, step):
                 np.zeros(n, bool))
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    step = _step_value(step) & 0xFFFFFFFF
-    w0, w1, w2, _ = philox4x32_10((np.arange(n, dtype=np.uint64), 0, step, CROP_STREAM),
+    step, offset = _step_value(step) & 0xFFFFFFFF, check_offset(offset)
+    w0, w1, w2, _ = philox4x32_10((np.arange(offset, offset + n, dtype=np.uint64), 0, step, CROP_STREAM),
                                   (int(seed) & 0xFFFFFFFF, int(seed) >> 32))
     top = (w0 % np.uint64(H - height + 1)).astype(np.int64)
     left = (w1 % np.uint64(W - width + 1)).astype(np.int64)
@@ -635,9 +647,9 @@ def _standard_normals(words):
     return r01 * np.cos(t1), r01 * np.sin(t1), r2 * np.cos(t3)
 
 
-def pca_noise_offsets(n, basis, seed, step):
+def pca_noise_offsets(n, basis, seed, step, offset=0):
     """(n, 3) float32: image i's RGB offset basis @ alpha_i, alpha_i three N(0, 1) draws from
-    Philox 4x32-10 of counter (i, 0, step, PCA_STREAM) and key (lo32(seed), hi32(seed))
+    Philox 4x32-10 of counter (offset + i, 0, step, PCA_STREAM) and key (lo32(seed), hi32(seed))
     (_standard_normals), the sums in float64 in the order c0 + c1 + c2.  basis (3, 3):
     basis[c, i] = stddev * eigenvalue_i * eigenvector_i[c] (the AlexNet paper, section 4.1)."""
     basis = np.asarray(basis, np.float64)
@@ -645,27 +657,27 @@ def pca_noise_offsets(n, basis, seed, step):
         raise ValueError(f"basis must be 3x3 (RGB x components), got shape {basis.shape}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    step = _step_value(step) & 0xFFFFFFFF
-    words = philox4x32_10((np.arange(n, dtype=np.uint64), 0, step, PCA_STREAM),
+    step, offset = _step_value(step) & 0xFFFFFFFF, check_offset(offset)
+    words = philox4x32_10((np.arange(offset, offset + n, dtype=np.uint64), 0, step, PCA_STREAM),
                           (int(seed) & 0xFFFFFFFF, int(seed) >> 32))
     a0, a1, a2 = _standard_normals(words)
     offsets = [(basis[c, 0] * a0 + basis[c, 1] * a1) + basis[c, 2] * a2 for c in range(3)]
     return np.stack(offsets, axis=1).astype(np.float32)
 
 
-def pca_noise_forward(x, basis, seed, step):
+def pca_noise_forward(x, basis, seed, step, offset=0):
     """x (N, H, W, 3) + each image's RGB offset (pca_noise_offsets); the backward is dy itself."""
     x = _float_array(x, "x", 4)
     if x.shape[3] != 3:
         raise ValueError(f"colour noise needs RGB images (N, H, W, 3), got shape {x.shape}")
-    offsets = pca_noise_offsets(x.shape[0], basis, seed, step).astype(x.dtype)
+    offsets = pca_noise_offsets(x.shape[0], basis, seed, step, offset).astype(x.dtype)
     return x + offsets[:, None, None, :]
 
 
-def crop_forward(x, height, width, random, flip, seed, step):
+def crop_forward(x, height, width, random, flip, seed, step, offset=0):
     x = _float_array(x, "x", 4)
     N, H, W, _ = x.shape
-    top, left, mirrored = crop_windows(N, (H, W), (height, width), random, flip, seed, step)
+    top, left, mirrored = crop_windows(N, (H, W), (height, width), random, flip, seed, step, offset)
     y = np.empty((N, height, width, x.shape[3]), x.dtype)
     for n in range(N):
         window = x[n, top[n]:top[n] + height, left[n]:left[n] + width]
@@ -673,13 +685,13 @@ def crop_forward(x, height, width, random, flip, seed, step):
     return y
 
 
-def crop_backward(dy, x_shape, random, flip, seed, step):
+def crop_backward(dy, x_shape, random, flip, seed, step, offset=0):
     dy = _float_array(dy, "dy", 4)
     N, H, W, C = _shape4(x_shape, "x_shape")
     if (dy.shape[0], dy.shape[3]) != (N, C):
         raise ValueError(f"dy {dy.shape} does not match x_shape {tuple(x_shape)} (batch and channels)")
     height, width = dy.shape[1:3]
-    top, left, mirrored = crop_windows(N, (H, W), (height, width), random, flip, seed, step)
+    top, left, mirrored = crop_windows(N, (H, W), (height, width), random, flip, seed, step, offset)
     dx = np.zeros((N, H, W, C), dy.dtype)
     for n in range(N):
         dx[n, top[n]:top[n] + height, left[n]:left[n] + width] = dy[n, :, ::-1] if mirrored[n] else dy[n]

@@ -279,8 +279,9 @@ def _seed_key(seed) -> tuple:
     return np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
 
 
-def _dropout(name, a, rate, seed, step, out):
+def _dropout(name, a, rate, seed, step, out, offset):
     _launch.check(name, a)
+    start = _ref.check_offset(offset) * (a.size // a.shape[0] if a.ndim and a.shape[0] else 0)
     threshold = _threshold(rate)
     key0, key1 = _seed_key(seed)
     _step(step)
@@ -288,19 +289,20 @@ def _dropout(name, a, rate, seed, step, out):
     scale = np.float32(1.0 / (1.0 - float(rate)))
     n = a.size
     _kernel("dropout.cu", "dropout_apply")(
-        _grid(_cdiv(n, 4)), (THREADS,),
-        (a, out, np.int64(n), key0, key1, step, np.uint32(threshold), scale))
+        _grid(_cdiv(start % 4 + n, 4)), (THREADS,),
+        (a, out, np.int64(n), key0, key1, step, np.uint32(threshold), scale, np.int64(start)))
     return out
 
 
-def dropout_forward(x, rate, seed, step, *, out=None):
-    """x * keep / (1 - rate), keep = reference.dropout_keep(x.size, rate, seed, step[0])."""
-    return _dropout("x", x, rate, seed, step, out)
+def dropout_forward(x, rate, seed, step, offset=0, *, out=None):
+    """x * keep / (1 - rate), keep the mask of reference.dropout_forward (offset: the global
+    index of x's first sample)."""
+    return _dropout("x", x, rate, seed, step, out, offset)
 
 
-def dropout_backward(dy, rate, seed, step, *, out=None):
-    """dy * keep / (1 - rate), the forward's mask regenerated from (seed, step)."""
-    return _dropout("dy", dy, rate, seed, step, out)
+def dropout_backward(dy, rate, seed, step, offset=0, *, out=None):
+    """dy * keep / (1 - rate), the forward's mask regenerated from (seed, step, offset)."""
+    return _dropout("dy", dy, rate, seed, step, out, offset)
 
 
 # ---------------------------------------------------------------- augment.cu
@@ -309,13 +311,14 @@ AUG_THREADS = 128      # kernels/augment.cu AUG_THREADS
 _MAX_GRID_Y = 65535
 
 
-def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step, out):
+def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step, offset, out):
     """images: (N, H, W, C) of the uncropped side; one block per row of out (grid (rows, N))."""
     N, H, W, C = images
     height, width = crop_hw
     _ref.check_crop_size((H, W), (height, width))
     key0, key1 = _seed_key(seed)
     _step(step)
+    first = np.uint32(_ref.check_offset(offset))
     if N > _MAX_GRID_Y:
         raise ValueError(f"{name}: batch {N} exceeds the {_MAX_GRID_Y} images one launch covers")
     out = _launch.out_array("out", out, out_shape)
@@ -323,29 +326,29 @@ def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step,
     _kernel("augment.cu", kernel)(
         (out_shape[1], N), (AUG_THREADS,),
         (a, out, np.int32(H), np.int32(W), np.int32(C), np.int32(height), np.int32(width),
-         np.int32(bool(random)), np.int32(bool(flip)), key0, key1, step))
+         np.int32(bool(random)), np.int32(bool(flip)), key0, key1, step, first))
     return out
 
 
-def crop_forward(x, height, width, random, flip, seed, step, *, out=None):
+def crop_forward(x, height, width, random, flip, seed, step, offset=0, *, out=None):
     """Each image's window (reference.crop_windows), mirrored where drawn so."""
     _launch.check("x", x, ndim=4)
     N, _, _, C = x.shape
     return _crop("crop_forward", "x", x, x.shape, (height, width), (N, height, width, C),
-                 random, flip, seed, step, out)
+                 random, flip, seed, step, offset, out)
 
 
-def crop_backward(dy, x_shape, random, flip, seed, step, *, out=None):
+def crop_backward(dy, x_shape, random, flip, seed, step, offset=0, *, out=None):
     """dy put back into each image's window of a zero (N, H, W, C) gradient."""
     _launch.check("dy", dy, ndim=4)
     x_shape = _ref._shape4(x_shape, "x_shape")
     if (dy.shape[0], dy.shape[3]) != (x_shape[0], x_shape[3]):
         raise ValueError(f"dy {dy.shape} does not match x_shape {x_shape} (batch and channels)")
     return _crop("crop_backward", "dy", dy, x_shape, dy.shape[1:3], x_shape,
-                 random, flip, seed, step, out)
+                 random, flip, seed, step, offset, out)
 
 
-def pca_noise_forward(x, basis, seed, step, *, out=None):
+def pca_noise_forward(x, basis, seed, step, offset=0, *, out=None):
     """x + each image's RGB offset along the principal components (reference.pca_noise_offsets);
     ``out`` may be x."""
     _launch.check("x", x, ndim=4)
@@ -357,12 +360,13 @@ def pca_noise_forward(x, basis, seed, step, *, out=None):
         raise ValueError(f"basis must be 3x3 (RGB x components), got shape {basis.shape}")
     key0, key1 = _seed_key(seed)
     _step(step)
+    first = np.uint32(_ref.check_offset(offset))
     if N > _MAX_GRID_Y:
         raise ValueError(f"x: batch {N} exceeds the {_MAX_GRID_Y} images one launch covers")
     out = _launch.out_array("out", out, x.shape)
     _kernel("augment.cu", "pca_noise_forward")(
         (H, N), (AUG_THREADS,),
-        (x, out, np.int32(H), np.int32(W), *(np.float64(b) for b in basis.reshape(-1)), key0, key1, step))
+        (x, out, np.int32(H), np.int32(W), *(np.float64(b) for b in basis.reshape(-1)), key0, key1, step, first))
     return out
 
 
