@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from . import distribution
 from . import functional as F
 from . import profiler
 from .seeding import generator, next_seed
@@ -21,7 +22,12 @@ class Layer:
     type_name = "Layer"  # as Keras's summary shows it
     default_name = "layer"
     activation = None
-    offset = 0  # random layers: the global index of the batch's first sample (fastcnn.distribution)
+
+    @property
+    def offset(self) -> int:
+        """Random layers: the global index of the batch's first sample (0, or where this
+        process's slice of the batch starts in data-parallel training: fastcnn.distribution)."""
+        return distribution.sample_offset()
 
     def __init__(self, input_shape=None, name=None):
         self.input_shape = tuple(input_shape) if input_shape is not None else None

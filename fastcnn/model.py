@@ -20,6 +20,7 @@ import numpy as np
 
 from . import backend as backends
 from . import config as precision
+from . import distribution
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
 from .callbacks import BatchLogs, CallbackList, Diverged, History, callback_states, restore_callback_states
@@ -373,9 +374,13 @@ class Sequential:
         with backends.using(B.name):
             for p in self.parameters():
                 p.grad = None
-            logits = self._forward(Tensor(x), True, True)
-            dlogits = B.softmax_cross_entropy(logits.data, y, self._totals)
-            logits.backward(dlogits)
+            if x.shape[0]:   # (a data-parallel process may have no rows of a short last batch)
+                logits = self._forward(Tensor(x), True, True)
+                dlogits = B.softmax_cross_entropy(logits.data, y, self._totals)
+                logits.backward(dlogits)
+            else:
+                self._grad_flat.fill(0)
+            distribution.reduce_gradients(self)   # data-parallel: averaged across processes
             self.optimizer.apply(self._flat, self._grad_flat, self._step)
             B.increment(self._step)
 
@@ -432,8 +437,11 @@ class Sequential:
             self.optimizer.build(self.backend, self._flat.size)
         B = self.backend
         steps = batches.steps
+        if distribution.distribution() is not None:
+            distribution.distribution().begin_fit(self, batches)
         history = History()
-        cbs = CallbackList([history] + _progress_callbacks(verbose) + list(callbacks or []))
+        cbs = CallbackList([history] + _progress_callbacks(verbose if distribution.is_main() else 0)
+                           + list(callbacks or []))
         cbs.set_model(self)
         self.history, self.stop_training, self.stop_reason = history, False, None
         self._callbacks = cbs.callbacks
@@ -452,6 +460,7 @@ class Sequential:
         self._batches = batches
         at = self._at = {"epoch": initial_epoch, "batch": 0, "seen": 0, "steps": steps, "clean": True,
                          "generator": generator().bit_generator.state, "source": batches.get_state()}
+        k = distribution.distribution().size if distribution.distribution() else 1   # shown: all processes' images
         try:
             with _DeferredInterrupt() as interrupt:
                 for epoch in range(initial_epoch, epochs):
@@ -473,13 +482,13 @@ class Sequential:
                         count = self._train_batch(batches, i, step_graph)
                         seen += count
                         at.update(batch=i + 1, seen=seen, clean=True)
-                        cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count, "seen": seen, "steps": steps},
-                                                      self._running_metrics(seen)))
+                        cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count * k, "seen": seen * k,
+                                                       "steps": steps}, self._running_metrics(seen)))
                         if self.stop_training:
                             break
                     interrupt.check()
                     batches.end_epoch()   # a batch source's next order, as Keras calls it: before validation
-                    totals = B.to_host(self._totals)
+                    totals, seen = distribution.reduce_totals(B.to_host(self._totals), seen)
                     logs = {"loss": totals[0] / max(seen, 1)}
                     if self.metrics:
                         logs["accuracy"] = totals[1] / max(seen, 1)
@@ -536,7 +545,7 @@ class Sequential:
             step_graph.replay()
             return batches.batch_size
         xb, yb = batches.get(i)
-        if step_graph is not None and len(xb) == batches.batch_size:
+        if step_graph is not None and _fits_graph(batches, xb):
             step_graph(xb, yb)
         else:
             self.train_step(self.backend.asarray(xb, np.float32), self.backend.asarray(yb))
@@ -562,7 +571,7 @@ class Sequential:
         elif y is not None:
             raise ValueError("evaluate(x=<batch source>): the labels come from the source; leave y out")
         result = self._evaluate(x, batch_size or 32)
-        if verbose:
+        if verbose and distribution.is_main():
             print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(["loss"] + self.metrics, result)))
         return result if self.metrics else result[0]
 
@@ -572,12 +581,16 @@ class Sequential:
             for i in range(len(data)):
                 xb, yb = data[i]
                 xb = self._check_x(xb, f"batch {i}'s x")
-                yield self.backend.asarray(xb, np.float32), self.backend.asarray(self._labels(yb, xb.shape[0]))
+                yb = self._labels(yb, xb.shape[0])
+                lo, hi = distribution.rows(0, xb.shape[0])   # data-parallel: this process's share
+                if hi > lo:
+                    yield self.backend.asarray(xb[lo:hi], np.float32), self.backend.asarray(yb[lo:hi])
             return
         x, y = data
         for start in range(0, x.shape[0], batch_size):
-            idx = slice(start, start + batch_size)
-            yield self._batch(x, idx, np.float32), self._batch(y, idx, y.dtype)
+            idx = slice(*distribution.rows(start, min(start + batch_size, x.shape[0])))
+            if idx.stop > idx.start:
+                yield self._batch(x, idx, np.float32), self._batch(y, idx, y.dtype)
 
     def _evaluate(self, data, batch_size):
         self._ensure_bound()
@@ -589,7 +602,7 @@ class Sequential:
                 logits = self._forward(Tensor(xb), False, True)
                 B.softmax_cross_entropy(logits.data, yb, totals)
                 n += xb.shape[0]
-        totals = B.to_host(totals)
+        totals, n = distribution.reduce_totals(B.to_host(totals), n)
         return [float(totals[0] / n), float(totals[1] / n)][: 1 + len(self.metrics)]
 
     def predict(self, x, batch_size=None, verbose=0) -> np.ndarray:
@@ -638,7 +651,9 @@ class _Batches:
         self.B, self.batch_size, self.shuffle = backend, batch_size, shuffle
         self.samples = n = x.shape[0]
         self.steps = math.ceil(n / batch_size)
-        self.graph_shapes = ((batch_size,) + x.shape[1:], (batch_size,) + y.shape[1:], y.dtype) \
+        self.dist = distribution.distribution()   # data-parallel: this process's slice of each batch
+        local = self.dist.local_batch(batch_size) if self.dist else batch_size
+        self.graph_shapes = ((local,) + x.shape[1:], (local,) + y.shape[1:], y.dtype) \
             if n >= batch_size else None
         self.on_device = on_device and 4 * x.size + y.nbytes <= self.DEVICE_SHARE * _device_free_bytes(backend)
         if self.on_device:
@@ -651,7 +666,8 @@ class _Batches:
         self.order = order if order is None or not self.on_device else self.B.asarray(order.astype(np.int32))
 
     def end_epoch(self) -> None:
-        pass
+        if self.dist:   # the next epoch's graph is captured with a full batch's share
+            self.dist.full_batch(self)
 
     def get_state(self):
         return None   # the order comes from fastcnn's generator, checkpointed on its own
@@ -667,6 +683,8 @@ class _Batches:
         gather_rows kernel (no CuPy indexing kernel), into ``out`` = (x, y) when given (a
         captured step's static inputs: no further copy), else into new arrays."""
         start, stop = i * self.batch_size, min((i + 1) * self.batch_size, self.samples)
+        if self.dist:
+            start, stop = self.dist.take(start, stop)
         if not self.on_device:
             idx = slice(start, stop) if self.order is None else self.order[start:stop]
             return self.x[idx], self.y[idx]
@@ -694,9 +712,12 @@ class _SourceBatches:
         if self.steps < 1:
             raise ValueError("fit: the batch source is empty (len() == 0)")
         self.first = None
+        self.dist = distribution.distribution()   # data-parallel: this process's slice of each batch
         self.first = self.get(0)   # handed out again as the first epoch's batch 0 (decoded once)
         x0, y0 = self.first
-        self.batch_size = x0.shape[0]
+        self.batch_size = self.dist.share[2] if self.dist else x0.shape[0]
+        if self.dist:
+            self.dist.local_batch(self.batch_size)
         self.samples = None   # unknown until every batch was seen
         self.graph_shapes = (x0.shape, y0.shape, y0.dtype)
 
@@ -704,6 +725,8 @@ class _SourceBatches:
         pass
 
     def end_epoch(self) -> None:
+        if self.dist:   # the next epoch's graph is captured with a full batch's share
+            self.dist.full_batch(self)
         if hasattr(self.source, "on_epoch_end"):
             self.source.on_epoch_end()
 
@@ -725,7 +748,18 @@ class _SourceBatches:
             return first
         xb, yb = self.source[i]
         xb = np.asarray(self.model._check_x(xb, f"batch {i}'s x"), np.float32)
-        return xb, self.model._labels(yb, xb.shape[0])
+        yb = self.model._labels(yb, xb.shape[0])
+        if self.dist:
+            lo, hi = self.dist.take(0, xb.shape[0])
+            xb, yb = xb[lo:hi], yb[lo:hi]
+        return xb, yb
+
+
+def _fits_graph(batches, xb) -> bool:
+    """xb has the captured step's shape and, in data-parallel training, is a slice of a full
+    batch (the offset and gradient weight the step was captured with)."""
+    dist = batches.dist
+    return len(xb) == batches.graph_shapes[0][0] and (dist is None or dist.share[2] == batches.batch_size)
 
 
 def _progress_callbacks(verbose):

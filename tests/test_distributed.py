@@ -1,0 +1,105 @@
+"""Data-parallel training on the CPU reference: N processes started by mpirun train what one
+process trains with the same global batch (tests/distributed_worker.py does the training).
+
+Tolerance: the processes sum their gradients in another order than one process does (each
+averages its slice, then MPI sums the averages), so float32 weights after the 10 SGD steps of
+two epochs (momentum 0.9) may differ by a few units in the last place of the largest weight:
+|w_N - w_1| <= 1e-5 * max|w_1| (measured: below 1e-6); losses within 1e-6 absolute, accuracies
+equal.  Each launch is a few seconds on 2 cores (--oversubscribe)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+MPIRUN = shutil.which("mpirun")
+
+try:
+    import mpi4py  # noqa: F401
+except ImportError:
+    mpi4py = None
+
+pytestmark = pytest.mark.skipif(MPIRUN is None or mpi4py is None, reason="needs mpirun (Open MPI) and mpi4py")
+
+TIMEOUT = 240   # seconds for one mpirun launch; the slowest (3 processes, 2 models) takes ~12 s
+
+
+def launch(n, *args, timeout=TIMEOUT):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [MPIRUN, "--oversubscribe", "--allow-run-as-root", "-n", str(n), sys.executable, str(WORKER), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def train(n, out, *args):
+    run = launch(n, "train", out, *args)
+    assert run.returncode == 0, f"mpirun -n {n} failed ({run.returncode}):\n{run.stdout}\n{run.stderr}"
+    return dict(np.load(out))
+
+
+def assert_same_training(got, want, what):
+    weights = [k for k in want if "/w" in k]
+    assert weights and sorted(got) == sorted(want)
+    for k in weights:
+        scale = np.abs(want[k]).max()
+        diff = np.abs(got[k] - want[k]).max()
+        assert diff <= 1e-5 * scale, f"{what}: {k} differs by {diff} (largest weight {scale})"
+    for k in (k for k in want if k.endswith("/history")):
+        h_got, h_want = json.loads(str(got[k])), json.loads(str(want[k]))
+        assert sorted(h_got) == sorted(h_want) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+        for metric in h_want:
+            tol = 1e-6 if "loss" in metric else 0.0
+            np.testing.assert_allclose(h_got[metric], h_want[metric], rtol=0, atol=tol, err_msg=f"{what}: {k} {metric}")
+    for k in (k for k in want if k.endswith("/evaluate")):
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-6, err_msg=f"{what}: {k}")
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    return train(1, tmp_path_factory.mktemp("dist") / "one.npz")
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_n_processes_train_what_one_process_trains(one_process, tmp_path, n):
+    """LeNet-5 and a small AlexNet (random crops, flips, colour noise, dropout), 52 samples in
+    batches of 12 (the last batch of 4 split 2+2 or 1+1+2), SGD with momentum and weight decay,
+    2 epochs with validation, then evaluate in batches of 7 (split unevenly too)."""
+    got = train(n, tmp_path / f"n{n}.npz")
+    assert_same_training(got, one_process, f"{n} processes")
+
+
+def test_resume_in_another_world_size(tmp_path):
+    """A checkpoint written by rank 0 of 2 processes resumes in 3 processes as in 1."""
+    prefix = tmp_path / "ck"
+    train(2, tmp_path / "first.npz", "--models", "alexnet", "--epochs", "1", "--checkpoint", prefix)
+    assert (tmp_path / "ck-alexnet.npz").is_file()
+    args = ("--models", "alexnet", "--epochs", "1", "--checkpoint", prefix)
+    run = launch(3, "resume", tmp_path / "three.npz", *args)
+    assert run.returncode == 0, run.stderr
+    run = launch(1, "resume", tmp_path / "one.npz", *args)
+    assert run.returncode == 0, run.stderr
+    assert_same_training(dict(np.load(tmp_path / "three.npz")), dict(np.load(tmp_path / "one.npz")), "resumed")
+
+
+def test_a_batch_the_world_does_not_divide_is_refused(tmp_path):
+    run = launch(2, "train", tmp_path / "x.npz", "--models", "lenet5", "--batch-size", "13", timeout=120)
+    assert run.returncode != 0
+    assert "batch_size 13 does not split over 2 processes: give a multiple of 2" in run.stderr
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_failing_rank_stops_every_rank_and_names_itself(tmp_path):
+    """Rank 1 raises in the second epoch: every process stops (MPI_Abort) well within the
+    timeout, the error names rank 1, and rank 0's checkpoint of the first epoch is intact."""
+    run = launch(2, "fail", tmp_path / "x.npz", "--models", "alexnet", "--checkpoint", tmp_path / "ck",
+                 "--epochs", "3", timeout=120)
+    assert run.returncode != 0
+    assert "rank 1 of 2" in run.stderr and "injected failure at epoch 1 batch 2" in run.stderr, run.stderr
+    assert not (tmp_path / "x.npz").exists()
+    with np.load(tmp_path / "ck-alexnet.npz") as ck:
+        assert int(ck["__epoch__"]) == 1 and all(np.isfinite(ck[k]).all() for k in ck.files)
