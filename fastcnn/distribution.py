@@ -282,4 +282,5 @@ def describe() -> str:
         return f"one process (not started by mpirun/srun; mpi4py {mpi4py.__version__})"
     from mpi4py import MPI
     world = initialize()
-    return f"{world} (mpi4py {mpi4py.__version__}, {MPI.Get_library_version().splitlines()[0].strip()})"
+    library = MPI.Get_library_version().split(",")[0].strip()
+    return f"{world} (mpi4py {mpi4py.__version__}, {library})"

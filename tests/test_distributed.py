@@ -103,3 +103,45 @@ def test_a_failing_rank_stops_every_rank_and_names_itself(tmp_path):
     assert not (tmp_path / "x.npz").exists()
     with np.load(tmp_path / "ck-alexnet.npz") as ck:
         assert int(ck["__epoch__"]) == 1 and all(np.isfinite(ck[k]).all() for k in ck.files)
+
+
+def fastcnn_cli(*args, n=None, timeout=TIMEOUT):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "fastcnn", *map(str, args)]
+    if n is not None:
+        cmd = [MPIRUN, "--oversubscribe", "--allow-run-as-root", "-n", str(n)] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_cli_distributed_train_equals_one_process(tmp_path):
+    """fastcnn train --distributed under mpirun -n 2: the history and weights of the plain run;
+    rank 0 alone prints and writes the run's files."""
+    args = ("train", "lenet5", "--limit", 120, "--epochs", 2, "--batch-size", 30, "--device", "cpu", "--verbose", 2)
+    plain = fastcnn_cli(*args, "--out", tmp_path / "one")
+    assert plain.returncode == 0, plain.stderr
+    two = fastcnn_cli(*args, "--out", tmp_path / "two", "--distributed", n=2)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("wrote ") == 1 and two.stdout.count("Epoch 2/2") == 1, two.stdout
+    one_h, two_h = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("one", "two"))
+    assert two_h["processes"] == 2 and "processes" not in one_h
+    for metric, values in one_h["history"].items():
+        np.testing.assert_allclose(two_h["history"][metric], values, rtol=0, atol=1e-6 if "loss" in metric else 0)
+    with np.load(tmp_path / "one" / "weights.npz") as a, np.load(tmp_path / "two" / "weights.npz") as b:
+        for k in a.files:
+            assert np.abs(a[k] - b[k]).max() <= 1e-5 * np.abs(a[k]).max(), k
+
+
+def test_cli_distributed_refuses_a_batch_the_world_does_not_divide(tmp_path):
+    run = fastcnn_cli("train", "lenet5", "--limit", 60, "--epochs", 1, "--batch-size", 45, "--device", "cpu",
+                      "--out", tmp_path / "x", "--distributed", n=2, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.count("--batch-size 45 does not split over 2 processes: give a multiple of 2") == 1, run.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_info_shows_the_world(tmp_path):
+    run = fastcnn_cli("info", n=2, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = sorted(line for line in run.stdout.splitlines() if line.startswith("MPI "))
+    assert [line.split("(")[0].split()[1:6] for line in lines] == [["rank", "0", "of", "2,", "local"],
+                                                                   ["rank", "1", "of", "2,", "local"]], lines

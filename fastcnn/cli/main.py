@@ -96,6 +96,8 @@ def cmd_info(args) -> int:
     print(f"CPU         {_cpu_name()}, {cores} cores usable ({platform.system()} {platform.machine()})")
     for line in _gpu_lines():
         print(line)
+    from fastcnn import distribution
+    print(f"MPI         {distribution.describe()}")
     from fastcnn.backend import availability
     print("backends:")
     for name, why in availability().items():
@@ -283,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use at most N training and N evaluation images (quick runs)")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                    help="1: live bar per epoch, 2: one line per epoch, 0: quiet")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes mpirun or srun started (one GPU each): "
+                        "--batch-size is the global batch; rank 0 prints and writes the files")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy and confusion matrix of saved weights on a data set",

@@ -2,6 +2,7 @@
 files a run writes."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,11 +82,13 @@ def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint
         with np.errstate(over="ignore", invalid="ignore"):   # a diverging run: TerminateOnNaN says it once
             model.fit(*xy(data.train), epochs=args.epochs, batch_size=batch_size, validation_data=data.validation,
                       shuffle=True, verbose=args.verbose, initial_epoch=initial_epoch,
-                      callbacks=[TerminateOnNaN()] + _schedule(args) + [saver, logger],
+                      callbacks=[TerminateOnNaN()] + _schedule(args) + [c for c in (saver, logger) if c],
                       graph=False if args.no_graph else None)
     except ResumeMismatch as exc:
         raise UsageError(f"--resume: {exc}") from None
     except KeyboardInterrupt:
+        if saver is None:   # data-parallel: rank 0 saves and says
+            return 130
         done = saver.completed if saver.completed is not None else initial_epoch
         try:
             model.save_checkpoint(checkpoint)
@@ -99,6 +102,8 @@ def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint
               f"it goes on from that step.", file=sys.stderr)
         return 130
     if model.stop_reason:
+        if saver is None:
+            return 1
         done = saver.completed if saver.completed is not None else initial_epoch
         kept = (f"{checkpoint} and history.json are kept as they were after epoch {done}"
                 if checkpoint.is_file() else "nothing was saved")
@@ -109,22 +114,60 @@ def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint
 
 
 def cmd_train(args) -> int:
+    if args.distributed:
+        return _distributed(_cmd_train, args)
+    return _cmd_train(args)
+
+
+def _cmd_train(args) -> int:
+    from fastcnn import distribution
     from fastcnn.saving import WriteError
     args.data = args.data or ("mnist-sample" if args.model == "lenet5" else "synthetic")
     out = Path(args.out or f"runs/{args.model}-{args.data}")
-    lock = _claim_run_folder(args, out)
+    lock = _claim_run_folder(args, out) if distribution.is_main() else None   # data-parallel: rank 0's
     try:
         return _train(args, out)
     except WriteError as exc:   # a full disk, say: the path named
         print(f"fastcnn train: error: {exc}", file=sys.stderr)
         return 1
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _distributed(train, args) -> int:
+    """--distributed: join the MPI world and train data-parallel; ranks other than 0 print
+    nothing to stdout.  A rank that fails or stops early stops every rank (MPI_Abort: the
+    others would wait for it forever), the rank named."""
+    from fastcnn import distribution
+    dist = distribution.DataParallel()
+    try:
+        dist.local_batch(args.batch_size or DEFAULT_BATCH[args.model])
+    except ValueError as exc:    # the same on every rank: said by rank 0
+        if dist.rank:
+            return 2
+        raise UsageError(str(exc).replace("batch_size", "--batch-size")) from None
+    if dist.rank:
+        sys.stdout = open(os.devnull, "w")
+    try:
+        with dist.scope():
+            code = train(args)
+    except UsageError as exc:    # the same on every rank: said once
+        if dist.rank == 0:
+            print(f"fastcnn train: {exc}", file=sys.stderr, flush=True)
+        dist.world.comm.Abort(2)
+    except BaseException as exc:
+        distribution.abort(exc)
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        dist.world.comm.Abort(code)
+    return code
 
 
 def _train(args, out: Path) -> int:
     import fastcnn
-    from fastcnn import callbacks
+    from fastcnn import callbacks, distribution
 
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
     checkpoint = out / "checkpoint.npz"
@@ -165,7 +208,8 @@ def _train(args, out: Path) -> int:
                 callbacks.read_history(out / "history.json")
         except ValueError as exc:
             print(f"note: {exc}; it is written anew from the checkpoint's record", file=sys.stderr)
-    if args.overwrite:
+    main = distribution.is_main()   # data-parallel: rank 0 alone writes files
+    if args.overwrite and main:
         removed = [name for name in RUN_FILES + ("curves.png",) if (out / name).exists()]
         for name in removed:
             (out / name).unlink()
@@ -179,8 +223,10 @@ def _train(args, out: Path) -> int:
             "optimizer": repr(model.optimizer), "seed": args.seed,
             "device": str(model.device), "backend": backend_name, "graph": model.device == "cuda" and not args.no_graph,
             "kernels": kernels, "precision": args.precision}
-    saver = callbacks.ModelCheckpoint(checkpoint)
-    logger = callbacks.JSONLogger(out / "history.json", meta=meta)   # its record: from the checkpoint
+    if distribution.distribution():
+        meta["processes"] = distribution.distribution().size
+    saver = callbacks.ModelCheckpoint(checkpoint) if main else None
+    logger = callbacks.JSONLogger(out / "history.json", meta=meta) if main else None   # its record: from the checkpoint
 
     with using_kernels(kernels, args.precision):  # --kernel and --precision hold for training and evaluation
         start = time.perf_counter()
@@ -192,6 +238,8 @@ def _train(args, out: Path) -> int:
             loss, accuracy = model.evaluate(*xy(data.validation), batch_size=batch_size, verbose=0)
         finally:
             close_sources(data)
+    if not main:
+        return 0
     label = eval_label(args, eval_name)
     print(f"{label} accuracy: {accuracy:.4f} ({label} loss {loss:.4f}) on {data.eval_count:,} images, "
           f"{eval_name}; training took {seconds:.1f} s on {model.device} ({backend_name})")
