@@ -188,6 +188,10 @@ class DataParallel:
         for layer, seed in zip(random_layers, shared[1]):
             layer.seed = seed
         generator().bit_generator.state = shared[2]
+        resume = model._resume
+        if self.rank and resume is not None and resume["batch"]:
+            # a checkpoint taken inside an epoch holds rank 0's running totals: counted once
+            model._resume = dict(resume, totals=np.zeros(2), seen=0)
         self.full_batch(batches)
 
     def full_batch(self, batches) -> None:

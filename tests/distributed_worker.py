@@ -5,7 +5,8 @@
 MODE train: LeNet-5 and a small AlexNet-shaped model (random crops, flips, colour noise,
 dropout) trained with fastcnn.distribution; rank 0 writes OUT.npz (weights after each model's
 fit and its History).  MODE resume: fit --epochs more epochs from a checkpoint.  MODE fail:
-rank --fail-rank raises in the middle of an epoch.
+rank --fail-rank raises in the middle of an epoch.  MODE interrupt: every rank is interrupted
+in the middle of an epoch and rank 0 saves a checkpoint there.
 """
 import argparse
 import json
@@ -52,13 +53,18 @@ class FailAt(callbacks.Callback):
         self.now = epoch
 
     def on_batch_end(self, batch, logs=None):
-        if distribution.distribution().rank == self.rank and (self.now, batch) == (self.epoch, self.batch):
+        """rank None: every rank is interrupted there (Ctrl-C)."""
+        if (self.now, batch) != (self.epoch, self.batch):
+            return
+        if self.rank is None:
+            raise KeyboardInterrupt
+        if distribution.distribution().rank == self.rank:
             raise RuntimeError(f"injected failure at epoch {self.now} batch {batch}")
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["train", "resume", "fail"])
+    p.add_argument("mode", choices=["train", "resume", "fail", "interrupt"])
     p.add_argument("out")
     p.add_argument("--models", default="lenet5,alexnet")
     p.add_argument("--samples", type=int, default=52)     # 52 = 4 batches of 12 and one of 4
@@ -81,10 +87,15 @@ def main():
             initial = model.load_checkpoint(checkpoint)
         elif args.checkpoint and distribution.is_main():
             cbs.append(callbacks.ModelCheckpoint(checkpoint))
-        if args.mode == "fail":
-            cbs.append(FailAt(args.fail_rank, 1, 2))
-        history = model.fit(x, y, batch_size=args.batch_size, epochs=initial + args.epochs, initial_epoch=initial,
-                            validation_data=(vx, vy), callbacks=cbs, verbose=0)
+        if args.mode in ("fail", "interrupt"):
+            cbs.append(FailAt(args.fail_rank if args.mode == "fail" else None, 1, 2))
+        try:
+            history = model.fit(x, y, batch_size=args.batch_size, epochs=initial + args.epochs, initial_epoch=initial,
+                                validation_data=(vx, vy), callbacks=cbs, verbose=0)
+        except KeyboardInterrupt:   # as fastcnn train: rank 0 saves where every rank stopped
+            if distribution.is_main():
+                model.save_checkpoint(checkpoint)
+            continue
         loss, accuracy = model.evaluate(vx, vy, batch_size=7, verbose=0)
         for i, w in enumerate(model.get_weights()):
             results[f"{name}/w{i}"] = w

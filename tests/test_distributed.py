@@ -86,6 +86,19 @@ def test_resume_in_another_world_size(tmp_path):
     assert_same_training(dict(np.load(tmp_path / "three.npz")), dict(np.load(tmp_path / "one.npz")), "resumed")
 
 
+def test_resume_inside_an_epoch_in_another_world_size(tmp_path):
+    """Every rank of 2 interrupted inside the second epoch, rank 0's checkpoint of that step
+    resumed in 3 processes: as in 1 (the epoch's running totals so far counted once)."""
+    prefix = tmp_path / "ck"
+    run = launch(2, "interrupt", tmp_path / "first.npz", "--models", "alexnet", "--checkpoint", prefix)
+    assert run.returncode == 0, run.stderr
+    args = ("--models", "alexnet", "--epochs", "1", "--checkpoint", prefix)
+    for n, name in ((3, "three"), (1, "one")):
+        run = launch(n, "resume", tmp_path / f"{name}.npz", *args)
+        assert run.returncode == 0, run.stderr
+    assert_same_training(dict(np.load(tmp_path / "three.npz")), dict(np.load(tmp_path / "one.npz")), "resumed")
+
+
 def test_a_batch_the_world_does_not_divide_is_refused(tmp_path):
     run = launch(2, "train", tmp_path / "x.npz", "--models", "lenet5", "--batch-size", "13", timeout=120)
     assert run.returncode != 0
