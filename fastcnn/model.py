@@ -38,6 +38,7 @@ class Sequential:
         self.name = name
         self.layers: list[Layer] = []
         self.device, self.backend = "cpu", backends.get("reference")
+        self.auto_reason = None  # after to("auto") on the CPU: why the GPU was not used
         self.loss = self.optimizer = None
         self.metrics: list[str] = []
         self.stop_training = False
@@ -128,10 +129,19 @@ class Sequential:
 
     # ---- device and parameter buffers ------------------------------------------------
     def to(self, device: str, backend: str | None = None) -> "Sequential":
-        """Move parameters (and optimizer state) to 'cpu' or 'cuda'; ``backend`` may pick
-        'numba' for the Numba kernels.  Raises BackendUnavailable with the reason."""
+        """Move parameters (and optimizer state) to 'cpu', 'cuda' or 'auto' (the GPU when one is
+        usable, else the CPU; ``auto_reason`` then says why not); ``backend`` may pick 'numba'
+        for the Numba kernels.  'cuda' without a usable GPU raises BackendUnavailable with the reason."""
+        if device == "auto":
+            try:
+                self.to("cuda", backend)
+                self.auto_reason = None
+            except backends.BackendUnavailable as exc:
+                self.to("cpu")
+                self.auto_reason = str(exc)
+            return self
         if device not in DEVICES:
-            raise ValueError(f"device must be one of {sorted(DEVICES)}, got {device!r}")
+            raise ValueError(f"device must be one of {sorted(DEVICES) + ['auto']}, got {device!r}")
         new = backends.get(backend or DEVICES[device])
         weights = self.get_weights() if self.built else None
         opt_state = self.optimizer.get_state() if self._flat is not None and self.optimizer else None
@@ -526,9 +536,7 @@ class Sequential:
                                      f"out of {x.shape[0]}")
                 x, validation_data = x[:cut], (x[cut:], y[cut:])
                 y = y[:cut]
-            if int(batch_size) < 1:
-                raise ValueError(f"batch_size must be positive, got {batch_size}")
-            batches = _Batches(self.backend, x, self._labels(y, x.shape[0]), int(batch_size), shuffle,
+            batches = _Batches(self.backend, x, self._labels(y, x.shape[0]), _batch_size(batch_size), shuffle,
                                on_device=self.device == "cuda")
         if validation_data is not None and not is_batch_source(validation_data):
             vx, vy = validation_data
@@ -570,7 +578,7 @@ class Sequential:
             x = (x, self._labels(y, x.shape[0]))
         elif y is not None:
             raise ValueError("evaluate(x=<batch source>): the labels come from the source; leave y out")
-        result = self._evaluate(x, batch_size or 32)
+        result = self._evaluate(x, _batch_size(batch_size))
         if verbose and distribution.is_main():
             print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(["loss"] + self.metrics, result)))
         return result if self.metrics else result[0]
@@ -614,7 +622,7 @@ class Sequential:
             inputs = (B.asarray(self._check_x(x[i][0], f"batch {i}'s x"), np.float32) for i in range(len(x)))
         else:
             x = self._check_x(x)
-            batch_size = batch_size or 32
+            batch_size = _batch_size(batch_size)
             inputs = (self._batch(x, slice(start, start + batch_size), np.float32)
                       for start in range(0, x.shape[0], batch_size))
         outputs = []
@@ -622,6 +630,15 @@ class Sequential:
             for xb in inputs:
                 outputs.append(B.to_host(self._forward(Tensor(xb), False, False).data))
         return np.concatenate(outputs)
+
+
+def _batch_size(batch_size, default: int = 32) -> int:
+    """fit/evaluate/predict's batch_size checked: a positive integer (None: Keras's 32)."""
+    if batch_size is None:
+        return default
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
 
 
 def _device_free_bytes(backend) -> float:
@@ -813,10 +830,29 @@ class _DeferredInterrupt:
 
 
 def _load_npz(path) -> dict:
+    """The arrays of an .npz weights or checkpoint file; ValueError naming the file when it is
+    not one (a .npy array, another kind of file, a truncated archive, pickled objects, no arrays)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a weights file")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head == b"\x93NUMPY":
+        raise ValueError(f"{path} is a single NumPy array (.npy), not an .npz weights file "
+                         f"(save_weights and fastcnn train write .npz archives of named arrays)")
+    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive's first record, or an empty one's
+        raise ValueError(f"{path} is not an .npz weights file ({'empty' if not head else 'not a zip archive'})")
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable fastcnn weights file (corrupt or truncated): {exc}") from exc
+            arrays = {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise ValueError(f"{path} is not a readable .npz weights file: {exc}") from exc
+        raise ValueError(f"{path} holds pickled Python objects, which weights files never do; "
+                         f"refused (loading them could run code)") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+        raise ValueError(f"{path} is not a readable .npz weights file (corrupt or truncated): {exc}") from exc
+    if not arrays:
+        raise ValueError(f"{path} holds no arrays: not a weights file")
+    return arrays
