@@ -46,7 +46,7 @@ from fastcnn._paths import DATA_DIR
 __all__ = [
     "IDXFormatError", "ChecksumMismatch", "DataNotFound",
     "read_idx", "load_mnist", "load_fashion_mnist", "load_mnist_sample",
-    "ImageFolderError", "ImageFolder", "image_folder", "read_images", "load_image_folder",
+    "ImageFolderError", "ImageFolder", "image_folder", "read_images", "try_read_images", "load_image_folder",
     "ImageFolderBatches", "ten_crops", "rgb_pca",
     "synthetic", "to_categorical", "prepare_images", "cache_dir",
 ]
@@ -324,39 +324,87 @@ class ImageFolder:
 
     ``train`` and ``eval`` are lists of ``(path, label)``, each shuffled with the seed (so
     that the first N of either holds every class); ``class_names[label]`` is the folder name.
+    ``skipped``: ``(path, why)`` of the files left out (not images, outside the class folders,
+    links leading out of their class folder); ``found()`` says what was found and skipped.
     """
     root: Path
     class_names: tuple
     train: list
     eval: list
     eval_name: str
+    skipped: tuple = ()
+
+    def found(self) -> str:
+        """'found 1,204 images in 3 classes; skipped 2 files that are not images (e.g. a.txt)'."""
+        n = len(self.train) + len(self.eval)
+        text = f"found {n:,} images in {len(self.class_names)} classes in {self.root}"
+        kinds: dict = {}
+        for path, why in self.skipped:
+            kinds.setdefault(why, []).append(path)
+        if kinds:
+            text += "; skipped " + ", ".join(
+                f"{len(paths):,} {SKIPPED[why][len(paths) > 1]} (e.g. {paths[0]})" for why, paths in kinds.items())
+        return text
+
+
+NOT_IMAGE, OUTSIDE, LINK_OUT = "not an image", "outside the class folders", "link out of its class folder"
+SKIPPED = {NOT_IMAGE: ("file that is not an image", "files that are not images"),
+           OUTSIDE: ("image outside the class folders", "images outside the class folders"),
+           LINK_OUT: ("link out of its class folder (not followed)", "links out of their class folder (not followed)")}
 
 
 def _class_dirs(directory: Path) -> list:
     return sorted(d for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _image_files(class_dir: Path) -> list:
-    """Every image file under class_dir (sub-folders included), sorted: the order is the same on every machine."""
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _image_files(class_dir: Path, skipped: list) -> list:
+    """Every image file under class_dir (sub-folders and links included), sorted: the order is
+    the same on every machine.  A link that leads to another class's images or up the tree is
+    not followed; it and the files that are not images go to ``skipped`` as (path, why)."""
     found, seen = [], set()
+    own = os.path.realpath(class_dir)
+    classes = os.path.realpath(class_dir.parent)
+
+    def leads_out(path: str) -> bool:  # to this class folder's parent or above, or into another class
+        real = os.path.realpath(path)
+        return os.path.islink(path) and (real != own and _within(own, real) or
+                                         _within(real, classes) and not _within(real, own))
+
     for root, dirs, files in os.walk(class_dir, followlinks=True):
         real = os.path.realpath(root)
-        if real in seen:  # a symbolic link back up the tree: walk each folder once, never loop
+        if real in seen:  # a link to a folder walked already: each folder once, never a loop
             dirs[:] = []
             continue
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(root) / f for f in files
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+        for d in [d for d in dirs if leads_out(os.path.join(root, d))]:
+            dirs.remove(d)
+            skipped.append((Path(root) / d, LINK_OUT))
+        for f in files:
+            path = os.path.join(root, f)
+            if f.startswith(".") or not f.lower().endswith(IMAGE_EXTENSIONS):
+                skipped.append((Path(path), NOT_IMAGE))
+            elif leads_out(path):
+                skipped.append((Path(path), LINK_OUT))
+            else:
+                found.append(Path(path))
     return sorted(found)
 
 
-def _list_classes(directory: Path, class_names=None) -> tuple[tuple, list]:
-    """(class names, [(path, label)]) of directory/<class>/...; with class_names, a subset of those."""
+def _list_classes(directory: Path, class_names=None, skipped=None) -> tuple[tuple, list]:
+    """(class names, [(path, label)]) of directory/<class>/...; with class_names, a subset of those.
+    Files left out are added to ``skipped`` as (path, why)."""
+    skipped = [] if skipped is None else skipped
     dirs = _class_dirs(directory)
     if not dirs:
         raise ImageFolderError(f"{directory}: no class folders; expected one sub-folder of images per "
                                f"class (e.g. {directory}/cat/1.jpg, {directory}/dog/2.png)")
+    skipped += [(f, OUTSIDE) for f in sorted(directory.iterdir())
+                if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS)]
     names = tuple(d.name for d in dirs)
     if class_names is not None:
         unknown = sorted(set(names) - set(class_names))
@@ -366,7 +414,7 @@ def _list_classes(directory: Path, class_names=None) -> tuple[tuple, list]:
     index = {name: i for i, name in enumerate(class_names if class_names is not None else names)}
     files = []
     for d in dirs:
-        images = _image_files(d)
+        images = _image_files(d, skipped)
         if not images:
             raise ImageFolderError(f"{d}: no images in this class folder (looked for "
                                    f"{', '.join(IMAGE_EXTENSIONS)})")
@@ -395,21 +443,39 @@ def image_folder(directory, validation: float = 0.2, seed: int = 0) -> ImageFold
         raise DataNotFound(f"{root}: no such image folder")
     rng = np.random.default_rng(seed)
     eval_dir = next((root / n for n in EVAL_FOLDER_NAMES if (root / n).is_dir()), None)
+    skipped = []
     if (root / "train").is_dir() and eval_dir is not None:
-        class_names, train = _list_classes(root / "train")
-        _, held_out = _list_classes(eval_dir, class_names)
+        class_names, train = _list_classes(root / "train", skipped=skipped)
+        _, held_out = _list_classes(eval_dir, class_names, skipped)
         return ImageFolder(root, class_names, _shuffled(train, rng), _shuffled(held_out, rng),
-                           f"{eval_dir}")
+                           f"{eval_dir}", tuple(skipped))
     if not 0.0 <= validation < 1.0:
         raise ValueError(f"validation={validation}: the held-out fraction must be in [0, 1)")
-    class_names, files = _list_classes(root)
+    class_names, files = _list_classes(root, skipped=skipped)
     files = _shuffled(files, rng)
     n_eval = int(round(validation * len(files)))
     if validation > 0 and not 0 < n_eval < len(files):
         raise ImageFolderError(f"{root}: {len(files)} image(s) cannot be split {1 - validation:g} / "
                                f"{validation:g} for training and validation; add images or use train/ and val/ folders")
     return ImageFolder(root, class_names, files[n_eval:], files[:n_eval],
-                       f"validation: {validation:.0%} of {root}, split with seed {seed}")
+                       f"validation: {validation:.0%} of {root}, split with seed {seed}", tuple(skipped))
+
+
+def _as_8bit(image, path: Path):
+    """A 16-bit or 32-bit integer, or float, image as 8-bit grey by its range of values (Pillow's
+    own conversion clips 16-bit values at 255 and truncates floats in [0, 1] to 0): integers by the
+    16-bit range, floats by [0, 1]; other values are refused, naming the file."""
+    from PIL import Image
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    pixels = np.asarray(image, dtype=np.float64)
+    top = 1.0 if image.mode == "F" else 65535.0
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if not (0.0 <= low and high <= top):  # NaN fails too
+        kind = "a floating-point image" if image.mode == "F" else f"a {image.mode} integer image"
+        raise ImageFolderError(f"{path}: {kind} with values in [{low:g}, {high:g}], outside [0, {top:g}]: "
+                               f"cannot tell its brightness; convert it to 8 or 16 bits per channel")
+    return Image.fromarray(np.rint(pixels * (255.0 / top)).astype(np.uint8), "L")
 
 
 def _decode(path: Path, size, pil_mode: str) -> np.ndarray:
@@ -417,10 +483,15 @@ def _decode(path: Path, size, pil_mode: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.draft(pil_mode, size)  # JPEG: decode at the smallest scale still >= size (much faster)
-            image = ImageOps.exif_transpose(image).convert(pil_mode)
+            image = _as_8bit(ImageOps.exif_transpose(image), path).convert(pil_mode)
             # Scale the shorter side to the target, then keep the centre: AlexNet's preprocessing.
             image = ImageOps.fit(image, size, method=Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
+    except ImageFolderError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageFolderError(f"{path}: refused: {exc} (if the image is genuine, raise "
+                               f"PIL.Image.MAX_IMAGE_PIXELS)") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageFolderError(f"{path}: cannot decode this image ({exc})") from None
 
@@ -464,6 +535,27 @@ def read_images(paths, image_size=(227, 227), color_mode: str = "rgb", progress:
         for i, pixels in enumerate(_progress_bar(decoded, len(paths)) if progress else decoded):
             out[i] = pixels
     return out
+
+
+def try_read_images(paths, image_size=(227, 227), color_mode: str = "rgb"):
+    """``read_images`` that goes on past a file it cannot decode: ``(images, failed)``, the
+    decoded files' uint8 ``(N, H, W, C)`` in order and ``{index in paths: message}`` of the others."""
+    decode, shape = _decoder(image_size, color_mode)
+
+    def attempt(path):
+        try:
+            return decode(path), None
+        except ImageFolderError as exc:
+            return None, str(exc)
+
+    decoded, failed = [], {}
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        for i, (pixels, error) in enumerate(pool.map(attempt, list(paths))):
+            if error is None:
+                decoded.append(pixels)
+            else:
+                failed[i] = error
+    return (np.stack(decoded) if decoded else np.empty((0, *shape), np.uint8)), failed
 
 
 class ImageFolderBatches:

@@ -290,8 +290,9 @@ def test_train_and_evaluate_lenet5_on_a_folder(capsys, tmp_path):
     assert code == 0 and "zero" not in text
     code, _, err = run(capsys, "predict", "lenet5", images[0], "--weights", out / "none.npz", "--device", "cpu")
     assert code == 2 and "weights file not found" in err
-    code, _, err = run(capsys, "predict", "lenet5", images[0], "--weights", out / "weights.npz", "--top", "0")
-    assert code == 2 and "--top must be >= 1" in err
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, "predict", "lenet5", images[0], "--weights", out / "weights.npz", "--top", "0")
+    assert exit_.value.code == 2 and "argument --top: must be >= 1" in capsys.readouterr().err
     (tmp_path / "bad.png").write_bytes(b"no png")
     code, _, err = run(capsys, "predict", "lenet5", tmp_path / "bad.png", "--weights", out / "weights.npz",
                        "--device", "cpu")
@@ -381,3 +382,59 @@ def test_train_and_evaluate_streaming_a_folder(capsys, tmp_path):
     assert reports[0] == reports[1]
     code, _, err = run(capsys, "train", "lenet5", "--stream", "--device", "cpu")
     assert code == 2 and "--stream applies to --data folder" in err
+
+
+def test_16_bit_and_float_images_are_scaled_by_their_range(tmp_path):
+    ramp = np.linspace(0, 1, 28 * 28).reshape(28, 28)
+    Image.fromarray(np.rint(ramp * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "float.tif")
+    Image.fromarray(np.rint(ramp * 65535).astype(np.int32)).save(tmp_path / "int32.tif")
+    expected = np.rint(ramp * 255)
+    for name in ("deep.png", "float.tif", "int32.tif"):
+        for mode, channels in (("grayscale", 1), ("rgb", 3)):
+            x = datasets.read_images([tmp_path / name], (28, 28), mode)
+            assert x.shape == (1, 28, 28, channels)
+            np.testing.assert_allclose(x[0, :, :, 0], expected, atol=1, err_msg=name)  # not clipped at 255, not 0
+            assert (x == 255).mean() < 0.01
+    Image.fromarray((ramp * 7).astype(np.float32)).save(tmp_path / "hdr.tif")
+    with pytest.raises(datasets.ImageFolderError, match=r"hdr.tif: a floating-point image with values in "
+                                                        r"\[0, 7\], outside \[0, 1\]"):
+        datasets.read_images([tmp_path / "hdr.tif"], (28, 28), "grayscale")
+
+
+def test_a_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    solid(tmp_path / "big.png", size=(100, 100))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is then more than twice the limit
+    with pytest.raises(datasets.ImageFolderError, match=r"big.png: refused: .*decompression bomb.*MAX_IMAGE_PIXELS"):
+        datasets.read_images([tmp_path / "big.png"], (28, 28))
+
+
+def test_skipped_files_are_counted_and_said(tmp_path, capsys):
+    digit_folder(tmp_path, per_class=5, classes=2)
+    (tmp_path / "0" / "notes.txt").write_text("x")
+    (tmp_path / "1" / ".DS_Store").write_bytes(b"")
+    solid(tmp_path / "stray.png")
+    folder = datasets.image_folder(tmp_path)
+    assert folder.found() == (f"found 10 images in 2 classes in {tmp_path}; skipped 1 image outside the class "
+                              f"folders (e.g. {tmp_path / 'stray.png'}), 2 files that are not images "
+                              f"(e.g. {tmp_path / '0' / 'notes.txt'})")
+    code, text, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", tmp_path, "--epochs", "1",
+                          "--device", "cpu", "--verbose", "0", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "found 10 images in 2 classes" in text and "2 files that are not images" in text
+
+
+def test_a_link_out_of_a_class_folder_does_not_relabel_images(tmp_path):
+    solid(tmp_path / "cat" / "1.png")
+    solid(tmp_path / "dog" / "2.png")
+    solid(tmp_path / "dog" / "3.png")
+    (tmp_path / "cat" / "up").symlink_to(tmp_path, target_is_directory=True)          # the parent
+    (tmp_path / "cat" / "dogs").symlink_to(tmp_path / "dog", target_is_directory=True)  # another class
+    (tmp_path / "cat" / "4.png").symlink_to(tmp_path / "dog" / "2.png")                # another class's image
+    outside = solid(tmp_path.parent / f"{tmp_path.name}-more" / "5.png")
+    (tmp_path / "cat" / "more").symlink_to(outside.parent, target_is_directory=True)   # outside the data: fine
+    folder = datasets.image_folder(tmp_path, validation=0.0)
+    labels = {p.name: folder.class_names[label] for p, label in folder.train}
+    assert labels == {"1.png": "cat", "5.png": "cat", "2.png": "dog", "3.png": "dog"}
+    assert sorted(p.name for p, why in folder.skipped) == ["4.png", "dogs", "up"]
+    assert "3 links out of their class folder (not followed)" in folder.found()
