@@ -1338,12 +1338,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only cases whose 'group case impl' matches (ceilings always run)")
     parser.add_argument("--group", action="append", choices=GROUPS, dest="groups",
                         help="run only these groups (repeatable); default all")
-    parser.add_argument("--json", metavar="FILE", help="write the results and header as JSON")
-    parser.add_argument("--markdown", metavar="FILE", help="write a markdown table")
-    parser.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of the ratios")
-    parser.add_argument("--repeats", type=int, help="timed repeats per case (default 30, quick 10)")
-    parser.add_argument("--warmup", type=int, help="untimed warm-up calls per case")
-    parser.add_argument("--budget", type=float, metavar="SECONDS",
+    from fastcnn.cli.common import nonnegative_int, output_file, positive_float, positive_int
+    parser.add_argument("--json", type=output_file, metavar="FILE", help="write the results and header as JSON")
+    parser.add_argument("--markdown", type=output_file, metavar="FILE", help="write a markdown table")
+    parser.add_argument("--plot", type=output_file, metavar="FILE", help="write a PNG bar chart of the ratios")
+    parser.add_argument("--repeats", type=positive_int, help="timed repeats per case (default 30, quick 10)")
+    parser.add_argument("--warmup", type=nonnegative_int, help="untimed warm-up calls per case")
+    parser.add_argument("--budget", type=positive_float, metavar="SECONDS",
                         help="start no new case after this many seconds (default: none; "
                              f"{QUICK_BUDGET_S} with --quick)")
     parser.add_argument("--priority", metavar="REGEX",

@@ -21,7 +21,8 @@ Everything goes under $OUT (default ./gpu_check_out), at most 8 files:
 check.log (every section's output), check_summary.json, pytest.log,
 sanitizer.log, profile.json, bench.json, bench.md, bench.png.  Printed last: the bench's key
 ratios and one table, section | status | seconds | key numbers.
-Exit status 0 when every section that ran is ok.
+Exit status 0 when every section that ran is ok; 1 when one failed, or when there is no
+GPU (nothing was checked; the reason is printed).
 """
 from __future__ import annotations
 
@@ -371,8 +372,18 @@ class Check:
         (self.out / "check_summary.json").write_text(json.dumps(summary, indent=1, default=str))
         self.log.close()
         print(self.final_table(total))
+        if not self.gpu:
+            print(f"fastcnn check: nothing was checked: no GPU here ({self.no_gpu_reason()})", file=sys.stderr)
+            return 1
         bad = [r for r in self.rows if r["status"] not in ("ok", "ok*", "skipped", "no GPU")]
         return 1 if bad else 0
+
+    def no_gpu_reason(self) -> str:
+        """Why the env section found no GPU: the CUDA backend's reason, else nvidia-smi's."""
+        backends = self.env_info.get("backends")
+        if isinstance(backends, dict) and backends.get("cuda"):
+            return str(backends["cuda"])
+        return "nvidia-smi -L lists none and CuPy sees none"
 
     def final_table(self, total: float) -> str:
         lines = [""]
@@ -389,9 +400,10 @@ class Check:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out",
+    from fastcnn.cli.common import output_folder, positive_float
+    parser.add_argument("--out", type=output_folder, default=os.environ.get("OUT") or "gpu_check_out",
                         help="folder for logs and results (default $OUT or ./gpu_check_out)")
-    parser.add_argument("--total", type=float, default=290.0, metavar="SECONDS",
+    parser.add_argument("--total", type=positive_float, default=290.0, metavar="SECONDS",
                         help="time budget for all sections together (default 290)")
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS,
                         help="skip a section (repeatable)")

@@ -129,8 +129,9 @@ def test_cli_profile_on_the_cpu(capsys, tmp_path):
     assert out.splitlines()[2].split()[:2] == ["layer", "calls"]
     data = json.loads(out_json.read_text())
     assert data["model"] == "lenet5" and data["batch_size"] == 8 and data["clock"] == "host"
-    code = cli.main(["profile", "lenet5", "--device", "cpu", "--steps", "0"])
-    assert code == 2 and "--steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["profile", "lenet5", "--device", "cpu", "--steps", "0"])
+    assert exit_.value.code == 2 and "argument --steps: must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.gpu

@@ -2,7 +2,11 @@
 the --kernel choices and the --precision."""
 from __future__ import annotations
 
+import argparse
 import contextlib
+import math
+import os
+import tempfile
 from pathlib import Path
 
 DATA_SETS = ("mnist-sample", "mnist", "fashion-mnist", "folder", "synthetic")
@@ -19,6 +23,85 @@ PRECISION_HELP = ("fp32: GEMM and convolution in float32; tf32: they may round t
 
 class UsageError(Exception):
     """A combination of options that cannot work; the message says what to do instead."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block of train is 20 lines): exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---- argparse types: a bad value ends in "argument --NAME: <why>" and exit status 2
+def _number(kind, text: str, test, rule: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} "
+                                         f"{rule}, got {text!r}") from None
+    if not (math.isfinite(value) and test(value)):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(int, text, lambda v: v >= 1, ">= 1")
+
+
+def nonnegative_int(text: str) -> int:
+    return _number(int, text, lambda v: v >= 0, ">= 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(float, text, lambda v: v > 0, "> 0")
+
+
+def nonnegative_float(text: str) -> float:
+    return _number(float, text, lambda v: v >= 0, ">= 0")
+
+
+def fraction(text: str) -> float:
+    """A momentum or a held-out share: in [0, 1)."""
+    return _number(float, text, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_folder(path: Path, text: str) -> None:
+    """Raise ArgumentTypeError unless a file can be created in path's nearest existing folder."""
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {base} is a file, not a folder")
+    try:  # a real write, not os.access: root passes os.access on read-only mounts and /proc
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {base} is not writable "
+                                         f"({exc.strerror or exc})") from None
+
+
+def output_file(text: str) -> str:
+    """A file the command will write (--json, --markdown, --plot): refused now if it cannot be."""
+    path = Path(text).expanduser().absolute()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: the file is read-only")
+    _probe_folder(path.parent, text)
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder the command will write into (created if missing)."""
+    path = Path(text).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    _probe_folder(path, text)
+    return text
 
 
 def is_augmented(args) -> bool:
@@ -43,16 +126,8 @@ def build_model(args, num_classes: int | None = None):
 
 def place(model, device: str) -> str:
     """Move the model to the device asked for; with 'auto', the GPU when usable. Returns a note."""
-    from fastcnn.backend import BackendUnavailable
-    if device != "auto":
-        model.to(device)  # 'cuda' without a GPU raises BackendUnavailable with the reason
-        return ""
-    try:
-        model.to("cuda")
-        return ""
-    except BackendUnavailable as exc:
-        model.to("cpu")
-        return f" (GPU not used: {exc})"
+    model.to(device)  # 'cuda' without a GPU raises BackendUnavailable with the reason
+    return f" (GPU not used: {model.auto_reason})" if device == "auto" and model.auto_reason else ""
 
 
 def current_gpu() -> str:

@@ -90,6 +90,11 @@ def _load_folder(args, train: bool) -> Data:
         raise UsageError("--data folder needs --data-dir DIR: one sub-folder of images per class, "
                          "or train/ and val/ folders of those")
     folder = datasets.image_folder(args.data_dir, validation=FOLDER_VALIDATION, seed=args.split_seed)
+    trained = getattr(args, "trained_classes", None)  # evaluate: the classes the weights learned
+    if trained is not None and list(folder.class_names) != list(trained):
+        raise UsageError(f"--data-dir {args.data_dir}: its classes ({', '.join(folder.class_names)}) are not "
+                         f"the {len(trained)} the weights were trained on ({', '.join(trained)})")
+    print(folder.found(), flush=True)
     height, width, channels = input_shape(args)
     color_mode = "rgb" if channels == 3 else "grayscale"
     train_files = folder.train[:args.limit or None] if train else []

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from fastcnn.config import NAMES
 
-from .common import (DATA_SETS, DEFAULT_BATCH, DEFAULT_CLASSES, FOLDER_VALIDATION, INPUT_SHAPES, PRECISION_HELP,
-                     UsageError, build_model, current_gpu, kernel_choices, kernels_for, place, using_kernels)
+from .common import (DATA_SETS, DEFAULT_BATCH, DEFAULT_CLASSES, FOLDER_VALIDATION, INPUT_SHAPES, PRECISION_HELP, Parser,
+                     UsageError, build_model, current_gpu, fraction, kernel_choices, kernels_for, nonnegative_float,
+                     nonnegative_int, output_file, place, positive_float, positive_int, using_kernels)
 from .evaluate import cmd_evaluate, cmd_predict
 from .train import cmd_train, optimizer_for
 
@@ -70,7 +71,8 @@ def _gpu_lines() -> list[str]:
             lines.append(f"CUDA driver {drv // 1000}.{drv % 1000 // 10}, runtime {rt // 1000}.{rt % 1000 // 10}")
             return lines or ["GPU: none found by CuPy"]
         except Exception as exc:  # no driver, no device: a fact to report, not a crash
-            return [f"GPU: none usable through CuPy ({type(exc).__name__}: {exc})"]
+            from fastcnn.backend import cuda
+            return [f"GPU: none usable: {cuda.unavailable_reason() or f'{type(exc).__name__}: {exc}'}"]
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
@@ -111,15 +113,23 @@ def cmd_kernels(args) -> int:
     unknown = [op for op in args.ops if op not in ops]
     if unknown:
         raise UsageError(f"no kernel variants for {', '.join(unknown)}; ops with variants: {', '.join(ops)}")
+    from fastcnn.backend import availability
+    no_gpu = availability()["cuda"]  # None where the GPU backend runs, else why not
+    mark = "-" if no_gpu else "*"
     for op in args.ops or ops:
         used = registry.selected(op)
         print(op)
         for name in registry.variants(op):
             variant = registry.lookup(op, name)
             tf32 = " [TF32]" if variant.precision == "tf32" else ""
-            print(f"  {'*' if name == used else ' '} {name:<19} {variant.source:<6} {variant.note}{tf32}")
-    print("* used now (the default unless chosen); choose with fastcnn.kernels.use(op, name), "
-          "see docs/cuda_kernels.md; [TF32] variants run only with --precision tf32")
+            print(f"  {mark if name == used else ' '} {name:<19} {variant.source:<6} {variant.note}{tf32}")
+    if no_gpu:
+        print(f"none of these runs here: {no_gpu}; the NumPy reference runs instead.\n"
+              "- the one a GPU would use (the default unless chosen)", end="")
+    else:
+        print("* in use (the default unless chosen)", end="")
+    print("; choose with fastcnn.kernels.use(op, name), see docs/cuda_kernels.md; "
+          "[TF32] variants run only with --precision tf32")
     for module, why in registry.load_errors().items():
         print(f"variants of {module} unavailable: {why}")
     return 0
@@ -140,9 +150,6 @@ def cmd_profile(args) -> int:
 
     kernels = kernel_choices(args.kernel, args.precision)
     batch_size = args.batch_size or DEFAULT_BATCH[args.model]
-    if args.steps < 1 or args.warmup < 0 or batch_size < 1:
-        raise UsageError(f"--steps and --batch-size must be >= 1 and --warmup >= 0, got "
-                         f"steps={args.steps}, batch_size={batch_size}, warmup={args.warmup}")
     classes = DEFAULT_CLASSES[args.model]
     x, y = datasets.synthetic(batch_size, INPUT_SHAPES[args.model], classes, seed=args.seed)
     x, y = datasets.prepare_images(x), datasets.to_categorical(y, classes)
@@ -183,9 +190,14 @@ def _delegate(command: str, argv) -> int:
                   f"(the GPU extras: pip install 'fastcnn[cuda]')", file=sys.stderr)
         return 1
     doc = (module.__doc__ or "").strip()
-    parser = argparse.ArgumentParser(prog=f"fastcnn {command}", description=doc.splitlines()[0] if doc else description)
+    parser = Parser(prog=f"fastcnn {command}", description=doc.splitlines()[0] if doc else description)
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(argv)) or 0)
+    args = parser.parse_args(argv)
+    try:
+        return int(module.run(args) or 0)
+    except OSError as exc:  # a file it writes: one line naming it
+        print(f"fastcnn {command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
 
 
 def _add_step_arguments(p) -> None:
@@ -194,20 +206,20 @@ def _add_step_arguments(p) -> None:
     p.add_argument("--variant", choices=["single", "original"], default="single", help="AlexNet variant")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: the GPU when one is usable, else the CPU reference")
-    p.add_argument("--batch-size", type=int, default=None, help="200 for lenet5, 128 for alexnet")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="200 for lenet5, 128 for alexnet")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
                    help="default: adam for lenet5 (the Keras seed), sgd for alexnet (the paper)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate; 0.001 for adam, 0.01 for sgd")
-    p.add_argument("--momentum", type=float, default=None,
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate; 0.001 for adam, 0.01 for sgd")
+    p.add_argument("--momentum", type=fraction, default=None,
                    help="SGD momentum; default 0.9 for alexnet (the paper), 0 for lenet5")
     p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
-    p.add_argument("--weight-decay", type=float, default=None,
+    p.add_argument("--weight-decay", type=nonnegative_float, default=None,
                    help="SGD weight decay, added to the gradient as in the paper; default 0.0005 for "
                         "alexnet, 0 for lenet5")
     p.add_argument("--kernel", action="append", metavar="OP=VARIANT",
                    help="use this kernel variant for a primitive on the GPU (repeatable; "
                         "see fastcnn kernels), e.g. conv2d_forward=implicit_gemm96")
-    p.add_argument("--seed", type=int, default=0, help="weights, data order or random images, dropout")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="weights, data order or random images, dropout")
     p.add_argument("--precision", choices=sorted(NAMES), default="fp32", help=PRECISION_HELP)
 
 
@@ -227,19 +239,8 @@ SPLIT_SEED_HELP = (f"the random split of mnist-sample (8,000/2,000) or of a one-
                    f"({1 - FOLDER_VALIDATION:.0%}/{FOLDER_VALIDATION:.0%})").replace("%", "%%")  # argparse's %
 
 
-def _epochs(text: str) -> int:
-    """--epochs: a whole number >= 1 (0 would replace trained weights by untrained ones)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastcnn", description="Train LeNet-5 and AlexNet on "
+    parser = Parser(prog="fastcnn", description="Train LeNet-5 and AlexNet on "
                                      "hand-written CUDA kernels (NumPy reference on the CPU).")
     sub = parser.add_subparsers(dest="command",
                                 metavar="{info,kernels,summary,train,evaluate,predict,profile,bench,check}")
@@ -265,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mnist-sample for lenet5 (bundled, offline), synthetic for alexnet; "
                         "folder: your images in --data-dir")
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    p.add_argument("--epochs", type=_epochs, default=10)
-    p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP)
+    p.add_argument("--epochs", type=positive_int, default=10,
+                   help="the number of epochs, >= 1 (0 would replace trained weights by untrained ones)")
+    p.add_argument("--split-seed", type=nonnegative_int, default=0, help=SPLIT_SEED_HELP)
     p.add_argument("--out", default=None, help="output directory (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUT from its checkpoint.npz, exactly where it stopped")
@@ -275,13 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-graph", action="store_true", help="do not capture the step as a CUDA graph")
     p.add_argument("--augment", action="store_true", help=AUGMENT_HELP)
     p.add_argument("--stream", action="store_true", help=STREAM_HELP)
-    p.add_argument("--reduce-lr", type=int, default=None, metavar="EPOCHS",
+    p.add_argument("--reduce-lr", type=nonnegative_int, default=None, metavar="EPOCHS",
                    help="divide the learning rate by 10 after EPOCHS epochs without a better validation "
                         "accuracy (the AlexNet paper's schedule)")
-    p.add_argument("--early-stop", type=int, default=None, metavar="EPOCHS",
+    p.add_argument("--early-stop", type=nonnegative_int, default=None, metavar="EPOCHS",
                    help="stop after EPOCHS epochs without a better validation accuracy, keeping the best "
                         "epoch's weights")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="use at most N training and N evaluation images (quick runs)")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                    help="1: live bar per epoch, 2: one line per epoch, 0: quiet")
@@ -299,17 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mnist-sample (its 2,000-image validation split) for lenet5, synthetic for alexnet; "
                         "mnist and fashion-mnist: their test sets; folder: its val/ folder or held-out part")
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP + " (as in train)")
+    p.add_argument("--split-seed", type=nonnegative_int, default=None,
+                   help=SPLIT_SEED_HELP + "; default: as history.json beside --weights records it, else 0")
     p.add_argument("--stream", action="store_true", help=STREAM_HELP)
     p.add_argument("--augment", action="store_true", help=AUGMENT_AS_TRAINED)
     p.add_argument("--ten-crop", action="store_true",
                    help="with --augment: the paper's test, softmax averaged over the four corner and the centre "
                         "227x227 patches of each 256x256 image and their mirror images")
-    p.add_argument("--limit", type=int, default=None, help="only the first N evaluation images")
-    p.add_argument("--seed", type=int, default=0, help="synthetic data: the --seed train was given")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N evaluation images")
+    p.add_argument("--seed", type=nonnegative_int, default=None,
+                   help="synthetic data: the --seed train was given (default: as history.json records it, else 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: the GPU when one is usable, else the CPU reference")
-    p.add_argument("--batch-size", type=int, default=None, help="200 for lenet5, 128 for alexnet")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="200 for lenet5, 128 for alexnet")
     p.add_argument("--kernel", action="append", metavar="OP=VARIANT",
                    help="use this kernel variant for a primitive on the GPU (repeatable)")
     p.add_argument("--precision", choices=sorted(NAMES), default=None, help=PRECISION_AS_TRAINED)
@@ -325,21 +329,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "come from the history.json beside it")
     p.add_argument("--variant", choices=["single", "original"], default=None, help=VARIANT_AS_TRAINED)
     p.add_argument("--augment", action="store_true", help=AUGMENT_AS_TRAINED)
-    p.add_argument("--top", type=int, default=3, help="how many classes to show per image")
+    p.add_argument("--top", type=positive_int, default=3, help="how many classes to show per image")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: the GPU when one is usable, else the CPU reference")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--precision", choices=sorted(NAMES), default=None, help=PRECISION_AS_TRAINED)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("profile", help="time every kernel call of a training step, by layer",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_step_arguments(p)
-    p.add_argument("--steps", type=int, default=5, help="profiled steps (the table shows their mean)")
-    p.add_argument("--warmup", type=int, default=1, help="unrecorded steps first (compilation, autotuning)")
+    p.add_argument("--steps", type=positive_int, default=5, help="profiled steps (the table shows their mean)")
+    p.add_argument("--warmup", type=nonnegative_int, default=1, help="unrecorded steps first (compilation, autotuning)")
     p.add_argument("--by", action="append", choices=["call", "op", "layer"],
                    help="group rows by call site, primitive or layer (repeatable; default: call, then op)")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the profile as JSON")
+    p.add_argument("--json", type=output_file, default=None, metavar="FILE", help="also write the profile as JSON")
     p.set_defaults(func=cmd_profile)
 
     for name, (_, description) in DELEGATED.items():  # listed for --help; main() dispatches them
@@ -363,7 +367,20 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"fastcnn {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nfastcnn {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (DataNotFound, ChecksumMismatch, IDXFormatError, ImageFolderError, BackendUnavailable,
             ImportError) as exc:  # ImportError: an optional package a command needs (Pillow for folders)
         print(f"fastcnn {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file or folder it reads or writes (permissions, a full disk): named
+        print(f"fastcnn {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def _os_error(exc: OSError) -> str:
+    """'PATH: Permission denied' rather than '[Errno 13] Permission denied: PATH'."""
+    if exc.filename is None or not exc.strerror:
+        return str(exc)
+    return f"{exc.filename}: {exc.strerror}"

@@ -19,8 +19,10 @@ def optimizer_for(args):
     paper = args.model == "alexnet"
     name = args.optimizer or ("sgd" if paper else "adam")
     if name == "adam":
-        if args.weight_decay:
-            raise UsageError("--weight-decay applies to --optimizer sgd (the paper's rule)")
+        for option, value in (("--weight-decay", args.weight_decay), ("--momentum", args.momentum),
+                              ("--nesterov", args.nesterov or None)):
+            if value is not None:
+                raise UsageError(f"{option} applies to --optimizer sgd, not adam")
         return optimizers.Adam(learning_rate=args.lr if args.lr is not None else 0.001)
     momentum = args.momentum if args.momentum is not None else (0.9 if paper else 0.0)
     weight_decay = args.weight_decay if args.weight_decay is not None else (5e-4 if paper else 0.0)
@@ -217,7 +219,9 @@ def _train(args, out: Path) -> int:
             print(f"--overwrite: removed the run that was in {out} ({', '.join(removed)})")
     meta = {"model": args.model, "variant": args.variant if args.model == "alexnet" else None,
             "augment": is_augmented(args),
-            "data": args.data, "synthetic": args.data == "synthetic", "train_images": data.train_count,
+            "data": args.data, "data_dir": str(Path(args.data_dir).expanduser().absolute()) if args.data_dir else None,
+            "split_seed": args.split_seed,
+            "synthetic": args.data == "synthetic", "train_images": data.train_count,
             "eval_images": data.eval_count, "eval_set": eval_name, "classes": class_names,
             "epochs": args.epochs, "batch_size": batch_size,
             "optimizer": repr(model.optimizer), "seed": args.seed,

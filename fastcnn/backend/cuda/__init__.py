@@ -21,6 +21,22 @@ except ImportError:  # the cuda extra is not installed
     xp = None
 
 
+def _driver_present() -> bool:
+    """Whether the NVIDIA driver's user library (libcuda) can be loaded."""
+    import ctypes
+    import ctypes.util
+    import sys
+    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so"]
+    for lib in names + [ctypes.util.find_library("cuda") or ""]:
+        try:
+            if lib:
+                ctypes.CDLL(lib)
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def unavailable_reason() -> str | None:
     """None when a CUDA GPU can run our kernels, else why not (shown by `fastcnn info`)."""
     if xp is None:
@@ -28,6 +44,8 @@ def unavailable_reason() -> str | None:
     try:
         count = xp.cuda.runtime.getDeviceCount()
     except Exception as exc:
+        if not _driver_present():  # the CUDA runtime then says "driver version is insufficient"
+            return "no NVIDIA driver / no GPU (libcuda, the driver's library, is not installed)"
         return f"no usable CUDA driver or GPU ({type(exc).__name__}: {exc})"
     if count == 0:
         return "no CUDA GPU found"
