@@ -410,15 +410,16 @@ def test_a_decompression_bomb_names_the_file(tmp_path, monkeypatch):
 
 
 def test_skipped_files_are_counted_and_said(tmp_path, capsys):
-    digit_folder(tmp_path, per_class=5, classes=2)
-    (tmp_path / "0" / "notes.txt").write_text("x")
-    (tmp_path / "1" / ".DS_Store").write_bytes(b"")
-    solid(tmp_path / "stray.png")
-    folder = datasets.image_folder(tmp_path)
-    assert folder.found() == (f"found 10 images in 2 classes in {tmp_path}; skipped 1 image outside the class "
-                              f"folders (e.g. {tmp_path / 'stray.png'}), 2 files that are not images "
-                              f"(e.g. {tmp_path / '0' / 'notes.txt'})")
-    code, text, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", tmp_path, "--epochs", "1",
+    data = tmp_path / "data"
+    digit_folder(data, per_class=5, classes=2)
+    (data / "0" / "notes.txt").write_text("x")
+    (data / "1" / ".DS_Store").write_bytes(b"")
+    solid(data / "stray.png")
+    folder = datasets.image_folder(data)
+    assert folder.found() == (f"found 10 images in 2 classes in {data}; skipped 1 image outside the class "
+                              f"folders (e.g. {data / 'stray.png'}), 2 files that are not images "
+                              f"(e.g. {data / '0' / 'notes.txt'})")
+    code, text, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", data, "--epochs", "1",
                           "--device", "cpu", "--verbose", "0", "--out", tmp_path / "run")
     assert code == 0, err
     assert "found 10 images in 2 classes" in text and "2 files that are not images" in text
