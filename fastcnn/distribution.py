@@ -263,6 +263,13 @@ def rows(start: int, stop: int) -> tuple[int, int]:
     return _state["current"].rows(start, stop) if _state["current"] is not None else (start, stop)
 
 
+def graph_key():
+    """What a captured step depends on here: the distribution (its all-reduce) and the share of
+    the batch (the random layers' offset); None alone."""
+    d = _state["current"]
+    return None if d is None else (d, d.share)
+
+
 def reduce_gradients(model) -> None:
     if _state["current"] is not None:
         _state["current"].all_reduce_gradients(model)

@@ -410,7 +410,8 @@ class Sequential:
         if y_dtype is None:
             y_dtype = np.int32 if self.loss.sparse else np.float32
         # One graph per precision: a graph captured under "high" holds TF32 kernels.
-        key = (tuple(x_shape), tuple(y_shape), np.dtype(y_dtype).str, precision.get_float32_matmul_precision())
+        key = (tuple(x_shape), tuple(y_shape), np.dtype(y_dtype).str, precision.get_float32_matmul_precision(),
+               distribution.graph_key())   # data-parallel: the graph holds the all-reduce and the offsets
         # The graph holds the optimizer's scalars (learning rate, momentum...) as kernel
         # arguments: after a change (a user's, or a callback's between epochs) capture anew.
         config = self.optimizer.get_config()
