@@ -134,7 +134,8 @@ class DataParallel:
 
     @contextlib.contextmanager
     def scope(self):
-        """``with dist.scope():`` fit, evaluate and predict in the block run data-parallel."""
+        """``with dist.scope():`` fit and evaluate in the block run data-parallel (predict runs
+        whole on every process)."""
         previous = _state["current"]
         _state["current"] = self
         try:
