@@ -45,9 +45,23 @@ have returned may be named in a mask; reading one is the error.  Atomics
 Min, And, Or, Xor, Inc, Dec, CAS) are plain read-modify-writes returning the old value
 (fibers on one host thread never overlap).
 
+Matrix instructions: kernels/mma.cuh holds each inline-PTX instruction the tensor-core
+kernels use in one helper, and swaps it for a C++ one when ``FASTCNN_EMULATOR`` is defined
+(the shim defines it).  ``mma.sync.m16n8k8`` TF32 and ``ldmatrix`` (x1/x2/x4, .trans) are
+warp ops like the shuffles but ``.sync.aligned``: all 32 lanes of the warp must arrive at
+the same instruction with the same shape, else the launch fails (a lane that returned or
+waits elsewhere, a partial warp, ldmatrix.x4 against .x2, a row address not 16-byte
+aligned).  mma uses the PTX ISA's fragment layouts, reads the tf32 bits of its operands
+(the low 13 dropped), sums the eight exact products and C in double and rounds once to
+fp32 (a GPU's tensor core may round differently within fp32 accumulation's error).
+``cvt.rna.tf32.f32`` rounds to nearest, ties away from zero.  ``cp.async`` (4/8/16 bytes,
+src-size zero fill, alignment checked) either copies at once or, with
+``function(..., cp_async="at_wait")``, keeps each copy until the
+``cp.async.wait_group`` that covers its group: a kernel must be right both ways.
+
 Limits: no ``__activemask``, ``__match_*_sync``, ``__reduce_*_sync``, cooperative
-groups, half types or inline PTX (timing.cu's ``%globaltimer``: that source does not
-compile here); no data races detected (threads never run at the same time; atomics
+groups, half types or inline PTX other than mma.cuh's (timing.cu's ``%globaltimer``: that
+source does not compile here); no data races detected (threads never run at the same time; atomics
 land in thread order, blocks in grid order, so an order-dependent result such as a
 multi-block float atomicAdd sum is one of the GPU's possible results, always the
 same one); divergent lanes reaching the same warp op from different call sites
@@ -267,6 +281,38 @@ static inline int __any_sync(unsigned mask, int pred) { return (int)fc_emu_warp(
 static inline int __all_sync(unsigned mask, int pred) { return (int)fc_emu_warp(FC_EMU_ALL, mask, pred != 0, -1, 32); }
 static inline void __syncwarp(unsigned mask = 0xffffffffu) { fc_emu_warp(FC_EMU_SYNCWARP, mask, 0, -1, 32); }
 
+// Warp-level matrix instructions: kernels/mma.cuh swaps each of its inline-PTX helpers for
+// these when FASTCNN_EMULATOR is defined.  mma.sync and ldmatrix are warp ops like the
+// shuffles, but .sync.aligned: every one of the 32 lanes must execute the same one.
+#define FASTCNN_EMULATOR 1
+enum { FC_EMU_MMA_TF32 = 16, FC_EMU_LDMATRIX };
+void fc_emu_matrix(int kind, int variant, const void* in, void* out);
+// cvt.rna.tf32.f32: 10 mantissa bits, round to nearest, ties away from zero (on the magnitude);
+// infinities stay, a NaN stays a NaN, a finite value past the largest tf32 rounds to infinity.
+static inline unsigned fc_emu_cvt_rna_tf32(float x) {
+    const unsigned u = fc_emu_bits<unsigned>(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x007fffffu) ? ((u | 0x00400000u) & ~0x1fffu) : u;
+    return (u + 0x1000u) & ~0x1fffu;
+}
+struct fc_emu_mma_in { unsigned a[4], b[2]; float c[4]; };
+static inline void fc_emu_mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    fc_emu_mma_in in;
+    std::memcpy(in.a, a, sizeof in.a);
+    std::memcpy(in.b, b, sizeof in.b);
+    std::memcpy(in.c, c, sizeof in.c);
+    float out[4];
+    fc_emu_matrix(FC_EMU_MMA_TF32, 0, &in, out);
+    std::memcpy(d, out, sizeof out);
+}
+static inline void fc_emu_ldmatrix(unsigned* r, int num, bool trans, const void* row) {
+    unsigned out[4];
+    fc_emu_matrix(FC_EMU_LDMATRIX, num * 2 + (trans ? 1 : 0), row, out);
+    std::memcpy(r, out, sizeof(unsigned) * num);
+}
+void fc_emu_cp_async(void* dst, const void* src, int size, int n, bool cg);
+void fc_emu_cp_async_commit();
+void fc_emu_cp_async_wait(int n);
+
 // The device side of `#ifdef __CUDA_ARCH__` branches is what the GPU runs (sm_90: an H200).
 #define __CUDA_ARCH__ 900
 """
@@ -277,6 +323,7 @@ namespace fc_emu {
 // through its ucontext (setcontext), then loops over blocks; every switch after that is
 // an _setjmp/_longjmp pair (no system call, unlike swapcontext).
 enum { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP_OP = 2 };
+struct CpAsync { unsigned char* dst; unsigned char data[16]; int size; unsigned group; };
 struct Fiber {
     ucontext_t start;
     jmp_buf at;
@@ -286,7 +333,13 @@ struct Fiber {
     int kind, src;     // the warp op it waits at (FC_EMU_*), the lane it reads (-1: none)
     unsigned mask;
     unsigned long long value, result;
+    int variant;        // a matrix op's shape (ldmatrix: 2 * matrices + trans)
+    const void* in;     // a matrix op's operands (the lane's fragments, or its row address)
+    void* out;          // where its results go
+    std::vector<CpAsync> copies;  // cp.async copies not landed yet (mode "at_wait")
+    unsigned committed;           // cp.async.commit_group executed in this block
 };
+static bool cp_async_at_wait = false;  // false: a cp.async copies at once; true: at its wait_group
 static const size_t STACK = 256 * 1024;
 static std::vector<Fiber*> fibers;  // pointers: a ucontext_t must not move
 static jmp_buf scheduler;
@@ -310,8 +363,108 @@ static const char* kind_name(int kind) {
         case FC_EMU_BALLOT: return "__ballot_sync";
         case FC_EMU_ANY: return "__any_sync";
         case FC_EMU_ALL: return "__all_sync";
-        default: return "__syncwarp";
+        case FC_EMU_SYNCWARP: return "__syncwarp";
+        default: return "a matrix instruction";
     }
+}
+
+static const char* matrix_name(int kind, int variant) {
+    static const char* const ldm[] = {"?", "?", "ldmatrix.x1", "ldmatrix.x1.trans", "ldmatrix.x2",
+                                      "ldmatrix.x2.trans", "?", "?", "ldmatrix.x4", "ldmatrix.x4.trans"};
+    if (kind == FC_EMU_MMA_TF32) return "mma.sync.m16n8k8.tf32";
+    if (kind == FC_EMU_LDMATRIX && variant >= 0 && variant < 10) return ldm[variant];
+    return kind_name(kind);
+}
+
+static bool is_matrix(int kind) { return kind == FC_EMU_MMA_TF32 || kind == FC_EMU_LDMATRIX; }
+
+// The tensor cores read tf32: an operand's bits below its 10 mantissa bits are not used
+// (the kernels round with cvt.rna first; a NaN stays a NaN).
+static double tf32_operand(unsigned u) {
+    if ((u & 0x7f800000u) != 0x7f800000u || !(u & 0x007fffffu)) u &= ~0x1fffu;
+    return (double)fc_emu_bits<float>(u);
+}
+
+// One warp's matrix instruction, every lane present and agreeing (checked by the caller).
+static void run_matrix(unsigned base, int kind, int variant) {
+    if (kind == FC_EMU_MMA_TF32) {  // D = A @ B + C; the products exact, summed in double, rounded once
+        double A[16][8], B[8][8], C[16][8];
+        for (unsigned l = 0; l < 32; ++l) {
+            const fc_emu_mma_in* in = static_cast<const fc_emu_mma_in*>(fibers[base + l]->in);
+            const unsigned g = l >> 2, t = l & 3;
+            A[g][t] = tf32_operand(in->a[0]);
+            A[g + 8][t] = tf32_operand(in->a[1]);
+            A[g][t + 4] = tf32_operand(in->a[2]);
+            A[g + 8][t + 4] = tf32_operand(in->a[3]);
+            B[t][g] = tf32_operand(in->b[0]);
+            B[t + 4][g] = tf32_operand(in->b[1]);
+            C[g][2 * t] = in->c[0];
+            C[g][2 * t + 1] = in->c[1];
+            C[g + 8][2 * t] = in->c[2];
+            C[g + 8][2 * t + 1] = in->c[3];
+        }
+        for (unsigned l = 0; l < 32; ++l) {
+            const unsigned g = l >> 2, t = l & 3;
+            float* d = static_cast<float*>(fibers[base + l]->out);
+            const unsigned rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+            for (int r = 0; r < 4; ++r) {
+                double s = C[rows[r]][cols[r]];
+                for (int k = 0; k < 8; ++k) s += A[rows[r]][k] * B[k][cols[r]];
+                d[r] = (float)s;
+            }
+        }
+        return;
+    }
+    // ldmatrix: matrix i's row j comes from lane 8i + j's address (8 x 16 bits).
+    const int num = variant / 2;
+    const bool trans = variant & 1;
+    unsigned short rows[4][8][8];
+    for (int i = 0; i < num; ++i)
+        for (int j = 0; j < 8; ++j) std::memcpy(rows[i][j], fibers[base + 8 * i + j]->in, 16);
+    for (unsigned l = 0; l < 32; ++l) {
+        unsigned* r = static_cast<unsigned*>(fibers[base + l]->out);
+        for (int i = 0; i < num; ++i) {
+            const unsigned lo = trans ? rows[i][2 * (l % 4)][l / 4] : rows[i][l / 4][2 * (l % 4)];
+            const unsigned hi = trans ? rows[i][2 * (l % 4) + 1][l / 4] : rows[i][l / 4][2 * (l % 4) + 1];
+            r[i] = lo | hi << 16;
+        }
+    }
+}
+
+// A warp at a matrix instruction: every one of its 32 lanes must be there, at the same one.
+// Returns the lanes let go (32), or -1 with the error set.
+static int resolve_matrix(unsigned base, unsigned lanes, unsigned first) {
+    const unsigned warp = base / 32;
+    const Fiber* f = fibers[base + first];
+    const char* name = matrix_name(f->kind, f->variant);
+    if (lanes < 32) {
+        fail("warp %u has %u threads: %s needs all 32 lanes of a warp", warp, lanes, name);
+        return -1;
+    }
+    for (unsigned j = 0; j < 32; ++j) {
+        const Fiber* g = fibers[base + j];
+        if (g->done || g->park != AT_WARP_OP) {
+            fail("warp %u: lane %u executes %s, but lane %u %s (.sync.aligned: every lane of the warp "
+                 "must execute it)", warp, first, name, j, g->done ? "has returned" : "waits at __syncthreads");
+            return -1;
+        }
+        if (g->kind != f->kind || g->variant != f->variant) {
+            fail("warp %u: lane %u executes %s, lane %u %s (the lanes of a warp must execute the same "
+                 "instruction with the same fragment shapes)", warp, first, name, j,
+                 matrix_name(g->kind, g->variant));
+            return -1;
+        }
+    }
+    if (f->kind == FC_EMU_LDMATRIX)
+        for (int j = 0; j < 8 * (f->variant / 2); ++j)
+            if ((unsigned long long)fibers[base + j]->in & 15ull) {
+                fail("warp %u: lane %d hands %s the row address %p, not 16-byte aligned", warp, j, name,
+                     fibers[base + j]->in);
+                return -1;
+            }
+    run_matrix(base, f->kind, f->variant);
+    for (unsigned j = 0; j < 32; ++j) fibers[base + j]->park = RUNNABLE;
+    return 32;
 }
 
 static void entry() {
@@ -371,6 +524,14 @@ static int resolve_warps(unsigned n) {
             if (!fibers[base + l]->done) live |= 1u << l;
         }
         if (!waiting) continue;
+        unsigned first = 0;
+        while (first < lanes && !((waiting >> first & 1u) && is_matrix(fibers[base + first]->kind))) ++first;
+        if (first < lanes) {
+            const int r = resolve_matrix(base, lanes, first);
+            if (r < 0) return -1;
+            released += r;
+            continue;
+        }
         const unsigned warp = base / 32;
         for (unsigned l = 0; l < lanes; ++l) {
             if (!(waiting >> l & 1u)) continue;
@@ -435,6 +596,8 @@ static int run_block(const unsigned* b) {
         fibers[t]->syncs = 0;
         fibers[t]->done = false;
         fibers[t]->park = RUNNABLE;
+        fibers[t]->copies.clear();
+        fibers[t]->committed = 0;
     }
     for (;;) {  // each round: every runnable thread runs to its next barrier, warp op, or end
         for (unsigned t = 0; t < n; ++t) {
@@ -537,6 +700,56 @@ unsigned long long fc_emu_warp(int kind, unsigned mask, unsigned long long value
     return f->result;
 }
 
+void fc_emu_matrix(int kind, int variant, const void* in, void* out) {
+    fc_emu::Fiber* f = fc_emu::fibers[fc_emu::current];
+    f->kind = kind;
+    f->variant = variant;
+    f->mask = 0xffffffffu;
+    f->in = in;
+    f->out = out;
+    f->park = fc_emu::AT_WARP_OP;
+    if (!_setjmp(f->at)) _longjmp(fc_emu::scheduler, 1);
+}
+
+// cp.async: `size` bytes (4, 8, 16; .cg: 16 only) into shared memory, the first n read from
+// src, the rest zero; both addresses aligned to `size`.  Made at once, or (mode "at_wait")
+// kept, with src's bytes as they are now, until a cp.async.wait_group lets its group land.
+void fc_emu_cp_async(void* dst, const void* src, int size, int n, bool cg) {
+    fc_emu::Fiber* f = fc_emu::fibers[fc_emu::current];
+    if ((size != 4 && size != 8 && size != 16) || (cg && size != 16) || n < 0 || n > size) {
+        fc_emu::fail("thread %u: cp.async%s of %d bytes with src-size %d", fc_emu::current, cg ? ".cg" : ".ca",
+                     size, n);
+        return;
+    }
+    if (((unsigned long long)dst % size) || (n > 0 && (unsigned long long)src % size)) {
+        fc_emu::fail("thread %u: cp.async of %d bytes from %p to %p: addresses must be %d-byte aligned",
+                     fc_emu::current, size, src, dst, size);
+        return;
+    }
+    fc_emu::CpAsync c;
+    c.dst = static_cast<unsigned char*>(dst);
+    c.size = size;
+    c.group = f->committed;
+    std::memset(c.data, 0, sizeof c.data);
+    if (n > 0) std::memcpy(c.data, src, n);
+    if (fc_emu::cp_async_at_wait) f->copies.push_back(c);
+    else std::memcpy(c.dst, c.data, size);
+}
+
+void fc_emu_cp_async_commit() { ++fc_emu::fibers[fc_emu::current]->committed; }
+
+void fc_emu_cp_async_wait(int n) {
+    fc_emu::Fiber* f = fc_emu::fibers[fc_emu::current];
+    std::vector<fc_emu::CpAsync> left;
+    for (const fc_emu::CpAsync& c : f->copies) {
+        if (c.group + (unsigned)n < f->committed) std::memcpy(c.dst, c.data, c.size);
+        else left.push_back(c);
+    }
+    f->copies.swap(left);
+}
+
+extern "C" void emu_set_cp_async_at_wait(int on) { fc_emu::cp_async_at_wait = on != 0; }
+
 extern "C" const char* emu_error() { return fc_emu::error; }
 """
 
@@ -599,9 +812,14 @@ class Emulator:
         """The parameter types of a kernel, e.g. ['*float32', '*float32', 'int32']."""
         return list(self._sigs[name])
 
-    def function(self, name, guarded=None, log=None):
+    def function(self, name, guarded=None, log=None, cp_async="now"):
         """A RawKernel stand-in: ``kernel(grid, block, args)``.  With ``guarded``, every array
-        must lie inside one of its buffers; ``log`` (a list) records (name, grid, block)."""
+        must lie inside one of its buffers; ``log`` (a list) records (name, grid, block).
+        ``cp_async``: "now" makes each cp.async copy at once, "at_wait" keeps it until the
+        cp.async.wait_group that covers its group (the two ends of what a GPU may do: the
+        first shows a copy issued into a buffer other threads still read, the second a
+        read before the wait)."""
+        assert cp_async in ("now", "at_wait"), f"cp_async must be 'now' or 'at_wait', got {cp_async!r}"
         if name not in self._sigs:
             raise KeyError(f"{name!r} is not an emulated kernel of {self.filename} (have {self.names})")
         sig, fn = self._sigs[name], getattr(self._lib, "emu_" + symbol(name))
@@ -621,6 +839,7 @@ class Emulator:
             if log is not None:
                 log.append((name, g, b))
             with _ONE_LAUNCH:
+                self._lib.emu_set_cp_async_at_wait(int(cp_async == "at_wait"))
                 rc = fn((ctypes.c_int * 3)(*g), (ctypes.c_int * 3)(*b), argv)
                 why = self._error().decode() if rc else ""
             assert rc != -3, f"{name}: no memory for {threads} thread stacks"
@@ -808,15 +1027,16 @@ def _cuda_modules():
     return [m for n, m in list(sys.modules.items()) if n.startswith("fastcnn.backend.cuda") and m is not None]
 
 
-def patch_backend(monkeypatch, guarded, *, sms=132, grid_cap=None, log=None):
+def patch_backend(monkeypatch, guarded, *, sms=132, grid_cap=None, log=None, cp_async="now"):
     """Make fastcnn.backend.cuda run on the emulator for one test: kernel lookup
     (``_launch.function``), array checks, ``out=`` buffers and ``cupy.empty`` (guarded,
     NaN-filled), the SM count the plans see (``sms``, an H200's by default) and optionally a
-    cap on grid-stride grids (``grid_cap`` blocks, so that the kernels' loops go round)."""
+    cap on grid-stride grids (``grid_cap`` blocks, so that the kernels' loops go round);
+    ``cp_async`` as in :meth:`Emulator.function`."""
     from fastcnn.backend.cuda import gemm
 
     def function(filename, name, name_expressions=()):
-        return load(filename, name_expressions).function(name, guarded, log)
+        return load(filename, name_expressions).function(name, guarded, log, cp_async)
 
     def out_array(name, out, shape, dtype=np.float32):
         return guarded.empty(shape, dtype) if out is None else check(name, out, dtype=dtype, shape=shape)
