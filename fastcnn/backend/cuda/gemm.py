@@ -81,7 +81,6 @@ def launch_gemm(variant: str, a, b, out, M: int, N: int, K: int, trans_a: bool, 
 
     a is (M, K) or, with trans_a, (K, M); b is (K, N) or, with trans_b, (N, K).
     """
-    import cupy as cp
     check_int32(M=M, N=N, K=K, M_times_N=M * N)
     ta, tb = int(bool(trans_a)), int(bool(trans_b))
     args_tail = (np.int32(M), np.int32(N), np.int32(K))
@@ -91,21 +90,31 @@ def launch_gemm(variant: str, a, b, out, M: int, N: int, K: int, trans_a: bool, 
         return
     if variant not in _TILED:
         raise ValueError(f"unknown GEMM variant {variant!r}; choose 'naive', 'tiled' or 'tiled_db'")
-    kernel = _kernel(f"gemm_tiled<{ta}, {tb}{_TILED[variant]}>")
-    splits, kchunk = split_k_plan(M, N, K)
-    grid = (cdiv(M, TILE_M), cdiv(N, TILE_N), splits)
+    launch_tiles(_kernel(f"gemm_tiled<{ta}, {tb}{_TILED[variant]}>"), THREADS, TILE_N,
+                 a, b, out, M, N, K, bias, relu)
+
+
+def launch_tiles(kernel, threads: int, tile_n: int, a, b, out, M: int, N: int, K: int, bias, relu) -> None:
+    """Launch a block-tiled GEMM kernel (A, B, C, M, N, K, bias, relu, kchunk) on 128-row
+    tiles of ``tile_n`` columns, split-K through a workspace and gemm_splitk_reduce when
+    the tiles alone cannot fill the GPU."""
+    import cupy as cp
+    args_tail = (np.int32(M), np.int32(N), np.int32(K))
+    splits, kchunk = split_k_plan(M, N, K, tile_n)
+    grid = (cdiv(M, TILE_M), cdiv(N, tile_n), splits)
     if splits == 1:
-        kernel(grid, (THREADS,), (a, b, out) + args_tail + (bias, np.int32(bool(relu)), np.int32(kchunk)))
+        kernel(grid, (threads,), (a, b, out) + args_tail + (bias, np.int32(bool(relu)), np.int32(kchunk)))
         return
     check_int32(workspace=splits * M * N)
     ws = cp.empty(splits * M * N, dtype=np.float32)
-    kernel(grid, (THREADS,), (a, b, ws) + args_tail + (None, np.int32(0), np.int32(kchunk)))
+    kernel(grid, (threads,), (a, b, ws) + args_tail + (None, np.int32(0), np.int32(kchunk)))
     _kernel("gemm_splitk_reduce")((grid_blocks(M * N),), (THREADS,),
                                   (ws, out, np.int32(M), np.int32(N), np.int32(splits),
                                    bias, np.int32(bool(relu))))
 
 
-def _matmul(variant: str):
+def _matmul(variant: str, launch=launch_gemm):
+    """matmul of ``variant``, launched by ``launch`` (launch_gemm's signature)."""
     def matmul(a, b, trans_a=False, trans_b=False, *, out=None):
         """op(a) @ op(b) for 2-D float32 CuPy arrays; op transposes when trans_* is true."""
         _launch.check("a", a, ndim=2)
@@ -115,13 +124,14 @@ def _matmul(variant: str):
         if Ka != Kb:
             raise ValueError(f"inner dimensions differ: op(a) is {(M, Ka)}, op(b) is {(Kb, N)}")
         out = _launch.out_array("out", out, (M, N))
-        launch_gemm(variant, a, b, out, M, N, Ka, trans_a, trans_b)
+        launch(variant, a, b, out, M, N, Ka, trans_a, trans_b)
         return out
     matmul.__name__ = matmul.__qualname__ = f"matmul_{variant}"
     return matmul
 
 
-def _dense_forward(variant: str):
+def _dense_forward(variant: str, launch=launch_gemm):
+    """dense_forward of ``variant``, launched by ``launch`` (launch_gemm's signature)."""
     def dense_forward(x, w, b, relu, *, out=None):
         """relu?(x @ w + b): x (batch, in), w (in, out), b (out,) or None."""
         _launch.check("x", x, ndim=2)
@@ -136,7 +146,7 @@ def _dense_forward(variant: str):
         M, K = x.shape
         N = w.shape[1]
         out = _launch.out_array("out", out, (M, N))
-        launch_gemm(variant, x, w, out, M, N, K, False, False, bias=b, relu=bool(relu))
+        launch(variant, x, w, out, M, N, K, False, False, bias=b, relu=bool(relu))
         return out
     dense_forward.__name__ = dense_forward.__qualname__ = f"dense_forward_{variant}"
     return dense_forward

@@ -1,0 +1,133 @@
+"""The TF32 tensor-core kernels (kernels/gemm_tf32.cu, conv_tf32.cu) run on the CPU
+(tests/cuda_emu.py: mma.sync, ldmatrix, cp.async emulated), through the backend's own
+entry points (gemm_tc.py, conv_tc.py), against the reference on tf32-rounded inputs.
+
+As in test_emulated_gemm_conv.py, NumPy arrays inside guard zones stand in for CuPy
+arrays and only the GPU is replaced: the modules' checks, launch plans (tiles, split-K)
+and the CUDA C run.  Three layouts: 256-byte aligned arrays (16-byte cp.async) with the
+plan of a 132-SM card and copies made at once; the same with the plan of an 8-SM card
+(split-K more often) and copies that land only at the cp.async.wait_group covering them
+(a pipeline that reads a stage before waiting for it fails there); and every array 4 bytes
+off (4-byte copies) with copies at the wait.  Outputs are NaN-poisoned, guard zones
+must stay intact.
+
+Tolerance, derived: the kernel and the reference multiply the same tf32 values (the
+reference rounds the inputs with round_tf32, cvt.rna's rule); a tf32 product is exact in
+fp32, so they differ only by the kernel's fp32 accumulation, one rounding per 8-deep mma
+step plus the split-K reduce and the bias: |got - ref| <= 2 (ceil(K/8) + 4) u (|A| @ |B|)
+elementwise, u = 2^-24 (the factor 2 leaves room for a tensor core's own rounding
+inside a step), with K the GEMM's depth (R*S*C forward, R*S*K backward-data, N*P*Q
+backward-weights).  A kernel that skipped the rounding, or truncated instead, misses it
+by orders of magnitude: each case also checks that the plain fp32 result lies outside
+the bound somewhere.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import cuda_emu
+from helpers import rand
+
+from fastcnn.backend import reference as ref
+from fastcnn.backend.cuda import gemm, gemm_tc
+
+U = 2.0 ** -24
+# (name, guard shift, SM count, grid-stride cap, cp.async mode)
+LAYOUTS = [("aligned-132sm-now", 0, 132, None, "now"), ("aligned-8sm-at-wait", 0, 8, 3, "at_wait"),
+           ("misaligned-8sm-at-wait", 1, 8, 3, "at_wait")]
+
+
+def round_tf32(a):
+    """cvt.rna.tf32.f32 on an array (the emulator's rule, checked in test_emu_mma.py)."""
+    bits = np.asarray(a, np.float32).view(np.uint32)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    out = np.where(finite, (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000), bits)
+    return out.view(np.float32)
+
+
+@pytest.fixture(params=LAYOUTS, ids=[layout[0] for layout in LAYOUTS])
+def emulated(request, monkeypatch):
+    """(guarded arrays, launch log) with fastcnn.backend.cuda running on the emulator."""
+    _, shift, sms, cap, mode = request.param
+    cuda_emu.prebuild(("gemm_tf32.cu", gemm_tc.NAME_EXPRESSIONS), ("gemm.cu", gemm.NAME_EXPRESSIONS))
+    guarded, log = cuda_emu.Guarded(shift=shift), []
+    cuda_emu.patch_backend(monkeypatch, guarded, sms=sms, grid_cap=cap, log=log, cp_async=mode)
+    yield guarded, log
+    assert guarded.intact(), f"a kernel wrote outside its array: {log}"
+
+
+def _f64(*arrays):
+    return [None if a is None else np.asarray(a, np.float64) for a in arrays]
+
+
+def _t64(*arrays):
+    """The tf32 values of the arrays, in float64 (what the tensor cores multiply)."""
+    return [None if a is None else round_tf32(a).astype(np.float64) for a in arrays]
+
+
+def assert_tf32_close(got, expected, magnitude, depth, what, plain=None):
+    """|got - expected| <= 2 (ceil(depth/8) + 4) u magnitude elementwise, never NaN; and
+    ``plain`` (the fp32 result without tf32 rounding) outside that bound somewhere."""
+    got = np.asarray(got, np.float64)
+    bound = 2 * (math.ceil(depth / 8) + 4) * U * magnitude
+    assert got.shape == expected.shape, f"{what}: shape {got.shape}, expected {expected.shape}"
+    assert not np.isnan(got).any(), f"{what}: NaN in the result (an element left unwritten?)"
+    err = np.abs(got - expected)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert (err <= bound).all(), (f"{what}: error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst} "
+                                  f"(got {got[worst]}, expected {expected[worst]})")
+    if plain is not None:
+        assert (np.abs(plain - expected) > bound).any(), f"{what}: the bound cannot tell tf32 from fp32"
+
+
+# ---------------------------------------------------------------- GEMM
+
+GEMM_SHAPES = [(1, 1, 1), (5, 7, 3), (130, 129, 17), (132, 136, 24), (36, 96, 20), (33, 65, 2101),
+               (3, 120, 400), (3, 84, 120), (3, 10, 84),      # LeNet-5's dense layers, batch 3
+               (2, 1000, 1024)]                               # AlexNet's last one, batch 2, K cut to 1024
+SPLIT_K = (33, 65, 2101)
+
+
+@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matmul_tf32(emulated, shape):
+    guarded, log = emulated
+    M, N, K = shape
+    rng = np.random.default_rng(M * 7 + N * 3 + K)
+    forms = [(False, False), (False, True), (True, False), (True, True)] if M * N * K < 10 ** 6 else [(False, False)]
+    for ta, tb in forms:
+        a = guarded.wrap(rand(rng, *((K, M) if ta else (M, K))))
+        b = guarded.wrap(rand(rng, *((N, K) if tb else (K, N))))
+        expected = ref.matmul(*_t64(a, b), ta, tb)
+        magnitude = ref.matmul(*[np.abs(v) for v in _t64(a, b)], ta, tb)
+        plain = ref.matmul(*_f64(a, b), ta, tb) if K >= 8 else None
+        out = guarded.empty((M, N))
+        assert gemm_tc.matmul(a, b, ta, tb, out=out) is out
+        assert_tf32_close(out, expected, magnitude, K, f"matmul/tc_tf32 {shape} trans {ta, tb}", plain)
+    if shape == SPLIT_K:
+        assert any(name == "gemm_splitk_reduce" for name, _, _ in log), f"split-K not taken: {log}"
+
+
+@pytest.mark.parametrize("shape", GEMM_SHAPES[:6], ids=lambda s: "x".join(map(str, s)))
+def test_dense_forward_tf32_bias_relu(emulated, shape):
+    guarded, log = emulated
+    M, N, K = shape
+    rng = np.random.default_rng(M + N + K)
+    x, w, b = (guarded.wrap(rand(rng, *s)) for s in ((M, K), (K, N), (N,)))
+    magnitude = ref.matmul(*[np.abs(v) for v in _t64(x, w)], False, False) + np.abs(np.asarray(b, np.float64))
+    for bias, relu in ((b, True), (None, False), (b, False)):
+        xt, wt = _t64(x, w)
+        expected = ref.dense_forward(xt, wt, *_f64(bias), relu)
+        assert_tf32_close(gemm_tc.dense_forward(x, w, bias, relu), expected, magnitude, K,
+                          f"dense_forward/tc_tf32 {shape} bias {bias is not None} relu {relu}")
+    if shape == SPLIT_K:  # the epilogue then runs in the reduce
+        assert any(name == "gemm_splitk_reduce" for name, _, _ in log), f"split-K not taken: {log}"
+
+
+def test_matmul_tf32_refuses_what_gemm_refuses(emulated):
+    guarded, _ = emulated
+    a, b = guarded.wrap(np.ones((4, 5), np.float32)), guarded.wrap(np.ones((6, 3), np.float32))
+    with pytest.raises(ValueError, match="inner dimensions differ"):
+        gemm_tc.matmul(a, b)
+    with pytest.raises(ValueError, match="must have shape"):
+        gemm_tc.matmul(a, guarded.wrap(np.ones((5, 3), np.float32)), out=guarded.empty((4, 4)))
