@@ -18,8 +18,9 @@ step plus the split-K reduce and the bias: |got - ref| <= 2 (ceil(K/8) + 4) u (|
 elementwise, u = 2^-24 (the factor 2 leaves room for a tensor core's own rounding
 inside a step), with K the GEMM's depth (R*S*C forward, R*S*K backward-data, N*P*Q
 backward-weights).  A kernel that skipped the rounding, or truncated instead, misses it
-by orders of magnitude: each case also checks that the plain fp32 result lies outside
-the bound somewhere.
+by far more at moderate depths: for depths 8 to 256 each case also checks that the plain
+fp32 result lies outside the bound somewhere (deeper, the worst-case bound grows as
+depth^2 against the rounding's random walk, and stops telling the two apart).
 """
 import math
 
@@ -27,10 +28,12 @@ import numpy as np
 import pytest
 
 import cuda_emu
+import test_emulated_gemm_conv
 from helpers import rand
+from test_emulated_gemm_conv import V0, conv_id
 
 from fastcnn.backend import reference as ref
-from fastcnn.backend.cuda import gemm, gemm_tc
+from fastcnn.backend.cuda import conv, conv_tc, gemm, gemm_tc
 
 U = 2.0 ** -24
 # (name, guard shift, SM count, grid-stride cap, cp.async mode)
@@ -77,7 +80,7 @@ def assert_tf32_close(got, expected, magnitude, depth, what, plain=None):
     worst = np.unravel_index(np.argmax(err - bound), err.shape)
     assert (err <= bound).all(), (f"{what}: error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst} "
                                   f"(got {got[worst]}, expected {expected[worst]})")
-    if plain is not None:
+    if plain is not None and 8 <= depth <= 256:
         assert (np.abs(plain - expected) > bound).any(), f"{what}: the bound cannot tell tf32 from fp32"
 
 
@@ -100,7 +103,7 @@ def test_matmul_tf32(emulated, shape):
         b = guarded.wrap(rand(rng, *((N, K) if tb else (K, N))))
         expected = ref.matmul(*_t64(a, b), ta, tb)
         magnitude = ref.matmul(*[np.abs(v) for v in _t64(a, b)], ta, tb)
-        plain = ref.matmul(*_f64(a, b), ta, tb) if K >= 8 else None
+        plain = ref.matmul(*_f64(a, b), ta, tb)
         out = guarded.empty((M, N))
         assert gemm_tc.matmul(a, b, ta, tb, out=out) is out
         assert_tf32_close(out, expected, magnitude, K, f"matmul/tc_tf32 {shape} trans {ta, tb}", plain)
@@ -131,3 +134,83 @@ def test_matmul_tf32_refuses_what_gemm_refuses(emulated):
         gemm_tc.matmul(a, b)
     with pytest.raises(ValueError, match="must have shape"):
         gemm_tc.matmul(a, guarded.wrap(np.ones((5, 3), np.float32)), out=guarded.empty((4, 4)))
+
+
+# ---------------------------------------------------------------- convolution
+
+# (N, H, W, C, K, R, S, stride, padding): test_emulated_gemm_conv.py's cases (strides 1-4,
+# kernels 1x1 to 11x11, C in {1, 3, 4, 6, 96}, asymmetric paddings, a split-K weight
+# gradient), then LeNet-5's two layers at batch 2 (C = 1; K = 6 and 16).
+CONV_CASES = test_emulated_gemm_conv.CONV_CASES + [
+    (2, 28, 28, 1, 6, 5, 5, (1, 1), (2, 2, 2, 2)),          # LeNet-5 conv1, 'same'
+]
+WGRAD_SPLIT = test_emulated_gemm_conv.WGRAD_SPLIT
+# AlexNet's five layers at batch 1, full size (conv1's backward passes on a 31x31 crop:
+# the same kernel, stride and channels; full size its backward-data is a GEMM of depth
+# 11*11*96 over 227*227 rows, minutes on the emulator).
+ALEXNET = [
+    ("conv1", (1, 227, 227, 3, 96, 11, 11, (4, 4), V0), False),
+    ("conv2", (1, 27, 27, 96, 256, 5, 5, (1, 1), (2, 2, 2, 2)), True),
+    ("conv3", (1, 13, 13, 256, 384, 3, 3, (1, 1), (1, 1, 1, 1)), True),
+    ("conv4", (1, 13, 13, 384, 384, 3, 3, (1, 1), (1, 1, 1, 1)), True),
+    ("conv5", (1, 13, 13, 384, 256, 3, 3, (1, 1), (1, 1, 1, 1)), True),
+]
+
+
+def _conv_case(guarded, case, log, passes=("forward", "data", "weights")):
+    N, H, W, C, K, R, S, stride, padding = case
+    rng = np.random.default_rng(N * H * W + C * K + R)
+    x, w, b = rand(rng, N, H, W, C), rand(rng, R, S, C, K, scale=(R * S * C) ** -0.5), rand(rng, K)
+    P, Q = ref._output_size(H, W, R, S, stride, padding, "kernel")
+    dy = rand(rng, N, P, Q, K)
+    x, w, b, dy = (guarded.wrap(a) for a in (x, w, b, dy))
+    what = f"tc_tf32 {conv_id(case)}"
+    xt, wt, dyt = _t64(x, w, dy)
+    ax, aw, ady = np.abs(xt), np.abs(wt), np.abs(dyt)
+    if "forward" in passes:
+        for bias, relu in ((b, True), (None, False)):
+            expected = ref.conv2d_forward(xt, wt, *_f64(bias), stride, padding, relu)
+            magnitude = ref.conv2d_forward(ax, aw, *[None if bias is None else np.abs(_f64(bias)[0])],
+                                           stride, padding, False)
+            plain = ref.conv2d_forward(*_f64(x, w, bias), stride, padding, relu)
+            assert_tf32_close(conv_tc.conv2d_forward(x, w, bias, stride, padding, relu), expected, magnitude,
+                              R * S * C, f"forward {what} relu {relu}", plain)
+    if "data" in passes:
+        out = guarded.empty(x.shape)
+        assert conv_tc.conv2d_backward_data(dy, w, x.shape, stride, padding, out=out) is out
+        assert_tf32_close(out, ref.conv2d_backward_data(dyt, wt, x.shape, stride, padding),
+                          ref.conv2d_backward_data(ady, aw, x.shape, stride, padding), R * S * K,
+                          f"backward_data {what}")
+    if "weights" in passes:
+        out = guarded.empty(w.shape)
+        assert conv_tc.conv2d_backward_weights(x, dy, w.shape, stride, padding, out=out) is out
+        assert_tf32_close(out, ref.conv2d_backward_weights(xt, dyt, w.shape, stride, padding),
+                          ref.conv2d_backward_weights(ax, ady, w.shape, stride, padding), N * P * Q,
+                          f"backward_weights {what}")
+
+
+@pytest.fixture
+def emulated_conv(emulated):
+    cuda_emu.prebuild(("conv_tf32.cu", ()), ("conv.cu", conv.NAME_EXPRESSIONS))
+    return emulated
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=conv_id)
+def test_conv_tf32(emulated_conv, case):
+    guarded, log = emulated_conv
+    _conv_case(guarded, case, log)
+    if case == WGRAD_SPLIT:
+        assert any(name == "gemm_splitk_reduce" for name, _, _ in log), f"split-K not taken: {log}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer,case,backward", ALEXNET, ids=[a[0] for a in ALEXNET])
+def test_conv_tf32_alexnet_layers(monkeypatch, layer, case, backward):
+    """One layout (aligned, copies landing at their wait: the pipeline's strict side)."""
+    cuda_emu.prebuild(("conv_tf32.cu", ()), ("conv.cu", conv.NAME_EXPRESSIONS), ("gemm.cu", gemm.NAME_EXPRESSIONS))
+    guarded, log = cuda_emu.Guarded(), []
+    cuda_emu.patch_backend(monkeypatch, guarded, log=log, cp_async="at_wait")
+    _conv_case(guarded, case, log, ("forward", "data", "weights") if backward else ("forward",))
+    if not backward:
+        _conv_case(guarded, (1, 31, 31, 3, 96, 11, 11, (4, 4), V0), log, ("data", "weights"))
+    assert guarded.intact(), f"a kernel wrote outside its array: {log}"

@@ -48,9 +48,10 @@ def _kernel(name: str):
 
 
 def _implicit(kind: str, variant: str):
-    """(kernel, N-tile width) of an implicit-GEMM variant."""
+    """(kernel, N-tile width, threads a block) of an implicit-GEMM variant; ``kind`` is
+    fprop, dgrad or wgrad.  Every such kernel takes conv.cu's arguments and 128-row tiles."""
     tn, stages = _TILES[variant]
-    return _kernel(_template(kind, tn, stages)), 64 + 16 * (tn - 4)
+    return _kernel(_template(kind, tn, stages)), 64 + 16 * (tn - 4), THREADS
 
 
 def _geometry(x_shape, w_shape, stride, padding):
@@ -126,7 +127,7 @@ def _im2col(x, N, H, W, C, R, S, P, Q, dims):
     return col
 
 
-def _forward(variant: str):
+def _forward(variant: str, implicit=_implicit):
     def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
         """y (N,P,Q,K) = x (N,H,W,C) * w (R,S,C,K) + b, ReLU if relu."""
         (N, H, W, C, K, R, S, P, Q, _, _), y, dims = checked_forward(x, w, b, stride, padding, out)
@@ -135,15 +136,15 @@ def _forward(variant: str):
             col = _im2col(x, N, H, W, C, R, S, P, Q, dims)
             launch_gemm("tiled", col, w, y, N * P * Q, K, R * S * C, False, False, bias=b, relu=relu)
         else:
-            kernel, tile_n = _implicit("fprop", variant)
+            kernel, tile_n, threads = implicit("fprop", variant)
             grid = (cdiv(N * P * Q, TILE_M), cdiv(K, tile_n))
-            kernel(grid, (THREADS,), (x, w, b, y) + dims + (np.int32(relu),))
+            kernel(grid, (threads,), (x, w, b, y) + dims + (np.int32(relu),))
         return y
     conv2d_forward.__name__ = conv2d_forward.__qualname__ = f"conv2d_forward_{variant}"
     return conv2d_forward
 
 
-def _backward_data(variant: str):
+def _backward_data(variant: str, implicit=_implicit):
     def conv2d_backward_data(dy, w, x_shape, stride, padding, *, out=None):
         """dx (N,H,W,C) from dy (N,P,Q,K) and w (R,S,C,K)."""
         (N, H, W, C, K, R, S, P, Q, _, _), dx, dims = checked_backward_data(dy, w, x_shape, stride, padding, out)
@@ -155,15 +156,15 @@ def _backward_data(variant: str):
             launch_gemm("tiled", dy, w, dcol, N * P * Q, R * S * C, K, False, True)
             _kernel("conv_col2im")((grid_blocks(dx.size),), (THREADS,), (dcol, dx) + dims)
         else:
-            kernel, tile_n = _implicit("dgrad", variant)
+            kernel, tile_n, threads = implicit("dgrad", variant)
             grid = (cdiv(N * H * W, TILE_M), cdiv(C, tile_n))
-            kernel(grid, (THREADS,), (dy, w, dx) + dims)
+            kernel(grid, (threads,), (dy, w, dx) + dims)
         return dx
     conv2d_backward_data.__name__ = conv2d_backward_data.__qualname__ = f"conv2d_backward_data_{variant}"
     return conv2d_backward_data
 
 
-def _backward_weights(variant: str):
+def _backward_weights(variant: str, implicit=_implicit):
     def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
         """dw (R,S,C,K) = patches(x)^T @ dy, summed over N*P*Q in a fixed order."""
         import cupy as cp
@@ -174,15 +175,15 @@ def _backward_weights(variant: str):
             # dw (RSC x K) = col^T @ dy, col stored (NPQ x RSC)
             launch_gemm("tiled", col, dy, dw, M, K, KG, True, False)
             return dw
-        kernel, tile_n = _implicit("wgrad", variant)
+        kernel, tile_n, threads = implicit("wgrad", variant)
         splits, kchunk = split_k_plan(M, K, KG, tile_n=tile_n)
         grid = (cdiv(M, TILE_M), cdiv(K, tile_n), splits)
         if splits == 1:
-            kernel(grid, (THREADS,), (x, dy, dw) + dims + (np.int32(kchunk),))
+            kernel(grid, (threads,), (x, dy, dw) + dims + (np.int32(kchunk),))
             return dw
         check_int32(workspace=splits * M * K)
         ws = cp.empty(splits * M * K, dtype=np.float32)
-        kernel(grid, (THREADS,), (x, dy, ws) + dims + (np.int32(kchunk),))
+        kernel(grid, (threads,), (x, dy, ws) + dims + (np.int32(kchunk),))
         _kernel("gemm_splitk_reduce")((grid_blocks(M * K),), (THREADS,),
                                       (ws, dw, np.int32(M), np.int32(K), np.int32(splits), None, np.int32(0)))
         return dw
