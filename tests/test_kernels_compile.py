@@ -7,6 +7,12 @@ its template kernels, by nvcc (``-cubin -Xptxas -v``) for sm_90 and sm_80 and,
 where cuda.core is installed, by NVRTC (the compiler CuPy uses at run time) for
 sm_90.  Registers, shared memory and spills of every kernel are printed (see them
 with ``pytest -s``) and repeated in the failure message.
+
+The tensor-core files (TENSOR_CORE_SOURCES) are also read back as SASS (cuobjdump
+-sass from the nvidia-cuda-cuobjdump/nvdisasm 13.2 wheels, which read nvcc 13.0's
+cubins; skipped where they are not installed): every kernel must issue
+HMMA.1688.F32.TF32 inside a loop (a backward branch spans it: the main loop) and no
+local-memory traffic (LDL/STL) anywhere.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +57,10 @@ def parse_ptxas(log: str) -> list[dict]:
     return kernels
 
 
+def cubin_path(tmp_path, filename: str, arch: str) -> Path:
+    return Path(tmp_path) / (filename + f".{arch}.cubin")
+
+
 def compile_source(filename: str, tool: str, arch: str, tmp_path) -> str:
     """The ptxas -v log of one compilation; raises AssertionError with the log on failure."""
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -58,7 +69,7 @@ def compile_source(filename: str, tool: str, arch: str, tmp_path) -> str:
         src = tmp_path / filename
         src.write_text(source)
         cmd = [NVCC, "-cubin", f"-arch={arch}", *_launch.COMPILE_OPTIONS, "-DFASTCNN_INSTANTIATE",
-               "-Xptxas", "-v", str(src), "-o", str(tmp_path / (filename + f".{arch}.cubin"))]
+               "-Xptxas", "-v", str(src), "-o", str(cubin_path(tmp_path, filename, arch))]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"nvcc failed on {filename} for {arch}:\n{log}"
@@ -85,10 +96,16 @@ def _available(tool: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """All compilations at once, on every core: {(file, tool, arch): log or the exception}."""
+def kernel_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("kernels")
+
+
+@pytest.fixture(scope="module")
+def compiled(kernel_root):
+    """All compilations at once, on every core: {(file, tool, arch): log or the exception};
+    nvcc's cubins stay in kernel_root / "nvcc-<arch>"."""
     jobs = [(f, t, a) for f in SOURCES for t, a in TARGETS if _available(t)]
-    root = tmp_path_factory.mktemp("kernels")
+    root = kernel_root
 
     def run(job):
         f, t, a = job
@@ -128,9 +145,10 @@ def test_every_source_is_listed():
 
 
 def _name_expression_modules():
-    from fastcnn.backend.cuda import conv, conv_direct, gemm, pool
+    from fastcnn.backend.cuda import conv, conv_direct, gemm, gemm_tc, pool
     return {"conv.cu": conv.NAME_EXPRESSIONS, "conv_direct.cu": conv_direct.NAME_EXPRESSIONS,
-            "gemm.cu": gemm.NAME_EXPRESSIONS, "pool.cu": pool.NAME_EXPRESSIONS}
+            "gemm.cu": gemm.NAME_EXPRESSIONS, "gemm_tf32.cu": gemm_tc.NAME_EXPRESSIONS,
+            "pool.cu": pool.NAME_EXPRESSIONS}
 
 
 @pytest.mark.parametrize("filename", sorted(_name_expression_modules()))
@@ -144,3 +162,91 @@ def test_name_expressions_resolve_under_nvrtc(filename):
     options = ProgramOptions(arch="sm_90", std="c++17")
     program = Program(_launch.kernel_source(filename), "c++", options)
     program.compile("cubin", name_expressions=names)   # raises naming the expression that fails
+
+
+# ---------------------------------------------------------------- SASS of the tensor-core kernels
+
+TENSOR_CORE_SOURCES = ["conv_tf32.cu", "gemm_tf32.cu"]
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_FUNCTION = re.compile(r"Function : (\S+)")
+
+
+def find_cuobjdump() -> str | None:
+    """cuobjdump on PATH, else the one of the nvidia-cuda-cuobjdump wheel (nvidia/*/bin)."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for root in getattr(nvidia, "__path__", []):
+        for path in sorted(Path(root).glob("*/bin/cuobjdump")):
+            return str(path)
+    return None
+
+
+def read_sass(cubin: Path) -> dict[str, list[tuple[int, str]]]:
+    """{kernel: [(address, instruction)]} of a cubin, by ``cuobjdump -sass`` (nvdisasm from
+    the same directory put on PATH: cuobjdump calls it)."""
+    tool = find_cuobjdump()
+    env = dict(os.environ, PATH=str(Path(tool).parent) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"cuobjdump failed on {cubin}:\n{proc.stdout}{proc.stderr}"
+    kernels, current = {}, None
+    for line in proc.stdout.splitlines():
+        if m := _FUNCTION.search(line):
+            current = kernels.setdefault(m.group(1), [])
+        elif current is not None and (m := _SASS_LINE.search(line)):
+            current.append((int(m.group(1), 16), m.group(2)))
+    return kernels
+
+
+def sass_facts(code: list[tuple[int, str]]) -> dict:
+    """HMMA count, HMMA inside a loop (a backward branch's span), local-memory instructions."""
+    hmma = [a for a, ins in code if re.search(r"\bHMMA\.1688\.F32\.TF32\b", ins)]
+    loops = []
+    for a, ins in code:
+        if m := re.search(r"\bBRA\s+(?:`?\(?)0x([0-9a-f]+)", ins):
+            target = int(m.group(1), 16)
+            if target <= a:
+                loops.append((target, a))
+    local = [ins for _, ins in code if re.search(r"\b(LDL|STL)(\.|\b)", ins)]
+    in_loop = [h for h in hmma if any(t <= h <= e for t, e in loops)]
+    return {"hmma": len(hmma), "hmma_in_loop": len(in_loop), "loops": len(loops), "local": local}
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
+@pytest.mark.parametrize("filename", TENSOR_CORE_SOURCES)
+def test_tensor_core_kernels_issue_hmma_in_their_main_loop(filename, arch, compiled, kernel_root):
+    if NVCC is None:
+        pytest.skip("nvcc not on PATH: no cubin to read")
+    if find_cuobjdump() is None:
+        pytest.skip("cuobjdump not installed (pip install nvidia-cuda-cuobjdump==13.2.* nvidia-cuda-nvdisasm==13.2.*)")
+    log = compiled[(filename, "nvcc", arch)]
+    if isinstance(log, AssertionError):
+        raise log
+    kernels = read_sass(cubin_path(kernel_root / f"nvcc-{arch}", filename, arch))
+    assert kernels, f"{filename} [{arch}]: cuobjdump found no kernel"
+    resources = {k["name"]: k for k in parse_ptxas(log)}
+    rows = [f"{filename} [{arch}] SASS  kernel: HMMA.1688.F32.TF32 (in loops) / loops / LDL+STL / regs / smem"]
+    for name, code in sorted(kernels.items()):
+        facts, r = sass_facts(code), resources.get(name, {})
+        rows.append(f"  {name:<60} {facts['hmma']:>4} ({facts['hmma_in_loop']}) {facts['loops']:>3} "
+                    f"{len(facts['local']):>3} {r.get('regs')!s:>4} {r.get('smem', '?')!s:>6}")
+    report = "\n".join(rows)
+    print("\n" + report)
+    assert set(kernels) == set(resources), f"cuobjdump and ptxas list different kernels\n{report}"
+    for name, code in kernels.items():
+        facts = sass_facts(code)
+        assert facts["hmma_in_loop"] > 0, f"{name}: no HMMA.1688.F32.TF32 inside a loop\n{report}"
+        assert not facts["local"], f"{name}: local-memory traffic {facts['local'][:5]}\n{report}"
+
+
+def test_sass_reading_finds_loops_and_local_memory():
+    """sass_facts on hand-written SASS: a loop around an HMMA, one outside, an STL."""
+    code = [(0x10, "MOV R1, c[0x0][0x28]"), (0x20, "HMMA.1688.F32.TF32 R4, R8, R12, R4"),
+            (0x30, "@P0 BRA 0x20"), (0x40, "HMMA.1688.F32.TF32 R4, R8, R12, R4"), (0x50, "STL [R1], R4"),
+            (0x60, "BRA 0x70"), (0x70, "EXIT")]
+    assert sass_facts(code) == {"hmma": 2, "hmma_in_loop": 1, "loops": 1, "local": ["STL [R1], R4"]}
+    assert sass_facts(code[3:])["hmma_in_loop"] == 0
