@@ -168,14 +168,14 @@ def main() -> int:
         return 1
     # CUDA C variants first, Numba ones (JIT-compiled in this process: slower) after.
     order = [(v.source != "cuda", op, name) for op in ops for name in registry.variants(op)
-             for v in [registry.get(op, name)]]
-    for _, op, name in sorted(order):
-        fn = registry.get(op, name).fn
+             for v in [registry.lookup(op, name)]]
+    for _, op, name in sorted(order):  # TF32 variants too (lookup: whatever the precision)
+        fn = registry.lookup(op, name).fn
         build = builders.get(op)
         if build is None:
             print(f"skip   {op}:{name} (no small-shape inputs written for it)", flush=True)
             continue
-        if cuda_only and registry.get(op, name).source != "cuda":
+        if cuda_only and registry.lookup(op, name).source != "cuda":
             continue
         attempt(f"{op}:{name}", lambda fn=fn, build=build: _run_applicable(fn, build(), registry))
     print(f"SANITIZE DONE ok={ok} failed={failed} in {time.perf_counter() - t0:.1f}s", flush=True)

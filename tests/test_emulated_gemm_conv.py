@@ -39,7 +39,7 @@ LAYOUTS = [("aligned-132sm", 0, 132, None), ("misaligned-8sm", 1, 8, 3)]
 
 def _variants(op, module):
     """The variants of ``op`` that ``module`` registers (picks up new ones by itself)."""
-    return [v for v in registry.variants(op, "cuda") if registry.get(op, v).fn.__module__ == module.__name__]
+    return [v for v in registry.variants(op, "cuda") if registry.lookup(op, v).fn.__module__ == module.__name__]
 
 
 @pytest.fixture(params=LAYOUTS, ids=[layout[0] for layout in LAYOUTS])

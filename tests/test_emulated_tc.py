@@ -11,8 +11,9 @@ plan of a 132-SM card and copies made at once; the same with the plan of an 8-SM
 off (4-byte copies) with copies at the wait.  Outputs are NaN-poisoned, guard zones
 must stay intact.
 
-Tolerance, derived: the kernel and the reference multiply the same tf32 values (the
-reference rounds the inputs with round_tf32, cvt.rna's rule); a tf32 product is exact in
+Tolerance, derived: the kernel and the reference multiply the same tf32 values (the test
+rounds the inputs with reference.round_tf32, cvt.rna's rule, and sums in float64); a tf32
+product is exact in
 fp32, so they differ only by the kernel's fp32 accumulation, one rounding per 8-deep mma
 step plus the split-K reduce and the bias: |got - ref| <= 2 (ceil(K/8) + 4) u (|A| @ |B|)
 elementwise, u = 2^-24 (the factor 2 leaves room for a tensor core's own rounding
@@ -32,7 +33,9 @@ import test_emulated_gemm_conv
 from helpers import rand
 from test_emulated_gemm_conv import V0, conv_id
 
+from fastcnn import config
 from fastcnn.backend import reference as ref
+from fastcnn.backend import registry
 from fastcnn.backend.cuda import conv, conv_tc, gemm, gemm_tc
 
 U = 2.0 ** -24
@@ -41,12 +44,33 @@ LAYOUTS = [("aligned-132sm-now", 0, 132, None, "now"), ("aligned-8sm-at-wait", 0
            ("misaligned-8sm-at-wait", 1, 8, 3, "at_wait")]
 
 
-def round_tf32(a):
-    """cvt.rna.tf32.f32 on an array (the emulator's rule, checked in test_emu_mma.py)."""
-    bits = np.asarray(a, np.float32).view(np.uint32)
-    finite = (bits & 0x7F800000) != 0x7F800000
-    out = np.where(finite, (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000), bits)
-    return out.view(np.float32)
+OPS = ("matmul", "dense_forward", "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weights")
+
+
+def tc(op):
+    """The tc_tf32 variant of ``op``, as a user reaches it (precision "high")."""
+    with config.float32_matmul_precision("high"):
+        return registry.get(op, "tc_tf32").fn
+
+
+def test_every_tf32_variant_is_driven_here_and_refused_under_highest():
+    assert {op: registry.variants(op, source="cuda", precision="tf32") for op in registry.ops()
+            if registry.variants(op, source="cuda", precision="tf32")} == {op: ["tc_tf32"] for op in OPS}
+    for op in OPS:
+        with pytest.raises(ValueError, match="computes in TF32"):
+            registry.get(op, "tc_tf32")
+    assert tc("matmul") is gemm_tc.matmul and tc("conv2d_backward_weights") is conv_tc.conv2d_backward_weights
+
+
+def test_round_tf32_is_cvt_rna():
+    """The reference's rounding and the emulator's cvt.rna.tf32.f32 agree bit for bit."""
+    import test_emu_mma
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 2 ** 32, 4096, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = x[~np.isnan(x)]
+    y = np.empty_like(x)
+    test_emu_mma._emulator().function("cvt_test")((1,), (128,), (x, y, np.int32(x.size)))
+    assert np.array_equal(ref.round_tf32(x).view(np.uint32), y.view(np.uint32))
 
 
 @pytest.fixture(params=LAYOUTS, ids=[layout[0] for layout in LAYOUTS])
@@ -66,7 +90,7 @@ def _f64(*arrays):
 
 def _t64(*arrays):
     """The tf32 values of the arrays, in float64 (what the tensor cores multiply)."""
-    return [None if a is None else round_tf32(a).astype(np.float64) for a in arrays]
+    return [None if a is None else ref.round_tf32(np.asarray(a)).astype(np.float64) for a in arrays]
 
 
 def assert_tf32_close(got, expected, magnitude, depth, what, plain=None):
@@ -105,7 +129,7 @@ def test_matmul_tf32(emulated, shape):
         magnitude = ref.matmul(*[np.abs(v) for v in _t64(a, b)], ta, tb)
         plain = ref.matmul(*_f64(a, b), ta, tb)
         out = guarded.empty((M, N))
-        assert gemm_tc.matmul(a, b, ta, tb, out=out) is out
+        assert tc("matmul")(a, b, ta, tb, out=out) is out
         assert_tf32_close(out, expected, magnitude, K, f"matmul/tc_tf32 {shape} trans {ta, tb}", plain)
     if shape == SPLIT_K:
         assert any(name == "gemm_splitk_reduce" for name, _, _ in log), f"split-K not taken: {log}"
@@ -121,7 +145,7 @@ def test_dense_forward_tf32_bias_relu(emulated, shape):
     for bias, relu in ((b, True), (None, False), (b, False)):
         xt, wt = _t64(x, w)
         expected = ref.dense_forward(xt, wt, *_f64(bias), relu)
-        assert_tf32_close(gemm_tc.dense_forward(x, w, bias, relu), expected, magnitude, K,
+        assert_tf32_close(tc("dense_forward")(x, w, bias, relu), expected, magnitude, K,
                           f"dense_forward/tc_tf32 {shape} bias {bias is not None} relu {relu}")
     if shape == SPLIT_K:  # the epilogue then runs in the reduce
         assert any(name == "gemm_splitk_reduce" for name, _, _ in log), f"split-K not taken: {log}"
@@ -131,9 +155,9 @@ def test_matmul_tf32_refuses_what_gemm_refuses(emulated):
     guarded, _ = emulated
     a, b = guarded.wrap(np.ones((4, 5), np.float32)), guarded.wrap(np.ones((6, 3), np.float32))
     with pytest.raises(ValueError, match="inner dimensions differ"):
-        gemm_tc.matmul(a, b)
+        tc("matmul")(a, b)
     with pytest.raises(ValueError, match="must have shape"):
-        gemm_tc.matmul(a, guarded.wrap(np.ones((5, 3), np.float32)), out=guarded.empty((4, 4)))
+        tc("matmul")(a, guarded.wrap(np.ones((5, 3), np.float32)), out=guarded.empty((4, 4)))
 
 
 # ---------------------------------------------------------------- convolution
@@ -173,17 +197,17 @@ def _conv_case(guarded, case, log, passes=("forward", "data", "weights")):
             magnitude = ref.conv2d_forward(ax, aw, *[None if bias is None else np.abs(_f64(bias)[0])],
                                            stride, padding, False)
             plain = ref.conv2d_forward(*_f64(x, w, bias), stride, padding, relu)
-            assert_tf32_close(conv_tc.conv2d_forward(x, w, bias, stride, padding, relu), expected, magnitude,
+            assert_tf32_close(tc("conv2d_forward")(x, w, bias, stride, padding, relu), expected, magnitude,
                               R * S * C, f"forward {what} relu {relu}", plain)
     if "data" in passes:
         out = guarded.empty(x.shape)
-        assert conv_tc.conv2d_backward_data(dy, w, x.shape, stride, padding, out=out) is out
+        assert tc("conv2d_backward_data")(dy, w, x.shape, stride, padding, out=out) is out
         assert_tf32_close(out, ref.conv2d_backward_data(dyt, wt, x.shape, stride, padding),
                           ref.conv2d_backward_data(ady, aw, x.shape, stride, padding), R * S * K,
                           f"backward_data {what}")
     if "weights" in passes:
         out = guarded.empty(w.shape)
-        assert conv_tc.conv2d_backward_weights(x, dy, w.shape, stride, padding, out=out) is out
+        assert tc("conv2d_backward_weights")(x, dy, w.shape, stride, padding, out=out) is out
         assert_tf32_close(out, ref.conv2d_backward_weights(xt, dyt, w.shape, stride, padding),
                           ref.conv2d_backward_weights(ax, ady, w.shape, stride, padding), N * P * Q,
                           f"backward_weights {what}")

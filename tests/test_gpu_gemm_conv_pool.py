@@ -5,15 +5,22 @@ its result written into a NaN-poisoned ``out=`` buffer (argmax poisoned with 255
 is compared with fastcnn.backend.reference (float64 for GEMM/conv, relative error
 in norm <= 1e-4; max-pool exact: y, argmax and dx bit for bit), then runs again
 without ``out=`` and must give the same bits (allocation path, determinism of the
-split-K reductions).  Bad inputs must be refused before any launch.
+split-K reductions).  TF32 variants (precision "tf32", fetched under precision "high")
+take the same inputs, and the reference multiplies them rounded to tf32
+(reference.round_tf32, cvt.rna's rule) in float64: the kernel then differs from it only
+by fp32 accumulation, and the same 1e-4 holds.  Bad inputs must be refused before any
+launch.
 
     pytest tests/test_gpu_gemm_conv_pool.py      # the gpu tests skip without a GPU
 """
+import contextlib
+
 import numpy as np
 import pytest
 
 from helpers import assert_close, rand, same4
 
+from fastcnn import config
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
 import fastcnn.backend.cuda  # noqa: F401  (registers the CUDA variants; no GPU needed)
@@ -78,27 +85,41 @@ def _f64(*arrays):
     return [None if a is None else a.astype(np.float64) for a in arrays]
 
 
-def _problem(op, case, rng):
-    """(host args, reference outputs as a tuple, exact?) for one op on one case."""
+def _t64(*arrays):
+    """_f64 of the GEMM/convolution operands rounded to tf32 (1-D ones, biases, as they are)."""
+    return [None if a is None else (ref.round_tf32(a) if a.ndim > 1 else a).astype(np.float64) for a in arrays]
+
+
+def _fn(op, variant):
+    """The variant's function, fetched at the precision it needs."""
+    tf32 = registry.lookup(op, variant).precision == "tf32"
+    with config.float32_matmul_precision("high") if tf32 else contextlib.nullcontext():
+        return registry.get(op, variant).fn
+
+
+def _problem(op, case, rng, tf32=False):
+    """(host args, reference outputs as a tuple, exact?) for one op on one case; ``tf32``: the
+    reference on the operands rounded to tf32."""
+    f64 = _t64 if tf32 else _f64
     if op == "matmul":
         M, N, K, ta, tb = case
         a = rand(rng, *((K, M) if ta else (M, K)))
         b = rand(rng, *((N, K) if tb else (K, N)))
-        return (a, b, bool(ta), bool(tb)), (ref.matmul(*_f64(a, b), ta, tb),), False
+        return (a, b, bool(ta), bool(tb)), (ref.matmul(*f64(a, b), ta, tb),), False
     if op == "dense_forward":
         B, I, O, bias, relu = case
         x, w, b = rand(rng, B, I), rand(rng, I, O, scale=I ** -0.5), rand(rng, O) if bias else None
-        return (x, w, b, bool(relu)), (ref.dense_forward(*_f64(x, w, b), relu),), False
+        return (x, w, b, bool(relu)), (ref.dense_forward(*f64(x, w, b), relu),), False
     if op.startswith("conv"):
         N, H, W, C, K, R, S, stride, padding, relu = case
         x, w, b = rand(rng, N, H, W, C), rand(rng, R, S, C, K, scale=(R * S * C) ** -0.5), rand(rng, K)
         P, Q = ref._output_size(H, W, R, S, stride, padding, "kernel")
         dy = rand(rng, N, P, Q, K)
         if op == "conv2d_forward":
-            return (x, w, b, stride, padding, relu), (ref.conv2d_forward(*_f64(x, w, b), stride, padding, relu),), False
+            return (x, w, b, stride, padding, relu), (ref.conv2d_forward(*f64(x, w, b), stride, padding, relu),), False
         if op == "conv2d_backward_data":
-            return (dy, w, x.shape, stride, padding), (ref.conv2d_backward_data(*_f64(dy, w), x.shape, stride, padding),), False
-        return (x, dy, w.shape, stride, padding), (ref.conv2d_backward_weights(*_f64(x, dy), w.shape, stride, padding),), False
+            return (dy, w, x.shape, stride, padding), (ref.conv2d_backward_data(*f64(dy, w), x.shape, stride, padding),), False
+        return (x, dy, w.shape, stride, padding), (ref.conv2d_backward_weights(*f64(x, dy), w.shape, stride, padding),), False
     N, H, W, C, pool, stride, padding = case
     x = rand(rng, N, H, W, C)
     x.reshape(-1)[1:x.size:7] = x.reshape(-1)[0:x.size - 1:7]  # ties: the first maximum must win
@@ -114,8 +135,9 @@ def _problem(op, case, rng):
 def test_variant_matches_reference(op, variant, index):
     cp = _cp()
     kind, case = CASES[index]
-    args, expected, exact = _problem(op, case, np.random.default_rng(index))
-    fn = registry.get(op, variant).fn
+    tf32 = registry.lookup(op, variant).precision == "tf32"
+    args, expected, exact = _problem(op, case, np.random.default_rng(index), tf32)
+    fn = _fn(op, variant)
     dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
     outs = tuple(_poisoned(e.shape, e.dtype if e.dtype == np.uint8 else np.float32) for e in expected)
     try:
@@ -167,13 +189,13 @@ def test_numpy_input_refused(op, variant):
     """A host array is a TypeError that says to move it to the GPU (runs without a GPU)."""
     pytest.importorskip("cupy")  # a CPU-only install has no GPU arrays to ask for
     with pytest.raises(TypeError, match="CuPy array"):
-        _calls(np)[op](registry.get(op, variant).fn)
+        _calls(np)[op](_fn(op, variant))
 
 
 @gpu
 @pytest.mark.parametrize("op,variant", BAD_PARAMS)
 def test_bad_device_inputs_refused(op, variant):
-    cp, fn = _cp(), registry.get(op, variant).fn
+    cp, fn = _cp(), _fn(op, variant)
     _calls(cp)[op](fn)  # the valid call works
     with pytest.raises(TypeError, match="float32"):
         _calls(cp, dtype=np.float64)[op](fn)

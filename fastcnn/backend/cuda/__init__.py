@@ -4,7 +4,7 @@ Each primitive of ``fastcnn.backend.PRIMITIVES`` dispatches to the variant
 selected in ``fastcnn.kernels`` (the registry), so a Numba variant can stand in
 for a CUDA C one.  The variants live beside this file, one module per kernel
 file: gemm.py (kernels/gemm.cu), conv.py, pool.py, step.py (the rest of a
-training step).  Importing this package never needs a GPU.
+training step); gemm_tc.py and conv_tc.py hold the TF32 tensor-core variants.  Importing this package never needs a GPU.
 """
 from __future__ import annotations
 
@@ -80,4 +80,4 @@ for _op in PRIMITIVES:
     globals()[_op] = _dispatcher(_op)
 
 # Registering the variants: one module per kernel file; `auto` last (it picks among them).
-from . import gemm, conv, conv_direct, conv_winograd, pool, step, auto  # noqa: E402,F401
+from . import gemm, gemm_tc, conv, conv_tc, conv_direct, conv_winograd, pool, step, auto  # noqa: E402,F401

@@ -10,6 +10,7 @@ own (its factories, given this kernel file): only the kernels differ.
 """
 from __future__ import annotations
 
+from .. import registry
 from . import _launch
 from .conv import _backward_data, _backward_weights, _forward
 
@@ -30,3 +31,11 @@ conv2d_backward_data = _backward_data("tc_tf32", implicit_tf32)
 conv2d_backward_weights = _backward_weights("tc_tf32", implicit_tf32)
 for _fn in (conv2d_forward, conv2d_backward_data, conv2d_backward_weights):
     _fn.__module__ = __name__
+
+_NOTE = "TF32 tensor cores: implicit GEMM on mma.sync m16n8k8, 128x64x16 tiles, cp.async pipeline{}"
+registry.register("conv2d_forward", "tc_tf32", conv2d_forward, source="cuda", precision="tf32",
+                  note=_NOTE.format(", fused bias+ReLU"))
+registry.register("conv2d_backward_data", "tc_tf32", conv2d_backward_data, source="cuda", precision="tf32",
+                  note=_NOTE.format("; taps off the stride grid load zeros but still cost MMAs"))
+registry.register("conv2d_backward_weights", "tc_tf32", conv2d_backward_weights, source="cuda",
+                  precision="tf32", note=_NOTE.format(", split-K with ordered reduce"))

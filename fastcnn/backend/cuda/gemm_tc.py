@@ -31,3 +31,9 @@ def launch_gemm_tf32(variant: str, a, b, out, M: int, N: int, K: int, trans_a: b
 matmul = _matmul("tc_tf32", launch_gemm_tf32)
 dense_forward = _dense_forward("tc_tf32", launch_gemm_tf32)
 matmul.__module__ = dense_forward.__module__ = __name__
+
+_NOTE = "TF32 tensor cores: mma.sync m16n8k8, 128x64x16 tiles, 3-stage cp.async pipeline{}"
+registry.register("matmul", "tc_tf32", matmul, source="cuda", precision="tf32",
+                  note=_NOTE.format(", split-K for small M*N"))
+registry.register("dense_forward", "tc_tf32", dense_forward, source="cuda", precision="tf32",
+                  note=_NOTE.format(", fused bias+ReLU epilogue"))
