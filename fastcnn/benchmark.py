@@ -5,10 +5,12 @@ One run measures, on one card and in one process:
 * ceilings: device-to-device copy bandwidth (bytes read + written), cuBLAS SGEMM
   (``cupy.matmul``, TF32 off) and cuBLAS TF32 rates;
 * GEMM 4096^3, 8192^3, 200x400x120, 128x9216x4096, 128x4096x4096 (M x K x N):
-  every ``matmul`` variant vs ``cupy.matmul`` with TF32 off and on;
+  every ``matmul`` variant vs ``cupy.matmul`` with TF32 off and on (the TF32 variants,
+  ``tc_tf32``, timed under precision "high" in every run and compared with TF32 on);
 * convolution forward / backward-data / backward-weights of every LeNet-5 (batch
   200) and AlexNet (batch 128) layer: every variant vs cuDNN through PyTorch,
-  NCHW and channels_last, TF32 off and on, ``cudnn.benchmark = True``;
+  NCHW and channels_last, TF32 off and on, ``cudnn.benchmark = True`` (TF32 variants
+  against the faster TF32 layout);
 * max-pool forward / backward of every pooling layer vs PyTorch's max_pool2d
   (ATen's CUDA kernels), GB/s and percent of the copy bandwidth;
 * whole networks, images/s: LeNet-5 train (batch 200, Adam), AlexNet train (batch
@@ -361,8 +363,10 @@ class Report:
         out = []
 
         def pick(case, impl_prefix="fastcnn", want="ratio", exclude=None):
+            # the TF32 variants (compared with TF32 baselines) only where asked for by name
             rows = [r for r in self.rows if r.case == case and r.role == "fastcnn" and not r.error
-                    and r.impl.startswith(impl_prefix) and not (exclude and r.impl.startswith(exclude))]
+                    and r.impl.startswith(impl_prefix) and not (exclude and r.impl.startswith(exclude))
+                    and ("tf32" in impl_prefix) == ("tf32" in r.impl.lower())]
             vals = [getattr(r, want) for r in rows if getattr(r, want) is not None]
             return max(vals) if vals else None
         for label, case, prefix, want in [
@@ -372,6 +376,9 @@ class Report:
                 ("alexnet.conv3 fwd / cuDNN fp32", "alexnet.conv3 fwd", "fastcnn", "ratio"),
                 ("alexnet.conv4 fwd / cuDNN fp32", "alexnet.conv4 fwd", "fastcnn", "ratio"),
                 ("alexnet.conv5 fwd / cuDNN fp32", "alexnet.conv5 fwd", "fastcnn", "ratio"),
+                ("gemm 8192^3 tc_tf32 / cuBLAS TF32", "gemm 8192^3", "fastcnn:tc_tf32", "ratio"),
+                *[(f"alexnet.conv{i} fwd tc_tf32 / cuDNN TF32", f"alexnet.conv{i} fwd", "fastcnn:tc_tf32", "ratio")
+                  for i in range(1, 6)],
                 ("alexnet.pool1 fwd % copy bw", "alexnet.pool1 fwd", "fastcnn", "pct_ceiling"),
                 ("alexnet.pool1 bwd % copy bw", "alexnet.pool1 bwd", "fastcnn", "pct_ceiling"),
                 ("lenet train graph / torch graph", "lenet5 train", "fastcnn graph", "ratio"),

@@ -136,6 +136,24 @@ def test_key_ratios_for_the_check_table():
     assert "numba gemm 4096^3 / cuBLAS fp32" not in keys         # no Numba GEMM row in this run
 
 
+def test_key_ratios_of_the_tensor_core_rows():
+    """TF32 rows against the best TF32 baseline (the faster layout), and out of the fp32 keys."""
+    extra = [R("gemm", "gemm 8192^3", "fastcnn:tc_tf32", "fastcnn", "TFLOP/s", 200.0, precision="tf32"),
+             R("gemm", "gemm 8192^3", "fastcnn:tiled*", "fastcnn", "TFLOP/s", 45.0),
+             R("gemm", "gemm 8192^3", "cuBLAS fp32", "baseline", "TFLOP/s", 50.0),
+             R("gemm", "gemm 8192^3", "cuBLAS TF32", "baseline", "TFLOP/s", 400.0, precision="tf32"),
+             R("conv", "alexnet.conv1 fwd", "fastcnn:tc_tf32", "fastcnn", "TFLOP/s", 30.0, precision="tf32"),
+             R("conv", "alexnet.conv1 fwd", "fastcnn:implicit_gemm*", "fastcnn", "TFLOP/s", 20.0),
+             R("conv", "alexnet.conv1 fwd", "cuDNN NCHW fp32", "baseline", "TFLOP/s", 25.0),
+             R("conv", "alexnet.conv1 fwd", "cuDNN NCHW TF32", "baseline", "TFLOP/s", 24.0, precision="tf32"),
+             R("conv", "alexnet.conv1 fwd", "cuDNN NHWC TF32", "baseline", "TFLOP/s", 40.0, precision="tf32")]
+    keys = dict(Report(known_results() + extra, HEADER).key_ratios())
+    assert keys["gemm 8192^3 tc_tf32 / cuBLAS TF32"] == "0.50x"
+    assert keys["alexnet.conv1 fwd tc_tf32 / cuDNN TF32"] == "0.75x"
+    assert keys["alexnet.conv1 fwd / cuDNN fp32"] == "0.80x"
+    assert "alexnet.conv2 fwd tc_tf32 / cuDNN TF32" not in keys
+
+
 def test_plot_writes_png_or_says_why(tmp_path, monkeypatch):
     rep = Report(known_results(), HEADER)
     path = tmp_path / "ratios.png"
@@ -378,3 +396,25 @@ def test_priority_orders_cases_but_rows_keep_the_canonical_order(monkeypatch):
                                                      repeats=1, warmup=0, verbose=False))
     assert ran == ["c case", "b case", "a case"]
     assert [r.case for r in rep.results] == ["a case", "b case", "c case"]
+
+
+def test_tensor_core_rows_are_ready_in_every_run(monkeypatch):
+    """The TF32 kernels (tc_tf32) have rows in every run, timed inside precision "high", beside
+    cuBLAS with TF32 on (GEMM 8192^3) and cuDNN with TF32 on, NCHW and channels_last (AlexNet
+    conv1-5); under "high" they are listed once, not twice."""
+    from fastcnn import config
+    monkeypatch.setattr(benchmark, "_torch_ok", lambda: True)   # list the cuDNN rows (nothing runs)
+    for precision in ("highest", "high"):
+        with config.float32_matmul_precision(precision):
+            gemm, conv = benchmark.specs("gemm"), benchmark.specs("conv")
+        tc_gemm = [s for s in gemm if s.impl == "fastcnn:tc_tf32"]
+        assert len(tc_gemm) == len(benchmark.GEMM_SHAPES) and all(s.precision == "tf32" for s in tc_gemm)
+        assert {s.impl for s in gemm if s.case == "gemm 8192^3" and s.precision == "tf32"} == \
+            {"fastcnn:tc_tf32", "cuBLAS TF32"}
+        for i in range(1, 6):
+            case = f"alexnet.conv{i} fwd"
+            assert {s.impl for s in conv if s.case == case and s.precision == "tf32"} == \
+                {"fastcnn:tc_tf32", "cuDNN NCHW TF32", "cuDNN NHWC TF32"}, case
+        with tc_gemm[0].context():
+            assert config.get_float32_matmul_precision() == "high"
+        assert config.get_float32_matmul_precision() == "highest"

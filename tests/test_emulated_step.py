@@ -679,9 +679,10 @@ def test_incomplete_warp_ops_are_errors(mode, match):
 def test_every_kernel_file_builds():
     """Every kernels/*.cu except timing.cu (inline PTX) compiles under the emulator, with the
     template instances its backend module asks CuPy for."""
-    from fastcnn.backend.cuda import conv, conv_direct, gemm, pool
+    from fastcnn.backend.cuda import conv, conv_direct, gemm, gemm_tc, pool
     names = {"gemm.cu": gemm.NAME_EXPRESSIONS, "conv.cu": conv.NAME_EXPRESSIONS,
-             "conv_direct.cu": conv_direct.NAME_EXPRESSIONS, "pool.cu": pool.NAME_EXPRESSIONS}
+             "conv_direct.cu": conv_direct.NAME_EXPRESSIONS, "pool.cu": pool.NAME_EXPRESSIONS,
+             "gemm_tf32.cu": gemm_tc.NAME_EXPRESSIONS}
     files = sorted(p.name for p in _paths.KERNEL_DIR.glob("*.cu") if p.name != "timing.cu")
     assert set(STEP_FILES) <= set(files)
     cuda_emu.prebuild(*[(f, names.get(f, ())) for f in files])
