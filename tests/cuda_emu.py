@@ -1043,6 +1043,7 @@ def patch_backend(monkeypatch, guarded, *, sms=132, grid_cap=None, log=None, cp_
 
     real_out, real_sms, real_blocks = _launch.out_array, gemm.sm_count, gemm.grid_blocks
     monkeypatch.setattr(_launch, "function", function)
+    monkeypatch.setattr(_launch, "compute_capability", lambda: 90)  # __CUDA_ARCH__ 900
     monkeypatch.setattr(_launch, "check", check)
     for mod in _cuda_modules():
         if getattr(mod, "out_array", None) is real_out:

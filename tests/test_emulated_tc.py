@@ -238,3 +238,15 @@ def test_conv_tf32_alexnet_layers(monkeypatch, layer, case, backward):
     if not backward:
         _conv_case(guarded, (1, 31, 31, 3, 96, 11, 11, (4, 4), V0), log, ("data", "weights"))
     assert guarded.intact(), f"a kernel wrote outside its array: {log}"
+
+
+def test_gpus_without_tf32_tensor_cores_are_refused(emulated, monkeypatch):
+    """Below compute capability 8.0 the variants refuse (NotApplicable: auto uses another)."""
+    from fastcnn.backend.cuda import _launch
+    guarded, _ = emulated
+    monkeypatch.setattr(_launch, "compute_capability", lambda: 75)
+    a = guarded.wrap(np.ones((4, 4), np.float32))
+    x, w = guarded.wrap(np.ones((1, 4, 4, 4), np.float32)), guarded.wrap(np.ones((1, 1, 4, 4), np.float32))
+    for call in (lambda: tc("matmul")(a, a), lambda: tc("conv2d_forward")(x, w, None, (1, 1), (0, 0, 0, 0), False)):
+        with pytest.raises(registry.NotApplicable, match=r"compute capability 8.0 or newer\); this GPU has 7.5"):
+            call()

@@ -72,6 +72,28 @@ def out_array(name: str, out, shape, dtype=np.float32):
     return check(name, out, dtype=dtype, shape=shape)
 
 
+@functools.lru_cache(maxsize=None)
+def _compute_capability(device_id: int) -> int:
+    import cupy as cp
+    return int(cp.cuda.Device(device_id).compute_capability)
+
+
+def compute_capability() -> int:
+    """The current GPU's compute capability as CuPy spells it (90 for an H100/H200)."""
+    import cupy as cp
+    return _compute_capability(cp.cuda.Device().id)
+
+
+def require_tensor_cores(what: str) -> None:
+    """Refuse (registry.NotApplicable: auto then uses another variant) a GPU without TF32
+    mma.sync (compute capability below 8.0)."""
+    cc = compute_capability()
+    if cc < 80:
+        from ..registry import NotApplicable
+        raise NotApplicable(f"{what} needs TF32 tensor cores (compute capability 8.0 or newer); "
+                            f"this GPU has {cc // 10}.{cc % 10}")
+
+
 def blocks(n: int, threads: int) -> int:
     """Number of blocks of ``threads`` that cover ``n`` items."""
     return max(1, (n + threads - 1) // threads)

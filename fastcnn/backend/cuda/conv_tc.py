@@ -23,6 +23,7 @@ def implicit_tf32(kind: str, variant: str):
     """conv.py's (kernel, N-tile width, threads) for the tensor-core kernels."""
     if variant != "tc_tf32":
         raise ValueError(f"unknown TF32 convolution variant {variant!r}; the one there is: 'tc_tf32'")
+    _launch.require_tensor_cores("the tc_tf32 convolution")
     return _launch.function(_FILE, f"conv_{kind}_tf32"), TILE_N, THREADS
 
 

@@ -24,6 +24,7 @@ def launch_gemm_tf32(variant: str, a, b, out, M: int, N: int, K: int, trans_a: b
     if variant != "tc_tf32":
         raise ValueError(f"unknown TF32 GEMM variant {variant!r}; the one there is: 'tc_tf32'")
     check_int32(M=M, N=N, K=K, M_times_N=M * N)
+    _launch.require_tensor_cores("the tc_tf32 GEMM")
     kernel = _launch.function(_FILE, f"gemm_tf32<{int(bool(trans_a))}, {int(bool(trans_b))}>", NAME_EXPRESSIONS)
     launch_tiles(kernel, THREADS, TILE_N, a, b, out, M, N, K, bias, relu)
 
