@@ -409,12 +409,13 @@ def test_tensor_core_rows_are_ready_in_every_run(monkeypatch):
             gemm, conv = benchmark.specs("gemm"), benchmark.specs("conv")
         tc_gemm = [s for s in gemm if s.impl == "fastcnn:tc_tf32"]
         assert len(tc_gemm) == len(benchmark.GEMM_SHAPES) and all(s.precision == "tf32" for s in tc_gemm)
-        assert {s.impl for s in gemm if s.case == "gemm 8192^3" and s.precision == "tf32"} == \
-            {"fastcnn:tc_tf32", "cuBLAS TF32"}
+        assert {"fastcnn:tc_tf32", "cuBLAS TF32"} <= \
+            {s.impl for s in gemm if s.case == "gemm 8192^3" and s.precision == "tf32"}
         for i in range(1, 6):
             case = f"alexnet.conv{i} fwd"
-            assert {s.impl for s in conv if s.case == case and s.precision == "tf32"} == \
-                {"fastcnn:tc_tf32", "cuDNN NCHW TF32", "cuDNN NHWC TF32"}, case
+            assert {"fastcnn:tc_tf32", "cuDNN NCHW TF32", "cuDNN NHWC TF32"} <= \
+                {s.impl for s in conv if s.case == case and s.precision == "tf32"}, case
+            assert len([s for s in conv if s.case == case and s.impl == "fastcnn:tc_tf32"]) == 1
         with tc_gemm[0].context():
             assert config.get_float32_matmul_precision() == "high"
         assert config.get_float32_matmul_precision() == "highest"
