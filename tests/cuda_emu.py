@@ -58,6 +58,8 @@ fp32 (a GPU's tensor core may round differently within fp32 accumulation's error
 src-size zero fill, alignment checked) either copies at once or, with
 ``function(..., cp_async="at_wait")``, keeps each copy until the
 ``cp.async.wait_group`` that covers its group: a kernel must be right both ways.
+``Emulator.ldmatrix_conflicts()`` counts the shared-memory wavefronts ldmatrix needed
+beyond one per 8x8 matrix (rows of one matrix in the same group of 4 banks).
 
 Limits: no ``__activemask``, ``__match_*_sync``, ``__reduce_*_sync``, cooperative
 groups, half types or inline PTX other than mma.cuh's (timing.cu's ``%globaltimer``: that
@@ -340,6 +342,10 @@ struct Fiber {
     unsigned committed;           // cp.async.commit_group executed in this block
 };
 static bool cp_async_at_wait = false;  // false: a cp.async copies at once; true: at its wait_group
+// Shared-memory wavefronts ldmatrix needs beyond one per 8x8 matrix (bank conflicts): a
+// matrix's 8 rows of 16 bytes go in one wavefront when no two different rows fall in the
+// same group of 4 banks, (address / 16) % 8.
+static long long ldmatrix_conflicts = 0;
 static const size_t STACK = 256 * 1024;
 static std::vector<Fiber*> fibers;  // pointers: a ucontext_t must not move
 static jmp_buf scheduler;
@@ -419,8 +425,20 @@ static void run_matrix(unsigned base, int kind, int variant) {
     const int num = variant / 2;
     const bool trans = variant & 1;
     unsigned short rows[4][8][8];
-    for (int i = 0; i < num; ++i)
-        for (int j = 0; j < 8; ++j) std::memcpy(rows[i][j], fibers[base + 8 * i + j]->in, 16);
+    for (int i = 0; i < num; ++i) {
+        int distinct[8] = {0}, worst = 1;  // per bank group: the distinct rows seen
+        const void* seen[8][8];
+        for (int j = 0; j < 8; ++j) {
+            const void* at = fibers[base + 8 * i + j]->in;
+            std::memcpy(rows[i][j], at, 16);
+            const int group = (int)(((unsigned long long)at >> 4) & 7);
+            bool again = false;
+            for (int q = 0; q < distinct[group]; ++q) again = again || seen[group][q] == at;
+            if (!again) seen[group][distinct[group]++] = at;
+            worst = distinct[group] > worst ? distinct[group] : worst;
+        }
+        ldmatrix_conflicts += worst - 1;
+    }
     for (unsigned l = 0; l < 32; ++l) {
         unsigned* r = static_cast<unsigned*>(fibers[base + l]->out);
         for (int i = 0; i < num; ++i) {
@@ -749,6 +767,7 @@ void fc_emu_cp_async_wait(int n) {
 }
 
 extern "C" void emu_set_cp_async_at_wait(int on) { fc_emu::cp_async_at_wait = on != 0; }
+extern "C" long long emu_ldmatrix_conflicts() { return fc_emu::ldmatrix_conflicts; }
 
 extern "C" const char* emu_error() { return fc_emu::error; }
 """
@@ -807,6 +826,13 @@ class Emulator:
             fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_void_p] * 3
         self._error = lib.emu_error
         self._error.restype = ctypes.c_char_p
+
+    def ldmatrix_conflicts(self) -> int:
+        """Extra shared-memory wavefronts (bank conflicts) of every ldmatrix run so far by
+        this file's kernels: 0 when each 8x8 matrix was read in one."""
+        get = self._lib.emu_ldmatrix_conflicts
+        get.restype = ctypes.c_longlong
+        return int(get())
 
     def signature(self, name):
         """The parameter types of a kernel, e.g. ['*float32', '*float32', 'int32']."""

@@ -12,7 +12,8 @@ the helpers of kernels/mma.cuh that the tensor-core kernels call, independent of
 * ``cvt.rna.tf32.f32`` against an independent float64 rounding (ties away from zero,
   denormals, the overflow to infinity, infinities and NaN).
 * ``ldmatrix`` x1/x2/x4, with and without .trans, rows scattered in shared memory (each
-  lane hands in its own row address), lanes whose address is unused handing in garbage.
+  lane hands in its own row address), lanes whose address is unused handing in garbage;
+  its count of bank conflicts (extra wavefronts) on known row placements.
 * ``cp.async`` 4/8/16 bytes with src-size (zero fill), commit_group/wait_group, in both
   emulator modes: copies made at once, and copies kept until the wait that covers their
   group (then wait_group 1 must leave the newest group out).
@@ -296,3 +297,16 @@ def test_misuse_is_an_error(what, block, match):
         emu.function("bad_test")((1,), (block,), (x, y, np.int32(what)))
     emu.function("mma_test")((1,), (32,), (x, x, x, y, np.int32(1)))  # the emulator goes on afterwards
     assert (y[:128] == 9.0).all()
+
+
+def test_ldmatrix_counts_bank_conflicts():
+    """8 rows in 8 different 4-bank groups: one wavefront a matrix; 8 rows 128 bytes apart
+    (one group): 8 wavefronts, 7 extra a matrix; the same row 8 times: a broadcast."""
+    emu = _emulator()
+    rows = np.arange(128, dtype=np.uint32).reshape(32, 4)
+    out = np.zeros((32, 4), np.uint32)
+    lanes = np.arange(32)
+    for row_at, extra in ((lanes, 0), ((8 * lanes) % 64 + lanes // 8, 4 * 7)):
+        before = emu.ldmatrix_conflicts()
+        emu.function("ldmatrix_test")((1,), (32,), (rows, row_at.astype(np.int32), out, np.int32(2)))
+        assert emu.ldmatrix_conflicts() - before == extra, row_at

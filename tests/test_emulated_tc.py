@@ -9,7 +9,7 @@ plan of a 132-SM card and copies made at once; the same with the plan of an 8-SM
 (split-K more often) and copies that land only at the cp.async.wait_group covering them
 (a pipeline that reads a stage before waiting for it fails there); and every array 4 bytes
 off (4-byte copies) with copies at the wait.  Outputs are NaN-poisoned, guard zones
-must stay intact.
+must stay intact, and the ldmatrix fragment loads must be free of bank conflicts.
 
 Tolerance, derived: the kernel and the reference multiply the same tf32 values (the test
 rounds the inputs with reference.round_tf32, cvt.rna's rule, and sums in float64); a tf32
@@ -250,3 +250,18 @@ def test_gpus_without_tf32_tensor_cores_are_refused(emulated, monkeypatch):
     for call in (lambda: tc("matmul")(a, a), lambda: tc("conv2d_forward")(x, w, None, (1, 1), (0, 0, 0, 0), False)):
         with pytest.raises(registry.NotApplicable, match=r"compute capability 8.0 or newer\); this GPU has 7.5"):
             call()
+
+
+def test_ldmatrix_fragment_loads_are_free_of_bank_conflicts(emulated):
+    """Every operand tile read by ldmatrix (K-contiguous: GEMM A unless transposed, B when
+    given as (N, K), the forward and backward-data gathers) in one wavefront a matrix."""
+    guarded, _ = emulated
+    rng = np.random.default_rng(1)
+    files = [cuda_emu.load("gemm_tf32.cu", gemm_tc.NAME_EXPRESSIONS), cuda_emu.load("conv_tf32.cu")]
+    before = [f.ldmatrix_conflicts() for f in files]
+    a, b = guarded.wrap(rand(rng, 70, 40)), guarded.wrap(rand(rng, 90, 40))
+    tc("matmul")(a, b, False, True)                                   # A and B K-contiguous
+    x, w, dy = (guarded.wrap(rand(rng, *s)) for s in ((1, 9, 9, 8), (3, 3, 8, 12), (1, 9, 9, 12)))
+    tc("conv2d_forward")(x, w, None, (1, 1), (1, 1, 1, 1), False)
+    tc("conv2d_backward_data")(dy, w, x.shape, (1, 1), (1, 1, 1, 1))
+    assert [f.ldmatrix_conflicts() for f in files] == before
