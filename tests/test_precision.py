@@ -403,6 +403,7 @@ def test_train_without_precision_records_fp32_and_rounds_nothing(capsys, tmp_pat
 
 
 def test_numba_kernels_refuse_tf32_and_tf32_kernels_need_it(capsys, tmp_path, fake_variants):
+    pytest.importorskip("numba")  # a CPU-only install has no Numba kernels to choose
     base = ("train", "lenet5", "--out", str(tmp_path), *QUICK)
     code, _, err = _cli(capsys, *base, "--precision", "tf32", "--kernel", "matmul=numba_tiled")
     assert code == 2 and "Numba kernels compute in fp32 only" in err and "--precision tf32" in err
