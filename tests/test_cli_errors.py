@@ -44,6 +44,15 @@ def test_every_command_has_a_help(command, capsys):
         assert "(80%/20%)" in out  # the split help's percent signs, printed as such
 
 
+def test_an_unknown_command_or_a_missing_argument_is_one_line(capsys):
+    for argv, why in ((["trian"], "invalid choice: 'trian'"), (["train"], "required: model"),
+                      (["evaluate", "lenet5"], "required: --weights")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        line = one_error_line(capsys.readouterr().err)
+        assert exit_.value.code == 2 and why in line and line.endswith("--help)")
+
+
 # ---------------------------------------------------------------- numbers
 @pytest.mark.parametrize("argv, option, why", [
     (["train", "lenet5", "--lr", "-1"], "--lr", "must be > 0"),
@@ -117,13 +126,14 @@ def test_output_files_that_cannot_be_written_are_refused_before_any_work(tmp_pat
     a_file.write_text("x")
     for argv in (["bench", "--json", a_file / "b.json"], ["bench", "--markdown", a_file / "b.md"],
                  ["bench", "--plot", a_file / "sub" / "b.png"], ["profile", "lenet5", "--json", a_file / "p.json"],
-                 ["bench", "--json", tmp_path]):
+                 ["bench", "--json", tmp_path], ["check", "--out", a_file]):
         with pytest.raises(SystemExit) as exit_:
             cli.main([str(a) for a in argv])
         _, err = capsys.readouterr()
         line = one_error_line(err)
         assert exit_.value.code == 2 and f"argument {argv[-2]}" in line, line
         assert "is a file, not a folder" in line or "is a folder" in line
+    assert not list(a_file.parent.glob("tmp*"))  # the write probe leaves nothing behind
     if os.geteuid() != 0:  # root writes into read-only folders
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
