@@ -575,8 +575,8 @@ class ImageFolderBatches:
         self.files = list(files)
         if not self.files:
             raise ImageFolderError("ImageFolderBatches: no files")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from .model import _batch_size
+        batch_size = _batch_size(batch_size)  # fit's rule: a positive integer
         self.decode, self.image_shape = _decoder(image_size, color_mode)
         self.batch_size, self.num_classes, self.shuffle = int(batch_size), num_classes, shuffle
         self.samples = len(self.files)

@@ -106,6 +106,8 @@ def test_the_api_checks_batch_size_in_one_place():
                      lambda b: model.fit(x, y, batch_size=b, verbose=0)):
             with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got"):
                 call(bad)
+        with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got"):
+            datasets.ImageFolderBatches([("a.png", 0)], bad, (28, 28), "grayscale")  # the same rule
     assert len(model.evaluate(x, y, batch_size=np.int64(3), verbose=0)) == 2
     assert model.predict(x).shape == (4, 10)  # None: Keras's 32
 
