@@ -3,7 +3,8 @@
 fit() calls, in order: on_train_begin(logs), then per epoch on_epoch_begin(epoch, logs),
 on_batch_end(batch, logs) after every batch, on_epoch_end(epoch, logs), and finally
 on_train_end(logs).  Each callback gets ``self.model`` (set by fit) and may set
-``model.stop_training = True``.
+``model.stop_training = True``; before training, ``set_params`` gives each one fit's
+``{'verbose', 'epochs', 'steps'}`` (``callback.params``, as Keras's; ``History.params`` too).
 
 Batch logs are a ``BatchLogs`` mapping: 'batch', 'size' (images in this batch),
 'seen' (images so far this epoch) and 'steps' (batches per epoch) are plain numbers;
@@ -11,7 +12,7 @@ Batch logs are a ``BatchLogs`` mapping: 'batch', 'size' (images in this batch),
 a callback asks for them (on the GPU each read is a synchronisation, so a
 progress bar should read them at most a few times per second).
 Epoch logs are a plain dict with 'loss', 'accuracy' and, with validation data,
-'val_loss', 'val_accuracy'.
+'val_loss', 'val_accuracy' (compiled with metrics=['acc']: 'acc' and 'val_acc', as Keras names them).
 
 A callback with a state that training depends on (counters, the best value so far, the
 record of past epochs) gives it as ``get_state()`` (JSON values, or lists of arrays) and takes
@@ -34,9 +35,13 @@ from .saving import atomic_write, dumps_json
 class Callback:
     model = None
     epoch_end_order = 0   # on_epoch_end runs in this order (stable): a check first, checkpoints last
+    params: dict = {}   # fit's: {'verbose', 'epochs', 'steps'}, as Keras's
 
     def set_model(self, model):
         self.model = model
+
+    def set_params(self, params):
+        self.params = dict(params)
 
     def on_train_begin(self, logs=None): ...
     def on_epoch_begin(self, epoch, logs=None): ...
@@ -53,6 +58,10 @@ class CallbackList(Callback):
     def set_model(self, model):
         for c in self.callbacks:
             c.set_model(model)
+
+    def set_params(self, params):
+        for c in self.callbacks:
+            c.set_params(params)
 
     def on_train_begin(self, logs=None):
         for c in self.callbacks:
@@ -197,7 +206,7 @@ class BatchLogs(Mapping):
 
 
 # ---------------------------------------------------------------------------- progress
-def _fmt_logs(logs, keys=("loss", "accuracy", "val_loss", "val_accuracy")) -> str:
+def _fmt_logs(logs, keys=("loss", "accuracy", "acc", "val_loss", "val_accuracy", "val_acc")) -> str:
     return " - ".join(f"{k}: {float(logs[k]):.4f}" for k in keys if k in logs)
 
 
@@ -224,7 +233,8 @@ class ProgressBar(Callback):
                 pass  # plain per-epoch lines; `pip install fastcnn[progress]` for the bar
         self._bar = None
 
-    def set_params(self, params):  # Keras's hook, if fit passes its parameters
+    def set_params(self, params):  # Keras's hook: fit passes its parameters
+        super().set_params(params)
         self.epochs = params.get("epochs", self.epochs)
 
     def on_train_begin(self, logs=None):
@@ -256,8 +266,10 @@ class ProgressBar(Callback):
         if now - self._last_read >= self.min_interval or batch + 1 == steps:
             self._last_read = now
             rate = self._seen / max(now - self._start, 1e-9)
-            self._bar.set_postfix_str(f"loss={float(logs['loss']):.4f} acc={float(logs['accuracy']):.4f} "
-                                      f"{rate:,.0f} img/s", refresh=False)
+            acc = logs.get("accuracy", logs.get("acc"))
+            self._bar.set_postfix_str(f"loss={float(logs['loss']):.4f} "
+                                      + (f"acc={float(acc):.4f} " if acc is not None else "")
+                                      + f"{rate:,.0f} img/s", refresh=False)
         self._bar.update(batch + 1 - self._bar.n)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -265,6 +277,7 @@ class ProgressBar(Callback):
         seconds = time.perf_counter() - self._start
         rate = self._seen / max(seconds, 1e-9)
         if self._bar is not None:
+            logs = {{"acc": "accuracy", "val_acc": "val_accuracy"}.get(k, k): v for k, v in logs.items()}
             parts = [f"loss={logs['loss']:.4f}" if "loss" in logs else "",
                      f"acc={logs['accuracy']:.4f}" if "accuracy" in logs else "",
                      f"val_loss={logs['val_loss']:.4f}" if "val_loss" in logs else "",

@@ -1,24 +1,30 @@
 """Keras-style layers: Conv2D, MaxPool2D, Flatten, Dense, Dropout, LRN, Activation,
-and the augmentation layers RandomCrop, RandomFlip and PCAColorNoise.
+the augmentation layers RandomCrop, RandomFlip and PCAColorNoise, and Input.
 
 A layer knows its output shape from its input shape (``build``), owns its
-Parameters (Keras's initialisers: Glorot-uniform kernels, zero biases) and
-calls the functional API in ``call``.  Shapes exclude the batch axis, NHWC.
+Parameters (initialised by Keras's names: Glorot-uniform kernels and zero biases
+by default) and calls the functional API in ``call``.  NHWC; ``input_shape`` and
+``output_shape`` have the batch axis first as None (Keras 2's form), the shapes a
+layer is built with and computes (``build``, ``compute_output_shape``) do not.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from . import distribution
 from . import functional as F
+from . import initializers
 from . import profiler
-from .seeding import generator, next_seed
+from .seeding import next_seed
 from .tensor import Function, Parameter
 
 
 class Layer:
+    """The base of every layer.  Keras's attributes and methods: ``name``, ``trainable``
+    (False: the model's optimizer leaves this layer's weights alone), ``weights``,
+    ``trainable_weights``, ``non_trainable_weights``, ``get_weights``/``set_weights``,
+    ``input_shape``/``output_shape`` with the batch axis as None, ``get_config`` /
+    ``from_config``, ``count_params``."""
     type_name = "Layer"  # as Keras's summary shows it
     default_name = "layer"
     activation = None
@@ -29,26 +35,84 @@ class Layer:
         process's slice of the batch starts in data-parallel training: fastcnn.distribution)."""
         return distribution.sample_offset()
 
-    def __init__(self, input_shape=None, name=None):
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
+    def __init__(self, input_shape=None, name=None, trainable=True):
+        self._input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
         self.name = name
-        self.output_shape = None
+        self.trainable = bool(trainable)
+        self._output_shape = None
         self.params: list[Parameter] = []
         self.built = False
 
     def build(self, input_shape):
-        self.input_shape = tuple(int(d) for d in input_shape)
-        self.output_shape = self.compute_output_shape(self.input_shape)
+        self._input_shape = tuple(int(d) for d in input_shape)
+        self._output_shape = self.compute_output_shape(self._input_shape)
         self.built = True
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    @property
+    def input_shape(self):
+        """(None,) + the shape of one input, as Keras 2 gives it; None before it is known."""
+        return None if self._input_shape is None else (None,) + self._input_shape
+
+    @property
+    def output_shape(self):
+        return None if self._output_shape is None else (None,) + self._output_shape
+
+    # ---- weights, as Keras's layers give them
+    @property
+    def weights(self) -> list[Parameter]:
+        return list(self.params)
+
+    @property
+    def trainable_weights(self) -> list[Parameter]:
+        return list(self.params) if self.trainable else []
+
+    @property
+    def non_trainable_weights(self) -> list[Parameter]:
+        return [] if self.trainable else list(self.params)
+
+    def _param(self, name):
+        found = [p for p in self.params if p.name == name]
+        if not found:
+            raise AttributeError(f"layer {self.name!r} ({self.type_name}) has no {name}"
+                                 + ("" if self.built else " yet: it is not built"))
+        return found[0]
+
+    kernel = property(lambda self: self._param("kernel"))
+    bias = property(lambda self: self._param("bias"))
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of this layer's weights (kernel, then bias)."""
+        return [p.numpy().copy() for p in self.params]
+
+    def set_weights(self, weights) -> None:
+        """Copy ``weights`` (a list as get_weights gives) into this layer's weights, in place."""
+        weights = list(weights)
+        if len(weights) != len(self.params):
+            raise ValueError(f"layer {self.name!r} has {len(self.params)} weights, set_weights got {len(weights)}"
+                             + ("" if self.built else " (the layer is not built yet)"))
+        arrays = [np.asarray(w) for w in weights]
+        for p, w in zip(self.params, arrays):
+            if w.shape != p.shape:
+                raise ValueError(f"weight {self.name}/{p.name} has shape {p.shape}, got an array of shape {w.shape}")
+        for p, w in zip(self.params, arrays):
+            _assign(p.data, w)
 
     def count_params(self) -> int:
         return sum(int(p.size) for p in self.params)
 
     def weight_names(self) -> list[str]:
         return [f"{self.name}/{p.name}" for p in self.params]
+
+    # ---- configuration: the constructor's arguments, as Keras names them
+    def get_config(self) -> dict:
+        return {"name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        return cls(**config)
 
     def __call__(self, x, training=False, activation="default"):
         activation = self.activation if activation == "default" else activation
@@ -64,9 +128,40 @@ class Layer:
         return f"{type(self).__name__}(name={self.name!r}, output_shape={self.output_shape})"
 
 
-def glorot_uniform(shape, fan_in, fan_out):
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return generator().uniform(-limit, limit, size=shape).astype(np.float32)
+def _assign(data, value) -> None:
+    """data[...] = value in place, wherever data lives (NumPy, CuPy or a Numba device array)."""
+    value = np.ascontiguousarray(value, dtype=data.dtype)
+    if isinstance(data, np.ndarray):
+        data[...] = value
+    elif hasattr(data, "set"):   # CuPy
+        data.set(value)
+    else:                        # Numba device array
+        data.copy_to_device(value)
+
+
+class InputLayer(Layer):
+    """Declares the shape of one input (without the batch axis); as the first element of a
+    Sequential it gives the model its input shape and is not itself one of model.layers
+    (Keras's ``keras.Input(shape=...)``)."""
+    type_name = "InputLayer"
+    default_name = "input_layer"
+
+    def __init__(self, shape=None, name=None, batch_shape=None, input_shape=None):
+        shape = shape if shape is not None else input_shape
+        if shape is None and batch_shape is not None:
+            shape = tuple(batch_shape)[1:]
+        if shape is None or any(d is None or int(d) < 1 for d in shape):
+            raise ValueError(f"Input needs shape=(height, width, channels) or (features,) of positive sizes, "
+                             f"got {shape!r}")
+        super().__init__(shape, name)
+
+    def get_config(self):
+        return {"name": self.name, "shape": self._input_shape}
+
+
+def Input(shape=None, name=None, batch_shape=None):  # noqa: N802  (Keras's spelling)
+    """``Input(shape=(28, 28, 1))``: the first element of a Sequential, declaring its input shape."""
+    return InputLayer(shape, name=name, batch_shape=batch_shape)
 
 
 def _check_activation(activation):
@@ -85,8 +180,9 @@ class Conv2D(Layer):
     default_name = "conv2d"
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
-                 use_bias=True, input_shape=None, groups=1, name=None):
-        super().__init__(input_shape, name)
+                 use_bias=True, input_shape=None, groups=1, name=None,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", trainable=True):
+        super().__init__(input_shape, name, trainable)
         self.filters = int(filters)
         self.kernel_size = F.pair(kernel_size, "kernel_size")
         self.strides = F.pair(strides, "strides")
@@ -94,6 +190,8 @@ class Conv2D(Layer):
         self.activation = _check_activation(activation)
         self.use_bias = use_bias
         self.groups = int(groups)
+        self.kernel_initializer = initializers.canonical(kernel_initializer)
+        self.bias_initializer = initializers.canonical(bias_initializer)
         if self.filters < 1 or self.groups < 1 or self.filters % self.groups:
             raise ValueError(f"filters ({filters}) must be a positive multiple of groups ({groups})")
 
@@ -104,12 +202,17 @@ class Conv2D(Layer):
         if channels % self.groups:
             raise ValueError(f"Conv2D: {channels} input channels do not split into {self.groups} groups")
         kh, kw = self.kernel_size
-        cin = channels // self.groups
-        fan_in, fan_out = kh * kw * cin, kh * kw * self.filters // self.groups
-        self.params = [Parameter(glorot_uniform((kh, kw, cin, self.filters), fan_in, fan_out), "kernel")]
+        self.params = [Parameter(initializers.initialize(self.kernel_initializer,
+                                                         (kh, kw, channels // self.groups, self.filters)), "kernel")]
         if self.use_bias:
-            self.params.append(Parameter(np.zeros(self.filters, np.float32), "bias"))
+            self.params.append(Parameter(initializers.initialize(self.bias_initializer, (self.filters,)), "bias"))
         super().build(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides, "padding": self.padding, "activation": self.activation or "linear",
+                "use_bias": self.use_bias, "groups": self.groups,
+                "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer}
 
     def compute_output_shape(self, input_shape):
         pads = F.resolve_padding(self.padding, input_shape[:2], self.kernel_size, self.strides)
@@ -178,11 +281,15 @@ class MaxPool2D(Layer):
     type_name = "MaxPooling2D"
     default_name = "max_pooling2d"
 
-    def __init__(self, pool_size=2, strides=None, padding="valid", input_shape=None, name=None):
-        super().__init__(input_shape, name)
+    def __init__(self, pool_size=2, strides=None, padding="valid", input_shape=None, name=None, trainable=True):
+        super().__init__(input_shape, name, trainable)
         self.pool_size = F.pair(pool_size, "pool_size")
         self.strides = self.pool_size if strides is None else F.pair(strides, "strides")
         self.padding = padding
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides,
+                "padding": self.padding}
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -213,20 +320,29 @@ class Dense(Layer):
     type_name = "Dense"
     default_name = "dense"
 
-    def __init__(self, units, activation=None, use_bias=True, input_shape=None, name=None):
-        super().__init__(input_shape, name)
+    def __init__(self, units, activation=None, use_bias=True, input_shape=None, name=None,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", trainable=True):
+        super().__init__(input_shape, name, trainable)
         self.units = int(units)
         if self.units < 1:
             raise ValueError(f"Dense units must be positive, got {units}")
         self.activation = _check_activation(activation)
         self.use_bias = use_bias
+        self.kernel_initializer = initializers.canonical(kernel_initializer)
+        self.bias_initializer = initializers.canonical(bias_initializer)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation or "linear",
+                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer,
+                "bias_initializer": self.bias_initializer}
 
     def build(self, input_shape):
         if len(input_shape) != 1:
             raise ValueError(f"Dense expects flat input (features,), got {tuple(input_shape)}; add a Flatten layer")
-        self.params = [Parameter(glorot_uniform((input_shape[0], self.units), input_shape[0], self.units), "kernel")]
+        self.params = [Parameter(initializers.initialize(self.kernel_initializer, (input_shape[0], self.units)),
+                                 "kernel")]
         if self.use_bias:
-            self.params.append(Parameter(np.zeros(self.units, np.float32), "bias"))
+            self.params.append(Parameter(initializers.initialize(self.bias_initializer, (self.units,)), "bias"))
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
@@ -242,13 +358,16 @@ class Dropout(Layer):
     type_name = "Dropout"
     default_name = "dropout"
 
-    def __init__(self, rate, seed=None, input_shape=None, name=None):
-        super().__init__(input_shape, name)
+    def __init__(self, rate, seed=None, input_shape=None, name=None, trainable=True):
+        super().__init__(input_shape, name, trainable)
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
         self.seed = next_seed() if seed is None else int(seed)
         self.step = None  # int32 array (1,) on the device, bound by the model: the training step
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
     def call(self, x, training, activation):
         return F.dropout(x, self.rate, training, self.seed, self.step, self.offset)
@@ -261,11 +380,14 @@ class RandomCrop(Layer):
     type_name = "RandomCrop"
     default_name = "random_crop"
 
-    def __init__(self, height, width, seed=None, input_shape=None, name=None):
-        super().__init__(input_shape, name)
+    def __init__(self, height, width, seed=None, input_shape=None, name=None, trainable=True):
+        super().__init__(input_shape, name, trainable)
         self.height, self.width = F.pair((height, width), "RandomCrop height and width")
         self.seed = next_seed() if seed is None else int(seed)
         self.step = None  # int32 array (1,) on the device, bound by the model: the training step
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width, "seed": self.seed}
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[0] < self.height or input_shape[1] < self.width:
@@ -286,13 +408,16 @@ class RandomFlip(Layer):
     type_name = "RandomFlip"
     default_name = "random_flip"
 
-    def __init__(self, mode="horizontal", seed=None, input_shape=None, name=None):
-        super().__init__(input_shape, name)
+    def __init__(self, mode="horizontal", seed=None, input_shape=None, name=None, trainable=True):
+        super().__init__(input_shape, name, trainable)
         if mode != "horizontal":
             raise ValueError(f"RandomFlip mode {mode!r}: only 'horizontal' (left-right, AlexNet's) is built")
         self.mode = mode
         self.seed = next_seed() if seed is None else int(seed)
         self.step = None  # bound by the model, as Dropout's
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "seed": self.seed}
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -314,18 +439,24 @@ class PCAColorNoise(Layer):
     type_name = "PCAColorNoise"
     default_name = "pca_color_noise"
 
-    def __init__(self, stddev=0.1, eigenvalues=None, eigenvectors=None, seed=None, input_shape=None, name=None):
+    def __init__(self, stddev=0.1, eigenvalues=None, eigenvectors=None, seed=None, input_shape=None, name=None,
+                 trainable=True):
         from .backend.reference import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS
-        super().__init__(input_shape, name)
+        super().__init__(input_shape, name, trainable)
         values = np.asarray(IMAGENET_EIGENVALUES if eigenvalues is None else eigenvalues, np.float64)
         vectors = np.asarray(IMAGENET_EIGENVECTORS if eigenvectors is None else eigenvectors, np.float64)
         if values.shape != (3,) or vectors.shape != (3, 3) or stddev < 0:
             raise ValueError(f"PCAColorNoise needs 3 eigenvalues, 3x3 eigenvectors (columns) and stddev >= 0, "
                              f"got shapes {values.shape}, {vectors.shape} and stddev {stddev}")
         self.stddev = float(stddev)
+        self.eigenvalues, self.eigenvectors = values.tolist(), vectors.tolist()
         self.basis = self.stddev * vectors * values[None, :]
         self.seed = next_seed() if seed is None else int(seed)
         self.step = None  # bound by the model, as Dropout's
+
+    def get_config(self):
+        return {**super().get_config(), "stddev": self.stddev, "eigenvalues": self.eigenvalues,
+                "eigenvectors": self.eigenvectors, "seed": self.seed}
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[2] != 3:
@@ -343,9 +474,12 @@ class LRN(Layer):
     type_name = "LRN"
     default_name = "lrn"
 
-    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, input_shape=None, name=None):
-        super().__init__(input_shape, name)
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, input_shape=None, name=None, trainable=True):
+        super().__init__(input_shape, name, trainable)
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "alpha": self.alpha, "beta": self.beta, "k": self.k}
 
     def call(self, x, training, activation):
         return F.lrn(x, self.size, self.alpha, self.beta, self.k)
@@ -355,9 +489,12 @@ class Activation(Layer):
     type_name = "Activation"
     default_name = "activation"
 
-    def __init__(self, activation, input_shape=None, name=None):
-        super().__init__(input_shape, name)
+    def __init__(self, activation, input_shape=None, name=None, trainable=True):
+        super().__init__(input_shape, name, trainable)
         self.activation = _check_activation(activation)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation or "linear"}
 
     def call(self, x, training, activation):
         if activation == "relu":

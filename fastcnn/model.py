@@ -24,7 +24,7 @@ from . import distribution
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
 from .callbacks import BatchLogs, CallbackList, Diverged, History, callback_states, restore_callback_states
-from .layers import Layer
+from .layers import InputLayer, Layer
 from .saving import atomic_write
 from .seeding import generator
 from .tensor import Tensor, no_grad
@@ -50,6 +50,7 @@ class Sequential:
         self._batches = None      # the last fit's training batches (a batch source's state is checkpointed)
         self._flat = None
         self._graph_steps: dict = {}
+        self._input = None  # the shape an Input(shape=...) declared
         for layer in layers or []:
             self.add(layer)
 
@@ -57,8 +58,15 @@ class Sequential:
     def add(self, layer: Layer) -> None:
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add takes a Layer, got {type(layer).__name__}")
-        if self.layers and layer.input_shape is not None and not layer.built:
+        if isinstance(layer, InputLayer):   # Keras's Input(shape=...): the next first layer's input shape
+            if self.layers or self._input is not None:
+                raise ValueError("Input(shape=...) may only come first in a Sequential")
+            self._input = layer._input_shape
+            return
+        if self.layers and layer._input_shape is not None and not layer.built:
             raise ValueError(f"only the first layer may declare input_shape ({layer!r})")
+        if not self.layers and self._input is not None and layer._input_shape is None:
+            layer._input_shape = self._input
         taken = {l.name for l in self.layers}
         if layer.name is None or layer.name in taken:
             base, i = layer.default_name, 0
@@ -67,8 +75,8 @@ class Sequential:
             layer.name = candidate
         self.layers.append(layer)
         first = self.layers[0]
-        if first.input_shape is not None:
-            self._build_from(first.input_shape)
+        if first._input_shape is not None:
+            self._build_from(first._input_shape)
 
     def build(self, input_shape) -> None:
         """Build every layer for inputs of ``input_shape`` (without the batch axis)."""
@@ -77,9 +85,9 @@ class Sequential:
     def _build_from(self, input_shape) -> None:
         shape = tuple(input_shape)
         for layer in self.layers:
-            if not layer.built or layer.input_shape != shape:
+            if not layer.built or layer._input_shape != shape:
                 layer.build(shape)
-            shape = layer.output_shape
+            shape = layer._output_shape
         self._flat = None  # parameters changed: rebind the flat buffers on next use
 
     @property
@@ -93,12 +101,12 @@ class Sequential:
     @property
     def input_shape(self):
         self._require_built()
-        return (None,) + self.layers[0].input_shape
+        return self.layers[0].input_shape
 
     @property
     def output_shape(self):
         self._require_built()
-        return (None,) + self.layers[-1].output_shape
+        return self.layers[-1].output_shape
 
     def parameters(self):
         return [p for layer in self.layers for p in layer.params]
@@ -110,7 +118,7 @@ class Sequential:
     def summary(self, print_fn=print) -> None:
         """Keras's table: Layer (type) | Output Shape | Param #, then the totals."""
         self._require_built()
-        rows = [(f"{l.name} ({l.type_name})", str((None,) + l.output_shape), f"{l.count_params():,}")
+        rows = [(f"{l.name} ({l.type_name})", str(l.output_shape), f"{l.count_params():,}")
                 for l in self.layers]
         w0 = max(28, max(len(r[0]) for r in rows) + 1)
         w1 = max(26, max(len(r[1]) for r in rows) + 1)
@@ -122,8 +130,9 @@ class Sequential:
             if i < len(rows) - 1:
                 out.append(" " * width)
         total = self.count_params()
-        out += ["=" * width, f"Total params: {total:,}", f"Trainable params: {total:,}",
-                "Non-trainable params: 0", "_" * width]
+        frozen = sum(l.count_params() for l in self.layers if not l.trainable)
+        out += ["=" * width, f"Total params: {total:,}", f"Trainable params: {total - frozen:,}",
+                f"Non-trainable params: {frozen:,}", "_" * width]
         for text in out:
             print_fn(text.rstrip())
 
@@ -157,19 +166,29 @@ class Sequential:
         return self
 
     def _bind(self, step: int = 0) -> None:
-        """Lay all parameters out in one flat buffer on the device; grads in a second one."""
+        """Lay all parameters out in one flat buffer on the device; grads in a second one.
+        The trainable layers' parameters come first: the optimizer updates only that part."""
         self._require_built()
         B = self.backend
-        params = self.parameters()
+        self._frozen = tuple(not l.trainable for l in self.layers)
+        params = [p for l in self.layers if l.trainable for p in l.params]
         offsets, total = [], 0
-        for p in params:
+        for p in params + [p for l in self.layers if not l.trainable for p in l.params]:
+            if len(offsets) == len(params):
+                self._n_train = total
             offsets.append(total)
             total += -(-p.size // _ALIGN) * _ALIGN
+        if len(offsets) == len(params):
+            self._n_train = total
+        params = params + [p for l in self.layers if not l.trainable for p in l.params]
         host = np.zeros(max(total, _ALIGN), np.float32)
         for p, off in zip(params, offsets):
             host[off:off + p.size] = B.to_host(p.data).reshape(-1)
         self._flat = B.asarray(host)
         self._grad_flat = B.asarray(np.zeros_like(host))
+        n = self._n_train   # the optimizer's views: the whole buffers when nothing is frozen
+        self._opt_views = ((self._flat, self._grad_flat) if n == host.size else
+                           (self._flat[:n], self._grad_flat[:n]))
         for p, off in zip(params, offsets):
             p.data = self._flat[off:off + p.size].reshape(p.shape)
             p.grad_view = self._grad_flat[off:off + p.size].reshape(p.shape)
@@ -180,12 +199,14 @@ class Sequential:
             if hasattr(layer, "step"):
                 layer.step = self._step
         if self.optimizer is not None:
-            self.optimizer.build(B, self._flat.size)
+            self.optimizer.build(B, self._n_train)
         self._graph_steps = {}
 
     def _ensure_bound(self):
         if self._flat is None:
             self._bind()
+        elif self._frozen != tuple(not l.trainable for l in self.layers):
+            self._bind(int(self.backend.to_host(self._step)[0]))  # a layer was (un)frozen: new layout
 
     # ---- weights ------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
@@ -208,12 +229,24 @@ class Sequential:
         return [name for layer in self.layers for name in layer.weight_names()]
 
     def save_weights(self, path) -> None:
-        """Write every weight to an .npz file, atomically (a crash never leaves half a file)."""
+        """Write every weight to an .npz file, or Keras 3's .weights.h5 when the name ends in .h5,
+        atomically (a crash never leaves half a file)."""
         self._require_built()
+        from . import keras_files
+        kind = keras_files.file_kind(path)
+        if kind == "keras":
+            raise ValueError(f"{os.fspath(path)}: a .keras archive is written by model.save; "
+                             f"save_weights writes .weights.h5 or .npz")
+        if kind == "h5":
+            return keras_files.save_weights(self, path)
         _atomic_savez(path, dict(zip(self._weight_names(), self.get_weights())))
 
     def load_weights(self, path) -> None:
+        """Weights from an .npz file, a Keras 3 .weights.h5 file or a .keras archive."""
         self._require_built()
+        from . import keras_files
+        if keras_files.file_kind(path) != "npz":
+            return keras_files.load_weights(self, path)
         self._set_named_weights(_load_npz(path), path)
 
     def _set_named_weights(self, arrays: dict, path) -> None:
@@ -326,9 +359,9 @@ class Sequential:
             raise ValueError(f"{loss.name} expects the last layer to end in softmax (or pass the loss "
                              f"object with from_logits=True); the last layer is {last!r}")
         self.loss, self.optimizer = loss, optimizer
-        self.metrics = ["accuracy"] if metrics else []
+        self.metrics = metrics[:1]  # 'accuracy' or 'acc': the logs and History use the name given
         if self._flat is not None:
-            self.optimizer.build(self.backend, self._flat.size)
+            self.optimizer.build(self.backend, self._n_train)
         self._graph_steps = {}
 
     def __call__(self, x, training=False) -> Tensor:
@@ -348,7 +381,7 @@ class Sequential:
 
     def _check_x(self, x, what="x"):
         self._require_built()
-        expected = self.layers[0].input_shape
+        expected = self.layers[0]._input_shape
         if not hasattr(x, "shape"):
             x = np.asarray(x)
         if x.ndim != len(expected) + 1:
@@ -365,7 +398,7 @@ class Sequential:
         return x
 
     def _labels(self, y, n):
-        classes = self.layers[-1].output_shape[-1]
+        classes = self.layers[-1]._output_shape[-1]
         y = y.get() if type(y).__module__.startswith("cupy") else y
         return self.loss.prepare_labels(y, n, classes)
 
@@ -391,7 +424,8 @@ class Sequential:
             else:
                 self._grad_flat.fill(0)
             distribution.reduce_gradients(self)   # data-parallel: averaged across processes
-            self.optimizer.apply(self._flat, self._grad_flat, self._step)
+            if self._n_train:
+                self.optimizer.apply(*self._opt_views, self._step)
             B.increment(self._step)
 
     def profile(self, x, y, steps: int = 5, warmup: int = 1):
@@ -445,7 +479,7 @@ class Sequential:
             raise ValueError("graph=True needs the model on the GPU (model.to('cuda'))")
         self._ensure_bound()
         if getattr(self.optimizer, "state", None) is None:
-            self.optimizer.build(self.backend, self._flat.size)
+            self.optimizer.build(self.backend, self._n_train)
         B = self.backend
         steps = batches.steps
         if distribution.distribution() is not None:
@@ -454,6 +488,7 @@ class Sequential:
         cbs = CallbackList([history] + _progress_callbacks(verbose if distribution.is_main() else 0)
                            + list(callbacks or []))
         cbs.set_model(self)
+        cbs.set_params({"verbose": verbose, "epochs": epochs, "steps": steps})
         self.history, self.stop_training, self.stop_reason = history, False, None
         self._callbacks = cbs.callbacks
         resume, self._resume = self._resume, None
@@ -500,14 +535,10 @@ class Sequential:
                     interrupt.check()
                     batches.end_epoch()   # a batch source's next order, as Keras calls it: before validation
                     totals, seen = distribution.reduce_totals(B.to_host(self._totals), seen)
-                    logs = {"loss": totals[0] / max(seen, 1)}
-                    if self.metrics:
-                        logs["accuracy"] = totals[1] / max(seen, 1)
+                    logs = dict(zip(self.metrics_names, (totals[0] / max(seen, 1), totals[1] / max(seen, 1))))
                     if validation_data is not None:
                         val = self._evaluate(validation_data, batch_size)
-                        logs["val_loss"] = val[0]
-                        if self.metrics:
-                            logs["val_accuracy"] = val[1]
+                        logs.update(("val_" + name, value) for name, value in zip(self.metrics_names, val))
                     at["clean"] = False
                     cbs.on_epoch_end(epoch, logs)
                     at.update(epoch=epoch + 1, batch=0, seen=0, generator=generator().bit_generator.state,
@@ -540,6 +571,9 @@ class Sequential:
             batches = _Batches(self.backend, x, self._labels(y, x.shape[0]), _batch_size(batch_size), shuffle,
                                on_device=self.device == "cuda")
         if validation_data is not None and not is_batch_source(validation_data):
+            if len(validation_data) != 2:
+                raise ValueError(f"validation_data must be (x, y); got {len(validation_data)} items "
+                                 "(sample weights are not supported)")
             vx, vy = validation_data
             vx = self._check_x(vx, "validation x")
             validation_data = (vx, self._labels(vy, vx.shape[0]))
@@ -563,15 +597,12 @@ class Sequential:
     def _running_metrics(self, seen):
         def read(i):
             return lambda: float(self.backend.to_host(self._totals)[i]) / seen
-        names = {"loss": read(0)}
-        if self.metrics:
-            names["accuracy"] = read(1)
-        return names
+        return dict(zip(self.metrics_names, (read(0), read(1))))
 
     # ---- inference ---------------------------------------------------------------------------
-    def evaluate(self, x, y=None, batch_size=None, verbose=1):
+    def evaluate(self, x, y=None, batch_size=None, verbose=1, return_dict=False):
         """[loss, accuracy] (or the loss alone without metrics), Keras-style; x may be a batch
-        source (see fit), y then left out."""
+        source (see fit), y then left out.  return_dict: {'loss': ..., 'accuracy': ...}."""
         if self.loss is None:
             raise RuntimeError("call compile(...) before evaluate()")
         if not is_batch_source(x):
@@ -581,7 +612,9 @@ class Sequential:
             raise ValueError("evaluate(x=<batch source>): the labels come from the source; leave y out")
         result = self._evaluate(x, _batch_size(batch_size))
         if verbose and distribution.is_main():
-            print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(["loss"] + self.metrics, result)))
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(self.metrics_names, result)))
+        if return_dict:
+            return dict(zip(self.metrics_names, result))
         return result if self.metrics else result[0]
 
     def _eval_batches(self, data, batch_size):
@@ -631,6 +664,95 @@ class Sequential:
             for xb in inputs:
                 outputs.append(B.to_host(self._forward(Tensor(xb), False, False).data))
         return np.concatenate(outputs)
+
+    # ---- Keras's other model methods (files: fastcnn.keras_files) ----------------------------------------
+    @property
+    def metrics_names(self) -> list[str]:
+        return ["loss"] + self.metrics
+
+    def _result(self, values, return_dict):
+        values = [float(v) for v in values][: len(self.metrics_names)]
+        if return_dict:
+            return dict(zip(self.metrics_names, values))
+        return values if self.metrics else values[0]
+
+    weights = property(lambda self: [p for l in self.layers for p in l.weights])
+    trainable_weights = property(lambda self: [p for l in self.layers for p in l.trainable_weights])
+    non_trainable_weights = property(lambda self: [p for l in self.layers for p in l.non_trainable_weights])
+
+    @property
+    def trainable(self) -> bool:
+        return any(l.trainable for l in self.layers)
+
+    @trainable.setter
+    def trainable(self, value) -> None:
+        for layer in self.layers:
+            layer.trainable = bool(value)
+
+    def get_layer(self, name=None, index=None) -> Layer:
+        """The layer called ``name`` or at ``index`` (``get_layer(2)`` works too)."""
+        if index is None and isinstance(name, int):
+            name, index = None, name
+        if index is not None:
+            if not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"get_layer: index {index} is out of range; the model has {len(self.layers)} layers")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"no layer named {name!r}; the layers are {[l.name for l in self.layers]}")
+
+    def pop(self) -> Layer:
+        """Remove and return the last layer (weights of the others kept)."""
+        if not self.layers:
+            raise ValueError("pop: the model has no layers")
+        layer = self.layers.pop()
+        self._flat, self._graph_steps = None, {}
+        return layer
+
+    def train_on_batch(self, x, y, return_dict=False):
+        """One training step on (x, y); the loss (and accuracy) of that batch before the update."""
+        self._require_compiled()
+        x = self._check_x(x)
+        y = self._labels(y, x.shape[0])
+        self._ensure_bound()
+        if getattr(self.optimizer, "state", None) is None:
+            self.optimizer.build(self.backend, self._n_train)
+        B = self.backend
+        B.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
+        self.train_step(B.asarray(x, np.float32), B.asarray(y))
+        return self._result(B.to_host(self._totals) / x.shape[0], return_dict)
+
+    def test_on_batch(self, x, y, return_dict=False):
+        """The loss (and accuracy) on one batch, no update."""
+        if self.loss is None:
+            raise RuntimeError("call compile(...) before test_on_batch()")
+        x = self._check_x(x)
+        return self._result(self._evaluate((x, self._labels(y, x.shape[0])), x.shape[0]), return_dict)
+
+    def predict_on_batch(self, x) -> np.ndarray:
+        return self.predict(x, batch_size=len(x))
+
+    def get_config(self) -> dict:
+        from . import keras_files
+        return keras_files.model_config(self)
+
+    @classmethod
+    def from_config(cls, config) -> "Sequential":
+        from . import keras_files
+        return keras_files.model_from_config(config)
+
+    def to_json(self, **kwargs) -> str:
+        from . import keras_files
+        return keras_files.to_json(self, **kwargs)
+
+    def save(self, path) -> None:
+        """A Keras 3 .keras archive (architecture + weights); fastcnn.models.load_model reads it."""
+        from . import keras_files
+        if keras_files.file_kind(path) != "keras":
+            raise ValueError(f"save writes .keras archives; got {os.fspath(path)!r} "
+                             f"(weights alone: save_weights to .weights.h5 or .npz)")
+        keras_files.save_model(self, path)
 
 
 def _batch_size(batch_size, default: int = 32) -> int:

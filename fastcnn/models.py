@@ -1,8 +1,10 @@
-"""The classic networks, built as the papers and textbooks describe them (NHWC)."""
+"""The classic networks, built as the papers and textbooks describe them (NHWC), and
+``load_model`` / ``model_from_json`` for models saved by Keras 3 or by fastcnn."""
 from __future__ import annotations
 
 from .layers import LRN, Conv2D, Dense, Dropout, Flatten, MaxPool2D, PCAColorNoise, RandomCrop, RandomFlip
 from .model import Sequential
+from .keras_files import load_model, model_from_config, model_from_json  # noqa: F401
 
 
 def lenet5(input_shape=(28, 28, 1), num_classes=10) -> Sequential:

@@ -61,26 +61,60 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Keras's Adam (epsilon outside the square root, bias correction folded into the rate)."""
+    """Keras's Adam (epsilon outside the square root, bias correction folded into the rate).
+
+    ``weight_decay``: Keras 3's decoupled decay, p -= p * weight_decay * learning_rate before
+    each step (AdamW's rule; every parameter, biases too, as Keras does by default)."""
     state_names = ("m", "v")
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        if learning_rate <= 0 or not (0 <= beta_1 < 1 and 0 <= beta_2 < 1) or epsilon <= 0:
-            raise ValueError("Adam needs learning_rate > 0, betas in [0, 1) and epsilon > 0")
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.0):
+        weight_decay = 0.0 if weight_decay is None else weight_decay
+        if learning_rate <= 0 or not (0 <= beta_1 < 1 and 0 <= beta_2 < 1) or epsilon <= 0 or weight_decay < 0:
+            raise ValueError(f"{type(self).__name__} needs learning_rate > 0, betas in [0, 1), epsilon > 0 "
+                             f"and weight_decay >= 0")
         self.learning_rate, self.beta_1, self.beta_2, self.epsilon = (
             float(learning_rate), float(beta_1), float(beta_2), float(epsilon))
+        self.weight_decay = float(weight_decay)
 
     def apply(self, params, grads, step):
         s = self.state
         self.backend.adam_update(params, grads, s["m"], s["v"], step, self.learning_rate,
-                                 self.beta_1, self.beta_2, self.epsilon)
+                                 self.beta_1, self.beta_2, self.epsilon, self.weight_decay)
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+class AdamW(Adam):
+    """Keras's AdamW: Adam with decoupled weight decay, by default 0.004."""
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay)
+
+
+class RMSprop(Optimizer):
+    """Keras's RMSprop: v = rho*v + (1-rho)*g^2, p -= lr*g / sqrt(v + epsilon) (epsilon inside the
+    root, as Keras); ``momentum`` accumulates those steps, ``centered`` divides by the variance
+    (v minus the square of the mean gradient) instead."""
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False):
+        if learning_rate <= 0 or not 0 <= rho < 1 or not 0 <= momentum < 1 or epsilon <= 0:
+            raise ValueError(f"RMSprop needs learning_rate > 0, rho and momentum in [0, 1) and epsilon > 0, "
+                             f"got {learning_rate}, {rho}, {momentum}, {epsilon}")
+        self.learning_rate, self.rho, self.momentum, self.epsilon = (
+            float(learning_rate), float(rho), float(momentum), float(epsilon))
+        self.centered = bool(centered)
+        self.state_names = ("velocity",) + (("momentum",) if self.momentum else ()) + \
+            (("average_gradient",) if self.centered else ())
+
+    def apply(self, params, grads, step):
+        s = self.state
+        self.backend.rmsprop_update(params, grads, s["velocity"], s.get("momentum"), s.get("average_gradient"),
+                                    self.learning_rate, self.rho, self.momentum, self.epsilon)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
 def get(identifier) -> Optimizer:
-    """An Optimizer from a name ('adam', 'sgd') or an Optimizer instance."""
+    """An Optimizer from a name ('adam', 'sgd', 'adamw', 'rmsprop') or an Optimizer instance."""
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, str) and identifier.lower() in OPTIMIZERS:

@@ -1,4 +1,5 @@
-// kernels/optimizers.cu: SGD (plain, momentum, Nesterov) and Adam over one flat buffer.
+// kernels/optimizers.cu: SGD (plain, momentum, Nesterov), Adam (AdamW) and RMSprop over one
+// flat buffer.
 //
 // What (Keras's rules, in place, all parameters of a model in one launch):
 //         sgd_plain     p -= lr * g
@@ -12,7 +13,16 @@
 //                       lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)   (float64, per thread)
 //                       m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
 //                       p -= lr_t * m / (sqrt(v) + eps)
-//         p, g, m, v: n float32 each.  float32 constants are rounded on the host exactly as
+//                       wd != 0 (AdamW, Keras's decoupled weight decay): first p -= (p * wd) * lr,
+//                       with the learning rate itself, then the rule above on the decayed p
+//                       (wd == 0: p as it is, bit for bit)
+//         rmsprop       v = rho * v + (1 - rho) * g * g
+//                       centered: a = rho * a + (1 - rho) * g;  d = (v - a * a) + eps
+//                       else d = v + eps                          (Keras's: eps inside the root)
+//                       inc = lr * g / sqrt(d)
+//                       momentum: mom = momentum * mom + inc;  p -= mom    else p -= inc
+//                       (mom and a are read only with their flag set; else any pointer)
+//         p, g, m, v, mom, a: n float32 each.  float32 constants are rounded on the host exactly as
 //         the reference rounds them (float32(1 - beta1), ...).
 // Launch: 1-D grid-stride, 256 threads per block, any grid (the backend caps the grid).
 // Algorithm: one pass, each element read and written once; memory-bound.  The float32
@@ -23,7 +33,7 @@
 //         other (the backend gives them as separate buffers).
 // Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19): not timed on its own; the whole LeNet-5 training step that
 //   runs it (batch 200, Adam, one CUDA graph) takes 333 us = 1.36x PyTorch's whole-step graph.
-//   The weight decay (wd) came later: not measured yet.
+//   The weight decay (wd), AdamW's decay and RMSprop came later: not measured yet.
 //
 // Self-contained (no #include): NVRTC has no system headers.
 
@@ -58,10 +68,13 @@ extern "C" __global__ void sgd_momentum(float* p, const float* g, float* v, long
 extern "C" __global__ void adam(float* p, const float* g, float* m, float* v, const int* step,
                                 long long n, double lr, double beta1, double beta2,
                                 float beta1_f, float one_minus_beta1_f, float beta2_f,
-                                float one_minus_beta2_f, float eps_f) {
+                                float one_minus_beta2_f, float eps_f, float wd, float lr_f) {
     const double t = (double)step[0] + 1.0;
     const float lr_t = (float)(lr * sqrt(1.0 - pow(beta2, t)) / (1.0 - pow(beta1, t)));
     FC_OPT_LOOP(i, n) {
+        if (wd != 0.0f) {
+            p[i] = __fsub_rn(p[i], __fmul_rn(__fmul_rn(p[i], wd), lr_f));
+        }
         const float gi = g[i];
         const float mi = __fadd_rn(__fmul_rn(m[i], beta1_f), __fmul_rn(one_minus_beta1_f, gi));
         const float vi = __fadd_rn(__fmul_rn(v[i], beta2_f),
@@ -70,5 +83,31 @@ extern "C" __global__ void adam(float* p, const float* g, float* m, float* v, co
         v[i] = vi;
         const float denom = __fadd_rn(sqrtf(vi), eps_f);  // sqrtf: IEEE-rounded (no fast-math)
         p[i] = __fsub_rn(p[i], __fdiv_rn(__fmul_rn(lr_t, mi), denom));
+    }
+}
+
+extern "C" __global__ void rmsprop(float* p, const float* g, float* v, float* mom, float* a,
+                                   long long n, float lr, float rho, float one_minus_rho,
+                                   float momentum, float eps, int use_momentum, int centered) {
+    FC_OPT_LOOP(i, n) {
+        const float gi = g[i];
+        const float vi = __fadd_rn(__fmul_rn(v[i], rho), __fmul_rn(one_minus_rho, __fmul_rn(gi, gi)));
+        v[i] = vi;
+        float d;
+        if (centered) {
+            const float ai = __fadd_rn(__fmul_rn(a[i], rho), __fmul_rn(one_minus_rho, gi));
+            a[i] = ai;
+            d = __fadd_rn(__fsub_rn(vi, __fmul_rn(ai, ai)), eps);
+        } else {
+            d = __fadd_rn(vi, eps);
+        }
+        const float inc = __fdiv_rn(__fmul_rn(lr, gi), sqrtf(d));
+        if (use_momentum) {
+            const float mi = __fadd_rn(__fmul_rn(mom[i], momentum), inc);
+            mom[i] = mi;
+            p[i] = __fsub_rn(p[i], mi);
+        } else {
+            p[i] = __fsub_rn(p[i], inc);
+        }
     }
 }

@@ -17,8 +17,9 @@ by value: relu_forward keeps -0.0 where numpy.maximum gives +0.0, relu_backward 
 +0.0 where the reference's dy * (y > 0) gives -0.0), add, copy, increment, dropout
 (the reference's Philox mask for the same seed and step, incl. seeds >= 2^32, the last
 step and a negative one), crop forward/backward (the reference's windows: centre and
-random, mirrored or not, 1 and 3 channels, a crop as large as the image), SGD (plain, momentum, Nesterov) and Adam (m, v and p: the
-kernels round like NumPy's float32, and the host's pow is the one Python uses).
+random, mirrored or not, 1 and 3 channels, a crop as large as the image), SGD (plain, momentum, Nesterov), Adam and AdamW (m, v and p: the
+kernels round like NumPy's float32, and the host's pow is the one Python uses) and RMSprop (plain, momentum,
+centered, both).
 Within 1e-5 in norm against float64: bias_grad (one pass, and the two-pass chunked
 sum), softmax, softmax_cross_entropy (dlogits and the loss total; the correct count is
 exact) with int32 labels, one-hot and soft label rows, tied logits (the first maximum
@@ -53,7 +54,7 @@ LAYOUTS = [("aligned", 0, None), ("misaligned-2blocks", 1, 2)]
 TESTED_OPS = {"relu_forward", "relu_backward", "add", "copy", "copy_channels", "gather_rows", "increment", "bias_grad", "softmax",
               "softmax_cross_entropy", "dropout_forward", "dropout_backward", "crop_forward",
               "crop_backward", "pca_noise_forward", "lrn_forward",
-              "lrn_backward", "sgd_update", "adam_update"}
+              "lrn_backward", "sgd_update", "adam_update", "rmsprop_update"}
 
 
 def _setup(monkeypatch, shift=0, cap=None):
@@ -509,7 +510,8 @@ def test_sgd_update_bit_exact(emulated, n, momentum, nesterov, wd):
 
 
 @pytest.mark.parametrize("n", [1, 1031])
-def test_adam_update_bit_exact(emulated, n):
+@pytest.mark.parametrize("wd", [0.0, 0.004], ids=["adam", "adamw"])
+def test_adam_update_bit_exact(emulated, n, wd):
     guarded, _ = emulated
     rng = np.random.default_rng(n)
     p, m, v = rand(rng, n), rand(rng, n, scale=0.01), np.abs(rand(rng, n, scale=0.01))
@@ -517,14 +519,35 @@ def test_adam_update_bit_exact(emulated, n):
     dp, dm, dv, dat = (guarded.wrap(a) for a in (p, m, v, at))
     for i in range(4):
         g = rand(rng, n)
-        ref.adam_update(p, g, m, v, at, 0.01, 0.9, 0.999, 1e-7)
-        assert step.adam_update(dp, guarded.wrap(g), dm, dv, dat, 0.01, 0.9, 0.999, 1e-7) is None
+        ref.adam_update(p, g, m, v, at, 0.01, 0.9, 0.999, 1e-7, wd)
+        assert step.adam_update(dp, guarded.wrap(g), dm, dv, dat, 0.01, 0.9, 0.999, 1e-7, wd) is None
         assert dat[0] == at[0], "adam changed step"
         for name, dev, host in (("m", dm, m), ("v", dv, v), ("p", dp, p)):
             assert _same_bits(dev, host), f"{name} after step {i}"
         ref.increment(at)
         step.increment(dat)
         assert dat[0] == at[0]
+
+
+@pytest.mark.parametrize("momentum,centered", [(0.0, False), (0.9, False), (0.0, True), (0.9, True)],
+                         ids=["plain", "momentum", "centered", "centered-momentum"])
+@pytest.mark.parametrize("n", [1, 1031])
+def test_rmsprop_update_bit_exact(emulated, n, momentum, centered):
+    guarded, _ = emulated
+    rng = np.random.default_rng(n)
+    p, v = rand(rng, n), np.abs(rand(rng, n, scale=0.1))
+    mom = rand(rng, n, scale=0.01) if momentum else None
+    avg = rand(rng, n, scale=0.01) if centered else None
+    dp, dv = guarded.wrap(p), guarded.wrap(v)
+    dmom, davg = (None if a is None else guarded.wrap(a) for a in (mom, avg))
+    for i in range(3):
+        g = rand(rng, n)
+        ref.rmsprop_update(p, g, v, mom, avg, 0.01, 0.9, momentum, 1e-7)
+        assert step.rmsprop_update(dp, guarded.wrap(g), dv, dmom, davg, 0.01, 0.9, momentum, 1e-7) is None
+        for name, dev, host in (("v", dv, v), ("mom", dmom, mom), ("avg", davg, avg), ("p", dp, p)):
+            assert host is None or _same_bits(dev, host), f"{name} after step {i}"
+    with pytest.raises(ValueError, match="mom .* exactly when momentum"):
+        step.rmsprop_update(dp, dp, dv, None, None, 0.01, 0.9, 0.5, 1e-7)
 
 
 # ---------------------------------------------------------------- the emulator: warps, atomics, builds

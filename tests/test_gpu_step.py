@@ -242,7 +242,8 @@ def test_sgd_update(S, n, momentum, nesterov, wd):
 
 @gpu
 @pytest.mark.parametrize("n", [1, 1000, 61706])
-def test_adam_update(S, n):
+@pytest.mark.parametrize("wd", [0.0, 0.004], ids=["adam", "adamw"])
+def test_adam_update(S, n, wd):
     cp = _cp()
     rng = np.random.default_rng(n)
     p, m, v = rand(rng, n), rand(rng, n, scale=0.01), np.abs(rand(rng, n, scale=0.01))
@@ -250,14 +251,35 @@ def test_adam_update(S, n):
     dp, dm, dv, dstep = (cp.asarray(a) for a in (p, m, v, step))
     for _ in range(5):
         g, p0 = rand(rng, n), p.copy()
-        ref.adam_update(p, g, m, v, step, 0.01, 0.9, 0.999, 1e-7)
-        S.adam_update(dp, cp.asarray(g), dm, dv, dstep, 0.01, 0.9, 0.999, 1e-7)
+        ref.adam_update(p, g, m, v, step, 0.01, 0.9, 0.999, 1e-7, wd)
+        S.adam_update(dp, cp.asarray(g), dm, dv, dstep, 0.01, 0.9, 0.999, 1e-7, wd)
         _compare_params("p", dp, p, p0)
         _compare_params("m", dm, m, None)
         _compare_params("v", dv, v, None)
         ref.increment(step)
         S.increment(dstep)
         assert _host(dstep)[0] == step[0]
+
+
+@gpu
+@pytest.mark.parametrize("momentum,centered", [(0.0, False), (0.9, False), (0.0, True), (0.9, True)])
+@pytest.mark.parametrize("n", [1, 61706])
+def test_rmsprop_update(S, n, momentum, centered):
+    cp = _cp()
+    rng = np.random.default_rng(n)
+    p, v = rand(rng, n), np.abs(rand(rng, n, scale=0.1))
+    mom = rand(rng, n, scale=0.01) if momentum else None
+    avg = rand(rng, n, scale=0.01) if centered else None
+    dp, dv = cp.asarray(p), cp.asarray(v)
+    dmom, davg = (None if a is None else cp.asarray(a) for a in (mom, avg))
+    for _ in range(3):
+        g, p0 = rand(rng, n), p.copy()
+        ref.rmsprop_update(p, g, v, mom, avg, 0.01, 0.9, momentum, 1e-7)
+        S.rmsprop_update(dp, cp.asarray(g), dv, dmom, davg, 0.01, 0.9, momentum, 1e-7)
+        _compare_params("p", dp, p, p0)
+        for name, dev, host in (("v", dv, v), ("mom", dmom, mom), ("avg", davg, avg)):
+            if host is not None:
+                _compare_params(name, dev, host, None)
 
 
 @gpu

@@ -33,7 +33,8 @@ def test_lenet5_parameters_and_shapes():
     assert counts == [156, 2416, 48120, 10164, 850]
     assert model.count_params() == 61706
     assert [layer.output_shape for layer in model.layers] == [
-        (28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16), (400,), (120,), (84,), (10,)]
+        (None, 28, 28, 6), (None, 14, 14, 6), (None, 10, 10, 16), (None, 5, 5, 16), (None, 400), (None, 120),
+        (None, 84), (None, 10)]
     assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
 
 
@@ -41,9 +42,9 @@ def test_lenet5_parameters_and_shapes():
 def test_alexnet_parameters_and_shapes(variant, total):
     model = alexnet(variant=variant)
     assert model.count_params() == total
-    spatial = [l.output_shape[0] for l in model.layers if isinstance(l, (L.Conv2D, L.MaxPool2D))]
+    spatial = [l.output_shape[1] for l in model.layers if isinstance(l, (L.Conv2D, L.MaxPool2D))]
     assert spatial == [55, 27, 27, 13, 13, 13, 13, 6]
-    assert model.layers[-1].output_shape == (1000,)
+    assert model.layers[-1].output_shape == (None, 1000)
     assert (variant == "original") == any(isinstance(l, L.LRN) for l in model.layers)
 
 
@@ -295,7 +296,7 @@ def test_random_crop_and_flip_layers():
     model = fastcnn.Sequential([RandomCrop(8, 6, input_shape=(12, 10, 3)), RandomFlip("horizontal"),
                                 fastcnn.layers.Flatten(), fastcnn.layers.Dense(4, activation="softmax")])
     model.compile(loss="categorical_crossentropy", optimizer=fastcnn.optimizers.SGD(0.1))
-    assert model.layers[0].output_shape == (8, 6, 3) and model.layers[1].output_shape == (8, 6, 3)
+    assert model.layers[0].output_shape == (None, 8, 6, 3) and model.layers[1].output_shape == (None, 8, 6, 3)
     crop, flip = model.layers[:2]
     centre = crop(x).data
     np.testing.assert_array_equal(centre, x[:, 2:10, 2:8])                       # inference: the centre

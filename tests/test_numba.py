@@ -386,6 +386,31 @@ def test_adam_update(rng):
     assert int(host(sd)[0]) == 4   # adam reads step, increment changes it
 
 
+def test_adamw_update(rng):
+    p, g, m, v = rand(rng, 77), rand(rng, 77), rand(rng, 77), np.abs(rand(rng, 77))
+    step = np.array([2], np.int32)
+    pr, mr, vr = p.copy(), m.copy(), v.copy()
+    ref.adam_update(pr, g, mr, vr, step, 1e-2, 0.9, 0.999, 1e-7, 0.004)
+    pd, md, vd = dev(p), dev(m), dev(v)
+    nb.adam_update(pd, dev(g), md, vd, dev(step), 1e-2, 0.9, 0.999, 1e-7, weight_decay=0.004)
+    for name, got, want in (("p", pd, pr), ("m", md, mr), ("v", vd, vr)):
+        assert_close(host(got), want, EW, name)
+
+
+@pytest.mark.parametrize("momentum,centered", [(0.0, False), (0.9, False), (0.0, True), (0.9, True)])
+def test_rmsprop_update(rng, momentum, centered):
+    p, g, v = rand(rng, 77), rand(rng, 77), np.abs(rand(rng, 77))
+    mom = rand(rng, 77) if momentum else None
+    avg = rand(rng, 77, scale=0.1) if centered else None
+    host_copies = [None if a is None else a.copy() for a in (p, v, mom, avg)]
+    ref.rmsprop_update(host_copies[0], g, host_copies[1], host_copies[2], host_copies[3], 1e-2, 0.9, momentum, 1e-7)
+    devs = [None if a is None else dev(a) for a in (p, v, mom, avg)]
+    assert nb.rmsprop_update(devs[0], dev(g), devs[1], devs[2], devs[3], 1e-2, 0.9, momentum, 1e-7) is None
+    for name, got, want in zip(("p", "v", "mom", "avg"), devs, host_copies):
+        if want is not None:
+            assert_close(host(got), want, EW, name)
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_bad_input_is_refused_before_launch(rng):

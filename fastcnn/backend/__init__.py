@@ -57,7 +57,12 @@ Primitives (what each returns; "in place" ones return None):
   adam_update(p, g, m, v, step, lr, beta1, beta2, eps)    in place, flat 1-D arrays;
         t = step[0] + 1 (step is not changed here), Keras's rule:
         m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
-        p -= lr * sqrt(1-b2**t)/(1-b1**t) * m / (sqrt(v) + eps)
+        p -= lr * sqrt(1-b2**t)/(1-b1**t) * m / (sqrt(v) + eps);
+        adam_update(..., weight_decay) != 0: AdamW, p -= p * weight_decay * lr first (Keras's order)
+  rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps)  in place, flat 1-D arrays; Keras's rule:
+        v = rho*v + (1-rho)*g*g; d = v + eps (centered: avg = rho*avg + (1-rho)*g, d = v - avg^2 + eps);
+        inc = lr*g/sqrt(d); momentum: mom = momentum*mom + inc, p -= mom; else p -= inc
+        (mom None when momentum == 0, avg None unless centered)
   increment(step)                                         in place: step[0] += 1
   add(a, b)                                               -> a + b (same shape)
   copy(dst, src)                                          in place: dst[...] = src
@@ -90,7 +95,7 @@ PRIMITIVES = (
     "dropout_forward", "dropout_backward",
     "crop_forward", "crop_backward", "pca_noise_forward",
     "lrn_forward", "lrn_backward",
-    "sgd_update", "adam_update", "increment",
+    "sgd_update", "adam_update", "rmsprop_update", "increment",
     "add", "copy", "copy_channels", "gather_rows",
 )
 

@@ -42,7 +42,7 @@ Kernels:
                 (uint32 arithmetic done in uint64 with explicit masks); crop
                 (augmentation) and the colour noise with the same Philox per
                 image; LRN across
-                channels; SGD and Adam over flat buffers.
+                channels; SGD, Adam (AdamW) and RMSprop over flat buffers.
 """
 from __future__ import annotations
 
@@ -2001,8 +2001,9 @@ def _k_sgd(P, G, V, n, lr, momentum, mode, wd):
 
 
 @_jit
-def _k_adam(P, G, M, V, n, step, lr, beta1, beta2, eps):
-    # lr, beta1, beta2 arrive as float64 so that lr_t and 1 - beta are rounded once, as the reference does
+def _k_adam(P, G, M, V, n, step, lr, beta1, beta2, eps, wd, lr_f):
+    # lr, beta1, beta2 arrive as float64 so that lr_t and 1 - beta are rounded once, as the reference does;
+    # wd != 0: AdamW's decoupled decay p -= (p * wd) * lr first (wd, lr_f float32)
     t = float64(step[0] + 1)
     lr_t = float32(lr * math.sqrt(1.0 - math.pow(beta2, t)) / (1.0 - math.pow(beta1, t)))
     b1 = float32(beta1)
@@ -2012,12 +2013,39 @@ def _k_adam(P, G, M, V, n, step, lr, beta1, beta2, eps):
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     while i < n:
+        if wd != 0:
+            P[i] -= P[i] * wd * lr_f
         g = G[i]
         m = b1 * M[i] + c1 * g
         v = b2 * V[i] + c2 * g * g
         M[i] = m
         V[i] = v
         P[i] -= lr_t * m / (math.sqrt(v) + eps)
+        i += stride
+
+
+@_jit
+def _k_rmsprop(P, G, V, MOM, A, n, lr, rho, one_minus_rho, momentum, eps, use_momentum, centered):
+    # Keras's RMSprop; MOM and A are read only with their flag set (else any array)
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        g = G[i]
+        v = rho * V[i] + one_minus_rho * (g * g)
+        V[i] = v
+        if centered:
+            a = rho * A[i] + one_minus_rho * g
+            A[i] = a
+            d = v - a * a + eps
+        else:
+            d = v + eps
+        inc = lr * g / math.sqrt(d)
+        if use_momentum:
+            m = momentum * MOM[i] + inc
+            MOM[i] = m
+            P[i] -= m
+        else:
+            P[i] -= inc
         i += stride
 
 
@@ -2039,14 +2067,28 @@ def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
             np.float32(momentum), mode, np.float32(weight_decay))
 
 
-def adam_update(p, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7):
-    """In place, Keras's Adam with t = step[0] + 1 (step itself is not changed)."""
+def adam_update(p, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, weight_decay=0.0):
+    """In place, Keras's Adam with t = step[0] + 1 (step itself is not changed); weight_decay != 0:
+    AdamW's p -= p * weight_decay * lr first."""
     _check("p", p, ndim=1)
     for argname, a in (("g", g), ("m", m), ("v", v)):
         _check(argname, a, shape=p.shape)
     _check("step", step, dtype=np.int32, shape=(1,))
     _launch(_k_adam, _blocks(p.size, cap=4096), THREADS, p, g, m, v, p.size, step,
-            float(lr), float(beta1), float(beta2), np.float32(eps))
+            float(lr), float(beta1), float(beta2), np.float32(eps), np.float32(weight_decay), np.float32(lr))
+
+
+def rmsprop_update(p, g, v, mom, avg, lr=1e-3, rho=0.9, momentum=0.0, eps=1e-7):
+    """In place, Keras's RMSprop; mom None when momentum == 0, avg None unless centered."""
+    _check("p", p, ndim=1)
+    for argname, a in (("g", g), ("v", v), ("mom", mom), ("avg", avg)):
+        if a is not None:
+            _check(argname, a, shape=p.shape)
+    if (mom is None) != (float(momentum) == 0.0):
+        raise ValueError(f"mom (the momentum buffer) is required exactly when momentum != 0 (got {momentum})")
+    _launch(_k_rmsprop, _blocks(p.size, cap=4096), THREADS, p, g, v, _no_bias() if mom is None else mom,
+            _no_bias() if avg is None else avg, p.size, np.float32(lr), np.float32(rho), np.float32(1.0 - float(rho)),
+            np.float32(momentum), np.float32(eps), int(mom is not None), int(avg is not None))
 
 
 # ---------------------------------------------------------------------------
@@ -2075,7 +2117,8 @@ VARIANTS = {
     "lrn_forward": ("numba_direct", "Numba: one thread per element, loop over the channel window"),
     "lrn_backward": ("numba_direct", "Numba: one thread per element, loop over the windows that cover it"),
     "sgd_update": ("numba", "Numba: one launch over a flat buffer"),
-    "adam_update": ("numba", "Numba: one launch over a flat buffer"),
+    "adam_update": ("numba", "Numba: one launch over a flat buffer (AdamW's decay fused)"),
+    "rmsprop_update": ("numba", "Numba: one launch over a flat buffer"),
     "increment": ("numba", "Numba: one thread"),
     "add": ("numba", "Numba: grid-stride elementwise"),
     "copy": ("numba", "Numba: grid-stride elementwise"),
@@ -2175,7 +2218,8 @@ def ptx_kernels():
         ("lrn_bwd", _k_lrn_bwd.py_func, (f32, f32, f32, f32, f32, i64, i64, i64, f, f)),
         ("sgd", _k_sgd.py_func, (f32, f32, f32, i64, f, f, i64, f)),
         ("adam", _k_adam.py_func, (f32, f32, f32, f32, i64, i32, types.float64, types.float64,
-                                   types.float64, f)),
+                                   types.float64, f, f, f)),
+        ("rmsprop", _k_rmsprop.py_func, (f32, f32, f32, f32, f32, i64, f, f, f, f, f, i64, i64)),
     ]
     return out
 

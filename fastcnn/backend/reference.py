@@ -786,12 +786,17 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0):
     return None
 
 
-def adam_update(p, g, m, v, step, lr, beta1, beta2, eps):
-    """Keras Adam, in place; t = step[0] + 1 (step itself is left unchanged)."""
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0):
+    """Keras Adam, in place; t = step[0] + 1 (step itself is left unchanged).
+
+    weight_decay != 0: AdamW (Keras's decoupled decay), p -= p * weight_decay * lr (the
+    learning rate itself, not lr_t) before the Adam step."""
     _flat_params(p=p, g=g, m=m, v=v)
     t = _step_value(step) + 1
     lr_t = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     f = p.dtype.type
+    if weight_decay:
+        p -= (p * f(weight_decay)) * f(lr)
     m *= f(beta1)
     m += f(1.0 - beta1) * g
     v *= f(beta2)
@@ -799,6 +804,32 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps):
     denom = np.sqrt(v)
     denom += f(eps)
     p -= f(lr_t) * m / denom
+    return None
+
+
+def rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps):
+    """Keras RMSprop, in place: v = rho*v + (1-rho)*g*g; d = v + eps (centered, avg not None:
+    avg = rho*avg + (1-rho)*g, d = v - avg*avg + eps); inc = lr*g / sqrt(d);
+    momentum != 0 (mom not None): mom = momentum*mom + inc, p -= mom; else p -= inc."""
+    _flat_params(**{k: a for k, a in (("p", p), ("g", g), ("v", v), ("mom", mom), ("avg", avg)) if a is not None})
+    if (mom is None) != (momentum == 0):
+        raise ValueError(f"mom (the momentum buffer) is required exactly when momentum != 0 (got {momentum})")
+    f = p.dtype.type
+    v *= f(rho)
+    v += f(1.0 - rho) * (g * g)
+    if avg is not None:
+        avg *= f(rho)
+        avg += f(1.0 - rho) * g
+        d = v - avg * avg + f(eps)
+    else:
+        d = v + f(eps)
+    inc = f(lr) * g / np.sqrt(d)
+    if mom is not None:
+        mom *= f(momentum)
+        mom += inc
+        p -= mom
+    else:
+        p -= inc
     return None
 
 

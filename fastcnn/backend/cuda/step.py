@@ -14,7 +14,8 @@ result matches ``fastcnn.backend.reference``):
                            random), pca_noise_forward (AlexNet's colour noise): Philox4x32-10
                            per image and step, drawn on the device
   kernels/lrn.cu           lrn_forward, lrn_backward (AlexNet LRN across channels, NHWC)
-  kernels/optimizers.cu    sgd_update, adam_update (one launch over a flat buffer)
+  kernels/optimizers.cu    sgd_update, adam_update (AdamW too), rmsprop_update (one launch
+                           over a flat buffer)
 
 Every primitive that returns an array takes an optional keyword ``out=`` (for
 ``lrn_forward`` a pair ``(y, scale)``): a C-contiguous float32 CuPy array of the
@@ -452,17 +453,34 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0):
     return None
 
 
-def adam_update(p, g, m, v, step, lr, beta1, beta2, eps):
-    """Keras Adam in place, t = step[0] + 1 read on the device (step is not changed)."""
-    lr, beta1, beta2, eps = (_real(a, b) for a, b in
-                             (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps)))
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0):
+    """Keras Adam in place, t = step[0] + 1 read on the device (step is not changed);
+    weight_decay != 0: AdamW's p -= p * weight_decay * lr first."""
+    lr, beta1, beta2, eps, wd = (_real(a, b) for a, b in (("lr", lr), ("beta1", beta1), ("beta2", beta2),
+                                                          ("eps", eps), ("weight_decay", weight_decay)))
     n = _flat(p=p, g=g, m=m, v=v)
     _step(step)
     _kernel(_OPT, "adam")(
         _grid(n), (THREADS,),
         (p, g, m, v, step, np.int64(n), np.float64(lr), np.float64(beta1), np.float64(beta2),
          np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2),
-         np.float32(eps)))
+         np.float32(eps), np.float32(wd), np.float32(lr)))
+    return None
+
+
+def rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps):
+    """Keras RMSprop in place; mom None when momentum == 0, avg None unless centered."""
+    lr, rho, momentum, eps = (_real(a, b) for a, b in
+                              (("lr", lr), ("rho", rho), ("momentum", momentum), ("eps", eps)))
+    if (mom is None) != (momentum == 0):
+        raise ValueError(f"mom (the momentum buffer) is required exactly when momentum != 0 (got {momentum})")
+    buffers = {"p": p, "g": g, "v": v, "mom": mom, "avg": avg}
+    n = _flat(**{k: a for k, a in buffers.items() if a is not None})
+    _kernel(_OPT, "rmsprop")(
+        _grid(n), (THREADS,),
+        (p, g, v, v if mom is None else mom, v if avg is None else avg, np.int64(n), np.float32(lr),
+         np.float32(rho), np.float32(1.0 - rho), np.float32(momentum), np.float32(eps),
+         np.int32(mom is not None), np.int32(avg is not None)))
     return None
 
 
@@ -489,7 +507,8 @@ _NOTES = {
     "lrn_forward": "thread per element, direct channel-window sum",
     "lrn_backward": "thread per element, direct channel-window sum of dy*y/scale",
     "sgd_update": "one grid-stride launch over the flat buffer (plain / momentum / nesterov)",
-    "adam_update": "one grid-stride launch; t = step[0] + 1 from device memory",
+    "adam_update": "one grid-stride launch; t = step[0] + 1 from device memory; AdamW's decay fused",
+    "rmsprop_update": "one grid-stride launch (plain / momentum / centered)",
 }
 
 for _op, _note in _NOTES.items():
