@@ -200,3 +200,22 @@ def test_optimizer_arguments_are_checked():
     assert "weight_decay=0.004" in repr(fastcnn.optimizers.get("adamw"))
     with pytest.raises(ValueError, match=r"\['adam', 'adamw', 'rmsprop', 'sgd'\]"):
         fastcnn.optimizers.get("adagrad")
+
+
+def test_cli_trains_with_rmsprop_and_adamw(capsys, tmp_path):
+    import json
+    from fastcnn import cli
+    quick = ["--device", "cpu", "--limit", "200", "--batch-size", "100", "--verbose", "2", "--epochs", "1"]
+    for name, expected in (("rmsprop", "RMSprop(learning_rate=0.002, rho=0.9, momentum=0.5"),
+                           ("adamw", "AdamW(learning_rate=0.002, beta_1=0.9, beta_2=0.999, epsilon=1e-07, "
+                                     "weight_decay=0.01)")):
+        extra = ["--momentum", "0.5"] if name == "rmsprop" else ["--weight-decay", "0.01"]
+        code = cli.main(["train", "lenet5", *quick, "--optimizer", name, "--lr", "0.002", *extra,
+                         "--out", str(tmp_path / name)])
+        assert code == 0, capsys.readouterr().err
+        assert json.loads((tmp_path / name / "history.json").read_text())["optimizer"].startswith(expected)
+    code = cli.main(["train", "lenet5", *quick, "--optimizer", "rmsprop", "--weight-decay", "0.1",
+                     "--out", str(tmp_path / "bad")])
+    assert code == 2 and "--weight-decay applies to --optimizer sgd or adamw, not rmsprop" in capsys.readouterr().err
+    code = cli.main(["train", "lenet5", *quick, "--optimizer", "adamw", "--momentum", "0.9", "--out", str(tmp_path / "b")])
+    assert code == 2 and "--momentum applies to --optimizer sgd or rmsprop, not adamw" in capsys.readouterr().err

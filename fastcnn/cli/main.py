@@ -207,15 +207,17 @@ def _add_step_arguments(p) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: the GPU when one is usable, else the CPU reference")
     p.add_argument("--batch-size", type=positive_int, default=None, help="200 for lenet5, 128 for alexnet")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
-                   help="default: adam for lenet5 (the Keras seed), sgd for alexnet (the paper)")
-    p.add_argument("--lr", type=positive_float, default=None, help="learning rate; 0.001 for adam, 0.01 for sgd")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "rmsprop", "sgd"], default=None,
+                   help="default: adam for lenet5 (the Keras seed), sgd for alexnet (the paper); "
+                        "adamw and rmsprop with Keras's defaults")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate; 0.001 for adam, adamw and rmsprop, 0.01 for sgd")
     p.add_argument("--momentum", type=fraction, default=None,
-                   help="SGD momentum; default 0.9 for alexnet (the paper), 0 for lenet5")
+                   help="SGD (or RMSprop) momentum; default 0.9 for alexnet's SGD (the paper), else 0")
     p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
     p.add_argument("--weight-decay", type=nonnegative_float, default=None,
                    help="SGD weight decay, added to the gradient as in the paper; default 0.0005 for "
-                        "alexnet, 0 for lenet5")
+                        "alexnet, 0 for lenet5; AdamW's decoupled decay, default 0.004")
     p.add_argument("--kernel", action="append", metavar="OP=VARIANT",
                    help="use this kernel variant for a primitive on the GPU (repeatable; "
                         "see fastcnn kernels), e.g. conv2d_forward=implicit_gemm96")

@@ -18,12 +18,20 @@ def optimizer_for(args):
     from fastcnn import optimizers
     paper = args.model == "alexnet"
     name = args.optimizer or ("sgd" if paper else "adam")
-    if name == "adam":
+    if name in ("adam", "adamw", "rmsprop"):
+        applies = {"--weight-decay": ["adamw"], "--momentum": ["rmsprop"], "--nesterov": []}
         for option, value in (("--weight-decay", args.weight_decay), ("--momentum", args.momentum),
                               ("--nesterov", args.nesterov or None)):
-            if value is not None:
-                raise UsageError(f"{option} applies to --optimizer sgd, not adam")
-        return optimizers.Adam(learning_rate=args.lr if args.lr is not None else 0.001)
+            if value is not None and name not in applies[option]:
+                raise UsageError(f"{option} applies to --optimizer {' or '.join(['sgd'] + applies[option])}, "
+                                 f"not {name}")
+        lr = args.lr if args.lr is not None else 0.001
+        if name == "rmsprop":
+            return optimizers.RMSprop(learning_rate=lr, momentum=args.momentum or 0.0)
+        if name == "adamw":
+            return optimizers.AdamW(learning_rate=lr,
+                                    weight_decay=args.weight_decay if args.weight_decay is not None else 0.004)
+        return optimizers.Adam(learning_rate=lr)
     momentum = args.momentum if args.momentum is not None else (0.9 if paper else 0.0)
     weight_decay = args.weight_decay if args.weight_decay is not None else (5e-4 if paper else 0.0)
     return optimizers.SGD(learning_rate=args.lr if args.lr is not None else 0.01, momentum=momentum,
