@@ -171,16 +171,13 @@ class Sequential:
         self._require_built()
         B = self.backend
         self._frozen = tuple(not l.trainable for l in self.layers)
-        params = [p for l in self.layers if l.trainable for p in l.params]
+        trainable = [p for l in self.layers if l.trainable for p in l.params]
+        params = trainable + [p for l in self.layers if not l.trainable for p in l.params]
         offsets, total = [], 0
-        for p in params + [p for l in self.layers if not l.trainable for p in l.params]:
-            if len(offsets) == len(params):
-                self._n_train = total
+        for p in params:
             offsets.append(total)
             total += -(-p.size // _ALIGN) * _ALIGN
-        if len(offsets) == len(params):
-            self._n_train = total
-        params = params + [p for l in self.layers if not l.trainable for p in l.params]
+        self._n_train = offsets[len(trainable)] if len(trainable) < len(params) else total
         host = np.zeros(max(total, _ALIGN), np.float32)
         for p, off in zip(params, offsets):
             host[off:off + p.size] = B.to_host(p.data).reshape(-1)
