@@ -136,17 +136,20 @@ def save_weights(model, path) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def load_weights(model, path) -> None:
-    """Weights from a Keras 3 .weights.h5 file or .keras archive into the built model."""
+def read_weights(path) -> dict:
+    """{layer name: [its arrays in order]} of a Keras 3 .weights.h5 file or .keras archive."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if file_kind(path) == "keras":
         with _open_archive(path) as archive:
-            per_layer = _read_h5(io.BytesIO(archive.read("model.weights.h5")), f"{path}:model.weights.h5")
-    else:
-        per_layer = _read_h5(path, path)
-    _assign(model, per_layer, path)
+            return _read_h5(io.BytesIO(archive.read("model.weights.h5")), f"{path}:model.weights.h5")
+    return _read_h5(path, path)
+
+
+def load_weights(model, path) -> None:
+    """Weights from a Keras 3 .weights.h5 file or .keras archive into the built model."""
+    _assign(model, read_weights(path), os.fspath(path))
 
 
 # ---------------------------------------------------------------- configuration

@@ -159,3 +159,25 @@ def test_keras_archive_with_what_fastcnn_lacks_loads_uncompiled_with_a_warning(t
     with pytest.warns(UserWarning, match="not compiled: fastcnn has no optimizer Adam with clipnorm=1.0"):
         model = fastcnn.models.load_model(tmp_path / "m.keras")
     assert model.optimizer is None and model.count_params() == 61706
+
+
+def test_cli_evaluates_and_predicts_with_keras_weights(tmp_path, capsys):
+    from PIL import Image
+
+    from fastcnn import cli
+    from fastcnn.datasets import load_mnist_sample, prepare_images, to_categorical
+    (x, y), (xv, yv) = load_mnist_sample()
+    km = keras_lenet5()
+    km.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    km.fit(prepare_images(x[:1000]), to_categorical(y[:1000], 10), epochs=1, batch_size=100, verbose=0)
+    km.save_weights(tmp_path / "lenet5.weights.h5")
+    km.save(tmp_path / "lenet5.keras")
+    _, accuracy = km.evaluate(prepare_images(xv), to_categorical(yv, 10), verbose=0)
+    for name in ("lenet5.weights.h5", "lenet5.keras"):
+        assert cli.main(["evaluate", "lenet5", "--weights", str(tmp_path / name), "--device", "cpu"]) == 0
+        assert f"accuracy {accuracy:.4f}" in capsys.readouterr().out.replace("accuracy: ", "accuracy ")
+    Image.fromarray(xv[0].reshape(28, 28)).save(tmp_path / "digit.png")
+    assert cli.main(["predict", "lenet5", "--weights", str(tmp_path / "lenet5.weights.h5"), "--device", "cpu",
+                     str(tmp_path / "digit.png")]) == 0
+    top = int(km.predict(prepare_images(xv[:1]), verbose=0).argmax())
+    assert f"digit.png: {top} " in capsys.readouterr().out   # Keras's top class first
