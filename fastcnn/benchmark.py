@@ -253,7 +253,7 @@ class Report:
     def header_lines(self) -> list[str]:
         h = self.header
         keys = ["card", "driver", "cuda_runtime", "cupy", "torch", "cudnn", "numpy", "python",
-                "cpu", "load_avg", "torch_threads", "date", "run_id", "mode", "timing"]
+                "cpu", "world", "mpi", "nccl", "load_avg", "torch_threads", "date", "run_id", "mode", "timing"]
         parts = [f"{k}={h[k]}" for k in keys if h.get(k) not in (None, "")]
         lines, line = [], ""
         for p in parts:
@@ -295,7 +295,7 @@ class Report:
         lines.append("| " + " | ".join(["setting", "value"]) + " |")
         lines.append("| --- | --- |")
         for k in ["card", "driver", "cuda_runtime", "cupy", "torch", "cudnn", "numpy", "python",
-                  "cpu", "load_avg", "torch_threads", "mode", "timing", "elapsed_s"]:
+                  "cpu", "world", "mpi", "nccl", "load_avg", "torch_threads", "mode", "timing", "elapsed_s"]:
             if self.header.get(k) not in (None, ""):
                 lines.append(f"| {k} | {self.header[k]} |")
         lines.append("")
@@ -1343,8 +1343,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"case after {QUICK_BUDGET_S} s (meant to fit 3 minutes on an H100)")
     parser.add_argument("--filter", metavar="REGEX",
                         help="only cases whose 'group case impl' matches (ceilings always run)")
-    parser.add_argument("--group", action="append", choices=GROUPS, dest="groups",
-                        help="run only these groups (repeatable); default all")
+    parser.add_argument("--group", action="append", choices=GROUPS + ("distributed",), dest="groups",
+                        help="run only these groups (repeatable); default all but distributed (run that "
+                             "one alone, under mpirun: see docs/distributed.md)")
     from fastcnn.cli.common import nonnegative_int, output_file, positive_float, positive_int
     parser.add_argument("--json", type=output_file, metavar="FILE", help="write the results and header as JSON")
     parser.add_argument("--markdown", type=output_file, metavar="FILE", help="write a markdown table")
@@ -1373,12 +1374,19 @@ def run(args) -> int:
                    repeats=getattr(args, "repeats", None), warmup=getattr(args, "warmup", None),
                    budget_s=budget, priority=priority, progress_json=getattr(args, "json", None),
                    check=not getattr(args, "no_check", False))
+    if "distributed" in opts.groups:   # every rank of an MPI world at once: a module of its own
+        from . import bench_distributed
+        return bench_distributed.run(args, opts)
     if getattr(args, "list", False):
         for group in opts.groups:
             for s in _select(specs(group, opts.quick), opts.filter):
                 print(f"{s.group:8s} {s.case:28s} {s.shape:36s} {s.impl}")
         return 0
-    report = run_benchmarks(opts)
+    return emit(run_benchmarks(opts), args)
+
+
+def emit(report: Report, args) -> int:
+    """Print the report's table and write the files asked for; 1 when nothing was measured."""
     print(report.table())
     for path, write in ((getattr(args, "json", None), report.write_json),
                         (getattr(args, "markdown", None), report.write_markdown)):

@@ -208,12 +208,17 @@ class DataParallel:
         grads = model._grad_flat
         if total and count * self.size != total:      # a short last batch split unevenly
             grads *= grads.dtype.type(count * self.size / total)
-        if model.device == "cuda":
-            self._nccl_all_reduce(grads)
+        self.average(grads, model.device)
+
+    def average(self, buf, device: str = "cpu") -> None:
+        """Average a flat float32 buffer across processes, in place: MPI Allreduce (sum, then
+        1/N) of a host buffer, or ncclAllReduce(avg) of a device buffer (``device="cuda"``)."""
+        if device == "cuda":
+            self._nccl_all_reduce(buf)
         else:
             from mpi4py import MPI
-            self.world.comm.Allreduce(MPI.IN_PLACE, grads, op=MPI.SUM)
-            grads *= grads.dtype.type(1.0 / self.size)
+            self.world.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+            buf *= buf.dtype.type(1.0 / self.size)
 
     def _nccl_all_reduce(self, grads) -> None:
         """ncclAllReduce(avg) of the float32 buffer on the current stream: inside a CUDA graph

@@ -419,3 +419,37 @@ def test_tensor_core_rows_are_ready_in_every_run(monkeypatch):
         with tc_gemm[0].context():
             assert config.get_float32_matmul_precision() == "high"
         assert config.get_float32_matmul_precision() == "highest"
+
+
+def _bench_args(*argv):
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize("argv, said", [
+    (("--group", "distributed", "--group", "cpu"), "--group distributed runs alone"),
+    (("--group", "distributed", "--budget", "5"), "--budget does not apply to --group distributed"),
+    (("--group", "distributed", "--priority", "x"), "--priority does not apply to --group distributed"),
+    (("--group", "distributed", "--filter", "nothing"), "--filter 'nothing' matches no case of --group distributed"),
+])
+def test_distributed_group_refuses_what_ranks_cannot_agree_on(argv, said, capsys):
+    assert benchmark.run(_bench_args(*argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and said in err, err
+
+
+def test_distributed_group_without_mpi4py_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)     # import mpi4py raises ImportError
+    assert benchmark.run(_bench_args("--group", "distributed", "--quick")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("fastcnn bench: --group distributed needs mpi4py and an MPI library: pip install "
+                   "'fastcnn[mpi]' (Debian: apt-get install openmpi-bin libopenmpi-dev first)")
+
+
+def test_distributed_group_lists_its_cases_and_is_not_in_the_default_run(capsys):
+    assert benchmark.run(_bench_args("--group", "distributed", "--list")) == 0
+    listed = capsys.readouterr().out
+    assert [line.split()[1:3] for line in listed.splitlines()] == [
+        ["all-reduce", "lenet5"], ["all-reduce", "alexnet"], ["lenet5", "train"]]
+    assert "distributed" not in benchmark.GROUPS

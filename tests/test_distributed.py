@@ -160,3 +160,36 @@ def test_info_shows_the_world(tmp_path):
     lines = sorted(line for line in run.stdout.splitlines() if line.startswith("MPI "))
     assert [line.split("(")[0].split()[1:6] for line in lines] == [["rank", "0", "of", "2,", "local"],
                                                                    ["rank", "1", "of", "2,", "local"]], lines
+
+
+def test_bench_distributed_two_ranks(tmp_path):
+    """fastcnn bench --group distributed under mpirun -n 2: rank 0 alone prints and writes the
+    JSON; the all-reduce rows (algbw, busbw = algbw * 2(N-1)/N) and the data-parallel step beside
+    two processes alone, all measured, with world size 2."""
+    out = tmp_path / "dist.json"
+    run = fastcnn_cli("bench", "--group", "distributed", "--quick", "--json", out, n=2, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count(f"written: {out}") == 1 and run.stdout.count("-- distributed") == 1, run.stdout
+    data = json.loads(out.read_text())
+    assert data["header"]["world_size"] == 2 and data["header"]["world"].startswith("2 ranks")
+    rows = {(r["case"], r["impl"]): r for r in data["rows"]}
+    assert all(r["error"] is None and r["time_us"] > 0 and r["figure"] > 0 for r in rows.values()), rows
+    for net, count in (("lenet5", 61_706), ("alexnet", 62_378_344)):
+        alg, bus = rows[(f"all-reduce {net} grads", "mpi host algbw")], rows[(f"all-reduce {net} grads", "mpi host busbw")]
+        assert alg["time_us"] == bus["time_us"]
+        assert alg["figure"] == pytest.approx(4 * count / alg["time_us"] / 1e3)
+        assert bus["figure"] == pytest.approx(alg["figure"] * 2 * (2 - 1) / 2)
+    dp = rows[("lenet5 train data-parallel", "fastcnn 2 ranks eager")]
+    alone = rows[("lenet5 train data-parallel", "2 x one process")]
+    assert dp["figure"] == pytest.approx(400 / (dp["time_us"] * 1e-6))     # the global batch, 2 x 200
+    assert dp["baseline"] == "2 x one process" and dp["ratio"] == pytest.approx(dp["figure"] / alone["figure"])
+
+
+def test_bench_distributed_outside_mpirun_says_world_size_one(tmp_path):
+    out = tmp_path / "one.json"
+    run = fastcnn_cli("bench", "--group", "distributed", "--quick", "--filter", "lenet5", "--json", out, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "one process (world size 1, not started by mpirun/srun)" in run.stdout
+    data = json.loads(out.read_text())
+    assert data["header"]["world_size"] == 1
+    assert {r["case"] for r in data["rows"]} == {"all-reduce lenet5 grads", "lenet5 train data-parallel"}
