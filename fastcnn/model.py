@@ -301,6 +301,12 @@ class Sequential:
         if missing:
             raise ValueError(f"{path} lacks the {name} optimizer's state ({', '.join(missing)}): training "
                              f"cannot go on exactly from it")
+        # A checkpoint without the field was written in fp32 (precision came later than checkpoints).
+        was, now = state.get("precision", "highest"), precision.get_float32_matmul_precision()
+        if was != now:
+            raise ValueError(f"{path} was saved training with float32 matmul precision {was!r}; it is {now!r} "
+                             f"now: resume with the same precision (--precision "
+                             f"{'tf32' if was == 'high' else 'fp32'}) for the run to go on exactly")
         self._set_named_weights(arrays, path)
         self.backend.copy(self._step, self.backend.asarray(arrays["__step__"].astype(np.int32)))
         self.optimizer.set_state(slots)
@@ -339,7 +345,7 @@ class Sequential:
         state = {"epoch": at["epoch"], "batch": at["batch"], "seen": at["seen"], "steps": at["steps"],
                  "generator": at["generator"], "source": at["source"], "optimizer": type(self.optimizer).__name__,
                  "optimizer_config": _plain(self.optimizer.get_config()),
-                 "callbacks": callbacks}
+                 "precision": precision.get_float32_matmul_precision(), "callbacks": callbacks}
         arrays["__state__"] = np.array(json.dumps(state))
         return arrays
 

@@ -292,6 +292,22 @@ def test_checkpoint_of_another_optimizer_or_without_its_state_is_refused(capsys,
     assert all(np.array_equal(a, b) for a, b in zip(weights, refused.get_weights()))  # left untouched
 
 
+def test_checkpoint_of_another_precision_is_refused(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run(capsys, "train", "lenet5", "--epochs", "1", "--precision", "tf32", "--out", run_dir, *QUICK)
+    assert code == 0, err
+    code, _, err = run(capsys, "train", "lenet5", "--epochs", "2", "--resume", "--out", run_dir, *QUICK)
+    assert code == 2 and "precision 'high'" in err and "--precision tf32" in err
+    code, _, err = run(capsys, "train", "lenet5", "--epochs", "2", "--resume", "--precision", "tf32",
+                       "--out", run_dir, *QUICK)
+    assert code == 0, err
+    model = compiled()
+    model.save_checkpoint(tmp_path / "fp32.npz", 1)
+    with fastcnn.config.float32_matmul_precision("high"):
+        with pytest.raises(ValueError, match="precision 'highest'; it is 'high' now"):
+            model.load_checkpoint(tmp_path / "fp32.npz")
+
+
 def test_resume_rewrites_a_garbage_history_from_the_checkpoint(capsys, tmp_path):
     run_dir = tmp_path / "run"
     code, _, err = run(capsys, "train", "lenet5", "--epochs", "2", "--out", run_dir, *QUICK)

@@ -206,8 +206,9 @@ def _train(args, out: Path) -> int:
 
     initial_epoch = 0
     if args.resume:
-        try:
-            initial_epoch = int(model.load_checkpoint(checkpoint))
+        try:   # under --precision: a checkpoint refuses to go on in another one
+            with fastcnn.config.float32_matmul_precision(fastcnn.config.from_name(args.precision)):
+                initial_epoch = int(model.load_checkpoint(checkpoint))
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"--resume: {exc}") from None
         within = model._resume["batch"]
