@@ -199,6 +199,12 @@ class Sequential:
             self.optimizer.build(B, self._n_train)
         self._graph_steps = {}
 
+    def _ready_to_train(self) -> None:
+        """The flat buffers bound and the optimizer's state built: what a training step needs."""
+        self._ensure_bound()
+        if getattr(self.optimizer, "state", None) is None:
+            self.optimizer.build(self.backend, self._n_train)
+
     def _ensure_bound(self):
         if self._flat is None:
             self._bind()
@@ -480,9 +486,7 @@ class Sequential:
         use_graph = (self.device == "cuda") if graph is None else bool(graph)
         if use_graph and self.device != "cuda":
             raise ValueError("graph=True needs the model on the GPU (model.to('cuda'))")
-        self._ensure_bound()
-        if getattr(self.optimizer, "state", None) is None:
-            self.optimizer.build(self.backend, self._n_train)
+        self._ready_to_train()
         B = self.backend
         steps = batches.steps
         if distribution.distribution() is not None:
@@ -718,9 +722,7 @@ class Sequential:
         self._require_compiled()
         x = self._check_x(x)
         y = self._labels(y, x.shape[0])
-        self._ensure_bound()
-        if getattr(self.optimizer, "state", None) is None:
-            self.optimizer.build(self.backend, self._n_train)
+        self._ready_to_train()
         B = self.backend
         B.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
         self.train_step(B.asarray(x, np.float32), B.asarray(y))

@@ -302,9 +302,7 @@ def profile_training(model, x, y, steps: int = 5, warmup: int = 1) -> Profile:
     model._require_compiled()
     x = model._check_x(x)
     y = model._labels(y, x.shape[0])
-    model._ensure_bound()
-    if getattr(model.optimizer, "state", None) is None:
-        model.optimizer.build(model.backend, model._n_train)
+    model._ready_to_train()
     B = model.backend
     xb, yb = B.asarray(x, "float32"), B.asarray(y)
     saved = snapshot_state(model)
