@@ -359,7 +359,7 @@ class Report:
         return f"chart written to {path}"
 
     def key_ratios(self) -> list[tuple[str, str]]:
-        """(what, value) for the issue's targets, for the GPU check's final table."""
+        """(what, value) for the project's stated goals, for the GPU check's final table."""
         out = []
 
         def pick(case, impl_prefix="fastcnn", want="ratio", exclude=None):
@@ -1356,8 +1356,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start no new case after this many seconds (default: none; "
                              f"{QUICK_BUDGET_S} with --quick)")
     parser.add_argument("--priority", metavar="REGEX",
-                        help="run matching cases first (default with --quick: the issue's "
-                             "target cases)")
+                        help="run matching cases first (default with --quick: the cases of the "
+                             "stated goals)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing each fastcnn output with the baseline's before timing")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")

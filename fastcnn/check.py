@@ -14,7 +14,7 @@ crash costs that section only):
   profile    python -m fastcnn profile alexnet: where an AlexNet training step's GPU time
              goes, by primitive and by layer (the bench's quick budget does not reach most
              AlexNet backward passes)
-  bench      python -m fastcnn.benchmark --quick (the issues' target cases first),
+  bench      python -m fastcnn.benchmark --quick (the stated goals' cases first),
              until the remaining time is spent
 
 Everything goes under $OUT (default ./gpu_check_out), at most 8 files:

@@ -4,7 +4,7 @@
 // fastcnn.config.set_float32_matmul_precision("high") only.  Every kernel takes conv.cu's
 // shape tail  N, H, W, C, K, R, S, P, Q, sh, sw, pt, pl  (int32) and its argument list.
 //
-// Implicit GEMM, conv.cu's three products (KERNEL_NOTES.md's table) on the tensor-core
+// Implicit GEMM, conv.cu's three products (docs/cuda_kernels.md, section 0) on the tensor-core
 // core of tc_tile.cuh: block tile 128 x 64 x 16, 128 threads (4 warps of 64 x 32, 16
 // mma.sync.m16n8k8 per 8-deep step), a 3-stage cp.async pipeline; the A or B tile is
 // gathered from the tensors straight into shared memory by cp.async, no im2col buffer.

@@ -4,7 +4,7 @@ The first call of an op with a new shape times every CUDA C variant of that op
 after a warm-up run (CUDA events around a few calls issued back to back; a variant
 whose single timed call is already 20x slower than the best is not timed further)
 and caches the winner; later calls
-go straight to it.  This is DESIGN.md's rule, "the default is the fastest variant
+go straight to it.  This is the project's rule, "the default is the fastest variant
 that passes", applied per shape: LeNet's 6-channel convolutions and AlexNet's
 384-channel ones want different kernels.  Which variants are correct is the
 test table's job (tests/test_gpu_*.py), not this module's.

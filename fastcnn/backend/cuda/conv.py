@@ -4,7 +4,7 @@ Variants, registered in ``fastcnn.kernels`` at import (no GPU needed to import):
   im2col          explicit im2col buffer (our kernel), our tiled GEMM, fused bias+ReLU
                   epilogue; dgrad is a GEMM into column gradients then a col2im gather
   implicit_gemm   no buffer: the GEMM tiles are gathered from the NHWC tensors on the
-                  fly (KERNEL_NOTES.md's table); forward fuses bias+ReLU; wgrad is
+                  fly (docs/cuda_kernels.md, section 0); forward fuses bias+ReLU; wgrad is
                   split-K with a deterministic reduce; 128 x 128 block tiles
   implicit_gemm96 the same kernels with 128 x 96 tiles (6 columns a thread instead of
                   8): for 96 output channels (AlexNet conv1) a 128-wide tile idles a
