@@ -120,11 +120,15 @@ def test_a_failing_rank_stops_every_rank_and_names_itself(tmp_path):
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
-def fastcnn_cli(*args, n=None, timeout=TIMEOUT):
+def fastcnn_cli(*args, n=None, timeout=TIMEOUT, output_dir=None):
+    """``python -m fastcnn ARGS``, under ``mpirun -n n`` when n is given; with ``output_dir`` each
+    rank's stdout goes to a file of its own there (mpirun merges the ranks' lines otherwise, and two
+    lines written at once can run together)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "fastcnn", *map(str, args)]
     if n is not None:
-        cmd = [MPIRUN, "--oversubscribe", "--allow-run-as-root", "-n", str(n)] + cmd
+        split = ["--output-filename", str(output_dir)] if output_dir is not None else []
+        cmd = [MPIRUN, "--oversubscribe", "--allow-run-as-root", *split, "-n", str(n)] + cmd
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -155,9 +159,11 @@ def test_cli_distributed_refuses_a_batch_the_world_does_not_divide(tmp_path):
 
 
 def test_info_shows_the_world(tmp_path):
-    run = fastcnn_cli("info", n=2, timeout=120)
+    run = fastcnn_cli("info", n=2, timeout=120, output_dir=tmp_path)
     assert run.returncode == 0, run.stderr
-    lines = sorted(line for line in run.stdout.splitlines() if line.startswith("MPI "))
+    outputs = sorted(tmp_path.rglob("stdout"))
+    assert len(outputs) == 2, outputs
+    lines = sorted(line for path in outputs for line in path.read_text().splitlines() if line.startswith("MPI "))
     assert [line.split("(")[0].split()[1:6] for line in lines] == [["rank", "0", "of", "2,", "local"],
                                                                    ["rank", "1", "of", "2,", "local"]], lines
 
