@@ -344,6 +344,14 @@ def test_epochs_must_be_positive(capsys, tmp_path, epochs):
     assert info.value.code == 2 and "--epochs" in capsys.readouterr().err
 
 
+def test_out_inside_the_image_folder_is_refused(capsys, tmp_path):
+    for out in (tmp_path / "images" / "run", tmp_path / "images"):
+        code, _, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", tmp_path / "images",
+                           "--out", out)
+        assert code == 2 and "is inside --data-dir" in err, err
+    assert not (tmp_path / "images").exists()     # refused before anything was made
+
+
 def test_unwritable_out_is_refused_before_training(capsys, tmp_path):
     (tmp_path / "file").write_text("x")
     code, out, err = run(capsys, "train", "lenet5", "--out", tmp_path / "file", *QUICK)
