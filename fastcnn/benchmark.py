@@ -253,7 +253,7 @@ class Report:
     def header_lines(self) -> list[str]:
         h = self.header
         keys = ["card", "driver", "cuda_runtime", "cupy", "torch", "cudnn", "numpy", "python",
-                "cpu", "world", "mpi", "nccl", "load_avg", "torch_threads", "date", "run_id", "mode", "timing"]
+                "cpu", "world", "mpi", "nccl", "load_avg", "blas_threads", "torch_threads", "date", "run_id", "mode", "timing"]
         parts = [f"{k}={h[k]}" for k in keys if h.get(k) not in (None, "")]
         lines, line = [], ""
         for p in parts:
@@ -295,7 +295,7 @@ class Report:
         lines.append("| " + " | ".join(["setting", "value"]) + " |")
         lines.append("| --- | --- |")
         for k in ["card", "driver", "cuda_runtime", "cupy", "torch", "cudnn", "numpy", "python",
-                  "cpu", "world", "mpi", "nccl", "load_avg", "torch_threads", "mode", "timing", "elapsed_s"]:
+                  "cpu", "world", "mpi", "nccl", "load_avg", "blas_threads", "torch_threads", "mode", "timing", "elapsed_s"]:
             if self.header.get(k) not in (None, ""):
                 lines.append(f"| {k} | {self.header[k]} |")
         lines.append("")
@@ -437,12 +437,29 @@ def _try(fn, default=None):
         return default
 
 
+def _openblas_threads():
+    """Threads of the OpenBLAS that NumPy loaded (read from the library itself), else None."""
+    import ctypes
+    with open("/proc/self/maps") as maps:
+        libs = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                     "openblas_get_num_threads64_", "openblas_get_num_threads"):
+            if hasattr(lib, name):
+                return int(getattr(lib, name)())
+    return None
+
+
 def environment(run_id: str | None = None) -> dict:
     """Card, driver, CUDA runtime and library versions, date: the header of every report."""
     h = {"run_id": run_id or uuid.uuid4().hex[:12],
          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
          "numpy": np.__version__, "python": platform.python_version(),
          "cpu": f"{platform.machine()} x{os.cpu_count()}", "notes": []}
+    blas = _try(_openblas_threads)
+    if blas:
+        h["blas_threads"] = blas
     load = _try(os.getloadavg)
     if load:
         h["load_avg"] = " ".join(f"{v:.1f}" for v in load)
@@ -1197,8 +1214,12 @@ def run_spec(spec: Spec, opts: Options, run_id: str) -> Result:
     return res
 
 
+CPU_BLOCK = 5   # host calls timed back to back per block (after one untimed call)
+
+
 def run_cpu_specs(specs_: list[Spec], opts: Options, run_id: str) -> list[Result]:
-    """Host cases of one comparison, timed in turn (A B A B ...) rather than one after the other."""
+    """Host cases of one comparison, each timed alone in blocks of whole repeats, the blocks in
+    turn (A B B A ...): neither side's thread pool runs while the other is timed."""
     results, fns = [], []
     for spec in specs_:
         res = Result(spec.group, spec.case, spec.shape, spec.impl, spec.role, spec.unit,
@@ -1216,8 +1237,8 @@ def run_cpu_specs(specs_: list[Spec], opts: Options, run_id: str) -> list[Result
     repeats = opts.repeats or (10 if opts.quick else 30)
     warmup = min(opts.warmup if opts.warmup is not None else 2, 2)
     try:
-        timings = gputime.time_cpu_interleaved([fns[k] for k in live], warmup=warmup, repeats=repeats,
-                                               max_seconds=20.0 if opts.quick else 60.0)
+        timings = gputime.time_cpu_blocks([fns[k] for k in live], warmup=warmup, repeats=repeats,
+                                          block=CPU_BLOCK, max_seconds=20.0 if opts.quick else 60.0)
     except Exception as exc:
         for k in live:
             results[k].error = f"{type(exc).__name__}: {exc}".strip()[:300]
@@ -1227,7 +1248,7 @@ def run_cpu_specs(specs_: list[Spec], opts: Options, run_id: str) -> list[Result
         res.time_us, res.repeats, res.spread = t.median_us, t.repeats, t.spread
         res.method = t.method
         res.figure = _figure(spec.unit, spec.work, t.median_us)
-        res.note = (res.note + "; " if res.note else "") + "timed interleaved with the other rows of this case"
+        res.note = (res.note + "; " if res.note else "") + f"timed alone in blocks of {CPU_BLOCK}, taken in turn with the other rows of this case"
     return results
 
 
@@ -1299,7 +1320,7 @@ def run_benchmarks(opts: Options) -> Report:
         if opts.budget_s is not None and time.perf_counter() - t0 > opts.budget_s:
             not_run.append(spec)
             continue
-        if spec.lib == "cpu":  # host timings of one case are interleaved: the load hits all alike
+        if spec.lib == "cpu":  # host rows of one case: blocks in turn, so the load hits all alike
             batch = [(i, s) for i, s in queue if s.lib == "cpu" and s.case == spec.case and i not in done]
             ran = list(zip([i for i, _ in batch], run_cpu_specs([s for _, s in batch], opts, run_id)))
         else:

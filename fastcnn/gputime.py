@@ -407,21 +407,27 @@ def time_cpu(fn, *, warmup: int = 2, repeats: int = 10, max_seconds: float | Non
                   METHOD_HOST)
 
 
-def time_cpu_interleaved(fns, *, warmup: int = 2, repeats: int = 10,
-                         max_seconds: float | None = None) -> list[Timing]:
-    """Median wall times of several host callables timed in turn (A B A B ...), so that a
-    load that changes during the run (a shared machine) weighs on each of them alike."""
+def time_cpu_blocks(fns, *, warmup: int = 2, repeats: int = 10, block: int = 5,
+                    max_seconds: float | None = None) -> list[Timing]:
+    """Median wall times of several host callables, each timed alone in blocks of ``block``
+    calls, the blocks taken in turn (A B B A A B ...). Calls of two libraries with thread pools
+    of their own (OpenBLAS, PyTorch) are never timed back to back: each block starts with one
+    untimed call, so the other side's threads have gone quiet; taking the blocks in turn still
+    lets a load that changes during the run (a shared machine) weigh on each of them alike."""
     for fn in fns:
         for _ in range(warmup):
             fn()
     samples = [[] for _ in fns]
+    block = max(1, min(block, repeats))
     t_start = time.perf_counter()
-    for r in range(repeats):
+    for r in range(-(-repeats // block)):
         order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
         for k in order:
-            t0 = time.perf_counter()
             fns[k]()
-            samples[k].append((time.perf_counter() - t0) * 1e6)
-        if max_seconds is not None and r >= 2 and time.perf_counter() - t_start > max_seconds:
+            for _ in range(min(block, repeats - len(samples[k]))):
+                t0 = time.perf_counter()
+                fns[k]()
+                samples[k].append((time.perf_counter() - t0) * 1e6)
+        if max_seconds is not None and r >= 1 and time.perf_counter() - t_start > max_seconds:
             break
     return [Timing(statistics.median(s), min(s), max(s), len(s), 1, METHOD_HOST) for s in samples]

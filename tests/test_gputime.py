@@ -197,8 +197,34 @@ def test_fn_raising_while_blocked_releases_and_drains_then_raises(fake):
 
 def test_host_timings_say_host():
     assert gputime.time_cpu(lambda: None, warmup=0, repeats=3).method == gputime.METHOD_HOST
-    ts = gputime.time_cpu_interleaved([lambda: None, lambda: None], warmup=0, repeats=2)
+    ts = gputime.time_cpu_blocks([lambda: None, lambda: None], warmup=0, repeats=2)
     assert [t.method for t in ts] == [gputime.METHOD_HOST] * 2
+
+
+def test_cpu_blocks_time_each_side_alone_in_whole_blocks(monkeypatch):
+    """Each callable runs in runs of block+1 calls (one untimed lead-in, then the timed block),
+    never alternating call by call; the blocks go A B B A ...; every timed call is one sample."""
+    calls, clock = [], [0.0]
+    cost = {"a": 1.0, "b": 3.0}
+
+    def make(name):
+        def fn():
+            calls.append(name)
+            clock[0] += cost[name]
+        return fn
+    monkeypatch.setattr(gputime.time, "perf_counter", lambda: clock[0])
+    ta, tb = gputime.time_cpu_blocks([make("a"), make("b")], warmup=1, repeats=7, block=3)
+    assert calls[:2] == ["a", "b"]                         # warm-up
+    runs = []
+    for name in calls[2:]:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    # blocks of 3, 3 and the last 1, each after one untimed call; order a b | b a | a b
+    assert runs == [["a", 4], ["b", 8], ["a", 6], ["b", 2]]
+    assert (ta.repeats, tb.repeats) == (7, 7)
+    assert ta.median_us == pytest.approx(1e6) and tb.median_us == pytest.approx(3e6)
 
 
 # ---------------------------------------------------------------- the flag words and the kernel
