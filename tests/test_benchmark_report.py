@@ -391,7 +391,7 @@ def test_priority_orders_cases_but_rows_keep_the_canonical_order(monkeypatch):
             return m
         return [benchmark.Spec("cpu", c, "", "impl", "baseline", "img/s", 1, make(c), lib="cpu")
                 for c in ("a case", "b case", "c case")]
-    monkeypatch.setattr(benchmark, "specs", fake_specs)
+    monkeypatch.setattr(benchmark.runner, "specs", fake_specs)
     rep = benchmark.run_benchmarks(benchmark.Options(groups=("cpu",), priority="c case|b case",
                                                      repeats=1, warmup=0, verbose=False))
     assert ran == ["c case", "b case", "a case"]
@@ -403,7 +403,7 @@ def test_tensor_core_rows_are_ready_in_every_run(monkeypatch):
     cuBLAS with TF32 on (GEMM 8192^3) and cuDNN with TF32 on, NCHW and channels_last (AlexNet
     conv1-5); under "high" they are listed once, not twice."""
     from fastcnn import config
-    monkeypatch.setattr(benchmark, "_torch_ok", lambda: True)   # list the cuDNN rows (nothing runs)
+    monkeypatch.setattr(benchmark.cases, "_torch_ok", lambda: True)   # list the cuDNN rows (nothing runs)
     for precision in ("highest", "high"):
         with config.float32_matmul_precision(precision):
             gemm, conv = benchmark.specs("gemm"), benchmark.specs("conv")

@@ -309,7 +309,7 @@ def test_report_header_says_the_method_and_notes_fallbacks(monkeypatch):
             return _fake_timing(gputime.METHOD_EVENTS, "why")
         return _fake_timing(gputime.METHOD_BLOCKED if kw["block"] else gputime.METHOD_EVENTS)
     monkeypatch.setattr(gputime, "cuda_available", lambda: True)
-    monkeypatch.setattr(benchmark, "specs", fake_specs)
+    monkeypatch.setattr(benchmark.runner, "specs", fake_specs)
     monkeypatch.setattr(gputime, "time_cuda", fake_time_cuda)
     rep = benchmark.run_benchmarks(benchmark.Options(groups=("pool", "network"), repeats=1, warmup=0,
                                                      verbose=False, check=False))

@@ -26,7 +26,7 @@ import uuid
 
 import numpy as np
 
-from . import benchmark, distribution, gputime
+from .. import benchmark, distribution, gputime
 
 GROUP = "distributed"
 ALL_REDUCE_NETS = ("lenet5", "alexnet")

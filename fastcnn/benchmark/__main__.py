@@ -1,0 +1,6 @@
+"""python -m fastcnn.benchmark"""
+import sys
+
+from .cli import main
+
+sys.exit(main())
