@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fastcnn import benchmark, gputime
+from fastcnn import benchmark, check, gputime
 from fastcnn.benchmark import Report, Result
 
 RUN = "run-a"
@@ -245,7 +245,7 @@ def test_a_failing_case_is_recorded_not_raised():
 
 # ---------------------------------------------------------------- the GPU check's parsers and driver
 def test_check_parses_pytest_output():
-    from fastcnn.check import parse_pytest
+    parse_pytest = check.gpu_check().parse_pytest
     out = ("tests/test_a.py::test_one PASSED\n"
            "tests/test_a.py::test_two[cuda-3] FAILED\n"
            "tests/test_b.py::test_three SKIPPED (needs a CUDA GPU)\n"
@@ -258,7 +258,7 @@ def test_check_parses_pytest_output():
 
 
 def test_check_parses_xdist_output_and_the_final_totals():
-    from fastcnn.check import parse_pytest
+    parse_pytest = check.gpu_check().parse_pytest
     out = ("[gw0] [ 33%] PASSED tests/a.py::t1 \n[gw1] [ 66%] FAILED tests/a.py::t2[x-1] \n"
            "[gw0] [100%] SKIPPED tests/a.py::t3 \n"
            "FAILED tests/a.py::t2[x-1] - AssertionError: relative error 1 > 1e-4\n"
@@ -271,7 +271,7 @@ def test_check_parses_xdist_output_and_the_final_totals():
 
 
 def test_check_parses_sanitizer_summaries():
-    from fastcnn.check import parse_sanitizer
+    parse_sanitizer = check.gpu_check().parse_sanitizer
     mem = parse_sanitizer("ok     matmul:tiled\nSANITIZE DONE ok=40 failed=0 in 3.0s\n"
                           "========= ERROR SUMMARY: 2 errors\n")
     assert mem["errors"] == 2 and mem["done"] and mem["ok"] == 40 and mem["failed"] == 0
@@ -283,7 +283,6 @@ def test_check_parses_sanitizer_summaries():
 
 
 def test_check_runs_without_a_gpu_and_writes_its_summary(tmp_path, capsys):
-    from fastcnn import check
     parser = argparse.ArgumentParser()
     check.add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path), "--skip", "gpu tests", "--skip", "memcheck",
@@ -295,25 +294,46 @@ def test_check_runs_without_a_gpu_and_writes_its_summary(tmp_path, capsys):
         assert code == 1 and "nothing was checked: no GPU here" in err and availability()["cuda"] in err
     assert "section" in printed and "racecheck" in printed.splitlines()[-4]
     summary = json.loads((tmp_path / "check_summary.json").read_text())
-    assert [r["section"] for r in summary["sections"]] == list(check.SECTIONS)
+    assert [r["section"] for r in summary["sections"]] == list(check.gpu_check().SECTIONS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["check.log", "check_summary.json"]
 
 
 def test_check_profile_section_reads_the_profile(tmp_path, monkeypatch):
     """The section's own plumbing, on a small LeNet-5 profile on the CPU (on a GPU: AlexNet)."""
-    from fastcnn import check
-    monkeypatch.setattr(check, "PROFILE_ARGS", ["lenet5", "--device", "cpu", "--batch-size", "4",
-                                                "--steps", "1", "--warmup", "0", "--by", "op"])
-    c = check.Check(tmp_path, total_s=600, python=sys.executable)
+    gpu_check = check.gpu_check()
+    monkeypatch.setattr(gpu_check, "PROFILE_ARGS", ["lenet5", "--device", "cpu", "--batch-size", "4",
+                                                    "--steps", "1", "--warmup", "0", "--by", "op"])
+    c = gpu_check.Check(tmp_path, total_s=600, python=sys.executable)
     row = c.profile()
     c.log.close()
     assert row["status"] == "ok", row
     assert row["key"].startswith("lenet5 batch 4 step ") and "(host clock)" in row["key"]
     assert row["key"].count("%") == 4 and "conv2d_backward_weights" in {r["op"] for r in row["by_op"]}
     assert (tmp_path / "profile.json").exists() and "conv2d_forward" in (tmp_path / "check.log").read_text()
-    monkeypatch.setattr(check, "PROFILE_ARGS", ["lenet5", "--device", "cpu", "--steps", "0"])
-    row = check.Check(tmp_path, total_s=600, python=sys.executable).profile()
+    monkeypatch.setattr(gpu_check, "PROFILE_ARGS", ["lenet5", "--device", "cpu", "--steps", "0"])
+    row = gpu_check.Check(tmp_path, total_s=600, python=sys.executable).profile()
     assert row["status"] == "FAIL" and "--steps" in row["key"]
+
+
+def test_check_outside_a_checkout_says_what_it_needs(tmp_path, monkeypatch, capsys):
+    """An installed fastcnn without the repository's tests/ and bench/: one line, exit 1."""
+    from fastcnn import cli
+    monkeypatch.setattr(check, "SCRIPT", tmp_path / "bench" / "gpu_check.py")
+    assert not check.found()
+    assert cli.main(["check", "--out", str(tmp_path / "out"), "--total", "60"]) == 1
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "needs a source checkout of fastcnn" in err
+    assert "bench/gpu_check.py" in err and not (tmp_path / "out").exists()
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "gpu_check.py").write_text("")
+    assert not check.found()                       # the script without tests/ beside it
+    assert check.main([]) == 1
+
+
+def test_check_hands_over_to_the_checkout_script():
+    assert check.found() and check.SCRIPT.parent.name == "bench"
+    assert check.gpu_check() is check.gpu_check() and check.gpu_check().REPO == check.SCRIPT.parents[1]
+
 
 
 # ---------------------------------------------------------------- baselines' plumbing, on the CPU
