@@ -426,6 +426,14 @@ def _shuffled(files: list, rng) -> list:
     return [files[i] for i in rng.permutation(len(files))]
 
 
+def class_roots(directory) -> list[Path]:
+    """The folders whose sub-folders are read as classes: ``[train, val]`` (or ``validation`` or
+    ``test``) where both are there, else ``[directory]``."""
+    root = Path(directory).expanduser()
+    eval_dir = next((root / n for n in EVAL_FOLDER_NAMES if (root / n).is_dir()), None)
+    return [root / "train", eval_dir] if (root / "train").is_dir() and eval_dir is not None else [root]
+
+
 def image_folder(directory, validation: float = 0.2, seed: int = 0) -> ImageFolder:
     """Find the images of a folder and split them; nothing is decoded (see ``read_images``).
 
@@ -442,10 +450,11 @@ def image_folder(directory, validation: float = 0.2, seed: int = 0) -> ImageFold
     if not root.is_dir():
         raise DataNotFound(f"{root}: no such image folder")
     rng = np.random.default_rng(seed)
-    eval_dir = next((root / n for n in EVAL_FOLDER_NAMES if (root / n).is_dir()), None)
+    roots = class_roots(root)
     skipped = []
-    if (root / "train").is_dir() and eval_dir is not None:
-        class_names, train = _list_classes(root / "train", skipped=skipped)
+    if len(roots) == 2:
+        eval_dir = roots[1]
+        class_names, train = _list_classes(roots[0], skipped=skipped)
         _, held_out = _list_classes(eval_dir, class_names, skipped)
         return ImageFolder(root, class_names, _shuffled(train, rng), _shuffled(held_out, rng),
                            f"{eval_dir}", tuple(skipped))

@@ -344,12 +344,21 @@ def test_epochs_must_be_positive(capsys, tmp_path, epochs):
     assert info.value.code == 2 and "--epochs" in capsys.readouterr().err
 
 
-def test_out_inside_the_image_folder_is_refused(capsys, tmp_path):
+def test_out_among_the_class_folders_is_refused(capsys, tmp_path):
     for out in (tmp_path / "images" / "run", tmp_path / "images"):
         code, _, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", tmp_path / "images",
                            "--out", out)
-        assert code == 2 and "is inside --data-dir" in err, err
+        assert code == 2 and "among the class folders of --data-dir" in err, err
     assert not (tmp_path / "images").exists()     # refused before anything was made
+    (tmp_path / "split" / "train").mkdir(parents=True)
+    (tmp_path / "split" / "val").mkdir()
+    code, _, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", tmp_path / "split",
+                       "--out", tmp_path / "split" / "train" / "run")
+    assert code == 2 and "among the class folders" in err, err
+    # beside train/ and val/ a run folder is no class: that is not refused (the empty folder is, later)
+    code, _, err = run(capsys, "train", "lenet5", "--data", "folder", "--data-dir", tmp_path / "split",
+                       "--out", tmp_path / "split" / "run")
+    assert "among the class folders" not in err
 
 
 def test_unwritable_out_is_refused_before_training(capsys, tmp_path):

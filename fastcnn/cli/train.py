@@ -62,11 +62,12 @@ def _claim_run_folder(args, out: Path):
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    if args.data == "folder" and args.data_dir:   # its files would be listed as a class of images
-        images = Path(args.data_dir).expanduser().resolve()
-        if out.resolve() == images or images in out.resolve().parents:
-            raise UsageError(f"--out {out} is inside --data-dir {args.data_dir}: the run's files would be read as "
-                             f"images of a class; choose an --out outside the image folder")
+    if args.data == "folder" and args.data_dir:   # a folder among the classes would be read as one
+        from fastcnn.datasets import class_roots
+        where = out.resolve()
+        if any(where == r or r in where.parents for r in map(Path.resolve, class_roots(args.data_dir))):
+            raise UsageError(f"--out {out} is among the class folders of --data-dir {args.data_dir}: it would be "
+                             f"read as a class of images; choose an --out outside them")
     if args.resume and not (out / "checkpoint.npz").is_file():
         raise UsageError(f"--resume: no checkpoint at {out / 'checkpoint.npz'}; train once without --resume "
                          f"(with the same --out) first")
