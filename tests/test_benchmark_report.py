@@ -154,6 +154,18 @@ def test_key_ratios_of_the_tensor_core_rows():
     assert "alexnet.conv2 fwd tc_tf32 / cuDNN TF32" not in keys
 
 
+def test_key_ratio_of_tf32_training_takes_the_best_of_each_side():
+    """AlexNet in TF32 against PyTorch's best TF32 figure, channels_last or not, eager or graph."""
+    extra = [R("network", "alexnet train", "fastcnn eager TF32", "fastcnn", "img/s", 9000.0, precision="tf32"),
+             R("network", "alexnet train", "fastcnn graph TF32", "fastcnn", "img/s", 12000.0, precision="tf32"),
+             R("network", "alexnet train", "torch eager TF32", "baseline", "img/s", 15000.0, precision="tf32"),
+             R("network", "alexnet train", "torch eager NHWC TF32", "baseline", "img/s", 18000.0, precision="tf32"),
+             R("network", "alexnet train", "torch eager NHWC fp32", "baseline", "img/s", 30000.0)]
+    keys = dict(Report(known_results() + extra, HEADER).key_ratios())
+    assert keys["alexnet train TF32 best / torch TF32 best"] == "0.67x"     # 12,000 / 18,000
+    assert "lenet5 train TF32 best / torch TF32 best" not in keys
+
+
 def test_plot_writes_png_or_says_why(tmp_path, monkeypatch):
     rep = Report(known_results(), HEADER)
     path = tmp_path / "ratios.png"

@@ -249,6 +249,14 @@ class Report:
             v = pick(case, prefix, want)
             if v is not None:
                 out.append((label, f"{v:.2f}x" if want == "ratio" else f"{v:.1f}%"))  # 69.6% is not 70%
+        def best(case, role, tf32):   # the best figure of either layout and mode, in one precision
+            vals = [r.figure for r in self.rows if r.case == case and r.role == role and not r.error
+                    and r.figure is not None and ("tf32" in r.impl.lower()) == tf32]
+            return max(vals) if vals else None
+        for net in ("alexnet", "lenet5"):
+            ours, theirs = best(f"{net} train", "fastcnn", True), best(f"{net} train", "baseline", True)
+            if ours is not None and theirs:
+                out.append((f"{net} train TF32 best / torch TF32 best", f"{ours / theirs:.2f}x"))
         v = pick("gemm 4096^3", "fastcnn:numba")
         if v is not None:
             out.append(("numba gemm 4096^3 / cuBLAS fp32", f"{v:.2f}x"))
