@@ -11,7 +11,7 @@ not yet.
 What: if, and only if, ``numpy.row_stack`` is missing, set it to
 ``numpy.vstack`` (what it always was).  Nothing else changes; on NumPy < 2.5
 this does nothing.  It must run before ``numba.cuda`` is first imported, which
-is why ``fastcnn.backend.numba_cuda`` calls ``apply()`` on its first line; code
+is why ``fastcnn.backend.numba._launch`` calls ``apply()`` before that; code
 that imports ``numba.cuda`` itself before importing fastcnn should call
 ``fastcnn._numba_compat.apply()`` first.  Remove it once numba-cuda guards the
 overload (or once the GPU machines no longer carry NumPy >= 2.5 with

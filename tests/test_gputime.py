@@ -425,14 +425,14 @@ def test_gpu_most_sets_of_a_handful_of_launches_stay_blocked():
 @pytest.mark.gpu
 def test_gpu_numba_launches_are_timed_blocked():
     import cupy as cp
-    from fastcnn.backend import numba_cuda
-    why = numba_cuda.unavailable_reason()
+    from fastcnn.backend import numba as nb
+    why = nb.unavailable_reason()
     if why:
         pytest.skip(why)
     A = cp.random.standard_normal((200, 400), dtype=cp.float32)
     B = cp.random.standard_normal((400, 120), dtype=cp.float32)
-    t = gputime.time_cuda(lambda i: numba_cuda.matmul(A, B), warmup=2, repeats=10)
-    e = gputime.time_cuda(lambda i: numba_cuda.matmul(A, B), warmup=2, repeats=10, block=False)
+    t = gputime.time_cuda(lambda i: nb.matmul(A, B), warmup=2, repeats=10)
+    e = gputime.time_cuda(lambda i: nb.matmul(A, B), warmup=2, repeats=10, block=False)
     assert t.method == gputime.METHOD_BLOCKED, t.fallback   # Numba's launch path does not synchronise
     print(f"\nnumba matmul 200x400x120: blocked {t.median_us:.1f} us (held {t.held_us:.0f} us), "
           f"events {e.median_us:.1f} us")

@@ -1,4 +1,4 @@
-"""Numba CUDA kernels (fastcnn/backend/numba_cuda.py) against the NumPy reference.
+"""Numba CUDA kernels (fastcnn/backend/numba/) against the NumPy reference.
 
 Without a GPU (conftest sets NUMBA_ENABLE_CUDASIM=1) the kernels run in Numba's
 CUDA simulator on NumPy arrays: tiny shapes only (the simulator runs each CUDA
@@ -29,7 +29,7 @@ from helpers import assert_close, rand
 import fastcnn
 import fastcnn.functional as F
 from fastcnn import backend
-from fastcnn.backend import numba_cuda as nb
+from fastcnn.backend import numba as nb
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
 
@@ -494,7 +494,7 @@ def test_simulator_catches_an_out_of_bounds_index():
     x = np.arange(6, dtype=np.float32)
     y = np.zeros(6, np.float32)
     with pytest.raises(IndexError, match="out of bounds"):
-        nb._launch(broken_shift, 1, 8, x, y, 6)
+        nb._launch._launch(broken_shift, 1, 8, x, y, 6)
 
 
 # ---------------------------------------------------------------- LeNet-5, batch 2, end to end
@@ -571,7 +571,7 @@ try:
 except Exception as exc:
     print(json.dumps({"skip": f"no NVVM for numba-cuda: {type(exc).__name__}: {exc}"}))
     sys.exit(0)
-from fastcnn.backend import numba_cuda as nb
+from fastcnn.backend import numba as nb
 out = sys.argv[1]
 for label, ptx in nb.compile_ptx_all((9, 0)).items():
     with open(os.path.join(out, label + ".ptx"), "w") as f:

@@ -1,6 +1,6 @@
 """Backends: one table of named primitives per backend, same names and signatures.
 
-A backend is a module (``reference``, ``cuda``, ``numba_cuda``) exposing
+A backend is a module (``reference``, ``cuda``, ``numba``) exposing
 
     name        str, e.g. 'reference'
     xp          the array module (numpy or cupy)
@@ -101,7 +101,7 @@ PRIMITIVES = (
 
 BACKENDS = {"reference": "fastcnn.backend.reference",
             "cuda": "fastcnn.backend.cuda",
-            "numba": "fastcnn.backend.numba_cuda"}
+            "numba": "fastcnn.backend.numba"}
 
 _current = ["reference"]
 _checked: dict = {}  # name -> module, once it has been found usable (checked once per process)

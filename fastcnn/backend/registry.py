@@ -1,7 +1,7 @@
 """Kernel variants: several implementations of one GPU primitive, registered by name.
 
 CUDA C variants (``fastcnn.backend.cuda``) and Numba variants
-(``fastcnn.backend.numba_cuda``) register here under the primitive names of
+(``fastcnn.backend.numba``) register here under the primitive names of
 ``fastcnn.backend.PRIMITIVES``.  The GPU backend calls the selected variant of
 each primitive; tests run every registered variant against the reference and
 the benchmark times every one.  Public as ``fastcnn.kernels``.
@@ -97,7 +97,7 @@ def _load_variant_modules() -> None:
     # the reason is kept for `fastcnn info` and said once as a warning.
     import importlib
     import warnings
-    for module in ("fastcnn.backend.cuda", "fastcnn.backend.numba_cuda"):
+    for module in ("fastcnn.backend.cuda", "fastcnn.backend.numba"):
         if module in _load_errors:
             continue
         try:
