@@ -212,8 +212,8 @@ def test_variant_records_its_precision(fake_variants):
     assert registry.variants(OP, precision="tf32") == ["tc", "tc_picky"]
     with config.float32_matmul_precision("high"):
         assert registry.get(OP, "tc").precision == "tf32"
-    with pytest.raises(ValueError, match="'bf16'"):
-        registry.register(OP, "bf", lambda x: x, source="cuda", precision="bf16")
+    with pytest.raises(ValueError, match="'fp16'"):
+        registry.register(OP, "bf", lambda x: x, source="cuda", precision="fp16")
     assert "bf" not in registry.variants(OP)
 
 
@@ -457,3 +457,29 @@ def test_evaluate_takes_the_precision_from_history(tmp_path, recorded, given, ex
                               variant=None, augment=False)
     _as_trained(args)
     assert args.precision == expected
+
+
+def test_registry_picks_variants_by_element_type(monkeypatch):
+    """A bfloat16 call runs the selected variant if it takes bfloat16, else the op's bfloat16
+    default; naming a variant that does not take the call's element type is refused."""
+    from fastcnn.backend import registry
+    for table in ("_variants", "_defaults", "_tf32_defaults", "_bf16_defaults", "_selected"):
+        monkeypatch.setattr(registry, table, {k: dict(v) if isinstance(v, dict) else v
+                                              for k, v in getattr(registry, table).items()})
+    op = "matmul"
+    registry._variants.pop(op, None), registry._defaults.pop(op, None), registry._bf16_defaults.pop(op, None)
+    registry.register(op, "simt", lambda: "simt", "cuda")
+    registry.register(op, "numba_bf16", lambda: "numba_bf16", "numba", dtypes=("bfloat16",))
+    with pytest.raises(ValueError, match="no kernel variant of matmul takes bfloat16"):
+        registry.get(op, dtype="bfloat16")
+    registry.register(op, "tc", lambda: "tc", "cuda", precision="bf16", dtypes=("bfloat16",))
+    registry.register(op, "both", lambda: "both", "cuda", dtypes=("float32", "bfloat16"))
+    assert registry.get(op).name == "simt"
+    assert registry.get(op, dtype="bfloat16").name == "tc"            # first CUDA C one taking bfloat16
+    assert registry.variants(op, dtype="bfloat16") == ["numba_bf16", "tc", "both"]
+    registry.use(op, "both")
+    assert registry.get(op, dtype="bfloat16").name == "both"          # the selection takes bfloat16
+    with pytest.raises(ValueError, match="'simt' of matmul takes float32 arrays, not bfloat16"):
+        registry.get(op, "simt", dtype="bfloat16")
+    with pytest.raises(ValueError, match="element types"):
+        registry.register(op, "bad", lambda: None, "cuda", dtypes=("float16",))

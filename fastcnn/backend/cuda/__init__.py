@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import dtypes
 from .. import PRIMITIVES, registry
+
+bfloat16 = dtypes.bfloat16
 
 name = "cuda"
 device = "cuda"
@@ -70,6 +73,10 @@ def synchronize() -> None:
 
 def _dispatcher(op: str):
     def call(*args, **kwargs):
+        # The element type of the first array picks among the variants (bfloat16 ones, or
+        # kernels templated over it); every other call is a float32 one.
+        if args and getattr(args[0], "dtype", None) == bfloat16:
+            return registry.get(op, dtype="bfloat16").fn(*args, **kwargs)
         return registry.get(op).fn(*args, **kwargs)
     call.__name__ = call.__qualname__ = op
     call.__doc__ = f"{op}: runs the selected variant (fastcnn.kernels.selected({op!r}))."
