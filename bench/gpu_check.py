@@ -70,7 +70,7 @@ v("numba_cuda", lambda: __import__("importlib.metadata").metadata.version("numba
 v("pytest", lambda: __import__("pytest").__version__)
 v("backends", lambda: __import__("fastcnn.backend", fromlist=["x"]).availability())
 def variants():
-    from fastcnn.backend import registry
+    from fastcnn import kernels as registry  # every variant registered
     return {op: registry.variants(op) for op in registry.ops()}
 v("variants", variants)
 print("ENVJSON " + json.dumps(out, default=str))

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 def _inputs(cp, rng):
     """Argument builders per primitive: small shapes, odd sizes, random data (never zeros)."""
     f32 = lambda *s: cp.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
-    from fastcnn.backend import registry
+    from fastcnn import kernels as registry  # every variant registered
     N, H, W, C, K = 2, 9, 11, 3, 5
     conv_cfgs = [((1, 1), (1, 1, 1, 1), 3), ((2, 2), (0, 0, 0, 0), 3), ((4, 4), (0, 0, 0, 0), 5)]
 
@@ -161,7 +161,7 @@ def main() -> int:
         model.train_step(x, y)
     attempt("lenet5 train_step batch 8 (default variants)", lenet_step)
 
-    from fastcnn.backend import registry
+    from fastcnn import kernels as registry  # every variant registered
     try:
         builders = _inputs(cp, rng)
         ops = registry.ops()

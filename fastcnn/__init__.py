@@ -8,7 +8,15 @@
 __version__ = "0.1.0"
 
 from . import backend, config, functional, layers, losses, models, optimizers  # noqa: F401
-from .backend import registry as kernels  # noqa: F401  (fastcnn.kernels.variants('matmul'))
 from .model import Sequential  # noqa: F401
 from .seeding import manual_seed  # noqa: F401
 from .tensor import Function, Parameter, Tensor, no_grad  # noqa: F401
+
+
+def __getattr__(name):
+    # fastcnn.kernels imports every kernel variant (CuPy, Numba: most of a second), so it is
+    # imported on first use rather than by `import fastcnn`.
+    if name == "kernels":
+        import importlib
+        return importlib.import_module(".kernels", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -113,7 +113,7 @@ def _variant(backend_module, op: str, args, kwargs) -> str:
     name = backend_module.name
     if name == "reference":
         return "reference"
-    from .backend import registry
+    from . import kernels as registry  # every variant registered
     if name == "numba":
         variants = getattr(backend_module, "VARIANTS", {})
         return variants[op][0] if op in variants else "numba"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fastcnn.backend import registry
+from fastcnn.backend import preferences, registry
 from fastcnn.backend.cuda import auto
 
 
@@ -22,7 +22,7 @@ def fake_op(monkeypatch):
     for name in ("slow", "fast", "hopeless", "picky"):
         registry.register("fake_op", name, variant(name), source="cuda")
     registry.register("fake_op", "numba_fast", variant("numba_fast"), source="numba")
-    monkeypatch.setitem(auto.TUNED_OPS, "fake_op", "slow")
+    monkeypatch.setitem(preferences.TUNED, "fake_op", preferences.Tuned("slow", "slow"))
     timed = []
 
     def timer_for(fn_costs):
@@ -34,7 +34,6 @@ def fake_op(monkeypatch):
 
     yield costs, timer_for, timed, calls
     registry._variants.pop("fake_op", None)
-    registry._defaults.pop("fake_op", None)
 
 
 def test_tune_picks_the_fastest_cuda_variant_and_skips_the_ones_that_refuse(fake_op):
@@ -61,6 +60,7 @@ def test_shape_key_ignores_out_and_keeps_flags():
 
 
 def test_every_tuned_op_prefers_a_registered_variant():
-    for op, preferred in auto.TUNED_OPS.items():
-        assert preferred in registry.variants(op, source="cuda"), op
+    for op, preferred in preferences.TUNED.items():
+        assert preferred.fp32 in registry.variants(op, source="cuda", precision="fp32"), op
+        assert preferred.tf32 in registry.variants(op, source="cuda"), op
         assert registry.get(op).name == "auto", op

@@ -106,7 +106,7 @@ def test_registered_not_default(name):
         assert name in registry.variants(op, "cuda")
         v = registry.get(op, name)
         assert v.source == "cuda" and "Winograd" in v.note
-        assert registry.get(op).name != name  # default=False: never the implicit default
+        assert registry.get(op).name != name  # never the default (fastcnn.backend.preferences)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import fastcnn
 from fastcnn import config
 from fastcnn.backend import reference as ref
-from fastcnn.backend import registry
+from fastcnn.backend import preferences, registry
 from fastcnn.backend.cuda import auto
 
 U32 = np.float32(2.0 ** -24)  # unit roundoff of float32
@@ -203,7 +203,7 @@ def fake_variants():
     registry.register(OP, "tc", variant("tc"), source="cuda", precision="tf32", note="TF32 tensor cores")
     registry.register(OP, "tc_picky", variant("tc_picky", refuse=True), source="cuda", precision="tf32")
     yield calls, variant
-    for table in (registry._variants, registry._defaults, registry._tf32_defaults, registry._selected):
+    for table in (registry._variants, registry._selected):
         table.pop(OP, None)
 
 
@@ -251,21 +251,32 @@ def test_numba_and_fp32_variants_run_under_high(fake_variants):
             assert registry.get(OP).name == "plain"
 
 
-def test_explicit_defaults_per_precision(fake_variants):
+def test_declared_defaults_per_precision(fake_variants, monkeypatch):
     _, variant = fake_variants
-    registry.register(OP, "tc2", variant("tc2"), source="cuda", precision="tf32", default=True)
+    registry.register(OP, "tc2", variant("tc2"), source="cuda", precision="tf32")
+    monkeypatch.setitem(preferences.PREFERRED, OP, preferences.Preferred("plain", "tc2", "plain"))
     assert registry.get(OP).name == "plain"  # a TF32 default does not change the fp32 one
     with config.float32_matmul_precision("high"):
         assert registry.get(OP).name == "tc2"
-    registry.register(OP, "chooser", variant("chooser"), source="cuda", precision="any", default=True)
+    registry.register(OP, "chooser", variant("chooser"), source="cuda", precision="any")
+    monkeypatch.setitem(preferences.PREFERRED, OP, preferences.Preferred("chooser", "chooser", "chooser"))
     assert registry.get(OP).name == "chooser"
     with config.float32_matmul_precision("high"):
         assert registry.get(OP).name == "chooser"
 
 
+def test_a_preference_that_does_not_fit_its_kind_falls_back(fake_variants, monkeypatch):
+    # a TF32 variant named for "highest", a Numba one, a name not registered: the fixed rule
+    for highest in ("tc", "numba_missing", "numba_plain"):
+        monkeypatch.setitem(preferences.PREFERRED, OP, preferences.Preferred(highest, "nowhere", "nowhere"))
+        assert registry.get(OP).name == ("numba_plain" if highest == "numba_plain" else "plain")
+        with config.float32_matmul_precision("high"):
+            assert registry.get(OP).name == "tc"  # the first CUDA C TF32 variant
+
+
 def test_auto_considers_tf32_variants_only_under_high(fake_variants, monkeypatch):
     calls, _ = fake_variants
-    monkeypatch.setitem(auto.TUNED_OPS, OP, "plain")
+    monkeypatch.setitem(preferences.TUNED, OP, preferences.Tuned("plain", "tc"))
     assert auto._candidates(OP) == ["plain"]
     x = np.zeros((2,))
     assert auto._untuned(OP, (x,), {}) == "plain"
@@ -281,14 +292,16 @@ def test_auto_considers_tf32_variants_only_under_high(fake_variants, monkeypatch
 
 def test_auto_untuned_falls_back_to_fp32_where_the_tf32_variant_refuses(fake_variants, monkeypatch):
     calls, variant = fake_variants
-    registry._variants[OP].pop("tc")
-    monkeypatch.setitem(auto.TUNED_OPS, OP, "plain")
+    monkeypatch.setitem(preferences.TUNED, OP, preferences.Tuned("plain", "tc_picky"))
+    with config.float32_matmul_precision("high"):
+        assert auto._untuned(OP, (np.zeros(2),), {}) == "plain"
+    monkeypatch.setitem(preferences.TUNED, OP, preferences.Tuned("plain", "tc_not_registered"))
     with config.float32_matmul_precision("high"):
         assert auto._untuned(OP, (np.zeros(2),), {}) == "plain"
 
 
 def test_auto_is_the_default_of_every_tuned_op_under_both_precisions():
-    for op in auto.TUNED_OPS:
+    for op in preferences.TUNED:
         assert registry.get(op).name == "auto", op
         assert registry.get(op, "auto").precision == "any"
         with config.float32_matmul_precision("high"):
@@ -307,15 +320,11 @@ def test_kernels_command_lists_tf32_variants_under_highest(fake_variants, capsys
 
 @pytest.fixture
 def tf32_matmul():
-    saved = ({op: dict(v) for op, v in registry._variants.items()}, dict(registry._defaults),
-             dict(registry._tf32_defaults))
+    saved = {op: dict(v) for op, v in registry._variants.items()}
     registry.register("matmul", "fake_tc_tf32", lambda *a, **k: None, source="cuda", precision="tf32")
     yield
     registry._variants.clear()
-    registry._variants.update(saved[0])
-    for table, before in zip((registry._defaults, registry._tf32_defaults), saved[1:]):
-        table.clear()
-        table.update(before)
+    registry._variants.update(saved)
 
 
 def _specs_by_impl(specs, case):
@@ -463,23 +472,24 @@ def test_registry_picks_variants_by_element_type(monkeypatch):
     """A bfloat16 call runs the selected variant if it takes bfloat16, else the op's bfloat16
     default; naming a variant that does not take the call's element type is refused."""
     from fastcnn.backend import registry
-    for table in ("_variants", "_defaults", "_tf32_defaults", "_bf16_defaults", "_selected"):
+    for table in ("_variants", "_selected"):
         monkeypatch.setattr(registry, table, {k: dict(v) if isinstance(v, dict) else v
                                               for k, v in getattr(registry, table).items()})
-    op = "matmul"
-    registry._variants.pop(op, None), registry._defaults.pop(op, None), registry._bf16_defaults.pop(op, None)
+    op = "fake_bf16_op"  # not in fastcnn.backend.preferences: the fixed rule picks
     registry.register(op, "simt", lambda: "simt", "cuda")
     registry.register(op, "numba_bf16", lambda: "numba_bf16", "numba", dtypes=("bfloat16",))
-    with pytest.raises(ValueError, match="no kernel variant of matmul takes bfloat16"):
+    with pytest.raises(ValueError, match="no kernel variant of fake_bf16_op takes bfloat16"):
         registry.get(op, dtype="bfloat16")
     registry.register(op, "tc", lambda: "tc", "cuda", precision="bf16", dtypes=("bfloat16",))
     registry.register(op, "both", lambda: "both", "cuda", dtypes=("float32", "bfloat16"))
     assert registry.get(op).name == "simt"
     assert registry.get(op, dtype="bfloat16").name == "tc"            # first CUDA C one taking bfloat16
+    monkeypatch.setitem(preferences.PREFERRED, op, preferences.Preferred("simt", "simt", "both"))
+    assert registry.get(op, dtype="bfloat16").name == "both"          # the declared one
     assert registry.variants(op, dtype="bfloat16") == ["numba_bf16", "tc", "both"]
     registry.use(op, "both")
     assert registry.get(op, dtype="bfloat16").name == "both"          # the selection takes bfloat16
-    with pytest.raises(ValueError, match="'simt' of matmul takes float32 arrays, not bfloat16"):
+    with pytest.raises(ValueError, match="'simt' of fake_bf16_op takes float32 arrays, not bfloat16"):
         registry.get(op, "simt", dtype="bfloat16")
     with pytest.raises(ValueError, match="element types"):
         registry.register(op, "bad", lambda: None, "cuda", dtypes=("float16",))

@@ -16,17 +16,18 @@ round their float32 inputs to TF32 (tensor cores): they run only while
 ``fastcnn.config.get_float32_matmul_precision()`` is "high", and asking for one
 under "highest" (``use``, ``get`` by name, a selection made earlier) is a
 ValueError that names it.  'any' follows the configured precision (``auto``,
-which picks among the variants allowed).  The implicit default of an op is its
-'fp32' default under "highest"; under "high" its 'tf32' default where the op has
-one (the 'tf32' or 'any' variant registered with ``default=True``, else the first
-CUDA C 'tf32' variant), else the same 'fp32' default.
+which picks among the variants allowed).
 
 Each variant also states the element types it takes (``dtypes``): ('float32',) for most,
 ('bfloat16',) for the bfloat16 tensor-core variants ('bf16' precision), both for kernels
 templated over the element type.  The GPU backend's dispatcher asks for the element type of
 the call's first array: a bfloat16 call runs the selected variant if it takes bfloat16, else
-the op's bfloat16 default (the variant registered with ``default=True`` among those taking
-bfloat16, else the first CUDA C one).
+the op's bfloat16 default.
+
+Which variant is an op's default, per kind of call (float32 under "highest", float32 under
+"high", bfloat16), is declared in one table, ``fastcnn.backend.preferences``; ``default``
+reads it.  Variants register themselves when their module is imported; this module imports
+none of them (``fastcnn.kernels`` imports them all).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import config
+from .preferences import PREFERRED
 
 PRECISIONS = ("fp32", "tf32", "any", "bf16")
 DTYPES = ("float32", "bfloat16")
@@ -58,29 +60,17 @@ class Variant:
 
 _variants: dict[str, dict[str, Variant]] = {}
 _selected: dict[str, str] = {}
-_defaults: dict[str, str] = {}       # op -> variant used under precision "highest"
-_tf32_defaults: dict[str, str] = {}  # op -> variant used under "high", where the op has one
-_bf16_defaults: dict[str, str] = {}  # op -> variant that bfloat16 calls use, where the op has one
 
 
 def register(op: str, name: str, fn: Callable, source: str, note: str = "",
-             default: bool = False, precision: str = "fp32", dtypes: tuple = ("float32",)) -> Callable:
-    """Add a variant; ``default=True`` makes it the one used (at its precision and for its
-    element types, see the module notes) unless a user picks another."""
+             precision: str = "fp32", dtypes: tuple = ("float32",)) -> Callable:
+    """Add a variant (whether it is a default is ``fastcnn.backend.preferences``'s to say)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} for variant {name!r} of {op!r}; "
                          f"choose one of {PRECISIONS}")
     if not dtypes or any(d not in DTYPES for d in dtypes):
         raise ValueError(f"element types {dtypes!r} of variant {name!r} of {op!r}: choose among {DTYPES}")
     _variants.setdefault(op, {})[name] = Variant(op, name, fn, source, note, precision, tuple(dtypes))
-    # The implicit default is the first CUDA C variant: Numba ones are picked only by name
-    # (they pay ~3x more host time per launch), whatever the import order.
-    tables = [(_defaults, ("fp32", "any")), (_tf32_defaults, ("tf32", "any"))] if "float32" in dtypes else []
-    if "bfloat16" in dtypes:
-        tables.append((_bf16_defaults, PRECISIONS))
-    for table, kinds in tables:
-        if precision in kinds and (default or (op not in table and source != "numba")):
-            table[op] = name
     return fn
 
 
@@ -89,53 +79,54 @@ def allowed(variant: Variant) -> bool:
     return variant.precision != "tf32" or config.tf32_allowed()
 
 
-def default(op: str) -> str:
-    """The variant an op uses at the precision configured now when none is selected."""
-    if config.tf32_allowed() and op in _tf32_defaults:
-        return _tf32_defaults[op]
-    return _defaults.get(op) or next(iter(_of(op)))
+# The kinds of call PREFERRED has a column for: the element type and precisions a variant needs.
+_KINDS = {"highest": ("float32", ("fp32", "any")),
+          "high": ("float32", ("fp32", "tf32", "any")),
+          "bfloat16": ("bfloat16", PRECISIONS)}
 
 
-_load_errors: dict[str, str] = {}
-_loaded = [False]
+def _fits(variant: Variant, kind: str) -> bool:
+    dtype, precisions = _KINDS[kind]
+    return dtype in variant.dtypes and variant.precision in precisions
 
 
-def _ensure_loaded() -> None:
-    if not _loaded[0]:  # once: this sits on every kernel call's path
-        _loaded[0] = True
-        _load_variant_modules()
+def default(op: str, dtype: str = "float32") -> str:
+    """The variant ``op`` runs for ``dtype`` arrays at the precision configured now when none
+    is selected: the one PREFERRED (fastcnn.backend.preferences) names where it is registered
+    and fits the kind of call, else the first CUDA C variant that fits (under "high" a 'tf32'
+    or 'any' one first, else the "highest" choice).  Numba variants run only when picked by
+    name (they pay ~3x more host time per launch), or for float32 calls of an op that has no
+    CUDA C variant (its module failed to import)."""
+    if dtype == "bfloat16":
+        kind = "bfloat16"
+    elif dtype == "float32":
+        kind = "high" if config.tf32_allowed() else "highest"
+    else:
+        raise ValueError(f"unsupported element type {dtype!r} for {op}; fastcnn computes in {' or '.join(DTYPES)}")
+    return _choice(op, _of(op), kind)
 
 
-def _load_variant_modules() -> None:
-    # Importing the GPU modules registers their variants; neither needs a GPU to import.
-    # One that fails to import (numba missing, or broken) leaves the other's variants usable;
-    # the reason is kept for `fastcnn info` and said once as a warning.
-    import importlib
-    import warnings
-    for module in ("fastcnn.backend.cuda", "fastcnn.backend.numba"):
-        if module in _load_errors:
-            continue
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            _load_errors[module] = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, ImportError):
-                warnings.warn(f"kernel variants of {module} are unavailable: {_load_errors[module]}")
-
-
-def load_errors() -> dict[str, str]:
-    """{module: why} for the variant modules that could not be imported."""
-    _ensure_loaded()
-    return dict(_load_errors)
+def _choice(op: str, table: dict[str, Variant], kind: str) -> str:
+    preferred = PREFERRED.get(op)
+    name = getattr(preferred, kind) if preferred else None
+    if name in table and _fits(table[name], kind):  # the usual case: on every kernel call's path
+        return name
+    cuda = [v for v in table.values() if v.source == "cuda" and _fits(v, kind)]
+    if kind == "high":
+        tf32 = [v for v in cuda if v.precision != "fp32"]
+        return tf32[0].name if tf32 else _choice(op, table, "highest")
+    if cuda:
+        return cuda[0].name
+    if kind == "bfloat16":
+        raise ValueError(f"no kernel variant of {op} takes bfloat16 arrays")
+    return next(iter(table))
 
 
 def ops() -> list[str]:
-    _ensure_loaded()
     return sorted(_variants)
 
 
 def _of(op: str) -> dict[str, Variant]:
-    _ensure_loaded()
     if op not in _variants:
         raise ValueError(f"no kernel variants registered for {op!r}; ops with variants: {sorted(_variants)}")
     return _variants[op]
@@ -162,10 +153,10 @@ def get(op: str, name: str | None = None, dtype: str = "float32") -> Variant:
     ``dtype`` (a ValueError for a 'tf32' variant while the precision is "highest", and for a
     variant that does not take ``dtype``)."""
     # On every kernel call's path: the usual case costs a few dictionary look-ups.
-    table = _variants.get(op) if _loaded[0] else None
-    variant = table.get(name or _selected.get(op) or default(op)) if table else None
-    if variant is None:  # not loaded yet, or an unknown op or name: lookup loads or says why
-        variant = lookup(op, name or _selected.get(op) or default(op))
+    wanted = name or _selected.get(op) or default(op, dtype)
+    variant = _variants.get(op, {}).get(wanted)
+    if variant is None:  # an unknown op or name: lookup says why
+        variant = lookup(op, wanted)
     if dtype not in variant.dtypes:
         variant = _for_dtype(op, variant, dtype, explicit=name is not None)
     if variant.precision == "tf32" and not config.tf32_allowed():
@@ -181,12 +172,7 @@ def _for_dtype(op: str, variant: Variant, dtype: str, explicit: bool) -> Variant
     if explicit:
         raise ValueError(f"kernel variant {variant.name!r} of {op} takes {' and '.join(variant.dtypes)} "
                          f"arrays, not {dtype}; variants that take {dtype}: {variants(op, dtype=dtype) or 'none'}")
-    if dtype not in DTYPES:
-        raise ValueError(f"unsupported element type {dtype!r} for {op}; fastcnn computes in {' or '.join(DTYPES)}")
-    fallback = _bf16_defaults.get(op) if dtype == "bfloat16" else _defaults.get(op)
-    if fallback is None:
-        raise ValueError(f"no kernel variant of {op} takes {dtype} arrays")
-    return _variants[op][fallback]
+    return _variants[op][default(op, dtype)]
 
 
 def use(op: str, name: str | None) -> None:

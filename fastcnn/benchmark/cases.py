@@ -82,7 +82,7 @@ def _variants(op: str) -> list:
     """(registry.Variant, is the default, precision) of every way to time ``op``'s variants:
     each in its own precision, 'tf32' ones under fastcnn.config "high"; ``auto`` in fp32 and,
     where the op has TF32 variants, in TF32 too."""
-    from ..backend import registry
+    from .. import kernels as registry  # every variant registered
     try:
         names = registry.variants(op)
         default = registry.get(op).name
@@ -110,7 +110,7 @@ def _in_precision(precision: str) -> Callable:
 def _tf32_registered() -> bool:
     """Whether any GEMM or convolution has a TF32 variant (then the networks get TF32 rows)."""
     from .. import config
-    from ..backend import registry
+    from .. import kernels as registry  # every variant registered
     return any(registry.variants(op, precision="tf32") for op in config.TF32_PRIMITIVES if op in registry.ops())
 
 
@@ -249,7 +249,7 @@ def _make_fastcnn_pool(fwd_fn, bwd_fn, L: PoolLayer, pas: str):
 
 
 def registry_fn(op):
-    from ..backend import registry
+    from .. import kernels as registry  # every variant registered
     return registry.get(op).fn
 
 

@@ -144,7 +144,7 @@ def kernel_choices(pairs, precision: str = "fp32") -> dict:
     """{op: variant} from --kernel OP=VARIANT options, checked against the registry and the
     --precision: a TF32 variant needs tf32; a Numba GEMM/convolution (fp32 only) refuses it."""
     from fastcnn import config
-    from fastcnn.backend import registry
+    from fastcnn import kernels as registry  # every variant registered
     chosen = {}
     for pair in pairs or ():
         op, sep, name = pair.partition("=")

@@ -108,7 +108,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_kernels(args) -> int:
-    from fastcnn.backend import registry
+    from fastcnn import kernels as registry  # every variant registered
     ops = registry.ops()
     unknown = [op for op in args.ops if op not in ops]
     if unknown:

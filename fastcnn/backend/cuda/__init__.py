@@ -86,5 +86,7 @@ def _dispatcher(op: str):
 for _op in PRIMITIVES:
     globals()[_op] = _dispatcher(_op)
 
-# Registering the variants: one module per kernel file; `auto` last (it picks among them).
+# Registering the variants: one module per kernel file (the order is the listing order;
+# defaults are fastcnn.backend.preferences's to say).  The Numba variants register when
+# fastcnn.backend.numba is imported (fastcnn.kernels imports both).
 from . import gemm, gemm_tc, conv, conv_tc, conv_direct, conv_winograd, pool, step, auto  # noqa: E402,F401

@@ -13,14 +13,16 @@ A variant whose output differs from the preferred variant's on the tuning call
 (relative error above 1e-3, or any integer output such as argmax differing) is
 never chosen, so a broken new variant costs speed, not correctness.
 
+Which ops are tuned, and the variant used without tuning (the "preferred" one),
+is declared in ``fastcnn.backend.preferences.TUNED``, beside every op's default.
 Tuning needs no synchronisation of anything but its own events, but it cannot
 run while a stream is being captured: then (and with FASTCNN_AUTOTUNE=0) the
-first variant in the op's preference list is used.  fit() runs one eager
-warm-up step before it captures a graph, so the graph holds tuned kernels.
+preferred variant is used.  fit() runs one eager warm-up step before it captures
+a graph, so the graph holds tuned kernels.
 
 Variants registered with precision 'tf32' compete only while
-``fastcnn.config.get_float32_matmul_precision()`` is "high"; then the first of
-them is also the untuned choice (the fp32 preferred variant where it refuses the
+``fastcnn.config.get_float32_matmul_precision()`` is "high"; then TUNED's 'tf32'
+choice is the untuned one (the fp32 preferred variant where it refuses the
 shape).  The fp32 preferred variant stays the one the others must agree with.
 Choices are kept per precision.
 """
@@ -30,19 +32,10 @@ import os
 
 from ... import config
 from .. import registry
+from ..preferences import TUNED
 
-# Ops with pure variants (no side effects besides their output), and the variant used
-# without tuning: the fastest on the AlexNet/LeNet shapes in the last H200 run (BENCHMARKS.md),
-# among those that take every shape.  Only CUDA C variants compete: Numba ones are picked by name.
-TUNED_OPS = {
-    "matmul": "tiled",
-    "dense_forward": "tiled",
-    "conv2d_forward": "implicit_gemm",
-    "conv2d_backward_data": "im2col",
-    "conv2d_backward_weights": "implicit_gemm",
-    "maxpool_forward": "vec8",
-    "maxpool_backward": "tiled",
-}
+# TUNED's ops have pure variants (no side effects besides their output).  Only CUDA C
+# variants compete: Numba ones are picked by name.
 SLOW_FACTOR = 20.0   # stop timing a variant whose warm-up is this much slower than the best
 RUNS = 5  # calls per timing, back to back
 
@@ -72,21 +65,22 @@ def _key(op, args, kwargs):
 
 
 def _candidates(op):
-    """The CUDA C variants allowed at this precision, the fp32 preferred one first."""
+    """The CUDA C float32 variants allowed at this precision, the fp32 preferred one first
+    (auto tunes float32 calls; bfloat16 ones run the op's bfloat16 default)."""
     barred = () if config.tf32_allowed() else registry.variants(op, source="cuda", precision="tf32")
-    names = [n for n in registry.variants(op, source="cuda") if n not in barred]
-    preferred = TUNED_OPS[op]
+    names = [n for n in registry.variants(op, source="cuda", dtype="float32") if n not in barred]
+    preferred = TUNED[op].fp32
     ordered = [preferred] if preferred in names else []
     return ordered + [n for n in names if n not in ("auto", preferred)]
 
 
 def _untuned(op, args, kwargs):
-    """Run the variant used without tuning: under "high" the first TF32 variant (the fp32
-    preferred one where it refuses these arguments), else the fp32 preferred one."""
-    tf32 = registry.variants(op, source="cuda", precision="tf32") if config.tf32_allowed() else []
-    if tf32:
+    """Run the variant used without tuning: under "high" TUNED's 'tf32' choice (the fp32
+    preferred one where it refuses these arguments or is not registered), else the fp32
+    preferred one."""
+    if config.tf32_allowed() and TUNED[op].tf32 in _candidates(op):
         try:
-            return registry.get(op, tf32[0]).fn(*args, **kwargs)
+            return registry.get(op, TUNED[op].tf32).fn(*args, **kwargs)
         except registry.NotApplicable:
             pass
     return registry.get(op, _candidates(op)[0]).fn(*args, **kwargs)
@@ -173,6 +167,6 @@ def _auto(op):
     return call
 
 
-for _op in TUNED_OPS:
-    registry.register(_op, "auto", _auto(_op), source="cuda", default=True, precision="any",
+for _op in TUNED:
+    registry.register(_op, "auto", _auto(_op), source="cuda", precision="any",
                       note="fastest CUDA C variant for the shape, timed on first use")

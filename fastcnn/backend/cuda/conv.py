@@ -200,12 +200,10 @@ _NOTES = {
     "implicit_gemm96_db": "implicit_gemm96 with two shared buffers, one barrier per K slice{}",
 }
 for _variant in _NOTES:
-    _default = _variant == "implicit_gemm"
-    registry.register("conv2d_forward", _variant, _forward(_variant), source="cuda", default=_default,
+    registry.register("conv2d_forward", _variant, _forward(_variant), source="cuda",
                       note=_NOTES[_variant].format(", fused bias+ReLU"))
     registry.register("conv2d_backward_data", _variant, _backward_data(_variant), source="cuda",
-                      default=_default,
                       note=_NOTES[_variant].format(" (NT GEMM + col2im gather)" if _variant == "im2col"
                                                    else "; taps off the stride grid load zeros but still cost FMAs"))
     registry.register("conv2d_backward_weights", _variant, _backward_weights(_variant), source="cuda",
-                      default=_default, note=_NOTES[_variant].format(", split-K with ordered reduce"))
+                      note=_NOTES[_variant].format(", split-K with ordered reduce"))

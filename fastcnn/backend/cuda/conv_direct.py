@@ -130,9 +130,9 @@ def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
 for _fn in (conv2d_forward, conv2d_backward_data, conv2d_backward_weights):
     _fn.__name__ = _fn.__qualname__ = f"{_fn.__name__}_direct"
 
-registry.register("conv2d_forward", "direct", conv2d_forward, source="cuda", default=False,
+registry.register("conv2d_forward", "direct", conv2d_forward, source="cuda",
                   note="direct: thread per output pixel x K chunk in registers, smem weights, fused bias+ReLU")
-registry.register("conv2d_backward_data", "direct", conv2d_backward_data, source="cuda", default=False,
+registry.register("conv2d_backward_data", "direct", conv2d_backward_data, source="cuda",
                   note="direct: thread per input pixel x C chunk, tap outputs computed (no search), smem weights")
-registry.register("conv2d_backward_weights", "direct", conv2d_backward_weights, source="cuda", default=False,
+registry.register("conv2d_backward_weights", "direct", conv2d_backward_weights, source="cuda",
                   note="direct: blocks over N*P*Q chunks write partial dw, then an ordered reduce")

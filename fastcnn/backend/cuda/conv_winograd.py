@@ -220,11 +220,11 @@ def _backward_weights(name: str):
 
 for _name, _m in VARIANTS.items():
     _what = f"Winograd F({_m}x{_m},3x3) / F({_m}x{_m},5x5), 3x3 and 5x5 stride 1 only"
-    registry.register("conv2d_forward", _name, _forward(_name), source="cuda", default=False,
+    registry.register("conv2d_forward", _name, _forward(_name), source="cuda",
                       note=f"{_what}: {(_m + 2) ** 2} or {(_m + 4) ** 2} batched GEMMs on the tiled core, "
                            "fused bias+ReLU in the output transform")
-    registry.register("conv2d_backward_data", _name, _backward_data(_name), source="cuda", default=False,
+    registry.register("conv2d_backward_data", _name, _backward_data(_name), source="cuda",
                       note=f"{_what}: the forward of dy with flipped/transposed weights")
-    registry.register("conv2d_backward_weights", _name, _backward_weights(_name), source="cuda", default=False,
+    registry.register("conv2d_backward_weights", _name, _backward_weights(_name), source="cuda",
                       note=f"Winograd F(3x3,{_m}x{_m}) / F(5x5,{_m}x{_m}) over dy's tiles, stride 1, any padding: "
                            "batched GEMMs over the tiles, split for whole waves")

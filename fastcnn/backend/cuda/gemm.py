@@ -154,13 +154,13 @@ def _dense_forward(variant: str, launch=launch_gemm):
 
 registry.register("matmul", "naive", _matmul("naive"), source="cuda",
                   note="one thread per output, dot product over K (obviously right)")
-registry.register("matmul", "tiled", _matmul("tiled"), source="cuda", default=True,
+registry.register("matmul", "tiled", _matmul("tiled"), source="cuda",
                   note="128x128x8 smem tiles, 8x8 register blocking, float4 loads, split-K for small M*N")
 registry.register("matmul", "tiled_db", _matmul("tiled_db"), source="cuda",
                   note="tiled with two shared buffers: one barrier per K slice instead of two")
 registry.register("dense_forward", "naive", _dense_forward("naive"), source="cuda",
                   note="naive GEMM with fused bias+ReLU epilogue")
-registry.register("dense_forward", "tiled", _dense_forward("tiled"), source="cuda", default=True,
+registry.register("dense_forward", "tiled", _dense_forward("tiled"), source="cuda",
                   note="tiled GEMM with fused bias+ReLU epilogue")
 registry.register("dense_forward", "tiled_db", _dense_forward("tiled_db"), source="cuda",
                   note="tiled_db GEMM with fused bias+ReLU epilogue")

@@ -233,7 +233,7 @@ def _backward(variant: str):
 
 registry.register("maxpool_forward", "direct", _forward("direct"), source="cuda",
                   note="one thread per output element, channel fastest (coalesced NHWC)")
-registry.register("maxpool_forward", "vec4", _forward("vec4"), source="cuda", default=True,
+registry.register("maxpool_forward", "vec4", _forward("vec4"), source="cuda",
                   note="4 channels per thread, float4 loads, uchar4 argmax (C % 4 == 0, else direct)")
 registry.register("maxpool_forward", "tiled", _forward("tiled"), source="cuda",
                   note="window compiled in; 2x2 (3x3/2) or 1x2 adjacent outputs x 4/2/1 channels per "
@@ -250,7 +250,7 @@ registry.register("maxpool_forward", "smem", _forward("smem"), source="cuda",
                        "C % 4 or alignment: tiled's kernels")
 registry.register("maxpool_backward", "direct", _backward("direct"), source="cuda",
                   note="gather: each input sums dy of the windows that chose it (no atomics)")
-registry.register("maxpool_backward", "vec4", _backward("vec4"), source="cuda", default=True,
+registry.register("maxpool_backward", "vec4", _backward("vec4"), source="cuda",
                   note="gather, 4 channels per thread, float4/uchar4 loads (C % 4 == 0, else direct)")
 registry.register("maxpool_backward", "tiled", _backward("tiled"), source="cuda",
                   note="gather over a stride-aligned tile of input pixels x 4/2/1 channels; dy/argmax "

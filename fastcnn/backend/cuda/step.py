@@ -512,4 +512,4 @@ _NOTES = {
 }
 
 for _op, _note in _NOTES.items():
-    registry.register(_op, "cuda", globals()[_op], source="cuda", note=_note, default=True)
+    registry.register(_op, "cuda", globals()[_op], source="cuda", note=_note)

@@ -120,13 +120,8 @@ EXTRA_VARIANTS = [
 def _register() -> None:
     if cuda is None:
         return   # no numba: no numba variants (the registry copes with their absence)
-    # The CUDA C variants register first when they can, so that this module never
-    # becomes a default by being imported before fastcnn.backend.cuda.
-    try:
-        import importlib
-        importlib.import_module("fastcnn.backend.cuda")
-    except Exception:
-        pass
+    # Never a default whatever the import order: fastcnn.backend.preferences names CUDA C
+    # variants, and the registry's fallback skips Numba ones.
     module = globals()
     for op, (variant, note) in VARIANTS.items():
         registry.register(op, variant, module[op], source="numba", note=note)
