@@ -7,7 +7,7 @@
 """
 __version__ = "0.1.0"
 
-from . import backend, config, functional, layers, losses, models, optimizers  # noqa: F401
+from . import backend, config, functional, layers, losses, mixed_precision, models, optimizers  # noqa: F401
 from .model import Sequential  # noqa: F401
 from .seeding import manual_seed  # noqa: F401
 from .tensor import Function, Parameter, Tensor, no_grad  # noqa: F401

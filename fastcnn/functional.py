@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import dtypes
 from .tensor import Function, Tensor
 
 ACTIVATIONS = (None, "linear", "relu", "softmax")
@@ -78,14 +79,17 @@ class Conv2D(Function):
         gx = (self.B.conv2d_backward_data(gy, self.w, self.x.shape, self.strides, self.pads)
               if self.needs_grad[0] else None)
         gw = (self.B.conv2d_backward_weights(self.x, gy, self.w.shape, self.strides, self.pads,
-                                             out=_grad_target(self.inputs[1]))
+                                             out=_weight_grad_target(self, 1))
               if self.needs_grad[1] else None)
         return (gx, gw) + _bias_grad(self, gy)
 
 
 def conv2d(x, w, b=None, strides=1, padding="valid", activation=None):
-    """2-D convolution, NHWC input, HWIO weights; ``activation='relu'`` is fused into the kernel."""
-    x, w = _tensor(x), _tensor(w)
+    """2-D convolution, NHWC input, HWIO weights; ``activation='relu'`` is fused into the kernel.
+    Computes in x's dtype: bfloat16 x reads a float32 w as its bfloat16 copy (compute_weight);
+    the bias stays float32."""
+    x = _tensor(x)
+    w = compute_weight(w, x.dtype)
     _check_nhwc(x)
     if w.ndim != 4:
         raise ValueError(f"conv2d weights must be 4-D HWIO (kh, kw, in_channels, filters), got shape {w.shape}")
@@ -140,14 +144,16 @@ class Dense(Function):
         if self.relu:
             gy = self.B.relu_backward(gy, self.y)
         gx = self.B.matmul(gy, self.w, False, True) if self.needs_grad[0] else None
-        gw = (self.B.matmul(self.x, gy, True, False, out=_grad_target(self.inputs[1]))
+        gw = (self.B.matmul(self.x, gy, True, False, out=_weight_grad_target(self, 1))
               if self.needs_grad[1] else None)
         return (gx, gw) + _bias_grad(self, gy)
 
 
 def dense(x, w, b=None, activation=None):
-    """x @ w + b for x of shape (batch, in) and w of shape (in, out); 'relu' is fused."""
-    x, w = _tensor(x), _tensor(w)
+    """x @ w + b for x of shape (batch, in) and w of shape (in, out); 'relu' is fused.
+    Computes in x's dtype, as conv2d does."""
+    x = _tensor(x)
+    w = compute_weight(w, x.dtype)
     if x.ndim != 2:
         raise ValueError(f"dense input must be 2-D (batch, features), got shape {x.shape}; add a Flatten first")
     if x.shape[0] == 0:
@@ -177,16 +183,18 @@ def relu(x):
 
 class Softmax(Function):
     def forward(self, x):
+        self.x_dtype = x.dtype
         self.y = self.B.softmax(x)
         return self.y
 
     def backward(self, gy):
         y = self.y
-        return y * (gy - (gy * y).sum(axis=-1, keepdims=True))
+        gx = y * (gy - (gy * y).sum(axis=-1, keepdims=True))
+        return gx if gx.dtype == self.x_dtype else self.B.cast(gx, dtypes.name(self.x_dtype))
 
 
 def softmax(x):
-    """Softmax over the last axis of a 2-D tensor."""
+    """Softmax over the last axis of a 2-D tensor; float32 output for bfloat16 input too."""
     x = _tensor(x)
     if x.ndim != 2:
         raise ValueError(f"softmax takes a 2-D tensor (batch, classes), got shape {x.shape}")
@@ -358,8 +366,68 @@ def flatten(x):
 
 def _grad_target(t):
     """Where a parameter's first gradient of this pass may be written directly (its view of
-    the model's flat gradient buffer), else None."""
+    the model's flat gradient buffer), else None.  A weight's compute copy (compute_weight)
+    stands for its float32 master there."""
+    t = getattr(t, "master", t)
     return getattr(t, "grad_view", None) if t.grad is None else None
+
+
+def _weight_grad_target(fn, i):
+    """out= for the gradient of fn's weight input i: the master's gradient view when free; for a
+    bfloat16 weight otherwise a new float32 array, since weight gradients are float32."""
+    target = _grad_target(fn.inputs[i])
+    if target is None and dtypes.is_bfloat16(fn.inputs[i].data):
+        target = fn.B.xp.empty(fn.inputs[i].shape, dtypes.float32)
+    return target
+
+
+class Cast(Function):
+    """x converted to another float dtype (round to nearest even down to bfloat16, exact up);
+    the gradient goes back in x's dtype."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def forward(self, x):
+        self.x_dtype = dtypes.name(x.dtype)
+        return self.B.cast(x, self.dtype)
+
+    def backward(self, gy):
+        return gy if dtypes.name(gy.dtype) == self.x_dtype else self.B.cast(gy, self.x_dtype)
+
+
+def cast(x, dtype):
+    """x as 'float32' or 'bfloat16' (differentiable; x itself when it has that dtype already)."""
+    x = _tensor(x)
+    if dtype not in dtypes.NAMES:
+        raise ValueError(f"cast: unknown dtype {dtype!r}; choose one of {sorted(dtypes.NAMES)}")
+    return x if x.dtype == dtypes.NAMES[dtype] else Cast(dtype)(x)
+
+
+class ComputeCopy(Function):
+    """A float32 weight read in bfloat16: the model's stored copy (``Parameter.bf16_view``, kept
+    up to date by every optimizer update) or else a cast; its gradient passes back as float32."""
+
+    def __init__(self, stored):
+        self.stored = stored
+
+    def forward(self, w):
+        return self.stored if self.stored is not None else self.B.cast(w, "bfloat16")
+
+    def backward(self, gy):
+        return gy if gy.dtype == dtypes.float32 else self.B.cast(gy, "float32")
+
+
+def compute_weight(w, dtype):
+    """The weight ``w`` as a layer computing in ``dtype`` reads it: w itself, or for a float32
+    w and bfloat16 compute its bfloat16 copy, whose gradient lands on w (float32, straight into
+    w's view of the model's gradient buffer when it has one)."""
+    w = _tensor(w)
+    if dtype != dtypes.bfloat16 or w.dtype != dtypes.float32:
+        return w
+    copy = ComputeCopy(getattr(w, "bf16_view", None))(w)
+    copy.master = w
+    return copy
 
 
 def _bias_grad(fn, gy) -> tuple:

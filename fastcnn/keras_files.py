@@ -32,6 +32,7 @@ import zipfile
 import numpy as np
 
 from . import layers as L
+from . import mixed_precision
 from .saving import atomic_write
 
 EXTRA = "keras"  # the pyproject extra that installs h5py
@@ -44,7 +45,7 @@ _NEUTRAL = {"data_format": ("channels_last", None), "dilation_rate": ([1, 1], 1,
             "kernel_regularizer": (None,), "bias_regularizer": (None,), "activity_regularizer": (None,),
             "kernel_constraint": (None,), "bias_constraint": (None,), "noise_shape": (None,),
             "quantization_config": (None,), "lora_rank": (None,), "lora_alpha": (None,)}
-_IGNORED = {"dtype", "registered_name"}  # float32 is the only dtype: checked separately
+_IGNORED = {"registered_name"}
 
 
 def h5py():
@@ -170,7 +171,6 @@ def _keras_layer(layer) -> dict:
             config["seed"] = None  # fastcnn's seed keys its own Philox stream, not Keras's generator
     else:
         class_name, module = type(layer).__name__, "fastcnn.layers"
-    config = {**config, "dtype": "float32"}
     entry = {"module": module, "class_name": class_name, "config": config, "registered_name": None}
     if layer.built:
         entry["build_config"] = {"input_shape": list(layer.input_shape)}
@@ -222,10 +222,11 @@ def _layer_from_keras(entry: dict, first: bool):
         raise ValueError(f"layer {name!r} is a {class_name}, which fastcnn does not build (it builds "
                          f"{', '.join(list(KERAS_LAYERS) + list(FASTCNN_LAYERS))})")
     dtype = config.pop("dtype", None)
-    if isinstance(dtype, dict):
-        dtype = (dtype.get("config") or {}).get("name")
-    if dtype not in (None, "float32"):
-        raise ValueError(f"layer {name!r} computes in {dtype}; fastcnn builds float32 layers")
+    try:
+        config["dtype"] = mixed_precision.get(dtype)   # None: the global policy, as Keras
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"layer {name!r} has dtype policy {dtype!r}, which fastcnn does not build "
+                         f"({exc})") from None
     for key, allowed in _NEUTRAL.items():
         if key in config and config.pop(key) not in allowed:
             raise ValueError(f"layer {name!r} ({class_name}) sets {key}={entry['config'][key]!r}, "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import distribution
+from . import distribution, dtypes, mixed_precision
 from . import functional as F
 from . import initializers
 from . import profiler
@@ -35,10 +35,11 @@ class Layer:
         process's slice of the batch starts in data-parallel training: fastcnn.distribution)."""
         return distribution.sample_offset()
 
-    def __init__(self, input_shape=None, name=None, trainable=True):
+    def __init__(self, input_shape=None, name=None, trainable=True, dtype=None):
         self._input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
         self.name = name
         self.trainable = bool(trainable)
+        self.dtype_policy = mixed_precision.get(dtype)  # None: the global policy, as Keras
         self._output_shape = None
         self.params: list[Parameter] = []
         self.built = False
@@ -99,6 +100,12 @@ class Layer:
                 raise ValueError(f"weight {self.name}/{p.name} has shape {p.shape}, got an array of shape {w.shape}")
         for p, w in zip(self.params, arrays):
             _assign(p.data, w)
+            if p.bf16_view is not None:   # the model's bfloat16 copy, which this layer computes with
+                _assign(p.bf16_view, np.asarray(w, np.float32))
+
+    compute_dtype = property(lambda self: self.dtype_policy.compute_dtype)
+    variable_dtype = property(lambda self: self.dtype_policy.variable_dtype)
+    dtype = variable_dtype  # Keras: a layer's dtype is its variables'
 
     def count_params(self) -> int:
         return sum(int(p.size) for p in self.params)
@@ -108,7 +115,7 @@ class Layer:
 
     # ---- configuration: the constructor's arguments, as Keras names them
     def get_config(self) -> dict:
-        return {"name": self.name, "trainable": self.trainable}
+        return {"name": self.name, "trainable": self.trainable, "dtype": mixed_precision.serialize(self.dtype_policy)}
 
     @classmethod
     def from_config(cls, config: dict) -> "Layer":
@@ -118,8 +125,16 @@ class Layer:
         activation = self.activation if activation == "default" else activation
         if profiler.state.profile is not None:  # name this layer's calls in the profile
             with profiler.scope(self.name, "forward"):
-                return self.call(F._tensor(x), training, activation)
-        return self.call(F._tensor(x), training, activation)
+                return self.call(self._autocast(x), training, activation)
+        return self.call(self._autocast(x), training, activation)
+
+    def _autocast(self, x):
+        """x in this layer's compute dtype: float inputs of the other float type are cast (Keras's
+        autocast); under float32 with float32 inputs nothing happens."""
+        x = F._tensor(x)
+        if x.dtype != mixed_precision.compute_dtype(self.dtype_policy) and x.dtype in dtypes.NAMES.values():
+            x = F.cast(x, self.compute_dtype)
+        return x
 
     def call(self, x, training, activation):
         raise NotImplementedError
@@ -181,8 +196,8 @@ class Conv2D(Layer):
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
                  use_bias=True, input_shape=None, groups=1, name=None,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", trainable=True):
-        super().__init__(input_shape, name, trainable)
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", trainable=True, dtype=None):
+        super().__init__(input_shape, name, trainable, dtype)
         self.filters = int(filters)
         self.kernel_size = F.pair(kernel_size, "kernel_size")
         self.strides = F.pair(strides, "strides")
@@ -220,7 +235,7 @@ class Conv2D(Layer):
         return (p, q, self.filters)
 
     def call(self, x, training, activation):
-        w = self.params[0]
+        w = F.compute_weight(self.params[0], x.dtype)
         b = self.params[1] if self.use_bias else None
         if self.groups == 1:
             return F.conv2d(x, w, b, self.strides, self.padding, activation)
@@ -250,7 +265,7 @@ class ChannelSlice(Function):
         return y
 
     def backward(self, gy):
-        gx = self.B.xp.zeros(self.shape, self.dtype)  # a memset, not a kernel
+        gx = self.B.xp.zeros(self.shape, gy.dtype)  # a memset, not a kernel (a bf16 weight's gradient is fp32)
         self.B.copy_channels(gx, gy, self.start, 0, self.stop - self.start)
         return gx
 
@@ -281,8 +296,8 @@ class MaxPool2D(Layer):
     type_name = "MaxPooling2D"
     default_name = "max_pooling2d"
 
-    def __init__(self, pool_size=2, strides=None, padding="valid", input_shape=None, name=None, trainable=True):
-        super().__init__(input_shape, name, trainable)
+    def __init__(self, pool_size=2, strides=None, padding="valid", input_shape=None, name=None, trainable=True, dtype=None):
+        super().__init__(input_shape, name, trainable, dtype)
         self.pool_size = F.pair(pool_size, "pool_size")
         self.strides = self.pool_size if strides is None else F.pair(strides, "strides")
         self.padding = padding
@@ -321,8 +336,8 @@ class Dense(Layer):
     default_name = "dense"
 
     def __init__(self, units, activation=None, use_bias=True, input_shape=None, name=None,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", trainable=True):
-        super().__init__(input_shape, name, trainable)
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", trainable=True, dtype=None):
+        super().__init__(input_shape, name, trainable, dtype)
         self.units = int(units)
         if self.units < 1:
             raise ValueError(f"Dense units must be positive, got {units}")
@@ -358,8 +373,8 @@ class Dropout(Layer):
     type_name = "Dropout"
     default_name = "dropout"
 
-    def __init__(self, rate, seed=None, input_shape=None, name=None, trainable=True):
-        super().__init__(input_shape, name, trainable)
+    def __init__(self, rate, seed=None, input_shape=None, name=None, trainable=True, dtype=None):
+        super().__init__(input_shape, name, trainable, dtype)
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
@@ -380,8 +395,8 @@ class RandomCrop(Layer):
     type_name = "RandomCrop"
     default_name = "random_crop"
 
-    def __init__(self, height, width, seed=None, input_shape=None, name=None, trainable=True):
-        super().__init__(input_shape, name, trainable)
+    def __init__(self, height, width, seed=None, input_shape=None, name=None, trainable=True, dtype=None):
+        super().__init__(input_shape, name, trainable, dtype)
         self.height, self.width = F.pair((height, width), "RandomCrop height and width")
         self.seed = next_seed() if seed is None else int(seed)
         self.step = None  # int32 array (1,) on the device, bound by the model: the training step
@@ -408,8 +423,8 @@ class RandomFlip(Layer):
     type_name = "RandomFlip"
     default_name = "random_flip"
 
-    def __init__(self, mode="horizontal", seed=None, input_shape=None, name=None, trainable=True):
-        super().__init__(input_shape, name, trainable)
+    def __init__(self, mode="horizontal", seed=None, input_shape=None, name=None, trainable=True, dtype=None):
+        super().__init__(input_shape, name, trainable, dtype)
         if mode != "horizontal":
             raise ValueError(f"RandomFlip mode {mode!r}: only 'horizontal' (left-right, AlexNet's) is built")
         self.mode = mode
@@ -440,9 +455,9 @@ class PCAColorNoise(Layer):
     default_name = "pca_color_noise"
 
     def __init__(self, stddev=0.1, eigenvalues=None, eigenvectors=None, seed=None, input_shape=None, name=None,
-                 trainable=True):
+                 trainable=True, dtype=None):
         from .backend.reference import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS
-        super().__init__(input_shape, name, trainable)
+        super().__init__(input_shape, name, trainable, dtype)
         values = np.asarray(IMAGENET_EIGENVALUES if eigenvalues is None else eigenvalues, np.float64)
         vectors = np.asarray(IMAGENET_EIGENVECTORS if eigenvectors is None else eigenvectors, np.float64)
         if values.shape != (3,) or vectors.shape != (3, 3) or stddev < 0:
@@ -474,8 +489,8 @@ class LRN(Layer):
     type_name = "LRN"
     default_name = "lrn"
 
-    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, input_shape=None, name=None, trainable=True):
-        super().__init__(input_shape, name, trainable)
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, input_shape=None, name=None, trainable=True, dtype=None):
+        super().__init__(input_shape, name, trainable, dtype)
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
 
     def get_config(self):
@@ -489,8 +504,8 @@ class Activation(Layer):
     type_name = "Activation"
     default_name = "activation"
 
-    def __init__(self, activation, input_shape=None, name=None, trainable=True):
-        super().__init__(input_shape, name, trainable)
+    def __init__(self, activation, input_shape=None, name=None, trainable=True, dtype=None):
+        super().__init__(input_shape, name, trainable, dtype)
         self.activation = _check_activation(activation)
 
     def get_config(self):

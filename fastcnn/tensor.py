@@ -151,6 +151,9 @@ class Parameter(Tensor):
     def __init__(self, data, name=None):
         super().__init__(data, requires_grad=True, name=name)
         self.grad_view = None  # when set, gradients are written here (a view of the flat buffer)
+        # under a mixed_bfloat16 policy: this weight's view of the model's bfloat16 copy of the
+        # flat buffer, what layers compute with (None: no stored copy, a cast per use)
+        self.bf16_view = None
 
 
 def _accumulate(x: Tensor, gx) -> None:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import loops
+from fastcnn import dtypes
 from fastcnn.backend import PRIMITIVES
 from fastcnn.backend import reference as ref
 from helpers import assert_close, numeric_grad, rand
@@ -98,6 +99,103 @@ def test_conv_float32_stays_float32_and_agrees(case):
     y64 = y.astype(np.float64)
     assert_close(dx, ref.conv2d_backward_data(y64, w.astype(np.float64), x.shape, stride, padding), 1e-5)
     assert_close(dw, ref.conv2d_backward_weights(x.astype(np.float64), y64, w.shape, stride, padding), 1e-5)
+
+
+# ------------------------------------------------------------------ bfloat16 GEMM and convolution
+
+BF16 = dtypes.bfloat16
+
+
+def assert_rounded_once(out, exact32, exact64, name):
+    """out (bfloat16) is the float32 result rounded to nearest even, bit for bit, and lies within
+    a bfloat16 rounding (2^-8 relative: 8 significant bits, plus float32 accumulation) of the float64
+    result."""
+    assert out.dtype == BF16, f"{name}: dtype {out.dtype}"
+    assert np.array_equal(out.view(np.uint16), exact32.astype(BF16).view(np.uint16)), name
+    err = np.abs(out.astype(np.float64) - exact64)
+    assert np.all(err <= 2.0 ** -8 * np.abs(exact64) + 1e-5 * np.abs(exact64).max()), name
+
+
+def bf16_conv_inputs(case, seed=0):
+    """x and w already bfloat16 values, b float32 (the master bias)."""
+    x, w, b, stride, padding = conv_inputs(case, np.float32, seed)
+    return x.astype(BF16), w.astype(BF16), b, stride, padding
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv_bfloat16_is_float32_math_rounded_once(case, relu):
+    x, w, b, stride, padding = bf16_conv_inputs(case)
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    y = ref.conv2d_forward(x, w, b, stride, padding, relu)
+    assert_rounded_once(y, ref.conv2d_forward(x32, w32, b, stride, padding, relu),
+                        loops.conv2d(x64, w64, b, stride, padding, relu), "y")
+    dy = rand(np.random.default_rng(3), *y.shape).astype(BF16)
+    dy32, dy64 = dy.astype(np.float32), dy.astype(np.float64)
+    dx = ref.conv2d_backward_data(dy, w, x.shape, stride, padding)
+    assert_rounded_once(dx, ref.conv2d_backward_data(dy32, w32, x.shape, stride, padding),
+                        ref.conv2d_backward_data(dy64, w64, x.shape, stride, padding), "dx")
+    dw = ref.conv2d_backward_weights(x, dy, w.shape, stride, padding)
+    assert dw.dtype == np.float32   # a weight gradient stays float32
+    assert np.array_equal(dw, ref.conv2d_backward_weights(x32, dy32, w.shape, stride, padding))
+    out = np.full(w.shape, np.nan, np.float32)
+    assert ref.conv2d_backward_weights(x, dy, w.shape, stride, padding, out=out) is out
+    assert np.array_equal(out, dw)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_dense_bfloat16_is_float32_math_rounded_once(relu):
+    rng = np.random.default_rng(8)
+    x, w, b = rand(rng, 9, 37).astype(BF16), rand(rng, 37, 11).astype(BF16), rand(rng, 11)
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    assert_rounded_once(ref.dense_forward(x, w, b, relu), ref.dense_forward(x32, w32, b, relu),
+                        loops.dense(x.astype(np.float64), w.astype(np.float64), b, relu), "y")
+    assert_rounded_once(ref.dense_forward(x, w, None, relu), ref.dense_forward(x32, w32, None, relu),
+                        loops.dense(x.astype(np.float64), w.astype(np.float64), None, relu), "y without bias")
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_matmul_bfloat16_gives_bfloat16_or_float32_into_a_float32_out(trans_a, trans_b):
+    rng = np.random.default_rng(9)
+    a = (rand(rng, 33, 21) if not trans_a else rand(rng, 21, 33)).astype(BF16)
+    b = (rand(rng, 21, 7) if not trans_b else rand(rng, 7, 21)).astype(BF16)
+    exact32 = ref.matmul(a.astype(np.float32), b.astype(np.float32), trans_a, trans_b)
+    exact64 = ref.matmul(a.astype(np.float64), b.astype(np.float64), trans_a, trans_b)
+    assert_rounded_once(ref.matmul(a, b, trans_a, trans_b), exact32, exact64, "bf16")
+    into_bf16 = np.zeros((33, 7), BF16)
+    assert ref.matmul(a, b, trans_a, trans_b, out=into_bf16) is into_bf16
+    assert_rounded_once(into_bf16, exact32, exact64, "out= bf16")
+    into_f32 = np.full((33, 7), np.nan, np.float32)   # a weight gradient's view
+    assert ref.matmul(a, b, trans_a, trans_b, out=into_f32) is into_f32
+    assert np.array_equal(into_f32, exact32)
+
+
+def test_bfloat16_gemm_rounds_ties_to_even_once():
+    # bfloat16 keeps 8 significant bits.  1 + 2^-8 lies halfway between 1 and 1 + 2^-7: the tie goes
+    # to the even one, 1 (ties away from zero would give 1 + 2^-7); 1 + 3 * 2^-8 lies halfway between
+    # 1 + 2^-7 and 1 + 2^-6: to 1 + 2^-6; 1 + 2^-7 + 2^-9 is below half a step: down.
+    ones = np.ones((1, 2), BF16)
+    for halves, expect in ((np.array([[1.0], [2.0 ** -8]]), 1.0), (np.array([[1.0], [3 * 2.0 ** -8]]), 1 + 2.0 ** -6),
+                           (np.array([[1 + 2.0 ** -7], [2.0 ** -9]]), 1 + 2.0 ** -7)):
+        y = ref.matmul(ones, halves.astype(BF16), False, False)
+        assert y.dtype == BF16 and float(y[0, 0]) == expect, (halves.ravel(), float(y[0, 0]))
+        assert float(ref.dense_forward(ones, halves.astype(BF16), None, False)[0, 0]) == expect
+
+
+def test_bfloat16_gemm_takes_a_float32_bias_only():
+    x, w = np.ones((2, 3), BF16), np.ones((3, 4), BF16)
+    for b in (np.ones(4, BF16), np.ones(4, np.float64)):
+        with pytest.raises(TypeError, match="float32 master bias"):
+            ref.dense_forward(x, w, b, False)
+        with pytest.raises(TypeError, match="float32 master bias"):
+            ref.conv2d_forward(np.ones((1, 3, 3, 3), BF16), np.ones((1, 1, 3, 4), BF16), b, (1, 1), (0,) * 4, False)
+    with pytest.raises(TypeError, match="w has dtype float32"):
+        ref.dense_forward(x, np.ones((3, 4), np.float32), None, False)
+    with pytest.raises(ValueError, match="expected"):   # a bfloat16 weight gradient is refused
+        ref.conv2d_backward_weights(np.ones((1, 3, 3, 3), BF16), np.ones((1, 3, 3, 4), BF16), (1, 1, 3, 4),
+                                    (1, 1), (0,) * 4, out=np.zeros((1, 1, 3, 4), BF16))
 
 
 # ------------------------------------------------------------------ max-pooling
@@ -428,7 +526,7 @@ BAD_INPUTS = [
      ValueError, "stride[0]"),
     ("mixed dtypes", lambda: ref.conv2d_forward(_f(1, 4, 4, 1), np.ones((3, 3, 1, 2)), None, (1, 1), (0,) * 4, False),
      TypeError, "w has dtype float64"),
-    ("integer input", lambda: ref.relu_forward(np.ones(3, np.int32)), TypeError, "x must be float32 or float64"),
+    ("integer input", lambda: ref.relu_forward(np.ones(3, np.int32)), TypeError, "x must be float32, bfloat16 or float64"),
     ("list input", lambda: ref.relu_forward([1.0]), TypeError, "x must be a NumPy array"),
     ("empty batch", lambda: ref.conv2d_forward(_f(0, 4, 4, 1), _f(3, 3, 1, 2), None, (1, 1), (0,) * 4, False),
      ValueError, "x is empty"),

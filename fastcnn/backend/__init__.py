@@ -77,6 +77,12 @@ Primitives (what each returns; "in place" ones return None):
 the result is written there (the model passes views of its flat gradient buffer, so
 parameter gradients need no extra copy); the GPU variants take it on every op.
 
+bfloat16 (the mixed_bfloat16 policy): ``conv2d_forward``, ``dense_forward`` and ``matmul`` take
+bfloat16 x and w (the bfloat16 copy of the weights) with a float32 bias, multiply the exactly
+widened values with float32 accumulation, add the bias, apply ReLU and round the output once
+(to nearest even) to bfloat16; ``conv2d_backward_data`` gives bfloat16 dx; weight gradients stay
+float32: ``conv2d_backward_weights`` of bfloat16 x and dy, and ``matmul`` into a float32 ``out=``.
+
 Scalars (rates, lr) are Python floats; backends convert them to the kernel's C type.
 Every backend checks dtype, device, contiguity and shapes before it launches anything
 and raises ``ValueError``/``TypeError`` naming the argument.

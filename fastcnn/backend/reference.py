@@ -7,6 +7,11 @@ its data gradient is one matmul followed by R*S shifted slice additions (col2im)
 
 Dtype rule: float32 in, float32 out; float64 in, float64 out.  Nothing upcasts a
 whole tensor, because a float64 detour halves the speed of the float32 path.
+bfloat16 (the mixed_bfloat16 policy) follows the contract in ``fastcnn/backend/__init__.py``:
+GEMM and convolution widen their bfloat16 inputs exactly to float32, compute and
+accumulate in float32 (+ the float32 bias, ReLU) and round the output once, to nearest
+even, to bfloat16; weight gradients (conv2d_backward_weights, matmul into a float32
+``out=``) stay float32.
 
 Inputs that are not C-contiguous are made contiguous (a copy); arrays updated in
 place (parameters, optimizer state, ``totals``, ``step``) must already be
@@ -20,12 +25,13 @@ import numpy
 import numpy as np
 
 from .. import config
+from ..dtypes import bfloat16
 
 name = "reference"
 xp = numpy
 device = "cpu"
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), bfloat16)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
@@ -58,7 +64,7 @@ def _float_array(a, name, ndim=None):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+        raise TypeError(f"{name} must be float32, bfloat16 or float64, got {a.dtype}")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape} ({a.ndim}-D)")
     if a.size == 0:
@@ -167,6 +173,33 @@ def _tf32_inputs(*arrays):
     return tuple(round_tf32(a) if a.dtype == np.float32 else a for a in arrays)
 
 
+# ---------------------------------------------------------------- bfloat16 GEMM inputs and outputs
+
+def _widened(*arrays):
+    """The GEMM/convolution inputs as it multiplies them: bfloat16 widened exactly to float32
+    (a product of two bfloat16 values is exact in float32), others unchanged."""
+    return tuple(a.astype(np.float32) if a.dtype == bfloat16 else a for a in arrays)
+
+
+def _rounded(y, dtype):
+    """A GEMM's result (float32 for bfloat16 inputs) in the inputs' dtype ``dtype``: rounded
+    once, to nearest even, to bfloat16; float32 and float64 unchanged."""
+    return y.astype(bfloat16) if dtype == bfloat16 else y
+
+
+def _bias(b, dtype, n, what):
+    """The bias checked: 1-D of length n; float32 for bfloat16 inputs (the master bias), else
+    the inputs' dtype."""
+    b = _float_array(b, "b", 1)
+    want = np.dtype(np.float32) if dtype == bfloat16 else dtype
+    if b.dtype != want:
+        raise TypeError(f"b has dtype {b.dtype} but must be {want} for {dtype} inputs"
+                        + (" (the float32 master bias)" if dtype == bfloat16 else ""))
+    if b.shape[0] != n:
+        raise ValueError(f"bias length {b.shape[0]} does not match the {n} {what}")
+    return b
+
+
 # ---------------------------------------------------------------- convolution
 
 def _conv_args(x, w, stride, padding):
@@ -213,13 +246,11 @@ def conv2d_forward(x, w, b, stride, padding, relu):
     x, w, stride, padding = _conv_args(x, w, stride, padding)
     N, H, W, C = x.shape
     R, S, _, K = w.shape
+    dtype = x.dtype
     if b is not None:
-        b = _float_array(b, "b", 1)
-        _same_dtype(x.dtype, b=b)
-        if b.shape[0] != K:
-            raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
+        b = _bias(b, dtype, K, "output channels of w")
     P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
-    x, w = _tf32_inputs(x, w)
+    x, w = _widened(*_tf32_inputs(x, w))
     y = _im2col(x, R, S, stride, padding, P, Q) @ w.reshape(R * S * C, K)
     if b is not None:
         # Add the bias along whole output rows (Q*K values, bias tiled Q times): broadcasting
@@ -228,7 +259,7 @@ def conv2d_forward(x, w, b, stride, padding, relu):
         rows += np.tile(b, Q)
     if relu:
         np.maximum(y, 0, out=y)
-    return y.reshape(N, P, Q, K)
+    return _rounded(y.reshape(N, P, Q, K), dtype)
 
 
 def conv2d_backward_data(dy, w, x_shape, stride, padding):
@@ -244,7 +275,8 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding):
     P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
     if dy.shape != (N, P, Q, K):
         raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {x_shape}")
-    dy, w = _tf32_inputs(dy, w)
+    dtype = dy.dtype
+    dy, w = _widened(*_tf32_inputs(dy, w))
     # One contiguous (N*P*Q, C) column block per tap (r, s), so that its addition into dx
     # runs along whole output rows (3x faster than slicing an (N*P*Q, R*S*C) matrix).
     # One window row r at a time: the column buffer is R times smaller than im2col's.
@@ -257,7 +289,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding):
         cols = np.matmul(dy_rows, w_taps[r]).reshape(S, N, P, Q, C)
         for s in range(S):
             dxp[:, r:r + sh * (P - 1) + 1:sh, s:s + sw * (Q - 1) + 1:sw, :] += cols[s]
-    return _crop(dxp, (N, H, W, C), padding)
+    return _rounded(_crop(dxp, (N, H, W, C), padding), dtype)
 
 
 def _into(out, result):
@@ -271,7 +303,7 @@ def _into(out, result):
 
 
 def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
-    """dw (R,S,C,K) = patches(x)^T @ dy."""
+    """dw (R,S,C,K) = patches(x)^T @ dy; float32 for bfloat16 x and dy (a weight gradient)."""
     x = _float_array(x, "x", 4)
     dy = _float_array(dy, "dy", 4)
     _same_dtype(x.dtype, dy=dy)
@@ -283,7 +315,7 @@ def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
     P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
     if dy.shape != (N, P, Q, K):
         raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
-    x, dy = _tf32_inputs(x, dy)
+    x, dy = _widened(*_tf32_inputs(x, dy))
     cols = _im2col(x, R, S, stride, padding, P, Q)
     return _into(out, (cols.T @ dy.reshape(N * P * Q, K)).reshape(R, S, C, K))
 
@@ -384,16 +416,21 @@ def maxpool_backward(dy, argmax, x_shape, pool, stride, padding):
 # ---------------------------------------------------------------- dense and elementwise
 
 def matmul(a, b, trans_a, trans_b, *, out=None):
-    """op(a) @ op(b) for 2-D a and b; op transposes when its flag is true."""
+    """op(a) @ op(b) for 2-D a and b; op transposes when its flag is true.  bfloat16 a and b
+    give bfloat16, or float32 when ``out`` is a float32 array (a weight gradient)."""
     a = _float_array(a, "a", 2)
     b = _float_array(b, "b", 2)
     _same_dtype(a.dtype, b=b)
-    a, b = _tf32_inputs(a, b)
+    dtype = a.dtype
+    a, b = _widened(*_tf32_inputs(a, b))
     opa = a.T if trans_a else a
     opb = b.T if trans_b else b
     if opa.shape[1] != opb.shape[0]:
         raise ValueError(f"inner dimensions differ: op(a) is {opa.shape}, op(b) is {opb.shape}")
-    return _into(out, np.ascontiguousarray(opa @ opb))
+    y = np.ascontiguousarray(opa @ opb)
+    if dtype == bfloat16 and isinstance(out, np.ndarray) and out.dtype == np.float32:
+        return _into(out, y)
+    return _into(out, _rounded(y, dtype))
 
 
 def dense_forward(x, w, b, relu):
@@ -403,16 +440,15 @@ def dense_forward(x, w, b, relu):
     _same_dtype(x.dtype, w=w)
     if x.shape[1] != w.shape[0]:
         raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[0]} (w is (in, out) = {w.shape})")
-    y = np.matmul(*_tf32_inputs(x, w))
+    dtype = x.dtype
     if b is not None:
-        b = _float_array(b, "b", 1)
-        _same_dtype(x.dtype, b=b)
-        if b.shape[0] != w.shape[1]:
-            raise ValueError(f"bias length {b.shape[0]} does not match the {w.shape[1]} outputs of w")
+        b = _bias(b, dtype, w.shape[1], "outputs of w")
+    y = np.matmul(*_widened(*_tf32_inputs(x, w)))
+    if b is not None:
         y += b
     if relu:
         np.maximum(y, 0, out=y)
-    return y
+    return _rounded(y, dtype)
 
 
 def bias_grad(dy, *, out=None):
