@@ -85,6 +85,8 @@ def _inputs(cp, rng):
         "bias_grad": lambda: [(f32(7, 9),), (f32(2, 5, 5, 6),)],
         "relu_forward": lambda: [(f32(n),)],
         "relu_backward": lambda: [(f32(n), f32(n))],
+        "leaky_relu_forward": lambda: [(f32(n), 0.3)],
+        "leaky_relu_backward": lambda: [(f32(n), f32(n), 0.3)],
         "softmax": lambda: [(f32(7, 10),)],
         "softmax_cross_entropy": lambda: [
             (f32(7, 10), cp.asarray(rng.integers(0, 10, 7).astype(np.int32)), cp.zeros(2, cp.float64)),

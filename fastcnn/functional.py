@@ -181,6 +181,23 @@ def relu(x):
     return ReLU()(_tensor(x))
 
 
+class LeakyReLU(Function):
+    def __init__(self, negative_slope):
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        self.x = x  # the sign of x, not of y: y loses it where negative_slope is 0
+        return self.B.leaky_relu_forward(x, self.negative_slope)
+
+    def backward(self, gy):
+        return self.B.leaky_relu_backward(gy, self.x, self.negative_slope)
+
+
+def leaky_relu(x, negative_slope=0.3):
+    """x where x >= 0, else negative_slope * x (Keras's LeakyReLU; its default slope)."""
+    return LeakyReLU(negative_slope)(_tensor(x))
+
+
 class Softmax(Function):
     def forward(self, x):
         self.x_dtype = x.dtype

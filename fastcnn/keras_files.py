@@ -37,7 +37,7 @@ from .saving import atomic_write
 
 EXTRA = "keras"  # the pyproject extra that installs h5py
 KERAS_LAYERS = {"Conv2D": L.Conv2D, "MaxPooling2D": L.MaxPool2D, "Flatten": L.Flatten, "Dense": L.Dense,
-                "Dropout": L.Dropout, "Activation": L.Activation}
+                "Dropout": L.Dropout, "Activation": L.Activation, "LeakyReLU": L.LeakyReLU}
 FASTCNN_LAYERS = {"LRN": L.LRN, "RandomCrop": L.RandomCrop, "RandomFlip": L.RandomFlip,
                   "PCAColorNoise": L.PCAColorNoise}
 # Keras config entries fastcnn has no use for, and the values under which ignoring them is exact.

@@ -1,4 +1,4 @@
-"""Keras-style layers: Conv2D, MaxPool2D, Flatten, Dense, Dropout, LRN, Activation,
+"""Keras-style layers: Conv2D, MaxPool2D, Flatten, Dense, Dropout, LRN, Activation, LeakyReLU,
 the augmentation layers RandomCrop, RandomFlip and PCAColorNoise, and Input.
 
 A layer knows its output shape from its input shape (``build``), owns its
@@ -8,6 +8,8 @@ by default) and calls the functional API in ``call``.  NHWC; ``input_shape`` and
 layer is built with and computes (``build``, ``compute_output_shape``) do not.
 """
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -498,6 +500,25 @@ class LRN(Layer):
 
     def call(self, x, training, activation):
         return F.lrn(x, self.size, self.alpha, self.beta, self.k)
+
+
+class LeakyReLU(Layer):
+    """x where x >= 0, else negative_slope * x (Keras's LeakyReLU, negative_slope 0.3 by default)."""
+    type_name = "LeakyReLU"
+    default_name = "leaky_re_lu"
+
+    def __init__(self, negative_slope=0.3, input_shape=None, name=None, trainable=True):
+        super().__init__(input_shape, name, trainable)
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real) \
+                or not 0.0 <= negative_slope < float("inf"):
+            raise ValueError(f"LeakyReLU negative_slope must be a finite number >= 0, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.negative_slope}
+
+    def call(self, x, training, activation):
+        return F.leaky_relu(x, self.negative_slope)
 
 
 class Activation(Layer):

@@ -1,9 +1,11 @@
-// kernels/elementwise.cu: ReLU forward/backward, add, step increment, bias gradient.
+// kernels/elementwise.cu: ReLU and leaky ReLU forward/backward, add, step increment, bias gradient.
 //
 // What:   relu_forward  y = max(x, 0)            (bit-exact with numpy.maximum(x, 0): NaN
 //                                                 propagates, -0.0 gives +0.0)
 //         relu_backward dx = dy * (y > 0)          (the reference's product: a NaN or inf dy
 //                                                 where y <= 0 gives NaN, a zero keeps dy's sign)
+//         leaky_relu_forward  y = x >= 0 ? x : slope * x       (bit-exact with the reference:
+//         leaky_relu_backward dx = dy * (x >= 0 ? 1 : slope)     one rounding, NaN propagates)
 //         add_arrays    c = a + b
 //         increment     step[0] += 1              (the device-side step counter of a graph)
 //         column_sum    out[chunk, c] = sum of x[r, c] over the rows r of one chunk
@@ -26,6 +28,7 @@
 // Algorithm: straightforward memory-bound loops, float32 accumulation.
 // Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19): not timed on its own; the whole LeNet-5 training step that
 //   runs it (batch 200, Adam, one CUDA graph) takes 333 us = 1.36x PyTorch's whole-step graph.
+//   leaky_relu_forward / leaky_relu_backward: not measured on a GPU yet.
 //
 // Self-contained (no #include): NVRTC has no system headers.
 
@@ -44,6 +47,20 @@ extern "C" __global__ void relu_backward(const float* dy, const float* y, float*
                                          long long n) {
     FC_EW_LOOP(i, n) {
         dx[i] = dy[i] * (y[i] > 0.0f ? 1.0f : 0.0f);
+    }
+}
+
+extern "C" __global__ void leaky_relu_forward(const float* x, float* y, float slope, long long n) {
+    FC_EW_LOOP(i, n) {
+        float v = x[i];
+        y[i] = v >= 0.0f ? v : slope * v;
+    }
+}
+
+extern "C" __global__ void leaky_relu_backward(const float* dy, const float* x, float* dx, float slope,
+                                               long long n) {
+    FC_EW_LOOP(i, n) {
+        dx[i] = dy[i] * (x[i] >= 0.0f ? 1.0f : slope);
     }
 }
 

@@ -91,6 +91,21 @@ def test_dropout_lrn_and_group_conv_gradients():
                                rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("slope", [0.3, 0.0])
+def test_leaky_relu_gradient(slope):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4))
+    x[np.abs(x) < 1e-3] = 0.5  # clear of the kink
+    g = rng.standard_normal((3, 4))
+    t = Tensor(x, requires_grad=True)
+    y = F.leaky_relu(t, slope)
+    np.testing.assert_array_equal(y.data, np.where(x >= 0, x, slope * x))
+    y.backward(g)
+    expected = numeric_grad(lambda: float((F.leaky_relu(Tensor(x), slope).data * g).sum()), x)
+    np.testing.assert_allclose(t.grad, expected, rtol=1e-6, atol=1e-8)
+    assert F.leaky_relu(Tensor(np.array([-1.0]))).data[0] == pytest.approx(-0.3)  # Keras's default slope
+
+
 def test_softmax_gradient():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 4))

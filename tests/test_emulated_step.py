@@ -14,7 +14,8 @@ without ``out=`` must give the same bits; guard zones must stay intact.
 
 Exact (bit for bit, NaN and infinities included): relu forward/backward (their zeros
 by value: relu_forward keeps -0.0 where numpy.maximum gives +0.0, relu_backward gives
-+0.0 where the reference's dy * (y > 0) gives -0.0), add, copy, increment, dropout
++0.0 where the reference's dy * (y > 0) gives -0.0), leaky relu forward/backward (signed
+zeros too, slopes 0.3, 0 and 1.5), add, copy, increment, dropout
 (the reference's Philox mask for the same seed and step, incl. seeds >= 2^32, the last
 step and a negative one), crop forward/backward (the reference's windows: centre and
 random, mirrored or not, 1 and 3 channels, a crop as large as the image), SGD (plain, momentum, Nesterov), Adam and AdamW (m, v and p: the
@@ -51,7 +52,7 @@ RED = 1e-5
 STEP_FILES = ("elementwise.cu", "softmax_xent.cu", "dropout.cu", "augment.cu", "lrn.cu", "optimizers.cu")
 # (id, guard shift, step.MAX_BLOCKS)
 LAYOUTS = [("aligned", 0, None), ("misaligned-2blocks", 1, 2)]
-TESTED_OPS = {"relu_forward", "relu_backward", "add", "copy", "copy_channels", "gather_rows", "increment", "bias_grad", "softmax",
+TESTED_OPS = {"relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "add", "copy", "copy_channels", "gather_rows", "increment", "bias_grad", "softmax",
               "softmax_cross_entropy", "dropout_forward", "dropout_backward", "crop_forward",
               "crop_backward", "pca_noise_forward", "lrn_forward",
               "lrn_backward", "sgd_update", "adam_update", "rmsprop_update"}
@@ -152,6 +153,40 @@ def test_relu_add(emulated, shape):
     for name in ("relu_forward", "relu_backward", "add_arrays"):
         for g, b in _launched(log, name):
             assert b == (step.THREADS, 1, 1) and g[0] == min(-(-n // step.THREADS), step.MAX_BLOCKS)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("slope", [0.3, 0.0, 1.5])
+def test_leaky_relu(emulated, shape, slope):
+    guarded, log = emulated
+    rng = np.random.default_rng(sum(shape) + 1)
+    x, dy = guarded.wrap(_special(rng, shape)), guarded.wrap(_special(rng, shape))
+    got = _with_and_without_out(guarded, step.leaky_relu_forward, x, slope, shapes=[shape])
+    with np.errstate(invalid="ignore"):                                  # -inf * 0 -> NaN
+        assert _same_bits(got, ref.leaky_relu_forward(x, slope)), "leaky_relu_forward"
+    got = _with_and_without_out(guarded, step.leaky_relu_backward, dy, x, slope, shapes=[shape])
+    with np.errstate(invalid="ignore"):
+        assert _same_bits(got, ref.leaky_relu_backward(dy, x, slope)), "leaky_relu_backward"
+    with np.errstate(invalid="ignore"):
+        expected = ref.leaky_relu_forward(x, slope)
+    assert step.leaky_relu_forward(x, slope, out=x) is x and _same_bits(x, expected), "in place"
+    n = int(np.prod(shape))
+    for name in ("leaky_relu_forward", "leaky_relu_backward"):
+        assert _launched(log, name)
+        for g, b in _launched(log, name):
+            assert b == (step.THREADS, 1, 1) and g[0] == min(-(-n // step.THREADS), step.MAX_BLOCKS)
+
+
+def test_leaky_relu_refuses_a_bad_slope(aligned):
+    guarded, _ = aligned
+    x = guarded.wrap(np.ones((2, 3), np.float32))
+    for slope, error in ((-0.1, ValueError), (float("nan"), ValueError), ("0.3", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="negative_slope"):
+            step.leaky_relu_forward(x, slope)
+        with pytest.raises(error, match="negative_slope"):
+            step.leaky_relu_backward(x, x, slope)
+    with pytest.raises(ValueError, match="shape"):
+        step.leaky_relu_backward(x, guarded.wrap(np.ones((3, 2), np.float32)), 0.3)
 
 
 @pytest.mark.parametrize("rows, src_c, dst_c, src_start, dst_start, width", [

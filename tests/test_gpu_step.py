@@ -72,11 +72,12 @@ SHAPES = [(1,), (7, 13), (200, 10), (3, 5, 7, 9), (2, 27, 27, 96), (1000, 1000)]
 
 @gpu
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("op", ["relu_forward", "relu_backward", "add"])
+@pytest.mark.parametrize("op", ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "add"])
 def test_elementwise(S, op, shape):
     rng = np.random.default_rng(len(shape) * 1000 + shape[0])
     a, b = rand(rng, *shape), rand(rng, *shape)
-    args = {"relu_forward": (a,), "relu_backward": (a, np.maximum(b, 0)), "add": (a, b)}[op]
+    args = {"relu_forward": (a,), "relu_backward": (a, np.maximum(b, 0)), "leaky_relu_forward": (a, 0.3),
+            "leaky_relu_backward": (a, b, 0.3), "add": (a, b)}[op]
     _check(op, getattr(S, op), getattr(ref, op), args, EW)
 
 

@@ -135,13 +135,17 @@ def test_layer_configs_round_trip():
     layers = [Conv2D(8, (3, 5), strides=2, padding="same", activation="relu", groups=2, use_bias=False,
                      kernel_initializer="HeNormal", name="c"), MaxPool2D(3, strides=2, padding="same"),
               Dense(7, kernel_initializer="lecun_uniform", bias_initializer="ones", trainable=False),
-              Dropout(0.3, seed=4), fastcnn.layers.Activation("softmax")]
+              Dropout(0.3, seed=4), fastcnn.layers.Activation("softmax"), fastcnn.layers.LeakyReLU(0.2)]
     for layer in layers:
         config = layer.get_config()
         again = type(layer).from_config(config)
         assert again.get_config() == config
     assert layers[0].get_config()["kernel_initializer"] == "he_normal"
     assert layers[2].get_config()["trainable"] is False
+    assert fastcnn.layers.LeakyReLU().get_config() == {"name": None, "trainable": True, "negative_slope": 0.3}
+    for slope in (-0.1, float("nan"), "0.3"):
+        with pytest.raises(ValueError, match="negative_slope"):
+            fastcnn.layers.LeakyReLU(slope)
 
 
 @pytest.mark.parametrize("name, std", [("glorot_uniform", np.sqrt(2 / (400 + 120))), ("glorot_normal", np.sqrt(2 / 520)),

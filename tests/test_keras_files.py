@@ -14,7 +14,8 @@ import pytest
 
 import fastcnn
 
-from fastcnn.layers import LRN, Conv2D, Dense, Dropout, Flatten, MaxPool2D, PCAColorNoise, RandomCrop, RandomFlip
+from fastcnn.layers import (LRN, Conv2D, Dense, Dropout, Flatten, LeakyReLU, MaxPool2D, PCAColorNoise, RandomCrop,
+                            RandomFlip)
 
 h5py = pytest.importorskip("h5py")
 
@@ -185,7 +186,8 @@ def test_fastcnn_archive_round_trip_with_its_own_layers(tmp_path, rng):
         RandomCrop(10, 10, input_shape=(12, 12, 3)), RandomFlip(), PCAColorNoise(0.1),
         Conv2D(8, 3, padding="same", activation="relu", kernel_initializer="he_normal"),
         LRN(size=3), Conv2D(4, 3, groups=2, activation="relu", bias_initializer="ones"), MaxPool2D(2),
-        Flatten(), Dense(6, activation="relu", trainable=False), Dropout(0.25), Dense(3, activation="softmax"),
+        Flatten(), Dense(6, activation="relu", trainable=False), LeakyReLU(0.1), Dropout(0.25),
+        Dense(3, activation="softmax"),
     ], name="small")
     model.save(tmp_path / "small.keras")
     back = fastcnn.models.load_model(tmp_path / "small.keras")
@@ -207,6 +209,7 @@ def test_fastcnn_archive_round_trip_with_its_own_layers(tmp_path, rng):
     assert classes[:4] == [("keras.layers", "InputLayer"), ("fastcnn.layers", "RandomCrop"),
                            ("fastcnn.layers", "RandomFlip"), ("fastcnn.layers", "PCAColorNoise")]
     assert ("keras.layers", "Conv2D") in classes and ("fastcnn.layers", "LRN") in classes
+    assert ("keras.layers", "LeakyReLU") in classes  # Keras's own class: Keras builds it too
 
 
 def test_json_and_config_round_trip():
@@ -271,6 +274,15 @@ def test_bad_files_are_refused_with_one_line(tmp_path, rng):
     expect(ValueError, "load_model reads .keras", lambda: fastcnn.models.load_model(npz_named_h5))
     expect(ValueError, "save writes .keras", lambda: model.save(tmp_path / "m.h5"))
     expect(ValueError, "written by model.save", lambda: model.save_weights(tmp_path / "m.keras"))
+
+
+def test_a_keras_leaky_relu_builds():
+    config = lenet_config()
+    config["config"]["layers"].insert(7, keras_layer("LeakyReLU", {"name": "leaky_re_lu", "negative_slope": 0.2},
+                                                     (120,)))
+    model = fastcnn.models.model_from_json(json.dumps(config))
+    layer = model.get_layer("leaky_re_lu")
+    assert type(layer) is LeakyReLU and layer.negative_slope == 0.2 and layer.output_shape == (None, 120)
 
 
 @pytest.mark.parametrize("change, match", [

@@ -210,6 +210,25 @@ def test_maxpool_vec_is_registered_beside_direct():
 
 # ---------------------------------------------------------------- elementwise, bias, softmax, loss
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # -inf * 0, in the simulator's threads
+@pytest.mark.parametrize("slope", [0.3, 0.0])
+def test_leaky_relu(rng, slope):
+    x, dy = rand(rng, 3, 5, 7), rand(rng, 3, 5, 7)
+    x[0, 0, :2] = np.nan
+    x[1, 1, :3] = (0.0, -0.0, -np.inf)
+    with np.errstate(invalid="ignore"):  # -inf * 0 -> NaN
+        want_y, want_dx = ref.leaky_relu_forward(x, slope), ref.leaky_relu_backward(dy, x, slope)
+        y = host(nb.leaky_relu_forward(dev(x), slope, out=nan_out(x.shape)))
+    dx = host(nb.leaky_relu_backward(dev(dy), dev(x), slope, out=nan_out(x.shape)))
+    np.testing.assert_array_equal(y, want_y)                      # NaN where the reference has NaN
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(want_y))  # -0.0 stays -0.0
+    np.testing.assert_array_equal(dx, want_dx)
+    with pytest.raises(ValueError, match="negative_slope"):
+        nb.leaky_relu_forward(dev(x), -1.0)
+    with pytest.raises(ValueError, match="shape"):
+        nb.leaky_relu_backward(dev(dy), dev(x[:2]), slope)
+
+
 def test_relu_add_copy_increment(rng):
     x, y, dy = rand(rng, 3, 5, 7), rand(rng, 3, 5, 7), rand(rng, 3, 5, 7)
     x[0, 0, :2] = np.nan    # relu propagates NaN, as numpy.maximum(x, 0) does
@@ -663,6 +682,8 @@ def _lenet_cases(rng):
         ("bias_grad", (dy1,)),
         ("relu_forward", (a1,)),
         ("relu_backward", (dy1, a1)),
+        ("leaky_relu_forward", (dy1, 0.3)),
+        ("leaky_relu_backward", (dy1, a1, 0.3)),
         ("add", (dy1, a1)),
         ("softmax", (z,)),
         ("dropout_forward", (f, 0.5, 99, np.array([3], np.int32))),

@@ -293,6 +293,28 @@ def test_relu_forward_and_gradient():
     check_grad(ref.relu_backward(dy, y), lambda: float(np.sum(ref.relu_forward(x) * dy)), x, "dx")
 
 
+@pytest.mark.parametrize("slope", [0.3, 0.0, 2.0])
+def test_leaky_relu_forward_and_gradient(slope):
+    rng = np.random.default_rng(17)
+    x = rand(rng, 3, 5, dtype=np.float64)
+    x[np.abs(x) < 1e-3] = 0.5  # keep clear of the kink
+    y = ref.leaky_relu_forward(x, slope)
+    assert np.array_equal(y, np.where(x > 0, x, slope * x)) and y.dtype == np.float64
+    dy = rand(rng, 3, 5, dtype=np.float64)
+    check_grad(ref.leaky_relu_backward(dy, x, slope),
+               lambda: float(np.sum(ref.leaky_relu_forward(x, slope) * dy)), x, "dx")
+    # at the kink, Keras's rule: x >= 0 takes the identity's gradient (-0.0 too)
+    x32 = np.array([0.0, -0.0, -1.0, np.nan], np.float32)
+    assert ref.leaky_relu_backward(np.ones(4, np.float32), x32, 0.5).tolist() == [1.0, 1.0, 0.5, 0.5]
+    assert ref.leaky_relu_forward(x32, slope).dtype == np.float32
+
+
+@pytest.mark.parametrize("slope, error", [(-0.5, ValueError), (float("inf"), ValueError), (None, TypeError)])
+def test_leaky_relu_refuses_a_bad_slope(slope, error):
+    with pytest.raises(error, match="negative_slope"):
+        ref.leaky_relu_forward(np.ones(3, np.float32), slope)
+
+
 def test_bias_grad_sums_every_axis_but_the_last():
     dy = rand(np.random.default_rng(8), 2, 3, 4, 5)
     assert_close(ref.bias_grad(dy), dy.astype(np.float64).sum(axis=(0, 1, 2)), rtol=1e-6)

@@ -28,6 +28,9 @@ Primitives (what each returns; "in place" ones return None):
   bias_grad(dy)                                           -> sum of dy over every axis but the last
   relu_forward(x)                                         -> max(x, 0)
   relu_backward(dy, y)                                    -> dy * (y > 0)
+  leaky_relu_forward(x, negative_slope)                   -> x where x >= 0, else negative_slope * x
+  leaky_relu_backward(dy, x, negative_slope)              -> dy * (1 where x >= 0, else negative_slope)
+        (Keras's LeakyReLU; negative_slope a real number >= 0, rounded to x's dtype; NaN propagates)
   softmax(x)                                              -> row softmax over the last axis (2-D)
   softmax_cross_entropy(logits, labels, totals)           -> dlogits = (softmax - onehot) / N
         labels: int32 class indices (N,) or float one-hot (N, classes);
@@ -96,7 +99,7 @@ PRIMITIVES = (
     "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weights",
     "maxpool_forward", "maxpool_backward",
     "matmul", "dense_forward", "bias_grad",
-    "relu_forward", "relu_backward",
+    "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
     "softmax", "softmax_cross_entropy",
     "dropout_forward", "dropout_backward",
     "crop_forward", "crop_backward", "pca_noise_forward",

@@ -50,7 +50,7 @@ PREFERRED = {
     "maxpool_backward":        Preferred("auto", "auto", "tiled"),
     # the rest of a step: one CUDA C variant each (cuda/step.py), for both element types
     **{op: Preferred("cuda", "cuda", "cuda") for op in (
-        "bias_grad", "relu_forward", "relu_backward", "softmax", "softmax_cross_entropy",
+        "bias_grad", "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "softmax", "softmax_cross_entropy",
         "dropout_forward", "dropout_backward", "crop_forward", "crop_backward", "pca_noise_forward",
         "lrn_forward", "lrn_backward", "sgd_update", "adam_update", "rmsprop_update", "increment",
         "add", "copy", "copy_channels", "gather_rows")},

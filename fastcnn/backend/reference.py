@@ -473,6 +473,31 @@ def relu_backward(dy, y):
     return dy * (y > 0)  # (np.where with a scalar is ~15x slower here)
 
 
+def leaky_slope(negative_slope) -> float:
+    """The negative slope of a leaky ReLU: a finite real number >= 0 (Keras's rule)."""
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
+        raise TypeError(f"negative_slope must be a real number, got {type(negative_slope).__name__}")
+    if not 0.0 <= float(negative_slope) < float("inf"):
+        raise ValueError(f"negative_slope must be a finite number >= 0, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+def leaky_relu_forward(x, negative_slope):
+    x = _float_array(x, "x")
+    slope = x.dtype.type(leaky_slope(negative_slope))
+    return np.where(x >= 0, x, x * slope)
+
+
+def leaky_relu_backward(dy, x, negative_slope):
+    dy = _float_array(dy, "dy")
+    x = _float_array(x, "x")
+    _same_dtype(dy.dtype, x=x)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy {dy.shape} and x {x.shape} must have the same shape")
+    slope = dy.dtype.type(leaky_slope(negative_slope))
+    return dy * np.where(x >= 0, dy.dtype.type(1), slope)
+
+
 def softmax(x):
     """Row softmax over the last axis of a 2-D array (max-subtracted)."""
     x = _float_array(x, "x", 2)

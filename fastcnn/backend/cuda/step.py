@@ -3,7 +3,8 @@
 Kernel files and primitives (semantics: ``fastcnn/backend/__init__.py``; each
 result matches ``fastcnn.backend.reference``):
 
-  kernels/elementwise.cu   relu_forward, relu_backward, add, increment, bias_grad
+  kernels/elementwise.cu   relu_forward, relu_backward, leaky_relu_forward, leaky_relu_backward,
+                           add, increment, bias_grad
                            (bias_grad: deterministic two-pass column sum, no atomics),
                            copy_channels, gather_rows; copy is a device-to-device
                            cudaMemcpyAsync, no kernel
@@ -122,6 +123,26 @@ def relu_backward(dy, y, *, out=None):
     _same_shape("dy", dy, y=y)
     out = _launch.out_array("out", out, dy.shape)
     _kernel(_EW, "relu_backward")(_grid(dy.size), (THREADS,), (dy, y, out, np.int64(dy.size)))
+    return out
+
+
+def leaky_relu_forward(x, negative_slope, *, out=None):
+    """x >= 0 ? x : negative_slope * x (NaN propagates)."""
+    _launch.check("x", x)
+    slope = np.float32(_ref.leaky_slope(negative_slope))
+    out = _launch.out_array("out", out, x.shape)
+    _kernel(_EW, "leaky_relu_forward")(_grid(x.size), (THREADS,), (x, out, slope, np.int64(x.size)))
+    return out
+
+
+def leaky_relu_backward(dy, x, negative_slope, *, out=None):
+    """dy * (x >= 0 ? 1 : negative_slope)."""
+    _launch.check("dy", dy)
+    _launch.check("x", x)
+    _same_shape("dy", dy, x=x)
+    slope = np.float32(_ref.leaky_slope(negative_slope))
+    out = _launch.out_array("out", out, dy.shape)
+    _kernel(_EW, "leaky_relu_backward")(_grid(dy.size), (THREADS,), (dy, x, out, slope, np.int64(dy.size)))
     return out
 
 
@@ -489,6 +510,8 @@ def rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps):
 _NOTES = {
     "relu_forward": "grid-stride max(x, 0)",
     "relu_backward": "grid-stride y > 0 ? dy : 0",
+    "leaky_relu_forward": "grid-stride x >= 0 ? x : slope * x",
+    "leaky_relu_backward": "grid-stride dy * (x >= 0 ? 1 : slope)",
     "add": "grid-stride a + b",
     "copy": "device-to-device cudaMemcpyAsync on the current stream",
     "copy_channels": "block (32, 8): lanes walk a row's channels, warps walk rows (group convolution)",

@@ -64,7 +64,8 @@ from .conv import conv2d_backward_data, conv2d_backward_weights, conv2d_forward 
 from .pool import (LANES_WINDOWS, maxpool_backward, maxpool_backward_vec, maxpool_forward,  # noqa: F401
                    maxpool_forward_lanes, maxpool_forward_vec)
 from .step import (adam_update, add, bias_grad, copy, copy_channels, gather_rows,  # noqa: F401
-                   increment, lrn_backward, lrn_forward, relu_backward, relu_forward,
+                   increment, leaky_relu_backward, leaky_relu_forward, lrn_backward, lrn_forward,
+                   relu_backward, relu_forward,
                    rmsprop_update, sgd_update, softmax, softmax_cross_entropy)
 from .philox import (crop_backward, crop_forward, dropout_backward, dropout_forward,  # noqa: F401
                      pca_noise_forward)
@@ -86,6 +87,8 @@ VARIANTS = {
     "bias_grad": ("numba_two_pass", "Numba: column partial sums then a final sum (deterministic)"),
     "relu_forward": ("numba", "Numba: grid-stride elementwise"),
     "relu_backward": ("numba", "Numba: grid-stride elementwise"),
+    "leaky_relu_forward": ("numba", "Numba: grid-stride elementwise"),
+    "leaky_relu_backward": ("numba", "Numba: grid-stride elementwise"),
     "softmax": ("numba_block_row", "Numba: one block per row, shared-memory reductions"),
     "softmax_cross_entropy": ("numba_block_row", "Numba: one block per row; totals by float64 atomics"),
     "dropout_forward": ("numba_philox", "Numba: Philox 4x32-10 in-kernel, one call per 4 elements"),

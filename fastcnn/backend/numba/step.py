@@ -41,6 +41,25 @@ def _k_relu_bwd(DY, Y, DX, n):
 
 
 @_jit
+def _k_leaky_relu_fwd(X, Y, slope, n):
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        v = X[i]
+        Y[i] = v if v >= float32(0.0) else slope * v    # the reference's where(x >= 0, x, x * slope)
+        i += stride
+
+
+@_jit
+def _k_leaky_relu_bwd(DY, X, DX, slope, n):
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        DX[i] = DY[i] * (float32(1.0) if X[i] >= float32(0.0) else slope)
+        i += stride
+
+
+@_jit
 def _k_add(A, B, C, n):
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
@@ -76,6 +95,23 @@ def relu_backward(dy, y, *, out=None):
     _check("y", y, shape=dy.shape)
     dx = _out("out", out, dy.shape)
     _launch(_k_relu_bwd, _blocks(dy.size), THREADS, _flat(dy), _flat(y), _flat(dx), dy.size)
+    return dx
+
+
+def leaky_relu_forward(x, negative_slope, *, out=None):
+    _check("x", x)
+    slope = np.float32(reference.leaky_slope(negative_slope))
+    y = _out("out", out, x.shape)
+    _launch(_k_leaky_relu_fwd, _blocks(x.size), THREADS, _flat(x), _flat(y), slope, x.size)
+    return y
+
+
+def leaky_relu_backward(dy, x, negative_slope, *, out=None):
+    _check("dy", dy)
+    _check("x", x, shape=dy.shape)
+    slope = np.float32(reference.leaky_slope(negative_slope))
+    dx = _out("out", out, dy.shape)
+    _launch(_k_leaky_relu_bwd, _blocks(dy.size), THREADS, _flat(dy), _flat(x), _flat(dx), slope, dy.size)
     return dx
 
 
@@ -584,6 +620,8 @@ def ptx_kernels():
     return [
         ("relu_fwd", _k_relu_fwd.py_func, (f32, f32, i64)),
         ("relu_bwd", _k_relu_bwd.py_func, (f32, f32, f32, i64)),
+        ("leaky_relu_fwd", _k_leaky_relu_fwd.py_func, (f32, f32, f, i64)),
+        ("leaky_relu_bwd", _k_leaky_relu_bwd.py_func, (f32, f32, f32, f, i64)),
         ("add", _k_add.py_func, (f32, f32, f32, i64)),
         ("copy", _k_copy.py_func, (f32, f32, i64)),
         ("copy_channels", _k_copy_channels.py_func, (f32, f32, i64, i64, i64, i64, i64, i64)),
