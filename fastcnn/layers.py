@@ -507,8 +507,8 @@ class LeakyReLU(Layer):
     type_name = "LeakyReLU"
     default_name = "leaky_re_lu"
 
-    def __init__(self, negative_slope=0.3, input_shape=None, name=None, trainable=True):
-        super().__init__(input_shape, name, trainable)
+    def __init__(self, negative_slope=0.3, input_shape=None, name=None, trainable=True, dtype=None):
+        super().__init__(input_shape, name, trainable, dtype)
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real) \
                 or not 0.0 <= negative_slope < float("inf"):
             raise ValueError(f"LeakyReLU negative_slope must be a finite number >= 0, got {negative_slope!r}")

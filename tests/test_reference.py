@@ -307,6 +307,14 @@ def test_leaky_relu_forward_and_gradient(slope):
     x32 = np.array([0.0, -0.0, -1.0, np.nan], np.float32)
     assert ref.leaky_relu_backward(np.ones(4, np.float32), x32, 0.5).tolist() == [1.0, 1.0, 0.5, 0.5]
     assert ref.leaky_relu_forward(x32, slope).dtype == np.float32
+    # bfloat16: float32 math on the widened values, rounded once
+    xb, dyb = dtypes.to_bfloat16(rand(rng, 4, 6)), dtypes.to_bfloat16(rand(rng, 4, 6))
+    yb = ref.leaky_relu_forward(xb, 0.3)
+    assert yb.dtype == dtypes.bfloat16
+    assert np.array_equal(yb, dtypes.to_bfloat16(ref.leaky_relu_forward(dtypes.to_float32(xb), 0.3)))
+    assert np.array_equal(ref.leaky_relu_backward(dyb, xb, 0.3),
+                          dtypes.to_bfloat16(ref.leaky_relu_backward(dtypes.to_float32(dyb),
+                                                                     dtypes.to_float32(xb), 0.3)))
 
 
 @pytest.mark.parametrize("slope, error", [(-0.5, ValueError), (float("inf"), ValueError), (None, TypeError)])

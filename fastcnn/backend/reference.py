@@ -484,8 +484,9 @@ def leaky_slope(negative_slope) -> float:
 
 def leaky_relu_forward(x, negative_slope):
     x = _float_array(x, "x")
-    slope = x.dtype.type(leaky_slope(negative_slope))
-    return np.where(x >= 0, x, x * slope)
+    (wide,) = _widened(x)  # bfloat16: float32 math, one rounding at the end
+    slope = wide.dtype.type(leaky_slope(negative_slope))
+    return _rounded(np.where(wide >= 0, wide, wide * slope), x.dtype)
 
 
 def leaky_relu_backward(dy, x, negative_slope):
@@ -494,8 +495,9 @@ def leaky_relu_backward(dy, x, negative_slope):
     _same_dtype(dy.dtype, x=x)
     if dy.shape != x.shape:
         raise ValueError(f"dy {dy.shape} and x {x.shape} must have the same shape")
-    slope = dy.dtype.type(leaky_slope(negative_slope))
-    return dy * np.where(x >= 0, dy.dtype.type(1), slope)
+    wide_dy, wide_x = _widened(dy, x)
+    slope = wide_dy.dtype.type(leaky_slope(negative_slope))
+    return _rounded(wide_dy * np.where(wide_x >= 0, wide_dy.dtype.type(1), slope), dy.dtype)
 
 
 def softmax(x):
