@@ -493,3 +493,15 @@ def test_registry_picks_variants_by_element_type(monkeypatch):
         registry.get(op, "simt", dtype="bfloat16")
     with pytest.raises(ValueError, match="element types"):
         registry.register(op, "bad", lambda: None, "cuda", dtypes=("float16",))
+
+
+def test_a_bfloat16_only_variant_can_be_selected(monkeypatch):
+    """use() takes a variant whatever element type it takes; float32 calls keep their default."""
+    from fastcnn.backend import registry
+    monkeypatch.setattr(registry, "_variants", {k: dict(v) for k, v in registry._variants.items()})
+    monkeypatch.setattr(registry, "_selected", dict(registry._selected))
+    registry.register("matmul", "bf16_only", lambda: None, "cuda", precision="bf16", dtypes=("bfloat16",))
+    before = registry.selected("matmul")
+    registry.use("matmul", "bf16_only")
+    assert registry.selected("matmul", "bfloat16") == "bf16_only"
+    assert registry.selected("matmul") == before

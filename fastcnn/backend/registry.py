@@ -176,16 +176,18 @@ def _for_dtype(op: str, variant: Variant, dtype: str, explicit: bool) -> Variant
 
 
 def use(op: str, name: str | None) -> None:
-    """Select variant ``name`` for ``op`` (None goes back to the default)."""
+    """Select variant ``name`` for ``op`` (None goes back to the default).  The selection runs
+    the calls of the element types the variant takes; the others keep their default."""
     if name is None:
         _selected.pop(op, None)
         return
-    get(op, name)  # validates
+    get(op, name, dtype=lookup(op, name).dtypes[0])  # validates (a bfloat16-only variant too)
     _selected[op] = name
 
 
-def selected(op: str) -> str:
-    return get(op).name
+def selected(op: str, dtype: str = "float32") -> str:
+    """The variant that a call of ``op`` on ``dtype`` arrays runs now."""
+    return get(op, dtype=dtype).name
 
 
 @contextlib.contextmanager
