@@ -584,8 +584,8 @@ class ImageFolderBatches:
         self.files = list(files)
         if not self.files:
             raise ImageFolderError("ImageFolderBatches: no files")
-        from .model import _batch_size
-        batch_size = _batch_size(batch_size)  # fit's rule: a positive integer
+        from .batches import check_batch_size
+        batch_size = check_batch_size(batch_size)  # fit's rule: a positive integer
         self.decode, self.image_shape = _decoder(image_size, color_mode)
         self.batch_size, self.num_classes, self.shuffle = int(batch_size), num_classes, shuffle
         self.samples = len(self.files)

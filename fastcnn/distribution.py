@@ -170,15 +170,14 @@ class DataParallel:
         take rank 0's weights, optimizer state, step count, learning rate, random layers' seeds
         and random generator (the shuffle)."""
         from .seeding import generator
-        B = model.backend
-        mine = (int(model._flat.size), int(batches.steps), batches.samples)
+        B, state = model.backend, model.training_state
+        mine = (int(state.params.size), int(batches.steps), batches.samples)
         seen = self.world.comm.allgather(mine)
         if any(s != seen[0] for s in seen):
             raise ValueError("the processes disagree on (parameters, steps per epoch, samples): "
                              + ", ".join(f"rank {r}: {s}" for r, s in enumerate(seen))
                              + "; every process must build the same model and read the same data")
-        arrays = [model._flat, model._step] + [v for _, v in sorted(getattr(model.optimizer, "state", {}).items())]
-        for a in arrays:
+        for a in state.shared_arrays():
             host = np.ascontiguousarray(B.to_host(a))
             self.world.comm.Bcast(host, root=0)
             B.copy(a, B.asarray(host))
@@ -189,10 +188,10 @@ class DataParallel:
         for layer, seed in zip(random_layers, shared[1]):
             layer.seed = seed
         generator().bit_generator.state = shared[2]
-        resume = model._resume
+        resume = state.resume
         if self.rank and resume is not None and resume["batch"]:
             # a checkpoint taken inside an epoch holds rank 0's running totals: counted once
-            model._resume = dict(resume, totals=np.zeros(2), seen=0)
+            state.resume = dict(resume, totals=np.zeros(2), seen=0)
         self.full_batch(batches)
 
     def full_batch(self, batches) -> None:
@@ -205,7 +204,7 @@ class DataParallel:
         """Average the flat gradient buffer across processes (weighted by each process's share of
         the batch where the slices differ): MPI Allreduce on the host, NCCL on the device."""
         _, count, total = self.share
-        grads = model._grad_flat
+        grads = model.training_state.grads
         if total and count * self.size != total:      # a short last batch split unevenly
             grads *= grads.dtype.type(count * self.size / total)
         self.average(grads, model.device)

@@ -3,7 +3,7 @@
 CuPy captures our RawKernel and Numba launches and its own allocations, but not
 cuBLAS; fastcnn's step uses none.  Recipe: static input buffers; one eager
 warm-up step (compiles every kernel and fills a private memory pool) whose
-effect on the parameters is undone; then capture; then per batch fill the
+effect on the training state is undone (TrainingState.snapshot/restore); then capture; then per batch fill the
 static buffers and launch (fit() picks each shuffled batch from the data set on
 the device with the gather_rows kernel, straight into them: no copy, no CuPy
 indexing kernel; ``step(x, y)`` copies arrays in).  The private pool keeps the graph's intermediate
@@ -30,13 +30,14 @@ class GraphTrainStep:
         self.y = cp.zeros(y_shape, y_dtype)  # zeros are valid labels for the warm-up step
         self.pool = cp.cuda.MemoryPool()
         self.stream = cp.cuda.Stream(non_blocking=True)
-        saved = snapshot_state(model)
+        state = model.training_state
+        saved = state.snapshot()
         cp.cuda.Device().synchronize()
         try:
             with cp.cuda.using_allocator(self.pool.malloc), self.stream:
                 model.train_step(self.x, self.y)  # warm-up: compile kernels, fill the private pool
                 self.stream.synchronize()
-                restore_state(model, saved)
+                state.restore(saved)
                 self.stream.synchronize()
                 self.stream.begin_capture()
                 try:
@@ -44,7 +45,7 @@ class GraphTrainStep:
                 finally:
                     graph = self.stream.end_capture()
         except Exception as exc:
-            restore_state(model, saved)
+            state.restore(saved)
             raise GraphCaptureError(f"could not capture the training step as a CUDA graph: "
                                     f"{type(exc).__name__}: {exc}. Train with fit(..., graph=False).") from exc
         self.graph = graph
@@ -70,16 +71,3 @@ class GraphTrainStep:
             else:
                 dst.set(np.ascontiguousarray(src, dtype=dst.dtype))
         self.replay()  # on the current stream: ordered with the copies above
-
-
-def snapshot_state(model) -> dict:
-    """Copies of the parameters, optimizer state, step counter and totals (device arrays)."""
-    arrays = {"flat": model._flat, "step": model._step, "totals": model._totals}
-    arrays.update({f"opt/{k}": v for k, v in getattr(model.optimizer, "state", {}).items()})
-    return {k: (v, v.copy()) for k, v in arrays.items()}
-
-
-def restore_state(model, saved) -> None:
-    """Put back what snapshot_state copied."""
-    for live, copy in saved.values():
-        model.backend.copy(live, copy)

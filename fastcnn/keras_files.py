@@ -298,7 +298,7 @@ def _open_archive(path):
 def save_model(model, path) -> None:
     """A .keras archive Keras 3's load_model opens (for the layers Keras has), written atomically."""
     from . import __version__
-    model._require_built()
+    model.require_built()
     metadata = {"keras_version": "3.0.0",   # the archive format's revision, not a Keras that wrote it
                 "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
                 "saved_by": f"fastcnn {__version__}"}

@@ -2,7 +2,9 @@
 
 A model whose last layer ends in softmax is trained on its logits with one fused
 softmax + cross-entropy kernel: the same value as cross-entropy on the softmax
-output, without its overflow, and one launch instead of three.
+output, without its overflow, and one launch instead of three.  The model hands the
+loss its logits (``fused_gradient``); the loss adds the batch's loss sum and correct
+count to the running totals and returns the gradient the backward pass starts from.
 """
 from __future__ import annotations
 
@@ -18,6 +20,14 @@ class CategoricalCrossentropy:
 
     def __init__(self, from_logits=False):
         self.from_logits = from_logits
+
+    def fused_gradient(self, logits, labels, totals, backend):
+        """Cross-entropy of softmax(logits) against ``labels`` (what prepare_labels made, on
+        the device), in one backend ``softmax_cross_entropy`` call: adds [sum of the batch's
+        losses, number correct] to ``totals`` (float64 (2,) on the device, no synchronisation)
+        and returns d(mean loss)/d(logits) = (softmax(logits) - labels) / batch, in the logits'
+        dtype.  Class indices and one-hot rows are the same call (the primitive tells them apart)."""
+        return backend.softmax_cross_entropy(logits, labels, totals)
 
     def prepare_labels(self, y, n: int, classes: int) -> np.ndarray:
         y = np.asarray(y)

@@ -8,28 +8,27 @@ the GPU, ``fit`` captures that step once as a CUDA graph and replays it per batc
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import signal
 import sys
 import threading
-import zipfile
 
 import numpy as np
 
 from . import backend as backends
+from . import checkpoints
 from . import config as precision
 from . import distribution
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
-from .callbacks import BatchLogs, CallbackList, Diverged, History, callback_states, restore_callback_states
+from .batches import ArrayBatches, SourceBatches, check_batch_size, fits_graph, is_batch_source  # noqa: F401
+from .callbacks import BatchLogs, CallbackList, Diverged, History, restore_callback_states
 from .layers import InputLayer, Layer
-from .saving import atomic_write
+from .saving import load_npz, save_npz
 from .seeding import generator
 from .tensor import Tensor, no_grad
+from .training_state import TrainingState
 
-_ALIGN = 32  # floats: every parameter view starts on a 128-byte boundary (vector loads)
 DEVICES = {"cpu": "reference", "cuda": "cuda"}
 
 
@@ -44,11 +43,7 @@ class Sequential:
         self.stop_training = False
         self.stop_reason = None   # why the last fit stopped early, when a callback said (TerminateOnNaN)
         self.history = None
-        self._callbacks = []      # the last fit's callbacks: their states go into checkpoints
-        self._at = None           # where that fit stands (epoch, batch...): what a checkpoint resumes from
-        self._resume = None       # what load_checkpoint restored for the next fit
-        self._batches = None      # the last fit's training batches (a batch source's state is checkpointed)
-        self._flat = None
+        self._state = TrainingState()   # the flat buffers, step, totals, optimizer slots, fit's position
         self._graph_steps: dict = {}
         self._input = None  # the shape an Input(shape=...) declared
         for layer in layers or []:
@@ -88,36 +83,36 @@ class Sequential:
             if not layer.built or layer._input_shape != shape:
                 layer.build(shape)
             shape = layer._output_shape
-        self._flat = None  # parameters changed: rebind the flat buffers on next use
+        self._state.unbind()  # parameters changed: rebind the flat buffers on next use
 
     @property
     def built(self) -> bool:
         return bool(self.layers) and all(l.built for l in self.layers)
 
-    def _require_built(self):
+    def require_built(self):
         if not self.built:
             raise ValueError("the model is not built: give the first layer input_shape=(H, W, C) or call build()")
 
     @property
     def input_shape(self):
-        self._require_built()
+        self.require_built()
         return self.layers[0].input_shape
 
     @property
     def output_shape(self):
-        self._require_built()
+        self.require_built()
         return self.layers[-1].output_shape
 
     def parameters(self):
         return [p for layer in self.layers for p in layer.params]
 
     def count_params(self) -> int:
-        self._require_built()
+        self.require_built()
         return sum(layer.count_params() for layer in self.layers)
 
     def summary(self, print_fn=print) -> None:
         """Keras's table: Layer (type) | Output Shape | Param #, then the totals."""
-        self._require_built()
+        self.require_built()
         rows = [(f"{l.name} ({l.type_name})", str(l.output_shape), f"{l.count_params():,}")
                 for l in self.layers]
         w0 = max(28, max(len(r[0]) for r in rows) + 1)
@@ -152,11 +147,12 @@ class Sequential:
         if device not in DEVICES:
             raise ValueError(f"device must be one of {sorted(DEVICES) + ['auto']}, got {device!r}")
         new = backends.get(backend or DEVICES[device])
+        state = self._state
         weights = self.get_weights() if self.built else None
-        opt_state = self.optimizer.get_state() if self._flat is not None and self.optimizer else None
-        step = int(self.backend.to_host(self._step)[0]) if self._flat is not None else 0
+        opt_state = self.optimizer.get_state() if state.bound and self.optimizer else None
+        step = state.read_step() if state.bound else 0
         self.device, self.backend = device, new
-        self._flat = None
+        state.unbind()
         self._graph_steps = {}
         if weights is not None:
             self._bind(step)
@@ -166,50 +162,31 @@ class Sequential:
         return self
 
     def _bind(self, step: int = 0) -> None:
-        """Lay all parameters out in one flat buffer on the device; grads in a second one.
-        The trainable layers' parameters come first: the optimizer updates only that part."""
-        self._require_built()
-        B = self.backend
-        self._frozen = tuple(not l.trainable for l in self.layers)
-        trainable = [p for l in self.layers if l.trainable for p in l.params]
-        params = trainable + [p for l in self.layers if not l.trainable for p in l.params]
-        offsets, total = [], 0
-        for p in params:
-            offsets.append(total)
-            total += -(-p.size // _ALIGN) * _ALIGN
-        self._n_train = offsets[len(trainable)] if len(trainable) < len(params) else total
-        host = np.zeros(max(total, _ALIGN), np.float32)
-        for p, off in zip(params, offsets):
-            host[off:off + p.size] = B.to_host(p.data).reshape(-1)
-        self._flat = B.asarray(host)
-        self._grad_flat = B.asarray(np.zeros_like(host))
-        n = self._n_train   # the optimizer's views: the whole buffers when nothing is frozen
-        self._opt_views = ((self._flat, self._grad_flat) if n == host.size else
-                           (self._flat[:n], self._grad_flat[:n]))
-        for p, off in zip(params, offsets):
-            p.data = self._flat[off:off + p.size].reshape(p.shape)
-            p.grad_view = self._grad_flat[off:off + p.size].reshape(p.shape)
-            p.grad = None
-        self._step = B.asarray(np.array([step], np.int32))
-        self._totals = B.asarray(np.zeros(2, np.float64))
-        for layer in self.layers:
-            if hasattr(layer, "step"):
-                layer.step = self._step
-        if self.optimizer is not None:
-            self.optimizer.build(B, self._n_train)
+        """Lay the parameters out in the training state's flat buffers (TrainingState.bind)."""
+        self.require_built()
+        self._state.bind(self.backend, self.layers, step)
         self._graph_steps = {}
 
-    def _ready_to_train(self) -> None:
-        """The flat buffers bound and the optimizer's state built: what a training step needs."""
-        self._ensure_bound()
-        if getattr(self.optimizer, "state", None) is None:
-            self.optimizer.build(self.backend, self._n_train)
-
-    def _ensure_bound(self):
-        if self._flat is None:
+    def _ensure_bound(self) -> None:
+        state = self._state
+        if not state.bound:
             self._bind()
-        elif self._frozen != tuple(not l.trainable for l in self.layers):
-            self._bind(int(self.backend.to_host(self._step)[0]))  # a layer was (un)frozen: new layout
+        elif not state.matches(self.layers):
+            self._bind(state.read_step())  # a layer was (un)frozen: a new layout
+
+    @property
+    def training_state(self) -> TrainingState:
+        """The model's TrainingState (fastcnn.training_state), its buffers bound on the model's
+        device: what graphs, profiles, checkpoints and data-parallel training work on."""
+        self._ensure_bound()
+        return self._state
+
+    def ready_to_train(self) -> TrainingState:
+        """The training state as a step needs it: compiled, bound, the optimizer's slots made."""
+        self.require_compiled()
+        state = self.training_state
+        state.ensure_slots()
+        return state
 
     # ---- weights ------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
@@ -220,7 +197,7 @@ class Sequential:
         params = self.parameters()
         if len(weights) != len(params):
             raise ValueError(f"set_weights got {len(weights)} arrays, the model has {len(params)}")
-        for p, w, name in zip(params, weights, self._weight_names()):
+        for p, w, name in zip(params, weights, self.weight_names()):
             w = np.asarray(w)
             if w.shape != p.shape:
                 raise ValueError(f"weight {name!r} has shape {w.shape}, the model expects {p.shape}")
@@ -228,13 +205,14 @@ class Sequential:
         for p, w in zip(params, weights):
             self.backend.copy(p.data, self.backend.asarray(np.asarray(w, np.float32)))
 
-    def _weight_names(self):
+    def weight_names(self) -> list[str]:
+        """Every weight's name ('conv2d/kernel', ...), in get_weights' order."""
         return [name for layer in self.layers for name in layer.weight_names()]
 
     def save_weights(self, path) -> None:
         """Write every weight to an .npz file, or Keras 3's .weights.h5 when the name ends in .h5,
         atomically (a crash never leaves half a file)."""
-        self._require_built()
+        self.require_built()
         from . import keras_files
         kind = keras_files.file_kind(path)
         if kind == "keras":
@@ -242,18 +220,19 @@ class Sequential:
                              f"save_weights writes .weights.h5 or .npz")
         if kind == "h5":
             return keras_files.save_weights(self, path)
-        _atomic_savez(path, dict(zip(self._weight_names(), self.get_weights())))
+        save_npz(path, dict(zip(self.weight_names(), self.get_weights())))
 
     def load_weights(self, path) -> None:
         """Weights from an .npz file, a Keras 3 .weights.h5 file or a .keras archive."""
-        self._require_built()
+        self.require_built()
         from . import keras_files
         if keras_files.file_kind(path) != "npz":
             return keras_files.load_weights(self, path)
-        self._set_named_weights(_load_npz(path), path)
+        self.set_named_weights(load_npz(path), path)
 
-    def _set_named_weights(self, arrays: dict, path) -> None:
-        names = self._weight_names()
+    def set_named_weights(self, arrays: dict, path) -> None:
+        """set_weights from arrays by weight name (a file's: ``path`` names it in errors)."""
+        names = self.weight_names()
         missing = [n for n in names if n not in arrays]
         if missing:
             raise ValueError(f"{path}: missing weights {missing} (file has {sorted(arrays)[:8]}...)")
@@ -265,95 +244,14 @@ class Sequential:
         random generator's state, the states of fit's callbacks (History, ReduceLROnPlateau,
         EarlyStopping, JSONLogger...) and where training stands: ``epoch`` completed epochs, or by
         default where fit left off, inside an epoch after Ctrl-C (its running totals then too)."""
-        _atomic_savez(path, self._training_state(epoch))
+        checkpoints.save(self, path, epoch)
 
     def load_checkpoint(self, path) -> int:
         """Restore what save_checkpoint wrote into this model, compiled with the same optimizer and
         settings (else refused, nothing changed); returns the number of completed epochs, which is
         what ``fit(initial_epoch=...)`` takes: that fit then goes on exactly where the checkpoint
         was taken (inside an epoch, too), with its callbacks' states and its History so far."""
-        arrays = _load_npz(path)
-        if "__epoch__" not in arrays:
-            raise ValueError(f"{path} is a weights file, not a checkpoint (no epoch recorded)")
-        if "__state__" not in arrays:
-            raise ValueError(f"{path} is a checkpoint of an older fastcnn without the random generator's and "
-                             f"the callbacks' states: training cannot go on exactly from it (load_weights "
-                             f"takes its weights)")
-        if self.optimizer is None:
-            raise RuntimeError("call compile(...) with the checkpoint's optimizer before load_checkpoint")
-        try:   # every part looked up once: a damaged file is refused before the model is changed
-            state = json.loads(str(arrays["__state__"]))
-            saved = state["optimizer_config"]
-            _ = ([state[k] for k in ("epoch", "seen", "steps", "generator", "source", "optimizer")],
-                 float(saved["learning_rate"]), arrays["__step__"], arrays["__totals__"] if state["batch"] else None)
-            callbacks = {key: {k: ([arrays[f"__callback__/{key}/{k}/{i}"] for i in range(v["arrays"])]
-                                   if isinstance(v, dict) and set(v) == {"arrays"} else v)
-                               for k, v in values.items()}
-                         for key, values in state["callbacks"].items()}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not a readable checkpoint: its training state is damaged "
-                             f"({type(exc).__name__}: {exc})") from None
-        name, config = type(self.optimizer).__name__, _plain(self.optimizer.get_config())
-        if state["optimizer"] != name:
-            raise ValueError(f"{path} was saved training with the {state['optimizer']} optimizer; this model is "
-                             f"compiled with {name}: resume with the same optimizer")
-        differ = [k for k in config if k != "learning_rate" and saved.get(k) != config[k]]
-        if differ:
-            raise ValueError(f"{path} was saved training with {name}("
-                             + ", ".join(f"{k}={saved.get(k)}" for k in differ) + "); this model's has "
-                             + ", ".join(f"{k}={config[k]}" for k in differ) + ": resume with the same settings")
-        slots = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("__optimizer__/")}
-        missing = [k for k in self.optimizer.state_names if k not in slots]
-        if missing:
-            raise ValueError(f"{path} lacks the {name} optimizer's state ({', '.join(missing)}): training "
-                             f"cannot go on exactly from it")
-        # A checkpoint without the field was written in fp32 (precision came later than checkpoints).
-        was, now = state.get("precision", "highest"), precision.get_float32_matmul_precision()
-        if was != now:
-            raise ValueError(f"{path} was saved training with float32 matmul precision {was!r}; it is {now!r} "
-                             f"now: resume with the same precision (--precision "
-                             f"{'tf32' if was == 'high' else 'fp32'}) for the run to go on exactly")
-        self._set_named_weights(arrays, path)
-        self.backend.copy(self._step, self.backend.asarray(arrays["__step__"].astype(np.int32)))
-        self.optimizer.set_state(slots)
-        self.optimizer.learning_rate = float(saved["learning_rate"])
-        generator().bit_generator.state = state["generator"]
-        self._resume = {"epoch": state["epoch"], "batch": state["batch"], "seen": state["seen"],
-                        "steps": state["steps"], "source": state["source"], "totals": arrays.get("__totals__"), "callbacks": callbacks}
-        return int(state["epoch"])
-
-    def _training_state(self, epoch) -> dict:
-        """save_checkpoint's arrays; the rest as JSON in '__state__'."""
-        self._require_compiled()
-        self._ensure_bound()
-        at = self._at if epoch is None else None
-        if at is not None and not at["clean"]:
-            raise RuntimeError("training was stopped inside a step or an epoch's end: its state is torn, "
-                               "no checkpoint can be taken of it")
-        if at is None:
-            at = {"epoch": int(epoch or 0), "batch": 0, "seen": 0, "generator": generator().bit_generator.state,
-                  "steps": self._batches.steps if self._batches is not None else None,
-                  "source": self._batches.get_state() if self._batches is not None else None}
-        arrays = dict(zip(self._weight_names(), self.get_weights()))
-        arrays.update({f"__optimizer__/{k}": v for k, v in self.optimizer.get_state().items()})
-        arrays["__step__"] = self.backend.to_host(self._step)
-        arrays["__epoch__"] = np.array(at["epoch"])  # completed epochs
-        if at["batch"]:
-            arrays["__totals__"] = self.backend.to_host(self._totals).copy()
-        callbacks = {}
-        for key, values in callback_states(self._callbacks).items():
-            callbacks[key] = {}
-            for k, v in values.items():
-                if isinstance(v, list) and v and all(isinstance(a, np.ndarray) for a in v):
-                    arrays.update({f"__callback__/{key}/{k}/{i}": a for i, a in enumerate(v)})
-                    v = {"arrays": len(v)}
-                callbacks[key][k] = v
-        state = {"epoch": at["epoch"], "batch": at["batch"], "seen": at["seen"], "steps": at["steps"],
-                 "generator": at["generator"], "source": at["source"], "optimizer": type(self.optimizer).__name__,
-                 "optimizer_config": _plain(self.optimizer.get_config()),
-                 "precision": precision.get_float32_matmul_precision(), "callbacks": callbacks}
-        arrays["__state__"] = np.array(json.dumps(state))
-        return arrays
+        return checkpoints.load(self, path)
 
     # ---- compile / forward ----------------------------------------------------------------
     def compile(self, loss="categorical_crossentropy", optimizer="adam", metrics=None) -> None:
@@ -362,15 +260,14 @@ class Sequential:
         unknown = [m for m in metrics if m not in ("accuracy", "acc")]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; fastcnn supports 'accuracy'")
-        self._require_built()
+        self.require_built()
         last = self.layers[-1]
         if not loss.from_logits and last.activation != "softmax":
             raise ValueError(f"{loss.name} expects the last layer to end in softmax (or pass the loss "
                              f"object with from_logits=True); the last layer is {last!r}")
         self.loss, self.optimizer = loss, optimizer
         self.metrics = metrics[:1]  # 'accuracy' or 'acc': the logs and History use the name given
-        if self._flat is not None:
-            self.optimizer.build(self.backend, self._n_train)
+        self._state.attach_optimizer(optimizer)   # its slots are made now if the buffers are bound
         self._graph_steps = {}
 
     def __call__(self, x, training=False) -> Tensor:
@@ -388,8 +285,10 @@ class Sequential:
                 x = layer(x, training)
         return x
 
-    def _check_x(self, x, what="x"):
-        self._require_built()
+    def check_input(self, x, what="x"):
+        """``x`` (arrays, or a batch's) checked against the model's input shape: returned as is,
+        or a ValueError / TypeError saying what is wrong (NCHW data is named as such)."""
+        self.require_built()
         expected = self.layers[0]._input_shape
         if not hasattr(x, "shape"):
             x = np.asarray(x)
@@ -406,7 +305,8 @@ class Sequential:
             raise TypeError(f"{what} must be numeric, got dtype {x.dtype}")
         return x
 
-    def _labels(self, y, n):
+    def prepare_labels(self, y, n):
+        """Labels of ``n`` samples checked and made what the loss takes (host arrays)."""
         classes = self.layers[-1]._output_shape[-1]
         y = y.get() if type(y).__module__.startswith("cupy") else y
         return self.loss.prepare_labels(y, n, classes)
@@ -422,20 +322,21 @@ class Sequential:
 
         Adds [sum of losses, number correct] of the batch to the running totals.
         """
-        B = self.backend
+        B, state = self.backend, self._state
+        # The Functions made by the forward pass bind the current backend (tensor.Function):
+        # the model's, for the forward and backward passes of this step.
         with backends.using(B.name):
             for p in self.parameters():
                 p.grad = None
             if x.shape[0]:   # (a data-parallel process may have no rows of a short last batch)
                 logits = self._forward(Tensor(x), True, True)
-                dlogits = B.softmax_cross_entropy(logits.data, y, self._totals)
-                logits.backward(dlogits)
+                logits.backward(self.loss.fused_gradient(logits.data, y, state.totals, B))
             else:
-                self._grad_flat.fill(0)
+                state.grads.fill(0)
             distribution.reduce_gradients(self)   # data-parallel: averaged across processes
-            if self._n_train:
-                self.optimizer.apply(*self._opt_views, self._step)
-            B.increment(self._step)
+            if state.n_trainable:
+                self.optimizer.apply(state.trainable_params, state.trainable_grads, state.step)
+            B.increment(state.step)
 
     def profile(self, x, y, steps: int = 5, warmup: int = 1):
         """Time every kernel call of ``steps`` eager training steps on the batch (x, y), by
@@ -448,7 +349,7 @@ class Sequential:
         """A callable ``step(x, y)`` that copies a batch into static buffers and replays one
         captured CUDA graph of train_step (see fastcnn.graphs)."""
         from .graphs import GraphTrainStep
-        self._require_compiled()
+        self.require_compiled()
         self._ensure_bound()
         if y_dtype is None:
             y_dtype = np.int32 if self.loss.sparse else np.float32
@@ -464,7 +365,7 @@ class Sequential:
             self._graph_steps[key] = (config, GraphTrainStep(self, x_shape, y_shape, y_dtype))
         return self._graph_steps[key][1]
 
-    def _require_compiled(self):
+    def require_compiled(self):
         if self.optimizer is None or self.loss is None:
             raise RuntimeError("call compile(loss=..., optimizer=...) before training")
 
@@ -480,13 +381,13 @@ class Sequential:
         is held out for validation, unless ``validation_data`` is given.
         ``graph`` (default: on for the GPU) replays each full batch as one captured CUDA graph.
         """
-        self._require_compiled()
+        self.require_compiled()
         batches, validation_data = self._fit_data(x, y, batch_size, shuffle, validation_data, validation_split)
         batch_size = batches.batch_size
         use_graph = (self.device == "cuda") if graph is None else bool(graph)
         if use_graph and self.device != "cuda":
             raise ValueError("graph=True needs the model on the GPU (model.to('cuda'))")
-        self._ready_to_train()
+        state = self.ready_to_train()
         B = self.backend
         steps = batches.steps
         if distribution.distribution() is not None:
@@ -497,12 +398,12 @@ class Sequential:
         cbs.set_model(self)
         cbs.set_params({"verbose": verbose, "epochs": epochs, "steps": steps})
         self.history, self.stop_training, self.stop_reason = history, False, None
-        self._callbacks = cbs.callbacks
-        resume, self._resume = self._resume, None
+        state.callbacks = cbs.callbacks
+        resume, state.resume = state.resume, None
         if resume is not None and resume["epoch"] != initial_epoch:
             resume = None   # not the checkpoint's place: a fit of its own
         if resume is not None and resume["batch"] and resume["steps"] != steps:
-            self._resume = resume
+            state.resume = resume
             raise ResumeMismatch(f"the checkpoint was taken inside an epoch of {resume['steps']} batches; this "
                                  f"fit's epochs have {steps}: resume with the same data and batch size")
         cbs.on_train_begin({"epochs": epochs, "steps": steps, "samples": batches.samples, "batch_size": batch_size,
@@ -510,8 +411,8 @@ class Sequential:
         if resume is not None:
             restore_callback_states(cbs.callbacks, resume["callbacks"])
             batches.set_state(resume["source"])
-        self._batches = batches
-        at = self._at = {"epoch": initial_epoch, "batch": 0, "seen": 0, "steps": steps, "clean": True,
+        state.batches = batches
+        at = state.position = {"epoch": initial_epoch, "batch": 0, "seen": 0, "steps": steps, "clean": True,
                          "generator": generator().bit_generator.state, "source": batches.get_state()}
         k = distribution.distribution().size if distribution.distribution() else 1   # shown: all processes' images
         try:
@@ -522,9 +423,9 @@ class Sequential:
                     at.update(epoch=epoch, batch=0, seen=0, generator=generator().bit_generator.state,
                               source=batches.get_state(), clean=True)
                     batches.start_epoch()
-                    self.backend.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
+                    state.reset_totals()
                     if resume is not None and resume["batch"]:   # a checkpoint taken inside this epoch
-                        self.backend.copy(self._totals, B.asarray(resume["totals"]))
+                        state.reset_totals(resume["totals"])
                         at.update(batch=resume["batch"], seen=resume["seen"])
                     resume = None
                     cbs.on_epoch_begin(epoch, {})
@@ -541,7 +442,7 @@ class Sequential:
                             break
                     interrupt.check()
                     batches.end_epoch()   # a batch source's next order, as Keras calls it: before validation
-                    totals, seen = distribution.reduce_totals(B.to_host(self._totals), seen)
+                    totals, seen = distribution.reduce_totals(state.read_totals(), seen)
                     logs = dict(zip(self.metrics_names, (totals[0] / max(seen, 1), totals[1] / max(seen, 1))))
                     if validation_data is not None:
                         val = self._evaluate(validation_data, batch_size)
@@ -565,9 +466,9 @@ class Sequential:
             if y is not None or validation_split:
                 raise ValueError("fit(x=<batch source>): the labels and the split come from the source; "
                                  "leave y and validation_split out")
-            batches = _SourceBatches(self, x)
+            batches = SourceBatches(self, x)
         else:
-            x = self._check_x(x)
+            x = self.check_input(x)
             if validation_split and validation_data is None:
                 cut = int(x.shape[0] * (1.0 - validation_split))   # Keras's split point
                 if cut < 1:
@@ -575,15 +476,15 @@ class Sequential:
                                      f"out of {x.shape[0]}")
                 x, validation_data = x[:cut], (x[cut:], y[cut:])
                 y = y[:cut]
-            batches = _Batches(self.backend, x, self._labels(y, x.shape[0]), _batch_size(batch_size), shuffle,
+            batches = ArrayBatches(self.backend, x, self.prepare_labels(y, x.shape[0]), check_batch_size(batch_size), shuffle,
                                on_device=self.device == "cuda")
         if validation_data is not None and not is_batch_source(validation_data):
             if len(validation_data) != 2:
                 raise ValueError(f"validation_data must be (x, y); got {len(validation_data)} items "
                                  "(sample weights are not supported)")
             vx, vy = validation_data
-            vx = self._check_x(vx, "validation x")
-            validation_data = (vx, self._labels(vy, vx.shape[0]))
+            vx = self.check_input(vx, "validation x")
+            validation_data = (vx, self.prepare_labels(vy, vx.shape[0]))
         return batches, validation_data
 
     def _train_batch(self, batches, i, step_graph) -> int:
@@ -595,7 +496,7 @@ class Sequential:
             step_graph.replay()
             return batches.batch_size
         xb, yb = batches.get(i)
-        if step_graph is not None and _fits_graph(batches, xb):
+        if step_graph is not None and fits_graph(batches, xb):
             step_graph(xb, yb)
         else:
             self.train_step(self.backend.asarray(xb, np.float32), self.backend.asarray(yb))
@@ -603,7 +504,7 @@ class Sequential:
 
     def _running_metrics(self, seen):
         def read(i):
-            return lambda: float(self.backend.to_host(self._totals)[i]) / seen
+            return lambda: float(self._state.read_totals()[i]) / seen
         return dict(zip(self.metrics_names, (read(0), read(1))))
 
     # ---- inference ---------------------------------------------------------------------------
@@ -613,11 +514,11 @@ class Sequential:
         if self.loss is None:
             raise RuntimeError("call compile(...) before evaluate()")
         if not is_batch_source(x):
-            x = self._check_x(x)
-            x = (x, self._labels(y, x.shape[0]))
+            x = self.check_input(x)
+            x = (x, self.prepare_labels(y, x.shape[0]))
         elif y is not None:
             raise ValueError("evaluate(x=<batch source>): the labels come from the source; leave y out")
-        result = self._evaluate(x, _batch_size(batch_size))
+        result = self._evaluate(x, check_batch_size(batch_size))
         if verbose and distribution.is_main():
             print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(self.metrics_names, result)))
         if return_dict:
@@ -629,8 +530,8 @@ class Sequential:
         if is_batch_source(data):
             for i in range(len(data)):
                 xb, yb = data[i]
-                xb = self._check_x(xb, f"batch {i}'s x")
-                yb = self._labels(yb, xb.shape[0])
+                xb = self.check_input(xb, f"batch {i}'s x")
+                yb = self.prepare_labels(yb, xb.shape[0])
                 lo, hi = distribution.rows(0, xb.shape[0])   # data-parallel: this process's share
                 if hi > lo:
                     yield self.backend.asarray(xb[lo:hi], np.float32), self.backend.asarray(yb[lo:hi])
@@ -649,7 +550,7 @@ class Sequential:
         with backends.using(B.name), no_grad():
             for xb, yb in self._eval_batches(data, batch_size):
                 logits = self._forward(Tensor(xb), False, True)
-                B.softmax_cross_entropy(logits.data, yb, totals)
+                self.loss.fused_gradient(logits.data, yb, totals, B)
                 n += xb.shape[0]
         totals, n = distribution.reduce_totals(B.to_host(totals), n)
         return [float(totals[0] / n), float(totals[1] / n)][: 1 + len(self.metrics)]
@@ -660,10 +561,10 @@ class Sequential:
         self._ensure_bound()
         B = self.backend
         if is_batch_source(x):
-            inputs = (B.asarray(self._check_x(x[i][0], f"batch {i}'s x"), np.float32) for i in range(len(x)))
+            inputs = (B.asarray(self.check_input(x[i][0], f"batch {i}'s x"), np.float32) for i in range(len(x)))
         else:
-            x = self._check_x(x)
-            batch_size = _batch_size(batch_size)
+            x = self.check_input(x)
+            batch_size = check_batch_size(batch_size)
             inputs = (self._batch(x, slice(start, start + batch_size), np.float32)
                       for start in range(0, x.shape[0], batch_size))
         outputs = []
@@ -714,26 +615,27 @@ class Sequential:
         if not self.layers:
             raise ValueError("pop: the model has no layers")
         layer = self.layers.pop()
-        self._flat, self._graph_steps = None, {}
+        self._state.unbind()
+        self._graph_steps = {}
         return layer
 
     def train_on_batch(self, x, y, return_dict=False):
         """One training step on (x, y); the loss (and accuracy) of that batch before the update."""
-        self._require_compiled()
-        x = self._check_x(x)
-        y = self._labels(y, x.shape[0])
-        self._ready_to_train()
+        self.require_compiled()
+        x = self.check_input(x)
+        y = self.prepare_labels(y, x.shape[0])
+        state = self.ready_to_train()
         B = self.backend
-        B.copy(self._totals, B.asarray(np.zeros(2, np.float64)))
+        state.reset_totals()
         self.train_step(B.asarray(x, np.float32), B.asarray(y))
-        return self._result(B.to_host(self._totals) / x.shape[0], return_dict)
+        return self._result(state.read_totals() / x.shape[0], return_dict)
 
     def test_on_batch(self, x, y, return_dict=False):
         """The loss (and accuracy) on one batch, no update."""
         if self.loss is None:
             raise RuntimeError("call compile(...) before test_on_batch()")
-        x = self._check_x(x)
-        return self._result(self._evaluate((x, self._labels(y, x.shape[0])), x.shape[0]), return_dict)
+        x = self.check_input(x)
+        return self._result(self._evaluate((x, self.prepare_labels(y, x.shape[0])), x.shape[0]), return_dict)
 
     def predict_on_batch(self, x) -> np.ndarray:
         return self.predict(x, batch_size=len(x))
@@ -760,153 +662,6 @@ class Sequential:
         keras_files.save_model(self, path)
 
 
-def _batch_size(batch_size, default: int = 32) -> int:
-    """fit/evaluate/predict's batch_size checked: a positive integer (None: Keras's 32)."""
-    if batch_size is None:
-        return default
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
-
-
-def _device_free_bytes(backend) -> float:
-    """Free memory of the backend's GPU, the memory pool's cached blocks included; no bound
-    for an array module without CUDA (the CPU reference, in tests of the GPU path)."""
-    cuda = getattr(backend.xp, "cuda", None)
-    if cuda is None:
-        return math.inf
-    free, _ = cuda.runtime.memGetInfo()
-    return free + backend.xp.get_default_memory_pool().free_bytes()
-
-
-def is_batch_source(x) -> bool:
-    """True for a batch source (Keras's Sequence protocol: len() and [i] -> (x, y)), not arrays."""
-    return (not hasattr(x, "shape") and not isinstance(x, (list, tuple, dict))
-            and hasattr(x, "__len__") and hasattr(x, "__getitem__"))
-
-
-class _Batches:
-    """The batches of one fit over arrays.  On the GPU the whole training set is copied to the
-    device once (when it takes at most DEVICE_SHARE of the GPU's free memory) and each batch
-    is a gather there: no host round trip per step, so the host only enqueues work.
-    Otherwise each batch is gathered on the host (only that batch is copied)."""
-    DEVICE_SHARE = 0.5  # the rest stays for the step's activations, gradients and workspaces
-
-    def __init__(self, backend, x, y, batch_size, shuffle, on_device):
-        self.B, self.batch_size, self.shuffle = backend, batch_size, shuffle
-        self.samples = n = x.shape[0]
-        self.steps = math.ceil(n / batch_size)
-        self.dist = distribution.distribution()   # data-parallel: this process's slice of each batch
-        local = self.dist.local_batch(batch_size) if self.dist else batch_size
-        self.graph_shapes = ((local,) + x.shape[1:], (local,) + y.shape[1:], y.dtype) \
-            if n >= batch_size else None
-        self.on_device = on_device and 4 * x.size + y.nbytes <= self.DEVICE_SHARE * _device_free_bytes(backend)
-        if self.on_device:
-            x, y = backend.asarray(x, np.float32), backend.asarray(y)
-        self.x, self.y, self.order = x, y, None
-
-    def start_epoch(self) -> None:
-        """This epoch's order of the rows: a new permutation with shuffle, else as given."""
-        order = generator().permutation(self.samples) if self.shuffle else None
-        self.order = order if order is None or not self.on_device else self.B.asarray(order.astype(np.int32))
-
-    def end_epoch(self) -> None:
-        if self.dist:   # the next epoch's graph is captured with a full batch's share
-            self.dist.full_batch(self)
-
-    def get_state(self):
-        return None   # the order comes from fastcnn's generator, checkpointed on its own
-
-    def set_state(self, state) -> None:
-        pass
-
-    def full(self, i) -> bool:
-        return (i + 1) * self.batch_size <= self.samples
-
-    def get(self, i, out=None):
-        """Batch i of this epoch's order.  On the device its rows are picked by our
-        gather_rows kernel (no CuPy indexing kernel), into ``out`` = (x, y) when given (a
-        captured step's static inputs: no further copy), else into new arrays."""
-        start, stop = i * self.batch_size, min((i + 1) * self.batch_size, self.samples)
-        if self.dist:
-            start, stop = self.dist.take(start, stop)
-        if not self.on_device:
-            idx = slice(start, stop) if self.order is None else self.order[start:stop]
-            return self.x[idx], self.y[idx]
-        if out is None:
-            xp = self.B.xp
-            out = (xp.empty((stop - start,) + self.x.shape[1:], self.x.dtype),
-                   xp.empty((stop - start,) + self.y.shape[1:], self.y.dtype))
-        for dst, src in zip(out, (self.x, self.y)):
-            if self.order is None:
-                self.B.copy(dst, src[start:stop])
-            else:
-                self.B.gather_rows(dst, src, self.order[start:stop])
-        return out
-
-
-class _SourceBatches:
-    """The batches of one fit over a batch source: host batches as the source gives them,
-    checked, labels prepared for the loss; the source's first batch sets the batch size
-    (the captured step's shape; other sizes run eagerly).  on_epoch_end() after each epoch."""
-    on_device = False
-
-    def __init__(self, model, source):
-        self.model, self.source = model, source
-        self.steps = len(source)
-        if self.steps < 1:
-            raise ValueError("fit: the batch source is empty (len() == 0)")
-        self.first = None
-        self.dist = distribution.distribution()   # data-parallel: this process's slice of each batch
-        self.first = self.get(0)   # handed out again as the first epoch's batch 0 (decoded once)
-        x0, y0 = self.first
-        self.batch_size = self.dist.share[2] if self.dist else x0.shape[0]
-        if self.dist:
-            self.dist.local_batch(self.batch_size)
-        self.samples = None   # unknown until every batch was seen
-        self.graph_shapes = (x0.shape, y0.shape, y0.dtype)
-
-    def start_epoch(self) -> None:
-        pass
-
-    def end_epoch(self) -> None:
-        if self.dist:   # the next epoch's graph is captured with a full batch's share
-            self.dist.full_batch(self)
-        if hasattr(self.source, "on_epoch_end"):
-            self.source.on_epoch_end()
-
-    def get_state(self):
-        """The source's state (its order's random generator...) when it has one (get_state())."""
-        return self.source.get_state() if hasattr(self.source, "get_state") else None
-
-    def set_state(self, state) -> None:
-        if state is not None and hasattr(self.source, "set_state"):
-            self.source.set_state(state)
-            self.first = None   # decoded in the order the source had before
-
-    def full(self, i) -> bool:
-        return False  # never on the device
-
-    def get(self, i, out=None):
-        if i == 0 and self.first is not None:
-            first, self.first = self.first, None
-            return first
-        xb, yb = self.source[i]
-        xb = np.asarray(self.model._check_x(xb, f"batch {i}'s x"), np.float32)
-        yb = self.model._labels(yb, xb.shape[0])
-        if self.dist:
-            lo, hi = self.dist.take(0, xb.shape[0])
-            xb, yb = xb[lo:hi], yb[lo:hi]
-        return xb, yb
-
-
-def _fits_graph(batches, xb) -> bool:
-    """xb has the captured step's shape and, in data-parallel training, is a slice of a full
-    batch (the offset and gradient weight the step was captured with)."""
-    dist = batches.dist
-    return len(xb) == batches.graph_shapes[0][0] and (dist is None or dist.share[2] == batches.batch_size)
-
-
 def _progress_callbacks(verbose):
     if not verbose:
         return []
@@ -919,15 +674,6 @@ def _progress_callbacks(verbose):
 
 class ResumeMismatch(ValueError):
     """fit cannot go on from the checkpoint loaded: its data or batch size differ."""
-
-
-def _plain(config: dict) -> dict:
-    """An optimizer's settings that are plain numbers, strings or flags (what a checkpoint records)."""
-    return {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str, type(None)))}
-
-
-def _atomic_savez(path, arrays: dict) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 class _DeferredInterrupt:
@@ -955,32 +701,3 @@ class _DeferredInterrupt:
     def __exit__(self, *exc):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
-
-
-def _load_npz(path) -> dict:
-    """The arrays of an .npz weights or checkpoint file; ValueError naming the file when it is
-    not one (a .npy array, another kind of file, a truncated archive, pickled objects, no arrays)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if os.path.isdir(path):
-        raise ValueError(f"{path} is a folder, not a weights file")
-    with open(path, "rb") as f:
-        head = f.read(6)
-    if head == b"\x93NUMPY":
-        raise ValueError(f"{path} is a single NumPy array (.npy), not an .npz weights file "
-                         f"(save_weights and fastcnn train write .npz archives of named arrays)")
-    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive's first record, or an empty one's
-        raise ValueError(f"{path} is not an .npz weights file ({'empty' if not head else 'not a zip archive'})")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except ValueError as exc:
-        if "pickle" not in str(exc):
-            raise ValueError(f"{path} is not a readable .npz weights file: {exc}") from exc
-        raise ValueError(f"{path} holds pickled Python objects, which weights files never do; "
-                         f"refused (loading them could run code)") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
-        raise ValueError(f"{path} is not a readable .npz weights file (corrupt or truncated): {exc}") from exc
-    if not arrays:
-        raise ValueError(f"{path} holds no arrays: not a weights file")
-    return arrays

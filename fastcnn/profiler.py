@@ -296,16 +296,15 @@ def profile_training(model, x, y, steps: int = 5, warmup: int = 1) -> Profile:
     """Profile ``steps`` eager training steps of ``model`` on one batch (x, y) after
     ``warmup`` unrecorded ones (kernel compilation, autotuning); the weights, optimizer
     state and step counter are restored afterwards."""
-    from .graphs import restore_state, snapshot_state
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    model._require_compiled()
-    x = model._check_x(x)
-    y = model._labels(y, x.shape[0])
-    model._ready_to_train()
+    model.require_compiled()
+    x = model.check_input(x)
+    y = model.prepare_labels(y, x.shape[0])
+    state = model.ready_to_train()
     B = model.backend
     xb, yb = B.asarray(x, "float32"), B.asarray(y)
-    saved = snapshot_state(model)
+    saved = state.snapshot()
     try:
         for _ in range(warmup):
             model.train_step(xb, yb)
@@ -314,5 +313,5 @@ def profile_training(model, x, y, steps: int = 5, warmup: int = 1) -> Profile:
                 with prof.step():
                     model.train_step(xb, yb)
     finally:
-        restore_state(model, saved)
+        state.restore(saved)
     return prof

@@ -16,6 +16,9 @@ import socket
 import sys
 import tempfile
 import time
+import zipfile
+
+import numpy as np
 
 _TEMP = re.compile(r"^\.tmp-(?:(\d+)-(\d+)-)?[a-z0-9_]{8}\.\w+$")
 OLD_TEMP_AGE = 3600.0  # seconds: a temporary without a process in its name (older fastcnn) is stale after this
@@ -119,6 +122,40 @@ def atomic_write(path, write, binary: bool = True) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def save_npz(path, arrays: dict) -> None:
+    """Named arrays to an .npz file (weights, a checkpoint), written atomically."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_npz(path) -> dict:
+    """The arrays of an .npz weights or checkpoint file; ValueError naming the file when it is
+    not one (a .npy array, another kind of file, a truncated archive, pickled objects, no arrays)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a weights file")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head == b"\x93NUMPY":
+        raise ValueError(f"{path} is a single NumPy array (.npy), not an .npz weights file "
+                         f"(save_weights and fastcnn train write .npz archives of named arrays)")
+    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive's first record, or an empty one's
+        raise ValueError(f"{path} is not an .npz weights file ({'empty' if not head else 'not a zip archive'})")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise ValueError(f"{path} is not a readable .npz weights file: {exc}") from exc
+        raise ValueError(f"{path} holds pickled Python objects, which weights files never do; "
+                         f"refused (loading them could run code)") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+        raise ValueError(f"{path} is not a readable .npz weights file (corrupt or truncated): {exc}") from exc
+    if not arrays:
+        raise ValueError(f"{path} holds no arrays: not a weights file")
+    return arrays
 
 
 def strict_json(value):

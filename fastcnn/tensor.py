@@ -1,8 +1,14 @@
 """Tensor, Function and reverse-mode autograd (DeZero's shape, Chainer's habits).
 
-A ``Function`` computes on raw arrays of the active backend (``forward`` /
-``backward``), keeps only what its backward needs, and records itself on its
-outputs.  ``Tensor.backward`` walks the recorded graph in reverse generation
+A ``Function`` computes on raw arrays (``forward`` / ``backward``), keeps only what
+its backward needs, and records itself on its outputs.
+
+The backend: a Function binds the current backend (``fastcnn.backend.current()``, which
+the model sets to its own around each call) once, when it is called, as ``self.B``; its
+forward, its backward and the accumulation of its inputs' gradients all use ``self.B`` and
+nothing else, so a backward pass runs on the backend its forward ran on wherever it is
+called from.  The current backend is read there alone (and by a backward started at a
+leaf, which has no Function).  ``Tensor.backward`` walks the recorded graph in reverse generation
 order, so every Function runs once after all of its outputs' gradients are in.
 """
 from __future__ import annotations
@@ -85,7 +91,7 @@ class Tensor:
         if tuple(grad.shape) != self.shape:
             raise ValueError(f"upstream gradient has shape {tuple(grad.shape)}, tensor has {self.shape}")
         if self.creator is None:
-            _accumulate(self, grad)
+            _accumulate(self, grad, backend.current())
             return
         self.grad = grad
         counter = itertools.count()  # ties in generation: first come, first served
@@ -106,21 +112,20 @@ class Tensor:
                     pending.pop(id(out), None)
             if profiler.state.profile is not None:  # fn's backward calls go to the layer that made fn
                 profiler.state.layer, profiler.state.phase = getattr(fn, "layer", "-"), "backward"
-            with backend.using(fn.backend_name):
-                grads_in = fn.backward(*grads_out)
-                inputs = fn.inputs
-                fn.release()  # what backward needed is freed now, not when the GC finds the cycle
-                if not isinstance(grads_in, tuple):
-                    grads_in = (grads_in,)
-                for x, gx in zip(inputs, grads_in):
-                    if gx is None or not x.requires_grad:
-                        continue
-                    _accumulate(x, gx)
-                    if x.creator is not None:
-                        pending[id(x)] = x
-                        if id(x.creator) not in seen:
-                            seen.add(id(x.creator))
-                            heapq.heappush(heap, (-x.creator.generation, next(counter), x.creator))
+            grads_in = fn.backward(*grads_out)
+            inputs, B = fn.inputs, fn.B
+            fn.release()  # what backward needed is freed now, not when the GC finds the cycle
+            if not isinstance(grads_in, tuple):
+                grads_in = (grads_in,)
+            for x, gx in zip(inputs, grads_in):
+                if gx is None or not x.requires_grad:
+                    continue
+                _accumulate(x, gx, B)
+                if x.creator is not None:
+                    pending[id(x)] = x
+                    if id(x.creator) not in seen:
+                        seen.add(id(x.creator))
+                        heapq.heappush(heap, (-x.creator.generation, next(counter), x.creator))
         profiler.state.layer, profiler.state.phase = outer
 
     # arithmetic used by losses, metrics and user code (not on the training fast path)
@@ -156,18 +161,19 @@ class Parameter(Tensor):
         self.bf16_view = None
 
 
-def _accumulate(x: Tensor, gx) -> None:
+def _accumulate(x: Tensor, gx, B) -> None:
+    """Add gx to x's gradient on backend B (that of the Function that computed gx)."""
     view = getattr(x, "grad_view", None)
     if x.grad is None:
         if view is not None and gx is not view:  # (a Function may have written the view itself)
-            backend.current().copy(view, gx)
+            B.copy(view, gx)
             x.grad = view
         else:
             x.grad = gx
     else:
-        total = backend.current().add(x.grad, gx)
+        total = B.add(x.grad, gx)
         if view is not None and x.grad is view:
-            backend.current().copy(view, total)
+            B.copy(view, total)
         else:
             x.grad = total
 
@@ -184,8 +190,7 @@ class Function:
 
     def __call__(self, *inputs):
         inputs = tuple(x if isinstance(x, Tensor) else Tensor(_as_array_like(x, inputs)) for x in inputs)
-        self.B = backend.current()
-        self.backend_name = self.B.name
+        self.B = backend.current()   # bound once: forward, backward and accumulation use it
         if profiler.state.profile is not None:  # its backward's calls go to the same layer
             self.layer = profiler.state.layer
         record = _grad_enabled[0] and any(x.requires_grad for x in inputs)

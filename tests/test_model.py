@@ -176,7 +176,7 @@ def test_fit_keeps_a_data_set_too_large_for_the_gpu_on_the_host(monkeypatch):
             self.replay()
 
     steps = _capture_fakes(monkeypatch, HostFedStep)
-    monkeypatch.setattr(fastcnn.model, "_device_free_bytes", lambda backend: 2 * x.nbytes)  # just too small
+    monkeypatch.setattr(fastcnn.batches, "_device_free_bytes", lambda backend: 2 * x.nbytes)  # just too small
     monkeypatch.setattr(fastcnn.backend.reference, "gather_rows", None)   # must not be called
     model.device = "cuda"
     model.fit(x, y, epochs=1, batch_size=40, verbose=0)
@@ -231,7 +231,7 @@ def test_weights_file_errors(tmp_path):
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 this is not a zip file")
     with pytest.raises(ValueError, match="corrupt or truncated"):
         model.load_weights(tmp_path / "corrupt.npz")
-    weights = dict(zip(model._weight_names(), model.get_weights()))
+    weights = dict(zip(model.weight_names(), model.get_weights()))
     np.savez(tmp_path / "missing.npz", **{k: v for k, v in weights.items() if k != "dense_1/bias"})
     with pytest.raises(ValueError, match="missing weights.*dense_1/bias"):
         model.load_weights(tmp_path / "missing.npz")
@@ -316,7 +316,8 @@ def test_random_crop_and_flip_layers():
     y = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 2]
     before = model.get_weights()[0].copy()
     model.fit(x, y, epochs=2, batch_size=4, verbose=0)
-    assert int(model._step[0]) == 4 and crop.step is model._step
+    state = model.training_state
+    assert state.read_step() == 4 and crop.step is state.step
     assert not np.allclose(model.get_weights()[0], before)
     assert model.predict(x).shape == (8, 4)
     with pytest.raises(ValueError, match=r"RandomCrop\(8, 6\) needs images of at least that size"):
@@ -331,7 +332,7 @@ def test_alexnet_augment_takes_256_and_shares_weights_with_the_plain_net():
     assert augmented.input_shape == (None, 256, 256, 3) and plain.input_shape == (None, 227, 227, 3)
     assert [type(l).__name__ for l in augmented.layers[:4]] == ["RandomCrop", "RandomFlip", "PCAColorNoise",
                                                                  "Conv2D"]
-    assert augmented._weight_names() == plain._weight_names()
+    assert augmented.weight_names() == plain.weight_names()
     assert augmented.count_params() == plain.count_params() == 58_322_314
 
 

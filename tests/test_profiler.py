@@ -52,7 +52,7 @@ def test_profiling_changes_neither_the_model_nor_the_backend():
     originals = {op: getattr(reference, op) for op in backend.PRIMITIVES}
     model.profile(x, y, steps=1, warmup=2)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    assert int(model._step[0]) == 0
+    assert model.training_state.read_step() == 0
     assert {op: getattr(reference, op) for op in backend.PRIMITIVES} == originals
     assert not profiler.recording() and profiler.state.layer == "-"
     # ... also when the step raises

@@ -46,12 +46,12 @@ def _read_weights(weights) -> dict:
     """The arrays of --weights (an .npz, or Keras 3's .weights.h5 / .keras: named layer/index, layers
     in name order), or a UsageError saying what is wrong with the file."""
     from fastcnn import keras_files
-    from fastcnn.model import _load_npz
+    from fastcnn.saving import load_npz
     try:
         if keras_files.file_kind(weights) != "npz":
             return {f"{name}/{i}": a for name, arrays in sorted(keras_files.read_weights(weights).items())
                     for i, a in enumerate(arrays)}
-        return _load_npz(weights)
+        return load_npz(weights)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"--weights: {exc}") from None
 

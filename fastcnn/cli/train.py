@@ -112,7 +112,7 @@ def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint
             print(f"\ninterrupted inside a step: no checkpoint taken; {checkpoint} (after epoch {done}) is "
                   f"kept as it was. Continue with the same command and --resume.", file=sys.stderr)
             return 130
-        at = model._at
+        at = model.training_state.position
         where = f"after epoch {at['epoch']}" + (f" and {at['batch']} batch(es) of the next" if at["batch"] else "")
         print(f"\ninterrupted: saved {checkpoint} ({where}). Continue with the same command and --resume: "
               f"it goes on from that step.", file=sys.stderr)
@@ -217,7 +217,7 @@ def _train(args, out: Path) -> int:
                 initial_epoch = int(model.load_checkpoint(checkpoint))
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"--resume: {exc}") from None
-        within = model._resume["batch"]
+        within = model.training_state.resume["batch"]
         print(f"resuming from {checkpoint}: {initial_epoch} epoch(s) done"
               + (f" and {within} batch(es) of the next" if within else "") + f", training to {args.epochs}")
         try:
