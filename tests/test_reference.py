@@ -198,6 +198,190 @@ def test_bfloat16_gemm_takes_a_float32_bias_only():
                                     (1, 1), (0,) * 4, out=np.zeros((1, 1, 3, 4), BF16))
 
 
+# ------------------------------------------------------------------ bfloat16 in the rest of a step
+
+def bf16_bits(a):
+    return np.asarray(a).view(np.uint16)
+
+
+def same_bf16(got, want32, name):
+    """got is bfloat16 and, bit for bit, the float32 result want32 rounded once to nearest even."""
+    assert got.dtype == BF16, f"{name}: dtype {got.dtype}"
+    assert np.array_equal(bf16_bits(got), bf16_bits(want32.astype(BF16))), name
+
+
+def bf16_values(rng, *shape, scale=1.0):
+    """Random bfloat16 values (exact float32 after widening) with ties and signed zeros."""
+    a = rand(rng, *shape, scale=scale)
+    a.reshape(-1)[::7] = 0.0
+    a.reshape(-1)[3::11] = -0.0
+    a.reshape(-1)[5::13] = 0.5
+    return a.astype(BF16)
+
+
+W32 = np.float32  # the exact widening: bf16.astype(np.float32)
+
+STEP_OPS_BF16 = {
+    # name: (call on the arrays, the arrays' shapes)
+    "relu_forward": (lambda x: ref.relu_forward(x), [(3, 5, 7, 4)]),
+    "relu_backward": (lambda dy, y: ref.relu_backward(dy, y), [(3, 5, 7, 4)] * 2),
+    "add": (lambda a, b: ref.add(a, b), [(7, 33)] * 2),
+    "maxpool_forward": (lambda x: ref.maxpool_forward(x, 3, 2, (1, 1, 1, 1)), [(2, 9, 9, 5)]),
+    "dropout_forward": (lambda x: ref.dropout_forward(x, 0.3, 7, np.array([2], np.int32), 3), [(4, 6, 5)]),
+    "dropout_backward": (lambda dy: ref.dropout_backward(dy, 0.5, 2**40, np.array([9], np.int32)), [(4, 30)]),
+    "crop_forward": (lambda x: ref.crop_forward(x, 5, 4, True, True, 3, np.array([1], np.int32), 2), [(6, 8, 7, 3)]),
+    "crop_backward": (lambda dy: ref.crop_backward(dy, (6, 8, 7, 3), True, True, 3, np.array([1], np.int32)),
+                      [(6, 5, 4, 3)]),
+    "pca_noise_forward": (lambda x: ref.pca_noise_forward(x, 0.1 * np.eye(3), 5, np.array([4], np.int32)),
+                          [(3, 4, 5, 3)]),
+    "lrn_forward": (lambda x: ref.lrn_forward(x, 5, 1e-2, 0.75, 2.0), [(2, 3, 4, 9)]),
+    "lrn_backward": (lambda dy, x, y, scale: ref.lrn_backward(dy, x, y, scale, 5, 1e-2, 0.75, 2.0),
+                     [(2, 3, 4, 9)] * 4),
+}
+
+
+@pytest.mark.parametrize("op", sorted(STEP_OPS_BF16))
+def test_step_op_in_bfloat16_is_the_float32_op_rounded_once(op):
+    """The contract's rule: bfloat16 inputs widened exactly, the float32 op, each float result
+    rounded once (RNE); uint8 results (argmax) as in float32."""
+    call, shapes = STEP_OPS_BF16[op]
+    rng = np.random.default_rng(len(op))
+    arrays = [bf16_values(rng, *shape) for shape in shapes]
+    if op == "lrn_backward":
+        arrays[3] = (np.abs(arrays[3].astype(W32)) + 1).astype(BF16)   # scale > 0
+    got, want = call(*arrays), call(*[a.astype(W32) for a in arrays])
+    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+    for i, (g, w) in enumerate(zip(got, want)):
+        if w.dtype == np.float32:
+            same_bf16(g, w, f"{op} result {i}")
+        else:
+            assert g.dtype == w.dtype and np.array_equal(g, w), f"{op} result {i}"
+
+
+def test_bfloat16_relu_and_pool_keep_the_values_exactly():
+    """Max and ReLU pick one of their inputs: the bfloat16 result is that input, unrounded."""
+    x = bf16_values(np.random.default_rng(1), 2, 6, 6, 3)
+    assert np.array_equal(bf16_bits(ref.relu_forward(x)), bf16_bits(np.maximum(x.astype(W32), 0).astype(BF16)))
+    y, argmax = ref.maxpool_forward(x, 2, 2, (0, 0, 0, 0))
+    assert set(bf16_bits(y).ravel()) <= set(bf16_bits(x).ravel()) | {0}
+    dx = ref.maxpool_backward(y, argmax, x.shape, 2, 2, (0, 0, 0, 0))
+    assert dx.dtype == BF16 and np.array_equal(dx.astype(W32)[dx.astype(W32) != 0],
+                                               x.astype(W32)[dx.astype(W32) != 0])
+
+
+def test_bfloat16_sums_are_rounded_once_at_the_end():
+    # 1 + 2^-9 + 2^-9: float32 gives 1 + 2^-8, a tie that rounds to even (1); adding in bfloat16
+    # step by step would give 1 + 0 + 0 as well, so use three taps: 1 + 3 * 2^-9 > half a step: up.
+    dy = np.array([1.0, 2.0 ** -9, 2.0 ** -9, 2.0 ** -9], np.float32).reshape(1, 2, 2, 1)
+    argmax = np.zeros((1, 2, 2, 1), np.uint8)
+    dx = ref.maxpool_backward(dy.astype(BF16), argmax, (1, 2, 2, 1), 1, 1, (0, 0, 0, 0))
+    assert dx.dtype == BF16 and np.array_equal(dx.astype(W32), dy)   # windows 1x1: nothing summed
+    a = np.array([1.0, 1.0, -3.0], np.float32)
+    b = np.array([2.0 ** -8, 3 * 2.0 ** -8, 2.0 ** -7], np.float32)
+    assert ref.add(a.astype(BF16), b.astype(BF16)).astype(W32).tolist() == [1.0, 1 + 2.0 ** -6, -3.0]
+
+
+def test_bias_grad_and_softmax_of_bfloat16_are_float32():
+    rng = np.random.default_rng(2)
+    dy = bf16_values(rng, 300, 7)
+    got = ref.bias_grad(dy)
+    assert got.dtype == np.float32 and np.array_equal(got, ref.bias_grad(dy.astype(W32)))
+    out = np.full(7, np.nan, np.float32)
+    assert ref.bias_grad(dy, out=out) is out and np.array_equal(out, got)
+    x = bf16_values(rng, 5, 10, scale=3.0)
+    p = ref.softmax(x)
+    assert p.dtype == np.float32 and np.array_equal(p, ref.softmax(x.astype(W32)))
+
+
+@pytest.mark.parametrize("labels", ["int32", "onehot"])
+def test_softmax_cross_entropy_of_bfloat16_logits(labels):
+    """float32 math on the widened logits: the totals are the float32 call's, dlogits rounded once."""
+    rng = np.random.default_rng(3)
+    logits = bf16_values(rng, 9, 10, scale=3.0)
+    idx = rng.integers(0, 10, 9).astype(np.int32)
+    lab = idx if labels == "int32" else np.eye(10, dtype=np.float32)[idx]
+    t16, t32 = np.array([1.0, 2.0]), np.array([1.0, 2.0])
+    d = ref.softmax_cross_entropy(logits, lab, t16)
+    same_bf16(d, ref.softmax_cross_entropy(logits.astype(W32), lab, t32), "dlogits")
+    assert np.array_equal(t16, t32)
+
+
+def test_bfloat16_operands_must_not_mix_with_float32():
+    x = np.ones((2, 3), BF16)
+    with pytest.raises(TypeError, match="b has dtype float32 but the other operands are bfloat16"):
+        ref.add(x, np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match="y has dtype float32 but the other operands are bfloat16"):
+        ref.relu_backward(x, np.ones((2, 3), np.float32))
+
+
+def test_cast_rounds_to_nearest_even_and_widens_exactly():
+    halfway = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 1 + 2.0 ** -8 + 2.0 ** -20,
+                        np.finfo(np.float32).max, np.inf, -np.inf, 1e-40, -0.0], np.float32)
+    # ties to even (down, up), the sign, just past a tie (up), past the largest bf16 (to inf),
+    # infinities, a subnormal, -0.0
+    want = [1.0, 1 + 2.0 ** -6, -1.0, 1 + 2.0 ** -7, np.inf, np.inf, -np.inf]
+    got = ref.cast(halfway, "bfloat16")
+    assert got.dtype == BF16
+    assert got.astype(W32)[:7].tolist() == want
+    assert got.astype(W32)[7] == np.float32(1e-40).astype(BF16).astype(W32) != 0   # subnormals kept
+    assert bf16_bits(got)[8] == 0x8000
+    assert np.isnan(ref.cast(np.array([np.nan], np.float32), "bfloat16").astype(W32)[0])
+    back = ref.cast(got, "float32")
+    assert back.dtype == np.float32 and np.array_equal(back.view(np.uint32) >> 16, bf16_bits(got).astype(np.uint32))
+    assert not np.any(back.view(np.uint32) & 0xFFFF)                     # widening is exact
+    same = ref.cast(halfway, "float32")
+    assert same is not halfway and np.array_equal(same, halfway)         # a copy
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        ref.cast(halfway, "float16")
+    with pytest.raises(TypeError, match="float64"):
+        ref.cast(halfway.astype(np.float64), "bfloat16")
+
+
+@pytest.mark.parametrize("update", ["sgd", "sgd_momentum", "adam", "rmsprop"])
+def test_optimizers_write_the_bfloat16_copy_of_the_updated_weights(update):
+    rng = np.random.default_rng(4)
+    n = 37
+    p, g = rand(rng, n), rand(rng, n)
+    state = [rand(rng, n, scale=0.1) for _ in range(3)]
+    plain_p, plain_state = p.copy(), [s.copy() for s in state]
+    copy16 = np.zeros(n, BF16)
+
+    def run(p, state, **kw):
+        if update == "sgd":
+            return ref.sgd_update(p, g, None, 0.1, 0.0, False, **kw)
+        if update == "sgd_momentum":
+            return ref.sgd_update(p, g, state[0], 0.1, 0.9, True, 5e-4, **kw)
+        if update == "adam":
+            return ref.adam_update(p, g, state[0], np.abs(state[1]), np.array([2], np.int32), 0.01, 0.9, 0.999,
+                                   1e-7, **kw)
+        return ref.rmsprop_update(p, g, np.abs(state[0]), state[1], state[2], 0.01, 0.9, 0.5, 1e-7, **kw)
+
+    run(p, state, p_bf16=copy16)
+    run(plain_p, plain_state)
+    assert np.array_equal(p, plain_p)                     # the float32 master update is unchanged
+    assert np.array_equal(bf16_bits(copy16), bf16_bits(p.astype(BF16)))
+    for bad, match in ((np.zeros(n, np.float32), "p_bf16 must be bfloat16"),
+                       (np.zeros(n + 1, BF16), "must be the bfloat16 copy")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            run(p, state, p_bf16=bad)
+
+
+def test_in_place_moves_take_bfloat16():
+    rng = np.random.default_rng(5)
+    src = bf16_values(rng, 6, 4, 5)
+    dst = np.zeros((6, 4, 5), BF16)
+    ref.copy(dst, src)
+    assert np.array_equal(bf16_bits(dst), bf16_bits(src))
+    wide = np.zeros((6, 4, 8), BF16)
+    ref.copy_channels(wide, src, 3, 1, 4)
+    assert np.array_equal(bf16_bits(wide[..., 3:7]), bf16_bits(src[..., 1:5]))
+    picked = np.zeros((3, 4, 5), BF16)
+    ref.gather_rows(picked, src, np.array([5, 0, 5], np.int32))
+    assert np.array_equal(bf16_bits(picked), bf16_bits(src[[5, 0, 5]]))
+    with pytest.raises(TypeError, match="gather_rows moves"):
+        ref.gather_rows(picked, src.astype(W32), np.array([5, 0, 5], np.int32))
+
+
 # ------------------------------------------------------------------ max-pooling
 
 POOL_CASES = [  # (N, H, W, C, pool, stride, padding)
@@ -608,7 +792,7 @@ BAD_INPUTS = [
     ("gather_rows shape", lambda: ref.gather_rows(_f(2, 3), _f(4, 2), np.array([0, 1], np.int32)), ValueError,
      "trailing shape"),
     ("gather_rows dtype", lambda: ref.gather_rows(np.ones((2, 3)), np.ones((4, 3)), np.array([0, 1], np.int32)),
-     TypeError, "float32 or int32"),
+     TypeError, "float32, bfloat16 or int32"),
 ]
 
 

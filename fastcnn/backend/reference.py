@@ -11,7 +11,12 @@ bfloat16 (the mixed_bfloat16 policy) follows the contract in ``fastcnn/backend/_
 GEMM and convolution widen their bfloat16 inputs exactly to float32, compute and
 accumulate in float32 (+ the float32 bias, ReLU) and round the output once, to nearest
 even, to bfloat16; weight gradients (conv2d_backward_weights, matmul into a float32
-``out=``) stay float32.
+``out=``) stay float32.  The other ops that follow their input's dtype (max-pool, ReLU,
+dropout, crop, colour noise, LRN, add, softmax_cross_entropy's dlogits) share one rule,
+``_follows_input_dtype``: bfloat16 arguments widened exactly to float32, the float32 op,
+each float array result rounded once to bfloat16.  bias_grad and softmax of bfloat16
+give float32; the optimizers write the updated float32 master weights rounded to a
+bfloat16 copy (``p_bf16``) as well.
 
 Inputs that are not C-contiguous are made contiguous (a copy); arrays updated in
 place (parameters, optimizer state, ``totals``, ``step``) must already be
@@ -19,12 +24,14 @@ contiguous NumPy arrays, as on the GPU, so an update never lands in a copy.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 
 import numpy
 import numpy as np
 
-from .. import config
+from .. import config, dtypes
 from ..dtypes import bfloat16
 
 name = "reference"
@@ -187,6 +194,39 @@ def _rounded(y, dtype):
     return y.astype(bfloat16) if dtype == bfloat16 else y
 
 
+def _follows_input_dtype(*names):
+    """The contract's rule for an op whose array arguments ``names`` share one dtype and whose
+    results have that dtype: with bfloat16 arguments, the float32 op runs on the exactly
+    widened values and each float array it returns is rounded once, to nearest even, to
+    bfloat16 (an argmax stays uint8).  float32 and float64 calls run the op unchanged."""
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if not any(getattr(a, "dtype", None) == bfloat16 for a in (*args, *kwargs.values())):
+                return fn(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            arrays = {n: bound.arguments[n] for n in names if isinstance(bound.arguments.get(n), np.ndarray)}
+            if not any(a.dtype == bfloat16 for a in arrays.values()):
+                return fn(*args, **kwargs)  # a bfloat16 array where the op takes none: its checks say so
+            for arg, a in arrays.items():
+                if a.dtype != bfloat16:
+                    raise TypeError(f"{arg} has dtype {a.dtype} but the other operands are bfloat16")
+                bound.arguments[arg] = dtypes.to_float32(a)
+            result = fn(*bound.args, **bound.kwargs)
+            if isinstance(result, tuple):
+                return tuple(_rounded_float(r) for r in result)
+            return _rounded_float(result)
+        return call
+    return wrap
+
+
+def _rounded_float(a):
+    """A float32 result of a bfloat16 call, rounded once to bfloat16; other arrays unchanged."""
+    return dtypes.to_bfloat16(a) if isinstance(a, np.ndarray) and a.dtype == np.float32 else a
+
+
 def _bias(b, dtype, n, what):
     """The bias checked: 1-D of length n; float32 for bfloat16 inputs (the master bias), else
     the inputs' dtype."""
@@ -338,6 +378,7 @@ def _window_slices(r, s, stride, P, Q):
     return (slice(None), slice(r, r + sh * (P - 1) + 1, sh), slice(s, s + sw * (Q - 1) + 1, sw), slice(None))
 
 
+@_follows_input_dtype("x")
 def maxpool_forward(x, pool, stride, padding):
     """(y, argmax): the max of each window and its index r*pool_w + s (uint8).
 
@@ -384,6 +425,7 @@ def _inside_masks(H, W, pool, stride, padding, P, Q):
             for r in range(ph)]
 
 
+@_follows_input_dtype("dy")
 def maxpool_backward(dy, argmax, x_shape, pool, stride, padding):
     """dx: each input element gathers dy from every window whose argmax picked it."""
     dy = _float_array(dy, "dy", 4)
@@ -452,18 +494,20 @@ def dense_forward(x, w, b, relu):
 
 
 def bias_grad(dy, *, out=None):
-    """Sum of dy over every axis but the last."""
-    dy = _float_array(dy, "dy")
+    """Sum of dy over every axis but the last; float32 for bfloat16 dy (float32 accumulation)."""
+    dy = dtypes.to_float32(_float_array(dy, "dy")) if dtypes.is_bfloat16(dy) else _float_array(dy, "dy")
     rows = dy.reshape(-1, dy.shape[-1])
     # A BLAS matrix-vector product: NumPy's sum over axis 0 is ~10x slower for few columns.
     return _into(out, np.ones(rows.shape[0], dtype=dy.dtype) @ rows)
 
 
+@_follows_input_dtype("x")
 def relu_forward(x):
     x = _float_array(x, "x")
     return np.maximum(x, 0)
 
 
+@_follows_input_dtype("dy", "y")
 def relu_backward(dy, y):
     dy = _float_array(dy, "dy")
     y = _float_array(y, "y")
@@ -501,8 +545,10 @@ def leaky_relu_backward(dy, x, negative_slope):
 
 
 def softmax(x):
-    """Row softmax over the last axis of a 2-D array (max-subtracted)."""
+    """Row softmax over the last axis of a 2-D array (max-subtracted); float32 for bfloat16 x."""
     x = _float_array(x, "x", 2)
+    if x.dtype == bfloat16:
+        x = dtypes.to_float32(x)
     e = np.exp(x - x.max(axis=1, keepdims=True))
     e /= e.sum(axis=1, keepdims=True)
     return e
@@ -533,6 +579,7 @@ def _label_matrix(labels, N, classes, dtype):
     raise ValueError(f"labels must be class indices (N,) or one-hot (N, classes), got shape {labels.shape}")
 
 
+@_follows_input_dtype("logits")
 def softmax_cross_entropy(logits, labels, totals):
     """dlogits = (softmax(logits) - onehot) / N; adds loss sum and correct count to ``totals``.
 
@@ -643,10 +690,12 @@ def _dropout_apply(a, name, rate, seed, step, offset):
     return a * np.where(keep, a.dtype.type(1.0 / (1.0 - rate)), a.dtype.type(0))
 
 
+@_follows_input_dtype("x")
 def dropout_forward(x, rate, seed, step, offset=0):
     return _dropout_apply(x, "x", rate, seed, step, offset)
 
 
+@_follows_input_dtype("dy")
 def dropout_backward(dy, rate, seed, step, offset=0):
     return _dropout_apply(dy, "dy", rate, seed, step, offset)
 
@@ -728,6 +777,7 @@ def pca_noise_offsets(n, basis, seed, step, offset=0):
     return np.stack(offsets, axis=1).astype(np.float32)
 
 
+@_follows_input_dtype("x")
 def pca_noise_forward(x, basis, seed, step, offset=0):
     """x (N, H, W, 3) + each image's RGB offset (pca_noise_offsets); the backward is dy itself."""
     x = _float_array(x, "x", 4)
@@ -737,6 +787,7 @@ def pca_noise_forward(x, basis, seed, step, offset=0):
     return x + offsets[:, None, None, :]
 
 
+@_follows_input_dtype("x")
 def crop_forward(x, height, width, random, flip, seed, step, offset=0):
     x = _float_array(x, "x", 4)
     N, H, W, _ = x.shape
@@ -748,6 +799,7 @@ def crop_forward(x, height, width, random, flip, seed, step, offset=0):
     return y
 
 
+@_follows_input_dtype("dy")
 def crop_backward(dy, x_shape, random, flip, seed, step, offset=0):
     dy = _float_array(dy, "dy", 4)
     N, H, W, C = _shape4(x_shape, "x_shape")
@@ -782,6 +834,7 @@ def _channel_window_sum(a, size):
     return out
 
 
+@_follows_input_dtype("x")
 def lrn_forward(x, size, alpha, beta, k):
     """(y, scale): scale = k + alpha * window sum of x^2, y = x * scale**-beta (AlexNet paper)."""
     x = _float_array(x, "x", 4)
@@ -793,6 +846,7 @@ def lrn_forward(x, size, alpha, beta, k):
     return y, scale
 
 
+@_follows_input_dtype("dy", "x", "y", "scale")
 def lrn_backward(dy, x, y, scale, size, alpha, beta, k):
     """dx = dy * scale**-beta - 2*alpha*beta * x * window sum of (dy * y / scale)."""
     dy = _float_array(dy, "dy", 4)
@@ -825,18 +879,38 @@ def _flat_params(**arrays):
                              f"{first[1].dtype} {first[1].shape}")
 
 
-def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0):
+def _check_bf16_copy(p, p_bf16):
+    """p_bf16, the bfloat16 copy of the float32 master weights p that an update also writes:
+    a writeable contiguous bfloat16 array of p's shape (or None)."""
+    if p_bf16 is None:
+        return
+    _inplace_array(p_bf16, "p_bf16", bfloat16)
+    if p.dtype != np.float32 or p_bf16.shape != p.shape:
+        raise ValueError(f"p_bf16 {p_bf16.dtype} {p_bf16.shape} must be the bfloat16 copy of the float32 "
+                         f"master weights p, {p.dtype} {p.shape}")
+
+
+def _write_bf16_copy(p, p_bf16):
+    """The updated master weights rounded once, to nearest even, into their bfloat16 copy."""
+    if p_bf16 is not None:
+        p_bf16[...] = dtypes.to_bfloat16(p)
+
+
+def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0, *, p_bf16=None):
     """Keras SGD, in place: v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g).
 
     weight_decay != 0: g + weight_decay * p takes g's place (the AlexNet paper's rule, as
-    PyTorch's SGD: the decay enters the velocity); the gradient buffer is not changed."""
+    PyTorch's SGD: the decay enters the velocity); the gradient buffer is not changed.
+    p_bf16: the updated p rounded to bfloat16 is written there too."""
     _flat_params(p=p, g=g)
+    _check_bf16_copy(p, p_bf16)
     if weight_decay:
         g = g + p.dtype.type(weight_decay) * p
     if v is None:
         if momentum != 0:
             raise ValueError(f"v (the velocity buffer) is required when momentum is {momentum}")
         p -= p.dtype.type(lr) * g
+        _write_bf16_copy(p, p_bf16)
         return None
     _flat_params(p=p, g=g, v=v)
     lr, momentum = p.dtype.type(lr), p.dtype.type(momentum)
@@ -846,15 +920,17 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0):
         p += momentum * v - lr * g
     else:
         p += v
+    _write_bf16_copy(p, p_bf16)
     return None
 
 
-def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0):
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0, *, p_bf16=None):
     """Keras Adam, in place; t = step[0] + 1 (step itself is left unchanged).
 
     weight_decay != 0: AdamW (Keras's decoupled decay), p -= p * weight_decay * lr (the
-    learning rate itself, not lr_t) before the Adam step."""
+    learning rate itself, not lr_t) before the Adam step.  p_bf16: p rounded to bfloat16 too."""
     _flat_params(p=p, g=g, m=m, v=v)
+    _check_bf16_copy(p, p_bf16)
     t = _step_value(step) + 1
     lr_t = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     f = p.dtype.type
@@ -867,14 +943,17 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0):
     denom = np.sqrt(v)
     denom += f(eps)
     p -= f(lr_t) * m / denom
+    _write_bf16_copy(p, p_bf16)
     return None
 
 
-def rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps):
+def rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps, *, p_bf16=None):
     """Keras RMSprop, in place: v = rho*v + (1-rho)*g*g; d = v + eps (centered, avg not None:
     avg = rho*avg + (1-rho)*g, d = v - avg*avg + eps); inc = lr*g / sqrt(d);
-    momentum != 0 (mom not None): mom = momentum*mom + inc, p -= mom; else p -= inc."""
+    momentum != 0 (mom not None): mom = momentum*mom + inc, p -= mom; else p -= inc.
+    p_bf16: p rounded to bfloat16 too."""
     _flat_params(**{k: a for k, a in (("p", p), ("g", g), ("v", v), ("mom", mom), ("avg", avg)) if a is not None})
+    _check_bf16_copy(p, p_bf16)
     if (mom is None) != (momentum == 0):
         raise ValueError(f"mom (the momentum buffer) is required exactly when momentum != 0 (got {momentum})")
     f = p.dtype.type
@@ -893,6 +972,7 @@ def rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps):
         p -= mom
     else:
         p -= inc
+    _write_bf16_copy(p, p_bf16)
     return None
 
 
@@ -905,6 +985,7 @@ def increment(step):
     return None
 
 
+@_follows_input_dtype("a", "b")
 def add(a, b):
     a = _float_array(a, "a")
     b = _float_array(b, "b")
@@ -912,6 +993,17 @@ def add(a, b):
     if a.shape != b.shape:
         raise ValueError(f"a {a.shape} and b {b.shape} must have the same shape")
     return a + b
+
+
+def cast(x, dtype):
+    """x converted to ``dtype`` ('float32' or 'bfloat16'; a new array): float32 -> bfloat16
+    rounds to nearest even, bfloat16 -> float32 is exact, a cast to x's own dtype copies."""
+    x = _float_array(x, "x")
+    if x.dtype == np.float64:
+        raise TypeError("cast takes float32 or bfloat16 x, got float64")
+    if dtype not in dtypes.NAMES:
+        raise ValueError(f"cast: dtype must be one of {sorted(dtypes.NAMES)}, got {dtype!r}")
+    return x.astype(dtypes.NAMES[dtype])  # astype copies; float32 -> bfloat16 is ml_dtypes' RNE
 
 
 def copy(dst, src):
@@ -941,8 +1033,9 @@ def channel_range(dst_shape, src_shape, dst_start, src_start, width):
 
 def gather_shapes(dst, src, rows) -> None:
     """Check a gather_rows call's dtypes and shapes (shared by every backend)."""
-    if dst.dtype not in (np.float32, np.int32) or src.dtype != dst.dtype:
-        raise TypeError(f"gather_rows moves float32 or int32 rows: dst is {dst.dtype}, src is {src.dtype}")
+    if dst.dtype not in (np.float32, np.int32, bfloat16) or src.dtype != dst.dtype:
+        raise TypeError(f"gather_rows moves float32, bfloat16 or int32 rows: dst is {dst.dtype}, "
+                        f"src is {src.dtype}")
     if rows.dtype != np.int32 or rows.ndim != 1:
         raise TypeError(f"rows must be a 1-D int32 array, got {rows.dtype} of shape {tuple(rows.shape)}")
     if dst.ndim < 1 or tuple(dst.shape[1:]) != tuple(src.shape[1:]) or dst.shape[0] != rows.shape[0]:
