@@ -61,8 +61,14 @@ src-size zero fill, alignment checked) either copies at once or, with
 ``Emulator.ldmatrix_conflicts()`` counts the shared-memory wavefronts ldmatrix needed
 beyond one per 8x8 matrix (rows of one matrix in the same group of 4 banks).
 
+bfloat16: ``__nv_bfloat16`` / ``__nv_bfloat162`` and the conversions kernels/bf16.cuh
+declares for the GPU (``__float2bfloat16_rn``, ``__bfloat162float``, the pair forms, the
+bits), with cuda_bf16.hpp's rules (tests/test_emu_bf16.py checks them bit for bit against
+cuda_bf16.h compiled for the host and against ml_dtypes); a ``__nv_bfloat16*`` parameter
+takes a NumPy array of ``fastcnn.dtypes.bfloat16``.
+
 Limits: no ``__activemask``, ``__match_*_sync``, ``__reduce_*_sync``, cooperative
-groups, half types or inline PTX other than mma.cuh's (timing.cu's ``%globaltimer``: that
+groups, fp16 or bfloat16 arithmetic operators, inline PTX other than mma.cuh's (timing.cu's ``%globaltimer``: that
 source does not compile here); no data races detected (threads never run at the same time; atomics
 land in thread order, blocks in grid order, so an order-dependent result such as a
 multi-block float atomicAdd sum is one of the GPU's possible results, always the
@@ -100,6 +106,7 @@ import types
 import numpy as np
 import pytest
 
+from fastcnn import dtypes
 from fastcnn.backend.cuda import _launch
 
 
@@ -282,6 +289,33 @@ static inline unsigned __ballot_sync(unsigned mask, int pred) {
 static inline int __any_sync(unsigned mask, int pred) { return (int)fc_emu_warp(FC_EMU_ANY, mask, pred != 0, -1, 32); }
 static inline int __all_sync(unsigned mask, int pred) { return (int)fc_emu_warp(FC_EMU_ALL, mask, pred != 0, -1, 32); }
 static inline void __syncwarp(unsigned mask = 0xffffffffu) { fc_emu_warp(FC_EMU_SYNCWARP, mask, 0, -1, 32); }
+
+// bfloat16 (kernels/bf16.cuh declares these for the GPU, and leaves them to the emulator):
+// cuda_bf16.h's types, plain structs without implicit conversions, and its conversions with
+// the rules of cuda_bf16.hpp's host code, which the GPU's cvt.rn.bf16.f32 follows: round to
+// nearest, ties to even, overflow to inf, subnormals kept, any NaN -> 0x7FFF.
+struct __attribute__((aligned(2))) __nv_bfloat16 { unsigned short __x; };
+struct __attribute__((aligned(4))) __nv_bfloat162 { __nv_bfloat16 x, y; };
+static inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 v) { return v.__x; }
+static inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short bits) { __nv_bfloat16 r; r.__x = bits; return r; }
+static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    const unsigned u = fc_emu_bits<unsigned>(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __ushort_as_bfloat16(0x7fffu);
+    const unsigned rest = u << 16;  // the dropped half: above, at or below the tie
+    unsigned short x = (unsigned short)(u >> 16);
+    if (rest > 0x80000000u || (rest == 0x80000000u && (x & 1u))) ++x;
+    return __ushort_as_bfloat16(x);
+}
+static inline float __bfloat162float(__nv_bfloat16 v) { return fc_emu_bits<float>((unsigned)v.__x << 16); }
+static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
+    __nv_bfloat162 r;
+    r.x = __float2bfloat16_rn(a);
+    r.y = __float2bfloat16_rn(b);
+    return r;
+}
+static inline float2 __bfloat1622float2(__nv_bfloat162 v) {
+    return make_float2(__bfloat162float(v.x), __bfloat162float(v.y));
+}
 
 // Warp-level matrix instructions: kernels/mma.cuh swaps each of its inline-PTX helpers for
 // these when FASTCNN_EMULATOR is defined.  mma.sync and ldmatrix are warp ops like the
@@ -684,6 +718,7 @@ template <class T> static std::string type_name() {
     typedef typename std::remove_cv<T>::type U;
     if (std::is_pointer<U>::value) {
         typedef typename std::remove_cv<typename std::remove_pointer<U>::type>::type E;
+        if (std::is_same<E, __nv_bfloat16>::value) return "*bfloat16";
         return "*" + (std::is_arithmetic<E>::value ? type_name<E>() : std::string("any"));
     }
     if (std::is_same<U, bool>::value) return "bool";
@@ -783,13 +818,13 @@ _KERNEL = re.compile(r'(extern\s*"C"\s*)?(?:template\s*<[^<>]*>\s*)?__global__\s
                      r'(?:__launch_bounds__\s*\(([^()]*)\)\s*)?(?:void\s+)?(\w+)\s*\(')
 _SCALARS = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16, "int32": np.int32,
             "uint32": np.uint32, "int64": np.int64, "uint64": np.uint64, "float32": np.float32,
-            "float64": np.float64, "bool": np.bool_}
+            "float64": np.float64, "bool": np.bool_, "bfloat16": dtypes.bfloat16}
 _CTYPES = {"int8": ctypes.c_int8, "uint8": ctypes.c_uint8, "int16": ctypes.c_int16, "uint16": ctypes.c_uint16,
            "int32": ctypes.c_int32, "uint32": ctypes.c_uint32, "int64": ctypes.c_int64, "uint64": ctypes.c_uint64,
            "float32": ctypes.c_float, "float64": ctypes.c_double, "bool": ctypes.c_bool}
 
 GUARD = 64  # elements of guard zone on each side of a guarded array
-SENTINELS = {np.dtype(np.float32): 3.0e38, np.dtype(np.float64): 3.0e38, np.dtype(np.uint8): 0xA5,
+SENTINELS = {dtypes.bfloat16: 3.0e38, np.dtype(np.float32): 3.0e38, np.dtype(np.float64): 3.0e38, np.dtype(np.uint8): 0xA5,
              np.dtype(np.int32): -0x5A5A5A5A, np.dtype(np.int64): -0x5A5A5A5A}
 
 
@@ -1018,7 +1053,7 @@ class Guarded:
     def empty(self, shape, dtype=np.float32, fill=None):
         """A guarded array filled with ``fill`` (default: NaN for floats, 255 otherwise)."""
         if fill is None:
-            fill = np.nan if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max
+            fill = np.nan if np.dtype(dtype).kind == "f" or np.dtype(dtype) == dtypes.bfloat16 else np.iinfo(dtype).max
         return self._place((shape,) if isinstance(shape, (int, np.integer)) else tuple(shape), dtype, fill)
 
     def reset(self):
