@@ -24,6 +24,9 @@
 //                       (mom and a are read only with their flag set; else any pointer)
 //         p, g, m, v, mom, a: n float32 each.  float32 constants are rounded on the host exactly as
 //         the reference rounds them (float32(1 - beta1), ...).
+//         p_bf16 (every kernel; null: none): n bfloat16, the updated p rounded once to nearest
+//         even (the bfloat16 copy of the weights that a mixed_bfloat16 step computes with),
+//         written in the same pass.
 // Launch: 1-D grid-stride, 256 threads per block, any grid (the backend caps the grid).
 // Algorithm: one pass, each element read and written once; memory-bound.  The float32
 //         arithmetic uses __fmul_rn/__fadd_rn/__fsub_rn/__fdiv_rn (never contracted into
@@ -33,9 +36,11 @@
 //         other (the backend gives them as separate buffers).
 // Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19): not timed on its own; the whole LeNet-5 training step that
 //   runs it (batch 200, Adam, one CUDA graph) takes 333 us = 1.36x PyTorch's whole-step graph.
-//   The weight decay (wd), AdamW's decay and RMSprop came later: not measured yet.
-//
-// Self-contained (no #include): NVRTC has no system headers.
+//   The weight decay (wd), AdamW's decay and RMSprop came later: not measured yet; p_bf16:
+//   not measured on a GPU yet.
+
+#include "common.cuh"
+#include "bf16.cuh"
 
 #define FC_OPT_LOOP(i, n)                                                       \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;        \
@@ -45,22 +50,30 @@
 // which would turn -0 into +0 and an infinite p into NaN).
 #define FC_DECAYED_GRAD(i) (wd != 0.0f ? __fadd_rn(g[i], __fmul_rn(wd, p[i])) : g[i])
 
-extern "C" __global__ void sgd_plain(float* p, const float* g, long long n, float lr, float wd) {
+// p[i] = v, and its bfloat16 copy when there is one.
+FC_DEVICE void fc_store_p(float* p, __nv_bfloat16* p_bf16, long long i, float v) {
+    p[i] = v;
+    if (p_bf16 != nullptr) p_bf16[i] = __float2bfloat16_rn(v);
+}
+
+extern "C" __global__ void sgd_plain(float* p, const float* g, long long n, float lr, float wd,
+                                     __nv_bfloat16* p_bf16) {
     FC_OPT_LOOP(i, n) {
-        p[i] = __fsub_rn(p[i], __fmul_rn(lr, FC_DECAYED_GRAD(i)));
+        fc_store_p(p, p_bf16, i, __fsub_rn(p[i], __fmul_rn(lr, FC_DECAYED_GRAD(i))));
     }
 }
 
 extern "C" __global__ void sgd_momentum(float* p, const float* g, float* v, long long n,
-                                        float lr, float momentum, int nesterov, float wd) {
+                                        float lr, float momentum, int nesterov, float wd,
+                                        __nv_bfloat16* p_bf16) {
     FC_OPT_LOOP(i, n) {
         const float gi = FC_DECAYED_GRAD(i);
         const float vi = __fsub_rn(__fmul_rn(momentum, v[i]), __fmul_rn(lr, gi));
         v[i] = vi;
         if (nesterov) {
-            p[i] = __fadd_rn(p[i], __fsub_rn(__fmul_rn(momentum, vi), __fmul_rn(lr, gi)));
+            fc_store_p(p, p_bf16, i, __fadd_rn(p[i], __fsub_rn(__fmul_rn(momentum, vi), __fmul_rn(lr, gi))));
         } else {
-            p[i] = __fadd_rn(p[i], vi);
+            fc_store_p(p, p_bf16, i, __fadd_rn(p[i], vi));
         }
     }
 }
@@ -68,7 +81,8 @@ extern "C" __global__ void sgd_momentum(float* p, const float* g, float* v, long
 extern "C" __global__ void adam(float* p, const float* g, float* m, float* v, const int* step,
                                 long long n, double lr, double beta1, double beta2,
                                 float beta1_f, float one_minus_beta1_f, float beta2_f,
-                                float one_minus_beta2_f, float eps_f, float wd, float lr_f) {
+                                float one_minus_beta2_f, float eps_f, float wd, float lr_f,
+                                __nv_bfloat16* p_bf16) {
     const double t = (double)step[0] + 1.0;
     const float lr_t = (float)(lr * sqrt(1.0 - pow(beta2, t)) / (1.0 - pow(beta1, t)));
     FC_OPT_LOOP(i, n) {
@@ -82,13 +96,14 @@ extern "C" __global__ void adam(float* p, const float* g, float* m, float* v, co
         m[i] = mi;
         v[i] = vi;
         const float denom = __fadd_rn(sqrtf(vi), eps_f);  // sqrtf: IEEE-rounded (no fast-math)
-        p[i] = __fsub_rn(p[i], __fdiv_rn(__fmul_rn(lr_t, mi), denom));
+        fc_store_p(p, p_bf16, i, __fsub_rn(p[i], __fdiv_rn(__fmul_rn(lr_t, mi), denom)));
     }
 }
 
 extern "C" __global__ void rmsprop(float* p, const float* g, float* v, float* mom, float* a,
                                    long long n, float lr, float rho, float one_minus_rho,
-                                   float momentum, float eps, int use_momentum, int centered) {
+                                   float momentum, float eps, int use_momentum, int centered,
+                                   __nv_bfloat16* p_bf16) {
     FC_OPT_LOOP(i, n) {
         const float gi = g[i];
         const float vi = __fadd_rn(__fmul_rn(v[i], rho), __fmul_rn(one_minus_rho, __fmul_rn(gi, gi)));
@@ -105,9 +120,9 @@ extern "C" __global__ void rmsprop(float* p, const float* g, float* v, float* mo
         if (use_momentum) {
             const float mi = __fadd_rn(__fmul_rn(mom[i], momentum), inc);
             mom[i] = mi;
-            p[i] = __fsub_rn(p[i], mi);
+            fc_store_p(p, p_bf16, i, __fsub_rn(p[i], mi));
         } else {
-            p[i] = __fsub_rn(p[i], inc);
+            fc_store_p(p, p_bf16, i, __fsub_rn(p[i], inc));
         }
     }
 }

@@ -43,16 +43,17 @@ import pytest
 import cuda_emu
 from helpers import assert_close, rand
 
-from fastcnn import _paths
+from fastcnn import _paths, dtypes
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
 from fastcnn.backend.cuda import step
 
 RED = 1e-5
+BF16 = dtypes.bfloat16
 STEP_FILES = ("elementwise.cu", "softmax_xent.cu", "dropout.cu", "augment.cu", "lrn.cu", "optimizers.cu")
 # (id, guard shift, step.MAX_BLOCKS)
 LAYOUTS = [("aligned", 0, None), ("misaligned-2blocks", 1, 2)]
-TESTED_OPS = {"relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "add", "copy", "copy_channels", "gather_rows", "increment", "bias_grad", "softmax",
+TESTED_OPS = {"relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "add", "cast", "copy", "copy_channels", "gather_rows", "increment", "bias_grad", "softmax",
               "softmax_cross_entropy", "dropout_forward", "dropout_backward", "crop_forward",
               "crop_backward", "pca_noise_forward", "lrn_forward",
               "lrn_backward", "sgd_update", "adam_update", "rmsprop_update"}
@@ -95,9 +96,20 @@ def _same_bits(a, b, zeros_by_value=False):
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
-def _with_and_without_out(guarded, fn, *args, shapes):
+def _same_bf16(got, want):
+    """Two bfloat16 arrays with the same bits where want is a number and NaN where it is NaN (the
+    GPU's conversion gives every NaN as 0x7FFF; ml_dtypes, the reference's, keeps the payload)."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.dtype != BF16 or want.dtype != BF16 or got.shape != want.shape:
+        return False
+    nan_got, nan_want = np.isnan(got.astype(np.float32)), np.isnan(want.astype(np.float32))
+    return np.array_equal(nan_got, nan_want) and np.array_equal(got.view(np.uint16)[~nan_got],
+                                                                want.view(np.uint16)[~nan_want])
+
+
+def _with_and_without_out(guarded, fn, *args, shapes, dtype=np.float32):
     """fn(*args, out=NaN buffers) (the buffers must be the result), then fn(*args) with the same bits."""
-    outs = tuple(guarded.empty(s) for s in shapes)
+    outs = tuple(guarded.empty(s, dtype) for s in shapes)
     got = fn(*args, out=outs if len(outs) > 1 else outs[0])
     got = got if isinstance(got, tuple) else (got,)
     assert all(g is o for g, o in zip(got, outs)), "the result is not the out= buffer"
@@ -108,7 +120,12 @@ def _with_and_without_out(guarded, fn, *args, shapes):
 
 
 def _launched(log, name):
-    return [(g, b) for n, g, b in log if n == name]
+    """(grid, block) of each launch of kernel ``name`` (a template's instances of every element type)."""
+    return [(g, b) for n, g, b in log if n.split("<")[0] == name]
+
+
+def _bf16(a):
+    return a.astype(BF16)
 
 
 def test_every_registered_op_is_tested():
@@ -177,6 +194,21 @@ def test_leaky_relu(emulated, shape, slope):
             assert b == (step.THREADS, 1, 1) and g[0] == min(-(-n // step.THREADS), step.MAX_BLOCKS)
 
 
+@pytest.mark.parametrize("slope", [0.3, 1.5])
+def test_leaky_relu_bfloat16(emulated, slope):
+    """float32 math on the widened values, one rounding: the reference's bfloat16 bit for bit (NaN as NaN)."""
+    guarded, log = emulated
+    shape = (3, 5, 7, 9)
+    rng = np.random.default_rng(7)
+    x, dy = guarded.wrap(_bf16(_special(rng, shape))), guarded.wrap(_bf16(_special(rng, shape)))
+    with np.errstate(invalid="ignore"):
+        got = _with_and_without_out(guarded, step.leaky_relu_forward, x, slope, shapes=[shape], dtype=BF16)
+        assert _same_bf16(got, ref.leaky_relu_forward(x, slope)), "leaky_relu_forward"
+        got = _with_and_without_out(guarded, step.leaky_relu_backward, dy, x, slope, shapes=[shape], dtype=BF16)
+        assert _same_bf16(got, ref.leaky_relu_backward(dy, x, slope)), "leaky_relu_backward"
+    assert {n for n, _, _ in log} == {"leaky_relu_forward<__nv_bfloat16>", "leaky_relu_backward<__nv_bfloat16>"}
+
+
 def test_leaky_relu_refuses_a_bad_slope(aligned):
     guarded, _ = aligned
     x = guarded.wrap(np.ones((2, 3), np.float32))
@@ -187,6 +219,96 @@ def test_leaky_relu_refuses_a_bad_slope(aligned):
             step.leaky_relu_backward(x, x, slope)
     with pytest.raises(ValueError, match="shape"):
         step.leaky_relu_backward(x, guarded.wrap(np.ones((3, 2), np.float32)), 0.3)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_relu_add_bfloat16(emulated, shape):
+    """The float32 op on the widened values, rounded once: bit for bit the reference's bfloat16
+    (NaN as NaN)."""
+    guarded, log = emulated
+    rng = np.random.default_rng(sum(shape) + 1)
+    x, y, dy = (guarded.wrap(_bf16(_special(rng, shape))) for _ in range(3))
+    got = _with_and_without_out(guarded, step.relu_forward, x, shapes=[shape], dtype=BF16)
+    assert _same_bf16(got, ref.relu_forward(x)), "relu_forward"
+    got = _with_and_without_out(guarded, step.relu_backward, dy, y, shapes=[shape], dtype=BF16)
+    with np.errstate(invalid="ignore"):
+        assert _same_bf16(got, ref.relu_backward(dy, y)), "relu_backward"
+    got = _with_and_without_out(guarded, step.add, x, y, shapes=[shape], dtype=BF16)
+    assert _same_bf16(got, ref.add(x, y)), "add"
+    assert {n for n, _, _ in log} == {"relu_forward<__nv_bfloat16>", "relu_backward<__nv_bfloat16>",
+                                      "add_arrays<__nv_bfloat16>"}
+    with pytest.raises(TypeError, match="b must be bfloat16, got float32"):
+        step.add(x, guarded.wrap(_special(rng, shape)))
+    with pytest.raises(TypeError, match="out must be bfloat16"):
+        step.relu_forward(x, out=guarded.empty(shape))
+
+
+def _cast_patterns(rng, n):
+    """float32 values: specials, exact ties of bfloat16 both ways, random bit patterns."""
+    bits = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    bits[::3] = (bits[::3] & np.uint32(0xFFFF0000)) | np.uint32(0x8000)   # ties
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-45, np.finfo(np.float32).max,
+                        1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8], np.float32)
+    return np.concatenate([special, bits.view(np.float32)])
+
+
+@pytest.mark.parametrize("n", [1, 1000, 4099])
+def test_cast(emulated, n):
+    """float32 -> bfloat16 is ml_dtypes' rounding to nearest even bit for bit (NaN as NaN);
+    bfloat16 -> float32 exact, every bit; a cast to the same dtype copies."""
+    guarded, log = emulated
+    x = guarded.wrap(_cast_patterns(np.random.default_rng(n), n)[:n])
+    with np.errstate(invalid="ignore"):
+        want = ref.cast(np.asarray(x), "bfloat16")
+    down = _with_and_without_out(guarded, lambda a, **kw: step.cast(a, "bfloat16", **kw), x, shapes=[(n,)],
+                                 dtype=BF16)
+    assert _same_bf16(down, want)
+    up = _with_and_without_out(guarded, lambda a, **kw: step.cast(a, "float32", **kw), down, shapes=[(n,)])
+    assert _same_bits(up.view(np.uint32), down.view(np.uint16).astype(np.uint32) << 16)
+    same = step.cast(down, "bfloat16")
+    assert same is not down and _same_bits(same, down)
+    assert {name for name, _, _ in log} == {"cast_elements<float, __nv_bfloat16>", "cast_elements<__nv_bfloat16, float>"}
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        step.cast(x, "float16")
+    with pytest.raises(ValueError, match="overlaps"):
+        step.cast(x, "float32", out=x)
+
+
+@pytest.mark.parametrize("shape", [(5,), (300, 70), (2, 17, 19, 33)], ids=str)
+def test_bias_grad_bfloat16(emulated, shape):
+    """float32 accumulation of the widened values, a float32 result."""
+    guarded, log = emulated
+    dy = guarded.wrap(_bf16(rand(np.random.default_rng(shape[-1]), *shape)))
+    got = _with_and_without_out(guarded, step.bias_grad, dy, shapes=[(shape[-1],)])
+    assert got.dtype == np.float32
+    assert_close(got, ref.bias_grad(dy.astype(np.float64)), RED, f"bias_grad {shape}")
+    names = [n for n, _, _ in log]
+    assert names[0] == "column_sum<__nv_bfloat16>" and set(names[1:]) <= {"column_sum<__nv_bfloat16>", "column_sum<float>"}
+
+
+def test_moves_of_bfloat16(emulated):
+    guarded, _ = emulated
+    src = guarded.wrap(_bf16(_special(np.random.default_rng(3), (37, 2, 40))))
+    dst = guarded.wrap(np.full((37, 2, 70), -1.0, BF16))
+    expected = np.array(dst)
+    expected[..., 35:70] = src[..., 5:40]
+    step.copy_channels(dst, src, 35, 5, 35)
+    assert _same_bits(dst, expected)
+    whole = guarded.empty(src.shape, BF16)
+    step.copy(whole, src)
+    assert _same_bits(whole, src)
+    rows = [36, 0, -1, 5, 37]
+    picked = guarded.empty((len(rows), 2, 40), BF16)
+    step.gather_rows(picked, src, guarded.wrap(np.array(rows, np.int32)))
+    want = np.full(picked.shape, 0xFFFF, np.uint16).view(BF16)   # all-ones bits outside the source
+    for i, r in enumerate(rows):
+        if 0 <= r < 37:
+            want[i] = src[r]
+    assert _same_bits(picked, want)
+    odd = guarded.wrap(_bf16(np.arange(15, dtype=np.float32).reshape(5, 3)))   # rows of 3 bf16: 6 bytes
+    picked = guarded.empty((2, 3), BF16)
+    step.gather_rows(picked, odd, guarded.wrap(np.array([4, 1], np.int32)))
+    assert _same_bits(picked, np.asarray(odd)[[4, 1]])
 
 
 @pytest.mark.parametrize("rows, src_c, dst_c, src_start, dst_start, width", [
@@ -585,6 +707,39 @@ def test_rmsprop_update_bit_exact(emulated, n, momentum, centered):
         step.rmsprop_update(dp, dp, dv, None, None, 0.01, 0.9, 0.5, 1e-7)
 
 
+@pytest.mark.parametrize("update", ["sgd", "sgd_momentum", "adam", "rmsprop"])
+def test_optimizers_write_the_bfloat16_copy(emulated, update):
+    """p as without p_bf16 (bit for bit the reference), and p_bf16 = p rounded to nearest even."""
+    guarded, _ = emulated
+    rng = np.random.default_rng(len(update))
+    n = 1031
+    p, g = rand(rng, n), rand(rng, n)
+    state = [np.abs(rand(rng, n, scale=0.1)) for _ in range(2)] + [rand(rng, n, scale=1e-3)]  # no NaN
+    host16 = np.zeros(n, BF16)
+    dp, dg, dstate, dev16 = guarded.wrap(p), guarded.wrap(g), [guarded.wrap(a) for a in state], guarded.empty(n, BF16)
+    at = np.array([2], np.int32)
+
+    def run(b, p, g, state, p_bf16):
+        if update == "sgd":
+            return b.sgd_update(p, g, None, 0.1, 0.0, False, p_bf16=p_bf16)
+        if update == "sgd_momentum":
+            return b.sgd_update(p, g, state[0], 0.1, 0.9, True, 5e-4, p_bf16=p_bf16)
+        if update == "adam":
+            return b.adam_update(p, g, state[0], state[1], at if b is ref else guarded.wrap(at), 0.01, 0.9, 0.999,
+                                 1e-7, 0.004, p_bf16=p_bf16)
+        return b.rmsprop_update(p, g, state[0], state[1], state[2], 0.01, 0.9, 0.5, 1e-7, p_bf16=p_bf16)
+
+    for i in range(2):
+        run(ref, p, g, state, host16)
+        assert run(step, dp, dg, dstate, dev16) is None
+        assert _same_bits(dp, p) and _same_bits(dev16, host16), f"step {i}"
+        assert _same_bits(dev16, p.astype(BF16))
+    with pytest.raises(TypeError, match="p_bf16 must be bfloat16"):
+        run(step, dp, dg, dstate, guarded.empty(n))
+    with pytest.raises(ValueError, match="p_bf16 must have shape"):
+        run(step, dp, dg, dstate, guarded.empty(n - 1, BF16))
+
+
 # ---------------------------------------------------------------- the emulator: warps, atomics, builds
 
 WARP_TEST = r"""
@@ -740,7 +895,7 @@ def test_every_kernel_file_builds():
     from fastcnn.backend.cuda import conv, conv_direct, gemm, gemm_tc, pool
     names = {"gemm.cu": gemm.NAME_EXPRESSIONS, "conv.cu": conv.NAME_EXPRESSIONS,
              "conv_direct.cu": conv_direct.NAME_EXPRESSIONS, "pool.cu": pool.NAME_EXPRESSIONS,
-             "gemm_tf32.cu": gemm_tc.NAME_EXPRESSIONS}
+             "gemm_tf32.cu": gemm_tc.NAME_EXPRESSIONS, **step.NAME_EXPRESSIONS}
     files = sorted(p.name for p in _paths.KERNEL_DIR.glob("*.cu") if p.name != "timing.cu")
     assert set(STEP_FILES) <= set(files)
     cuda_emu.prebuild(*[(f, names.get(f, ())) for f in files])

@@ -145,10 +145,10 @@ def test_every_source_is_listed():
 
 
 def _name_expression_modules():
-    from fastcnn.backend.cuda import conv, conv_direct, gemm, gemm_tc, pool
+    from fastcnn.backend.cuda import conv, conv_direct, gemm, gemm_tc, pool, step
     return {"conv.cu": conv.NAME_EXPRESSIONS, "conv_direct.cu": conv_direct.NAME_EXPRESSIONS,
             "gemm.cu": gemm.NAME_EXPRESSIONS, "gemm_tf32.cu": gemm_tc.NAME_EXPRESSIONS,
-            "pool.cu": pool.NAME_EXPRESSIONS}
+            "pool.cu": pool.NAME_EXPRESSIONS, **step.NAME_EXPRESSIONS}
 
 
 @pytest.mark.parametrize("filename", sorted(_name_expression_modules()))

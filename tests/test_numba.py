@@ -28,7 +28,7 @@ from helpers import assert_close, rand
 
 import fastcnn
 import fastcnn.functional as F
-from fastcnn import backend
+from fastcnn import backend, dtypes
 from fastcnn.backend import numba as nb
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
@@ -428,6 +428,24 @@ def test_rmsprop_update(rng, momentum, centered):
     for name, got, want in zip(("p", "v", "mom", "avg"), devs, host_copies):
         if want is not None:
             assert_close(host(got), want, EW, name)
+
+
+def test_cast_copies_float32_and_bfloat16_is_refused(rng):
+    x = rand(rng, 3, 7)
+    y = nb.cast(dev(x), "float32")
+    assert np.array_equal(host(y), x)
+    only = "the numba backend computes in float32 only; mixed_bfloat16 needs the cuda or reference backend"
+    with pytest.raises(TypeError, match=f"cast to bfloat16: {only}"):
+        nb.cast(dev(x), "bfloat16")
+    with pytest.raises(TypeError, match=f"x is bfloat16: {only}"):
+        nb.cast(dev(x.astype(dtypes.bfloat16)), "float32")
+    with pytest.raises(TypeError, match=f"x is bfloat16: {only}"):
+        nb.relu_forward(dev(x.astype(dtypes.bfloat16)))
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        nb.cast(dev(x), "float64")
+    p = dev(x.reshape(-1))
+    with pytest.raises(TypeError, match=f"p_bf16 .*: {only}"):
+        nb.sgd_update(p, p, None, 0.1, 0.0, False, p_bf16=dev(x.reshape(-1).astype(dtypes.bfloat16)))
 
 
 # ---------------------------------------------------------------- bad input

@@ -54,27 +54,31 @@ Primitives (what each returns; "in place" ones return None):
         scale = k + alpha * sum of x^2 over ``size`` neighbouring channels
         (AlexNet paper: no division by size), y = x * scale**-beta
   lrn_backward(dy, x, y, scale, size, alpha, beta, k)     -> dx
-  sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0)  in place, flat 1-D arrays; v None if
+  sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0, *, p_bf16=None)  in place, flat 1-D arrays; v None if
         momentum == 0.  Keras: v = momentum*v - lr*g; p += v  (nesterov: p += momentum*v - lr*g);
         weight_decay != 0: g + weight_decay*p in place of g (the AlexNet paper's rule, PyTorch's)
-  adam_update(p, g, m, v, step, lr, beta1, beta2, eps)    in place, flat 1-D arrays;
+  adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0, *, p_bf16=None)  in place, flat 1-D arrays;
         t = step[0] + 1 (step is not changed here), Keras's rule:
         m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
         p -= lr * sqrt(1-b2**t)/(1-b1**t) * m / (sqrt(v) + eps);
         adam_update(..., weight_decay) != 0: AdamW, p -= p * weight_decay * lr first (Keras's order)
-  rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps)  in place, flat 1-D arrays; Keras's rule:
+  rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps, *, p_bf16=None)  in place, flat 1-D arrays; Keras's rule:
         v = rho*v + (1-rho)*g*g; d = v + eps (centered: avg = rho*avg + (1-rho)*g, d = v - avg^2 + eps);
         inc = lr*g/sqrt(d); momentum: mom = momentum*mom + inc, p -= mom; else p -= inc
         (mom None when momentum == 0, avg None unless centered)
+        p_bf16 (the three updates): None, or a flat bfloat16 array the size of p (float32, the
+        master weights): the updated p rounded to nearest even is written there in the same pass
   increment(step)                                         in place: step[0] += 1
   add(a, b)                                               -> a + b (same shape)
   copy(dst, src)                                          in place: dst[...] = src
   copy_channels(dst, src, dst_start, src_start, width)    in place: dst[..., dst_start:dst_start+width]
-        = src[..., src_start:src_start+width]; float32, same leading shape (group convolution)
+        = src[..., src_start:src_start+width]; one float dtype, same leading shape (group convolution)
   gather_rows(dst, src, rows)                             in place: dst[i] = src[rows[i]]; rows int32 (n,),
-        dst (n, ...) and src (m, ...) with the same trailing shape and dtype, float32 or int32
+        dst (n, ...) and src (m, ...) with the same trailing shape and dtype, float32, bfloat16 or int32
         (a training batch picked from the data set on the device; rows must lie in [0, m): the
         reference raises, the GPU kernels fill such a row with all-ones bits, NaN or -1)
+  cast(x, dtype)                                          -> x converted to dtype, 'float32' or 'bfloat16'
+        (a new array): float32 -> bfloat16 rounds to nearest even, bfloat16 -> float32 is exact
 
 ``matmul``, ``conv2d_backward_weights`` and ``bias_grad`` also take ``out=`` (keyword):
 the result is written there (the model passes views of its flat gradient buffer, so
@@ -85,6 +89,12 @@ bfloat16 x and w (the bfloat16 copy of the weights) with a float32 bias, multipl
 widened values with float32 accumulation, add the bias, apply ReLU and round the output once
 (to nearest even) to bfloat16; ``conv2d_backward_data`` gives bfloat16 dx; weight gradients stay
 float32: ``conv2d_backward_weights`` of bfloat16 x and dy, and ``matmul`` into a float32 ``out=``.
+The other ops follow their input's dtype (max-pool forward and backward, ReLU, dropout, crop,
+colour noise, LRN with its scale, add, copy, copy_channels, gather_rows): the arrays of one
+call share one dtype, the math is float32 on the exactly widened values and each bfloat16
+result is rounded once, to nearest even: result == float32 result rounded.  ``bias_grad`` and
+``softmax`` of bfloat16 give float32 (float32 accumulation); ``softmax_cross_entropy`` of
+bfloat16 logits computes in float32, adds to the totals as before and gives bfloat16 dlogits.
 
 Scalars (rates, lr) are Python floats; backends convert them to the kernel's C type.
 Every backend checks dtype, device, contiguity and shapes before it launches anything
@@ -105,7 +115,7 @@ PRIMITIVES = (
     "crop_forward", "crop_backward", "pca_noise_forward",
     "lrn_forward", "lrn_backward",
     "sgd_update", "adam_update", "rmsprop_update", "increment",
-    "add", "copy", "copy_channels", "gather_rows",
+    "add", "copy", "copy_channels", "gather_rows", "cast",
 )
 
 BACKENDS = {"reference": "fastcnn.backend.reference",

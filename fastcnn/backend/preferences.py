@@ -53,7 +53,7 @@ PREFERRED = {
         "bias_grad", "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "softmax", "softmax_cross_entropy",
         "dropout_forward", "dropout_backward", "crop_forward", "crop_backward", "pca_noise_forward",
         "lrn_forward", "lrn_backward", "sgd_update", "adam_update", "rmsprop_update", "increment",
-        "add", "copy", "copy_channels", "gather_rows")},
+        "add", "copy", "copy_channels", "gather_rows", "cast")},
 }
 
 TUNED = {

@@ -1001,9 +1001,14 @@ def cast(x, dtype):
     x = _float_array(x, "x")
     if x.dtype == np.float64:
         raise TypeError("cast takes float32 or bfloat16 x, got float64")
-    if dtype not in dtypes.NAMES:
+    return x.astype(cast_dtype(dtype))  # astype copies; float32 -> bfloat16 is ml_dtypes' RNE
+
+
+def cast_dtype(dtype):
+    """The element type a cast to ``dtype`` gives: 'float32' or 'bfloat16' (shared by every backend)."""
+    if not isinstance(dtype, str) or dtype not in dtypes.NAMES:
         raise ValueError(f"cast: dtype must be one of {sorted(dtypes.NAMES)}, got {dtype!r}")
-    return x.astype(dtypes.NAMES[dtype])  # astype copies; float32 -> bfloat16 is ml_dtypes' RNE
+    return dtypes.NAMES[dtype]
 
 
 def copy(dst, src):

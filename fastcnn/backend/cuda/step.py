@@ -4,10 +4,10 @@ Kernel files and primitives (semantics: ``fastcnn/backend/__init__.py``; each
 result matches ``fastcnn.backend.reference``):
 
   kernels/elementwise.cu   relu_forward, relu_backward, leaky_relu_forward, leaky_relu_backward,
-                           add, increment, bias_grad
+                           add, cast, increment, bias_grad
                            (bias_grad: deterministic two-pass column sum, no atomics),
-                           copy_channels, gather_rows; copy is a device-to-device
-                           cudaMemcpyAsync, no kernel
+                           copy_channels, gather_rows; copy (and a cast to the same
+                           dtype) is a device-to-device cudaMemcpyAsync, no kernel
   kernels/softmax_xent.cu  softmax, softmax_cross_entropy (a warp per row; the loss and
                            accuracy totals fused in; deterministic when N*classes <= 2^18)
   kernels/dropout.cu       dropout_forward, dropout_backward (Philox4x32-10, mask regenerated)
@@ -17,6 +17,13 @@ result matches ``fastcnn.backend.reference``):
   kernels/lrn.cu           lrn_forward, lrn_backward (AlexNet LRN across channels, NHWC)
   kernels/optimizers.cu    sgd_update, adam_update (AdamW too), rmsprop_update (one launch
                            over a flat buffer)
+
+Element types: the kernels are templates over float and __nv_bfloat16 (kernels/bf16.cuh),
+one source each, float32 math inside and one rounding (to nearest even) at each bfloat16
+store; the wrappers pick the instance by the arrays' dtype (``CTYPES``; the instances each
+file is compiled with are listed in ``NAME_EXPRESSIONS``), and the variants that have both
+register ``dtypes=("float32", "bfloat16")``.  bias_grad and softmax give float32 for
+bfloat16 input; the optimizers write the bfloat16 copy of the weights (``p_bf16=``).
 
 Every primitive that returns an array takes an optional keyword ``out=`` (for
 ``lrn_forward`` a pair ``(y, scale)``): a C-contiguous float32 CuPy array of the
@@ -38,6 +45,7 @@ import numbers
 
 import numpy as np
 
+from ... import dtypes
 from .. import reference as _ref
 from .. import registry
 from . import _launch
@@ -59,8 +67,34 @@ def _grid(n: int, threads: int = THREADS) -> tuple:
     return (min(_launch.blocks(n, threads), MAX_BLOCKS),)
 
 
+# The C++ element type of each dtype the templated kernels take.
+CTYPES = {"float32": "float", "bfloat16": "__nv_bfloat16"}
+_TYPES = tuple(CTYPES.values())
+_EW = "elementwise.cu"
+# The template instances each kernel file is compiled with (keep in step with the
+# FASTCNN_INSTANTIATE block of each file).
+NAME_EXPRESSIONS = {
+    _EW: tuple(f"{k}<{t}>" for k in ("relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
+                                      "add_arrays", "copy_channels", "column_sum")
+               for t in _TYPES)
+    + ("cast_elements<float, __nv_bfloat16>", "cast_elements<__nv_bfloat16, float>",
+       "gather_rows<unsigned>", "gather_rows<unsigned short>"),
+}
+
+
 def _kernel(filename: str, name: str):
-    return _launch.function(filename, name)
+    return _launch.function(filename, name, NAME_EXPRESSIONS.get(filename, ()))
+
+
+def _ctype(a) -> str:
+    """The C++ element type of a float32 or bfloat16 array."""
+    return CTYPES[dtypes.name(a.dtype)]
+
+
+def _check_float(name, a, **kw):
+    """_launch.check for an array of either element type, float32 or bfloat16."""
+    dtype = getattr(a, "dtype", None)
+    return _launch.check(name, a, dtype=dtype if dtype in (dtypes.float32, dtypes.bfloat16) else np.float32, **kw)
 
 
 # ---------------------------------------------------------------- argument checks
@@ -105,54 +139,65 @@ def _step(step):
 
 # ---------------------------------------------------------------- elementwise.cu
 
-_EW = "elementwise.cu"
-
-
 def relu_forward(x, *, out=None):
     """max(x, 0) (NaN propagates)."""
-    _launch.check("x", x)
-    out = _launch.out_array("out", out, x.shape)
-    _kernel(_EW, "relu_forward")(_grid(x.size), (THREADS,), (x, out, np.int64(x.size)))
+    _check_float("x", x)
+    out = _launch.out_array("out", out, x.shape, x.dtype)
+    _kernel(_EW, f"relu_forward<{_ctype(x)}>")(_grid(x.size), (THREADS,), (x, out, np.int64(x.size)))
     return out
 
 
 def relu_backward(dy, y, *, out=None):
     """y > 0 ? dy : 0."""
-    _launch.check("dy", dy)
-    _launch.check("y", y)
+    _check_float("dy", dy)
+    _launch.check("y", y, dtype=dy.dtype)
     _same_shape("dy", dy, y=y)
-    out = _launch.out_array("out", out, dy.shape)
-    _kernel(_EW, "relu_backward")(_grid(dy.size), (THREADS,), (dy, y, out, np.int64(dy.size)))
+    out = _launch.out_array("out", out, dy.shape, dy.dtype)
+    _kernel(_EW, f"relu_backward<{_ctype(dy)}>")(_grid(dy.size), (THREADS,), (dy, y, out, np.int64(dy.size)))
     return out
 
 
 def leaky_relu_forward(x, negative_slope, *, out=None):
     """x >= 0 ? x : negative_slope * x (NaN propagates)."""
-    _launch.check("x", x)
+    _check_float("x", x)
     slope = np.float32(_ref.leaky_slope(negative_slope))
-    out = _launch.out_array("out", out, x.shape)
-    _kernel(_EW, "leaky_relu_forward")(_grid(x.size), (THREADS,), (x, out, slope, np.int64(x.size)))
+    out = _launch.out_array("out", out, x.shape, x.dtype)
+    _kernel(_EW, f"leaky_relu_forward<{_ctype(x)}>")(_grid(x.size), (THREADS,), (x, out, slope, np.int64(x.size)))
     return out
 
 
 def leaky_relu_backward(dy, x, negative_slope, *, out=None):
     """dy * (x >= 0 ? 1 : negative_slope)."""
-    _launch.check("dy", dy)
-    _launch.check("x", x)
+    _check_float("dy", dy)
+    _launch.check("x", x, dtype=dy.dtype)
     _same_shape("dy", dy, x=x)
     slope = np.float32(_ref.leaky_slope(negative_slope))
-    out = _launch.out_array("out", out, dy.shape)
-    _kernel(_EW, "leaky_relu_backward")(_grid(dy.size), (THREADS,), (dy, x, out, slope, np.int64(dy.size)))
+    out = _launch.out_array("out", out, dy.shape, dy.dtype)
+    _kernel(_EW, f"leaky_relu_backward<{_ctype(dy)}>")(_grid(dy.size), (THREADS,), (dy, x, out, slope, np.int64(dy.size)))
     return out
 
 
 def add(a, b, *, out=None):
     """a + b (same shape)."""
-    _launch.check("a", a)
-    _launch.check("b", b)
+    _check_float("a", a)
+    _launch.check("b", b, dtype=a.dtype)
     _same_shape("a", a, b=b)
-    out = _launch.out_array("out", out, a.shape)
-    _kernel(_EW, "add_arrays")(_grid(a.size), (THREADS,), (a, b, out, np.int64(a.size)))
+    out = _launch.out_array("out", out, a.shape, a.dtype)
+    _kernel(_EW, f"add_arrays<{_ctype(a)}>")(_grid(a.size), (THREADS,), (a, b, out, np.int64(a.size)))
+    return out
+
+
+def cast(x, dtype, *, out=None):
+    """x converted to ``dtype`` ('float32' or 'bfloat16'): rounded to nearest even, or widened
+    exactly; to x's own dtype, a copy."""
+    _check_float("x", x)
+    target = _ref.cast_dtype(dtype)
+    out = _launch.out_array("out", out, x.shape, target)
+    _no_overlap("out", out, x=x)
+    if target == x.dtype:
+        out.data.copy_from_device_async(x.data, x.nbytes)  # on the current stream
+        return out
+    _kernel(_EW, f"cast_elements<{_ctype(x)}, {_ctype(out)}>")(_grid(x.size), (THREADS,), (x, out, np.int64(x.size)))
     return out
 
 
@@ -168,21 +213,22 @@ def copy(dst, src):
 
 
 def copy_channels(dst, src, dst_start, src_start, width):
-    """dst[..., dst_start:dst_start+width] = src[..., src_start:src_start+width] in place (float32)."""
-    _launch.check("dst", dst)
-    _launch.check("src", src)
+    """dst[..., dst_start:dst_start+width] = src[..., src_start:src_start+width] in place (float32
+    or bfloat16)."""
+    _check_float("dst", dst)
+    _launch.check("src", src, dtype=dst.dtype)
     _ref.channel_range(dst.shape, src.shape, dst_start, src_start, width)
     _no_overlap("dst", dst, src=src)
     rows = dst.size // dst.shape[-1]
     grid = (1, min(_cdiv(rows, SUM_ROWS), 65535))  # grid.y is at most 65535; the kernel loops
-    _kernel(_EW, "copy_channels")(grid, (SUM_COLS, SUM_ROWS),
+    _kernel(_EW, f"copy_channels<{_ctype(dst)}>")(grid, (SUM_COLS, SUM_ROWS),
                                   (src, dst, np.int64(rows), np.int32(width), np.int32(src.shape[-1]),
                                    np.int32(src_start), np.int32(dst.shape[-1]), np.int32(dst_start)))
     return None
 
 
 def gather_rows(dst, src, rows):
-    """dst[i] = src[rows[i]] in place (float32 or int32 rows; rows int32 on the GPU)."""
+    """dst[i] = src[rows[i]] in place (float32, bfloat16 or int32 rows; rows int32 on the GPU)."""
     _launch.check("dst", dst, dtype=getattr(dst, "dtype", np.float32))
     _launch.check("src", src, dtype=dst.dtype)
     _launch.check("rows", rows, dtype=np.int32, ndim=1)
@@ -190,7 +236,8 @@ def gather_rows(dst, src, rows):
     _no_overlap("dst", dst, src=src, rows=rows)
     n = dst.shape[0]
     grid = (1, min(_cdiv(n, SUM_ROWS), 65535))  # grid.y is at most 65535; the kernel loops
-    _kernel(_EW, "gather_rows")(grid, (SUM_COLS, SUM_ROWS),
+    word = "unsigned short" if dst.dtype.itemsize == 2 else "unsigned"
+    _kernel(_EW, f"gather_rows<{word}>")(grid, (SUM_COLS, SUM_ROWS),
                                 (src, dst, rows, np.int64(n), np.int64(dst.size // n), np.int64(src.shape[0])))
     return None
 
@@ -203,9 +250,10 @@ def increment(step):
 
 
 def bias_grad(dy, *, out=None):
-    """Sum of dy over every axis but the last -> (C,); deterministic (fixed chunks, no atomics)."""
+    """Sum of dy over every axis but the last -> (C,) float32 (float32 accumulation, for bfloat16
+    dy too); deterministic (fixed chunks, no atomics)."""
     import cupy as cp
-    _launch.check("dy", dy)
+    _check_float("dy", dy)
     C = dy.shape[-1]
     rows = dy.size // C
     _check_int32(channels=C)
@@ -213,7 +261,7 @@ def bias_grad(dy, *, out=None):
     _no_overlap("out", out, dy=dy)
     rows_per_chunk = max(SUM_CHUNK_ROWS, _cdiv(rows, 65535))  # grid.y <= 65535
     chunks = _cdiv(rows, rows_per_chunk)
-    kernel = _kernel(_EW, "column_sum")
+    kernel = _kernel(_EW, f"column_sum<{_ctype(dy)}>")
     block = (SUM_COLS, SUM_ROWS)
     gx = _cdiv(C, SUM_COLS)
     if chunks == 1:
@@ -221,7 +269,7 @@ def bias_grad(dy, *, out=None):
         return out
     partial = cp.empty((chunks, C), dtype=np.float32)
     kernel((gx, chunks), block, (dy, partial, np.int64(rows), np.int32(C), np.int64(rows_per_chunk)))
-    kernel((gx, 1), block, (partial, out, np.int64(chunks), np.int32(C), np.int64(chunks)))
+    _kernel(_EW, "column_sum<float>")((gx, 1), block, (partial, out, np.int64(chunks), np.int32(C), np.int64(chunks)))
     return out
 
 
@@ -456,52 +504,65 @@ def _flat(**arrays):
     return first.size
 
 
-def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0):
+def _bf16_copy(p, p_bf16):
+    """p_bf16 checked: None, or the bfloat16 copy of p (same length) that the update also writes."""
+    if p_bf16 is not None:
+        _launch.check("p_bf16", p_bf16, dtype=dtypes.bfloat16, shape=p.shape)
+        _no_overlap("p_bf16", p_bf16, p=p)
+    return p_bf16
+
+
+def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay=0.0, *, p_bf16=None):
     """Keras SGD in place: v = momentum*v - lr*g; p += v (nesterov: p += momentum*v - lr*g);
-    g + weight_decay * p in place of g when weight_decay != 0."""
+    g + weight_decay * p in place of g when weight_decay != 0; p_bf16: p rounded to bfloat16 too."""
     lr, momentum, wd = _real("lr", lr), _real("momentum", momentum), _real("weight_decay", weight_decay)
     if v is None:
         if momentum != 0:
             raise ValueError(f"v (the velocity buffer) is required when momentum is {momentum}")
         n = _flat(p=p, g=g)
-        _kernel(_OPT, "sgd_plain")(_grid(n), (THREADS,), (p, g, np.int64(n), np.float32(lr), np.float32(wd)))
+        p_bf16 = _bf16_copy(p, p_bf16)
+        _kernel(_OPT, "sgd_plain")(_grid(n), (THREADS,), (p, g, np.int64(n), np.float32(lr), np.float32(wd), p_bf16))
         return None
     n = _flat(p=p, g=g, v=v)
+    p_bf16 = _bf16_copy(p, p_bf16)
     _kernel(_OPT, "sgd_momentum")(
         _grid(n), (THREADS,),
         (p, g, v, np.int64(n), np.float32(lr), np.float32(momentum), np.int32(bool(nesterov)),
-         np.float32(wd)))
+         np.float32(wd), p_bf16))
     return None
 
 
-def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0):
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0, *, p_bf16=None):
     """Keras Adam in place, t = step[0] + 1 read on the device (step is not changed);
-    weight_decay != 0: AdamW's p -= p * weight_decay * lr first."""
+    weight_decay != 0: AdamW's p -= p * weight_decay * lr first; p_bf16: p rounded to bfloat16 too."""
     lr, beta1, beta2, eps, wd = (_real(a, b) for a, b in (("lr", lr), ("beta1", beta1), ("beta2", beta2),
                                                           ("eps", eps), ("weight_decay", weight_decay)))
     n = _flat(p=p, g=g, m=m, v=v)
     _step(step)
+    p_bf16 = _bf16_copy(p, p_bf16)
     _kernel(_OPT, "adam")(
         _grid(n), (THREADS,),
         (p, g, m, v, step, np.int64(n), np.float64(lr), np.float64(beta1), np.float64(beta2),
          np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2),
-         np.float32(eps), np.float32(wd), np.float32(lr)))
+         np.float32(eps), np.float32(wd), np.float32(lr), p_bf16))
     return None
 
 
-def rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps):
-    """Keras RMSprop in place; mom None when momentum == 0, avg None unless centered."""
+def rmsprop_update(p, g, v, mom, avg, lr, rho, momentum, eps, *, p_bf16=None):
+    """Keras RMSprop in place; mom None when momentum == 0, avg None unless centered; p_bf16: p
+    rounded to bfloat16 too."""
     lr, rho, momentum, eps = (_real(a, b) for a, b in
                               (("lr", lr), ("rho", rho), ("momentum", momentum), ("eps", eps)))
     if (mom is None) != (momentum == 0):
         raise ValueError(f"mom (the momentum buffer) is required exactly when momentum != 0 (got {momentum})")
     buffers = {"p": p, "g": g, "v": v, "mom": mom, "avg": avg}
     n = _flat(**{k: a for k, a in buffers.items() if a is not None})
+    p_bf16 = _bf16_copy(p, p_bf16)
     _kernel(_OPT, "rmsprop")(
         _grid(n), (THREADS,),
         (p, g, v, v if mom is None else mom, v if avg is None else avg, np.int64(n), np.float32(lr),
          np.float32(rho), np.float32(1.0 - rho), np.float32(momentum), np.float32(eps),
-         np.int32(mom is not None), np.int32(avg is not None)))
+         np.int32(mom is not None), np.int32(avg is not None), p_bf16))
     return None
 
 
@@ -513,6 +574,7 @@ _NOTES = {
     "leaky_relu_forward": "grid-stride x >= 0 ? x : slope * x",
     "leaky_relu_backward": "grid-stride dy * (x >= 0 ? 1 : slope)",
     "add": "grid-stride a + b",
+    "cast": "grid-stride conversion float32 <-> bfloat16 (to the same dtype: a device-to-device copy)",
     "copy": "device-to-device cudaMemcpyAsync on the current stream",
     "copy_channels": "block (32, 8): lanes walk a row's channels, warps walk rows (group convolution)",
     "gather_rows": "block (32, 8): lanes walk a row's words, warps walk the picked rows (batches on the GPU)",
@@ -534,5 +596,10 @@ _NOTES = {
     "rmsprop_update": "one grid-stride launch (plain / momentum / centered)",
 }
 
+# The ops whose kernels are templated over the element type (or move bytes of any type).
+BOTH_DTYPES = {"relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "add", "cast", "copy", "copy_channels", "gather_rows",
+               "bias_grad"}
+
 for _op, _note in _NOTES.items():
-    registry.register(_op, "cuda", globals()[_op], source="cuda", note=_note)
+    registry.register(_op, "cuda", globals()[_op], source="cuda", note=_note,
+                      dtypes=("float32", "bfloat16") if _op in BOTH_DTYPES else ("float32",))

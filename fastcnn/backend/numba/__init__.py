@@ -63,7 +63,7 @@ from .gemm import (TILE_CONFIGS, dense_forward, matmul, pick_config, simulator_c
 from .conv import conv2d_backward_data, conv2d_backward_weights, conv2d_forward  # noqa: F401
 from .pool import (LANES_WINDOWS, maxpool_backward, maxpool_backward_vec, maxpool_forward,  # noqa: F401
                    maxpool_forward_lanes, maxpool_forward_vec)
-from .step import (adam_update, add, bias_grad, copy, copy_channels, gather_rows,  # noqa: F401
+from .step import (adam_update, add, bias_grad, cast, copy, copy_channels, gather_rows,  # noqa: F401
                    increment, leaky_relu_backward, leaky_relu_forward, lrn_backward, lrn_forward,
                    relu_backward, relu_forward,
                    rmsprop_update, sgd_update, softmax, softmax_cross_entropy)
@@ -106,6 +106,7 @@ VARIANTS = {
     "copy": ("numba", "Numba: grid-stride elementwise"),
     "copy_channels": ("numba", "Numba: lanes over a row's channels, rows grid-stride"),
     "gather_rows": ("numba", "Numba: lanes over a row's words, picked rows grid-stride"),
+    "cast": ("numba", "Numba: float32 to float32 is a grid-stride copy; bfloat16 is refused (float32 only)"),
 }
 
 

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from ... import _numba_compat  # must precede numba.cuda: see its docstring (NumPy 2.5)
+from ...dtypes import bfloat16
 
 _numba_compat.apply()
 
@@ -115,6 +116,9 @@ _ARRAY_TYPE = _array_type()
 _WHERE = "a NumPy array (CUDA simulator)" if SIMULATOR else "a CuPy array on the GPU"
 
 
+FLOAT32_ONLY = "the numba backend computes in float32 only; mixed_bfloat16 needs the cuda or reference backend"
+
+
 def _check(argname, a, dtype=np.float32, ndim=None, shape=None):
     """Refuse, before any launch, an argument the kernels would read wrongly.
 
@@ -125,6 +129,8 @@ def _check(argname, a, dtype=np.float32, ndim=None, shape=None):
         raise TypeError(f"{argname} must be {_WHERE}, got {type(a).__name__}; "
                         "convert it with fastcnn.backend.get('numba').asarray(...)")
     if a.dtype != dtype:
+        if a.dtype == bfloat16:
+            raise TypeError(f"{argname} is bfloat16: {FLOAT32_ONLY}")
         raise TypeError(f"{argname} must be {np.dtype(dtype).name}, got {a.dtype.name}")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{argname} must have {ndim} dimensions, got shape {tuple(a.shape)}")

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ._launch import (SIMULATOR, THREADS, _MAX_BLOCKS, _blocks, _check, _cp, _device, _flat, _jit,
+from ._launch import (FLOAT32_ONLY, SIMULATOR, THREADS, _MAX_BLOCKS, _blocks, _check, _cp, _device, _flat, _jit,
                       _launch, _no_bias, _out, _pair_out, _ptx_types, _scratch, cuda, float32,
                       float64, int32, types)
 from .. import reference
@@ -128,6 +128,22 @@ def copy(dst, src):
     _check("dst", dst, dtype=getattr(dst, "dtype", np.float32))
     _check("src", src, dtype=dst.dtype, shape=dst.shape)
     _launch(_k_copy, _blocks(dst.size), THREADS, _flat(dst), _flat(src), dst.size)
+
+
+def cast(x, dtype, *, out=None):
+    """x converted to dtype: float32 to float32 is a copy; bfloat16 either way is refused (this
+    backend computes in float32 only)."""
+    if reference.cast_dtype(dtype) != np.float32:
+        raise TypeError(f"cast to bfloat16: {FLOAT32_ONLY}")
+    _check("x", x)
+    y = _out("out", out, x.shape, inputs=(("x", x),))
+    _launch(_k_copy, _blocks(x.size), THREADS, _flat(y), _flat(x), x.size)
+    return y
+
+
+def _no_bf16_copy(p_bf16):
+    if p_bf16 is not None:
+        raise TypeError(f"p_bf16 (a bfloat16 copy of the weights): {FLOAT32_ONLY}")
 
 
 @_jit
@@ -570,9 +586,10 @@ def _k_rmsprop(P, G, V, MOM, A, n, lr, rho, one_minus_rho, momentum, eps, use_mo
         i += stride
 
 
-def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0, *, p_bf16=None):
     """In place: v = momentum*v - lr*g; p += v (Nesterov: p += momentum*v - lr*g); v None if momentum == 0;
-    g + weight_decay * p in place of g when weight_decay != 0."""
+    g + weight_decay * p in place of g when weight_decay != 0.  p_bf16 is refused (float32 only)."""
+    _no_bf16_copy(p_bf16)
     _check("p", p, ndim=1)
     _check("g", g, shape=p.shape)
     momentum = float(momentum)
@@ -588,9 +605,10 @@ def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
             np.float32(momentum), mode, np.float32(weight_decay))
 
 
-def adam_update(p, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, weight_decay=0.0):
+def adam_update(p, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, weight_decay=0.0, *, p_bf16=None):
     """In place, Keras's Adam with t = step[0] + 1 (step itself is not changed); weight_decay != 0:
-    AdamW's p -= p * weight_decay * lr first."""
+    AdamW's p -= p * weight_decay * lr first.  p_bf16 is refused (float32 only)."""
+    _no_bf16_copy(p_bf16)
     _check("p", p, ndim=1)
     for argname, a in (("g", g), ("m", m), ("v", v)):
         _check(argname, a, shape=p.shape)
@@ -599,8 +617,10 @@ def adam_update(p, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, wei
             float(lr), float(beta1), float(beta2), np.float32(eps), np.float32(weight_decay), np.float32(lr))
 
 
-def rmsprop_update(p, g, v, mom, avg, lr=1e-3, rho=0.9, momentum=0.0, eps=1e-7):
-    """In place, Keras's RMSprop; mom None when momentum == 0, avg None unless centered."""
+def rmsprop_update(p, g, v, mom, avg, lr=1e-3, rho=0.9, momentum=0.0, eps=1e-7, *, p_bf16=None):
+    """In place, Keras's RMSprop; mom None when momentum == 0, avg None unless centered.  p_bf16 is
+    refused (float32 only)."""
+    _no_bf16_copy(p_bf16)
     _check("p", p, ndim=1)
     for argname, a in (("g", g), ("v", v), ("mom", mom), ("avg", avg)):
         if a is not None:
