@@ -5,7 +5,7 @@ The file holds every weight under its name (as save_weights' .npz), the optimize
 (``__epoch__``), the running totals inside an epoch (``__totals__``), the callbacks' arrays
 (``__callback__/KEY/FIELD/I``) and the rest as JSON in ``__state__``: where training stands,
 the random generator's and the batch source's states, the optimizer's name and settings, the
-float32 matmul precision and the callbacks' other fields.  ``Sequential.save_checkpoint`` /
+float32 matmul precision, each layer's dtype policy and the callbacks' other fields.  ``Sequential.save_checkpoint`` /
 ``load_checkpoint`` call save / load.
 """
 from __future__ import annotations
@@ -54,7 +54,8 @@ def arrays(model, epoch: int | None = None) -> dict:
     record = {"epoch": at["epoch"], "batch": at["batch"], "seen": at["seen"], "steps": at["steps"],
               "generator": at["generator"], "source": at["source"], "optimizer": type(model.optimizer).__name__,
               "optimizer_config": plain_config(model.optimizer.get_config()),
-              "precision": precision.get_float32_matmul_precision(), "callbacks": callbacks}
+              "precision": precision.get_float32_matmul_precision(), "dtype_policies": model.policy_names(),
+              "callbacks": callbacks}
     out["__state__"] = np.array(json.dumps(record))
     return out
 
@@ -93,6 +94,12 @@ def load(model, path) -> int:
         raise ValueError(f"{path} was saved training with float32 matmul precision {was!r}; it is {now!r} "
                          f"now: resume with the same precision (--precision "
                          f"{'tf32' if was == 'high' else 'fp32'}) for the run to go on exactly")
+    # A checkpoint without the field was written by float32 layers (policies came later).
+    was, now = record.get("dtype_policies", ["float32"] * len(model.layers)), model.policy_names()
+    if was != now:
+        raise ValueError(f"{path} was saved training with dtype policies {_policies_text(was)}; this model's "
+                         f"are {_policies_text(now)}: resume with the same policy (--precision "
+                         f"{'bf16' if 'mixed_bfloat16' in was else 'fp32 or tf32'}) for the run to go on exactly")
     model.set_named_weights(saved, path)
     state = model.training_state
     state.set_step(saved["__step__"])
@@ -121,6 +128,11 @@ def _read_record(saved: dict, path):
         raise ValueError(f"{path} is not a readable checkpoint: its training state is damaged "
                          f"({type(exc).__name__}: {exc})") from None
     return record, callbacks
+
+
+def _policies_text(names) -> str:
+    """'mixed_bfloat16' when every layer has that policy, else the list."""
+    return repr(names[0]) if len(set(names)) == 1 else str(names)
 
 
 def plain_config(config: dict) -> dict:

@@ -127,7 +127,7 @@ class Sequential:
         total = self.count_params()
         frozen = sum(l.count_params() for l in self.layers if not l.trainable)
         out += ["=" * width, f"Total params: {total:,}", f"Trainable params: {total - frozen:,}",
-                f"Non-trainable params: {frozen:,}", "_" * width]
+                f"Non-trainable params: {frozen:,}", f"Dtype policy: {_policy_summary(self.layers)}", "_" * width]
         for text in out:
             print_fn(text.rstrip())
 
@@ -147,6 +147,7 @@ class Sequential:
         if device not in DEVICES:
             raise ValueError(f"device must be one of {sorted(DEVICES) + ['auto']}, got {device!r}")
         new = backends.get(backend or DEVICES[device])
+        self._computes_in_bfloat16(new)   # refused before anything moves
         state = self._state
         weights = self.get_weights() if self.built else None
         opt_state = self.optimizer.get_state() if state.bound and self.optimizer else None
@@ -164,6 +165,7 @@ class Sequential:
     def _bind(self, step: int = 0) -> None:
         """Lay the parameters out in the training state's flat buffers (TrainingState.bind)."""
         self.require_built()
+        self._computes_in_bfloat16()
         self._state.bind(self.backend, self.layers, step)
         self._graph_steps = {}
 
@@ -172,7 +174,17 @@ class Sequential:
         if not state.bound:
             self._bind()
         elif not state.matches(self.layers):
-            self._bind(state.read_step())  # a layer was (un)frozen: a new layout
+            self._bind(state.read_step())  # a layer was (un)frozen, or its policy changed: a new layout
+
+    def _computes_in_bfloat16(self, backend=None) -> bool:
+        """True when a layer computes in bfloat16 (mixed_bfloat16): refused on the Numba backend
+        (``backend``, by default the model's)."""
+        if not any(l.compute_dtype == "bfloat16" for l in self.layers):
+            return False
+        if (backend or self.backend).name == "numba":
+            raise ValueError("the numba backend computes in float32 only: it does not run the mixed_bfloat16 "
+                             "dtype policy; use the cuda backend (model.to('cuda')) or the float32 policy")
+        return True
 
     @property
     def training_state(self) -> TrainingState:
@@ -204,10 +216,15 @@ class Sequential:
         self._ensure_bound()
         for p, w in zip(params, weights):
             self.backend.copy(p.data, self.backend.asarray(np.asarray(w, np.float32)))
+        self._state.refresh_bf16()
 
     def weight_names(self) -> list[str]:
         """Every weight's name ('conv2d/kernel', ...), in get_weights' order."""
         return [name for layer in self.layers for name in layer.weight_names()]
+
+    def policy_names(self) -> list[str]:
+        """Each layer's dtype policy name (what a checkpoint records)."""
+        return [layer.dtype_policy.name for layer in self.layers]
 
     def save_weights(self, path) -> None:
         """Write every weight to an .npz file, or Keras 3's .weights.h5 when the name ends in .h5,
@@ -261,6 +278,7 @@ class Sequential:
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; fastcnn supports 'accuracy'")
         self.require_built()
+        self._computes_in_bfloat16()   # the Numba backend refuses mixed_bfloat16 here, not in a kernel
         last = self.layers[-1]
         if not loss.from_logits and last.activation != "softmax":
             raise ValueError(f"{loss.name} expects the last layer to end in softmax (or pass the loss "
@@ -334,8 +352,9 @@ class Sequential:
             else:
                 state.grads.fill(0)
             distribution.reduce_gradients(self)   # data-parallel: averaged across processes
-            if state.n_trainable:
-                self.optimizer.apply(state.trainable_params, state.trainable_grads, state.step)
+            if state.n_trainable:   # (mixed_bfloat16: the bfloat16 copy rewritten in the same launch)
+                self.optimizer.apply(state.trainable_params, state.trainable_grads, state.step,
+                                     state.trainable_params_bf16)
             B.increment(state.step)
 
     def profile(self, x, y, steps: int = 5, warmup: int = 1):
@@ -571,7 +590,7 @@ class Sequential:
         with backends.using(B.name), no_grad():
             for xb in inputs:
                 outputs.append(B.to_host(self._forward(Tensor(xb), False, False).data))
-        return np.concatenate(outputs)
+        return np.concatenate(outputs).astype(np.float32, copy=False)   # (bfloat16 outputs of a mixed model)
 
     # ---- Keras's other model methods (files: fastcnn.keras_files) ----------------------------------------
     @property
@@ -660,6 +679,15 @@ class Sequential:
             raise ValueError(f"save writes .keras archives; got {os.fspath(path)!r} "
                              f"(weights alone: save_weights to .weights.h5 or .npz)")
         keras_files.save_model(self, path)
+
+
+def _policy_summary(layers) -> str:
+    """summary()'s policy line: the one policy of every layer, or each layer's."""
+    names = [l.dtype_policy.name for l in layers]
+    if len(set(names)) == 1:
+        policy = layers[0].dtype_policy
+        return f"{policy.name} (compute {policy.compute_dtype}, variables {policy.variable_dtype})"
+    return ", ".join(f"{l.name} {n}" for l, n in zip(layers, names))
 
 
 def _progress_callbacks(verbose):

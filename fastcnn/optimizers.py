@@ -17,7 +17,9 @@ class Optimizer:
         self.backend = backend
         self.state = {k: backend.asarray(np.zeros(size, np.float32)) for k in self.state_names}
 
-    def apply(self, params, grads, step) -> None:
+    def apply(self, params, grads, step, params_bf16=None) -> None:
+        """One update of the flat ``params`` by ``grads``; ``params_bf16`` (the mixed_bfloat16
+        policy's bfloat16 copy of params) receives the updated values rounded, in the same launch."""
         raise NotImplementedError
 
     def get_state(self) -> dict:
@@ -55,9 +57,9 @@ class SGD(Optimizer):
         self.weight_decay = float(weight_decay)
         self.state_names = ("velocity",) if self.momentum else ()
 
-    def apply(self, params, grads, step):
+    def apply(self, params, grads, step, params_bf16=None):
         self.backend.sgd_update(params, grads, self.state.get("velocity"), self.learning_rate,
-                                self.momentum, self.nesterov, self.weight_decay)
+                                self.momentum, self.nesterov, self.weight_decay, **_bf16(params_bf16))
 
 
 class Adam(Optimizer):
@@ -76,10 +78,10 @@ class Adam(Optimizer):
             float(learning_rate), float(beta_1), float(beta_2), float(epsilon))
         self.weight_decay = float(weight_decay)
 
-    def apply(self, params, grads, step):
+    def apply(self, params, grads, step, params_bf16=None):
         s = self.state
         self.backend.adam_update(params, grads, s["m"], s["v"], step, self.learning_rate,
-                                 self.beta_1, self.beta_2, self.epsilon, self.weight_decay)
+                                 self.beta_1, self.beta_2, self.epsilon, self.weight_decay, **_bf16(params_bf16))
 
 
 class AdamW(Adam):
@@ -104,10 +106,16 @@ class RMSprop(Optimizer):
         self.state_names = ("velocity",) + (("momentum",) if self.momentum else ()) + \
             (("average_gradient",) if self.centered else ())
 
-    def apply(self, params, grads, step):
+    def apply(self, params, grads, step, params_bf16=None):
         s = self.state
         self.backend.rmsprop_update(params, grads, s["velocity"], s.get("momentum"), s.get("average_gradient"),
-                                    self.learning_rate, self.rho, self.momentum, self.epsilon)
+                                    self.learning_rate, self.rho, self.momentum, self.epsilon, **_bf16(params_bf16))
+
+
+def _bf16(params_bf16) -> dict:
+    """The update primitive's p_bf16= keyword, passed only when there is a bfloat16 copy (a
+    float32 model's call stays as it was)."""
+    return {} if params_bf16 is None else {"p_bf16": params_bf16}
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}

@@ -13,6 +13,10 @@ On the model's device:
   shape (2,)), added to by the loss on the device without a synchronisation.
 - ``slots``: the optimizer's state arrays (Adam's m and v, SGD's velocity...), which the
   optimizer allocates over ``trainable_params`` (``attach_optimizer``).
+- ``params_bf16``: when a layer computes in bfloat16 (the mixed_bfloat16 policy), the bfloat16
+  copy of ``params`` the layers multiply with (``Parameter.bf16_view``); the optimizer rewrites
+  it in the same launch as ``params`` (``trainable_params_bf16``), ``refresh_bf16`` after
+  weights were set; else None.
 
 On the host, where training stands: ``position`` (the epoch, batch and samples seen of the
 fit in progress, the random generator's and the batch source's states at the epoch's start),
@@ -37,6 +41,7 @@ class TrainingState:
     def __init__(self):
         self.backend = None
         self.params = self.grads = None   # the flat buffers; None until bind()
+        self.params_bf16 = None           # mixed_bfloat16: the bfloat16 copy of params
         self.step = self.totals = None
         self.n_trainable = 0              # floats of params the optimizer updates (the leading part)
         self.layout = None                # each layer's frozen flag when the buffers were laid out
@@ -53,7 +58,7 @@ class TrainingState:
 
     def unbind(self) -> None:
         """Forget the buffers (the layers changed, or the model moves): bind() lays them out anew."""
-        self.params = self.grads = self.step = self.totals = None
+        self.params = self.grads = self.step = self.totals = self.params_bf16 = None
         self.layout = None
 
     def bind(self, backend, layers, step: int = 0) -> None:
@@ -62,7 +67,7 @@ class TrainingState:
         the step counter (at ``step``) and zero totals, hand the step counter to the random
         layers, and allocate the attached optimizer's slots for the trainable part."""
         self.backend = B = backend
-        self.layout = tuple(not l.trainable for l in layers)
+        self.layout = _layout(layers)
         trainable = [p for l in layers if l.trainable for p in l.params]
         params = trainable + [p for l in layers if not l.trainable for p in l.params]
         offsets, total = [], 0
@@ -75,9 +80,12 @@ class TrainingState:
             host[off:off + p.size] = B.to_host(p.data).reshape(-1)
         self.params = B.asarray(host)
         self.grads = B.asarray(np.zeros_like(host))
+        bf16 = any(l.compute_dtype == "bfloat16" for l in layers)
+        self.params_bf16 = B.cast(self.params, "bfloat16") if bf16 else None
         for p, off in zip(params, offsets):
             p.data = self.params[off:off + p.size].reshape(p.shape)
             p.grad_view = self.grads[off:off + p.size].reshape(p.shape)
+            p.bf16_view = self.params_bf16[off:off + p.size].reshape(p.shape) if bf16 else None
             p.grad = None
         self.step = B.asarray(np.array([step], np.int32))
         self.totals = B.asarray(np.zeros(2, np.float64))
@@ -89,7 +97,7 @@ class TrainingState:
 
     def matches(self, layers) -> bool:
         """True when the buffers are bound for these layers' frozen flags (else bind anew)."""
-        return self.bound and self.layout == tuple(not l.trainable for l in layers)
+        return self.bound and self.layout == _layout(layers)
 
     @property
     def trainable_params(self):
@@ -99,6 +107,19 @@ class TrainingState:
     @property
     def trainable_grads(self):
         return self.grads if self.n_trainable == self.grads.size else self.grads[:self.n_trainable]
+
+    @property
+    def trainable_params_bf16(self):
+        """The view of ``params_bf16`` the optimizer rewrites with ``trainable_params`` (None
+        without a bfloat16 copy)."""
+        if self.params_bf16 is None or self.n_trainable == self.params_bf16.size:
+            return self.params_bf16
+        return self.params_bf16[:self.n_trainable]
+
+    def refresh_bf16(self) -> None:
+        """The bfloat16 copy made anew from ``params`` (after the weights were set)."""
+        if self.params_bf16 is not None:
+            self.backend.copy(self.params_bf16, self.backend.cast(self.params, "bfloat16"))
 
     # ---- the optimizer's slots -----------------------------------------------------------------
     def attach_optimizer(self, optimizer) -> None:
@@ -136,9 +157,12 @@ class TrainingState:
 
     # ---- the arrays a step changes ---------------------------------------------------------------
     def device_arrays(self) -> dict:
-        """Every device array a training step changes, by name: the parameters, the step
-        counter, the totals and the optimizer's slots (``slot/NAME``, in name order)."""
+        """Every device array a training step changes, by name: the parameters (and their
+        bfloat16 copy), the step counter, the totals and the optimizer's slots (``slot/NAME``,
+        in name order)."""
         arrays = {"params": self.params, "step": self.step, "totals": self.totals}
+        if self.params_bf16 is not None:
+            arrays["params_bf16"] = self.params_bf16
         arrays.update((f"slot/{k}", v) for k, v in sorted(self.slots.items()))
         return arrays
 
@@ -156,3 +180,9 @@ class TrainingState:
         """Put back what snapshot() copied (into the same arrays: captured graphs keep them)."""
         for live, copy in saved.values():
             self.backend.copy(live, copy)
+
+
+def _layout(layers) -> tuple:
+    """What the buffers' layout depends on: each layer's frozen flag and whether it computes in
+    bfloat16 (a bfloat16 copy of the weights then)."""
+    return tuple((not l.trainable, l.compute_dtype) for l in layers)
