@@ -15,6 +15,8 @@ with loss scaling) is not offered.
 """
 from __future__ import annotations
 
+import contextlib
+
 from . import dtypes
 
 # policy name -> (compute dtype, variable dtype)
@@ -72,6 +74,18 @@ def set_global_policy(policy) -> None:
 
 def global_policy() -> Policy:
     return _global[0]
+
+
+@contextlib.contextmanager
+def policy_scope(policy):
+    """``with policy_scope("mixed_bfloat16"): model = fastcnn.models.lenet5()``: the global
+    policy for the layers made inside the block, the previous one after it."""
+    previous = global_policy()
+    set_global_policy(policy)
+    try:
+        yield global_policy()
+    finally:
+        _global[0] = previous
 
 
 def get(identifier) -> Policy:

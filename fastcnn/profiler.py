@@ -33,6 +33,8 @@ from __future__ import annotations
 import contextlib
 import time
 
+import numpy as np
+
 from . import backend as _backends
 from . import config
 
@@ -142,6 +144,7 @@ class Profile:
         self._patched: list = []
         self._resolved = False
         self.precision = config.precision_name()  # 'fp32' or 'tf32' (GEMM/convolution), set on entering
+        self.activation_bytes = None     # profile_training: what one step holds for its backward pass
 
     # -- recording
     def __enter__(self) -> "Profile":
@@ -281,13 +284,17 @@ class Profile:
                 if self.clock_name == "gpu" else "host time")
         out.append(f"step: {self.step_us():.1f} us ({what}); host {step_host:.1f} us; "
                    f"mean of {len(self.steps)} step(s) on backend {self.backend.name}, precision {self.precision}")
+        if self.activation_bytes is not None:
+            out.append(f"activation memory per step: {self.activation_bytes / 2 ** 20:.2f} MiB "
+                       f"({self.activation_bytes:,} bytes: activations and the arrays saved for backward, "
+                       f"weights not counted)")
         return "\n".join(out)
 
     def to_dict(self) -> dict:
         """JSON-ready: the backend, clock, steps and every grouping."""
         self._require_steps()
         return {"backend": self.backend.name, "precision": self.precision, "clock": self.clock_name,
-                "steps": len(self.steps),
+                "steps": len(self.steps), "activation_bytes": self.activation_bytes,
                 "step_us": self.step_us(), "step_host_us": sum(s["host_us"] for s in self.steps) / len(self.steps),
                 "by_call": self.rows("call"), "by_op": self.rows("op"), "by_layer": self.rows("layer")}
 
@@ -314,4 +321,57 @@ def profile_training(model, x, y, steps: int = 5, warmup: int = 1) -> Profile:
                     model.train_step(xb, yb)
     finally:
         state.restore(saved)
+    prof.precision = config.precision_name(model)
+    prof.activation_bytes = activation_bytes(model, xb, yb)
     return prof
+
+
+def _extent(a):
+    """(first byte address, byte count) of a NumPy or CuPy array."""
+    start = a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+    return start, a.nbytes
+
+
+def _arrays(value):
+    if hasattr(value, "shape") and hasattr(value, "nbytes") and hasattr(value, "dtype"):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _arrays(v)
+
+
+def activation_bytes(model, x, y) -> int:
+    """Bytes a training step of ``model`` on the device batch (x, y) holds between its forward and
+    backward passes: every layer's output and every array a Function saved for backward (the
+    bfloat16 input copy, ReLU outputs, pooling's argmax, LRN's scale...) plus the loss gradient,
+    each byte counted once (views share); the weights, their bfloat16 copy and the batch x itself
+    are not counted.  One forward pass, nothing updated."""
+    from .tensor import Tensor
+    B = model.backend
+    with _backends.using(B.name):
+        logits = model._forward(Tensor(x), True, True)
+        dlogits = model.loss.fused_gradient(logits.data, y, B.asarray(np.zeros(2, np.float64)), B)
+        found, seen, stack = [logits.data, dlogits], set(), [logits.creator]
+        while stack:
+            fn = stack.pop()
+            if fn is None or id(fn) in seen:
+                continue
+            seen.add(id(fn))
+            for name, value in vars(fn).items():
+                if name not in ("inputs", "outputs", "B"):
+                    found += list(_arrays(value))
+            for t in fn.inputs:
+                found.append(t.data)
+                stack.append(t.creator)
+    state = model.training_state
+    excluded = [_extent(a) for a in (state.params, state.params_bf16, x) if a is not None]
+    spans = sorted({_extent(a) for a in found if a.nbytes})
+    total, end = 0, 0
+    for start, size in spans:
+        if any(lo <= start < lo + n for lo, n in excluded):
+            continue
+        lo, hi = max(start, end), start + size
+        if hi > lo:
+            total += hi - lo
+            end = hi
+    return total

@@ -49,8 +49,13 @@ def test_context_manager_restores_the_precision_even_after_an_error():
 
 def test_command_line_names():
     assert config.from_name("fp32") == "highest" and config.from_name("tf32") == "high"
-    with pytest.raises(ValueError, match="'bf16'"):
-        config.from_name("bf16")
+    assert config.from_name("bf16") == "highest"   # bf16 is a dtype policy, not a float32 matmul precision
+    assert [config.policy_name(n) for n in ("fp32", "tf32", "bf16")] == ["float32", "float32", "mixed_bfloat16"]
+    for bad in ("fp16", "BF16"):
+        with pytest.raises(ValueError, match=f"'{bad}'"):
+            config.from_name(bad)
+        with pytest.raises(ValueError, match=f"'{bad}'"):
+            config.policy_name(bad)
 
 
 # ---------------------------------------------------------------- round_tf32
@@ -420,8 +425,10 @@ def test_numba_kernels_refuse_tf32_and_tf32_kernels_need_it(capsys, tmp_path, fa
     code, _, err = _cli(capsys, *base, "--kernel", "fake_precision_op=tc")
     assert code == 2 and "tc computes in TF32; add --precision tf32" in err
     with pytest.raises(SystemExit) as exit_:
-        _cli(capsys, *base, "--precision", "bf16")
-    assert exit_.value.code == 2 and "invalid choice: 'bf16'" in capsys.readouterr().err
+        _cli(capsys, *base, "--precision", "fp16")
+    assert exit_.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+    code, _, err = _cli(capsys, *base, "--precision", "bf16", "--kernel", "matmul=numba_tiled")
+    assert code == 2 and "numba_tiled takes float32 arrays only" in err and "--precision bf16" in err
     assert not (tmp_path / "history.json").exists()
     # pooling has no TF32 form: a Numba pooling kernel is fine with --precision tf32
     code, out, err = _cli(capsys, *base, "--precision", "tf32", "--kernel", "maxpool_forward=numba_lanes")
@@ -452,7 +459,8 @@ def test_readme_precision_example_runs():
 
 @pytest.mark.parametrize("recorded, given, expected", [
     (None, None, "fp32"),          # a history.json from before --precision existed
-    ("bf16", None, "fp32"),        # nothing we know: fp32
+    ("fp16", None, "fp32"),        # nothing we know: fp32
+    ("bf16", None, "bf16"),
     ("tf32", None, "tf32"),
     ("tf32", "fp32", "fp32"),      # what the user gives wins
 ])

@@ -102,9 +102,18 @@ def _variant_impl(variant, default: bool, precision: str = "fp32") -> str:
 
 
 def _in_precision(precision: str) -> Callable:
-    """A Spec context: fastcnn's GEMM and convolution in ``precision`` ('fp32' or 'tf32')."""
+    """A Spec context: fastcnn's GEMM and convolution in ``precision`` ('fp32', 'tf32'; 'bf16' runs under
+    "highest", its bfloat16 comes from the model's dtype policy)."""
     from .. import config
     return lambda: config.float32_matmul_precision(config.from_name(precision))
+
+
+def _bf16_registered() -> bool:
+    """Whether every GEMM and convolution has a variant that takes bfloat16 (then the networks
+    get bf16 rows: the mixed_bfloat16 policy)."""
+    from .. import config
+    from .. import kernels as registry  # every variant registered
+    return all(registry.variants(op, dtype="bfloat16") for op in config.TF32_PRIMITIVES if op in registry.ops())
 
 
 def _tf32_registered() -> bool:
@@ -277,15 +286,17 @@ def pool_specs(quick: bool) -> list[Spec]:
     return specs
 
 
-def _fastcnn_model(net: str):
-    from .. import models
-    if net == "lenet5":
-        model = models.lenet5()
-        optimizer = "adam"
-    else:
-        from .. import optimizers
-        model = models.alexnet(num_classes=1000, variant="single")
-        optimizer = optimizers.SGD(learning_rate=0.01, momentum=0.9)
+def _fastcnn_model(net: str, precision: str = "fp32"):
+    """The network with its benchmark optimizer; precision 'bf16': its layers mixed_bfloat16."""
+    from .. import config, mixed_precision, models
+    with mixed_precision.policy_scope(config.policy_name(precision)):
+        if net == "lenet5":
+            model = models.lenet5()
+            optimizer = "adam"
+        else:
+            from .. import optimizers
+            model = models.alexnet(num_classes=1000, variant="single")
+            optimizer = optimizers.SGD(learning_rate=0.01, momentum=0.9)
     model.compile(loss="categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
     return model
 
@@ -300,10 +311,10 @@ def _infer_fn(model):
     return infer
 
 
-def _make_fastcnn_net(net: str, mode: str, batch: int, device: str = "cuda"):
+def _make_fastcnn_net(net: str, mode: str, batch: int, device: str = "cuda", precision: str = "fp32"):
     def make():
         hwc, classes, _, _ = NETS[net]
-        model = _fastcnn_model(net)
+        model = _fastcnn_model(net, precision)
         model.to(device)
         if device == "cuda":
             import cupy as xp
@@ -334,19 +345,20 @@ def network_specs(quick: bool) -> list[Spec]:
     # TF32 rows where TF32 variants exist (else "high" would time the fp32 kernels again);
     # --quick: AlexNet's only, as for PyTorch.
     tf32_nets = () if not _tf32_registered() else ("alexnet",) if quick else ("lenet5", "alexnet")
+    bf16 = ("bf16",) if _bf16_registered() else ()   # no PyTorch bf16 rows: no ratio, figures alone
     for net, what, batch in workloads:
         case = f"{net} {what}"
         shape = f"batch {batch}" + (", Adam" if net == "lenet5" and what == "train" else
                                     ", SGD m=0.9" if what == "train" else "")
         modes = ["train eager", "train graph"] if what == "train" else ["infer eager"]
-        for precision in ("fp32", "tf32") if net in tf32_nets else ("fp32",):
-            tag = " TF32" if precision == "tf32" else ""
+        for precision in (("fp32", "tf32") if net in tf32_nets else ("fp32",)) + bf16:
+            tag = {"fp32": "", "tf32": " TF32", "bf16": " bf16"}[precision]
             for mode in modes:
                 impl = f"fastcnn {mode.split()[1]}" if what == "train" else "fastcnn"
+                compare = None if precision == "bf16" else f"torch {mode.split()[1]} {'TF32' if tag else 'fp32'}"
                 specs.append(Spec("network", case, shape, impl + tag, "fastcnn", "img/s", batch,
-                                  _make_fastcnn_net(net, mode, batch), flush=False, precision=precision,
-                                  compare_to=f"torch {mode.split()[1]} {'TF32' if tag else 'fp32'}",
-                                  context=_in_precision(precision)))
+                                  _make_fastcnn_net(net, mode, batch, precision=precision), flush=False,
+                                  precision=precision, compare_to=compare, context=_in_precision(precision)))
         if not torch_ok:
             continue
         tf32_options = (False, True) if net == "alexnet" or net in tf32_nets else (False,)

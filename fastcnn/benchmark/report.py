@@ -30,7 +30,7 @@ class Result:
     unit: str
     time_us: float | None = None
     figure: float | None = None
-    precision: str = "fp32"           # 'fp32' or 'tf32'
+    precision: str = "fp32"           # 'fp32', 'tf32' or 'bf16' (the mixed_bfloat16 policy)
     compare_to: str | None = None     # impl of the baseline to compare with; None: best of same precision
     run_id: str = ""
     repeats: int = 0

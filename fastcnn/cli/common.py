@@ -18,7 +18,9 @@ AUGMENT_INPUT = (256, 256, 3)  # AlexNet --augment: random 227x227 crops (and mi
 FOLDER_VALIDATION = 0.2  # held out of a one-level image folder (no train/ and val/ inside)
 PRECISION_HELP = ("fp32: GEMM and convolution in float32; tf32: they may round their inputs to TF32 "
                   "and use the tensor cores (fastcnn.config precision 'high'; the CPU reference rounds "
-                  "as the GPU does, Numba kernels stay fp32)")
+                  "as the GPU does, Numba kernels stay fp32); bf16: Keras's mixed_bfloat16 policy, "
+                  "bfloat16 activations and weight copies, float32 weights, optimizer and loss "
+                  "(not on the Numba backend)")
 
 
 class UsageError(Exception):
@@ -117,11 +119,14 @@ def input_shape(args) -> tuple:
 
 
 def build_model(args, num_classes: int | None = None):
-    from fastcnn import models
+    """The model of args.model, its layers made under the dtype policy of --precision (bf16:
+    mixed_bfloat16)."""
+    from fastcnn import config, mixed_precision, models
     num_classes = num_classes or DEFAULT_CLASSES[args.model]
-    if args.model == "lenet5":
-        return models.lenet5(num_classes=num_classes)
-    return models.alexnet(num_classes=num_classes, variant=args.variant or "single", augment=is_augmented(args))
+    with mixed_precision.policy_scope(config.policy_name(getattr(args, "precision", None) or "fp32")):
+        if args.model == "lenet5":
+            return models.lenet5(num_classes=num_classes)
+        return models.alexnet(num_classes=num_classes, variant=args.variant or "single", augment=is_augmented(args))
 
 
 def place(model, device: str) -> str:
@@ -142,7 +147,8 @@ def current_gpu() -> str:
 
 def kernel_choices(pairs, precision: str = "fp32") -> dict:
     """{op: variant} from --kernel OP=VARIANT options, checked against the registry and the
-    --precision: a TF32 variant needs tf32; a Numba GEMM/convolution (fp32 only) refuses it."""
+    --precision: a TF32 variant needs tf32; a Numba GEMM/convolution (fp32 only) refuses it; under
+    bf16 a GEMM/convolution variant must take bfloat16."""
     from fastcnn import config
     from fastcnn import kernels as registry  # every variant registered
     chosen = {}
@@ -161,6 +167,10 @@ def kernel_choices(pairs, precision: str = "fp32") -> dict:
         if precision == "tf32" and variant.source == "numba" and op in config.TF32_PRIMITIVES:
             raise UsageError(f"--kernel {pair!r}: Numba kernels compute in fp32 only and cannot honour "
                              f"--precision tf32; choose a CUDA C variant (fastcnn kernels {op}) or --precision fp32")
+        if precision == "bf16" and op in config.TF32_PRIMITIVES and "bfloat16" not in variant.dtypes:
+            raise UsageError(f"--kernel {pair!r}: {name} takes float32 arrays only, and under --precision bf16 "
+                             f"every {op} call is on bfloat16 ones; choose a variant that takes them "
+                             f"(fastcnn kernels {op}) or --precision fp32")
         chosen[op] = name
     return chosen
 
@@ -177,11 +187,15 @@ def kernels_for(model, kernels: dict) -> dict:
 
 
 def say_precision(precision: str, model) -> None:
-    """With --precision tf32, say what it means on the model's backend."""
+    """With --precision tf32 or bf16, say what it means on the model's backend."""
     if precision == "tf32":
         where = ("the NumPy reference rounds the GEMM and convolution inputs to TF32 as the GPU does"
                  if model.device == "cpu" else "GEMM and convolution may use TF32 kernel variants")
         print(f"precision: tf32 ({where}; everything else in fp32)")
+    elif precision == "bf16":
+        where = "the NumPy reference rounds as the GPU does" if model.device == "cpu" else "bfloat16 kernel variants"
+        print(f"precision: bf16 (dtype policy mixed_bfloat16, {where}: bfloat16 activations and weight "
+              f"copies; float32 weights, weight gradients, optimizer and loss)")
 
 
 @contextlib.contextmanager
