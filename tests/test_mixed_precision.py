@@ -263,11 +263,11 @@ def test_the_numba_backend_refuses_the_policy_before_any_kernel():
     model = lenet()
     with pytest.raises(ValueError, match="numba backend computes in float32 only.*mixed_bfloat16"):
         model.to("cuda", backend="numba")
-    unbuilt = fastcnn.Sequential([layers.Dense(3, activation="softmax", dtype="mixed_bfloat16")])
-    unbuilt.to("cuda", backend="numba")   # nothing to place yet
-    unbuilt.build((4,))
+    assert model.backend.name == "reference" and model.train_on_batch(*batch(8))   # left as it was
+    placed_first = fastcnn.Sequential().to("cuda", backend="numba")   # placed before it has layers
+    placed_first.add(layers.Dense(3, activation="softmax", dtype="mixed_bfloat16", input_shape=(4,)))
     with pytest.raises(ValueError, match="numba backend computes in float32 only"):
-        unbuilt.compile(optimizer="sgd")
+        placed_first.compile(optimizer="sgd")
     float32 = lenet("float32").to("cuda", backend="numba")
     assert float32.backend.name == "numba"
 
