@@ -181,6 +181,45 @@ def test_one_mixed_step_is_close_to_the_float32_step():
     assert np.linalg.norm(ga - gb) < 0.1 * np.linalg.norm(ga)
 
 
+def test_a_grouped_convolution_trains_under_mixed_bfloat16():
+    """AlexNet's two towers: the bfloat16 kernel is sliced per group; each slice's gradient comes back
+    float32 onto the one float32 kernel."""
+    def grouped(policy):
+        fastcnn.manual_seed(5)
+        with mp.policy_scope(policy):
+            model = fastcnn.Sequential([layers.Conv2D(6, 3, groups=2, activation="relu", input_shape=(9, 9, 4)),
+                                        layers.Conv2D(4, 3, strides=2, padding="same", groups=2), layers.Flatten(),
+                                        layers.Dense(3, activation="softmax")])
+        model.compile(optimizer="sgd")
+        return model
+    rng = np.random.default_rng(6)
+    x, y = rng.random((8, 9, 9, 4), dtype=np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)]
+    a, b = grouped("float32"), grouped("mixed_bfloat16")
+    la, lb = a.train_on_batch(x, y), b.train_on_batch(x, y)
+    assert abs(la - lb) < 0.02 * la
+    assert np.linalg.norm(a._grad_flat - b._grad_flat) < 0.05 * np.linalg.norm(a._grad_flat)
+    assert all(np.array_equal(p.bf16_view.view(np.uint16), p.data.astype(BF16).view(np.uint16))
+               for p in b.parameters())
+
+
+def test_functional_ops_read_a_float32_weight_in_bfloat16_and_give_it_a_float32_gradient():
+    from fastcnn import functional as F
+    rng = np.random.default_rng(7)
+    xs = rng.standard_normal((5, 6), dtype=np.float32)
+    w = fastcnn.Parameter(rng.standard_normal((6, 4), dtype=np.float32))
+    b = fastcnn.Parameter(rng.standard_normal(4, dtype=np.float32))
+    x = fastcnn.Tensor(xs, requires_grad=True)
+    y = F.dense(F.cast(x, "bfloat16"), w, b)   # no stored copy: the weight is cast for the call
+    assert y.dtype == BF16
+    gy = rng.standard_normal((5, 4)).astype(BF16)
+    y.backward(gy)
+    x16, g32 = xs.astype(BF16).astype(np.float32), gy.astype(np.float32)
+    assert w.grad.dtype == b.grad.dtype == np.float32 and x.grad.dtype == np.float32
+    assert np.array_equal(w.grad, x16.T @ g32) and np.allclose(b.grad, g32.sum(axis=0), rtol=1e-6)
+    w16 = w.data.astype(BF16).astype(np.float32)
+    assert np.array_equal(x.grad, (g32 @ w16.T).astype(BF16).astype(np.float32))   # rounded once, then widened
+
+
 def test_summary_shows_the_policy():
     lines = []
     lenet().summary(print_fn=lines.append)
