@@ -391,3 +391,11 @@ def test_lenet5_mixed_bfloat16_reaches_96_percent_on_the_bundled_sample():
     assert model._flat_bf16 is not None
     loss, accuracy = model.evaluate(prepare_images(x1), to_categorical(y1, 10), verbose=0)
     assert accuracy >= 0.96, (loss, accuracy)
+
+
+def test_readme_mixed_precision_example_runs():
+    from test_readme import block
+    scope = {}
+    exec(compile(block('set_global_policy("mixed_bfloat16")'), "README.md mixed precision example", "exec"), scope)
+    assert scope["model"].layers[0].dtype_policy.name == "mixed_bfloat16"
+    assert mp.global_policy().name == "float32"
