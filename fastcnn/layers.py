@@ -26,7 +26,9 @@ class Layer:
     (False: the model's optimizer leaves this layer's weights alone), ``weights``,
     ``trainable_weights``, ``non_trainable_weights``, ``get_weights``/``set_weights``,
     ``input_shape``/``output_shape`` with the batch axis as None, ``get_config`` /
-    ``from_config``, ``count_params``."""
+    ``from_config``, ``count_params``; ``dtype=`` a dtype policy (fastcnn.mixed_precision:
+    'float32' or 'mixed_bfloat16'; None: the global one), read as ``dtype_policy``,
+    ``compute_dtype``, ``variable_dtype``."""
     type_name = "Layer"  # as Keras's summary shows it
     default_name = "layer"
     activation = None
@@ -117,7 +119,8 @@ class Layer:
 
     # ---- configuration: the constructor's arguments, as Keras names them
     def get_config(self) -> dict:
-        return {"name": self.name, "trainable": self.trainable, "dtype": mixed_precision.serialize(self.dtype_policy)}
+        return {"name": self.name, "trainable": self.trainable,
+                "dtype": mixed_precision.serialize(self.dtype_policy)}
 
     @classmethod
     def from_config(cls, config: dict) -> "Layer":
@@ -298,7 +301,8 @@ class MaxPool2D(Layer):
     type_name = "MaxPooling2D"
     default_name = "max_pooling2d"
 
-    def __init__(self, pool_size=2, strides=None, padding="valid", input_shape=None, name=None, trainable=True, dtype=None):
+    def __init__(self, pool_size=2, strides=None, padding="valid", input_shape=None, name=None, trainable=True,
+                 dtype=None):
         super().__init__(input_shape, name, trainable, dtype)
         self.pool_size = F.pair(pool_size, "pool_size")
         self.strides = self.pool_size if strides is None else F.pair(strides, "strides")
@@ -491,7 +495,8 @@ class LRN(Layer):
     type_name = "LRN"
     default_name = "lrn"
 
-    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, input_shape=None, name=None, trainable=True, dtype=None):
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, input_shape=None, name=None, trainable=True,
+                 dtype=None):
         super().__init__(input_shape, name, trainable, dtype)
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
 
