@@ -399,3 +399,16 @@ def test_readme_mixed_precision_example_runs():
     exec(compile(block('set_global_policy("mixed_bfloat16")'), "README.md mixed precision example", "exec"), scope)
     assert scope["model"].layers[0].dtype_policy.name == "mixed_bfloat16"
     assert mp.global_policy().name == "float32"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_keras_loads_a_mixed_bfloat16_archive_as_mixed_bfloat16(keras, tmp_path):
+    pytest.importorskip("h5py")
+    model = small_model()
+    model.save(tmp_path / "m.keras")
+    km = keras.models.load_model(tmp_path / "m.keras")
+    assert [l.dtype_policy.name for l in km.layers] == ["mixed_bfloat16"] * 5
+    x = np.random.default_rng(12).random((6, 8, 8, 2), dtype=np.float32)
+    theirs = keras.ops.convert_to_numpy(keras.ops.cast(km(x), "float32"))
+    np.testing.assert_allclose(model.predict(x), theirs, atol=2e-2)   # softmax outputs, bfloat16 apart
+    assert {w.dtype for w in km.get_weights()} == {np.dtype(np.float32)}
