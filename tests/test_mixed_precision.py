@@ -157,16 +157,16 @@ def test_the_bfloat16_copy_follows_every_update_and_set_weights():
 def test_weight_gradients_land_float32_and_activation_gradients_are_bfloat16():
     model = lenet()
     x, y = batch(8)
-    model._ready_to_train()
+    state = model.ready_to_train()
     logits = model._forward(fastcnn.Tensor(x), True, True)
     assert logits.dtype == BF16
     from fastcnn.backend import reference as ref
     dlogits = ref.softmax_cross_entropy(logits.data, y, np.zeros(2))
     assert dlogits.dtype == BF16
     logits.backward(dlogits)
-    assert model._grad_flat.dtype == np.float32 and np.count_nonzero(model._grad_flat) > 0
+    assert state.grads.dtype == np.float32 and np.count_nonzero(state.grads) > 0
     for p in model.parameters():
-        assert p.grad is p.grad_view or np.shares_memory(p.grad, model._grad_flat)
+        assert p.grad is p.grad_view or np.shares_memory(p.grad, state.grads)
 
 
 def test_one_mixed_step_is_close_to_the_float32_step():
@@ -177,7 +177,7 @@ def test_one_mixed_step_is_close_to_the_float32_step():
     assert abs(la - lb) < 0.02 * la
     # the float32 gradients of the two steps: 7% apart measured (random images and labels: much
     # of the gradient cancels); a missing or misplaced gradient would be ~100% off
-    ga, gb = a._grad_flat, b._grad_flat
+    ga, gb = a.training_state.grads, b.training_state.grads
     assert np.linalg.norm(ga - gb) < 0.1 * np.linalg.norm(ga)
 
 
@@ -197,7 +197,8 @@ def test_a_grouped_convolution_trains_under_mixed_bfloat16():
     a, b = grouped("float32"), grouped("mixed_bfloat16")
     la, lb = a.train_on_batch(x, y), b.train_on_batch(x, y)
     assert abs(la - lb) < 0.02 * la
-    assert np.linalg.norm(a._grad_flat - b._grad_flat) < 0.05 * np.linalg.norm(a._grad_flat)
+    ga, gb = a.training_state.grads, b.training_state.grads
+    assert np.linalg.norm(ga - gb) < 0.05 * np.linalg.norm(ga)
     assert all(np.array_equal(p.bf16_view.view(np.uint16), p.data.astype(BF16).view(np.uint16))
                for p in b.parameters())
 
@@ -237,7 +238,8 @@ def test_checkpoints_record_the_policy_and_resume_refuses_another(tmp_path):
     again = lenet()
     assert again.load_checkpoint(tmp_path / "c.npz") == 1
     assert all(np.array_equal(u, v) for u, v in zip(again.get_weights(), model.get_weights()))
-    assert np.array_equal(again._flat_bf16.view(np.uint16), model._flat_bf16.view(np.uint16))
+    assert np.array_equal(again.training_state.params_bf16.view(np.uint16),
+                          model.training_state.params_bf16.view(np.uint16))
     with pytest.raises(ValueError, match="dtype policies 'mixed_bfloat16'.*'float32'.*--precision bf16"):
         lenet("float32").load_checkpoint(tmp_path / "c.npz")
     lenet("float32").save_checkpoint(tmp_path / "f.npz", epoch=0)
@@ -388,7 +390,7 @@ def test_lenet5_mixed_bfloat16_reaches_96_percent_on_the_bundled_sample():
     (x0, y0), (x1, y1) = load_mnist_sample()
     model = lenet()
     model.fit(prepare_images(x0), to_categorical(y0, 10), epochs=10, batch_size=200, verbose=0)
-    assert model._flat_bf16 is not None
+    assert model.training_state.params_bf16 is not None
     loss, accuracy = model.evaluate(prepare_images(x1), to_categorical(y1, 10), verbose=0)
     assert accuracy >= 0.96, (loss, accuracy)
 
