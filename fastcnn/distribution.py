@@ -179,7 +179,7 @@ class DataParallel:
                              + "; every process must build the same model and read the same data")
         for a in state.shared_arrays():
             host = np.ascontiguousarray(B.to_host(a))
-            self.world.comm.Bcast(host, root=0)
+            self.world.comm.Bcast(host.view(np.uint8), root=0)   # as bytes: MPI has no bfloat16 type
             B.copy(a, B.asarray(host))
         random_layers = [layer for layer in model.layers if hasattr(layer, "seed")]
         shared = self.world.comm.bcast((model.optimizer.learning_rate, [l.seed for l in random_layers],

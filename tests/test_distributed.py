@@ -150,6 +150,20 @@ def test_cli_distributed_train_equals_one_process(tmp_path):
             assert np.abs(a[k] - b[k]).max() <= 1e-5 * np.abs(a[k]).max(), k
 
 
+def test_cli_distributed_train_under_bf16(tmp_path):
+    """--precision bf16 under mpirun -n 2: rank 0's weights and their bfloat16 copy reach every rank
+    (broadcast as bytes); the run goes as the plain one, up to float32 sums over half batches."""
+    args = ("train", "lenet5", "--limit", 120, "--epochs", 2, "--batch-size", 30, "--device", "cpu",
+            "--verbose", 0, "--precision", "bf16")
+    plain = fastcnn_cli(*args, "--out", tmp_path / "one")
+    assert plain.returncode == 0, plain.stderr
+    two = fastcnn_cli(*args, "--out", tmp_path / "two", "--distributed", n=2)
+    assert two.returncode == 0, two.stderr
+    one_h, two_h = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("one", "two"))
+    assert one_h["precision"] == two_h["precision"] == "bf16"
+    np.testing.assert_allclose(two_h["history"]["loss"], one_h["history"]["loss"], rtol=1e-2)
+
+
 def test_cli_distributed_refuses_a_batch_the_world_does_not_divide(tmp_path):
     run = fastcnn_cli("train", "lenet5", "--limit", 60, "--epochs", 1, "--batch-size", 45, "--device", "cpu",
                       "--out", tmp_path / "x", "--distributed", n=2, timeout=120)
