@@ -352,9 +352,10 @@ class Sequential:
             else:
                 state.grads.fill(0)
             distribution.reduce_gradients(self)   # data-parallel: averaged across processes
-            if state.n_trainable:   # (mixed_bfloat16: the bfloat16 copy rewritten in the same launch)
+            if state.n_trainable:   # mixed_bfloat16: the bfloat16 copy rewritten in the same launch
+                copy = state.trainable_params_bf16   # (passed only then: a float32 model's call is as it was)
                 self.optimizer.apply(state.trainable_params, state.trainable_grads, state.step,
-                                     state.trainable_params_bf16)
+                                     **({} if copy is None else {"params_bf16": copy}))
             B.increment(state.step)
 
     def profile(self, x, y, steps: int = 5, warmup: int = 1):
