@@ -485,3 +485,46 @@ def test_distributed_group_lists_its_cases_and_is_not_in_the_default_run(capsys)
     assert [line.split()[1:3] for line in listed.splitlines()] == [
         ["all-reduce", "lenet5"], ["all-reduce", "alexnet"], ["lenet5", "train"]]
     assert "distributed" not in benchmark.GROUPS
+
+
+def test_mixed_bfloat16_rows_meet_their_own_baselines(monkeypatch):
+    """bf16 network rows: AlexNet's training beside PyTorch's bf16 autocast in channels_last, the
+    others beside fastcnn's own float32 row of the same mode; the key table says both goals and
+    keeps bf16 rows out of the float32 and TF32 figures."""
+    monkeypatch.setattr(benchmark.cases, "_torch_ok", lambda: True)
+    monkeypatch.setattr(benchmark.cases, "_bf16_registered", lambda: True)
+    specs = benchmark.specs("network")
+    alex = {s.impl: s for s in specs if s.case == "alexnet train"}
+    assert alex["fastcnn graph bf16"].compare_to == "torch graph NHWC bf16"
+    assert alex["fastcnn eager bf16"].compare_to == "torch eager NHWC bf16"
+    assert alex["torch graph NHWC bf16"].role == "baseline" and alex["torch graph NHWC bf16"].precision == "bf16"
+    lenet = {s.impl: s for s in specs if s.case == "lenet5 train"}
+    assert lenet["fastcnn graph bf16"].compare_to == "fastcnn graph"
+    assert not [s for s in specs if s.case == "lenet5 train" and "torch" in s.impl and "bf16" in s.impl]
+
+    results = [
+        R("network", "alexnet train", "fastcnn graph", "fastcnn", "img/s", 9000.0, compare_to="torch graph fp32"),
+        R("network", "alexnet train", "fastcnn graph bf16", "fastcnn", "img/s", 15000.0,
+          precision="bf16", compare_to="torch graph NHWC bf16"),
+        R("network", "alexnet train", "torch graph fp32", "baseline", "img/s", 10000.0),
+        R("network", "alexnet train", "torch graph NHWC bf16", "baseline", "img/s", 12000.0, precision="bf16"),
+        R("network", "lenet5 train", "fastcnn graph", "fastcnn", "img/s", 500000.0, compare_to="torch graph fp32"),
+        R("network", "lenet5 train", "fastcnn graph bf16", "fastcnn", "img/s", 700000.0,
+          precision="bf16", compare_to="fastcnn graph"),
+        R("network", "lenet5 train", "torch graph fp32", "baseline", "img/s", 400000.0),
+    ]
+    rep = Report(results, HEADER)
+    assert row(rep, "alexnet train", "fastcnn graph bf16").ratio == pytest.approx(1.25)
+    assert row(rep, "lenet5 train", "fastcnn graph bf16").baseline == "fastcnn graph"
+    assert row(rep, "lenet5 train", "fastcnn graph bf16").ratio == pytest.approx(1.4)
+    keys = dict(rep.key_ratios())
+    assert keys["alexnet train graph bf16 / torch graph NHWC bf16 autocast"] == "1.25x"
+    assert keys["lenet train graph bf16 / fastcnn graph fp32"] == "1.40x"
+    assert keys["alexnet train / torch fp32"] == "0.90x"          # the bf16 row does not count here
+    assert keys["lenet train graph / torch graph"] == "1.25x"
+
+
+def test_torch_bf16_autocast_baseline_runs_on_cpu():
+    torch = pytest.importorskip("torch")
+    fn, sets, _ = benchmark._make_torch_net("lenet5", "train eager", 8, device="cpu", autocast_bf16=True)()
+    assert torch.isfinite(fn(sets - 1))

@@ -161,10 +161,17 @@ def _torch_optimizer(net, params, capturable):
     return torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
 
-def _make_torch_net(net: str, mode: str, batch: int, device: str = "cuda", channels_last=False):
-    """mode: 'train eager', 'train graph', 'infer eager'."""
+def _make_torch_net(net: str, mode: str, batch: int, device: str = "cuda", channels_last=False,
+                    autocast_bf16=False):
+    """mode: 'train eager', 'train graph', 'infer eager'.  ``autocast_bf16``: forward and loss under
+    ``torch.autocast(dtype=torch.bfloat16)``, PyTorch's mixed precision (float32 weights)."""
     def make():
+        import contextlib
+
         import torch
+        # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture
+        mixed = ((lambda: torch.autocast(device, dtype=torch.bfloat16, cache_enabled=False))
+                 if autocast_bf16 else contextlib.nullcontext)
         hwc, classes, _, _ = NETS[net]
         model = (torch_lenet5() if net == "lenet5" else torch_alexnet(classes)).to(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -178,14 +185,15 @@ def _make_torch_net(net: str, mode: str, batch: int, device: str = "cuda", chann
             model.eval()
 
             def fn(i):
-                with torch.no_grad():
+                with torch.no_grad(), mixed():
                     return model(xs[i])
             return fn, sets, None
         opt = _torch_optimizer(net, model.parameters(), capturable=(mode == "train graph"))
 
         def step(x, y):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            with mixed():
+                loss = loss_fn(model(x), y)
             loss.backward()
             opt.step()
             return loss
@@ -202,7 +210,8 @@ def _make_torch_net(net: str, mode: str, batch: int, device: str = "cuda", chann
         graph = torch.cuda.CUDAGraph()
         opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
-            static_loss = loss_fn(model(static_x), static_y)
+            with mixed():
+                static_loss = loss_fn(model(static_x), static_y)
             static_loss.backward()
             opt.step()
 

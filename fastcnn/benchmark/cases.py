@@ -345,7 +345,10 @@ def network_specs(quick: bool) -> list[Spec]:
     # TF32 rows where TF32 variants exist (else "high" would time the fp32 kernels again);
     # --quick: AlexNet's only, as for PyTorch.
     tf32_nets = () if not _tf32_registered() else ("alexnet",) if quick else ("lenet5", "alexnet")
-    bf16 = ("bf16",) if _bf16_registered() else ()   # no PyTorch bf16 rows: no ratio, figures alone
+    # mixed_bfloat16 rows where every GEMM/convolution has a bfloat16 variant.  Baselines: AlexNet's
+    # training against PyTorch's bf16 autocast in channels_last (its faster layout), LeNet-5's
+    # training and both inferences against fastcnn's own float32 row of the same mode.
+    bf16 = ("bf16",) if _bf16_registered() else ()
     for net, what, batch in workloads:
         case = f"{net} {what}"
         shape = f"batch {batch}" + (", Adam" if net == "lenet5" and what == "train" else
@@ -355,7 +358,9 @@ def network_specs(quick: bool) -> list[Spec]:
             tag = {"fp32": "", "tf32": " TF32", "bf16": " bf16"}[precision]
             for mode in modes:
                 impl = f"fastcnn {mode.split()[1]}" if what == "train" else "fastcnn"
-                compare = None if precision == "bf16" else f"torch {mode.split()[1]} {'TF32' if tag else 'fp32'}"
+                compare = f"torch {mode.split()[1]} {'TF32' if tag else 'fp32'}"
+                if precision == "bf16":
+                    compare = f"torch {mode.split()[1]} NHWC bf16" if case == "alexnet train" and torch_ok else impl
                 specs.append(Spec("network", case, shape, impl + tag, "fastcnn", "img/s", batch,
                                   _make_fastcnn_net(net, mode, batch, precision=precision), flush=False,
                                   precision=precision, compare_to=compare, context=_in_precision(precision)))
@@ -380,6 +385,11 @@ def network_specs(quick: bool) -> list[Spec]:
                                   _make_torch_net(net, "train eager", batch, channels_last=True),
                                   lib="torch", flush=False, precision="tf32" if tf32 else "fp32",
                                   context=lambda tf32=tf32: torch_tf32(tf32)))
+            for mode in modes if bf16 else ():
+                specs.append(Spec("network", case, shape, f"torch {mode.split()[1]} NHWC bf16", "baseline",
+                                  "img/s", batch, _make_torch_net(net, mode, batch, channels_last=True,
+                                                                  autocast_bf16=True),
+                                  lib="torch", flush=False, precision="bf16", context=lambda: torch_tf32(False)))
     return specs
 
 

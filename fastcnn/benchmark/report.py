@@ -89,11 +89,12 @@ class Report:
                 "count (an algorithm such as Winograd or FFT)")
 
     def _baseline_for(self, r: Result) -> Result | None:
-        same_case = [b for b in self.results if b.role == "baseline" and b.group == r.group
-                     and b.case == r.case and b.figure and not b.error and b.unit == r.unit]
-        if r.compare_to is not None:
-            named = [b for b in same_case if b.impl == r.compare_to]
+        same_case = [b for b in self.results if b.group == r.group and b.case == r.case
+                     and b.figure and not b.error and b.unit == r.unit]
+        if r.compare_to is not None:  # by name: a baseline, or fastcnn's own row (bf16 vs its fp32)
+            named = [b for b in same_case if b.impl == r.compare_to and b is not r]
             return named[0] if named else None
+        same_case = [b for b in same_case if b.role == "baseline"]
         same_precision = [b for b in same_case if b.precision == r.precision]
         return max(same_precision, key=lambda b: b.figure) if same_precision else None
 
@@ -224,10 +225,10 @@ class Report:
         out = []
 
         def pick(case, impl_prefix="fastcnn", want="ratio", exclude=None):
-            # the TF32 variants (compared with TF32 baselines) only where asked for by name
+            # the TF32 and bf16 rows (compared with TF32 / bf16 baselines) only where asked for by name
             rows = [r for r in self.rows if r.case == case and r.role == "fastcnn" and not r.error
                     and r.impl.startswith(impl_prefix) and not (exclude and r.impl.startswith(exclude))
-                    and ("tf32" in impl_prefix) == ("tf32" in r.impl.lower())]
+                    and all((kind in impl_prefix) == (kind in r.impl.lower()) for kind in ("tf32", "bf16"))]
             vals = [getattr(r, want) for r in rows if getattr(r, want) is not None]
             return max(vals) if vals else None
         for label, case, prefix, want in [
@@ -245,13 +246,17 @@ class Report:
                 ("lenet train graph / torch graph", "lenet5 train", "fastcnn graph", "ratio"),
                 ("lenet train eager / torch eager", "lenet5 train", "fastcnn eager", "ratio"),
                 ("alexnet train / torch fp32", "alexnet train", "fastcnn", "ratio"),
+                ("alexnet train graph bf16 / torch graph NHWC bf16 autocast", "alexnet train",
+                 "fastcnn graph bf16", "ratio"),
+                ("lenet train graph bf16 / fastcnn graph fp32", "lenet5 train", "fastcnn graph bf16", "ratio"),
                 ("cpu lenet train / torch cpu", "lenet5 train (cpu)", "fastcnn", "ratio")]:
             v = pick(case, prefix, want)
             if v is not None:
                 out.append((label, f"{v:.2f}x" if want == "ratio" else f"{v:.1f}%"))  # 69.6% is not 70%
         def best(case, role, tf32):   # the best figure of either layout and mode, in one precision
             vals = [r.figure for r in self.rows if r.case == case and r.role == role and not r.error
-                    and r.figure is not None and ("tf32" in r.impl.lower()) == tf32]
+                    and r.figure is not None and ("tf32" in r.impl.lower()) == tf32
+                    and "bf16" not in r.impl.lower()]
             return max(vals) if vals else None
         for net in ("alexnet", "lenet5"):
             ours, theirs = best(f"{net} train", "fastcnn", True), best(f"{net} train", "baseline", True)
