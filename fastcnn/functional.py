@@ -9,19 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import dtypes
+from .backend import checks
+from .backend.checks import output_size, pair  # noqa: F401 (layers.py takes them from here)
 from .tensor import Function, Tensor
 
 ACTIVATIONS = (None, "linear", "relu", "softmax")
-
-
-def pair(value, what: str) -> tuple[int, int]:
-    """An int or a pair of positive ints."""
-    if isinstance(value, (int, np.integer)):
-        value = (int(value), int(value))
-    value = tuple(int(v) for v in value)
-    if len(value) != 2 or min(value) < 1:
-        raise ValueError(f"{what} must be a positive int or a pair of them, got {value}")
-    return value
 
 
 def resolve_padding(padding, in_hw, kernel_hw, strides) -> tuple[int, int, int, int]:
@@ -46,15 +38,6 @@ def resolve_padding(padding, in_hw, kernel_hw, strides) -> tuple[int, int, int, 
     if len(padding) != 4 or min(padding) < 0:
         raise ValueError(f"explicit padding must be 1, 2 or 4 non-negative ints, got {padding}")
     return padding
-
-
-def output_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
-    p = (in_hw[0] + pads[0] + pads[1] - kernel_hw[0]) // strides[0] + 1
-    q = (in_hw[1] + pads[2] + pads[3] - kernel_hw[1]) // strides[1] + 1
-    if p < 1 or q < 1:
-        raise ValueError(f"window {kernel_hw} with strides {strides} and padding {pads} does not fit "
-                         f"input {in_hw}: output would be {p}x{q}")
-    return p, q
 
 
 def _check_nhwc(x, what="input"):
@@ -93,12 +76,9 @@ def conv2d(x, w, b=None, strides=1, padding="valid", activation=None):
     _check_nhwc(x)
     if w.ndim != 4:
         raise ValueError(f"conv2d weights must be 4-D HWIO (kh, kw, in_channels, filters), got shape {w.shape}")
-    if x.shape[3] != w.shape[2]:
-        raise ValueError(f"conv2d: input has {x.shape[3]} channels but the weights expect {w.shape[2]} "
-                         f"(input shape {x.shape}, weights {w.shape}; is the input NCHW instead of NHWC?)")
     strides = pair(strides, "strides")
     pads = resolve_padding(padding, x.shape[1:3], w.shape[:2], strides)
-    output_hw(x.shape[1:3], w.shape[:2], strides, pads)
+    checks.conv_geometry(x.shape, w.shape, strides, pads)
     relu = _fusable(activation)
     args = (x, w) if b is None else (x, w, _tensor(b))
     if b is not None and args[2].shape != (w.shape[3],):
@@ -127,7 +107,7 @@ def max_pool2d(x, pool_size=2, strides=None, padding="valid"):
     pool = pair(pool_size, "pool_size")
     strides = pool if strides is None else pair(strides, "strides")
     pads = resolve_padding(padding, x.shape[1:3], pool, strides)
-    output_hw(x.shape[1:3], pool, strides, pads)
+    checks.pool_geometry(x.shape, pool, strides, pads)
     return MaxPool2D(pool, strides, pads)(x)
 
 
@@ -295,8 +275,7 @@ def dropout(x, rate, training, seed=0, step=None, offset=0):
     draws the mask one process would draw for the whole batch).
     """
     x = _tensor(x)
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    checks.dropout_threshold(rate)
     if not training or rate == 0.0:
         return x
     if step is None:
@@ -371,9 +350,7 @@ def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     """Local response normalisation across channels, as in AlexNet (no division by size)."""
     x = _tensor(x)
     _check_nhwc(x)
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f"lrn size must be a positive odd number, got {size}")
-    return LRN(int(size), float(alpha), float(beta), float(k))(x)
+    return LRN(*checks.lrn_args(size, alpha, beta, k))(x)
 
 
 def flatten(x):
@@ -464,8 +441,4 @@ def _tensor(x) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
-def _xp_of(a):
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-        return cupy
-    return np
+_xp_of = checks.array_module

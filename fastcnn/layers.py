@@ -236,7 +236,7 @@ class Conv2D(Layer):
 
     def compute_output_shape(self, input_shape):
         pads = F.resolve_padding(self.padding, input_shape[:2], self.kernel_size, self.strides)
-        p, q = F.output_hw(input_shape[:2], self.kernel_size, self.strides, pads)
+        p, q = F.output_size(input_shape[:2], self.kernel_size, self.strides, pads, "kernel")
         return (p, q, self.filters)
 
     def call(self, x, training, activation):
@@ -316,7 +316,7 @@ class MaxPool2D(Layer):
         if len(input_shape) != 3:
             raise ValueError(f"MaxPool2D expects input of shape (height, width, channels), got {input_shape}")
         pads = F.resolve_padding(self.padding, input_shape[:2], self.pool_size, self.strides)
-        p, q = F.output_hw(input_shape[:2], self.pool_size, self.strides, pads)
+        p, q = F.output_size(input_shape[:2], self.pool_size, self.strides, pads, "pool")
         return (p, q, input_shape[2])
 
     def call(self, x, training, activation):

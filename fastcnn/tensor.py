@@ -21,6 +21,7 @@ import weakref
 import numpy as np
 
 from . import backend, profiler
+from .backend import checks
 
 _grad_enabled = [True]
 
@@ -312,14 +313,11 @@ def _as_array_like(value, peers):
 
 
 def _xp(a):
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-        return cupy
-    return np
+    return checks.array_module(a)
 
 
 def _to_host(a) -> np.ndarray:
-    return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
+    return checks.to_host(a)
 
 
 def _raise_item(shape):

@@ -27,6 +27,7 @@ import pytest
 import cuda_emu
 from helpers import assert_close, rand
 
+from fastcnn.backend import checks
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
 from fastcnn.backend.cuda import conv, gemm
@@ -133,7 +134,7 @@ def test_conv(emulated, variant, case):
     N, H, W, C, K, R, S, stride, padding = case
     rng = np.random.default_rng(N * H * W + C * K + R)
     x, w, b = rand(rng, N, H, W, C), rand(rng, R, S, C, K, scale=(R * S * C) ** -0.5), rand(rng, K)
-    P, Q = ref._output_size(H, W, R, S, stride, padding, "kernel")
+    P, Q = checks.output_size((H, W), (R, S), stride, padding, "kernel")
     dy = rand(rng, N, P, Q, K)
     x, w, b, dy = (guarded.wrap(a) for a in (x, w, b, dy))
     what = f"{variant} {conv_id(case)}"

@@ -34,6 +34,7 @@ from helpers import rand
 from test_emulated_gemm_conv import V0, conv_id
 
 from fastcnn import config
+from fastcnn.backend import checks
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
 from fastcnn.backend.cuda import conv, conv_tc, gemm, gemm_tc
@@ -185,7 +186,7 @@ def _conv_case(guarded, case, log, passes=("forward", "data", "weights")):
     N, H, W, C, K, R, S, stride, padding = case
     rng = np.random.default_rng(N * H * W + C * K + R)
     x, w, b = rand(rng, N, H, W, C), rand(rng, R, S, C, K, scale=(R * S * C) ** -0.5), rand(rng, K)
-    P, Q = ref._output_size(H, W, R, S, stride, padding, "kernel")
+    P, Q = checks.output_size((H, W), (R, S), stride, padding, "kernel")
     dy = rand(rng, N, P, Q, K)
     x, w, b, dy = (guarded.wrap(a) for a in (x, w, b, dy))
     what = f"tc_tf32 {conv_id(case)}"

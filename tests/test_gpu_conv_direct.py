@@ -20,6 +20,7 @@ import pytest
 import cuda_emu
 from helpers import assert_close, rand, same4
 
+from fastcnn.backend import checks
 from fastcnn.backend import reference as ref
 from fastcnn.backend.cuda import conv_direct as cd
 
@@ -69,7 +70,7 @@ def _problem(op, case, seed):
     N, H, W, C, K, R, S, stride, padding, relu = case
     rng = np.random.default_rng(seed)
     x, w, b = rand(rng, N, H, W, C), rand(rng, R, S, C, K, scale=(R * S * C) ** -0.5), rand(rng, K)
-    P, Q = ref._output_size(H, W, R, S, stride, padding, "kernel")
+    P, Q = checks.output_size((H, W), (R, S), stride, padding, "kernel")
     dy = rand(rng, N, P, Q, K)
     if op == "conv2d_forward":
         b = b if seed % 2 == 0 else None  # with and without bias
@@ -106,7 +107,7 @@ def test_numpy_input_refused(op):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_wgrad_plan(case, sms):
     N, H, W, C, K, R, S, stride, padding, _ = case
-    P, Q = ref._output_size(H, W, R, S, stride, padding, "kernel")
+    P, Q = checks.output_size((H, W), (R, S), stride, padding, "kernel")
     RSC, NPQ = R * S * C, N * P * Q
     KC, TR, JL, row_tiles, k_tiles, chunks, chunk = cd.wgrad_plan(RSC, K, NPQ, sms)
     assert KC in cd.CHUNKS and k_tiles * KC >= K > (k_tiles - 1) * KC

@@ -30,6 +30,7 @@ import pytest
 import cuda_emu
 from helpers import assert_close, rand
 
+from fastcnn.backend import checks
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
 from fastcnn.backend.cuda import conv as conv_checks  # the shared argument checks
@@ -93,7 +94,7 @@ def _problem(case, seed, R=3):
     rng = np.random.default_rng(seed)
     x, w = rand(rng, N, H, W, C), rand(rng, R, R, C, K, scale=(R * R * C) ** -0.5)
     b = rand(rng, K) if bias else None
-    P, Q = ref._output_size(H, W, R, R, (1, 1), padding, "kernel")
+    P, Q = checks.output_size((H, W), (R, R), (1, 1), padding, "kernel")
     dy = rand(rng, N, P, Q, K)
     return x, w, b, dy, padding, relu
 
@@ -279,7 +280,7 @@ def test_wgrad_split_over_tiles_emulated_on_cpu(monkeypatch, case, name):
     cuda_emu.patch_backend(monkeypatch, guarded, grid_cap=3, log=launches)
     monkeypatch.setattr(cw, "wgrad_splits", lambda blocks, T, slots: 3)  # the plan itself: tested above
     rng = np.random.default_rng(11)
-    P, Q = ref._output_size(H, W, R, R, (1, 1), padding, "kernel")
+    P, Q = checks.output_size((H, W), (R, R), (1, 1), padding, "kernel")
     x, dy = guarded.wrap(rand(rng, N, H, W, C)), guarded.wrap(rand(rng, N, P, Q, K))
     dw = registry.get("conv2d_backward_weights", name).fn(x, dy, (R, R, C, K), (1, 1), padding)
     E = (cw.VARIANTS[name] + R - 1) ** 2

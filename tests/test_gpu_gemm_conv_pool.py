@@ -21,6 +21,7 @@ import pytest
 from helpers import assert_close, rand, same4
 
 from fastcnn import config
+from fastcnn.backend import checks
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
 import fastcnn.backend.cuda  # noqa: F401  (registers the CUDA variants; no GPU needed)
@@ -113,7 +114,7 @@ def _problem(op, case, rng, tf32=False):
     if op.startswith("conv"):
         N, H, W, C, K, R, S, stride, padding, relu = case
         x, w, b = rand(rng, N, H, W, C), rand(rng, R, S, C, K, scale=(R * S * C) ** -0.5), rand(rng, K)
-        P, Q = ref._output_size(H, W, R, S, stride, padding, "kernel")
+        P, Q = checks.output_size((H, W), (R, S), stride, padding, "kernel")
         dy = rand(rng, N, P, Q, K)
         if op == "conv2d_forward":
             return (x, w, b, stride, padding, relu), (ref.conv2d_forward(*f64(x, w, b), stride, padding, relu),), False

@@ -33,9 +33,10 @@ def test_asarray_makes_contiguous_arrays_and_to_host_returns_numpy():
     assert ref.asarray([[1, 2]]).shape == (1, 2)
     assert isinstance(ref.to_host(b), np.ndarray)
 
-    class FakeDeviceArray:  # what CuPy arrays offer: .get() copies to the host
+    class FakeDeviceArray:  # a CuPy array (told by its module, checks.is_cupy): .get() copies to the host
         def get(self):
             return np.ones(3)
+    FakeDeviceArray.__module__ = "cupy._core.core"
     assert np.array_equal(ref.asarray(FakeDeviceArray()), np.ones(3))
     assert np.array_equal(ref.to_host(FakeDeviceArray()), np.ones(3))
 
@@ -745,7 +746,7 @@ BAD_INPUTS = [
     ("empty batch", lambda: ref.conv2d_forward(_f(0, 4, 4, 1), _f(3, 3, 1, 2), None, (1, 1), (0,) * 4, False),
      ValueError, "x is empty"),
     ("dy shape", lambda: ref.conv2d_backward_data(_f(1, 3, 3, 2), _f(3, 3, 1, 2), (1, 4, 4, 1), (1, 1), (0,) * 4),
-     ValueError, "dy has shape"),
+     ValueError, "dy must have shape"),
     ("w_shape channels", lambda: ref.conv2d_backward_weights(_f(1, 4, 4, 2), _f(1, 2, 2, 2), (3, 3, 1, 2), (1, 1), (0,) * 4),
      ValueError, "channel mismatch"),
     ("pool padding", lambda: ref.maxpool_forward(_f(1, 4, 4, 1), (2, 2), (2, 2), (2, 0, 0, 0)),
@@ -769,7 +770,7 @@ BAD_INPUTS = [
     ("dropout rate", lambda: ref.dropout_keep(4, 1.0, 0, 0), ValueError, "rate must be in [0, 1)"),
     ("dropout seed", lambda: ref.dropout_keep(4, 0.5, -1, 0), ValueError, "seed must be"),
     ("dropout step", lambda: ref.dropout_forward(_f(4), 0.5, 0, np.zeros(2, np.int32)), ValueError, "step must be"),
-    ("lrn even size", lambda: ref.lrn_forward(_f(1, 2, 2, 4), 4, 1e-4, 0.75, 2.0), ValueError, "size must be odd"),
+    ("lrn even size", lambda: ref.lrn_forward(_f(1, 2, 2, 4), 4, 1e-4, 0.75, 2.0), ValueError, "size must be a positive odd integer"),
     ("sgd no velocity", lambda: ref.sgd_update(_f(3), _f(3), None, 0.1, 0.9, False), ValueError, "v (the velocity"),
     ("adam length", lambda: ref.adam_update(_f(3), _f(4), _f(3), _f(3), np.zeros(1, np.int32), 1e-3, 0.9, 0.999, 1e-7),
      ValueError, "g float32 (4,) does not match p"),

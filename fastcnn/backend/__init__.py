@@ -98,7 +98,9 @@ bfloat16 logits computes in float32, adds to the totals as before and gives bflo
 
 Scalars (rates, lr) are Python floats; backends convert them to the kernel's C type.
 Every backend checks dtype, device, contiguity and shapes before it launches anything
-and raises ``ValueError``/``TypeError`` naming the argument.
+and raises ``ValueError``/``TypeError`` naming the argument; the rules all backends share
+(window geometry, LRN and dropout arguments, seeds, offsets, crop sizes ...) live in
+``checks.py``, so that a bad argument gets the same message whichever backend runs.
 """
 from __future__ import annotations
 

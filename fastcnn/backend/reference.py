@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import config, dtypes
 from ..dtypes import bfloat16
+from . import checks
 
 name = "reference"
 xp = numpy
@@ -49,15 +50,10 @@ def unavailable_reason() -> None:
 
 def asarray(a, dtype=None):
     """A C-contiguous NumPy array; a CuPy array is copied to the host first."""
-    if hasattr(a, "get") and not isinstance(a, np.ndarray):
-        a = a.get()
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.ascontiguousarray(checks.to_host(a), dtype=dtype)
 
 
-def to_host(a):
-    if hasattr(a, "get") and not isinstance(a, np.ndarray):
-        return a.get()
-    return np.asarray(a)
+to_host = checks.to_host
 
 
 def synchronize() -> None:
@@ -94,49 +90,6 @@ def _same_dtype(dtype, **arrays):
     for arg, a in arrays.items():
         if a.dtype != dtype:
             raise TypeError(f"{arg} has dtype {a.dtype} but the other operands are {dtype}")
-
-
-def _positive_int(v, name):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
-def _pair(v, name):
-    """(a, b) of positive ints from an int or a pair."""
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-        v = (v, v)
-    if not isinstance(v, (tuple, list)) or len(v) != 2:
-        raise ValueError(f"{name} must be a pair (h, w) of positive integers, got {v!r}")
-    return (_positive_int(v[0], f"{name}[0]"), _positive_int(v[1], f"{name}[1]"))
-
-
-def _padding(v):
-    if not isinstance(v, (tuple, list)) or len(v) != 4:
-        raise ValueError(f"padding must be explicit (top, bottom, left, right), got {v!r}")
-    for i, p in enumerate(v):
-        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 0:
-            raise ValueError(f"padding[{i}] must be a non-negative integer, got {p!r}")
-    return tuple(int(p) for p in v)
-
-
-def _shape4(v, name):
-    if not isinstance(v, (tuple, list)) or len(v) != 4:
-        raise ValueError(f"{name} must be a 4-tuple, got {v!r}")
-    return tuple(_positive_int(d, f"{name}[{i}]") for i, d in enumerate(v))
-
-
-def _output_size(H, W, R, S, stride, padding, what):
-    """(P, Q) for a window R x S sliding over H x W; a ValueError if either is below 1."""
-    top, bottom, left, right = padding
-    sh, sw = stride
-    P = (H + top + bottom - R) // sh + 1 if H + top + bottom >= R else 0
-    Q = (W + left + right - S) // sw + 1 if W + left + right >= S else 0
-    if P < 1 or Q < 1:
-        raise ValueError(
-            f"non-positive output size {P}x{Q}: {what} {R}x{S} does not fit the input "
-            f"{H}x{W} with padding {padding}")
-    return P, Q
 
 
 def _pad(x, padding, value=0.0):
@@ -235,24 +188,12 @@ def _bias(b, dtype, n, what):
     if b.dtype != want:
         raise TypeError(f"b has dtype {b.dtype} but must be {want} for {dtype} inputs"
                         + (" (the float32 master bias)" if dtype == bfloat16 else ""))
-    if b.shape[0] != n:
-        raise ValueError(f"bias length {b.shape[0]} does not match the {n} {what}")
+    checks.bias_length(b.shape[0], n, what)
     return b
 
 
 # ---------------------------------------------------------------- convolution
 
-def _conv_args(x, w, stride, padding):
-    x = _float_array(x, "x", 4)
-    w = _float_array(w, "w", 4)
-    _same_dtype(x.dtype, w=w)
-    stride, padding = _pair(stride, "stride"), _padding(padding)
-    N, H, W, C = x.shape
-    R, S, Cw, K = w.shape
-    if Cw != C:
-        raise ValueError(f"channel mismatch: x has {C} channels (NHWC, last axis) but w expects "
-                         f"{Cw} (HWIO {w.shape}); is x laid out NCHW?")
-    return x, w, stride, padding
 
 
 def _im2col(x, R, S, stride, padding, P, Q):
@@ -283,13 +224,15 @@ def _im2col(x, R, S, stride, padding, P, Q):
 
 def conv2d_forward(x, w, b, stride, padding, relu):
     """y = x * w (+ b) (ReLU if ``relu``): x (N,H,W,C), w (R,S,C,K) -> y (N,P,Q,K)."""
-    x, w, stride, padding = _conv_args(x, w, stride, padding)
+    x = _float_array(x, "x", 4)
+    w = _float_array(w, "w", 4)
+    _same_dtype(x.dtype, w=w)
+    stride, padding, P, Q = checks.conv_geometry(x.shape, w.shape, stride, padding)
     N, H, W, C = x.shape
     R, S, _, K = w.shape
     dtype = x.dtype
     if b is not None:
         b = _bias(b, dtype, K, "output channels of w")
-    P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
     x, w = _widened(*_tf32_inputs(x, w))
     y = _im2col(x, R, S, stride, padding, P, Q) @ w.reshape(R * S * C, K)
     if b is not None:
@@ -307,14 +250,10 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding):
     w = _float_array(w, "w", 4)
     dy = _float_array(dy, "dy", 4)
     _same_dtype(w.dtype, dy=dy)
-    N, H, W, C = _shape4(x_shape, "x_shape")
-    stride, padding = _pair(stride, "stride"), _padding(padding)
-    R, S, Cw, K = w.shape
-    if Cw != C:
-        raise ValueError(f"channel mismatch: x_shape has {C} channels but w expects {Cw} (HWIO {w.shape})")
-    P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
-    if dy.shape != (N, P, Q, K):
-        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {x_shape}")
+    N, H, W, C = x_shape = checks.shape4(x_shape, "x_shape")
+    stride, padding, P, Q = checks.conv_geometry(x_shape, w.shape, stride, padding, x_name="x_shape")
+    R, S, _, K = w.shape
+    checks.expect_shape("dy", dy.shape, (N, P, Q, K))
     dtype = dy.dtype
     dy, w = _widened(*_tf32_inputs(dy, w))
     # One contiguous (N*P*Q, C) column block per tap (r, s), so that its addition into dx
@@ -347,31 +286,16 @@ def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
     x = _float_array(x, "x", 4)
     dy = _float_array(dy, "dy", 4)
     _same_dtype(x.dtype, dy=dy)
-    R, S, C, K = _shape4(w_shape, "w_shape")
-    stride, padding = _pair(stride, "stride"), _padding(padding)
-    N, H, W, Cx = x.shape
-    if Cx != C:
-        raise ValueError(f"channel mismatch: x has {Cx} channels but w_shape expects {C} (HWIO {w_shape})")
-    P, Q = _output_size(H, W, R, S, stride, padding, "kernel")
-    if dy.shape != (N, P, Q, K):
-        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
+    R, S, C, K = w_shape = checks.shape4(w_shape, "w_shape")
+    stride, padding, P, Q = checks.conv_geometry(x.shape, w_shape, stride, padding, w_name="w_shape")
+    N = x.shape[0]
+    checks.expect_shape("dy", dy.shape, (N, P, Q, K))
     x, dy = _widened(*_tf32_inputs(x, dy))
     cols = _im2col(x, R, S, stride, padding, P, Q)
     return _into(out, (cols.T @ dy.reshape(N * P * Q, K)).reshape(R, S, C, K))
 
 
 # ---------------------------------------------------------------- max-pooling
-
-def _pool_args(pool, stride, padding):
-    (ph, pw), stride, padding = _pair(pool, "pool"), _pair(stride, "stride"), _padding(padding)
-    if ph * pw > 255:
-        raise ValueError(f"pool {ph}x{pw} has {ph * pw} positions; argmax is uint8, so at most 255")
-    top, bottom, left, right = padding
-    if max(top, bottom) >= ph or max(left, right) >= pw:
-        raise ValueError(f"padding {padding} must be smaller than the pool {ph}x{pw} on every side "
-                         "(a window made only of padding has no maximum)")
-    return (ph, pw), stride, padding
-
 
 def _window_slices(r, s, stride, P, Q):
     sh, sw = stride
@@ -389,9 +313,8 @@ def maxpool_forward(x, pool, stride, padding):
     holding NaN gives y = NaN and, as nothing equals NaN, the last position.)
     """
     x = _float_array(x, "x", 4)
-    (ph, pw), stride, padding = _pool_args(pool, stride, padding)
+    (ph, pw), stride, padding, P, Q = checks.pool_geometry(x.shape, pool, stride, padding)
     N, H, W, C = x.shape
-    P, Q = _output_size(H, W, ph, pw, stride, padding, "pool")
     xp_ = _pad(x, padding, -np.inf)
     taps = [(r, s) for r in range(ph) for s in range(pw)]
     y = xp_[_window_slices(0, 0, stride, P, Q)].copy()
@@ -432,11 +355,9 @@ def maxpool_backward(dy, argmax, x_shape, pool, stride, padding):
     if not isinstance(argmax, np.ndarray) or argmax.dtype != np.uint8:
         raise TypeError(f"argmax must be a uint8 NumPy array (from maxpool_forward), got "
                         f"{getattr(argmax, 'dtype', type(argmax).__name__)}")
-    (ph, pw), stride, padding = _pool_args(pool, stride, padding)
-    N, H, W, C = _shape4(x_shape, "x_shape")
-    P, Q = _output_size(H, W, ph, pw, stride, padding, "pool")
-    if dy.shape != (N, P, Q, C) or argmax.shape != dy.shape:
-        raise ValueError(f"dy {dy.shape} and argmax {argmax.shape} must both have shape {(N, P, Q, C)}")
+    N, H, W, C = x_shape = checks.shape4(x_shape, "x_shape")
+    (ph, pw), stride, padding, P, Q = checks.pool_geometry(x_shape, pool, stride, padding)
+    checks.pool_grad_shapes(dy.shape, argmax.shape, (N, P, Q, C))
     if argmax.max() >= ph * pw:
         raise ValueError(f"argmax holds {argmax.max()}, outside the {ph}x{pw} window")
     top, bottom, left, right = padding
@@ -517,19 +438,10 @@ def relu_backward(dy, y):
     return dy * (y > 0)  # (np.where with a scalar is ~15x slower here)
 
 
-def leaky_slope(negative_slope) -> float:
-    """The negative slope of a leaky ReLU: a finite real number >= 0 (Keras's rule)."""
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
-        raise TypeError(f"negative_slope must be a real number, got {type(negative_slope).__name__}")
-    if not 0.0 <= float(negative_slope) < float("inf"):
-        raise ValueError(f"negative_slope must be a finite number >= 0, got {negative_slope!r}")
-    return float(negative_slope)
-
-
 def leaky_relu_forward(x, negative_slope):
     x = _float_array(x, "x")
     (wide,) = _widened(x)  # bfloat16: float32 math, one rounding at the end
-    slope = wide.dtype.type(leaky_slope(negative_slope))
+    slope = wide.dtype.type(checks.leaky_slope(negative_slope))
     return _rounded(np.where(wide >= 0, wide, wide * slope), x.dtype)
 
 
@@ -540,7 +452,7 @@ def leaky_relu_backward(dy, x, negative_slope):
     if dy.shape != x.shape:
         raise ValueError(f"dy {dy.shape} and x {x.shape} must have the same shape")
     wide_dy, wide_x = _widened(dy, x)
-    slope = wide_dy.dtype.type(leaky_slope(negative_slope))
+    slope = wide_dy.dtype.type(checks.leaky_slope(negative_slope))
     return _rounded(wide_dy * np.where(wide_x >= 0, wide_dy.dtype.type(1), slope), dy.dtype)
 
 
@@ -645,20 +557,6 @@ def _step_value(step):
     return int(step)
 
 
-def _dropout_threshold(rate):
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
-    return min(int(np.floor(rate * 2.0 ** 32)), 2 ** 32 - 1)
-
-
-def check_offset(offset) -> int:
-    """The global index of a batch's first sample (data-parallel training: where this process's
-    slice of the global batch starts): an int in [0, 2**31)."""
-    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or not 0 <= offset < 2 ** 31:
-        raise ValueError(f"offset must be an integer in [0, 2**31), got {offset!r}")
-    return int(offset)
-
-
 def dropout_keep(n, rate, seed, step, start=0):
     """Keep mask (n,) bool of elements start .. start + n - 1: element i is kept iff Philox word
     i of (seed, step) >= rate * 2**32.
@@ -668,14 +566,11 @@ def dropout_keep(n, rate, seed, step, start=0):
     n, start = int(n), int(start)
     if n < 0 or start < 0:
         raise ValueError(f"n and start must be non-negative, got {n} and {start}")
-    threshold = _dropout_threshold(rate)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    seed = int(seed)
+    threshold = checks.dropout_threshold(rate)
+    key = checks.philox_key(seed)
     step = _step_value(step) & 0xFFFFFFFF  # an int32 step enters the counter as its 32-bit pattern
     block = np.arange(start // 4, (start + n + 3) // 4, dtype=np.uint64)
-    words = philox4x32_10((block & _MASK32, block >> np.uint64(32), np.uint64(step), np.uint64(0)),
-                          (seed & 0xFFFFFFFF, seed >> 32))
+    words = philox4x32_10((block & _MASK32, block >> np.uint64(32), np.uint64(step), np.uint64(0)), key)
     words = np.stack(words, axis=1).reshape(-1)[start % 4:start % 4 + n]
     return words >= np.uint64(threshold)
 
@@ -684,10 +579,10 @@ def _dropout_apply(a, name, rate, seed, step, offset):
     """offset: the global index of a's first sample; element i of sample n is element
     (offset + n) * per_sample + i of the mask."""
     a = _float_array(a, name)
-    start = check_offset(offset) * (a.size // a.shape[0] if a.ndim and a.shape[0] else 0)
+    start, _, scale, _ = checks.dropout_args(a.shape, rate, seed, offset)
     keep = dropout_keep(a.size, rate, seed, step, start).reshape(a.shape)
     # keep ? a * (1 / (1 - rate)) : 0, in a's dtype
-    return a * np.where(keep, a.dtype.type(1.0 / (1.0 - rate)), a.dtype.type(0))
+    return a * np.where(keep, a.dtype.type(scale), a.dtype.type(0))
 
 
 @_follows_input_dtype("x")
@@ -705,16 +600,6 @@ def dropout_backward(dy, rate, seed, step, offset=0):
 CROP_STREAM = 0x43524F50  # 'CROP': the fourth counter word, so crops never share words with dropout
 
 
-def check_crop_size(in_hw, out_hw):
-    """A height x width crop of H x W images: positive ints, no larger than the images."""
-    (H, W), (height, width) = in_hw, out_hw
-    for name, v in (("height", height), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise ValueError(f"crop {name} must be a positive int, got {v!r}")
-    if height > H or width > W:
-        raise ValueError(f"crop {height}x{width} is larger than the {H}x{W} images")
-
-
 def crop_windows(n, in_hw, out_hw, random, flip, seed, step, offset=0):
     """(top, left, mirrored) of each of n images' crop window: int64, int64, bool arrays (n,).
 
@@ -722,16 +607,13 @@ def crop_windows(n, in_hw, out_hw, random, flip, seed, step, offset=0):
     (offset + image, 0, step, CROP_STREAM) and key (lo32(seed), hi32(seed)) gives words w0..w3;
     top = w0 % (H - height + 1), left = w1 % (W - width + 1), mirrored = flip and w2 >= 2**31.
     """
-    check_crop_size(in_hw, out_hw)
+    key, offset = checks.crop_args(in_hw, out_hw, seed, offset)
+    step = _step_value(step) & 0xFFFFFFFF
     (H, W), (height, width) = in_hw, out_hw
     if not random:
         return (np.full(n, (H - height) // 2, np.int64), np.full(n, (W - width) // 2, np.int64),
                 np.zeros(n, bool))
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    step, offset = _step_value(step) & 0xFFFFFFFF, check_offset(offset)
-    w0, w1, w2, _ = philox4x32_10((np.arange(offset, offset + n, dtype=np.uint64), 0, step, CROP_STREAM),
-                                  (int(seed) & 0xFFFFFFFF, int(seed) >> 32))
+    w0, w1, w2, _ = philox4x32_10((np.arange(offset, offset + n, dtype=np.uint64), 0, step, CROP_STREAM), key)
     top = (w0 % np.uint64(H - height + 1)).astype(np.int64)
     left = (w1 % np.uint64(W - width + 1)).astype(np.int64)
     return top, left, (w2 >= np.uint64(2 ** 31)) & bool(flip)
@@ -764,14 +646,9 @@ def pca_noise_offsets(n, basis, seed, step, offset=0):
     Philox 4x32-10 of counter (offset + i, 0, step, PCA_STREAM) and key (lo32(seed), hi32(seed))
     (_standard_normals), the sums in float64 in the order c0 + c1 + c2.  basis (3, 3):
     basis[c, i] = stddev * eigenvalue_i * eigenvector_i[c] (the AlexNet paper, section 4.1)."""
-    basis = np.asarray(basis, np.float64)
-    if basis.shape != (3, 3):
-        raise ValueError(f"basis must be 3x3 (RGB x components), got shape {basis.shape}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    step, offset = _step_value(step) & 0xFFFFFFFF, check_offset(offset)
-    words = philox4x32_10((np.arange(offset, offset + n, dtype=np.uint64), 0, step, PCA_STREAM),
-                          (int(seed) & 0xFFFFFFFF, int(seed) >> 32))
+    basis, key = checks.pca_basis(basis), checks.philox_key(seed)
+    step, offset = _step_value(step) & 0xFFFFFFFF, checks.check_offset(offset)
+    words = philox4x32_10((np.arange(offset, offset + n, dtype=np.uint64), 0, step, PCA_STREAM), key)
     a0, a1, a2 = _standard_normals(words)
     offsets = [(basis[c, 0] * a0 + basis[c, 1] * a1) + basis[c, 2] * a2 for c in range(3)]
     return np.stack(offsets, axis=1).astype(np.float32)
@@ -781,8 +658,7 @@ def pca_noise_offsets(n, basis, seed, step, offset=0):
 def pca_noise_forward(x, basis, seed, step, offset=0):
     """x (N, H, W, 3) + each image's RGB offset (pca_noise_offsets); the backward is dy itself."""
     x = _float_array(x, "x", 4)
-    if x.shape[3] != 3:
-        raise ValueError(f"colour noise needs RGB images (N, H, W, 3), got shape {x.shape}")
+    checks.pca_args(x.shape, basis, seed, offset)
     offsets = pca_noise_offsets(x.shape[0], basis, seed, step, offset).astype(x.dtype)
     return x + offsets[:, None, None, :]
 
@@ -802,9 +678,7 @@ def crop_forward(x, height, width, random, flip, seed, step, offset=0):
 @_follows_input_dtype("dy")
 def crop_backward(dy, x_shape, random, flip, seed, step, offset=0):
     dy = _float_array(dy, "dy", 4)
-    N, H, W, C = _shape4(x_shape, "x_shape")
-    if (dy.shape[0], dy.shape[3]) != (N, C):
-        raise ValueError(f"dy {dy.shape} does not match x_shape {tuple(x_shape)} (batch and channels)")
+    N, H, W, C = checks.crop_backward_shape(dy.shape, x_shape)
     height, width = dy.shape[1:3]
     top, left, mirrored = crop_windows(N, (H, W), (height, width), random, flip, seed, step, offset)
     dx = np.zeros((N, H, W, C), dy.dtype)
@@ -814,16 +688,6 @@ def crop_backward(dy, x_shape, random, flip, seed, step, offset=0):
 
 
 # ---------------------------------------------------------------- local response normalisation
-
-def _lrn_args(size, alpha, beta, k):
-    size = _positive_int(size, "size")
-    if size % 2 == 0:
-        raise ValueError(f"LRN size must be odd (a window centred on each channel), got {size}")
-    for arg, v in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{arg} must be a real number, got {type(v).__name__}")
-    return size
-
 
 def _channel_window_sum(a, size):
     """sum of a[..., j] for j in [c - size//2, c + size//2] clipped to the channels."""
@@ -838,7 +702,7 @@ def _channel_window_sum(a, size):
 def lrn_forward(x, size, alpha, beta, k):
     """(y, scale): scale = k + alpha * window sum of x^2, y = x * scale**-beta (AlexNet paper)."""
     x = _float_array(x, "x", 4)
-    size = _lrn_args(size, alpha, beta, k)
+    size, alpha, beta, k = checks.lrn_args(size, alpha, beta, k)
     scale = _channel_window_sum(x * x, size)
     scale *= x.dtype.type(alpha)
     scale += x.dtype.type(k)
@@ -856,7 +720,7 @@ def lrn_backward(dy, x, y, scale, size, alpha, beta, k):
     _same_dtype(dy.dtype, x=x, y=y, scale=scale)
     if not dy.shape == x.shape == y.shape == scale.shape:
         raise ValueError(f"dy {dy.shape}, x {x.shape}, y {y.shape}, scale {scale.shape} must match")
-    size = _lrn_args(size, alpha, beta, k)
+    size, alpha, beta, k = checks.lrn_args(size, alpha, beta, k)
     t = _channel_window_sum(dy * y / scale, size)
     t *= x
     t *= dy.dtype.type(-2.0 * alpha * beta)
@@ -1022,39 +886,13 @@ def copy(dst, src):
     return None
 
 
-def channel_range(dst_shape, src_shape, dst_start, src_start, width):
-    """Check a copy_channels call's shapes and channel ranges (shared by every backend)."""
-    if len(dst_shape) < 1 or tuple(dst_shape[:-1]) != tuple(src_shape[:-1]):
-        raise ValueError(f"dst {tuple(dst_shape)} and src {tuple(src_shape)} must have the same shape "
-                         "but for the last (channel) axis")
-    for name, v in (("dst_start", dst_start), ("src_start", src_start), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if width < 1 or src_start < 0 or dst_start < 0 or src_start + width > src_shape[-1] \
-            or dst_start + width > dst_shape[-1]:
-        raise ValueError(f"channels [{src_start}, {src_start + width}) of src ({src_shape[-1]} channels) -> "
-                         f"[{dst_start}, {dst_start + width}) of dst ({dst_shape[-1]}) are out of range")
-
-
-def gather_shapes(dst, src, rows) -> None:
-    """Check a gather_rows call's dtypes and shapes (shared by every backend)."""
-    if dst.dtype not in (np.float32, np.int32, bfloat16) or src.dtype != dst.dtype:
-        raise TypeError(f"gather_rows moves float32, bfloat16 or int32 rows: dst is {dst.dtype}, "
-                        f"src is {src.dtype}")
-    if rows.dtype != np.int32 or rows.ndim != 1:
-        raise TypeError(f"rows must be a 1-D int32 array, got {rows.dtype} of shape {tuple(rows.shape)}")
-    if dst.ndim < 1 or tuple(dst.shape[1:]) != tuple(src.shape[1:]) or dst.shape[0] != rows.shape[0]:
-        raise ValueError(f"dst {tuple(dst.shape)} must be (len(rows) = {rows.shape[0]},) + the trailing shape "
-                         f"of src {tuple(src.shape)}")
-
-
 def gather_rows(dst, src, rows):
     """dst[i] = src[rows[i]], in place (a batch picked from the data set)."""
     _inplace_array(dst, "dst")
     for name, a in (("src", src), ("rows", rows)):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
-    gather_shapes(dst, src, rows)
+    checks.gather_shapes(dst, src, rows)
     if rows.size and (rows.min() < 0 or rows.max() >= src.shape[0]):
         raise IndexError(f"rows must lie in [0, {src.shape[0]}), got [{rows.min()}, {rows.max()}]")
     np.take(src, rows, axis=0, out=dst)
@@ -1066,6 +904,6 @@ def copy_channels(dst, src, dst_start, src_start, width):
     _inplace_array(dst, "dst")
     src = _float_array(src, "src")
     _same_dtype(dst.dtype, src=src)
-    channel_range(dst.shape, src.shape, dst_start, src_start, width)
+    checks.channel_range(dst.shape, src.shape, dst_start, src_start, width)
     dst[..., dst_start:dst_start + width] = src[..., src_start:src_start + width]
     return None

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from ... import _paths
+from .. import checks
 
 COMPILE_OPTIONS = ("-std=c++17",)
 _INCLUDE = re.compile(r'^#include\s+"([\w.]+)"\s*$', re.MULTILINE)
@@ -55,8 +56,8 @@ def check_layout(name: str, a, *, dtype=np.float32, ndim: int | None = None, sha
         raise TypeError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype.name}")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    if shape is not None:
+        checks.expect_shape(name, a.shape, shape)
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (kernels ignore strides); "
                          "pass cupy.ascontiguousarray(...)")
@@ -96,4 +97,4 @@ def require_tensor_cores(what: str) -> None:
 
 def blocks(n: int, threads: int) -> int:
     """Number of blocks of ``threads`` that cover ``n`` items."""
-    return max(1, (n + threads - 1) // threads)
+    return max(1, checks.cdiv(n, threads))

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import reference as _ref
-from .. import registry
+from .. import checks, registry
+from ..checks import cdiv, check_int32
 from . import _launch
 from ._launch import out_array
-from .gemm import THREADS, TILE_M, cdiv, check_int32, grid_blocks, launch_gemm, split_k_plan
+from .gemm import THREADS, TILE_M, grid_blocks, launch_gemm, split_k_plan
 
 _FILE = "conv.cu"
 # Per variant: columns a thread computes (the GEMM N tile is 64 + 16 * (TN - 4) wide) and
@@ -54,15 +54,6 @@ def _implicit(kind: str, variant: str):
     return _kernel(_template(kind, tn, stages)), 64 + 16 * (tn - 4), THREADS
 
 
-def _geometry(x_shape, w_shape, stride, padding):
-    """(stride, padding, P, Q) with the reference's checks and messages."""
-    stride, padding = _ref._pair(stride, "stride"), _ref._padding(padding)
-    N, H, W, C = x_shape
-    R, S, _, _ = w_shape
-    P, Q = _ref._output_size(H, W, R, S, stride, padding, "kernel")
-    return stride, padding, P, Q
-
-
 def _dims(N, H, W, C, K, R, S, P, Q, stride, padding):
     """The int32 shape tail every conv.cu kernel takes."""
     check_int32(x_size=N * H * W * C, y_size=N * P * Q * K, w_size=R * S * C * K)
@@ -75,15 +66,11 @@ def checked_forward(x, w, b, stride, padding, out):
     _launch.check("x", x, ndim=4)
     _launch.check("w", w, ndim=4)
     N, H, W, C = x.shape
-    R, S, Cw, K = w.shape
-    if Cw != C:
-        raise ValueError(f"channel mismatch: x has {C} channels (NHWC, last axis) but w expects "
-                         f"{Cw} (HWIO {w.shape}); is x laid out NCHW?")
+    R, S, _, K = w.shape
+    stride, padding, P, Q = checks.conv_geometry(x.shape, w.shape, stride, padding)
     if b is not None:
         _launch.check("b", b, ndim=1)
-        if b.shape[0] != K:
-            raise ValueError(f"bias length {b.shape[0]} does not match the {K} output channels of w")
-    stride, padding, P, Q = _geometry(x.shape, w.shape, stride, padding)
+        checks.bias_length(b.shape[0], K, "output channels of w")
     y = out_array("out", out, (N, P, Q, K))
     return (N, H, W, C, K, R, S, P, Q, stride, padding), y, _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
 
@@ -92,13 +79,10 @@ def checked_backward_data(dy, w, x_shape, stride, padding, out):
     """Validate a backward-data call; returns (shape facts, dx, dims)."""
     _launch.check("dy", dy, ndim=4)
     _launch.check("w", w, ndim=4)
-    N, H, W, C = _ref._shape4(x_shape, "x_shape")
-    R, S, Cw, K = w.shape
-    if Cw != C:
-        raise ValueError(f"channel mismatch: x_shape has {C} channels but w expects {Cw} (HWIO {w.shape})")
-    stride, padding, P, Q = _geometry((N, H, W, C), w.shape, stride, padding)
-    if dy.shape != (N, P, Q, K):
-        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x_shape {tuple(x_shape)}")
+    N, H, W, C = x_shape = checks.shape4(x_shape, "x_shape")
+    R, S, _, K = w.shape
+    stride, padding, P, Q = checks.conv_geometry(x_shape, w.shape, stride, padding, x_name="x_shape")
+    checks.expect_shape("dy", dy.shape, (N, P, Q, K))
     dx = out_array("out", out, (N, H, W, C))
     return (N, H, W, C, K, R, S, P, Q, stride, padding), dx, _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
 
@@ -107,14 +91,10 @@ def checked_backward_weights(x, dy, w_shape, stride, padding, out):
     """Validate a backward-weights call; returns (shape facts, dw, dims)."""
     _launch.check("x", x, ndim=4)
     _launch.check("dy", dy, ndim=4)
-    R, S, C, K = _ref._shape4(w_shape, "w_shape")
-    N, H, W, Cx = x.shape
-    if Cx != C:
-        raise ValueError(f"channel mismatch: x has {Cx} channels but w_shape expects {C} "
-                         f"(HWIO {tuple(w_shape)})")
-    stride, padding, P, Q = _geometry(x.shape, (R, S, C, K), stride, padding)
-    if dy.shape != (N, P, Q, K):
-        raise ValueError(f"dy has shape {dy.shape}, expected {(N, P, Q, K)} for x {x.shape}")
+    R, S, C, K = w_shape = checks.shape4(w_shape, "w_shape")
+    N, H, W, _ = x.shape
+    stride, padding, P, Q = checks.conv_geometry(x.shape, w_shape, stride, padding, w_name="w_shape")
+    checks.expect_shape("dy", dy.shape, (N, P, Q, K))
     dw = out_array("out", out, (R, S, C, K))
     return (N, H, W, C, K, R, S, P, Q, stride, padding), dw, _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
 

@@ -24,7 +24,8 @@ import numpy as np
 from .. import registry
 from . import _launch
 from .conv import checked_backward_data, checked_backward_weights, checked_forward
-from .gemm import cdiv, check_int32, sm_count
+from ..checks import cdiv, check_int32
+from .gemm import sm_count
 
 _FILE = "conv_direct.cu"
 CHUNKS = (4, 8, 16)  # channel chunks the templates are instantiated for

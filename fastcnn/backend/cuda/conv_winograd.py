@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import reference as _ref
-from .. import registry
+from .. import checks, registry
+from ..checks import cdiv, check_int32
 from . import _launch
 from .conv import checked_backward_data, checked_backward_weights, checked_forward
-from .gemm import TILE_M, TILE_N, THREADS, cdiv, check_int32, grid_blocks, sm_count
+from .gemm import TILE_M, TILE_N, THREADS, grid_blocks, sm_count
 
 _FILE = "conv_winograd.cu"
 NAME, NAME4 = "winograd", "winograd4"  # F(2x2,R x R), F(4x4,R x R), R = 3 or 5
@@ -49,7 +49,7 @@ _PREFIX = {(2, 3): "winograd", (4, 3): "winograd4", (2, 5): "winograd5", (4, 5):
 def _refuse(name: str, what: str, w_shape, stride, padding, any_padding: bool = False) -> tuple:
     """(stride, padding, R) normalised; NotApplicable unless R x R with R = 3 or 5, stride 1,
     padding <= R-1 (any padding with ``any_padding``: backward-weights)."""
-    stride, padding = _ref._pair(stride, "stride"), _ref._padding(padding)
+    stride, padding = checks.pair(stride, "stride"), checks.padding(padding)
     R, S = tuple(w_shape)[:2]
     if R != S or R not in KERNEL_SIZES:
         raise registry.NotApplicable(f"{name} {what} handles 3x3 and 5x5 kernels only (Winograd F(mxm,3x3) "

@@ -18,6 +18,7 @@ import functools
 import numpy as np
 
 from .. import registry
+from ..checks import cdiv, check_int32
 from . import _launch
 
 _FILE = "gemm.cu"
@@ -27,13 +28,6 @@ NAME_EXPRESSIONS = (tuple(f"gemm_{kind}<{ta}, {tb}>" for kind in ("naive", "tile
 _TILED = {"tiled": "", "tiled_db": ", 2"}  # variant -> template tail of gemm_tiled (shared buffers)
 TILE_M = TILE_N = 128
 THREADS = 256
-_INT32_MAX = 2**31 - 1
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _kernel(name: str):
     return _launch.function(_FILE, name, NAME_EXPRESSIONS)
 
@@ -67,12 +61,6 @@ def split_k_plan(M: int, N: int, K: int, tile_n: int = TILE_N) -> tuple[int, int
     splits = max(1, min(cdiv(2 * sms, tiles), K // 512, 64))
     kchunk = cdiv(cdiv(K, splits), 8) * 8
     return cdiv(K, kchunk), kchunk
-
-
-def check_int32(**dims) -> None:
-    for name, value in dims.items():
-        if value > _INT32_MAX:
-            raise ValueError(f"{name} = {value} exceeds the kernels' 32-bit index range")
 
 
 def launch_gemm(variant: str, a, b, out, M: int, N: int, K: int, trans_a: bool, trans_b: bool,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .. import registry
 from . import _launch
-from .gemm import _FORMS, _dense_forward, _matmul, check_int32, launch_tiles
+from ..checks import check_int32
+from .gemm import _FORMS, _dense_forward, _matmul, launch_tiles
 
 _FILE = "gemm_tf32.cu"
 NAME_EXPRESSIONS = tuple(f"gemm_tf32<{ta}, {tb}>" for ta, tb in _FORMS)

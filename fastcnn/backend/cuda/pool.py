@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import reference as _ref
-from .. import registry
+from .. import checks, registry
+from ..checks import cdiv, check_int32
 from . import _launch
 from ._launch import out_array
-from .gemm import THREADS, check_int32, grid_blocks
+from .gemm import THREADS, grid_blocks
 
 _FILE = "pool.cu"
 GENERIC_LANES = (1, 2, 4)
@@ -94,9 +94,8 @@ def _kernel(name: str):
 
 
 def _geometry(x_shape, pool, stride, padding):
-    (ph, pw), stride, padding = _ref._pool_args(pool, stride, padding)
+    (ph, pw), stride, padding, P, Q = checks.pool_geometry(x_shape, pool, stride, padding)
     N, H, W, C = x_shape
-    P, Q = _ref._output_size(H, W, ph, pw, stride, padding, "pool")
     check_int32(x_size=N * H * W * C, y_size=N * P * Q * C)
     top, _, left, _ = padding
     dims = tuple(np.int32(v) for v in (N, H, W, C, P, Q, ph, pw, stride[0], stride[1], top, left))
@@ -106,10 +105,6 @@ def _geometry(x_shape, pool, stride, padding):
 # Channels per thread each variant may use, widest first (C and alignment pick among them).
 LANES = {"direct": (1,), "vec4": (4, 1), "tiled": (4, 2, 1), "smem": (4, 2, 1), "vec8": (8, 4, 1),
          "vec8x2": (8, 4, 1)}
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _plan(variant: str, forward: bool, x_shape, pool, stride, padding):
@@ -132,23 +127,23 @@ def _plan(variant: str, forward: bool, x_shape, pool, stride, padding):
             if not forward or (ph, pw, sh, sw) not in VEC8:
                 continue                      # vec4's kernels below
             oh, ow = VEC8_OUTPUTS[variant]
-            items = N * _ceil(P, oh) * _ceil(Q, ow) * (C // 8)
+            items = N * cdiv(P, oh) * cdiv(Q, ow) * (C // 8)
             name = _fwd_tile_name(8, ph, pw, sh, sw, oh, ow)
         elif smem is not None and lanes == 4:
             tp, tq = smem
             threads = tp * tq * (SMEM_CHANNELS // 4)
-            items = N * _ceil(P, tp) * _ceil(Q, tq) * _ceil(C, SMEM_CHANNELS) * threads
+            items = N * cdiv(P, tp) * cdiv(Q, tq) * cdiv(C, SMEM_CHANNELS) * threads
             name = _fwd_smem_name(ph, pw, sh, sw, tp, tq)
         elif tile is None:
             items = (N * P * Q if forward else N * H * W) * (C // lanes)
             name = f"maxpool_{'fwd' if forward else 'bwd'}<{lanes}>"
         elif forward:
             oh, ow = tile[:2]
-            items = N * _ceil(P, oh) * _ceil(Q, ow) * (C // lanes)
+            items = N * cdiv(P, oh) * cdiv(Q, ow) * (C // lanes)
             name = _fwd_tile_name(lanes, ph, pw, sh, sw, oh, ow)
         else:
             bh, bw = tile[2:]
-            items = N * _ceil(H + top, bh * sh) * _ceil(W + left, bw * sw) * (C // lanes)
+            items = N * cdiv(H + top, bh * sh) * cdiv(W + left, bw * sw) * (C // lanes)
             name = _bwd_tile_name(lanes, ph, pw, sh, sw, bh, bw)
         check_int32(threads=items)
         kernels[lanes] = (_kernel(name), grid_blocks(items, threads), threads)
@@ -201,10 +196,7 @@ def _forward(variant: str):
         _launch.check("x", x, ndim=4)
         N, H, W, C = x.shape
         P, Q, kernels, dims = _cached_plan(variant, True, x.shape, pool, stride, padding)
-        if out is None:
-            out = (None, None)
-        elif not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise TypeError("out must be a pair (y, argmax) for maxpool_forward")
+        out = checks.out_pair(out, "(y, argmax)")
         y = out_array("out[0] (y)", out[0], (N, P, Q, C))
         argmax = out_array("out[1] (argmax)", out[1], (N, P, Q, C), dtype=np.uint8)
         kernel, blocks, threads = _launch_plan(kernels, ((x, 4), (y, 4), (argmax, 1)))
@@ -219,10 +211,9 @@ def _backward(variant: str):
         """dx (N,H,W,C): each input element sums dy over the windows whose argmax chose it."""
         _launch.check("dy", dy, ndim=4)
         _launch.check("argmax", argmax, dtype=np.uint8, ndim=4)
-        N, H, W, C = x_shape = _ref._shape4(x_shape, "x_shape")
+        N, H, W, C = x_shape = checks.shape4(x_shape, "x_shape")
         P, Q, kernels, dims = _cached_plan(variant, False, x_shape, pool, stride, padding)
-        if dy.shape != (N, P, Q, C) or argmax.shape != dy.shape:
-            raise ValueError(f"dy {dy.shape} and argmax {argmax.shape} must both have shape {(N, P, Q, C)}")
+        checks.pool_grad_shapes(dy.shape, argmax.shape, (N, P, Q, C))
         dx = out_array("out", out, (N, H, W, C))
         kernel, blocks, threads = _launch_plan(kernels, ((dy, 4), (argmax, 1), (dx, 4)))
         kernel((blocks,), (threads,), (dy, argmax, dx) + dims)

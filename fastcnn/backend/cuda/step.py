@@ -41,13 +41,12 @@ Importing this module needs no GPU: CuPy is touched inside the functions only.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from ... import dtypes
+from .. import checks, registry
 from .. import reference as _ref
-from .. import registry
+from ..checks import cdiv as _cdiv, check_int32 as _check_int32, real as _real
 from . import _launch
 
 THREADS = 256          # elementwise / optimizer / dropout / LRN blocks
@@ -56,11 +55,6 @@ XENT_THREADS = 512     # kernels/softmax_xent.cu FC_SX_WARPS * 32: the xent kern
 XENT_ONE_BLOCK = 1 << 18  # N * classes up to this: one block, so the loss sum is deterministic
 SUM_COLS, SUM_ROWS = 32, 8  # block of elementwise.cu's row kernels (column_sum, copy_channels, gather_rows)
 SUM_CHUNK_ROWS = 256   # rows per chunk of the first bias_grad pass
-_INT32_MAX = 2**31 - 1
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _grid(n: int, threads: int = THREADS) -> tuple:
@@ -115,18 +109,6 @@ def _no_overlap(out_name, out, **inputs):
                              "pass a separate output buffer")
 
 
-def _real(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def _check_int32(**dims) -> None:
-    for arg, value in dims.items():
-        if value > _INT32_MAX:
-            raise ValueError(f"{arg} = {value} exceeds the kernels' 32-bit range")
-
-
 def _same_shape(ref_name, ref, **arrays):
     for arg, a in arrays.items():
         if a.shape != ref.shape:
@@ -160,7 +142,7 @@ def relu_backward(dy, y, *, out=None):
 def leaky_relu_forward(x, negative_slope, *, out=None):
     """x >= 0 ? x : negative_slope * x (NaN propagates)."""
     _check_float("x", x)
-    slope = np.float32(_ref.leaky_slope(negative_slope))
+    slope = np.float32(checks.leaky_slope(negative_slope))
     out = _launch.out_array("out", out, x.shape, x.dtype)
     _kernel(_EW, f"leaky_relu_forward<{_ctype(x)}>")(_grid(x.size), (THREADS,), (x, out, slope, np.int64(x.size)))
     return out
@@ -171,7 +153,7 @@ def leaky_relu_backward(dy, x, negative_slope, *, out=None):
     _check_float("dy", dy)
     _launch.check("x", x, dtype=dy.dtype)
     _same_shape("dy", dy, x=x)
-    slope = np.float32(_ref.leaky_slope(negative_slope))
+    slope = np.float32(checks.leaky_slope(negative_slope))
     out = _launch.out_array("out", out, dy.shape, dy.dtype)
     _kernel(_EW, f"leaky_relu_backward<{_ctype(dy)}>")(_grid(dy.size), (THREADS,), (dy, x, out, slope, np.int64(dy.size)))
     return out
@@ -217,7 +199,7 @@ def copy_channels(dst, src, dst_start, src_start, width):
     or bfloat16)."""
     _check_float("dst", dst)
     _launch.check("src", src, dtype=dst.dtype)
-    _ref.channel_range(dst.shape, src.shape, dst_start, src_start, width)
+    checks.channel_range(dst.shape, src.shape, dst_start, src_start, width)
     _no_overlap("dst", dst, src=src)
     rows = dst.size // dst.shape[-1]
     grid = (1, min(_cdiv(rows, SUM_ROWS), 65535))  # grid.y is at most 65535; the kernel loops
@@ -232,7 +214,7 @@ def gather_rows(dst, src, rows):
     _launch.check("dst", dst, dtype=getattr(dst, "dtype", np.float32))
     _launch.check("src", src, dtype=dst.dtype)
     _launch.check("rows", rows, dtype=np.int32, ndim=1)
-    _ref.gather_shapes(dst, src, rows)
+    checks.gather_shapes(dst, src, rows)
     _no_overlap("dst", dst, src=src, rows=rows)
     n = dst.shape[0]
     grid = (1, min(_cdiv(n, SUM_ROWS), 65535))  # grid.y is at most 65535; the kernel loops
@@ -336,31 +318,16 @@ def softmax_cross_entropy(logits, labels, totals, *, out=None):
 
 # ---------------------------------------------------------------- dropout.cu
 
-def _threshold(rate) -> int:
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
-    return min(int(np.floor(float(rate) * 2.0 ** 32)), 2 ** 32 - 1)
-
-
-def _seed_key(seed) -> tuple:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    seed = int(seed)
-    return np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
-
-
 def _dropout(name, a, rate, seed, step, out, offset):
     _launch.check(name, a)
-    start = _ref.check_offset(offset) * (a.size // a.shape[0] if a.ndim and a.shape[0] else 0)
-    threshold = _threshold(rate)
-    key0, key1 = _seed_key(seed)
+    start, threshold, scale, (key0, key1) = checks.dropout_args(a.shape, rate, seed, offset)
     _step(step)
     out = _launch.out_array("out", out, a.shape)
-    scale = np.float32(1.0 / (1.0 - float(rate)))
     n = a.size
     _kernel("dropout.cu", "dropout_apply")(
         _grid(_cdiv(start % 4 + n, 4)), (THREADS,),
-        (a, out, np.int64(n), key0, key1, step, np.uint32(threshold), scale, np.int64(start)))
+        (a, out, np.int64(n), np.uint32(key0), np.uint32(key1), step, np.uint32(threshold), np.float32(scale),
+         np.int64(start)))
     return out
 
 
@@ -381,14 +348,10 @@ AUG_THREADS = 128      # kernels/augment.cu AUG_THREADS
 _MAX_GRID_Y = 65535
 
 
-def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step, offset, out):
-    """images: (N, H, W, C) of the uncropped side; one block per row of out (grid (rows, N))."""
-    N, H, W, C = images
-    height, width = crop_hw
-    _ref.check_crop_size((H, W), (height, width))
-    key0, key1 = _seed_key(seed)
+def _crop(kernel, name, a, args, random, flip, step, out):
+    """args: checks.crop_forward_args / crop_backward_args; one block per row of out (grid (rows, N))."""
+    (N, H, W, C), (height, width), out_shape, (key0, key1), first = args
     _step(step)
-    first = np.uint32(_ref.check_offset(offset))
     if N > _MAX_GRID_Y:
         raise ValueError(f"{name}: batch {N} exceeds the {_MAX_GRID_Y} images one launch covers")
     out = _launch.out_array("out", out, out_shape)
@@ -396,26 +359,22 @@ def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step,
     _kernel("augment.cu", kernel)(
         (out_shape[1], N), (AUG_THREADS,),
         (a, out, np.int32(H), np.int32(W), np.int32(C), np.int32(height), np.int32(width),
-         np.int32(bool(random)), np.int32(bool(flip)), key0, key1, step, first))
+         np.int32(bool(random)), np.int32(bool(flip)), np.uint32(key0), np.uint32(key1), step, np.uint32(first)))
     return out
 
 
 def crop_forward(x, height, width, random, flip, seed, step, offset=0, *, out=None):
     """Each image's window (reference.crop_windows), mirrored where drawn so."""
     _launch.check("x", x, ndim=4)
-    N, _, _, C = x.shape
-    return _crop("crop_forward", "x", x, x.shape, (height, width), (N, height, width, C),
-                 random, flip, seed, step, offset, out)
+    return _crop("crop_forward", "x", x, checks.crop_forward_args(x.shape, height, width, seed, offset),
+                 random, flip, step, out)
 
 
 def crop_backward(dy, x_shape, random, flip, seed, step, offset=0, *, out=None):
     """dy put back into each image's window of a zero (N, H, W, C) gradient."""
     _launch.check("dy", dy, ndim=4)
-    x_shape = _ref._shape4(x_shape, "x_shape")
-    if (dy.shape[0], dy.shape[3]) != (x_shape[0], x_shape[3]):
-        raise ValueError(f"dy {dy.shape} does not match x_shape {x_shape} (batch and channels)")
-    return _crop("crop_backward", "dy", dy, x_shape, dy.shape[1:3], x_shape,
-                 random, flip, seed, step, offset, out)
+    return _crop("crop_backward", "dy", dy, checks.crop_backward_args(dy.shape, x_shape, seed, offset),
+                 random, flip, step, out)
 
 
 def pca_noise_forward(x, basis, seed, step, offset=0, *, out=None):
@@ -423,41 +382,27 @@ def pca_noise_forward(x, basis, seed, step, offset=0, *, out=None):
     ``out`` may be x."""
     _launch.check("x", x, ndim=4)
     N, H, W, C = x.shape
-    if C != 3:
-        raise ValueError(f"colour noise needs RGB images (N, H, W, 3), got shape {x.shape}")
-    basis = np.asarray(basis, np.float64)
-    if basis.shape != (3, 3):
-        raise ValueError(f"basis must be 3x3 (RGB x components), got shape {basis.shape}")
-    key0, key1 = _seed_key(seed)
+    basis, (key0, key1), first = checks.pca_args(x.shape, basis, seed, offset)
     _step(step)
-    first = np.uint32(_ref.check_offset(offset))
     if N > _MAX_GRID_Y:
         raise ValueError(f"x: batch {N} exceeds the {_MAX_GRID_Y} images one launch covers")
     out = _launch.out_array("out", out, x.shape)
     _kernel("augment.cu", "pca_noise_forward")(
         (H, N), (AUG_THREADS,),
-        (x, out, np.int32(H), np.int32(W), *(np.float64(b) for b in basis.reshape(-1)), key0, key1, step, first))
+        (x, out, np.int32(H), np.int32(W), *(np.float64(b) for b in basis.reshape(-1)), np.uint32(key0), np.uint32(key1), step,
+         np.uint32(first)))
     return out
 
 
 # ---------------------------------------------------------------- lrn.cu
 
-def _lrn_args(size, alpha, beta, k):
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1 or size % 2 == 0:
-        raise ValueError(f"LRN size must be a positive odd integer (a window centred on each "
-                         f"channel), got {size!r}")
-    return int(size), _real("alpha", alpha), _real("beta", beta), _real("k", k)
-
-
 def lrn_forward(x, size, alpha, beta, k, *, out=None):
     """(y, scale): scale = k + alpha * sum of x^2 over ``size`` channels, y = x * scale**-beta."""
     _launch.check("x", x, ndim=4)
-    size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
+    size, alpha, beta, k = checks.lrn_args(size, alpha, beta, k)
     C = x.shape[-1]
     _check_int32(channels=C)
-    if out is not None and not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise TypeError("out must be a pair (y, scale) of float32 CuPy arrays, or None")
-    y_out, s_out = (None, None) if out is None else out
+    y_out, s_out = checks.out_pair(out, "(y, scale)")
     y = _launch.out_array("out[0] (y)", y_out, x.shape)
     scale = _launch.out_array("out[1] (scale)", s_out, x.shape)
     _no_overlap("out[0] (y)", y, x=x, scale=scale)
@@ -475,7 +420,7 @@ def lrn_backward(dy, x, y, scale, size, alpha, beta, k, *, out=None):
     for arg, a in (("x", x), ("y", y), ("scale", scale)):
         _launch.check(arg, a, ndim=4)
     _same_shape("dy", dy, x=x, y=y, scale=scale)
-    size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
+    size, alpha, beta, k = checks.lrn_args(size, alpha, beta, k)
     C = dy.shape[-1]
     _check_int32(channels=C)
     out = _launch.out_array("out", out, dy.shape)

@@ -13,6 +13,7 @@ import numpy as np
 
 from ... import _numba_compat  # must precede numba.cuda: see its docstring (NumPy 2.5)
 from ...dtypes import bfloat16
+from .. import checks
 
 _numba_compat.apply()
 
@@ -87,16 +88,12 @@ def unavailable_reason() -> str | None:
 def asarray(a, dtype=None):
     """A contiguous array of this backend (NumPy under the simulator, CuPy on a GPU)."""
     if SIMULATOR:
-        if _cp is None and type(a).__module__.startswith("cupy"):
-            a = a.get()
-        return np.ascontiguousarray(np.asarray(a, dtype=dtype))
+        return np.ascontiguousarray(checks.to_host(a), dtype=dtype)
     return _cp.ascontiguousarray(_cp.asarray(a, dtype=dtype))
 
 
 def to_host(a):
-    if not SIMULATOR and _cp is not None and isinstance(a, _cp.ndarray):
-        return _cp.asnumpy(a)
-    return np.asarray(a)
+    return checks.to_host(a)
 
 
 def synchronize() -> None:
@@ -134,8 +131,8 @@ def _check(argname, a, dtype=np.float32, ndim=None, shape=None):
         raise TypeError(f"{argname} must be {np.dtype(dtype).name}, got {a.dtype.name}")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{argname} must have {ndim} dimensions, got shape {tuple(a.shape)}")
-    if shape is not None and a.shape != shape and tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{argname} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    if shape is not None and a.shape != shape:
+        checks.expect_shape(argname, a.shape, shape)
     if not a.flags.c_contiguous:
         raise ValueError(f"{argname} must be C-contiguous (kernels ignore strides)")
     if a.size == 0:
@@ -173,44 +170,6 @@ def _out(argname, out, shape, dtype=np.float32, inputs=()):
             if lo < ahi and alo < hi:
                 raise ValueError(f"{argname} overlaps {name_}: this kernel cannot work in place")
     return out
-
-
-def _pair_out(out, what):
-    if out is None:
-        return None, None
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise TypeError(f"out must be a pair {what} or None")
-    return out
-
-
-def _pair(argname, v, minimum):
-    try:
-        a, b = (int(x) for x in v)
-    except Exception:
-        raise TypeError(f"{argname} must be a pair of ints, got {v!r}") from None
-    if a < minimum or b < minimum:
-        raise ValueError(f"{argname} must be >= {minimum}, got {v!r}")
-    return a, b
-
-
-def _padding(v):
-    try:
-        t = tuple(int(x) for x in v)
-    except Exception:
-        raise TypeError(f"padding must be (top, bottom, left, right) ints, got {v!r}") from None
-    if len(t) != 4 or min(t) < 0:
-        raise ValueError(f"padding must be four non-negative ints (top, bottom, left, right), got {v!r}")
-    return t
-
-
-def _shape(argname, v, n):
-    try:
-        t = tuple(int(x) for x in v)
-    except Exception:
-        raise TypeError(f"{argname} must be a tuple of {n} ints, got {v!r}") from None
-    if len(t) != n or min(t) < 1:
-        raise ValueError(f"{argname} must be {n} positive ints, got {v!r}")
-    return t
 
 
 _streams: dict = {}

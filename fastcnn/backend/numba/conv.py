@@ -7,8 +7,8 @@ per tile config in gemm._GEMM_KERNELS.
 """
 from __future__ import annotations
 
-from ._launch import (_check, _device, _flat, _memo, _out, _padding, _pair, _ptx_types, _shape,
-                      cuda, float32, types)
+from ._launch import _check, _device, _flat, _memo, _out, _ptx_types, cuda, float32, types
+from .. import checks
 from .gemm import NP, TILE_CONFIGS, _GEMM_KERNELS, _gemm, _make_gemm
 
 @_device
@@ -102,18 +102,10 @@ if cuda is not None:
 
 
 @_memo
-def _conv_geometry(x_shape, w_shape, stride, padding):
+def _conv_geometry(x_shape, w_shape, stride, padding, x_name="x", w_name="w"):
+    (sh, sw), (pt, _, pl, _), P, Q = checks.conv_geometry(x_shape, w_shape, stride, padding, x_name, w_name)
     N, H, W, C = x_shape
-    R, S, C2, K = w_shape
-    if C2 != C:
-        raise ValueError(f"w has {C2} input channels but x has {C} (w is HWIO {tuple(w_shape)})")
-    sh, sw = _pair("stride", stride, 1)
-    pt, pb, pl, pr = _padding(padding)
-    P = (H + pt + pb - R) // sh + 1
-    Q = (W + pl + pr - S) // sw + 1
-    if H + pt + pb < R or W + pl + pr < S or P < 1 or Q < 1:
-        raise ValueError(f"the {R}x{S} kernel does not fit the padded {H}x{W} input "
-                         f"(padding {padding})")
+    R, S, _, K = w_shape
     return (N, H, W, C, R, S, K, P, Q, sh, sw, pt, pl)
 
 
@@ -124,7 +116,8 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0, 0, 0), relu=False
     g = _conv_geometry(x.shape, w.shape, stride, padding)
     N, H, W, C, R, S, K, P, Q = g[:9]
     if b is not None:
-        _check("b", b, shape=(K,))
+        _check("b", b, ndim=1)
+        checks.bias_length(b.shape[0], K, "output channels of w")
     out = _out("out", out, (N, P, Q, K), inputs=(("x", x), ("w", w), ("b", b)))
     _gemm("conv_fwd", _flat(x), _flat(w), N * P * Q, K, R * S * C, g, bias=b, relu=relu, C=out)
     return out
@@ -134,11 +127,10 @@ def conv2d_backward_data(dy, w, x_shape, stride=(1, 1), padding=(0, 0, 0, 0), *,
     """dx (N, H, W, C) = implicit GEMM M=N*H*W, N=C, K=R*S*K over the taps that hit an output."""
     _check("dy", dy, ndim=4)
     _check("w", w, ndim=4)
-    x_shape = _shape("x_shape", x_shape, 4)
-    g = _conv_geometry(x_shape, w.shape, stride, padding)
+    x_shape = checks.shape4(x_shape, "x_shape")
+    g = _conv_geometry(x_shape, w.shape, stride, padding, "x_shape")
     N, H, W, C, R, S, K, P, Q = g[:9]
-    if tuple(dy.shape) != (N, P, Q, K):
-        raise ValueError(f"dy must have shape {(N, P, Q, K)} for x_shape {x_shape}, got {tuple(dy.shape)}")
+    checks.expect_shape("dy", dy.shape, (N, P, Q, K))
     out = _out("out", out, (N, H, W, C), inputs=(("dy", dy), ("w", w)))
     _gemm("conv_dgrad", _flat(dy), _flat(w), N * H * W, C, R * S * K, g, C=out)
     return out
@@ -148,11 +140,10 @@ def conv2d_backward_weights(x, dy, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
     """dw (R, S, C, K) = implicit GEMM M=R*S*C, N=K, K=N*P*Q (split along K when small)."""
     _check("x", x, ndim=4)
     _check("dy", dy, ndim=4)
-    w_shape = _shape("w_shape", w_shape, 4)
-    g = _conv_geometry(x.shape, w_shape, stride, padding)
+    w_shape = checks.shape4(w_shape, "w_shape")
+    g = _conv_geometry(x.shape, w_shape, stride, padding, "x", "w_shape")
     N, H, W, C, R, S, K, P, Q = g[:9]
-    if tuple(dy.shape) != (N, P, Q, K):
-        raise ValueError(f"dy must have shape {(N, P, Q, K)}, got {tuple(dy.shape)}")
+    checks.expect_shape("dy", dy.shape, (N, P, Q, K))
     out = _out("out", out, (R, S, C, K), inputs=(("x", x), ("dy", dy)))
     _gemm("conv_wgrad", _flat(x), _flat(dy), R * S * C, K, N * P * Q, g, C=out)
     return out

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._launch import (THREADS, _blocks, _check, _device, _flat, _jit, _launch, _out, _ptx_types, cuda,
                       float32, float64, int64, types, uint64)
-from .. import reference
+from .. import checks, reference
 
 # ---------------------------------------------------------------------------
 # dropout: Philox 4x32-10, keyed by (seed, step, element index); no state in memory
@@ -70,24 +70,12 @@ def _k_dropout(X, Y, n, threshold, scale, k0, k1, step, start):
 
 def _dropout(argname, x, rate, seed, step, offset, out=None):
     _check(argname, x)
-    start = reference.check_offset(offset) * (x.size // x.shape[0] if x.ndim and x.shape[0] else 0)
-    rate = float(rate)
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"rate must be in [0, 1), got {rate}")
-    if isinstance(seed, (bool, float)) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= int(seed) < 2 ** 64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    start, threshold, scale, (k0, k1) = checks.dropout_args(x.shape, rate, seed, offset)
     _check("step", step, dtype=np.int32, shape=(1,))
-    seed = int(seed)
-    threshold = np.uint64(min(math.floor(rate * 2.0 ** 32), 2 ** 32 - 1))
-    scale = np.float32(1.0 / (1.0 - rate))
-    k0 = np.uint64(seed & 0xFFFFFFFF)
-    k1 = np.uint64((seed >> 32) & 0xFFFFFFFF)
     y = _out("out", out, x.shape)
     n = x.size
-    _launch(_k_dropout, _blocks((start % 4 + n + 3) // 4), THREADS, _flat(x), _flat(y), n, threshold,
-            scale, k0, k1, step, np.int64(start))
+    _launch(_k_dropout, _blocks((start % 4 + n + 3) // 4), THREADS, _flat(x), _flat(y), n, np.uint64(threshold),
+            np.float32(scale), np.uint64(k0), np.uint64(k1), step, np.int64(start))
     return y
 
 
@@ -155,13 +143,6 @@ def _k_crop_bwd(DY, DX, g, random, flip, k0, k1, step, first):
         e += cuda.gridsize(1)
 
 
-def _philox_key(seed):
-    """(k0, k1): a seed in [0, 2**64) as Philox's two key words (uint64 holding 32 bits)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return np.uint64(int(seed) & 0xFFFFFFFF), np.uint64(int(seed) >> 32)
-
-
 PCA_STREAM = np.uint64(reference.PCA_STREAM)
 SCALE32 = 2.0 ** -32
 TWO_PI = 2.0 * math.pi
@@ -195,49 +176,39 @@ def _k_pca_noise(X, Y, g, b, k0, k1, step, first):
 def pca_noise_forward(x, basis, seed, step, offset=0, *, out=None):
     """x + each image's RGB offset along the principal components (reference.pca_noise_offsets)."""
     _check("x", x, ndim=4)
-    if x.shape[3] != 3:
-        raise ValueError(f"colour noise needs RGB images (N, H, W, 3), got shape {tuple(x.shape)}")
-    basis = np.asarray(basis, np.float64)
-    if basis.shape != (3, 3):
-        raise ValueError(f"basis must be 3x3 (RGB x components), got shape {basis.shape}")
-    k0, k1 = _philox_key(seed)
+    basis, (k0, k1), first = checks.pca_args(x.shape, basis, seed, offset)
     _check("step", step, dtype=np.int32, shape=(1,))
     y = _out("out", out, x.shape)
     N, H, W, _ = x.shape
     _launch(_k_pca_noise, _blocks(x.size), THREADS, _flat(x), _flat(y),
-            tuple(np.int64(v) for v in (N, H, W)), tuple(np.float64(v) for v in basis.reshape(-1)), k0, k1, step,
-            np.int64(reference.check_offset(offset)))
+            tuple(np.int64(v) for v in (N, H, W)), tuple(np.float64(v) for v in basis.reshape(-1)), np.uint64(k0),
+            np.uint64(k1), step, np.int64(first))
     return y
 
 
-def _crop(kernel, name, a, images, crop_hw, out_shape, random, flip, seed, step, offset, out):
-    N, H, W, C = images
-    height, width = crop_hw
-    reference.check_crop_size((H, W), (height, width))
-    k0, k1 = _philox_key(seed)
+def _crop(kernel, name, a, args, random, flip, step, out):
+    """args: checks.crop_forward_args / crop_backward_args."""
+    (N, H, W, C), (height, width), out_shape, (k0, k1), first = args
     _check("step", step, dtype=np.int32, shape=(1,))
     y = _out("out", out, out_shape, inputs=((name, a),))
     geometry = tuple(np.int64(v) for v in (N, H, W, C, height, width))
     _launch(kernel, _blocks(y.size), THREADS, _flat(a), _flat(y), geometry, np.int64(bool(random)),
-            np.int64(bool(flip)), k0, k1, step, np.int64(reference.check_offset(offset)))
+            np.int64(bool(flip)), np.uint64(k0), np.uint64(k1), step, np.int64(first))
     return y
 
 
 def crop_forward(x, height, width, random, flip, seed, step, offset=0, *, out=None):
     """Each image's window (reference.crop_windows), mirrored where drawn so."""
     _check("x", x, ndim=4)
-    N, _, _, C = x.shape
-    return _crop(_k_crop_fwd, "x", x, x.shape, (height, width), (N, height, width, C),
-                 random, flip, seed, step, offset, out)
+    return _crop(_k_crop_fwd, "x", x, checks.crop_forward_args(x.shape, height, width, seed, offset),
+                 random, flip, step, out)
 
 
 def crop_backward(dy, x_shape, random, flip, seed, step, offset=0, *, out=None):
     """dy put back into each image's window of a zero (N, H, W, C) gradient."""
     _check("dy", dy, ndim=4)
-    x_shape = reference._shape4(x_shape, "x_shape")
-    if (dy.shape[0], dy.shape[3]) != (x_shape[0], x_shape[3]):
-        raise ValueError(f"dy {tuple(dy.shape)} does not match x_shape {x_shape} (batch and channels)")
-    return _crop(_k_crop_bwd, "dy", dy, x_shape, dy.shape[1:3], x_shape, random, flip, seed, step, offset, out)
+    return _crop(_k_crop_bwd, "dy", dy, checks.crop_backward_args(dy.shape, x_shape, seed, offset),
+                 random, flip, step, out)
 
 
 def ptx_kernels():

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._launch import (THREADS, _MAX_BLOCKS, _blocks, _check, _device, _flat, _jit, _launch, _memo,
-                      _out, _padding, _pair, _pair_out, _ptx_types, _shape, cuda, float32, types, uint8)
+                      _out, _ptx_types, cuda, float32, types, uint8)
+from .. import checks
 
 # ---------------------------------------------------------------------------
 # max-pool
@@ -278,18 +279,8 @@ def _grid2(rowlen, rows):
 
 @_memo
 def _pool_geometry(x_shape, pool, stride, padding):
+    (ph, pw), (sh, sw), (pt, _, pl, _), P, Q = checks.pool_geometry(x_shape, pool, stride, padding)
     N, H, W, C = x_shape
-    ph, pw = _pair("pool", pool, 1)
-    if ph * pw > 255:
-        raise ValueError(f"pool window {pool} has {ph * pw} taps; argmax is uint8, so at most 255")
-    sh, sw = _pair("stride", stride, 1)
-    pt, pb, pl, pr = _padding(padding)
-    if pt >= ph or pb >= ph or pl >= pw or pr >= pw:
-        raise ValueError(f"padding {padding} must be smaller than the pool window {pool}")
-    P = (H + pt + pb - ph) // sh + 1
-    Q = (W + pl + pr - pw) // sw + 1
-    if H + pt + pb < ph or W + pl + pr < pw or P < 1 or Q < 1:
-        raise ValueError(f"pool window {pool} does not fit the padded {H}x{W} input")
     return (N, H, W, C, P, Q, ph, pw, sh, sw, pt, pl)
 
 
@@ -297,7 +288,7 @@ def _maxpool_forward(x, pool, stride, padding, out, vec, lanes=False):
     _check("x", x, ndim=4)
     q = _pool_geometry(x.shape, pool, stride, padding)
     N, P, Q, C = q[0], q[4], q[5], q[3]
-    y_out, am_out = _pair_out(out, "(y, argmax)")
+    y_out, am_out = checks.out_pair(out, "(y, argmax)")
     y = _out("out[0] (y)", y_out, (N, P, Q, C), inputs=(("x", x),))
     am = _out("out[1] (argmax)", am_out, (N, P, Q, C), np.uint8, inputs=(("x", x),))
     if lanes:
@@ -315,12 +306,10 @@ def _maxpool_forward(x, pool, stride, padding, out, vec, lanes=False):
 
 def _maxpool_backward(dy, argmax, x_shape, pool, stride, padding, out, vec):
     _check("dy", dy, ndim=4)
-    x_shape = _shape("x_shape", x_shape, 4)
+    _check("argmax", argmax, dtype=np.uint8, ndim=4)
+    x_shape = checks.shape4(x_shape, "x_shape")
     q = _pool_geometry(x_shape, pool, stride, padding)
-    out_shape = (q[0], q[4], q[5], q[3])
-    if tuple(dy.shape) != out_shape:
-        raise ValueError(f"dy must have shape {out_shape} for x_shape {x_shape}, got {tuple(dy.shape)}")
-    _check("argmax", argmax, dtype=np.uint8, shape=out_shape)
+    checks.pool_grad_shapes(dy.shape, argmax.shape, (q[0], q[4], q[5], q[3]))
     dx = _out("out", out, x_shape, inputs=(("dy", dy), ("argmax", argmax)))
     N, H, W, C = x_shape
     if vec and C % 4 == 0:

@@ -13,9 +13,9 @@ import math
 import numpy as np
 
 from ._launch import (FLOAT32_ONLY, SIMULATOR, THREADS, _MAX_BLOCKS, _blocks, _check, _cp, _device, _flat, _jit,
-                      _launch, _no_bias, _out, _pair_out, _ptx_types, _scratch, cuda, float32,
+                      _launch, _no_bias, _out, _ptx_types, _scratch, cuda, float32,
                       float64, int32, types)
-from .. import reference
+from .. import checks, reference
 
 # ---------------------------------------------------------------------------
 # elementwise, bias, softmax, loss
@@ -100,7 +100,7 @@ def relu_backward(dy, y, *, out=None):
 
 def leaky_relu_forward(x, negative_slope, *, out=None):
     _check("x", x)
-    slope = np.float32(reference.leaky_slope(negative_slope))
+    slope = np.float32(checks.leaky_slope(negative_slope))
     y = _out("out", out, x.shape)
     _launch(_k_leaky_relu_fwd, _blocks(x.size), THREADS, _flat(x), _flat(y), slope, x.size)
     return y
@@ -109,7 +109,7 @@ def leaky_relu_forward(x, negative_slope, *, out=None):
 def leaky_relu_backward(dy, x, negative_slope, *, out=None):
     _check("dy", dy)
     _check("x", x, shape=dy.shape)
-    slope = np.float32(reference.leaky_slope(negative_slope))
+    slope = np.float32(checks.leaky_slope(negative_slope))
     dx = _out("out", out, dy.shape)
     _launch(_k_leaky_relu_bwd, _blocks(dy.size), THREADS, _flat(dy), _flat(x), _flat(dx), slope, dy.size)
     return dx
@@ -162,7 +162,7 @@ def copy_channels(dst, src, dst_start, src_start, width):
     """dst[..., dst_start:dst_start+width] = src[..., src_start:src_start+width] (in place, float32)."""
     _check("dst", dst)
     _check("src", src)
-    reference.channel_range(dst.shape, src.shape, dst_start, src_start, width)
+    checks.channel_range(dst.shape, src.shape, dst_start, src_start, width)
     rows = dst.size // dst.shape[-1]
     rows_per_block = THREADS // 32
     grid = (1, max(1, min(_MAX_BLOCKS, -(-rows // rows_per_block))))
@@ -191,7 +191,7 @@ def gather_rows(dst, src, rows):
     _check("dst", dst, dtype=getattr(dst, "dtype", np.float32))
     _check("src", src, dtype=dst.dtype)
     _check("rows", rows, dtype=np.int32, ndim=1)
-    reference.gather_shapes(dst, src, rows)
+    checks.gather_shapes(dst, src, rows)
     n = dst.shape[0]
     rows_per_block = THREADS // 32
     grid = (1, max(1, min(_MAX_BLOCKS, -(-n // rows_per_block))))
@@ -482,22 +482,15 @@ def _k_lrn_bwd(DY, X, Y, SC, DX, total, C, size, coef, beta):
         i += stride
 
 
-def _lrn_args(size, alpha, beta, k):
-    size = int(size)
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f"LRN size must be a positive odd int (a window centred on each channel), got {size}")
-    return size, np.float32(alpha), np.float32(beta), np.float32(k)
-
-
 def lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, *, out=None):
     """-> (y, scale): scale = k + alpha * sum of x^2 over ``size`` channels; y = x * scale**-beta."""
     _check("x", x)
-    size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
-    y_out, s_out = _pair_out(out, "(y, scale)")
+    size, alpha, beta, k = checks.lrn_args(size, alpha, beta, k)
+    y_out, s_out = checks.out_pair(out, "(y, scale)")
     y = _out("out[0] (y)", y_out, x.shape, inputs=(("x", x),))
     sc = _out("out[1] (scale)", s_out, x.shape, inputs=(("x", x), ("out[0] (y)", y)))
     _launch(_k_lrn_fwd, _blocks(x.size), THREADS, _flat(x), _flat(y), _flat(sc), x.size,
-            x.shape[-1], size, alpha, beta, k)
+            x.shape[-1], size, np.float32(alpha), np.float32(beta), np.float32(k))
     return y, sc
 
 
@@ -505,10 +498,10 @@ def lrn_backward(dy, x, y, scale, size=5, alpha=1e-4, beta=0.75, k=2.0, *, out=N
     _check("dy", dy)
     for argname, a in (("x", x), ("y", y), ("scale", scale)):
         _check(argname, a, shape=dy.shape)
-    size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
+    size, alpha, beta, k = checks.lrn_args(size, alpha, beta, k)
     dx = _out("out", out, dy.shape, inputs=(("dy", dy), ("x", x), ("y", y), ("scale", scale)))
     _launch(_k_lrn_bwd, _blocks(dy.size), THREADS, _flat(dy), _flat(x), _flat(y), _flat(scale),
-            _flat(dx), dy.size, dy.shape[-1], size, np.float32(-2.0 * float(alpha) * float(beta)), beta)
+            _flat(dx), dy.size, dy.shape[-1], size, np.float32(-2.0 * alpha * beta), np.float32(beta))
     return dx
 
 
