@@ -181,6 +181,20 @@ def test_every_backend_refuses_with_the_same_message(monkeypatch, call, text):
     assert got["cuda"] == got["reference"], got
 
 
+@pytest.mark.skipif(nb.unavailable_reason() is not None, reason="numba backend unavailable")
+def test_numba_geometry_cache_is_not_fooled_by_lookalikes():
+    """True == 1 and 1.0 == 1: the Numba backend's geometry cache must not hand a refused stride
+    the result of a valid call (the reference refuses both)."""
+    x, w = nb.asarray(_x(1, 5, 5, 2)), nb.asarray(_x(3, 3, 2, 4))
+    nb.conv2d_forward(x, w, None, (1, 1), PAD0, False)
+    nb.maxpool_forward(x, (2, 2), (1, 1), PAD0)
+    for stride in ((True, 1), (1.0, 1)):
+        with pytest.raises(ValueError, match=r"stride\[0\] must be a positive integer"):
+            nb.conv2d_forward(x, w, None, stride, PAD0, False)
+        with pytest.raises(ValueError, match=r"stride\[0\] must be a positive integer"):
+            nb.maxpool_forward(x, (2, 2), stride, PAD0)
+
+
 def test_the_kernels_32_bit_limit_says_one_message(monkeypatch):
     """check_int32 is the one 32-bit rule: the CUDA max-pool refuses a 2.5e9-element x_shape
     (before any allocation) with its message, and so do the GEMM/convolution plans."""

@@ -200,21 +200,25 @@ _configs: dict = {}
 _CACHE_MAX = 4096
 
 
-def _memo(fn):
-    """Cache a geometry function's (validated) result by its arguments, when they hash.
+def _plain(a) -> bool:
+    """An int, a str, or a tuple/list of ints: a cache key equal only to itself (True == 1 and
+    1.0 == 1, so a refused stride of True or 1.0 would otherwise hit a valid call's entry)."""
+    t = type(a)
+    return t is int or t is str or ((t is tuple or t is list) and all(type(e) is int for e in a))
 
-    A call with unhashable arguments (lists) just runs the function; a call that
-    raises caches nothing.  Shapes and hyper-parameters repeat every step, so a step
-    reads the cache.
+
+def _memo(fn):
+    """Cache a geometry function's (validated) result by its arguments, when they are plain
+    ints, strs and tuples or lists of ints (others just run the function); a call that raises
+    caches nothing.  Shapes and hyper-parameters repeat every step, so a step reads the cache.
     """
     cache: dict = {}
 
     def wrapper(*args):
-        try:
-            key = tuple(tuple(a) if isinstance(a, list) else a for a in args)
-            hit = cache.get(key)
-        except TypeError:
+        if not all(_plain(a) for a in args):
             return fn(*args)
+        key = tuple(tuple(a) if type(a) is list else a for a in args)
+        hit = cache.get(key)
         if hit is None:
             hit = fn(*args)
             if len(cache) >= _CACHE_MAX:
