@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 from . import backend as backends
+from .backend import checks
 from . import checkpoints
 from . import config as precision
 from . import distribution
@@ -326,7 +327,7 @@ class Sequential:
     def prepare_labels(self, y, n):
         """Labels of ``n`` samples checked and made what the loss takes (host arrays)."""
         classes = self.layers[-1]._output_shape[-1]
-        y = y.get() if type(y).__module__.startswith("cupy") else y
+        y = y.get() if checks.is_cupy(y) else y
         return self.loss.prepare_labels(y, n, classes)
 
     def _batch(self, a, idx, dtype):
