@@ -47,14 +47,17 @@ Min, And, Or, Xor, Inc, Dec, CAS) are plain read-modify-writes returning the old
 
 Matrix instructions: kernels/mma.cuh holds each inline-PTX instruction the tensor-core
 kernels use in one helper, and swaps it for a C++ one when ``FASTCNN_EMULATOR`` is defined
-(the shim defines it).  ``mma.sync.m16n8k8`` TF32 and ``ldmatrix`` (x1/x2/x4, .trans) are
+(the shim defines it).  ``mma.sync.m16n8k8`` TF32, ``mma.sync.m16n8k16`` BF16 and ``ldmatrix``
+(x1/x2/x4, .trans) are
 warp ops like the shuffles but ``.sync.aligned``: all 32 lanes of the warp must arrive at
 the same instruction with the same shape, else the launch fails (a lane that returned or
 waits elsewhere, a partial warp, ldmatrix.x4 against .x2, a row address not 16-byte
 aligned).  mma uses the PTX ISA's fragment layouts, reads the tf32 bits of its operands
-(the low 13 dropped), sums the eight exact products and C in double and rounds once to
-fp32 (a GPU's tensor core may round differently within fp32 accumulation's error).
-``cvt.rna.tf32.f32`` rounds to nearest, ties away from zero.  ``cp.async`` (4/8/16 bytes,
+(the low 13 dropped) or the bfloat16 halves of its registers, sums the 8 (tf32) or 16
+(bf16) exact products and C in double and rounds once to fp32 (a GPU's tensor core may
+round differently within fp32 accumulation's error).  ``cvt.rna.tf32.f32`` rounds to
+nearest, ties away from zero; ``cvt.rn.bf16x2.f32 d, hi, lo`` rounds each to bfloat16,
+nearest, ties to even (a NaN gives 0x7FFF), the first source in the upper half.  ``cp.async`` (4/8/16 bytes,
 src-size zero fill, alignment checked) either copies at once or, with
 ``function(..., cp_async="at_wait")``, keeps each copy until the
 ``cp.async.wait_group`` that covers its group: a kernel must be right both ways.
@@ -321,7 +324,7 @@ static inline float2 __bfloat1622float2(__nv_bfloat162 v) {
 // these when FASTCNN_EMULATOR is defined.  mma.sync and ldmatrix are warp ops like the
 // shuffles, but .sync.aligned: every one of the 32 lanes must execute the same one.
 #define FASTCNN_EMULATOR 1
-enum { FC_EMU_MMA_TF32 = 16, FC_EMU_LDMATRIX };
+enum { FC_EMU_MMA_TF32 = 16, FC_EMU_LDMATRIX, FC_EMU_MMA_BF16 };
 void fc_emu_matrix(int kind, int variant, const void* in, void* out);
 // cvt.rna.tf32.f32: 10 mantissa bits, round to nearest, ties away from zero (on the magnitude);
 // infinities stay, a NaN stays a NaN, a finite value past the largest tf32 rounds to infinity.
@@ -330,15 +333,31 @@ static inline unsigned fc_emu_cvt_rna_tf32(float x) {
     if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x007fffffu) ? ((u | 0x00400000u) & ~0x1fffu) : u;
     return (u + 0x1000u) & ~0x1fffu;
 }
+// cvt.rn.bf16x2.f32 d, hi, lo: each rounded to bfloat16 (nearest, ties to even; overflow to
+// infinity, subnormals kept, a NaN gives the canonical NaN 0x7FFF), hi in the upper half of d.
+static inline unsigned fc_emu_cvt_rn_bf16(float x) {
+    const unsigned u = fc_emu_bits<unsigned>(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+static inline unsigned fc_emu_cvt_rn_bf16x2(float hi, float lo) {
+    return fc_emu_cvt_rn_bf16(hi) << 16 | fc_emu_cvt_rn_bf16(lo);
+}
 struct fc_emu_mma_in { unsigned a[4], b[2]; float c[4]; };
-static inline void fc_emu_mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b, const float* c) {
+static inline void fc_emu_mma(int kind, float* d, const unsigned* a, const unsigned* b, const float* c) {
     fc_emu_mma_in in;
     std::memcpy(in.a, a, sizeof in.a);
     std::memcpy(in.b, b, sizeof in.b);
     std::memcpy(in.c, c, sizeof in.c);
     float out[4];
-    fc_emu_matrix(FC_EMU_MMA_TF32, 0, &in, out);
+    fc_emu_matrix(kind, 0, &in, out);
     std::memcpy(d, out, sizeof out);
+}
+static inline void fc_emu_mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    fc_emu_mma(FC_EMU_MMA_TF32, d, a, b, c);
+}
+static inline void fc_emu_mma_m16n8k16_bf16(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    fc_emu_mma(FC_EMU_MMA_BF16, d, a, b, c);
 }
 static inline void fc_emu_ldmatrix(unsigned* r, int num, bool trans, const void* row) {
     unsigned out[4];
@@ -412,11 +431,12 @@ static const char* matrix_name(int kind, int variant) {
     static const char* const ldm[] = {"?", "?", "ldmatrix.x1", "ldmatrix.x1.trans", "ldmatrix.x2",
                                       "ldmatrix.x2.trans", "?", "?", "ldmatrix.x4", "ldmatrix.x4.trans"};
     if (kind == FC_EMU_MMA_TF32) return "mma.sync.m16n8k8.tf32";
+    if (kind == FC_EMU_MMA_BF16) return "mma.sync.m16n8k16.bf16";
     if (kind == FC_EMU_LDMATRIX && variant >= 0 && variant < 10) return ldm[variant];
     return kind_name(kind);
 }
 
-static bool is_matrix(int kind) { return kind == FC_EMU_MMA_TF32 || kind == FC_EMU_LDMATRIX; }
+static bool is_matrix(int kind) { return kind == FC_EMU_MMA_TF32 || kind == FC_EMU_MMA_BF16 || kind == FC_EMU_LDMATRIX; }
 
 // The tensor cores read tf32: an operand's bits below its 10 mantissa bits are not used
 // (the kernels round with cvt.rna first; a NaN stays a NaN).
@@ -425,34 +445,57 @@ static double tf32_operand(unsigned u) {
     return (double)fc_emu_bits<float>(u);
 }
 
-// One warp's matrix instruction, every lane present and agreeing (checked by the caller).
-static void run_matrix(unsigned base, int kind, int variant) {
-    if (kind == FC_EMU_MMA_TF32) {  // D = A @ B + C; the products exact, summed in double, rounded once
-        double A[16][8], B[8][8], C[16][8];
-        for (unsigned l = 0; l < 32; ++l) {
-            const fc_emu_mma_in* in = static_cast<const fc_emu_mma_in*>(fibers[base + l]->in);
-            const unsigned g = l >> 2, t = l & 3;
+// A bfloat16 operand: the upper 16 bits of a float (exact in double).
+static double bf16_operand(unsigned half) { return (double)fc_emu_bits<float>((half & 0xffffu) << 16); }
+
+// D (16 x 8) = A (16 x K) @ B (K x 8) + C on the warp's fragments, the products exact, summed in
+// double, rounded once to fp32.  K = 8: tf32 (m16n8k8); K = 16: bfloat16 (m16n8k16), whose
+// A registers hold (g, 2t..2t+1), (g+8, 2t..2t+1), (g, 2t+8..2t+9), (g+8, 2t+8..2t+9) and B's
+// (k = 2t..2t+1, n = g), (k = 2t+8..2t+9, n = g), the lower column or k in the lower half.
+static void run_mma(unsigned base, int kind) {
+    const int K = kind == FC_EMU_MMA_BF16 ? 16 : 8;
+    double A[16][16], B[16][8], C[16][8];
+    for (unsigned l = 0; l < 32; ++l) {
+        const fc_emu_mma_in* in = static_cast<const fc_emu_mma_in*>(fibers[base + l]->in);
+        const unsigned g = l >> 2, t = l & 3;
+        if (K == 8) {
             A[g][t] = tf32_operand(in->a[0]);
             A[g + 8][t] = tf32_operand(in->a[1]);
             A[g][t + 4] = tf32_operand(in->a[2]);
             A[g + 8][t + 4] = tf32_operand(in->a[3]);
             B[t][g] = tf32_operand(in->b[0]);
             B[t + 4][g] = tf32_operand(in->b[1]);
-            C[g][2 * t] = in->c[0];
-            C[g][2 * t + 1] = in->c[1];
-            C[g + 8][2 * t] = in->c[2];
-            C[g + 8][2 * t + 1] = in->c[3];
-        }
-        for (unsigned l = 0; l < 32; ++l) {
-            const unsigned g = l >> 2, t = l & 3;
-            float* d = static_cast<float*>(fibers[base + l]->out);
-            const unsigned rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
-            for (int r = 0; r < 4; ++r) {
-                double s = C[rows[r]][cols[r]];
-                for (int k = 0; k < 8; ++k) s += A[rows[r]][k] * B[k][cols[r]];
-                d[r] = (float)s;
+        } else {
+            for (unsigned h = 0; h < 2; ++h) {  // h: the half of each register
+                A[g][2 * t + h] = bf16_operand(in->a[0] >> (16 * h));
+                A[g + 8][2 * t + h] = bf16_operand(in->a[1] >> (16 * h));
+                A[g][2 * t + 8 + h] = bf16_operand(in->a[2] >> (16 * h));
+                A[g + 8][2 * t + 8 + h] = bf16_operand(in->a[3] >> (16 * h));
+                B[2 * t + h][g] = bf16_operand(in->b[0] >> (16 * h));
+                B[2 * t + 8 + h][g] = bf16_operand(in->b[1] >> (16 * h));
             }
         }
+        C[g][2 * t] = in->c[0];
+        C[g][2 * t + 1] = in->c[1];
+        C[g + 8][2 * t] = in->c[2];
+        C[g + 8][2 * t + 1] = in->c[3];
+    }
+    for (unsigned l = 0; l < 32; ++l) {
+        const unsigned g = l >> 2, t = l & 3;
+        float* d = static_cast<float*>(fibers[base + l]->out);
+        const unsigned rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+        for (int r = 0; r < 4; ++r) {
+            double s = C[rows[r]][cols[r]];
+            for (int k = 0; k < K; ++k) s += A[rows[r]][k] * B[k][cols[r]];
+            d[r] = (float)s;
+        }
+    }
+}
+
+// One warp's matrix instruction, every lane present and agreeing (checked by the caller).
+static void run_matrix(unsigned base, int kind, int variant) {
+    if (kind == FC_EMU_MMA_TF32 || kind == FC_EMU_MMA_BF16) {
+        run_mma(base, kind);
         return;
     }
     // ldmatrix: matrix i's row j comes from lane 8i + j's address (8 x 16 bits).

@@ -9,6 +9,13 @@ the helpers of kernels/mma.cuh that the tensor-core kernels call, independent of
   (the emulator's model of the tensor core), for small integers (hand-checkable), random
   values with cvt.rna on the operands, and unconverted operands (their low 13 bits unused);
   two warps of one block compute independent products.
+* ``mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32``: the same, with bf16 pairs packed per
+  register (A (g, 2t..2t+1), (g+8, 2t..2t+1), (g, 2t+8..2t+9), (g+8, 2t+8..2t+9); B
+  (k=2t..2t+1, n=g), (k=2t+8..2t+9, n=g); lower index in the lower half), against C + A @ B
+  on the bf16 values summed exactly and rounded once: small integers, random values, inf,
+  NaN, a subnormal operand.
+* ``cvt.rn.bf16x2.f32`` against ml_dtypes (ties to even, overflow to infinity, subnormals,
+  NaN -> 0x7FFF) and the operand order (the first source in the upper half).
 * ``cvt.rna.tf32.f32`` against an independent float64 rounding (ties away from zero,
   denormals, the overflow to infinity, infinities and NaN).
 * ``ldmatrix`` x1/x2/x4, with and without .trans, rows scattered in shared memory (each
@@ -23,6 +30,7 @@ the helpers of kernels/mma.cuh that the tensor-core kernels call, independent of
 
     pytest tests/test_emu_mma.py
 """
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -50,6 +58,33 @@ extern "C" __global__ void mma_test(const float* A, const float* B, const float*
     fc_mma_tf32(d, a, b, c);
     D[g * 8 + 2 * t] = d[0]; D[g * 8 + 2 * t + 1] = d[1];
     D[(g + 8) * 8 + 2 * t] = d[2]; D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
+// The bfloat16 form: warp w multiplies A + 256w (16x16 row-major bf16 bits), B + 128w (16x8,
+// (k, n) row-major), C + 128w into D + 128w; each register packs two bf16 by the PTX layout.
+extern "C" __global__ void mma_bf16_test(const unsigned short* A, const unsigned short* B, const float* C,
+                                         float* D) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    A += 256 * warp; B += 128 * warp; C += 128 * warp; D += 128 * warp;
+    unsigned a[4], b[2];
+    for (int i = 0; i < 4; ++i) {  // rows g, g+8, g, g+8; columns 2t, 2t, 2t+8, 2t+8 (+1 in the upper half)
+        const int row = g + 8 * (i & 1), col = 2 * t + 8 * (i >> 1);
+        a[i] = (unsigned)A[row * 16 + col] | (unsigned)A[row * 16 + col + 1] << 16;
+    }
+    for (int i = 0; i < 2; ++i) {
+        const int k = 2 * t + 8 * i;
+        b[i] = (unsigned)B[k * 8 + g] | (unsigned)B[(k + 1) * 8 + g] << 16;
+    }
+    const float c[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]};
+    float d[4];
+    fc_mma_bf16(d, a, b, c);
+    D[g * 8 + 2 * t] = d[0]; D[g * 8 + 2 * t + 1] = d[1];
+    D[(g + 8) * 8 + 2 * t] = d[2]; D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
+// y[i] = cvt.rn.bf16x2.f32 of (hi[i], lo[i]).
+extern "C" __global__ void cvt_bf16x2_test(const float* hi, const float* lo, unsigned* y, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) y[i] = fc_cvt_rn_bf16x2(hi[i], lo[i]);
 }
 
 extern "C" __global__ void cvt_test(const float* x, float* y, int n) {
@@ -130,6 +165,14 @@ extern "C" __global__ void bad_test(const float* x, float* y, int what) {
         fc_cp_async_wait<0>();
     } else if (what == 7) {                // a src-size larger than the copy
         fc_cp_async4(s + lane, x, 8);
+    } else if (what == 8) {                // bf16 mma on lanes 0-15, tf32 on the others
+        if (lane < 16) fc_mma_bf16(d, a, b, c);
+        else fc_mma_tf32(d, a, b, c);
+    } else if (what == 9) {                // bf16 mma, lane 30 has returned
+        if (lane == 30) return;
+        fc_mma_bf16(d, a, b, c);
+    } else if (what == 10) {               // a block of 40 threads: warp 1 has 8 lanes
+        fc_mma_bf16(d, a, b, c);
     }
     y[threadIdx.x] = d[0] + __uint_as_float(a[0]);
 }
@@ -233,6 +276,90 @@ def test_cvt_rna_tf32():
     assert np.isinf(y[11]) and y[13] == 2.0 ** 128 * 0 + np.inf
 
 
+def _mma_bf16(emu, A, B, C):
+    """D of mma_bf16_test for bf16 A (warps x 16 x 16), B (warps x 16 x 8), float32 C."""
+    D = np.full(C.shape, np.nan, np.float32)
+    emu.function("mma_bf16_test")((1,), (32 * (C.size // 128),),
+                                  (A.view(np.uint16).reshape(-1), B.view(np.uint16).reshape(-1), C.reshape(-1), D))
+    return D.reshape(C.shape)
+
+
+def _expected_bf16(A, B, C):
+    """C + A @ B on the bf16 values: every product exact in float64, the sum rounded once."""
+    return (C.astype(np.float64) + np.matmul(A.astype(np.float64), B.astype(np.float64))).astype(np.float32)
+
+
+def test_mma_bf16_small_integers_by_hand():
+    emu = _emulator()
+    A = ((np.arange(256) % 13) - 6).astype(ml_dtypes.bfloat16).reshape(1, 16, 16)  # A[i][k] = (16i + k) % 13 - 6
+    B = (np.arange(128) // 8 - np.arange(128) % 8).astype(ml_dtypes.bfloat16).reshape(1, 16, 8)  # B[k][n] = k - n
+    C = np.full((1, 16, 8), 0.5, np.float32)
+    D = _mma_bf16(emu, A, B, C)[0]
+    Ai, Bi = A[0].astype(np.int64), B[0].astype(np.int64)
+    assert np.array_equal(D, (Ai @ Bi).astype(np.float32) + 0.5)
+    assert D[0, 0] == sum(((k % 13) - 6) * k for k in range(16)) + 0.5
+    # column 8 + k of A (the upper registers a2, a3) and row 8 + k of B (b1) take part
+    assert D[1, 3] == sum((((16 + k) % 13) - 6) * (k - 3) for k in range(16)) + 0.5
+
+
+def test_mma_bf16_random_fragments_two_warps():
+    emu = _emulator()
+    rng = np.random.default_rng(17)
+    A = rng.standard_normal((2, 16, 16)).astype(ml_dtypes.bfloat16)
+    B = rng.standard_normal((2, 16, 8)).astype(ml_dtypes.bfloat16)
+    C = rng.standard_normal((2, 16, 8)).astype(np.float32)
+    D = _mma_bf16(emu, A, B, C)
+    assert np.array_equal(D, _expected_bf16(A, B, C))
+    # each element matters: swapping A's halves (the pair order in a register) changes D
+    swapped = A.reshape(2, 16, 8, 2)[..., ::-1].reshape(2, 16, 16)
+    assert not np.array_equal(D, _expected_bf16(swapped, B, C))
+
+
+def test_mma_bf16_special_values():
+    emu = _emulator()
+    A = np.ones((1, 16, 16), ml_dtypes.bfloat16)
+    B = np.ones((1, 16, 8), ml_dtypes.bfloat16)
+    C = np.zeros((1, 16, 8), np.float32)
+    A[0, 0, 9], B[0, 14, 1], C[0, 2, 5] = np.inf, np.nan, 1e30
+    A[0, 4, :] = 0
+    A[0, 4, 3] = 2.0 ** -133                                   # a subnormal bf16 operand, kept
+    D = _mma_bf16(emu, A, B, C)[0]
+    assert np.isinf(D[0, 0]) and np.isnan(D[0, 1]) and np.isnan(D[1, 1])
+    assert D[2, 5] == np.float32(1e30) and D[3, 2] == 16.0
+    assert D[4, 0] == np.float32(2.0 ** -133)
+
+
+def test_cvt_rn_bf16x2():
+    """Each source rounded as ml_dtypes rounds (nearest, ties to even, overflow to inf,
+    subnormals kept); any NaN gives 0x7FFF; the FIRST source lands in the upper half."""
+    emu = _emulator()
+    one = 1.0
+    special = [0.0, -0.0, one, one + 2 ** -8, one + 3 * 2 ** -8, -(one + 2 ** -8), one + 2 ** -8 + 2 ** -20,
+               one + 2 ** -8 - 2 ** -20, 2 ** -130, 2 ** -133 + 2 ** -134, 3 * 2 ** -134, 1.5 * 2 ** -126,
+               float(np.finfo(np.float32).max), 2 ** 127 * (2 - 2 ** -8), 2 ** 127 * (2 - 2 ** -8) * (1 - 2 ** -24),
+               np.inf, -np.inf, 1e-45, 65504.0, 0.1, -7.7e-39]
+    rng = np.random.default_rng(5)
+    x = np.concatenate([np.array(special, np.float32),
+                        (rng.standard_normal(500) * 10.0 ** rng.integers(-40, 38, 500)).astype(np.float32),
+                        rng.integers(0, 2 ** 32, 300, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    x = np.concatenate([x[~np.isnan(x)], np.array([np.nan, -np.nan], np.float32),
+                        np.array([0x7F800001, 0xFFC12345], np.uint32).view(np.float32)])
+    lo = np.roll(x, 1)
+    y = np.full(x.size, 0xDEADBEEF, np.uint32)
+    emu.function("cvt_bf16x2_test")((1,), (64,), (x, lo, y, np.int32(x.size)))
+    for src, half in ((x, y >> 16), (lo, y & 0xFFFF)):
+        nan = np.isnan(src)
+        assert (half[nan] == 0x7FFF).all()
+        expected = src[~nan].astype(ml_dtypes.bfloat16).view(np.uint16)
+        assert np.array_equal(half[~nan].astype(np.uint16), expected)
+    upper = (y >> 16).astype(np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
+    assert upper[3] == one and upper[4] == one + 2 ** -6 and upper[5] == -one       # ties to even
+    assert upper[6] == one + 2 ** -7 and upper[7] == one                            # above / below the tie
+    assert upper[8] == np.float32(2 ** -130)                                        # a subnormal kept
+    assert upper[9] == np.float32(2 ** -132) and upper[10] == np.float32(2 ** -132)  # subnormal ties to even
+    assert np.isinf(upper[12]) and np.isinf(upper[13]) and upper[14] == np.float32(2 ** 127 * (2 - 2 ** -7))
+
+
 @pytest.mark.parametrize("mode", range(6), ids=["x1", "x2", "x4", "x1.trans", "x2.trans", "x4.trans"])
 def test_ldmatrix(mode):
     emu = _emulator()
@@ -289,6 +416,9 @@ def test_cp_async_groups_and_zero_fill(mode):
     (5, 32, "lane 3 hands ldmatrix.x1.trans the row address .* not 16-byte aligned"),
     (6, 32, "cp.async of 16 bytes .* must be 16-byte aligned"),
     (7, 32, "cp.async.ca of 4 bytes with src-size 8"),
+    (8, 32, "lane 0 executes mma.sync.m16n8k16.bf16, lane 16 mma.sync.m16n8k8.tf32"),
+    (9, 32, "lane 30 has returned"),
+    (10, 40, "warp 1 has 8 threads: mma.sync.m16n8k16.bf16 needs all 32 lanes"),
 ])
 def test_misuse_is_an_error(what, block, match):
     emu = _emulator()
