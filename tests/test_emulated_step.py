@@ -895,7 +895,7 @@ def test_every_kernel_file_builds():
     from fastcnn.backend.cuda import conv, conv_direct, gemm, gemm_tc, pool
     names = {"gemm.cu": gemm.NAME_EXPRESSIONS, "conv.cu": conv.NAME_EXPRESSIONS,
              "conv_direct.cu": conv_direct.NAME_EXPRESSIONS, "pool.cu": pool.NAME_EXPRESSIONS,
-             "gemm_tf32.cu": gemm_tc.NAME_EXPRESSIONS, **step.NAME_EXPRESSIONS}
+             "gemm_tc.cu": gemm_tc.NAME_EXPRESSIONS, **step.NAME_EXPRESSIONS}
     files = sorted(p.name for p in _paths.KERNEL_DIR.glob("*.cu") if p.name != "timing.cu")
     assert set(STEP_FILES) <= set(files)
     cuda_emu.prebuild(*[(f, names.get(f, ())) for f in files])

@@ -1,4 +1,4 @@
-"""The TF32 tensor-core kernels (kernels/gemm_tf32.cu, conv_tf32.cu) run on the CPU
+"""The TF32 tensor-core kernels (kernels/gemm_tc.cu, conv_tc.cu) run on the CPU
 (tests/cuda_emu.py: mma.sync, ldmatrix, cp.async emulated), through the backend's own
 entry points (gemm_tc.py, conv_tc.py), against the reference on tf32-rounded inputs.
 
@@ -78,7 +78,7 @@ def test_round_tf32_is_cvt_rna():
 def emulated(request, monkeypatch):
     """(guarded arrays, launch log) with fastcnn.backend.cuda running on the emulator."""
     _, shift, sms, cap, mode = request.param
-    cuda_emu.prebuild(("gemm_tf32.cu", gemm_tc.NAME_EXPRESSIONS), ("gemm.cu", gemm.NAME_EXPRESSIONS))
+    cuda_emu.prebuild(("gemm_tc.cu", gemm_tc.NAME_EXPRESSIONS), ("gemm.cu", gemm.NAME_EXPRESSIONS))
     guarded, log = cuda_emu.Guarded(shift=shift), []
     cuda_emu.patch_backend(monkeypatch, guarded, sms=sms, grid_cap=cap, log=log, cp_async=mode)
     yield guarded, log
@@ -216,7 +216,7 @@ def _conv_case(guarded, case, log, passes=("forward", "data", "weights")):
 
 @pytest.fixture
 def emulated_conv(emulated):
-    cuda_emu.prebuild(("conv_tf32.cu", ()), ("conv.cu", conv.NAME_EXPRESSIONS))
+    cuda_emu.prebuild(("conv_tc.cu", ()), ("conv.cu", conv.NAME_EXPRESSIONS))
     return emulated
 
 
@@ -232,7 +232,7 @@ def test_conv_tf32(emulated_conv, case):
 @pytest.mark.parametrize("layer,case,backward", ALEXNET, ids=[a[0] for a in ALEXNET])
 def test_conv_tf32_alexnet_layers(monkeypatch, layer, case, backward):
     """One layout (aligned, copies landing at their wait: the pipeline's strict side)."""
-    cuda_emu.prebuild(("conv_tf32.cu", ()), ("conv.cu", conv.NAME_EXPRESSIONS), ("gemm.cu", gemm.NAME_EXPRESSIONS))
+    cuda_emu.prebuild(("conv_tc.cu", ()), ("conv.cu", conv.NAME_EXPRESSIONS), ("gemm.cu", gemm.NAME_EXPRESSIONS))
     guarded, log = cuda_emu.Guarded(), []
     cuda_emu.patch_backend(monkeypatch, guarded, log=log, cp_async="at_wait")
     _conv_case(guarded, case, log, ("forward", "data", "weights") if backward else ("forward",))
@@ -258,7 +258,7 @@ def test_ldmatrix_fragment_loads_are_free_of_bank_conflicts(emulated):
     given as (N, K), the forward and backward-data gathers) in one wavefront a matrix."""
     guarded, _ = emulated
     rng = np.random.default_rng(1)
-    files = [cuda_emu.load("gemm_tf32.cu", gemm_tc.NAME_EXPRESSIONS), cuda_emu.load("conv_tf32.cu")]
+    files = [cuda_emu.load("gemm_tc.cu", gemm_tc.NAME_EXPRESSIONS), cuda_emu.load("conv_tc.cu")]
     before = [f.ldmatrix_conflicts() for f in files]
     a, b = guarded.wrap(rand(rng, 70, 40)), guarded.wrap(rand(rng, 90, 40))
     tc("matmul")(a, b, False, True)                                   # A and B K-contiguous

@@ -10,9 +10,10 @@ with ``pytest -s``) and repeated in the failure message.
 
 The tensor-core files (TENSOR_CORE_SOURCES) are also read back as SASS (cuobjdump
 -sass from the nvidia-cuda-cuobjdump/nvdisasm 13.2 wheels, which read nvcc 13.0's
-cubins; skipped where they are not installed): every kernel must issue
-HMMA.1688.F32.TF32 inside a loop (a backward branch spans it: the main loop) and no
-local-memory traffic (LDL/STL) anywhere.
+cubins; skipped where they are not installed): every matrix kernel must issue its
+element type's HMMA (HMMA.1688.F32.TF32 for the *_tf32 kernels, HMMA.16816.F32.BF16 for
+the *_bf16 ones) inside a loop (a backward branch spans it: the main loop), and no kernel
+(the split-K reduces included) any local-memory traffic (LDL/STL).
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ def test_every_source_is_listed():
 def _name_expression_modules():
     from fastcnn.backend.cuda import conv, conv_direct, gemm, gemm_tc, pool, step
     return {"conv.cu": conv.NAME_EXPRESSIONS, "conv_direct.cu": conv_direct.NAME_EXPRESSIONS,
-            "gemm.cu": gemm.NAME_EXPRESSIONS, "gemm_tf32.cu": gemm_tc.NAME_EXPRESSIONS,
+            "gemm.cu": gemm.NAME_EXPRESSIONS, "gemm_tc.cu": gemm_tc.NAME_EXPRESSIONS,
             "pool.cu": pool.NAME_EXPRESSIONS, **step.NAME_EXPRESSIONS}
 
 
@@ -166,7 +167,7 @@ def test_name_expressions_resolve_under_nvrtc(filename):
 
 # ---------------------------------------------------------------- SASS of the tensor-core kernels
 
-TENSOR_CORE_SOURCES = ["conv_tf32.cu", "gemm_tf32.cu"]
+TENSOR_CORE_SOURCES = ["conv_tc.cu", "gemm_tc.cu"]
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _FUNCTION = re.compile(r"Function : (\S+)")
 
@@ -202,9 +203,21 @@ def read_sass(cubin: Path) -> dict[str, list[tuple[int, str]]]:
     return kernels
 
 
-def sass_facts(code: list[tuple[int, str]]) -> dict:
+HMMA_TF32 = r"HMMA\.1688\.F32\.TF32"
+HMMA_BF16 = r"HMMA\.16816\.F32\.BF16"
+
+
+def expected_hmma(kernel: str) -> str | None:
+    """The HMMA a tensor-core kernel's main loop issues, by its (mangled) name; None for
+    the split-K reduces, which multiply nothing."""
+    if "splitk_reduce" in kernel:
+        return None
+    return HMMA_BF16 if "bf16" in kernel else HMMA_TF32
+
+
+def sass_facts(code: list[tuple[int, str]], hmma_pattern: str = HMMA_TF32) -> dict:
     """HMMA count, HMMA inside a loop (a backward branch's span), local-memory instructions."""
-    hmma = [a for a, ins in code if re.search(r"\bHMMA\.1688\.F32\.TF32\b", ins)]
+    hmma = [a for a, ins in code if re.search(rf"\b{hmma_pattern}\b", ins)]
     loops = []
     for a, ins in code:
         if m := re.search(r"\bBRA\s+(?:`?\(?)0x([0-9a-f]+)", ins):
@@ -229,18 +242,21 @@ def test_tensor_core_kernels_issue_hmma_in_their_main_loop(filename, arch, compi
     kernels = read_sass(cubin_path(kernel_root / f"nvcc-{arch}", filename, arch))
     assert kernels, f"{filename} [{arch}]: cuobjdump found no kernel"
     resources = {k["name"]: k for k in parse_ptxas(log)}
-    rows = [f"{filename} [{arch}] SASS  kernel: HMMA.1688.F32.TF32 (in loops) / loops / LDL+STL / regs / smem"]
+    rows = [f"{filename} [{arch}] SASS  kernel: its HMMA (in loops) / loops / LDL+STL / regs / smem"]
     for name, code in sorted(kernels.items()):
-        facts, r = sass_facts(code), resources.get(name, {})
+        facts, r = sass_facts(code, expected_hmma(name) or HMMA_TF32), resources.get(name, {})
         rows.append(f"  {name:<60} {facts['hmma']:>4} ({facts['hmma_in_loop']}) {facts['loops']:>3} "
                     f"{len(facts['local']):>3} {r.get('regs')!s:>4} {r.get('smem', '?')!s:>6}")
     report = "\n".join(rows)
     print("\n" + report)
     assert set(kernels) == set(resources), f"cuobjdump and ptxas list different kernels\n{report}"
     for name, code in kernels.items():
-        facts = sass_facts(code)
-        assert facts["hmma_in_loop"] > 0, f"{name}: no HMMA.1688.F32.TF32 inside a loop\n{report}"
+        pattern = expected_hmma(name)
+        facts = sass_facts(code, pattern or HMMA_TF32)
+        if pattern is not None:
+            assert facts["hmma_in_loop"] > 0, f"{name}: no {pattern} inside a loop\n{report}"
         assert not facts["local"], f"{name}: local-memory traffic {facts['local'][:5]}\n{report}"
+    assert any(expected_hmma(name) == HMMA_BF16 for name in kernels), f"{filename}: no bf16 kernel\n{report}"
 
 
 def test_sass_reading_finds_loops_and_local_memory():
@@ -250,3 +266,7 @@ def test_sass_reading_finds_loops_and_local_memory():
             (0x60, "BRA 0x70"), (0x70, "EXIT")]
     assert sass_facts(code) == {"hmma": 2, "hmma_in_loop": 1, "loops": 1, "local": ["STL [R1], R4"]}
     assert sass_facts(code[3:])["hmma_in_loop"] == 0
+    bf16 = [(0x10, "HMMA.16816.F32.BF16 R4, R8, R12, R4"), (0x20, "@P0 BRA 0x10")]
+    assert sass_facts(bf16, HMMA_BF16)["hmma_in_loop"] == 1 and sass_facts(bf16)["hmma"] == 0
+    assert expected_hmma("_Z9gemm_bf16ILi0ELi1ELi1EEvPK7fc_bf16S2_PN11fc_gemm_outIXT1_EE1TEiiiPKfii") == HMMA_BF16
+    assert expected_hmma("conv_fprop_tf32") == HMMA_TF32 and expected_hmma("gemm_splitk_reduce_bf16") is None

@@ -87,11 +87,11 @@ def compute_capability() -> int:
 
 def require_tensor_cores(what: str) -> None:
     """Refuse (registry.NotApplicable: auto then uses another variant) a GPU without TF32
-    mma.sync (compute capability below 8.0)."""
+    and BF16 mma.sync (compute capability below 8.0)."""
     cc = compute_capability()
     if cc < 80:
         from ..registry import NotApplicable
-        raise NotApplicable(f"{what} needs TF32 tensor cores (compute capability 8.0 or newer); "
+        raise NotApplicable(f"{what} needs TF32/BF16 tensor cores (compute capability 8.0 or newer); "
                             f"this GPU has {cc // 10}.{cc % 10}")
 
 

@@ -61,36 +61,36 @@ def _dims(N, H, W, C, K, R, S, P, Q, stride, padding):
     return tuple(np.int32(v) for v in (N, H, W, C, K, R, S, P, Q, stride[0], stride[1], top, left))
 
 
-def checked_forward(x, w, b, stride, padding, out):
+def checked_forward(x, w, b, stride, padding, out, dtype=np.float32):
     """Validate a forward call; returns (shape facts, y, dims) with y the output buffer."""
-    _launch.check("x", x, ndim=4)
-    _launch.check("w", w, ndim=4)
+    _launch.check("x", x, dtype=dtype, ndim=4)
+    _launch.check("w", w, dtype=dtype, ndim=4)
     N, H, W, C = x.shape
     R, S, _, K = w.shape
     stride, padding, P, Q = checks.conv_geometry(x.shape, w.shape, stride, padding)
     if b is not None:
         _launch.check("b", b, ndim=1)
         checks.bias_length(b.shape[0], K, "output channels of w")
-    y = out_array("out", out, (N, P, Q, K))
+    y = out_array("out", out, (N, P, Q, K), dtype=dtype)
     return (N, H, W, C, K, R, S, P, Q, stride, padding), y, _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
 
 
-def checked_backward_data(dy, w, x_shape, stride, padding, out):
+def checked_backward_data(dy, w, x_shape, stride, padding, out, dtype=np.float32):
     """Validate a backward-data call; returns (shape facts, dx, dims)."""
-    _launch.check("dy", dy, ndim=4)
-    _launch.check("w", w, ndim=4)
+    _launch.check("dy", dy, dtype=dtype, ndim=4)
+    _launch.check("w", w, dtype=dtype, ndim=4)
     N, H, W, C = x_shape = checks.shape4(x_shape, "x_shape")
     R, S, _, K = w.shape
     stride, padding, P, Q = checks.conv_geometry(x_shape, w.shape, stride, padding, x_name="x_shape")
     checks.expect_shape("dy", dy.shape, (N, P, Q, K))
-    dx = out_array("out", out, (N, H, W, C))
+    dx = out_array("out", out, (N, H, W, C), dtype=dtype)
     return (N, H, W, C, K, R, S, P, Q, stride, padding), dx, _dims(N, H, W, C, K, R, S, P, Q, stride, padding)
 
 
-def checked_backward_weights(x, dy, w_shape, stride, padding, out):
+def checked_backward_weights(x, dy, w_shape, stride, padding, out, dtype=np.float32):
     """Validate a backward-weights call; returns (shape facts, dw, dims)."""
-    _launch.check("x", x, ndim=4)
-    _launch.check("dy", dy, ndim=4)
+    _launch.check("x", x, dtype=dtype, ndim=4)
+    _launch.check("dy", dy, dtype=dtype, ndim=4)
     R, S, C, K = w_shape = checks.shape4(w_shape, "w_shape")
     N, H, W, _ = x.shape
     stride, padding, P, Q = checks.conv_geometry(x.shape, w_shape, stride, padding, w_name="w_shape")
@@ -107,10 +107,10 @@ def _im2col(x, N, H, W, C, R, S, P, Q, dims):
     return col
 
 
-def _forward(variant: str, implicit=_implicit):
+def _forward(variant: str, implicit=_implicit, dtype=np.float32):
     def conv2d_forward(x, w, b, stride, padding, relu, *, out=None):
         """y (N,P,Q,K) = x (N,H,W,C) * w (R,S,C,K) + b, ReLU if relu."""
-        (N, H, W, C, K, R, S, P, Q, _, _), y, dims = checked_forward(x, w, b, stride, padding, out)
+        (N, H, W, C, K, R, S, P, Q, _, _), y, dims = checked_forward(x, w, b, stride, padding, out, dtype)
         relu = bool(relu)
         if variant == "im2col":
             col = _im2col(x, N, H, W, C, R, S, P, Q, dims)
@@ -124,10 +124,11 @@ def _forward(variant: str, implicit=_implicit):
     return conv2d_forward
 
 
-def _backward_data(variant: str, implicit=_implicit):
+def _backward_data(variant: str, implicit=_implicit, dtype=np.float32):
     def conv2d_backward_data(dy, w, x_shape, stride, padding, *, out=None):
         """dx (N,H,W,C) from dy (N,P,Q,K) and w (R,S,C,K)."""
-        (N, H, W, C, K, R, S, P, Q, _, _), dx, dims = checked_backward_data(dy, w, x_shape, stride, padding, out)
+        (N, H, W, C, K, R, S, P, Q, _, _), dx, dims = checked_backward_data(dy, w, x_shape, stride, padding, out,
+                                                                            dtype)
         if variant == "im2col":
             import cupy as cp
             check_int32(im2col_size=N * P * Q * R * S * C)
@@ -144,11 +145,12 @@ def _backward_data(variant: str, implicit=_implicit):
     return conv2d_backward_data
 
 
-def _backward_weights(variant: str, implicit=_implicit):
+def _backward_weights(variant: str, implicit=_implicit, dtype=np.float32):
     def conv2d_backward_weights(x, dy, w_shape, stride, padding, *, out=None):
         """dw (R,S,C,K) = patches(x)^T @ dy, summed over N*P*Q in a fixed order."""
         import cupy as cp
-        (N, H, W, C, K, R, S, P, Q, _, _), dw, dims = checked_backward_weights(x, dy, w_shape, stride, padding, out)
+        (N, H, W, C, K, R, S, P, Q, _, _), dw, dims = checked_backward_weights(x, dy, w_shape, stride, padding, out,
+                                                                               dtype)
         M, KG = R * S * C, N * P * Q
         if variant == "im2col":
             col = _im2col(x, N, H, W, C, R, S, P, Q, dims)

@@ -82,10 +82,12 @@ def launch_gemm(variant: str, a, b, out, M: int, N: int, K: int, trans_a: bool, 
                  a, b, out, M, N, K, bias, relu)
 
 
-def launch_tiles(kernel, threads: int, tile_n: int, a, b, out, M: int, N: int, K: int, bias, relu) -> None:
+def launch_tiles(kernel, threads: int, tile_n: int, a, b, out, M: int, N: int, K: int, bias, relu, *,
+                 partial=None, reduce=None) -> None:
     """Launch a block-tiled GEMM kernel (A, B, C, M, N, K, bias, relu, kchunk) on 128-row
-    tiles of ``tile_n`` columns, split-K through a workspace and gemm_splitk_reduce when
-    the tiles alone cannot fill the GPU."""
+    tiles of ``tile_n`` columns, split-K through a float32 workspace when the tiles alone
+    cannot fill the GPU: ``partial`` (default ``kernel``: its instance writing float32)
+    writes the slices, ``reduce`` (default gemm_splitk_reduce) sums them into ``out``."""
     import cupy as cp
     args_tail = (np.int32(M), np.int32(N), np.int32(K))
     splits, kchunk = split_k_plan(M, N, K, tile_n)
@@ -95,35 +97,45 @@ def launch_tiles(kernel, threads: int, tile_n: int, a, b, out, M: int, N: int, K
         return
     check_int32(workspace=splits * M * N)
     ws = cp.empty(splits * M * N, dtype=np.float32)
-    kernel(grid, (threads,), (a, b, ws) + args_tail + (None, np.int32(0), np.int32(kchunk)))
-    _kernel("gemm_splitk_reduce")((grid_blocks(M * N),), (THREADS,),
-                                  (ws, out, np.int32(M), np.int32(N), np.int32(splits),
-                                   bias, np.int32(bool(relu))))
+    (partial or kernel)(grid, (threads,), (a, b, ws) + args_tail + (None, np.int32(0), np.int32(kchunk)))
+    (reduce or _kernel("gemm_splitk_reduce"))((grid_blocks(M * N),), (THREADS,),
+                                              (ws, out, np.int32(M), np.int32(N), np.int32(splits),
+                                               bias, np.int32(bool(relu))))
 
 
-def _matmul(variant: str, launch=launch_gemm):
-    """matmul of ``variant``, launched by ``launch`` (launch_gemm's signature)."""
+def matmul_out_dtype(dtype, out):
+    """matmul's result type: its operands' (``dtype``), or float32 where bfloat16 operands
+    are given a float32 ``out=`` (weight gradients: fp32 accumulation, no rounding)."""
+    if np.dtype(dtype) != np.float32 and out is not None and getattr(out, "dtype", None) == np.float32:
+        return np.dtype(np.float32)
+    return np.dtype(dtype)
+
+
+def _matmul(variant: str, launch=launch_gemm, dtype=np.float32):
+    """matmul of ``variant`` on ``dtype`` operands, launched by ``launch`` (launch_gemm's signature)."""
     def matmul(a, b, trans_a=False, trans_b=False, *, out=None):
-        """op(a) @ op(b) for 2-D float32 CuPy arrays; op transposes when trans_* is true."""
-        _launch.check("a", a, ndim=2)
-        _launch.check("b", b, ndim=2)
+        """op(a) @ op(b) for 2-D CuPy arrays of the variant's element type; op transposes when
+        trans_* is true."""
+        _launch.check("a", a, dtype=dtype, ndim=2)
+        _launch.check("b", b, dtype=dtype, ndim=2)
         M, Ka = (a.shape[1], a.shape[0]) if trans_a else a.shape
         Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
         if Ka != Kb:
             raise ValueError(f"inner dimensions differ: op(a) is {(M, Ka)}, op(b) is {(Kb, N)}")
-        out = _launch.out_array("out", out, (M, N))
+        out = _launch.out_array("out", out, (M, N), dtype=matmul_out_dtype(dtype, out))
         launch(variant, a, b, out, M, N, Ka, trans_a, trans_b)
         return out
     matmul.__name__ = matmul.__qualname__ = f"matmul_{variant}"
     return matmul
 
 
-def _dense_forward(variant: str, launch=launch_gemm):
-    """dense_forward of ``variant``, launched by ``launch`` (launch_gemm's signature)."""
+def _dense_forward(variant: str, launch=launch_gemm, dtype=np.float32):
+    """dense_forward of ``variant`` on ``dtype`` x and w (the bias and accumulation stay
+    float32), launched by ``launch`` (launch_gemm's signature)."""
     def dense_forward(x, w, b, relu, *, out=None):
-        """relu?(x @ w + b): x (batch, in), w (in, out), b (out,) or None."""
-        _launch.check("x", x, ndim=2)
-        _launch.check("w", w, ndim=2)
+        """relu?(x @ w + b): x (batch, in), w (in, out), b (out,) float32 or None; out in x's type."""
+        _launch.check("x", x, dtype=dtype, ndim=2)
+        _launch.check("w", w, dtype=dtype, ndim=2)
         if x.shape[1] != w.shape[0]:
             raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[0]} "
                              f"(w is (in, out) = {w.shape})")
@@ -133,7 +145,7 @@ def _dense_forward(variant: str, launch=launch_gemm):
                 raise ValueError(f"bias length {b.shape[0]} does not match the {w.shape[1]} outputs of w")
         M, K = x.shape
         N = w.shape[1]
-        out = _launch.out_array("out", out, (M, N))
+        out = _launch.out_array("out", out, (M, N), dtype=dtype)
         launch(variant, x, w, out, M, N, K, False, False, bias=b, relu=bool(relu))
         return out
     dense_forward.__name__ = dense_forward.__qualname__ = f"dense_forward_{variant}"
