@@ -32,6 +32,7 @@
 // Not measured on a GPU yet (compiled and checked for sm_90/sm_80, run on the CPU emulator).
 #include "common.cuh"
 #include "mma.cuh"
+#include "bf16.cuh"
 #include "tc_tile.cuh"
 
 // A(m, k) = x[n, p*sh-pt+r, q*sw-pl+s, c] for m = (n, p, q), k = (r, s, c); zero in padding.

@@ -24,6 +24,7 @@
 // Not measured on a GPU yet (compiled and checked for sm_90/sm_80, run on the CPU emulator).
 #include "common.cuh"
 #include "mma.cuh"
+#include "bf16.cuh"
 #include "tc_tile.cuh"
 
 template <class E, int TA, int TB, class OutT>

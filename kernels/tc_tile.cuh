@@ -1,11 +1,11 @@
 // kernels/tc_tile.cuh: the tensor-core GEMM core, one source for two element types, shared
 // by gemm_tc.cu (plain matrices) and conv_tc.cu (implicit GEMM: tiles gathered from NHWC
-// tensors).  Include after common.cuh and mma.cuh.
+// tensors).  Include after common.cuh, mma.cuh and bf16.cuh.
 //
 // Element types (the traits E every template here takes):
 //   fc_tc_tf32  float in memory, operands rounded to tf32 (cvt.rna) as fragments leave
 //               shared memory, mma.sync.m16n8k8: block tile K depth 16, two 8-deep steps.
-//   fc_tc_bf16  bfloat16 in memory (fc_bf16: its bits), fragments used as they are,
+//   fc_tc_bf16  bfloat16 in memory (__nv_bfloat16), fragments used as they are,
 //               mma.sync.m16n8k16: block tile K depth 32, two 16-deep steps.
 // A tile row is 64 bytes either way (16 floats or 32 bf16), so the copies, the shared
 // layouts and the ldmatrix addresses are the same in bytes; accumulation is fp32.
@@ -50,7 +50,7 @@
 #define FC_TC_THREADS 128
 
 // bfloat16 in memory: the upper 16 bits of a float32 (ml_dtypes.bfloat16 on the host).
-struct fc_bf16 { unsigned short bits; };
+typedef __nv_bfloat16 fc_bf16;
 
 struct fc_tc_tf32 {
     typedef float T;
@@ -71,9 +71,7 @@ struct fc_tc_bf16 {
         fc_mma_bf16(acc, a, b, acc);
     }
     FC_DEVICE static void copy1(T* dst, const T* src, bool ok) {
-        fc_bf16 v;
-        v.bits = ok ? src->bits : (unsigned short)0;
-        *dst = v;
+        *dst = ok ? *src : __ushort_as_bfloat16(0);
     }
 };
 
@@ -292,8 +290,8 @@ FC_DEVICE void fc_tc_store2(fc_bf16* c, float v0, float v1, bool pair, bool has1
     if (pair) {
         *reinterpret_cast<unsigned*>(c) = u;
     } else {
-        c[0].bits = (unsigned short)(u & 0xffffu);
-        if (has1) c[1].bits = (unsigned short)(u >> 16);
+        c[0] = __ushort_as_bfloat16((unsigned short)(u & 0xffffu));
+        if (has1) c[1] = __ushort_as_bfloat16((unsigned short)(u >> 16));
     }
 }
 
