@@ -36,6 +36,7 @@ from test_emulated_gemm_conv import V0, conv_id
 from test_emulated_tc import ALEXNET, CONV_CASES, GEMM_SHAPES, SPLIT_K, WGRAD_SPLIT, emulated  # noqa: F401
 
 from fastcnn import dtypes
+from fastcnn.backend import checks
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
 from fastcnn.backend.cuda import conv, conv_tc, gemm, gemm_tc
@@ -152,7 +153,7 @@ def _conv_case(guarded, case, passes=("forward", "data", "weights")):
     rng = np.random.default_rng(N * H * W + C * K + R + 1)
     x, w = _bf16(guarded, rand(rng, N, H, W, C)), _bf16(guarded, rand(rng, R, S, C, K, scale=(R * S * C) ** -0.5))
     b = guarded.wrap(rand(rng, K))
-    P, Q = ref._output_size(H, W, R, S, stride, padding, "kernel")
+    P, Q = checks.output_size((H, W), (R, S), stride, padding, "kernel")
     dy = _bf16(guarded, rand(rng, N, P, Q, K))
     what = f"tc_bf16 {conv_id(case)}"
     xt, wt, dyt = _f64(x, w, dy)
