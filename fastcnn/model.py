@@ -26,9 +26,8 @@ from .batches import ArrayBatches, SourceBatches, check_batch_size, fits_graph, 
 from .callbacks import BatchLogs, CallbackList, Diverged, History, restore_callback_states
 from .layers import InputLayer, Layer
 from .saving import load_npz, save_npz
-from .seeding import generator
 from .tensor import Tensor, no_grad
-from .training_state import TrainingState
+from .training_state import ResumeMismatch, TrainingState  # noqa: F401  (ResumeMismatch: fastcnn.model.ResumeMismatch as before)
 
 DEVICES = {"cpu": "reference", "cuda": "cuda"}
 
@@ -420,29 +419,23 @@ class Sequential:
         cbs.set_params({"verbose": verbose, "epochs": epochs, "steps": steps})
         self.history, self.stop_training, self.stop_reason = history, False, None
         state.callbacks = cbs.callbacks
-        resume, state.resume = state.resume, None
-        if resume is not None and resume["epoch"] != initial_epoch:
-            resume = None   # not the checkpoint's place: a fit of its own
-        if resume is not None and resume["batch"] and resume["steps"] != steps:
-            state.resume = resume
-            raise ResumeMismatch(f"the checkpoint was taken inside an epoch of {resume['steps']} batches; this "
-                                 f"fit's epochs have {steps}: resume with the same data and batch size")
+        resume = state.take_resume(initial_epoch, steps)
         cbs.on_train_begin({"epochs": epochs, "steps": steps, "samples": batches.samples, "batch_size": batch_size,
                             "initial_epoch": initial_epoch, "device": self.device})
         if resume is not None:
             restore_callback_states(cbs.callbacks, resume["callbacks"])
             batches.set_state(resume["source"])
         state.batches = batches
-        at = state.position = {"epoch": initial_epoch, "batch": 0, "seen": 0, "steps": steps, "clean": True,
-                         "generator": generator().bit_generator.state, "source": batches.get_state()}
+        state.position = {"steps": steps}
+        state.mark_epoch_start(initial_epoch)
+        at = state.position
         k = distribution.distribution().size if distribution.distribution() else 1   # shown: all processes' images
         try:
             with _DeferredInterrupt() as interrupt:
                 for epoch in range(initial_epoch, epochs):
                     # per epoch: a callback may have changed the learning rate (a new capture then)
                     step_graph = self.make_graph_step(*batches.graph_shapes) if use_graph and batches.graph_shapes else None
-                    at.update(epoch=epoch, batch=0, seen=0, generator=generator().bit_generator.state,
-                              source=batches.get_state(), clean=True)
+                    state.mark_epoch_start(epoch)
                     batches.start_epoch()
                     state.reset_totals()
                     if resume is not None and resume["batch"]:   # a checkpoint taken inside this epoch
@@ -450,17 +443,7 @@ class Sequential:
                         at.update(batch=resume["batch"], seen=resume["seen"])
                     resume = None
                     cbs.on_epoch_begin(epoch, {})
-                    seen = at["seen"]
-                    for i in range(at["batch"], steps):
-                        interrupt.check()
-                        at["clean"] = False
-                        count = self._train_batch(batches, i, step_graph)
-                        seen += count
-                        at.update(batch=i + 1, seen=seen, clean=True)
-                        cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count * k, "seen": seen * k,
-                                                       "steps": steps}, self._running_metrics(seen)))
-                        if self.stop_training:
-                            break
+                    seen = self._train_epoch(batches, cbs, interrupt, step_graph, k)
                     interrupt.check()
                     batches.end_epoch()   # a batch source's next order, as Keras calls it: before validation
                     totals, seen = distribution.reduce_totals(state.read_totals(), seen)
@@ -470,14 +453,31 @@ class Sequential:
                         logs.update(("val_" + name, value) for name, value in zip(self.metrics_names, val))
                     at["clean"] = False
                     cbs.on_epoch_end(epoch, logs)
-                    at.update(epoch=epoch + 1, batch=0, seen=0, generator=generator().bit_generator.state,
-                              source=batches.get_state(), clean=True)
+                    state.mark_epoch_start(epoch + 1)
                     if self.stop_training:
                         break
         except Diverged as exc:   # the epoch in progress is not completed: no epoch-end callbacks
             self.stop_training, self.stop_reason = True, str(exc)
         cbs.on_train_end({})
         return history
+
+    def _train_epoch(self, batches, cbs, interrupt, step_graph, processes) -> int:
+        """The epoch in progress's batches from where the training state's position says (past
+        a resumed checkpoint's); returns this process's samples seen in the epoch."""
+        at = self._state.position
+        seen = at["seen"]
+        for i in range(at["batch"], batches.steps):
+            interrupt.check()
+            at["clean"] = False
+            count = self._train_batch(batches, i, step_graph)
+            seen += count
+            at.update(batch=i + 1, seen=seen, clean=True)
+            # (the logs count all processes' images)
+            cbs.on_batch_end(i, BatchLogs({"batch": i, "size": count * processes, "seen": seen * processes,
+                                           "steps": batches.steps}, self._running_metrics(seen)))
+            if self.stop_training:
+                break
+        return seen
 
     def _fit_data(self, x, y, batch_size, shuffle, validation_data, validation_split):
         """fit's inputs checked: (the training batches, the validation data)."""
@@ -700,10 +700,6 @@ def _progress_callbacks(verbose):
     except ImportError:
         return []
     return [ProgressBar(verbose=verbose)]
-
-
-class ResumeMismatch(ValueError):
-    """fit cannot go on from the checkpoint loaded: its data or batch size differ."""
 
 
 class _DeferredInterrupt:

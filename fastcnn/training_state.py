@@ -34,7 +34,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .seeding import generator
+
 ALIGN = 32  # floats: every parameter view starts on a 128-byte boundary (vector loads)
+
+
+class ResumeMismatch(ValueError):
+    """fit cannot go on from the checkpoint loaded: its data or batch size differ."""
 
 
 class TrainingState:
@@ -154,6 +160,27 @@ class TrainingState:
         """Zero the running totals, or set them to ``values`` (a checkpoint's)."""
         values = np.zeros(2, np.float64) if values is None else np.asarray(values, np.float64)
         self.backend.copy(self.totals, self.backend.asarray(values))
+
+    # ---- where training stands ----------------------------------------------------------------------
+    def mark_epoch_start(self, epoch: int) -> None:
+        """The position at the start of ``epoch``: no batch done, the random generator's and
+        the batch source's states as they are now (what a checkpoint taken here resumes from)."""
+        self.position.update(epoch=epoch, batch=0, seen=0, generator=generator().bit_generator.state,
+                             source=self.batches.get_state(), clean=True)
+
+    def take_resume(self, epoch: int, steps: int):
+        """What load_checkpoint restored, taken by a fit starting at ``epoch`` with ``steps``
+        batches an epoch: None when the checkpoint is of another epoch (that fit is one of its
+        own); ResumeMismatch, the restored state kept, when it was taken inside an epoch of
+        another number of batches."""
+        resume, self.resume = self.resume, None
+        if resume is None or resume["epoch"] != epoch:
+            return None
+        if resume["batch"] and resume["steps"] != steps:
+            self.resume = resume
+            raise ResumeMismatch(f"the checkpoint was taken inside an epoch of {resume['steps']} batches; this "
+                                 f"fit's epochs have {steps}: resume with the same data and batch size")
+        return resume
 
     # ---- the arrays a step changes ---------------------------------------------------------------
     def device_arrays(self) -> dict:

@@ -91,7 +91,7 @@ def _fit(model, args, data, batch_size, initial_epoch, saver, logger, checkpoint
     (the last good files kept), 130 after Ctrl-C (a checkpoint of the step it stopped at)."""
     import numpy as np
     from fastcnn.callbacks import TerminateOnNaN
-    from fastcnn.model import ResumeMismatch
+    from fastcnn.training_state import ResumeMismatch
     if initial_epoch >= args.epochs:
         print(f"nothing to train: {initial_epoch} epoch(s) already done (raise --epochs to train more)")
     try:   # (with nothing to train, fit restores the checkpoint's record for the files written below)
