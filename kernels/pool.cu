@@ -15,7 +15,13 @@
 // C % 4 == 0 and 16-byte aligned tensors), 2 (float2/uchar2; C % 2 == 0) or 1; the tiled
 // forward also V = 8 (variant vec8: two float4 per tap, argmax as one 8-byte uint2 store;
 // C % 8 == 0, x and y 32-byte, argmax 8-byte aligned as the caller checks).
+// Element type T: float or __nv_bfloat16 (bf16.cuh) for every kernel but the smem forward
+// (float only): one template each, float32 compares and sums inside, a bfloat16 result
+// rounded once where it is stored (a maximum is one of the inputs, so y is exact; dx is the
+// float32 sum rounded once).  A bfloat16 thread moves V * 2 bytes (V = 8: one 16-byte
+// load, alignment 2 * V bytes).  The bfloat16 instances: not measured on a GPU yet.
 #include "common.cuh"
+#include "bf16.cuh"
 
 // ---------------------------------------------------------------- V-channel helpers
 template <int V>
@@ -32,6 +38,53 @@ FC_DEVICE void pool_load(const float* __restrict__ p, float (&f)[V]) {
         f[0] = t.x; f[1] = t.y;
     } else {
         f[0] = __ldg(p);
+    }
+}
+
+// V bfloat16 (2V bytes: one 16-, 8-, 4- or 2-byte load), widened exactly.  A 32-bit word
+// holds two elements, the first in its low half (little-endian).
+template <int V>
+FC_DEVICE void pool_load(const __nv_bfloat16* __restrict__ p, float (&f)[V]) {
+    if constexpr (V == 1) {
+        f[0] = __bfloat162float(__ushort_as_bfloat16(__ldg(reinterpret_cast<const unsigned short*>(p))));
+    } else {
+        unsigned w[V / 2];
+        if constexpr (V == 8) {
+            const uint4 t = __ldg(reinterpret_cast<const uint4*>(p));
+            w[0] = t.x; w[1] = t.y; w[2] = t.z; w[3] = t.w;
+        } else if constexpr (V == 4) {
+            const uint2 t = __ldg(reinterpret_cast<const uint2*>(p));
+            w[0] = t.x; w[1] = t.y;
+        } else {
+            w[0] = __ldg(reinterpret_cast<const unsigned*>(p));
+        }
+#pragma unroll
+        for (int k = 0; k < V / 2; ++k) {
+            f[2 * k] = __uint_as_float(w[k] << 16);
+            f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+        }
+    }
+}
+
+// V floats rounded once each (to nearest even) to bfloat16, stored in one 2V-byte store.
+template <int V>
+FC_DEVICE void pool_store(__nv_bfloat16* __restrict__ p, const float (&f)[V]) {
+    if constexpr (V == 1) {
+        p[0] = __float2bfloat16_rn(f[0]);
+    } else {
+        unsigned w[V / 2];
+#pragma unroll
+        for (int k = 0; k < V / 2; ++k) {
+            w[k] = (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(f[2 * k]))
+                   | (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(f[2 * k + 1])) << 16;
+        }
+        if constexpr (V == 8) {
+            *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+        } else if constexpr (V == 4) {
+            *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+        } else {
+            *reinterpret_cast<unsigned*>(p) = w[0];
+        }
     }
 }
 
@@ -82,7 +135,7 @@ FC_DEVICE void pool_store_u8(fc_u8* __restrict__ p, const int (&a)[V]) {
 FC_DEVICE bool pool_takes(float f, float b) { return f > b || f != f; }
 
 // ---------------------------------------------------------------- generic kernels
-//   maxpool_fwd<V>  (variants direct: V = 1; vec4: V = 4 when C % 4 == 0, else 1; tiled's
+//   maxpool_fwd<T, V>  (variants direct: V = 1; vec4: V = 4 when C % 4 == 0, else 1; tiled's
 //                   fallback for windows without a tile instance: V = 4, 2 or 1)
 //   What: one thread per V consecutive channels of one output; channel is the fastest
 //   index, so a warp reads and writes contiguous memory.  Launch: 1-D, N*P*Q*C/V items.
@@ -93,9 +146,9 @@ FC_DEVICE bool pool_takes(float f, float b) { return f > b || f != f; }
 //     128x55x55x96 3x3/2: direct 208 us (886 GB/s), vec4 78.5 us (2352 GB/s, 56%);
 //     128x27x27x256: direct 159, vec4 71.4 us (1648 GB/s); 128x13x13x256: 39.2 / 36.0 us;
 //     LeNet 200x28x28x6 2x2/2: 38.3 / 32.5 us (V = 1 for both; per-call host cost).
-template <int V>
+template <class T, int V>
 __global__ void
-maxpool_fwd(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restrict__ am,
+maxpool_fwd(const T* __restrict__ x, T* __restrict__ y, fc_u8* __restrict__ am,
             int N, int H, int W, int C, int P, int Q, int ph, int pw, int sh, int sw, int pt, int pl) {
     const int CV = C / V;
     const fc_i64 total = (fc_i64)N * P * Q * CV;
@@ -136,7 +189,7 @@ maxpool_fwd(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restric
     }
 }
 
-//   maxpool_bwd<V>  (direct: V = 1; vec4: 4 or 1; tiled's fallback: 4, 2 or 1)
+//   maxpool_bwd<T, V>  (direct: V = 1; vec4: 4 or 1; tiled's fallback: 4, 2 or 1)
 //   What: one thread per V channels of one input element.  Launch: 1-D, N*H*W*C/V items.
 //   Algorithm: runtime loops over the windows p, q that cover the element (descending, so
 //   r, s ascending as in the reference), adding dy where argmax == r*pw + s.
@@ -145,9 +198,9 @@ maxpool_fwd(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restric
 //   Earlier (H200 2026-11-28 run 1): 128x55x55x96 3x3/2: direct 562 us, vec4 153 us
 //     (1208 GB/s, 29%); 128x27x27x256: 420 / 110 us (1070 GB/s); LeNet 200x28x28x6 2x2/2:
 //     37.2 / 37.0 us.
-template <int V>
+template <class T, int V>
 __global__ void
-maxpool_bwd(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* __restrict__ dx,
+maxpool_bwd(const T* __restrict__ dy, const fc_u8* __restrict__ am, T* __restrict__ dx,
             int N, int H, int W, int C, int P, int Q, int ph, int pw, int sh, int sw, int pt, int pl) {
     const int CV = C / V;
     const fc_i64 total = (fc_i64)N * H * W * CV;
@@ -185,7 +238,7 @@ maxpool_bwd(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* _
 }
 
 // ---------------------------------------------------------------- tiled kernels
-//   maxpool_fwd_tile<V, PH, PW, SH, SW, OH, OW>  (variant tiled)
+//   maxpool_fwd_tile<T, V, PH, PW, SH, SW, OH, OW>  (variant tiled)
 //   What: one thread computes an OH x OW block of adjacent outputs for V channels; the
 //   window (PH x PW) and stride (SH x SW) are template arguments (ph..sw of the tail must
 //   equal them), padding is runtime.  Launch: 1-D, N * ceil(P/OH) * ceil(Q/OW) * C/V items.
@@ -201,9 +254,9 @@ maxpool_bwd(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* _
 //   Added after run 3; not yet measured.
 //   Last measured (H200 2026-11-28 run 3 (CUDA events, L2 flushed, medians; copy 4178 GB/s read+write)): 128x55x55x96 3x3/2: tiled 92.3 us (1998 GB/s, 48%);
 //     vec8 (V = 8, 1x1) 63.6 us (2900 GB/s, 69.4%: the fastest forward); vec4 79.8 us.
-template <int V, int PH, int PW, int SH, int SW, int OH, int OW>
+template <class T, int V, int PH, int PW, int SH, int SW, int OH, int OW>
 __global__ void
-maxpool_fwd_tile(const float* __restrict__ x, float* __restrict__ y, fc_u8* __restrict__ am,
+maxpool_fwd_tile(const T* __restrict__ x, T* __restrict__ y, fc_u8* __restrict__ am,
                  int N, int H, int W, int C, int P, int Q, int ph, int pw, int sh, int sw, int pt, int pl) {
     constexpr int RH = (OH - 1) * SH + PH, RW = (OW - 1) * SW + PW;  // input block
     const int CV = C / V;
@@ -274,7 +327,7 @@ maxpool_fwd_tile(const float* __restrict__ x, float* __restrict__ y, fc_u8* __re
     }
 }
 
-//   maxpool_bwd_tile<V, PH, PW, SH, SW, BH, BW>  (variant tiled)
+//   maxpool_bwd_tile<T, V, PH, PW, SH, SW, BH, BW>  (variant tiled)
 //   What: one thread writes dx for a tile of (BH*SH) x (BW*SW) input pixels x V channels
 //   (padded coordinates, tiles aligned to the stride).  Launch: 1-D,
 //   N * ceil((H+pt)/(BH*SH)) * ceil((W+pl)/(BW*SW)) * C/V items.
@@ -286,9 +339,9 @@ maxpool_fwd_tile(const float* __restrict__ x, float* __restrict__ y, fc_u8* __re
 //   compile-time constants.
 //   Last measured (H200 2026-11-28 run 3 (CUDA events, L2 flushed, medians; copy 4178 GB/s read+write)): 128x55x55x96 3x3/2: tiled 52.8 us (3497 GB/s, 83.7%: the fastest
 //     backward); PyTorch NHWC 315 us.
-template <int V, int PH, int PW, int SH, int SW, int BH, int BW>
+template <class T, int V, int PH, int PW, int SH, int SW, int BH, int BW>
 __global__ void
-maxpool_bwd_tile(const float* __restrict__ dy, const fc_u8* __restrict__ am, float* __restrict__ dx,
+maxpool_bwd_tile(const T* __restrict__ dy, const fc_u8* __restrict__ am, T* __restrict__ dx,
                  int N, int H, int W, int C, int P, int Q, int ph, int pw, int sh, int sw, int pt, int pl) {
     constexpr int KH = (PH - 1) / SH + BH, KW = (PW - 1) / SW + BW;  // windows per tile
     constexpr int TH = BH * SH, TW = BW * SW;                         // pixels per tile
@@ -445,33 +498,36 @@ maxpool_fwd_smem(const float* __restrict__ x, float* __restrict__ y, fc_u8* __re
 
 #ifdef FASTCNN_INSTANTIATE
 #define POOL_TAIL int, int, int, int, int, int, int, int, int, int, int, int
-#define POOL_GENERIC(V) \
-    template __global__ void maxpool_fwd<V>(const float*, float*, fc_u8*, POOL_TAIL); \
-    template __global__ void maxpool_bwd<V>(const float*, const fc_u8*, float*, POOL_TAIL);
-#define POOL_TILE(V, PH, PW, SH, SW, OH, OW, BH, BW) \
-    template __global__ void maxpool_fwd_tile<V, PH, PW, SH, SW, OH, OW>(const float*, float*, fc_u8*, POOL_TAIL); \
-    template __global__ void maxpool_bwd_tile<V, PH, PW, SH, SW, BH, BW>(const float*, const fc_u8*, float*, POOL_TAIL);
-#define POOL_TILES(PH, PW, SH, SW, OH, OW, BH, BW) \
-    POOL_TILE(1, PH, PW, SH, SW, OH, OW, BH, BW) \
-    POOL_TILE(2, PH, PW, SH, SW, OH, OW, BH, BW) \
-    POOL_TILE(4, PH, PW, SH, SW, OH, OW, BH, BW)
-#define POOL_VEC8(PH, PW, SH, SW) \
-    template __global__ void maxpool_fwd_tile<8, PH, PW, SH, SW, 1, 1>(const float*, float*, fc_u8*, POOL_TAIL); \
-    template __global__ void maxpool_fwd_tile<8, PH, PW, SH, SW, 1, 2>(const float*, float*, fc_u8*, POOL_TAIL);
+#define POOL_GENERIC(T, V) \
+    template __global__ void maxpool_fwd<T, V>(const T*, T*, fc_u8*, POOL_TAIL); \
+    template __global__ void maxpool_bwd<T, V>(const T*, const fc_u8*, T*, POOL_TAIL);
+#define POOL_TILE(T, V, PH, PW, SH, SW, OH, OW, BH, BW) \
+    template __global__ void maxpool_fwd_tile<T, V, PH, PW, SH, SW, OH, OW>(const T*, T*, fc_u8*, POOL_TAIL); \
+    template __global__ void maxpool_bwd_tile<T, V, PH, PW, SH, SW, BH, BW>(const T*, const fc_u8*, T*, POOL_TAIL);
+#define POOL_TILES(T, PH, PW, SH, SW, OH, OW, BH, BW) \
+    POOL_TILE(T, 1, PH, PW, SH, SW, OH, OW, BH, BW) \
+    POOL_TILE(T, 2, PH, PW, SH, SW, OH, OW, BH, BW) \
+    POOL_TILE(T, 4, PH, PW, SH, SW, OH, OW, BH, BW)
+#define POOL_VEC8(T, PH, PW, SH, SW) \
+    template __global__ void maxpool_fwd_tile<T, 8, PH, PW, SH, SW, 1, 1>(const T*, T*, fc_u8*, POOL_TAIL); \
+    template __global__ void maxpool_fwd_tile<T, 8, PH, PW, SH, SW, 1, 2>(const T*, T*, fc_u8*, POOL_TAIL);
 #define POOL_SMEM(PH, PW, SH, SW, TP, TQ) \
     template __global__ void maxpool_fwd_smem<PH, PW, SH, SW, TP, TQ>(const float*, float*, fc_u8*, POOL_TAIL);
-// Keep in step with fastcnn/backend/cuda/pool.py (GENERIC_LANES, TILES, VEC8, SMEM).
-POOL_GENERIC(1)
-POOL_GENERIC(2)
-POOL_GENERIC(4)
-POOL_TILES(2, 2, 2, 2, 1, 2, 1, 2)
-POOL_TILES(3, 3, 2, 2, 2, 2, 1, 2)
-POOL_TILES(3, 3, 1, 1, 1, 2, 1, 2)
-POOL_TILES(2, 2, 1, 1, 1, 2, 1, 2)
-POOL_VEC8(2, 2, 2, 2)
-POOL_VEC8(3, 3, 2, 2)
-POOL_VEC8(3, 3, 1, 1)
-POOL_VEC8(2, 2, 1, 1)
+// Keep in step with fastcnn/backend/cuda/pool.py (CTYPES, GENERIC_LANES, TILES, VEC8, SMEM).
+#define POOL_TYPED(T) \
+    POOL_GENERIC(T, 1) \
+    POOL_GENERIC(T, 2) \
+    POOL_GENERIC(T, 4) \
+    POOL_TILES(T, 2, 2, 2, 2, 1, 2, 1, 2) \
+    POOL_TILES(T, 3, 3, 2, 2, 2, 2, 1, 2) \
+    POOL_TILES(T, 3, 3, 1, 1, 1, 2, 1, 2) \
+    POOL_TILES(T, 2, 2, 1, 1, 1, 2, 1, 2) \
+    POOL_VEC8(T, 2, 2, 2, 2) \
+    POOL_VEC8(T, 3, 3, 2, 2) \
+    POOL_VEC8(T, 3, 3, 1, 1) \
+    POOL_VEC8(T, 2, 2, 1, 1)
+POOL_TYPED(float)
+POOL_TYPED(__nv_bfloat16)
 POOL_SMEM(2, 2, 2, 2, 4, 8)
 POOL_SMEM(3, 3, 2, 2, 4, 8)
 POOL_SMEM(3, 3, 1, 1, 4, 8)

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import cuda_emu
-from fastcnn import _paths
+from fastcnn import _paths, dtypes
 from fastcnn.backend import reference as ref
 from fastcnn.backend import registry
 from fastcnn.backend.cuda import pool as cuda_pool  # registers the variants; no GPU needed
@@ -66,8 +66,11 @@ PARAMS = [pytest.param(op, v, i, id=f"{op}-{v}-{CASES[i]}".replace(" ", ""))
 SPECIAL = [i for i, c in enumerate(CASES) if c[0] * c[1] * c[2] * c[3] <= 20000]
 
 
-def _inputs(case, seed, mode="rand"):
-    """x, dy (float32) and the reference's y, argmax, dx for one case."""
+BF16 = dtypes.bfloat16
+
+
+def _inputs(case, seed, mode="rand", dtype=np.float32):
+    """x, dy (float32 or bfloat16) and the reference's y, argmax, dx for one case."""
     rng = np.random.default_rng(seed)
     N, H, W, C, pool, stride, padding = case
     x = rng.standard_normal((N, H, W, C)).astype(np.float32)
@@ -81,10 +84,12 @@ def _inputs(case, seed, mode="rand"):
         x[(m >= 0.3) & (m < 0.35)] = -0.0
     elif mode == "ties":    # few distinct values: many ties, many windows picking one pixel
         x = rng.integers(-2, 2, x.shape).astype(np.float32)
+    x = x.astype(dtype)
     y, am = ref.maxpool_forward(x, pool, stride, padding)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     if mode == "ties":      # sums of 0.1-multiples: rounding shows any change of order
         dy = rng.integers(-3, 4, y.shape).astype(np.float32) * np.float32(0.1)
+    dy = dy.astype(dtype)
     dx = ref.maxpool_backward(dy, am, x.shape, pool, stride, padding)
     return x, dy, y, am, dx
 
@@ -94,6 +99,8 @@ def same_bits(got, want) -> bool:
     got, want = np.asarray(got), np.asarray(want)
     if got.shape != want.shape or got.dtype != want.dtype:
         return False
+    if got.dtype == BF16:   # widened exactly: the same values (the GPU's NaN bits are 0x7FFF)
+        got, want = got.astype(np.float32), want.astype(np.float32)
     if got.dtype.kind != "f":
         return bool(np.array_equal(got, want))
     nan = np.isnan(got)
@@ -105,16 +112,17 @@ def same_bits(got, want) -> bool:
 
 
 def _describe(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     bad = ~((got == want) | (np.isnan(got.astype(np.float64)) & np.isnan(want.astype(np.float64))))
     idx = np.argwhere(bad)[:3]
     return f"{int(bad.sum())} of {got.size} differ, first at {idx.tolist()}: got {got[bad][:3]}, want {want[bad][:3]}"
 
 
-def check_variant(xp, op, variant, case, seed, mode="rand", offset=0, fns=None):
+def check_variant(xp, op, variant, case, seed, mode="rand", offset=0, fns=None, dtype=np.float32):
     """Run one op of one variant on one case with xp arrays (CuPy, or NumPy for the CPU
     emulation) and compare with the reference.  ``offset`` > 0 makes every array a view
     starting ``offset`` elements into a larger buffer (misaligned for vector accesses)."""
-    x, dy, y, am, dx = _inputs(case, seed, mode)
+    x, dy, y, am, dx = _inputs(case, seed, mode, dtype)
     fn = fns[op] if fns else registry.get(op, variant).fn
 
     def place(host):
@@ -130,10 +138,10 @@ def check_variant(xp, op, variant, case, seed, mode="rand", offset=0, fns=None):
     N, H, W, C, pool, stride, padding = case
     if op == "maxpool_forward":
         args, expected = (place(x), pool, stride, padding), (y, am)
-        outs = (poisoned(y.shape, np.float32), poisoned(am.shape, np.uint8))
+        outs = (poisoned(y.shape, dtype), poisoned(am.shape, np.uint8))
     else:
         args, expected = (place(dy), place(am), x.shape, pool, stride, padding), (dx,)
-        outs = (poisoned(x.shape, np.float32),)
+        outs = (poisoned(x.shape, dtype),)
     got = fn(*args, out=outs if len(outs) > 1 else outs[0])
     got = got if isinstance(got, tuple) else (got,)
     for name, g, o, e in zip(("y", "argmax") if len(outs) > 1 else ("dx",), got, outs, expected):
@@ -172,6 +180,17 @@ def test_special_values_and_ties(variant, mode):
 
 
 @gpu
+@pytest.mark.parametrize("variant", registry.variants("maxpool_forward", "cuda", dtype="bfloat16"))
+def test_bfloat16_variants(variant):
+    """bfloat16: the maximum (exact) and the float32 sum of the picked dy rounded once, as the
+    reference gives them; aligned and 2-byte-misaligned views."""
+    for i in SPECIAL[::2]:
+        for op in _ops(variant):
+            for mode, offset in (("rand", 0), ("special", 0), ("ties", 1)):
+                check_variant(_cp(), op, variant, CASES[i], seed=3000 + i, mode=mode, offset=offset, dtype=BF16)
+
+
+@gpu
 @pytest.mark.parametrize("offset", [1, 2])
 @pytest.mark.parametrize("variant", registry.variants("maxpool_forward", "cuda"))
 def test_misaligned_views(variant, offset):
@@ -188,11 +207,13 @@ def test_instantiations_match_the_plan():
     exactly the generic lanes and tile shapes that pool.py launches."""
     text = (_paths.KERNEL_DIR / "pool.cu").read_text()
     block = text[text.index("#ifdef FASTCNN_INSTANTIATE"):]
-    generic = {int(v) for v in re.findall(r"^POOL_GENERIC\((\d+)\)", block, re.MULTILINE)}
+    typed = set(re.findall(r"^POOL_TYPED\((\w+)\)", block, re.MULTILINE))
+    assert typed == set(cuda_pool.CTYPES.values())
+    generic = {int(v) for v in re.findall(r"^    POOL_GENERIC\(T, (\d+)\)", block, re.MULTILINE)}
     tiles = {tuple(int(v) for v in m.split(","))
-             for m in re.findall(r"^POOL_TILES\(([\d, ]+)\)", block, re.MULTILINE)}
+             for m in re.findall(r"^    POOL_TILES\(T, ([\d, ]+)\)", block, re.MULTILINE)}
     vec8 = {tuple(int(v) for v in m.split(","))
-            for m in re.findall(r"^POOL_VEC8\(([\d, ]+)\)", block, re.MULTILINE)}
+            for m in re.findall(r"^    POOL_VEC8\(T, ([\d, ]+)\)", block, re.MULTILINE)}
     assert vec8 == set(cuda_pool.VEC8)
     body = text[text.index("#define POOL_VEC8"):text.index("#define POOL_SMEM")]
     assert {tuple(int(v) for v in m) for m in re.findall(r"SW, (\d), (\d)>", body)} == set(cuda_pool.VEC8_OUTPUTS.values())
@@ -202,7 +223,7 @@ def test_instantiations_match_the_plan():
     assert tiles == {k + v for k, v in cuda_pool.TILES.items()}
     assert smem == {k + v for k, v in cuda_pool.SMEM.items()}
     for name in cuda_pool.NAME_EXPRESSIONS:
-        assert re.fullmatch(r"maxpool_(fwd|bwd)(_tile|_smem)?<[\d, ]+>", name), name
+        assert re.fullmatch(r"maxpool_(fwd|bwd)(_tile|_smem)?<((float|__nv_bfloat16), )?[\d, ]+>", name), name
 
 
 def test_plan_picks_kernels(monkeypatch):
@@ -213,32 +234,32 @@ def test_plan_picks_kernels(monkeypatch):
     def names(variant, forward, C, pool=(3, 3), stride=(2, 2), padding=V0):
         return {lanes: k for lanes, (k, _, _) in
                 cuda_pool._plan(variant, forward, (2, 9, 9, C), pool, stride, padding)[2].items()}
-    assert names("direct", True, 96) == {1: "maxpool_fwd<1>"}
-    assert names("vec4", False, 96) == {4: "maxpool_bwd<4>", 1: "maxpool_bwd<1>"}
-    assert names("vec4", True, 6) == {1: "maxpool_fwd<1>"}
-    assert names("tiled", True, 6) == {2: "maxpool_fwd_tile<2, 3, 3, 2, 2, 2, 2>",
-                                       1: "maxpool_fwd_tile<1, 3, 3, 2, 2, 2, 2>"}
-    assert names("tiled", False, 8, (2, 2), (2, 2)) == {4: "maxpool_bwd_tile<4, 2, 2, 2, 2, 1, 2>",
-                                                        2: "maxpool_bwd_tile<2, 2, 2, 2, 2, 1, 2>",
-                                                        1: "maxpool_bwd_tile<1, 2, 2, 2, 2, 1, 2>"}
-    assert names("tiled", True, 3, (2, 3), (1, 2)) == {1: "maxpool_fwd<1>"}
-    assert names("tiled", False, 12, (4, 4), (3, 3)) == {4: "maxpool_bwd<4>", 2: "maxpool_bwd<2>",
-                                                         1: "maxpool_bwd<1>"}
+    assert names("direct", True, 96) == {1: "maxpool_fwd<float, 1>"}
+    assert names("vec4", False, 96) == {4: "maxpool_bwd<float, 4>", 1: "maxpool_bwd<float, 1>"}
+    assert names("vec4", True, 6) == {1: "maxpool_fwd<float, 1>"}
+    assert names("tiled", True, 6) == {2: "maxpool_fwd_tile<float, 2, 3, 3, 2, 2, 2, 2>",
+                                       1: "maxpool_fwd_tile<float, 1, 3, 3, 2, 2, 2, 2>"}
+    assert names("tiled", False, 8, (2, 2), (2, 2)) == {4: "maxpool_bwd_tile<float, 4, 2, 2, 2, 2, 1, 2>",
+                                                        2: "maxpool_bwd_tile<float, 2, 2, 2, 2, 2, 1, 2>",
+                                                        1: "maxpool_bwd_tile<float, 1, 2, 2, 2, 2, 1, 2>"}
+    assert names("tiled", True, 3, (2, 3), (1, 2)) == {1: "maxpool_fwd<float, 1>"}
+    assert names("tiled", False, 12, (4, 4), (3, 3)) == {4: "maxpool_bwd<float, 4>", 2: "maxpool_bwd<float, 2>",
+                                                         1: "maxpool_bwd<float, 1>"}
     assert names("smem", True, 96) == {4: "maxpool_fwd_smem<3, 3, 2, 2, 4, 8>",
-                                       2: "maxpool_fwd_tile<2, 3, 3, 2, 2, 2, 2>",
-                                       1: "maxpool_fwd_tile<1, 3, 3, 2, 2, 2, 2>"}
-    assert names("smem", True, 12, (4, 4), (3, 3)) == {4: "maxpool_fwd<4>", 2: "maxpool_fwd<2>",
-                                                       1: "maxpool_fwd<1>"}
+                                       2: "maxpool_fwd_tile<float, 2, 3, 3, 2, 2, 2, 2>",
+                                       1: "maxpool_fwd_tile<float, 1, 3, 3, 2, 2, 2, 2>"}
+    assert names("smem", True, 12, (4, 4), (3, 3)) == {4: "maxpool_fwd<float, 4>", 2: "maxpool_fwd<float, 2>",
+                                                       1: "maxpool_fwd<float, 1>"}
     # 128x55x55x96 3x3/2: 7 x 4 tiles of 4x8 outputs x 3 slabs of 32 channels, 256 threads
     (_, blocks, threads), = [v for k, v in cuda_pool._plan("smem", True, (128, 55, 55, 96), 3, 2, V0)[2].items()
                              if k == 4]
     assert (blocks, threads) == (128 * 7 * 4 * 3 * 256, 256)  # grid_blocks patched: blocks = items
-    assert names("vec8", True, 96) == {8: "maxpool_fwd_tile<8, 3, 3, 2, 2, 1, 1>", 4: "maxpool_fwd<4>",
-                                       1: "maxpool_fwd<1>"}
-    assert names("vec8", True, 12) == {4: "maxpool_fwd<4>", 1: "maxpool_fwd<1>"}
-    assert names("vec8", True, 16, (2, 3), (1, 2)) == {4: "maxpool_fwd<4>", 1: "maxpool_fwd<1>"}
-    assert names("vec8x2", True, 96) == {8: "maxpool_fwd_tile<8, 3, 3, 2, 2, 1, 2>", 4: "maxpool_fwd<4>",
-                                         1: "maxpool_fwd<1>"}
+    assert names("vec8", True, 96) == {8: "maxpool_fwd_tile<float, 8, 3, 3, 2, 2, 1, 1>", 4: "maxpool_fwd<float, 4>",
+                                       1: "maxpool_fwd<float, 1>"}
+    assert names("vec8", True, 12) == {4: "maxpool_fwd<float, 4>", 1: "maxpool_fwd<float, 1>"}
+    assert names("vec8", True, 16, (2, 3), (1, 2)) == {4: "maxpool_fwd<float, 4>", 1: "maxpool_fwd<float, 1>"}
+    assert names("vec8x2", True, 96) == {8: "maxpool_fwd_tile<float, 8, 3, 3, 2, 2, 1, 2>", 4: "maxpool_fwd<float, 4>",
+                                         1: "maxpool_fwd<float, 1>"}
     for variant in ("direct", "vec4", "tiled", "smem", "vec8", "vec8x2"):
         for forward in (True, False):
             for C in (1, 2, 3, 4, 6, 96):
@@ -273,8 +294,62 @@ def test_kernels_emulated_on_cpu(monkeypatch):
                     guarded.reset()
     launched = {name for name, _, _ in launched}
     assert {n for n in launched if "tile" in n} >= {
-        "maxpool_fwd_tile<4, 3, 3, 2, 2, 2, 2>", "maxpool_bwd_tile<2, 2, 2, 2, 2, 1, 2>",
-        "maxpool_fwd_tile<1, 3, 3, 1, 1, 1, 2>", "maxpool_bwd_tile<4, 2, 2, 1, 1, 1, 2>"}
-    assert {n for n in launched if n.startswith("maxpool_fwd_tile<8,")} == {
-        cuda_pool._fwd_tile_name(8, *k, *outputs) for k in cuda_pool.VEC8 for outputs in cuda_pool.VEC8_OUTPUTS.values()}
+        "maxpool_fwd_tile<float, 4, 3, 3, 2, 2, 2, 2>", "maxpool_bwd_tile<float, 2, 2, 2, 2, 2, 1, 2>",
+        "maxpool_fwd_tile<float, 1, 3, 3, 1, 1, 1, 2>", "maxpool_bwd_tile<float, 4, 2, 2, 1, 1, 1, 2>"}
+    assert {n for n in launched if n.startswith("maxpool_fwd_tile<float, 8,")} == {
+        cuda_pool._fwd_tile_name("float", 8, *k, *outputs) for k in cuda_pool.VEC8 for outputs in cuda_pool.VEC8_OUTPUTS.values()}
     assert {n for n in launched if "smem" in n} == {cuda_pool._fwd_smem_name(*k, *v) for k, v in cuda_pool.SMEM.items()}
+
+
+def test_bfloat16_plans_and_refusals(monkeypatch):
+    """bfloat16 calls plan the __nv_bfloat16 instances with the same lanes; smem takes float32 only."""
+    monkeypatch.setattr(cuda_pool, "_kernel", lambda name: name)
+    monkeypatch.setattr(cuda_pool, "grid_blocks", lambda n, threads=256: n)
+    plan = cuda_pool._plan("vec8", True, (2, 9, 9, 96), 3, 2, V0, "bfloat16")[2]
+    assert {k: v[0] for k, v in plan.items()} == {8: "maxpool_fwd_tile<__nv_bfloat16, 8, 3, 3, 2, 2, 1, 1>",
+                                                  4: "maxpool_fwd<__nv_bfloat16, 4>", 1: "maxpool_fwd<__nv_bfloat16, 1>"}
+    plan = cuda_pool._plan("tiled", False, (2, 9, 9, 6), 3, 2, V0, "bfloat16")[2]
+    assert {k: v[0] for k, v in plan.items()} == {2: "maxpool_bwd_tile<__nv_bfloat16, 2, 3, 3, 2, 2, 1, 2>",
+                                                  1: "maxpool_bwd_tile<__nv_bfloat16, 1, 3, 3, 2, 2, 1, 2>"}
+    for variant in cuda_pool.DTYPES:
+        if "bfloat16" in cuda_pool.DTYPES[variant]:
+            for forward in (True, False):
+                for C in (1, 2, 3, 4, 6, 96):
+                    for _, (name, _, _) in cuda_pool._plan(variant, forward, (2, 9, 9, C), 3, 2, V0,
+                                                           "bfloat16")[2].items():
+                        assert name in cuda_pool.NAME_EXPRESSIONS and "__nv_bfloat16" in name
+    assert registry.variants("maxpool_forward", "cuda", dtype="bfloat16") == ["direct", "vec4", "tiled", "vec8",
+                                                                             "vec8x2"]
+    guarded = cuda_emu.Guarded()
+    cuda_emu.patch_backend(monkeypatch, guarded)
+    with pytest.raises(TypeError, match="x must be float32, got bfloat16"):
+        cuda_pool._forward("smem")(guarded.empty((1, 4, 4, 4), BF16), 2, 2, V0)
+
+
+def test_bfloat16_kernels_emulated_on_cpu(monkeypatch):
+    """The __nv_bfloat16 instances of the variants that take bfloat16, on the whole table: y and
+    argmax exact (a maximum is an input), dx the float32 sum of the picked dy rounded once, as
+    the reference computes it; views 2 bytes off (offset 1: the narrow kernels)."""
+    guarded, launched = cuda_emu.Guarded(), []
+    cuda_emu.patch_backend(monkeypatch, guarded, grid_cap=5, log=launched)
+    monkeypatch.setattr(cuda_pool, "_device", lambda: -1)
+    monkeypatch.setattr(cuda_pool, "_ptr", lambda a: a.ctypes.data)
+    monkeypatch.setattr(cuda_pool, "_PLANS", {})
+    xp = types.SimpleNamespace(empty=guarded.empty, asarray=np.asarray, asnumpy=np.asarray)
+    for variant in registry.variants("maxpool_forward", "cuda", dtype="bfloat16"):
+        fns = {"maxpool_forward": cuda_pool._forward(variant), "maxpool_backward": cuda_pool._backward(variant)}
+        for i, case in enumerate(CASES):
+            big = case[0] * case[1] * case[2] * case[3] > 100000
+            runs = [("rand", 0), ("ties", 0)] if big else [("rand", 0), ("special", 0), ("ties", 0), ("special", 1)]
+            for mode, offset in runs:
+                for op in _ops(variant):
+                    check_variant(xp, op, variant, case, seed=i, mode=mode, offset=offset, fns=fns, dtype=BF16)
+                    assert guarded.intact(), f"{op}/{variant} {case} {mode}: a kernel wrote outside its array"
+                    guarded.reset()
+    launched = {name for name, _, _ in launched}
+    assert all("__nv_bfloat16" in n for n in launched)
+    assert {n for n in launched if n.startswith("maxpool_fwd_tile<__nv_bfloat16, 8,")} == {
+        cuda_pool._fwd_tile_name("__nv_bfloat16", 8, *k, *outputs)
+        for k in cuda_pool.VEC8 for outputs in cuda_pool.VEC8_OUTPUTS.values()}
+    assert {"maxpool_bwd_tile<__nv_bfloat16, 4, 3, 3, 2, 2, 1, 2>", "maxpool_fwd<__nv_bfloat16, 1>",
+            "maxpool_bwd<__nv_bfloat16, 2>"} <= launched

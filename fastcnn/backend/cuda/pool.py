@@ -21,6 +21,11 @@ Variants, registered in ``fastcnn.kernels`` at import (no GPU needed to import):
           C % 4 == 0 and 16-byte aligned x, y; otherwise (and for other windows) tiled's
           kernels.
 
+Element types: every variant but smem takes float32 and bfloat16 (the kernels are templates
+over float / __nv_bfloat16, instances picked by x's or dy's dtype: ``CTYPES``); smem is
+float32 only.  A bfloat16 thread moves 2 * lanes bytes, so the alignment a lane count needs
+is the element size times the lanes.
+
 Arguments follow the reference's rules and messages.  Both functions take an
 optional keyword ``out=``: for the forward a pair ``(y, argmax)`` (float32 and
 uint8 CuPy arrays of shape (N, P, Q, C)), for the backward dx (N, H, W, C).
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import dtypes
 from .. import checks, registry
 from ..checks import cdiv, check_int32
 from . import _launch
@@ -42,6 +48,8 @@ from ._launch import out_array
 from .gemm import THREADS, grid_blocks
 
 _FILE = "pool.cu"
+# The C++ element type of each dtype the kernels take (keep in step with POOL_TYPED of pool.cu).
+CTYPES = {"float32": "float", "bfloat16": "__nv_bfloat16"}
 GENERIC_LANES = (1, 2, 4)
 # (ph, pw, sh, sw) -> (forward outputs per thread OH, OW; backward tiles per thread BH, BW).
 # Keep in step with the FASTCNN_INSTANTIATE block of kernels/pool.cu.
@@ -53,12 +61,12 @@ TILES = {
 }
 
 
-def _fwd_tile_name(v, ph, pw, sh, sw, oh, ow):
-    return f"maxpool_fwd_tile<{v}, {ph}, {pw}, {sh}, {sw}, {oh}, {ow}>"
+def _fwd_tile_name(t, v, ph, pw, sh, sw, oh, ow):
+    return f"maxpool_fwd_tile<{t}, {v}, {ph}, {pw}, {sh}, {sw}, {oh}, {ow}>"
 
 
-def _bwd_tile_name(v, ph, pw, sh, sw, bh, bw):
-    return f"maxpool_bwd_tile<{v}, {ph}, {pw}, {sh}, {sw}, {bh}, {bw}>"
+def _bwd_tile_name(t, v, ph, pw, sh, sw, bh, bw):
+    return f"maxpool_bwd_tile<{t}, {v}, {ph}, {pw}, {sh}, {sw}, {bh}, {bw}>"
 
 
 # Windows with vec8 forward instances (maxpool_fwd_tile<8, ph, pw, sh, sw, OH, OW>; POOL_VEC8),
@@ -82,10 +90,11 @@ def _fwd_smem_name(ph, pw, sh, sw, tp, tq):
 
 
 NAME_EXPRESSIONS = tuple(
-    [f"maxpool_{d}<{v}>" for v in GENERIC_LANES for d in ("fwd", "bwd")]
-    + [name for (ph, pw, sh, sw), (oh, ow, bh, bw) in TILES.items() for v in (1, 2, 4)
-       for name in (_fwd_tile_name(v, ph, pw, sh, sw, oh, ow), _bwd_tile_name(v, ph, pw, sh, sw, bh, bw))]
-    + [_fwd_tile_name(8, ph, pw, sh, sw, oh, ow) for (ph, pw, sh, sw) in VEC8 for oh, ow in VEC8_OUTPUTS.values()]
+    [f"maxpool_{d}<{t}, {v}>" for t in CTYPES.values() for v in GENERIC_LANES for d in ("fwd", "bwd")]
+    + [name for t in CTYPES.values() for (ph, pw, sh, sw), (oh, ow, bh, bw) in TILES.items() for v in (1, 2, 4)
+       for name in (_fwd_tile_name(t, v, ph, pw, sh, sw, oh, ow), _bwd_tile_name(t, v, ph, pw, sh, sw, bh, bw))]
+    + [_fwd_tile_name(t, 8, ph, pw, sh, sw, oh, ow) for t in CTYPES.values() for (ph, pw, sh, sw) in VEC8
+       for oh, ow in VEC8_OUTPUTS.values()]
     + [_fwd_smem_name(ph, pw, sh, sw, tp, tq) for (ph, pw, sh, sw), (tp, tq) in SMEM.items()])
 
 
@@ -102,20 +111,25 @@ def _geometry(x_shape, pool, stride, padding):
     return P, Q, dims
 
 
+# The element types each variant takes: smem's kernel is float32 only.
+DTYPES = {variant: ("float32", "bfloat16") for variant in ("direct", "vec4", "tiled", "vec8", "vec8x2")}
+DTYPES["smem"] = ("float32",)
+
 # Channels per thread each variant may use, widest first (C and alignment pick among them).
 LANES = {"direct": (1,), "vec4": (4, 1), "tiled": (4, 2, 1), "smem": (4, 2, 1), "vec8": (8, 4, 1),
          "vec8x2": (8, 4, 1)}
 
 
-def _plan(variant: str, forward: bool, x_shape, pool, stride, padding):
+def _plan(variant: str, forward: bool, x_shape, pool, stride, padding, dtype="float32"):
     """(P, Q, {lanes: (kernel, blocks, threads)} widest first, dims): all a launch needs but
-    the arrays.
+    the arrays, for elements of ``dtype`` ('float32' or 'bfloat16').
 
     Lanes that C allows are all listed; ``_launch_plan`` takes the widest one whose
     alignment every array meets (a view may start at any 4-byte address)."""
     N, H, W, C = x_shape
     P, Q, dims = _geometry(x_shape, pool, stride, padding)
     ph, pw, sh, sw, top, left = (int(d) for d in dims[6:])
+    t = CTYPES[dtype]
     tile = TILES.get((ph, pw, sh, sw)) if variant in ("tiled", "smem") else None
     smem = SMEM.get((ph, pw, sh, sw)) if variant == "smem" and forward else None
     kernels = {}
@@ -128,7 +142,7 @@ def _plan(variant: str, forward: bool, x_shape, pool, stride, padding):
                 continue                      # vec4's kernels below
             oh, ow = VEC8_OUTPUTS[variant]
             items = N * cdiv(P, oh) * cdiv(Q, ow) * (C // 8)
-            name = _fwd_tile_name(8, ph, pw, sh, sw, oh, ow)
+            name = _fwd_tile_name(t, 8, ph, pw, sh, sw, oh, ow)
         elif smem is not None and lanes == 4:
             tp, tq = smem
             threads = tp * tq * (SMEM_CHANNELS // 4)
@@ -136,15 +150,15 @@ def _plan(variant: str, forward: bool, x_shape, pool, stride, padding):
             name = _fwd_smem_name(ph, pw, sh, sw, tp, tq)
         elif tile is None:
             items = (N * P * Q if forward else N * H * W) * (C // lanes)
-            name = f"maxpool_{'fwd' if forward else 'bwd'}<{lanes}>"
+            name = f"maxpool_{'fwd' if forward else 'bwd'}<{t}, {lanes}>"
         elif forward:
             oh, ow = tile[:2]
             items = N * cdiv(P, oh) * cdiv(Q, ow) * (C // lanes)
-            name = _fwd_tile_name(lanes, ph, pw, sh, sw, oh, ow)
+            name = _fwd_tile_name(t, lanes, ph, pw, sh, sw, oh, ow)
         else:
             bh, bw = tile[2:]
             items = N * cdiv(H + top, bh * sh) * cdiv(W + left, bw * sw) * (C // lanes)
-            name = _bwd_tile_name(lanes, ph, pw, sh, sw, bh, bw)
+            name = _bwd_tile_name(t, lanes, ph, pw, sh, sw, bh, bw)
         check_int32(threads=items)
         kernels[lanes] = (_kernel(name), grid_blocks(items, threads), threads)
     return P, Q, kernels, dims
@@ -160,15 +174,15 @@ def _hashable(v) -> bool:
     return type(v) is tuple and all(type(e) is int for e in v)
 
 
-def _cached_plan(variant, forward, x_shape, pool, stride, padding):
+def _cached_plan(variant, forward, x_shape, pool, stride, padding, dtype="float32"):
     if not (_hashable(pool) and _hashable(stride) and _hashable(padding)):
-        return _plan(variant, forward, x_shape, pool, stride, padding)
-    key = (variant, forward, x_shape, pool, stride, padding, _device())
+        return _plan(variant, forward, x_shape, pool, stride, padding, dtype)
+    key = (variant, forward, x_shape, pool, stride, padding, dtype, _device())
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
-        plan = _PLANS[key] = _plan(variant, forward, x_shape, pool, stride, padding)
+        plan = _PLANS[key] = _plan(variant, forward, x_shape, pool, stride, padding, dtype)
     return plan
 
 
@@ -182,24 +196,34 @@ def _ptr(a) -> int:
 
 
 def _launch_plan(kernels, arrays):
-    """(kernel, blocks, threads): the widest lanes every array's address allows (4*lanes bytes for
-    floats, lanes bytes for argmax; CuPy's own allocations are 256-byte aligned)."""
+    """(kernel, blocks, threads): the widest lanes every array's address allows (element size *
+    lanes bytes: 4*lanes for float32, 2*lanes for bfloat16, lanes for argmax; CuPy's own
+    allocations are 256-byte aligned)."""
     for lanes, launch in kernels.items():  # widest first
         if lanes == 1 or all(_ptr(a) % (n * lanes) == 0 for a, n in arrays):
             return launch
     raise AssertionError("unreachable: lanes = 1 is always planned")
 
 
+def _element_type(name, a, variant):
+    """a's dtype name after _launch.check: float32, or bfloat16 for variants that take it."""
+    dtype = getattr(a, "dtype", None)
+    takes = DTYPES[variant]
+    _launch.check(name, a, dtype=dtype if dtype in [dtypes.NAMES[d] for d in takes] else np.float32, ndim=4)
+    return dtypes.name(a.dtype)
+
+
 def _forward(variant: str):
     def maxpool_forward(x, pool, stride, padding, *, out=None):
         """(y, argmax): window maxima (N,P,Q,C) and their uint8 index r*pool_w + s."""
-        _launch.check("x", x, ndim=4)
+        dtype = _element_type("x", x, variant)
         N, H, W, C = x.shape
-        P, Q, kernels, dims = _cached_plan(variant, True, x.shape, pool, stride, padding)
+        P, Q, kernels, dims = _cached_plan(variant, True, x.shape, pool, stride, padding, dtype)
         out = checks.out_pair(out, "(y, argmax)")
-        y = out_array("out[0] (y)", out[0], (N, P, Q, C))
+        y = out_array("out[0] (y)", out[0], (N, P, Q, C), dtype=x.dtype)
         argmax = out_array("out[1] (argmax)", out[1], (N, P, Q, C), dtype=np.uint8)
-        kernel, blocks, threads = _launch_plan(kernels, ((x, 4), (y, 4), (argmax, 1)))
+        size = x.dtype.itemsize
+        kernel, blocks, threads = _launch_plan(kernels, ((x, size), (y, size), (argmax, 1)))
         kernel((blocks,), (threads,), (x, y, argmax) + dims)
         return y, argmax
     maxpool_forward.__name__ = maxpool_forward.__qualname__ = f"maxpool_forward_{variant}"
@@ -209,40 +233,41 @@ def _forward(variant: str):
 def _backward(variant: str):
     def maxpool_backward(dy, argmax, x_shape, pool, stride, padding, *, out=None):
         """dx (N,H,W,C): each input element sums dy over the windows whose argmax chose it."""
-        _launch.check("dy", dy, ndim=4)
+        dtype = _element_type("dy", dy, variant)
         _launch.check("argmax", argmax, dtype=np.uint8, ndim=4)
         N, H, W, C = x_shape = checks.shape4(x_shape, "x_shape")
-        P, Q, kernels, dims = _cached_plan(variant, False, x_shape, pool, stride, padding)
+        P, Q, kernels, dims = _cached_plan(variant, False, x_shape, pool, stride, padding, dtype)
         checks.pool_grad_shapes(dy.shape, argmax.shape, (N, P, Q, C))
-        dx = out_array("out", out, (N, H, W, C))
-        kernel, blocks, threads = _launch_plan(kernels, ((dy, 4), (argmax, 1), (dx, 4)))
+        dx = out_array("out", out, (N, H, W, C), dtype=dy.dtype)
+        size = dy.dtype.itemsize
+        kernel, blocks, threads = _launch_plan(kernels, ((dy, size), (argmax, 1), (dx, size)))
         kernel((blocks,), (threads,), (dy, argmax, dx) + dims)
         return dx
     maxpool_backward.__name__ = maxpool_backward.__qualname__ = f"maxpool_backward_{variant}"
     return maxpool_backward
 
 
-registry.register("maxpool_forward", "direct", _forward("direct"), source="cuda",
+registry.register("maxpool_forward", "direct", _forward("direct"), source="cuda", dtypes=DTYPES["direct"],
                   note="one thread per output element, channel fastest (coalesced NHWC)")
-registry.register("maxpool_forward", "vec4", _forward("vec4"), source="cuda",
+registry.register("maxpool_forward", "vec4", _forward("vec4"), source="cuda", dtypes=DTYPES["vec4"],
                   note="4 channels per thread, float4 loads, uchar4 argmax (C % 4 == 0, else direct)")
-registry.register("maxpool_forward", "tiled", _forward("tiled"), source="cuda",
+registry.register("maxpool_forward", "tiled", _forward("tiled"), source="cuda", dtypes=DTYPES["tiled"],
                   note="window compiled in; 2x2 (3x3/2) or 1x2 adjacent outputs x 4/2/1 channels per "
                        "thread, shared input loaded once; other windows: generic, 4/2/1 channels")
-registry.register("maxpool_forward", "vec8", _forward("vec8"), source="cuda",
+registry.register("maxpool_forward", "vec8", _forward("vec8"), source="cuda", dtypes=DTYPES["vec8"],
                   note="window compiled in; 1 output x 8 channels per thread, 2 float4 loads per tap, "
                        "uint2 argmax (C % 8, alignment, other windows: vec4's)")
-registry.register("maxpool_forward", "vec8x2", _forward("vec8x2"), source="cuda",
+registry.register("maxpool_forward", "vec8x2", _forward("vec8x2"), source="cuda", dtypes=DTYPES["vec8x2"],
                   note="vec8 with 2 adjacent outputs per thread sharing a window column (3x3/2: 15 "
                        "input pixels for 2 outputs, not 18); else vec4's")
-registry.register("maxpool_forward", "smem", _forward("smem"), source="cuda",
+registry.register("maxpool_forward", "smem", _forward("smem"), source="cuda", dtypes=DTYPES["smem"],
                   note="window compiled in; a block stages its 4x8-output tile's input band x 32 channels "
                        "in shared memory (coalesced 16-byte loads, each element once), 1 float4 per thread; "
                        "C % 4 or alignment: tiled's kernels")
-registry.register("maxpool_backward", "direct", _backward("direct"), source="cuda",
+registry.register("maxpool_backward", "direct", _backward("direct"), source="cuda", dtypes=DTYPES["direct"],
                   note="gather: each input sums dy of the windows that chose it (no atomics)")
-registry.register("maxpool_backward", "vec4", _backward("vec4"), source="cuda",
+registry.register("maxpool_backward", "vec4", _backward("vec4"), source="cuda", dtypes=DTYPES["vec4"],
                   note="gather, 4 channels per thread, float4/uchar4 loads (C % 4 == 0, else direct)")
-registry.register("maxpool_backward", "tiled", _backward("tiled"), source="cuda",
+registry.register("maxpool_backward", "tiled", _backward("tiled"), source="cuda", dtypes=DTYPES["tiled"],
                   note="gather over a stride-aligned tile of input pixels x 4/2/1 channels; dy/argmax "
                        "of the covering windows read once; window compiled in (else generic)")
