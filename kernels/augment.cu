@@ -14,6 +14,9 @@
 //         (first + n, 0, step[0], 0x5043414E 'PCAN'): fastcnn.backend.reference.pca_noise_offsets, the
 //         double arithmetic in the reference's order with no contraction (cos, sin and log may
 //         differ from NumPy's in the last bit of a double, which rounds away in float32 almost always).
+//         Element type T of x, y, dy, dx: float or __nv_bfloat16 (bf16.cuh), one template
+//         each: the crops move elements as they are; the colour noise adds in float32 to the
+//         widened x and rounds a bfloat16 y once where it is stored.
 // Launch: grid (rows, N): blockIdx.y is the image, blockIdx.x one row of the result
 //         (crop_forward: height rows, crop_backward and pca_noise_forward: H rows); AUG_THREADS
 //         threads walk that row's width * C (or W * C) floats, which are contiguous in memory on
@@ -22,9 +25,11 @@
 //         from device memory, so a captured CUDA graph draws anew on every replay.  first: the
 //         global index of image 0 (data-parallel training: where this process's slice begins).
 // Last measured: not yet run on a GPU (added after run 3).  Each kernel copies one batch of
-//   input images (AlexNet: 128 x 227 x 227 x 3 floats = 79 MB) per step.
+//   input images (AlexNet: 128 x 227 x 227 x 3 floats = 79 MB) per step.  The bfloat16
+//   instances: not measured on a GPU yet.
 
 #include "common.cuh"
+#include "bf16.cuh"
 #include "philox.cuh"
 
 #define AUG_THREADS 128
@@ -65,14 +70,15 @@ FC_DEVICE fc_crop_window fc_block_window(int H, int W, int height, int width, in
 }
 
 // x (N, H, W, C) -> y (N, height, width, C).
-extern "C" __global__ void __launch_bounds__(AUG_THREADS)
-crop_forward(const float* __restrict__ x, float* __restrict__ y, int H, int W, int C,
+template <class T>
+__global__ void __launch_bounds__(AUG_THREADS)
+crop_forward(const T* __restrict__ x, T* __restrict__ y, int H, int W, int C,
              int height, int width, int random, int flip, unsigned int key0,
              unsigned int key1, const int* __restrict__ step, unsigned int first) {
     const fc_crop_window win = fc_block_window(H, W, height, width, random, flip, key0, key1, step, first);
     const int n = blockIdx.y, i = blockIdx.x;
-    const float* src = x + fc_nhwc(n, win.top + i, win.left, 0, H, W, C);
-    float* dst = y + fc_nhwc(n, i, 0, 0, height, width, C);
+    const T* src = x + fc_nhwc(n, win.top + i, win.left, 0, H, W, C);
+    T* dst = y + fc_nhwc(n, i, 0, 0, height, width, C);
     const int row = width * C;
     for (int e = threadIdx.x; e < row; e += AUG_THREADS) {
         const int j = e / C, c = e - j * C;
@@ -81,19 +87,20 @@ crop_forward(const float* __restrict__ x, float* __restrict__ y, int H, int W, i
 }
 
 // dy (N, height, width, C) -> dx (N, H, W, C).
-extern "C" __global__ void __launch_bounds__(AUG_THREADS)
-crop_backward(const float* __restrict__ dy, float* __restrict__ dx, int H, int W, int C,
+template <class T>
+__global__ void __launch_bounds__(AUG_THREADS)
+crop_backward(const T* __restrict__ dy, T* __restrict__ dx, int H, int W, int C,
               int height, int width, int random, int flip, unsigned int key0,
               unsigned int key1, const int* __restrict__ step, unsigned int first) {
     const fc_crop_window win = fc_block_window(H, W, height, width, random, flip, key0, key1, step, first);
     const int n = blockIdx.y, h = blockIdx.x;
-    float* dst = dx + fc_nhwc(n, h, 0, 0, H, W, C);
+    T* dst = dx + fc_nhwc(n, h, 0, 0, H, W, C);
     const int row = W * C, i = h - win.top;
     const bool inside_rows = i >= 0 && i < height;
-    const float* src = dy + fc_nhwc(n, inside_rows ? i : 0, 0, 0, height, width, C);
+    const T* src = dy + fc_nhwc(n, inside_rows ? i : 0, 0, 0, height, width, C);
     for (int e = threadIdx.x; e < row; e += AUG_THREADS) {
         const int w = e / C, c = e - w * C, j = w - win.left;
-        float v = 0.0f;
+        T v = fc_from_float<T>(0.0f);
         if (inside_rows && j >= 0 && j < width) {
             v = src[(win.mirrored ? width - 1 - j : j) * C + c];
         }
@@ -123,8 +130,9 @@ FC_DEVICE float fc_rgb_offset(double b0, double b1, double b2, const double* z) 
 
 // x, y (N, H, W, 3); y may be x (each element read, then written, by one thread).
 // bCI = basis[c][i] = stddev * eigenvalue_i * eigenvector_i[c] (nine scalars: a captured graph keeps them).
-extern "C" __global__ void __launch_bounds__(AUG_THREADS)
-pca_noise_forward(const float* x, float* y, int H, int W, double b00, double b01, double b02,
+template <class T>
+__global__ void __launch_bounds__(AUG_THREADS)
+pca_noise_forward(const T* x, T* y, int H, int W, double b00, double b01, double b02,
                   double b10, double b11, double b12, double b20, double b21, double b22,
                   unsigned int key0, unsigned int key1, const int* __restrict__ step,
                   unsigned int first) {
@@ -141,6 +149,20 @@ pca_noise_forward(const float* x, float* y, int H, int W, double b00, double b01
     __syncthreads();
     const fc_i64 base = fc_nhwc(n, h, 0, 0, H, W, 3);
     for (int e = threadIdx.x; e < W * 3; e += AUG_THREADS) {
-        y[base + e] = __fadd_rn(x[base + e], offset[e % 3]);
+        y[base + e] = fc_from_float<T>(__fadd_rn(fc_to_float(x[base + e]), offset[e % 3]));
     }
 }
+
+#ifdef FASTCNN_INSTANTIATE
+// Keep in step with fastcnn/backend/cuda/step.py (NAME_EXPRESSIONS).
+#define FC_AUG_TYPED(T) \
+    template __global__ void crop_forward<T>(const T*, T*, int, int, int, int, int, int, int, unsigned int, \
+                                             unsigned int, const int*, unsigned int); \
+    template __global__ void crop_backward<T>(const T*, T*, int, int, int, int, int, int, int, unsigned int, \
+                                              unsigned int, const int*, unsigned int); \
+    template __global__ void pca_noise_forward<T>(const T*, T*, int, int, double, double, double, double, double, \
+                                                  double, double, double, double, unsigned int, unsigned int, \
+                                                  const int*, unsigned int);
+FC_AUG_TYPED(float)
+FC_AUG_TYPED(__nv_bfloat16)
+#endif

@@ -13,35 +13,42 @@
 //         (size reads, from L1/L2 since a warp covers neighbouring channels).
 //         Constants arrive as float32 exactly as the reference rounds them:
 //         alpha, k, -beta and -2*alpha*beta.
+//         Element type T of x, y, scale, dy, dx: float or __nv_bfloat16 (bf16.cuh), one
+//         template each: float32 math on the widened values; scale and y (dx) rounded once
+//         each where they are stored, y from the float32 scale (not from its rounding).
 // Last measured: not timed on a GPU (only the 'original' AlexNet uses LRN); checked against
 //   the reference on an H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19).
-//
-// Self-contained (no #include): NVRTC has no system headers.
+//   The bfloat16 instances: not measured on a GPU yet.
 
-extern "C" __global__ void lrn_forward(const float* x, float* y, float* scale, long long n,
-                                       int C, int half, float alpha, float k,
-                                       float neg_beta) {
+#include "common.cuh"
+#include "bf16.cuh"
+
+template <class T>
+__global__ void lrn_forward(const T* x, T* y, T* scale, long long n,
+                            int C, int half, float alpha, float k,
+                            float neg_beta) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const long long pixel = i / C;
         const int c = (int)(i - pixel * C);
-        const float* xp = x + pixel * C;
+        const T* xp = x + pixel * C;
         const int lo = c - half < 0 ? 0 : c - half;
         const int hi = c + half > C - 1 ? C - 1 : c + half;
         float acc = 0.0f;
         for (int j = lo; j <= hi; ++j) {
-            const float v = xp[j];
+            const float v = fc_to_float(xp[j]);
             acc += v * v;
         }
         const float s = acc * alpha + k;
-        scale[i] = s;
-        y[i] = x[i] * powf(s, neg_beta);
+        scale[i] = fc_from_float<T>(s);
+        y[i] = fc_from_float<T>(fc_to_float(x[i]) * powf(s, neg_beta));
     }
 }
 
-extern "C" __global__ void lrn_backward(const float* dy, const float* x, const float* y,
-                                        const float* scale, float* dx, long long n, int C,
-                                        int half, float neg_beta, float neg_two_alpha_beta) {
+template <class T>
+__global__ void lrn_backward(const T* dy, const T* x, const T* y,
+                             const T* scale, T* dx, long long n, int C,
+                             int half, float neg_beta, float neg_two_alpha_beta) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const long long pixel = i / C;
@@ -51,8 +58,18 @@ extern "C" __global__ void lrn_backward(const float* dy, const float* x, const f
         const int hi = c + half > C - 1 ? C - 1 : c + half;
         float acc = 0.0f;
         for (int j = lo; j <= hi; ++j) {
-            acc += dy[base + j] * y[base + j] / scale[base + j];
+            acc += fc_to_float(dy[base + j]) * fc_to_float(y[base + j]) / fc_to_float(scale[base + j]);
         }
-        dx[i] = (acc * x[i]) * neg_two_alpha_beta + dy[i] * powf(scale[i], neg_beta);
+        dx[i] = fc_from_float<T>((acc * fc_to_float(x[i])) * neg_two_alpha_beta
+                                 + fc_to_float(dy[i]) * powf(fc_to_float(scale[i]), neg_beta));
     }
 }
+
+#ifdef FASTCNN_INSTANTIATE
+#define FC_LRN_TYPED(T) \
+    template __global__ void lrn_forward<T>(const T*, T*, T*, long long, int, int, float, float, float); \
+    template __global__ void lrn_backward<T>(const T*, const T*, const T*, const T*, T*, long long, int, int, \
+                                             float, float);
+FC_LRN_TYPED(float)
+FC_LRN_TYPED(__nv_bfloat16)
+#endif

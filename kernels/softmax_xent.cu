@@ -13,6 +13,10 @@
 //                          is the argmax of the label row)
 //         An int32 label outside [0, K) gives that row a NaN loss, no correct count and
 //         dlogits = p * float32(1 / N) (the host cannot check labels without a device sync).
+//         Element type T of x / logits and dlogits: float or __nv_bfloat16 (bf16.cuh), one
+//         template each: the logits are widened exactly, everything is computed in float32
+//         (the loss in float64) as for float logits, and a bfloat16 dlogits is rounded once
+//         where it is stored; softmax_rows' y is float32 either way.
 // Launch: one warp per row, rows walked grid-stride; xent_* need exactly 512 threads
 //         per block (16 warps), softmax_rows any multiple of 32.  Any grid.
 // Algorithm: per row, three passes over the K logits by the 32 lanes: (max, argmax) with
@@ -26,8 +30,10 @@
 //         run in its last bits (totals[1] is an exact integer either way).
 // Last measured: H200, 2026-11-28 (run 2 of bench/gpu_check.py; CUDA 13.0 driver 580.159.04, CuPy 14.2.0, PyTorch 2.11.0+cu130, cuDNN 9.19): not timed on its own; the whole LeNet-5 training step that
 //   runs it (batch 200, Adam, one CUDA graph) takes 333 us = 1.36x PyTorch's whole-step graph.
-//
-// Self-contained (no #include): NVRTC has no system headers.
+//   The bfloat16 instances: not measured on a GPU yet.
+
+#include "common.cuh"
+#include "bf16.cuh"
 
 #define FC_SX_WARPS 16            // warps per block; blockDim.x must be 32 * FC_SX_WARPS
 #define FC_FULL_MASK 0xffffffffu
@@ -47,12 +53,13 @@ __device__ __forceinline__ double fc_warp_sum_d(double v) {
 }
 
 // Maximum of row[0..K) and the first index holding it, on every lane of the warp.
-__device__ __forceinline__ void fc_row_argmax(const float* row, int K, int lane,
+template <class T>
+__device__ __forceinline__ void fc_row_argmax(const T* row, int K, int lane,
                                               float& best, int& best_j) {
     best = fc_neg_inf();
     best_j = FC_BIG_INDEX;
     for (int j = lane; j < K; j += 32) {
-        float v = row[j];
+        float v = fc_to_float(row[j]);
         if (v > best || best_j == FC_BIG_INDEX) {  // lane's first element always taken
             best = v;
             best_j = j;
@@ -69,31 +76,33 @@ __device__ __forceinline__ void fc_row_argmax(const float* row, int K, int lane,
 }
 
 // Row maximum m, its first index am and s = sum_j exp(row[j] - m), on every lane.
-__device__ __forceinline__ float fc_row_exp_sum(const float* row, int K, int lane, float& m, int& am) {
+template <class T>
+__device__ __forceinline__ float fc_row_exp_sum(const T* row, int K, int lane, float& m, int& am) {
     fc_row_argmax(row, K, lane, m, am);
     float s = 0.0f;
-    for (int j = lane; j < K; j += 32) s += expf(row[j] - m);
+    for (int j = lane; j < K; j += 32) s += expf(fc_to_float(row[j]) - m);
     return fc_warp_sum(s);
 }
 
-extern "C" __global__ void softmax_rows(const float* x, float* y, long long rows, int K) {
+template <class T>
+__global__ void softmax_rows(const T* x, float* y, long long rows, int K) {
     const int lane = threadIdx.x & 31;
     const long long warp = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
     for (long long r = warp; r < rows; r += warps) {  // r is the same on every lane
-        const float* xr = x + r * K;
+        const T* xr = x + r * K;
         float* yr = y + r * K;
         float m;
         int am;
         const float s = fc_row_exp_sum(xr, K, lane, m, am);
-        for (int j = lane; j < K; j += 32) yr[j] = expf(xr[j] - m) / s;
+        for (int j = lane; j < K; j += 32) yr[j] = expf(fc_to_float(xr[j]) - m) / s;
     }
 }
 
 // ONEHOT false: labels (N,) int32 used, onehot unused.  ONEHOT true: the reverse.
-template <bool ONEHOT>
-__device__ __forceinline__ void fc_xent(const float* logits, const int* labels,
-                                        const float* onehot, float* dlogits, double* totals,
+template <class T, bool ONEHOT>
+__device__ __forceinline__ void fc_xent(const T* logits, const int* labels,
+                                        const float* onehot, T* dlogits, double* totals,
                                         long long rows, int K, float inv_n) {
     __shared__ double block_loss[FC_SX_WARPS];
     __shared__ double block_correct[FC_SX_WARPS];
@@ -105,8 +114,8 @@ __device__ __forceinline__ void fc_xent(const float* logits, const int* labels,
     double loss_sum = 0.0;     // identical on every lane of the warp
     double correct_sum = 0.0;
     for (long long r = warp; r < rows; r += warps) {  // r is the same on every lane
-        const float* xr = logits + r * K;
-        float* dr = dlogits + r * K;
+        const T* xr = logits + r * K;
+        T* dr = dlogits + r * K;
         float m;
         int am;
         const float s = fc_row_exp_sum(xr, K, lane, m, am);
@@ -124,22 +133,22 @@ __device__ __forceinline__ void fc_xent(const float* logits, const int* labels,
             for (int j = lane; j < K; j += 32) {
                 double t = (double)tr[j];
                 tsum += t;
-                dot += t * (double)(xr[j] - m);
+                dot += t * (double)(fc_to_float(xr[j]) - m);
             }
             dot = fc_warp_sum_d(dot);
             tsum = fc_warp_sum_d(tsum);
             loss = log_s - dot + (double)m * (1.0 - tsum);
             for (int j = lane; j < K; j += 32) {
-                float p = expf(xr[j] - m) / s;
-                dr[j] = (p - tr[j]) * inv_n;
+                float p = expf(fc_to_float(xr[j]) - m) / s;
+                dr[j] = fc_from_float<T>((p - tr[j]) * inv_n);
             }
         } else {
             label = labels[r];
             valid = label >= 0 && label < K;
-            loss = valid ? log_s - (double)(xr[label] - m) : fc_nan_d();
+            loss = valid ? log_s - (double)(fc_to_float(xr[label]) - m) : fc_nan_d();
             for (int j = lane; j < K; j += 32) {
-                float p = expf(xr[j] - m) / s;
-                dr[j] = (p - (j == label ? 1.0f : 0.0f)) * inv_n;
+                float p = expf(fc_to_float(xr[j]) - m) / s;
+                dr[j] = fc_from_float<T>((p - (j == label ? 1.0f : 0.0f)) * inv_n);
             }
         }
         loss_sum += loss;
@@ -162,13 +171,25 @@ __device__ __forceinline__ void fc_xent(const float* logits, const int* labels,
     }
 }
 
-extern "C" __global__ void xent_index(const float* logits, const int* labels, float* dlogits,
-                                      double* totals, long long rows, int K, float inv_n) {
-    fc_xent<false>(logits, labels, (const float*)0, dlogits, totals, rows, K, inv_n);
+template <class T>
+__global__ void xent_index(const T* logits, const int* labels, T* dlogits,
+                           double* totals, long long rows, int K, float inv_n) {
+    fc_xent<T, false>(logits, labels, (const float*)0, dlogits, totals, rows, K, inv_n);
 }
 
-extern "C" __global__ void xent_onehot(const float* logits, const float* onehot,
-                                       float* dlogits, double* totals, long long rows, int K,
-                                       float inv_n) {
-    fc_xent<true>(logits, (const int*)0, onehot, dlogits, totals, rows, K, inv_n);
+template <class T>
+__global__ void xent_onehot(const T* logits, const float* onehot,
+                            T* dlogits, double* totals, long long rows, int K,
+                            float inv_n) {
+    fc_xent<T, true>(logits, (const int*)0, onehot, dlogits, totals, rows, K, inv_n);
 }
+
+#ifdef FASTCNN_INSTANTIATE
+// Keep in step with fastcnn/backend/cuda/step.py (NAME_EXPRESSIONS).
+#define FC_SX_TYPED(T) \
+    template __global__ void softmax_rows<T>(const T*, float*, long long, int); \
+    template __global__ void xent_index<T>(const T*, const int*, T*, double*, long long, int, float); \
+    template __global__ void xent_onehot<T>(const T*, const float*, T*, double*, long long, int, float);
+FC_SX_TYPED(float)
+FC_SX_TYPED(__nv_bfloat16)
+#endif

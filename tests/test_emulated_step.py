@@ -28,6 +28,14 @@ wins), one block, several blocks (threshold patched, and a 263x1000 call past th
 2^18 threshold), out-of-range int32 labels (NaN loss, no count, dlogits = p / N, as
 kernels/softmax_xent.cu documents), LRN forward/backward.
 
+bfloat16 (the __nv_bfloat16 instance of every templated kernel): relu, leaky relu, add,
+cast, copies and gathers, dropout, crops and the optimizers' p_bf16 copy are the
+reference's bfloat16 bit for bit (NaN as NaN: the GPU's conversion gives 0x7FFF, ml_dtypes
+keeps the payload); bias_grad within 1e-5 (float32 out); softmax, softmax_cross_entropy,
+LRN and the colour noise are, bit for bit, the float instance's result on the widened inputs
+rounded once (the contract's rule), and within one bfloat16 rounding plus the float32
+tolerance of the reference.
+
 Last, the emulator's warp-level operations and atomics: shuffles (xor, down, up, idx)
 of every width on 1-, 2- and 3-D blocks with a partial last warp against CUDA's
 documented lane rules, ballot/any/all, __syncwarp, float/double atomicAdd's returned
@@ -738,6 +746,114 @@ def test_optimizers_write_the_bfloat16_copy(emulated, update):
         run(step, dp, dg, dstate, guarded.empty(n))
     with pytest.raises(ValueError, match="p_bf16 must have shape"):
         run(step, dp, dg, dstate, guarded.empty(n - 1, BF16))
+
+
+# ---------------------------------------------------------------- bfloat16 instances of the rest
+
+def _bf16_cases(guarded):
+    """{op: (call(arrays, out=None), host arrays (bfloat16 but totals), output dtypes, the
+    reference's call on host arrays)} for the templated kernels of softmax_xent.cu, dropout.cu,
+    augment.cu and lrn.cu."""
+    rng = np.random.default_rng(11)
+    basis = 0.1 * np.array(ref.IMAGENET_EIGENVECTORS) * np.array(ref.IMAGENET_EIGENVALUES)[None, :]
+    at_host = np.array([5], np.int32)
+    at = guarded.wrap(at_host)
+    idx = rng.integers(0, 33, 37).astype(np.int32)
+    labels, onehot = guarded.wrap(idx), guarded.wrap(np.eye(33, dtype=np.float32)[idx])
+    lrn_x = _bf16(rand(rng, 2, 3, 5, 96))
+    y32, s32 = ref.lrn_forward(lrn_x.astype(np.float32), 5, 1e-2, 0.75, 2.0)
+    return {
+        "softmax": (lambda a, out=None: step.softmax(*a, out=out), [_bf16(rand(rng, 37, 65, scale=3.0))],
+                    [np.float32], lambda h: ref.softmax(*h)),
+        "xent_index": (lambda a, out=None: step.softmax_cross_entropy(a[0], labels, a[1], out=out),
+                       [_bf16(rand(rng, 37, 33, scale=3.0)), np.array([1.5, 2.0])], [BF16],
+                       lambda h: ref.softmax_cross_entropy(h[0], idx, h[1])),
+        "xent_onehot": (lambda a, out=None: step.softmax_cross_entropy(a[0], onehot, a[1], out=out),
+                        [_bf16(rand(rng, 37, 33, scale=3.0)), np.array([1.5, 2.0])], [BF16],
+                        lambda h: ref.softmax_cross_entropy(h[0], np.asarray(onehot), h[1])),
+        "dropout": (lambda a, out=None: step.dropout_forward(*a, 0.4, 2**40 + 3, at, 2, out=out),
+                    [_bf16(_special(rng, (5, 7, 9)))], [BF16],
+                    lambda h: ref.dropout_forward(*h, 0.4, 2**40 + 3, at_host, 2)),
+        "crop_forward": (lambda a, out=None: step.crop_forward(*a, 5, 4, True, True, 9, at, 1, out=out),
+                         [_bf16(_special(rng, (6, 8, 7, 3)))], [BF16],
+                         lambda h: ref.crop_forward(*h, 5, 4, True, True, 9, at_host, 1)),
+        "crop_backward": (lambda a, out=None: step.crop_backward(*a, (6, 8, 7, 3), True, True, 9, at, out=out),
+                          [_bf16(_special(rng, (6, 5, 4, 3)))], [BF16],
+                          lambda h: ref.crop_backward(*h, (6, 8, 7, 3), True, True, 9, at_host)),
+        "pca_noise": (lambda a, out=None: step.pca_noise_forward(*a, basis, 3, at, out=out),
+                      [_bf16(rng.random((3, 4, 5, 3), dtype=np.float32))], [BF16],
+                      lambda h: ref.pca_noise_forward(*h, basis, 3, at_host)),
+        "lrn_forward": (lambda a, out=None: step.lrn_forward(*a, 5, 1e-2, 0.75, 2.0, out=out), [lrn_x], [BF16, BF16],
+                        lambda h: ref.lrn_forward(*h, 5, 1e-2, 0.75, 2.0)),
+        "lrn_backward": (lambda a, out=None: step.lrn_backward(*a, 5, 1e-2, 0.75, 2.0, out=out),
+                         [_bf16(rand(rng, 2, 3, 5, 96)), lrn_x, _bf16(y32), _bf16(s32)], [BF16],
+                         lambda h: ref.lrn_backward(*h, 5, 1e-2, 0.75, 2.0)),
+    }
+
+
+BF16_OPS = ["softmax", "xent_index", "xent_onehot", "dropout", "crop_forward", "crop_backward", "pca_noise",
+            "lrn_forward", "lrn_backward"]
+
+
+@pytest.mark.parametrize("op", BF16_OPS)
+def test_bfloat16_instance_is_the_float32_instance_rounded_once(emulated, op):
+    """Each kernel's __nv_bfloat16 instance gives, bit for bit, its float instance's result on
+    the exactly widened inputs rounded once to nearest even (softmax: that float32 result
+    itself; xent: the same totals): the contract's rule, whatever the float32 math."""
+    guarded, log = emulated
+    call, host, out_dtypes, _ = _bf16_cases(guarded)[op]
+    arrays16 = [guarded.wrap(a) for a in host]
+    arrays32 = [guarded.wrap(a.astype(np.float32) if a.dtype == BF16 else a) for a in host]
+    got, want = call(arrays16), call(arrays32)
+    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+    for g, w, dtype in zip(got, want, out_dtypes):
+        assert g.dtype == dtype
+        if dtype == BF16:
+            assert _same_bf16(g, np.asarray(w).astype(BF16)), op
+        else:
+            assert _same_bits(g, w), op
+    if op.startswith("xent"):
+        assert _same_bits(arrays16[1], arrays32[1]), "totals"
+    outs = tuple(guarded.empty(g.shape, g.dtype) for g in got)
+    again = call(arrays16, out=outs if len(outs) > 1 else outs[0])
+    again = again if isinstance(again, tuple) else (again,)
+    assert all(a is o and _same_bits(a, g) for a, o, g in zip(again, outs, got)), "out="
+    kernels = {n for n, _, _ in log}
+    assert any("<__nv_bfloat16>" in n for n in kernels) and any("<float>" in n for n in kernels), kernels
+
+
+@pytest.mark.parametrize("op", BF16_OPS)
+def test_bfloat16_instance_against_the_reference(aligned, op):
+    """Against the reference's bfloat16 (the float32 op on widened inputs, rounded once): bit for
+    bit (NaN as NaN) where the float32 math is the same (dropout, crops); elsewhere within one
+    bfloat16 rounding (2^-8 relative) plus the float32 tests' tolerance (1e-5 of the norm):
+    softmax, xent and LRN use the host's exp/pow and their own summation order, and a
+    last-bit float32 difference can move a bfloat16 rounding by one step; the colour noise's
+    double cos/sin/log may differ in a last bit too.  The xent totals within 1e-5, the count exact."""
+    guarded, _ = aligned
+    call, host, _, reference = _bf16_cases(guarded)[op]
+    arrays = [guarded.wrap(a) for a in host]
+    got = call(arrays)
+    with np.errstate(invalid="ignore"):   # inf * 0 in the reference's dropout: NaN, as on the GPU
+        want = reference([a.copy() for a in host]) if not op.startswith("xent") else None
+    if op.startswith("xent"):
+        totals = host[1].copy()
+        want = reference([host[0], totals])
+        assert_close(arrays[1][:1], totals[:1], RED, "loss sum")
+        assert arrays[1][1] == totals[1], "correct count"
+    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype, op
+        if op in ("dropout", "crop_forward", "crop_backward"):
+            assert _same_bf16(g, w), op
+            continue
+        if g.dtype == np.float32:   # softmax of bfloat16 x: float32, the float32 tests' tolerance
+            assert_close(g, w, RED, op)
+            continue
+        g64, w64 = np.asarray(g).astype(np.float64), np.asarray(w).astype(np.float64)
+        err = np.abs(g64 - w64)
+        assert np.all(err <= 2.0 ** -8 * np.abs(w64) + RED * np.linalg.norm(w64) / np.sqrt(w64.size)), \
+            f"{op}: largest error {err.max()}"
 
 
 # ---------------------------------------------------------------- the emulator: warps, atomics, builds

@@ -26,8 +26,8 @@ register ``dtypes=("float32", "bfloat16")``.  bias_grad and softmax give float32
 bfloat16 input; the optimizers write the bfloat16 copy of the weights (``p_bf16=``).
 
 Every primitive that returns an array takes an optional keyword ``out=`` (for
-``lrn_forward`` a pair ``(y, scale)``): a C-contiguous float32 CuPy array of the
-result's shape that the caller owns, written completely (tests poison it with
+``lrn_forward`` a pair ``(y, scale)``): a C-contiguous CuPy array of the result's
+shape and dtype that the caller owns, written completely (tests poison it with
 NaN; a captured graph keeps it static).  Elementwise ops (relu, add, dropout) may
 write in place (``out`` is an input); the others refuse an ``out`` that overlaps
 an input.
@@ -73,6 +73,10 @@ NAME_EXPRESSIONS = {
                for t in _TYPES)
     + ("cast_elements<float, __nv_bfloat16>", "cast_elements<__nv_bfloat16, float>",
        "gather_rows<unsigned>", "gather_rows<unsigned short>"),
+    "softmax_xent.cu": tuple(f"{k}<{t}>" for k in ("softmax_rows", "xent_index", "xent_onehot") for t in _TYPES),
+    "dropout.cu": tuple(f"dropout_apply<{t}>" for t in _TYPES),
+    "augment.cu": tuple(f"{k}<{t}>" for k in ("crop_forward", "crop_backward", "pca_noise_forward") for t in _TYPES),
+    "lrn.cu": tuple(f"{k}<{t}>" for k in ("lrn_forward", "lrn_backward") for t in _TYPES),
 }
 
 
@@ -261,14 +265,14 @@ _SX = "softmax_xent.cu"
 
 
 def softmax(x, *, out=None):
-    """Row softmax of a 2-D float32 array (max-subtracted)."""
-    _launch.check("x", x, ndim=2)
+    """Row softmax of a 2-D float32 or bfloat16 array (max-subtracted): float32 either way."""
+    _check_float("x", x, ndim=2)
     rows, K = x.shape
     _check_int32(classes=K)
     out = _launch.out_array("out", out, x.shape)
     _no_overlap("out", out, x=x)
     warps_per_block = THREADS // 32
-    _kernel(_SX, "softmax_rows")((min(_cdiv(rows, warps_per_block), MAX_BLOCKS),), (THREADS,),
+    _kernel(_SX, f"softmax_rows<{_ctype(x)}>")((min(_cdiv(rows, warps_per_block), MAX_BLOCKS),), (THREADS,),
                                  (x, out, np.int64(rows), np.int32(K)))
     return out
 
@@ -293,38 +297,37 @@ def _check_labels(labels, N, K):
 
 
 def softmax_cross_entropy(logits, labels, totals, *, out=None):
-    """dlogits = (softmax(logits) - onehot) / N; totals (float64 (2,)) += (loss sum, correct count).
+    """dlogits = (softmax(logits) - onehot) / N in the logits' dtype (float32 math); totals
+    (float64 (2,)) += (loss sum, correct count).
 
     labels: int32 (N,) or float32 one-hot (N, classes).  int32 labels are not range-checked
     on the host (that needs a sync): a label outside [0, classes) makes the loss NaN.
     The loss sum is deterministic when N * classes <= 2**18 (one block); above that the
     blocks' atomicAdds may land in any order (last-bit differences in totals[0] only).
     """
-    _launch.check("logits", logits, ndim=2)
+    _check_float("logits", logits, ndim=2)
     N, K = logits.shape
     _check_int32(classes=K)
     _check_labels(labels, N, K)
     _launch.check("totals", totals, dtype=np.float64, shape=(2,))
-    out = _launch.out_array("out", out, (N, K))
+    out = _launch.out_array("out", out, (N, K), logits.dtype)
     _no_overlap("out", out, logits=logits, labels=labels, totals=totals)
     grid = 1 if N * K <= XENT_ONE_BLOCK else min(_cdiv(N, XENT_THREADS // 32), MAX_BLOCKS)
     tail = (out, totals, np.int64(N), np.int32(K), np.float32(1.0 / N))
-    if labels.ndim == 1:
-        _kernel(_SX, "xent_index")((grid,), (XENT_THREADS,), (logits, labels) + tail)
-    else:
-        _kernel(_SX, "xent_onehot")((grid,), (XENT_THREADS,), (logits, labels) + tail)
+    kind = "xent_index" if labels.ndim == 1 else "xent_onehot"
+    _kernel(_SX, f"{kind}<{_ctype(logits)}>")((grid,), (XENT_THREADS,), (logits, labels) + tail)
     return out
 
 
 # ---------------------------------------------------------------- dropout.cu
 
 def _dropout(name, a, rate, seed, step, out, offset):
-    _launch.check(name, a)
+    _check_float(name, a)
     start, threshold, scale, (key0, key1) = checks.dropout_args(a.shape, rate, seed, offset)
     _step(step)
-    out = _launch.out_array("out", out, a.shape)
+    out = _launch.out_array("out", out, a.shape, a.dtype)
     n = a.size
-    _kernel("dropout.cu", "dropout_apply")(
+    _kernel("dropout.cu", f"dropout_apply<{_ctype(a)}>")(
         _grid(_cdiv(start % 4 + n, 4)), (THREADS,),
         (a, out, np.int64(n), np.uint32(key0), np.uint32(key1), step, np.uint32(threshold), np.float32(scale),
          np.int64(start)))
@@ -354,9 +357,9 @@ def _crop(kernel, name, a, args, random, flip, step, out):
     _step(step)
     if N > _MAX_GRID_Y:
         raise ValueError(f"{name}: batch {N} exceeds the {_MAX_GRID_Y} images one launch covers")
-    out = _launch.out_array("out", out, out_shape)
+    out = _launch.out_array("out", out, out_shape, a.dtype)
     _no_overlap("out", out, **{name: a})
-    _kernel("augment.cu", kernel)(
+    _kernel("augment.cu", f"{kernel}<{_ctype(a)}>")(
         (out_shape[1], N), (AUG_THREADS,),
         (a, out, np.int32(H), np.int32(W), np.int32(C), np.int32(height), np.int32(width),
          np.int32(bool(random)), np.int32(bool(flip)), np.uint32(key0), np.uint32(key1), step, np.uint32(first)))
@@ -365,14 +368,14 @@ def _crop(kernel, name, a, args, random, flip, step, out):
 
 def crop_forward(x, height, width, random, flip, seed, step, offset=0, *, out=None):
     """Each image's window (reference.crop_windows), mirrored where drawn so."""
-    _launch.check("x", x, ndim=4)
+    _check_float("x", x, ndim=4)
     return _crop("crop_forward", "x", x, checks.crop_forward_args(x.shape, height, width, seed, offset),
                  random, flip, step, out)
 
 
 def crop_backward(dy, x_shape, random, flip, seed, step, offset=0, *, out=None):
     """dy put back into each image's window of a zero (N, H, W, C) gradient."""
-    _launch.check("dy", dy, ndim=4)
+    _check_float("dy", dy, ndim=4)
     return _crop("crop_backward", "dy", dy, checks.crop_backward_args(dy.shape, x_shape, seed, offset),
                  random, flip, step, out)
 
@@ -380,14 +383,14 @@ def crop_backward(dy, x_shape, random, flip, seed, step, offset=0, *, out=None):
 def pca_noise_forward(x, basis, seed, step, offset=0, *, out=None):
     """x + each image's RGB offset along the principal components (reference.pca_noise_offsets);
     ``out`` may be x."""
-    _launch.check("x", x, ndim=4)
+    _check_float("x", x, ndim=4)
     N, H, W, C = x.shape
     basis, (key0, key1), first = checks.pca_args(x.shape, basis, seed, offset)
     _step(step)
     if N > _MAX_GRID_Y:
         raise ValueError(f"x: batch {N} exceeds the {_MAX_GRID_Y} images one launch covers")
-    out = _launch.out_array("out", out, x.shape)
-    _kernel("augment.cu", "pca_noise_forward")(
+    out = _launch.out_array("out", out, x.shape, x.dtype)
+    _kernel("augment.cu", f"pca_noise_forward<{_ctype(x)}>")(
         (H, N), (AUG_THREADS,),
         (x, out, np.int32(H), np.int32(W), *(np.float64(b) for b in basis.reshape(-1)), np.uint32(key0), np.uint32(key1), step,
          np.uint32(first)))
@@ -397,17 +400,18 @@ def pca_noise_forward(x, basis, seed, step, offset=0, *, out=None):
 # ---------------------------------------------------------------- lrn.cu
 
 def lrn_forward(x, size, alpha, beta, k, *, out=None):
-    """(y, scale): scale = k + alpha * sum of x^2 over ``size`` channels, y = x * scale**-beta."""
-    _launch.check("x", x, ndim=4)
+    """(y, scale): scale = k + alpha * sum of x^2 over ``size`` channels, y = x * scale**-beta
+    (both in x's dtype)."""
+    _check_float("x", x, ndim=4)
     size, alpha, beta, k = checks.lrn_args(size, alpha, beta, k)
     C = x.shape[-1]
     _check_int32(channels=C)
     y_out, s_out = checks.out_pair(out, "(y, scale)")
-    y = _launch.out_array("out[0] (y)", y_out, x.shape)
-    scale = _launch.out_array("out[1] (scale)", s_out, x.shape)
+    y = _launch.out_array("out[0] (y)", y_out, x.shape, x.dtype)
+    scale = _launch.out_array("out[1] (scale)", s_out, x.shape, x.dtype)
     _no_overlap("out[0] (y)", y, x=x, scale=scale)
     _no_overlap("out[1] (scale)", scale, x=x)
-    _kernel("lrn.cu", "lrn_forward")(
+    _kernel("lrn.cu", f"lrn_forward<{_ctype(x)}>")(
         _grid(x.size), (THREADS,),
         (x, y, scale, np.int64(x.size), np.int32(C), np.int32(size // 2),
          np.float32(alpha), np.float32(k), np.float32(-beta)))
@@ -416,16 +420,16 @@ def lrn_forward(x, size, alpha, beta, k, *, out=None):
 
 def lrn_backward(dy, x, y, scale, size, alpha, beta, k, *, out=None):
     """dx = dy * scale**-beta - 2*alpha*beta * x * window sum of (dy * y / scale)."""
-    _launch.check("dy", dy, ndim=4)
+    _check_float("dy", dy, ndim=4)
     for arg, a in (("x", x), ("y", y), ("scale", scale)):
-        _launch.check(arg, a, ndim=4)
+        _launch.check(arg, a, dtype=dy.dtype, ndim=4)
     _same_shape("dy", dy, x=x, y=y, scale=scale)
     size, alpha, beta, k = checks.lrn_args(size, alpha, beta, k)
     C = dy.shape[-1]
     _check_int32(channels=C)
-    out = _launch.out_array("out", out, dy.shape)
+    out = _launch.out_array("out", out, dy.shape, dy.dtype)
     _no_overlap("out", out, dy=dy, x=x, y=y, scale=scale)
-    _kernel("lrn.cu", "lrn_backward")(
+    _kernel("lrn.cu", f"lrn_backward<{_ctype(dy)}>")(
         _grid(dy.size), (THREADS,),
         (dy, x, y, scale, out, np.int64(dy.size), np.int32(C), np.int32(size // 2),
          np.float32(-beta), np.float32(-2.0 * alpha * beta)))
@@ -542,8 +546,9 @@ _NOTES = {
 }
 
 # The ops whose kernels are templated over the element type (or move bytes of any type).
-BOTH_DTYPES = {"relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "add", "cast", "copy", "copy_channels", "gather_rows",
-               "bias_grad"}
+BOTH_DTYPES = {"relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "add", "cast", "copy",
+               "copy_channels", "gather_rows", "bias_grad", "softmax", "softmax_cross_entropy", "dropout_forward",
+               "dropout_backward", "crop_forward", "crop_backward", "pca_noise_forward", "lrn_forward", "lrn_backward"}
 
 for _op, _note in _NOTES.items():
     registry.register(_op, "cuda", globals()[_op], source="cuda", note=_note,
