@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from fastcnn import dtypes  # noqa: E402
+
 
 def _inputs(cp, rng):
     """Argument builders per primitive: small shapes, odd sizes, random data (never zeros)."""
@@ -109,6 +111,7 @@ def _inputs(cp, rng):
                                    (f32(n), f32(n), cp.abs(f32(n)) + 1, f32(n), f32(n), 1e-3, 0.9, 0.5, 1e-7)],
         "increment": lambda: [(step(),)],
         "add": lambda: [(f32(n), f32(n))],
+        "cast": lambda: [(f32(n), "bfloat16"), (f32(n).astype(dtypes.bfloat16), "float32"), (f32(n), "float32")],
         "copy": lambda: [(f32(n), f32(n))],
         "copy_channels": lambda: [(f32(N, 5, 5, 4), f32(N, 5, 5, 7), 1, 2, 3)],
         "gather_rows": lambda: [(f32(5, 7, 3), f32(9, 7, 3), cp.asarray(np.array([8, 0, 3, 3, 1], np.int32))),
@@ -117,10 +120,19 @@ def _inputs(cp, rng):
     }
 
 
-def _run_applicable(fn, arg_sets, registry) -> None:
-    """Call fn on each argument set it handles; shapes it refuses with NotApplicable are skipped."""
+def _uses_bfloat16(args) -> bool:
+    """A bfloat16 array among the arguments, or 'bfloat16' asked for (cast)."""
+    return any(getattr(a, "dtype", None) == dtypes.bfloat16 or (isinstance(a, str) and a == "bfloat16")
+               for a in args)
+
+
+def _run_applicable(fn, arg_sets, registry, takes_bfloat16=True) -> None:
+    """Call fn on each argument set it handles; shapes it refuses with NotApplicable, and bfloat16
+    calls of a float32-only variant, are skipped."""
     ran = 0
     for args in arg_sets:
+        if _uses_bfloat16(args) and not takes_bfloat16:
+            continue
         try:
             fn(*args)
             ran += 1
@@ -182,7 +194,8 @@ def main() -> int:
             continue
         if cuda_only and registry.lookup(op, name).source != "cuda":
             continue
-        attempt(f"{op}:{name}", lambda fn=fn, build=build: _run_applicable(fn, build(), registry))
+        takes = "bfloat16" in registry.lookup(op, name).dtypes
+        attempt(f"{op}:{name}", lambda fn=fn, build=build, takes=takes: _run_applicable(fn, build(), registry, takes))
     print(f"SANITIZE DONE ok={ok} failed={failed} in {time.perf_counter() - t0:.1f}s", flush=True)
     return 1 if failed else 0
 
