@@ -4,7 +4,9 @@ Every op is run with its result written into a NaN-poisoned ``out=`` buffer (eac
 step.py op takes one), compared with fastcnn.backend.reference, then run again
 without ``out=`` and required to give the same bits (allocation path, determinism).
 Tolerances (relative, in norm): 1e-6 elementwise and optimizers, 1e-5 reductions,
-softmax and LRN; dropout masks and accuracy counts exact.
+softmax and LRN; dropout masks and accuracy counts exact.  bfloat16: the cast's rounding
+(cvt.rn.bf16.f32) bit for bit as the emulator assumes, the elementwise ops, dropout and
+crops bit for bit the reference's, reductions as above, the optimizers' p_bf16 copy exact.
 
     pytest tests/test_gpu_step.py            # the gpu tests skip without a GPU
 """
@@ -16,7 +18,7 @@ import pytest
 
 from helpers import assert_close, rand
 
-from fastcnn import _paths
+from fastcnn import _paths, dtypes
 from fastcnn.backend import reference as ref
 
 gpu = pytest.mark.gpu
@@ -428,6 +430,80 @@ def _bad_cases(S):
         (ValueError, "shape", lambda: S.copy(flat, cp.ones(9, np.float32))),
         (TypeError, "float32", lambda: S.copy(flat, cp.ones(8, np.float64))),
     ], flat
+
+
+# ---------------------------------------------------------------- bfloat16
+
+BF16 = dtypes.bfloat16
+
+
+def _bf16_bits_nan_aware(a):
+    """bfloat16 bits with every NaN as 0x7FFF (the GPU's conversion; ml_dtypes keeps the payload)."""
+    bits = np.asarray(a).view(np.uint16).copy()
+    bits[np.isnan(np.asarray(a).astype(np.float32))] = 0x7FFF
+    return bits
+
+
+@gpu
+def test_cast_rounds_as_the_emulator_does(S):
+    """cvt.rn.bf16.f32 on this GPU: ml_dtypes' round to nearest even on every pattern (ties,
+    overflow, subnormals), NaN as 0x7FFF: what tests/cuda_emu.py's bfloat16 and
+    tests/test_emu_bf16.py assume.  Widening back is exact."""
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    bits[::3] = (bits[::3] & np.uint32(0xFFFF0000)) | np.uint32(0x8000)
+    x = bits.view(np.float32)
+    with np.errstate(invalid="ignore"):
+        want = _bf16_bits_nan_aware(x.astype(BF16))
+    got = _host(S.cast(_dev(x), "bfloat16"))
+    assert got.dtype == BF16 and np.array_equal(got.view(np.uint16), want)
+    back = _host(S.cast(_dev(got), "float32"))
+    assert np.array_equal(back.view(np.uint32), got.view(np.uint16).astype(np.uint32) << 16)
+
+
+@gpu
+@pytest.mark.parametrize("op", ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "add",
+                                "dropout_forward", "crop_forward", "crop_backward"])
+def test_bfloat16_ops_are_the_references_bit_for_bit(S, op):
+    """bfloat16 in, the float32 op on the widened values, one rounding: the reference's bits
+    (NaN as NaN)."""
+    rng = np.random.default_rng(len(op))
+    a, b = (rand(rng, 4, 9, 8, 3).astype(BF16) for _ in range(2))
+    step = np.array([3], np.int32)
+    args = {"relu_forward": (a,), "relu_backward": (a, b), "leaky_relu_forward": (a, 0.3),
+            "leaky_relu_backward": (a, b, 0.3), "add": (a, b), "dropout_forward": (a, 0.5, 7, step),
+            "crop_forward": (a, 5, 4, True, True, 7, step),
+            "crop_backward": (a[:, :5, :4], (4, 9, 8, 3), True, True, 7, step)}[op]
+    args = tuple(np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v for v in args)
+    want = getattr(ref, op)(*args)
+    got = _host(getattr(S, op)(*[_dev(v) for v in args]))
+    assert got.dtype == BF16 and np.array_equal(_bf16_bits_nan_aware(got), _bf16_bits_nan_aware(want)), op
+
+
+@gpu
+def test_bfloat16_reductions_and_optimizer_copy(S):
+    """bias_grad and softmax of bfloat16 are float32 (1e-5 of the reference); xent's dlogits within
+    a bfloat16 rounding; an Adam step's p_bf16 is its p rounded, bit for bit."""
+    cp = _cp()
+    rng = np.random.default_rng(9)
+    dy = rand(rng, 200, 120).astype(BF16)
+    got = S.bias_grad(_dev(dy))
+    assert got.dtype == np.float32
+    assert_close(_host(got), ref.bias_grad(dy.astype(np.float64)), RED, "bias_grad")
+    logits = rand(rng, 200, 10, scale=3.0).astype(BF16)
+    assert_close(_host(S.softmax(_dev(logits))), ref.softmax(logits.astype(np.float64)), RED, "softmax")
+    labels = rng.integers(0, 10, 200).astype(np.int32)
+    totals, want_totals = cp.zeros(2), np.zeros(2)
+    d = _host(S.softmax_cross_entropy(_dev(logits), _dev(labels), totals)).astype(np.float64)
+    want = ref.softmax_cross_entropy(logits, labels, want_totals).astype(np.float64)
+    assert np.all(np.abs(d - want) <= 2.0 ** -8 * np.abs(want) + 1e-9)
+    assert_close(_host(totals)[:1], want_totals[:1], RED, "loss")
+    assert _host(totals)[1] == want_totals[1]
+    p, g, m, v = (rand(rng, 1031) for _ in range(4))
+    v = np.abs(v)
+    dp, dm, dv, p16 = _dev(p), _dev(m), _dev(v), cp.empty(1031, BF16)
+    S.adam_update(dp, _dev(g), dm, dv, _dev(np.array([2], np.int32)), 1e-3, 0.9, 0.999, 1e-7, p_bf16=p16)
+    assert np.array_equal(_host(p16).view(np.uint16), _host(dp).astype(BF16).view(np.uint16))
 
 
 @gpu
