@@ -528,3 +528,30 @@ def test_torch_bf16_autocast_baseline_runs_on_cpu():
     torch = pytest.importorskip("torch")
     fn, sets, _ = benchmark._make_torch_net("lenet5", "train eager", 8, device="cpu", autocast_bf16=True)()
     assert torch.isfinite(fn(sets - 1))
+
+
+def test_bfloat16_kernel_rows_meet_cublas_and_cudnn_bf16(monkeypatch):
+    """tc_bf16 rows are fed bfloat16 inputs and compared with cuBLAS BF16 (GEMM) and cuDNN's
+    channels_last BF16 (convolution) of the same run; the check table names both goals."""
+    monkeypatch.setattr(benchmark.cases, "_torch_ok", lambda: True)   # list the baselines (nothing runs)
+    gemm, conv = benchmark.specs("gemm"), benchmark.specs("conv")
+    assert {"fastcnn:tc_bf16", "cuBLAS BF16"} <= {s.impl for s in gemm if s.case == "gemm 8192^3"
+                                                  and s.precision == "bf16"}
+    for i in range(1, 6):
+        for pas in benchmark.CONV_PASSES:
+            assert {"fastcnn:tc_bf16", "cuDNN NHWC BF16"} <= \
+                {s.impl for s in conv if s.case == f"alexnet.conv{i} {pas}" and s.precision == "bf16"}
+    rep = Report([R("gemm", "gemm 8192^3", "fastcnn:tc_bf16", "fastcnn", "TFLOP/s", 420.0, precision="bf16"),
+                  R("gemm", "gemm 8192^3", "cuBLAS BF16", "baseline", "TFLOP/s", 700.0, precision="bf16"),
+                  R("gemm", "gemm 8192^3", "cuBLAS fp32", "baseline", "TFLOP/s", 50.0)], HEADER)
+    assert row(rep, "gemm 8192^3", "fastcnn:tc_bf16").baseline == "cuBLAS BF16"
+    assert dict(rep.key_ratios())["gemm 8192^3 tc_bf16 / cuBLAS BF16"] == "0.60x"
+
+
+def test_bfloat16_torch_baselines_run_on_cpu():
+    torch = pytest.importorskip("torch")
+    fn, sets, _ = benchmark.baselines._make_torch_gemm_bf16(16, 8, 4, dev="cpu")()
+    assert fn(0).dtype == torch.bfloat16 and tuple(fn(0).shape) == (16, 4)
+    L = SMALL_CONVS[0]
+    out = benchmark._make_torch_conv(L, "fwd", True, dev="cpu", bf16=True)()[0](0)
+    assert out.dtype == torch.bfloat16 and tuple(out.shape) == (L.N, L.K, L.P, L.Q)

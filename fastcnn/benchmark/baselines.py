@@ -59,6 +59,17 @@ def _make_cupy_gemm(M, K, N):
     return make
 
 
+def _make_torch_gemm_bf16(M, K, N, dev: str = "cuda"):
+    """cuBLAS BF16 GEMM through PyTorch (bfloat16 in and out, fp32 accumulation)."""
+    def make():
+        import torch
+        sets = _gemm_sets(M, K, N) if dev == "cuda" else 1
+        A = [torch.randn(M, K, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
+        B = [torch.randn(K, N, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
+        return (lambda i: torch.matmul(A[i], B[i])), sets, None
+    return make
+
+
 def _conv_torch_ref(L: ConvLayer, pas: str, x, w, dy):
     """float64 cuDNN-free reference through PyTorch (NHWC in, NHWC/HWIO out) for the check."""
     import torch
@@ -77,14 +88,17 @@ def _conv_torch_ref(L: ConvLayer, pas: str, x, w, dy):
         return dw.permute(2, 3, 1, 0).cpu().numpy()
 
 
-def _make_torch_conv(L: ConvLayer, pas: str, channels_last: bool, dev: str = "cuda"):
+def _make_torch_conv(L: ConvLayer, pas: str, channels_last: bool, dev: str = "cuda", bf16: bool = False):
+    """cuDNN through PyTorch; ``bf16``: every tensor bfloat16 (cuDNN's BF16 kernels)."""
     def make():
         import torch
         sets = _conv_sets(L) if dev == "cuda" else 1
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        xs = [torch.randn(L.N, L.C, L.H, L.W, device=dev).contiguous(memory_format=fmt) for _ in range(sets)]
-        ws = [torch.randn(L.K, L.C, L.R, L.S, device=dev).contiguous(memory_format=fmt) for _ in range(sets)]
-        dys = [torch.randn(L.N, L.K, L.P, L.Q, device=dev).contiguous(memory_format=fmt) for _ in range(sets)]
+        dt = torch.bfloat16 if bf16 else torch.float32
+        xs = [torch.randn(L.N, L.C, L.H, L.W, device=dev, dtype=dt).contiguous(memory_format=fmt) for _ in range(sets)]
+        ws = [torch.randn(L.K, L.C, L.R, L.S, device=dev, dtype=dt).contiguous(memory_format=fmt) for _ in range(sets)]
+        dys = [torch.randn(L.N, L.K, L.P, L.Q, device=dev, dtype=dt).contiguous(memory_format=fmt)
+               for _ in range(sets)]
         st, pd = [L.stride] * 2, [L.pad] * 2
         if pas == "fwd":
             def fn(i):

@@ -15,7 +15,7 @@ from .workloads import (
 )
 from .baselines import (
     _conv_torch_ref, _make_cupy_gemm, _make_torch_conv, _make_torch_cpu_lenet, _make_torch_net,
-    _make_torch_pool, _pool_torch_ref, _torch_ok, torch_tf32,
+    _make_torch_gemm_bf16, _make_torch_pool, _pool_torch_ref, _torch_ok, torch_tf32,
 )
 
 
@@ -108,6 +108,12 @@ def _in_precision(precision: str) -> Callable:
     return lambda: config.float32_matmul_precision(config.from_name(precision))
 
 
+def registry_has_bf16(op: str) -> bool:
+    """Whether ``op`` has a variant that takes bfloat16 (then its rows get a bf16 baseline)."""
+    from .. import kernels as registry  # every variant registered
+    return op in registry.ops() and bool(registry.variants(op, dtype="bfloat16"))
+
+
 def _bf16_registered() -> bool:
     """Whether every GEMM and convolution has a variant that takes bfloat16 (then the networks
     get bf16 rows: the mixed_bfloat16 policy)."""
@@ -149,16 +155,24 @@ def ceiling_specs(quick: bool) -> list[Spec]:
     return specs
 
 
-def _make_fastcnn_gemm(fn_variant, M, K, N):
+def _as_variant_dtype(arrays, dtype: str) -> list:
+    """The benchmark's float32 inputs in the element type a variant takes (bfloat16: rounded once)."""
+    from .. import dtypes
+    return arrays if dtype == "float32" else [a.astype(dtypes.NAMES[dtype]) for a in arrays]
+
+
+def _make_fastcnn_gemm(fn_variant, M, K, N, dtype: str = "float32"):
     def make():
         import cupy as cp
         sets = _gemm_sets(M, K, N)
-        A, B = _randn(cp, (M, K), sets), _randn(cp, (K, N), sets)
+        A = _as_variant_dtype(_randn(cp, (M, K), sets), dtype)
+        B = _as_variant_dtype(_randn(cp, (K, N), sets), dtype)
 
-        def check():
+        def check():  # against float64 on the very inputs the variant read
             with cupy_tf32(False):
                 ref = cp.matmul(A[0].astype(cp.float64), B[0].astype(cp.float64))
-            return _rel_err(cp.asnumpy(fn_variant(A[0], B[0], False, False)), cp.asnumpy(ref))
+            got = fn_variant(A[0], B[0], False, False).astype(cp.float32)
+            return _rel_err(cp.asnumpy(got), cp.asnumpy(ref))
         return (lambda i: fn_variant(A[i], B[i], False, False)), sets, check
     return make
 
@@ -172,8 +186,11 @@ def gemm_specs(quick: bool) -> list[Spec]:
         flops = 2.0 * M * K * N
         for variant, default, precision in _variants("matmul"):
             specs.append(Spec("gemm", case, shape, _variant_impl(variant, default, precision), "fastcnn",
-                              "TFLOP/s", flops, _make_fastcnn_gemm(variant.fn, M, K, N),
+                              "TFLOP/s", flops, _make_fastcnn_gemm(variant.fn, M, K, N, variant.dtypes[0]),
                               precision=precision, context=_in_precision(precision)))
+        if _torch_ok() and registry_has_bf16("matmul"):
+            specs.append(Spec("gemm", case, shape, "cuBLAS BF16", "baseline", "TFLOP/s", flops,
+                              _make_torch_gemm_bf16(M, K, N), lib="torch", precision="bf16"))
         for tf32 in (False, True):
             specs.append(Spec("gemm", case, shape, f"cuBLAS {'TF32' if tf32 else 'fp32'}", "baseline",
                               "TFLOP/s", flops, _make_cupy_gemm(M, K, N),
@@ -182,14 +199,14 @@ def gemm_specs(quick: bool) -> list[Spec]:
     return specs
 
 
-def _make_fastcnn_conv(fn_variant, L: ConvLayer, pas: str):
+def _make_fastcnn_conv(fn_variant, L: ConvLayer, pas: str, dtype: str = "float32"):
     def make():
         import cupy as cp
         sets = _conv_sets(L)
         stride, pad = (L.stride, L.stride), (L.pad, L.pad, L.pad, L.pad)
-        xs = _randn(cp, (L.N, L.H, L.W, L.C), sets)
-        ws = _randn(cp, (L.R, L.S, L.C, L.K), sets)
-        dys = _randn(cp, (L.N, L.P, L.Q, L.K), sets)
+        xs = _as_variant_dtype(_randn(cp, (L.N, L.H, L.W, L.C), sets), dtype)
+        ws = _as_variant_dtype(_randn(cp, (L.R, L.S, L.C, L.K), sets), dtype)
+        dys = _as_variant_dtype(_randn(cp, (L.N, L.P, L.Q, L.K), sets), dtype)
         if pas == "fwd":
             def fn(i):
                 return fn_variant(xs[i], ws[i], None, stride, pad, False)
@@ -201,9 +218,10 @@ def _make_fastcnn_conv(fn_variant, L: ConvLayer, pas: str):
                 return fn_variant(xs[i], dys[i], ws[i].shape, stride, pad)
         check = None
         if _torch_ok():
-            def check():
-                ref = _conv_torch_ref(L, pas, xs[0], ws[0], dys[0] if pas != "fwd" else None)
-                return _rel_err(cp.asnumpy(fn(0)), ref)
+            def check():  # float64 on the very inputs the variant read
+                x, w, dy = (a.astype(cp.float32) for a in (xs[0], ws[0], dys[0]))
+                ref = _conv_torch_ref(L, pas, x, w, dy if pas != "fwd" else None)
+                return _rel_err(cp.asnumpy(fn(0).astype(cp.float32)), ref)
         return fn, sets, check
     return make
 
@@ -216,10 +234,13 @@ def conv_specs(quick: bool) -> list[Spec]:
             case = f"{L.name} {pas}"
             for variant, default, precision in _variants(CONV_OPS[pas]):
                 specs.append(Spec("conv", case, L.shape, _variant_impl(variant, default, precision), "fastcnn",
-                                  "TFLOP/s", L.flops, _make_fastcnn_conv(variant.fn, L, pas),
+                                  "TFLOP/s", L.flops, _make_fastcnn_conv(variant.fn, L, pas, variant.dtypes[0]),
                                   precision=precision, context=_in_precision(precision)))
             if not torch_ok:
                 continue
+            if registry_has_bf16(CONV_OPS[pas]):   # cuDNN's BF16 kernels, in its faster layout
+                specs.append(Spec("conv", case, L.shape, "cuDNN NHWC BF16", "baseline", "TFLOP/s", L.flops,
+                                  _make_torch_conv(L, pas, True, bf16=True), lib="torch", precision="bf16"))
             for channels_last in (False, True):
                 for tf32 in (False, True):
                     if quick and channels_last and tf32:

@@ -241,6 +241,9 @@ class Report:
                 ("gemm 8192^3 tc_tf32 / cuBLAS TF32", "gemm 8192^3", "fastcnn:tc_tf32", "ratio"),
                 *[(f"alexnet.conv{i} fwd tc_tf32 / cuDNN TF32", f"alexnet.conv{i} fwd", "fastcnn:tc_tf32", "ratio")
                   for i in range(1, 6)],
+                ("gemm 8192^3 tc_bf16 / cuBLAS BF16", "gemm 8192^3", "fastcnn:tc_bf16", "ratio"),
+                *[(f"alexnet.conv{i} fwd tc_bf16 / cuDNN NHWC BF16", f"alexnet.conv{i} fwd", "fastcnn:tc_bf16", "ratio")
+                  for i in range(1, 6)],
                 ("alexnet.pool1 fwd % copy bw", "alexnet.pool1 fwd", "fastcnn", "pct_ceiling"),
                 ("alexnet.pool1 bwd % copy bw", "alexnet.pool1 bwd", "fastcnn", "pct_ceiling"),
                 ("lenet train graph / torch graph", "lenet5 train", "fastcnn graph", "ratio"),

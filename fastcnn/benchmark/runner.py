@@ -70,7 +70,7 @@ def run_spec(spec: Spec, opts: Options, run_id: str) -> Result:
         res.repeats = t.repeats
         res.spread = t.spread
         res.figure = _figure(spec.unit, spec.work, t.median_us)
-        if res.rel_err is not None and not (res.rel_err <= (1e-2 if spec.precision == "tf32" else 1e-3)):
+        if res.rel_err is not None and not (res.rel_err <= (1e-2 if spec.precision in ("tf32", "bf16") else 1e-3)):
             res.note = (res.note + "; " if res.note else "") + f"WRONG: rel err {res.rel_err:.2e}"
     except Exception as exc:
         res.error = f"{type(exc).__name__}: {exc}".strip()[:300]
